@@ -1,0 +1,80 @@
+"""`rltui` (the TUI) and `rltui --batch COMMAND` (headless): one argument parser for both.
+
+Usage:
+    rltui [--root DIR]                         open the terminal UI
+    rltui --batch COMMAND [options]            run COMMAND without a UI (see `rltui --batch -h`)
+
+Exit codes: 0 done; 1 the work failed; 2 bad input (one line on stderr); 130 stopped by the user.
+Each command lives in its own module, which registers its subparser; modules imported here must
+stay light (no torch, no boto3 at import time) so that `rltui` starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Modules that register batch commands: each defines register(subparsers, parents).
+COMMAND_MODULES = [
+    "rltui.cmd_status",
+]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the bad value, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = OneLineParser(add_help=False)
+    common.add_argument(
+        "--root", default=argparse.SUPPRESS,
+        help="localfs root (default: $LOCALFS_ROOT, else ~/localfs)",
+    )
+    parser = OneLineParser(
+        prog="rltui",
+        description="Run manager for GRPO + LoRA fine-tuning: TUI, or --batch COMMAND headless.",
+    )
+    parser.add_argument("--root", default=None, help="localfs root (default: $LOCALFS_ROOT, else ~/localfs)")
+    parser.add_argument("--batch", action="store_true", help="run COMMAND headless instead of the TUI")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, [common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rltui.errors import UsageError, WorkFailed
+    from rltui.localfs import BadName, resolve_root
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command and not args.batch:
+        parser.error(f"command {args.command!r} needs --batch (rltui --batch {args.command} ...)")
+    if args.batch and not args.command:
+        parser.error("--batch needs a COMMAND (see rltui --batch -h)")
+    try:
+        args.root = resolve_root(args.root)
+        if not args.batch:
+            from rltui.tui.app import run_tui
+
+            return run_tui(args.root)
+        return int(args.func(args) or 0)
+    except (UsageError, BadName) as e:
+        sys.stderr.write(f"rltui: error: {e}\n")
+        return 2
+    except WorkFailed as e:
+        sys.stderr.write(f"rltui: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("rltui: stopped\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
