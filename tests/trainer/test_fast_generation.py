@@ -1,0 +1,181 @@
+"""The fast rollout path computes the same function as transformers: greedy tokens equal, on a CPU.
+
+A small randomly initialised Qwen2 in float32 (wider initialisation than the default so that the
+next-token logits have clear margins), the tiny model's tokenizer, prompts of different lengths
+(left padding), repeated as in a GRPO group.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.fast_generation import engine_for, generate, release_engines, supports_fast_generation
+from trainer.generation import generate as plain_generate
+from trainer.qwen2_decode import DecodeWeights, effective_linear
+from trainer.tiny import TinySettings, build_tokenizer
+
+PROMPTS = [
+    "Tom has 3 apples and buys 4 more. How many apples?",
+    "What is 12 + 7?",
+    "A box holds 6 pens; 5 boxes hold how many pens in total?",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TinySettings())
+
+
+def _model(tokenizer, *, seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.set_num_threads(1)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.15, rope_theta=10000.0,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # Qwen2 q/k/v have biases, zero at init: make them count
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    return model
+
+
+def _lora(model, *, seed: int = 1):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                  target_modules="all-linear"))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # B is zero at init, which would make the adapter a no-op
+                param.normal_(0, 0.2)
+    return peft_model.eval()
+
+
+def _hf_greedy(model, tokenizer, prompts, max_new_tokens):
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+def _repeated(group: int) -> list[str]:
+    return [p for p in PROMPTS for _ in range(group)]
+
+
+def test_greedy_tokens_equal_transformers_generate(tokenizer):
+    model = _model(tokenizer)
+    prompts = _repeated(2)
+    fast = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False, min_new_tokens=24)
+    assert fast.completion_ids.shape == (len(prompts), 24)
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 24))
+    assert fast.completion_mask.all()
+
+
+def test_greedy_output_equals_the_plain_generate_including_eos_stops(tokenizer):
+    model = _model(tokenizer, seed=3)
+    # Make EOS likely so that rows stop at different steps: the masks and widths must agree too.
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] *= 4.0
+    prompts = _repeated(2)
+    fast = generate(model, tokenizer, prompts, max_new_tokens=40, do_sample=False)
+    plain = plain_generate(model, tokenizer, prompts, max_new_tokens=40, do_sample=False)
+    assert any(n < 40 for n in plain.completion_lengths), "the setup should make some rows stop early"
+    assert torch.equal(fast.completion_ids, plain.completion_ids)
+    assert torch.equal(fast.completion_mask, plain.completion_mask)
+    assert fast.texts == plain.texts
+    assert fast.truncated == plain.truncated
+    assert torch.equal(fast.prompt_ids, plain.prompt_ids)
+
+
+def test_lora_adapter_is_folded_and_base_weights_stay_bitwise_unchanged(tokenizer):
+    model = _lora(_model(tokenizer))
+    before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
+    prompts = _repeated(3)
+    fast = generate(model, tokenizer, prompts, max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 20))
+    with model.disable_adapter():
+        base_tokens = _hf_greedy(model, tokenizer, prompts, 20)
+    assert not torch.equal(fast.completion_ids, base_tokens), "the adapter must change the output"
+    for name, param in model.named_parameters():
+        if name in before:
+            assert torch.equal(param, before[name]), name
+
+
+def test_disabled_adapter_generates_the_base_model(tokenizer):
+    model = _lora(_model(tokenizer))
+    prompts = _repeated(1)
+    with model.disable_adapter():
+        fast = generate(model, tokenizer, prompts, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 12))
+
+
+def test_cached_engine_picks_up_new_adapter_weights(tokenizer):
+    model = _lora(_model(tokenizer))
+    prompts = _repeated(2)
+    generate(model, tokenizer, prompts, max_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.mul_(-1.5)  # an optimizer step, in effect
+    fast = generate(model, tokenizer, prompts, max_new_tokens=16, do_sample=False, min_new_tokens=16)
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 16))
+    release_engines()
+
+
+def test_folded_weight_is_base_plus_scaled_lora_product(tokenizer):
+    model = _lora(_model(tokenizer))
+    proj = model.base_model.model.model.layers[1].mlp.up_proj
+    weight, _ = effective_linear(proj)
+    lora_a, lora_b = proj.lora_A["default"].weight, proj.lora_B["default"].weight
+    expected = proj.base_layer.weight + proj.scaling["default"] * lora_b @ lora_a
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    fused = DecodeWeights.allocate(model)
+    inter = model.config.intermediate_size
+    torch.testing.assert_close(fused.layers[1].gate_up[inter:], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_is_reproducible_from_the_generator_state(tokenizer):
+    model = _model(tokenizer)
+    prompts = _repeated(4)
+    runs = [generate(model, tokenizer, prompts, max_new_tokens=16, do_sample=True, temperature=1.0,
+                     top_p=0.9, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    other = generate(model, tokenizer, prompts, max_new_tokens=16, do_sample=True,
+                     generator=torch.Generator().manual_seed(8))
+    assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+    assert not torch.equal(runs[0].completion_ids, other.completion_ids)
+    # Within a group the same prompt gets different samples (one shared prefill, separate draws).
+    assert len({tuple(r) for r in runs[0].completion_ids[:4].tolist()}) > 1
+
+
+def test_min_new_tokens_suppresses_eos(tokenizer):
+    model = _model(tokenizer, seed=3)
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] *= 6.0
+    out = generate(model, tokenizer, _repeated(1), max_new_tokens=30, do_sample=False, min_new_tokens=30)
+    assert out.completion_lengths == [30] * len(PROMPTS)
+    assert tokenizer.eos_token_id not in out.completion_ids.flatten().tolist()
+
+
+def test_engine_is_reused_for_the_same_shape(tokenizer):
+    model = _model(tokenizer)
+    first = engine_for(model, 4, 128, graphs=False, compiled=False)
+    assert engine_for(model, 4, 128, graphs=False, compiled=False) is first
+    assert engine_for(model, 8, 128, graphs=False, compiled=False) is not first
+    release_engines()
+
+
+def test_supports_plain_lora_qwen2_only(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    assert supports_fast_generation(_model(tokenizer))
+    assert supports_fast_generation(_lora(_model(tokenizer)))
+    dora = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert not supports_fast_generation(dora)

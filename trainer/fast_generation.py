@@ -1,0 +1,298 @@
+"""Fast rollouts for Qwen2 models: LoRA folded into fused weights, static KV cache, CUDA graphs.
+
+    from trainer.fast_generation import generate, supports_fast_generation
+    out = generate(model, tokenizer, prompts, max_new_tokens=256, do_sample=True,
+                   temperature=1.0, top_p=1.0, generator=g)       # -> trainer.generation.GenerationOutput
+
+Same call and result as `trainer.generation.generate`, plus `min_new_tokens` (EOS is masked out
+before that many tokens, as in transformers). Per rollout: the adapter is folded into fused copies
+of the projections (trainer/qwen2_decode.py), prompts repeated for a group are prefilled once,
+then one decode step per token is replayed from a CUDA graph captured per attention length
+(buckets of 64 cache slots). Per token the host only replays the graph and launches the sampling
+kernels; it checks whether every row has finished every 16 tokens, the only device sync.
+On a CPU the same code runs without graphs (that is how the tests check it against transformers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from trainer.generation import GenerationOutput, eos_token_ids
+from trainer.qwen2_decode import (
+    DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
+    attention_output_and_mlp, decode_step, model_dims, prefill,
+)
+
+BUCKET = 64  # cache slots per attention-length bucket: one graph each
+SYNC_EVERY = 16  # tokens between "has every row finished?" checks
+COMPILE_ENV = "RLTUI_COMPILE_DECODE"  # "0" turns torch.compile of the layer pieces off on CUDA
+
+
+def supports_fast_generation(model: nn.Module) -> bool:
+    """True when `generate` here reproduces the model (Qwen2 architecture, plain LoRA or none)."""
+    try:
+        model_dims(model)
+        check_foldable(model)
+    except UnsupportedModel:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    batch: int
+    capacity: int
+    device: str
+    dtype: torch.dtype
+    graphs: bool
+    compiled: bool
+
+
+class DecodeEngine:
+    """Buffers and graphs for one batch size and cache capacity, reused across rollouts."""
+
+    def __init__(self, model: nn.Module, key: EngineKey) -> None:
+        self.key = key
+        self.weights = DecodeWeights.allocate(model)
+        ref = self.weights.layers[0].qkv
+        self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
+        self.layer_fns = _compiled_layer_fns(self.weights.dims) if key.compiled else None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def step(self, kv_len: int) -> torch.Tensor:
+        if not self.key.graphs:
+            return decode_step(self.weights, self.state, kv_len, self.layer_fns)
+        if kv_len not in self.graphs:
+            self.graphs[kv_len] = self._capture(kv_len)
+        graph, logits = self.graphs[kv_len]
+        graph.replay()
+        return logits
+
+    def _warm_up(self, kv_len: int) -> None:
+        saved = self.state.positions.clone(), self.state.write_index.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                decode_step(self.weights, self.state, kv_len, self.layer_fns)
+                self.state.positions.copy_(saved[0])
+                self.state.write_index.copy_(saved[1])
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        # Warm-up runs really execute (compiling, creating cuBLAS handles) and advance the
+        # position and slot; put those back so the captured replay is the next real step.
+        try:
+            self._warm_up(kv_len)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the rollout
+            if self.layer_fns is None:
+                raise
+            warnings.warn(f"torch.compile of the decode layers failed ({exc!r:.300}); "
+                          "continuing uncompiled", stacklevel=2)
+            self.layer_fns = None
+            self._warm_up(kv_len)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = decode_step(self.weights, self.state, kv_len, self.layer_fns)
+        return graph, logits
+
+
+_ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()
+_COMPILED: dict[ModelDims, tuple[Callable, Callable]] = {}
+
+
+def _compiled_layer_fns(dims: ModelDims) -> tuple[Callable, Callable]:
+    """torch.compile fuses each layer's norms, RoPE, SiLU and residual adds into a few kernels.
+
+    Compiled once per model shape as two small functions (attention is left out, so the
+    attention-length buckets do not recompile them); every layer reuses the same code.
+    """
+    if dims not in _COMPILED:
+        _COMPILED[dims] = (
+            torch.compile(partial(attention_inputs, dims), fullgraph=True, dynamic=False),
+            torch.compile(partial(attention_output_and_mlp, dims), fullgraph=True, dynamic=False),
+        )
+    return _COMPILED[dims]
+
+
+def release_engines() -> None:
+    """Free every cached engine (fused weights, KV cache, graphs), e.g. before a memory-hungry phase."""
+    _ENGINES.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, compiled: bool) -> DecodeEngine:
+    """The cached engine for this model and shape (weights refreshed from the model), or a new one."""
+    weight = next(p for p in model.parameters())
+    key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
+    engine = _ENGINES.get(model)
+    if engine is not None and engine.key == key:
+        engine.weights.refresh(model)
+        return engine
+    if engine is not None:
+        del _ENGINES[model]
+        del engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    engine = DecodeEngine(model, key)
+    _ENGINES[model] = engine
+    return engine
+
+
+def sample_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, top_p: float,
+                  generator: torch.Generator | None, banned: torch.Tensor | None) -> torch.Tensor:
+    """One token per row. Same distribution as trainer.generation.sample_next, drawn on device.
+
+    Sampling is an exponential race (argmax of p_i / E_i with E_i ~ Exp(1)), which needs no
+    cumulative sum and no host round trip; top-p filtering is the same rule as the plain path.
+    """
+    logits = logits.float()
+    if banned is not None:
+        logits = logits.index_fill(1, banned, float("-inf"))
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits / max(temperature, 1e-6)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / race.clamp_(min=torch.finfo(torch.float32).tiny)).argmax(dim=-1)
+
+
+def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on the model's device: the given one, or one seeded from it (advancing it)."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _tokenize_left(tokenizer: Any, prompts: Sequence[str], max_prompt_length: int | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if max_prompt_length is not None and ids.shape[1] > max_prompt_length:
+        ids, mask = ids[:, -max_prompt_length:], mask[:, -max_prompt_length:]
+    return ids, mask
+
+
+def _unique_rows(ids: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(first row of each distinct prompt, for each row the index of its distinct prompt)."""
+    group_of: dict[tuple[int, ...], int] = {}
+    starts: list[int] = []
+    inverse: list[int] = []
+    for row, values in enumerate(ids.tolist()):
+        key = tuple(values)
+        if key not in group_of:
+            group_of[key] = len(starts)
+            starts.append(row)
+        inverse.append(group_of[key])
+    return starts, inverse
+
+
+def _default_compile(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0"
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    max_prompt_length: int | None = None,
+    deadline: float | None = None,
+    min_new_tokens: int = 0,
+    use_graphs: bool | None = None,
+    compile_layers: bool | None = None,
+) -> GenerationOutput:
+    """Complete every prompt in one batch; arguments as trainer.generation.generate."""
+    device = next(model.parameters()).device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    generator = _device_generator(generator, device)
+    graphs = device.type == "cuda" if use_graphs is None else use_graphs
+    compiled = _default_compile(device) if compile_layers is None else compile_layers
+    prompt_ids, prompt_mask = _tokenize_left(tokenizer, prompts, max_prompt_length)
+    batch, length = prompt_ids.shape
+    pad_id = tokenizer.pad_token_id
+    eos = eos_token_ids(model, tokenizer)
+    stop_ids = torch.tensor(eos if stop_at_eos else [], device=device, dtype=torch.long)
+    banned = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
+
+    capacity = -(-(length + max_new_tokens) // BUCKET) * BUCKET
+    engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
+    starts, inverse = _unique_rows(prompt_ids)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    logits = prefill(engine.weights, engine.state, prompt_ids[starts], prompt_mask[starts],
+                     torch.tensor(inverse, device=device))
+
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    alive = torch.zeros((batch, max_new_tokens), dtype=torch.bool, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    timed_out = False
+    for i in range(max_new_tokens):
+        token = sample_tokens(logits, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              generator=generator, banned=banned if i < min_new_tokens else None)
+        token = torch.where(finished, pad_id, token)
+        alive[:, i] = ~finished
+        tokens[:, i] = token
+        finished |= torch.isin(token, stop_ids)
+        if i == max_new_tokens - 1:
+            break
+        if (i + 1) % SYNC_EVERY == 0 and bool(finished.all()):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            timed_out = True
+            break
+        engine.state.tokens.copy_(token)
+        logits = engine.step(min(capacity, -(-(length + i + 1) // BUCKET) * BUCKET))
+
+    width = int(alive.any(dim=0).nonzero().max()) + 1 if max_new_tokens else 0
+    completion_ids, completion_mask = tokens[:, :width], alive[:, :width].long()
+    lengths = completion_mask.sum(dim=1).tolist()
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True)
+             for row, n in zip(completion_ids.tolist(), lengths)]
+    return GenerationOutput(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+        completion_mask=completion_mask, texts=texts, prompt_lengths=prompt_mask.sum(dim=1).tolist(),
+        completion_lengths=lengths, truncated=(~finished).tolist(), timed_out=timed_out,
+    )
+
+
+def fast_or_plain(model: nn.Module) -> Callable[..., GenerationOutput]:
+    """The generate to use for `model`: this one on CUDA for supported models, else the plain one."""
+    from trainer.generation import generate as plain
+
+    device = next(model.parameters()).device
+    if device.type == "cuda" and supports_fast_generation(model):
+        return generate
+    if device.type == "cuda":
+        warnings.warn("fast generation does not support this model; using the plain generate", stacklevel=2)
+    return plain

@@ -1,0 +1,356 @@
+"""Plain-torch Qwen2 forward for rollouts: fused weights with the LoRA folded in, static KV cache.
+
+The training model (transformers Qwen2ForCausalLM, optionally a peft LoRA PeftModel) stays the
+source of truth. `DecodeWeights.refresh(model)` copies its effective weights into fused buffers:
+q/k/v as one matrix, gate/up as one matrix, and each LoRA adapter folded in as
+W + scaling * B @ A computed in float32 and cast once. The base weights are only read, never
+merged in place: a bf16 merge/unmerge round trip drifts them (trl#6688).
+
+`prefill` runs the left-padded prompts through the layers once, filling the cache;
+`decode_step` advances every sequence by one token reading only static buffers, so that one call
+can be captured in a CUDA graph and replayed per token (trainer/fast_generation.py does that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnsupportedModel(ValueError):
+    """The model is outside what the fast path reproduces exactly; use the plain generate."""
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    eps: float
+    rope_theta: float
+
+    @property
+    def q_size(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Qwen2ForCausalLM under an optional PeftModel wrapper (LoRA layers stay injected)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) != "qwen2":
+        raise UnsupportedModel(f"fast generation supports qwen2 models, not {getattr(config, 'model_type', None)!r}")
+    return model
+
+
+def model_dims(model: nn.Module) -> ModelDims:
+    config = causal_lm(model).config
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default")
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    if rope_type != "default" or theta is None:
+        raise UnsupportedModel(f"fast generation supports default RoPE only, not {rope_type!r}")
+    if getattr(config, "use_sliding_window", False):
+        raise UnsupportedModel("fast generation does not implement sliding-window attention")
+    if config.hidden_act != "silu":
+        raise UnsupportedModel(f"fast generation supports silu MLPs, not {config.hidden_act!r}")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return ModelDims(
+        layers=config.num_hidden_layers, hidden=config.hidden_size, heads=config.num_attention_heads,
+        kv_heads=config.num_key_value_heads, head_dim=head_dim,
+        intermediate=config.intermediate_size, vocab=config.vocab_size,
+        eps=config.rms_norm_eps, rope_theta=float(theta),
+    )
+
+
+def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) this Linear applies now: base weight plus every active LoRA adapter.
+
+    The sum is formed in float32 and cast once, so the result is the adapter-on function up to one
+    rounding, and the base weight is left bitwise as it was.
+    """
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        if not isinstance(module, nn.Linear):
+            raise UnsupportedModel(f"cannot fold {type(module).__name__} into a fused weight")
+        return module.weight, module.bias
+    weight, bias = base.weight, base.bias
+    if module.disable_adapters or module.merged:
+        return weight, bias
+    active = [name for name in module.active_adapters if name in module.lora_A]
+    if not active:
+        return weight, bias
+    total = weight.float()
+    for name in active:
+        if name in getattr(module, "lora_variant", {}) or getattr(module, "fan_in_fan_out", False):
+            raise UnsupportedModel(f"LoRA variant of adapter {name!r} (DoRA and the like) is not folded")
+        if module.lora_B[name].bias is not None:
+            raise UnsupportedModel(f"adapter {name!r} has a LoRA bias, which is not folded")
+        delta = module.lora_B[name].weight.float() @ module.lora_A[name].weight.float()
+        total = total + module.scaling[name] * delta
+    return total.to(weight.dtype), bias
+
+
+def check_foldable(model: nn.Module) -> None:
+    """Raise UnsupportedModel for adapters `effective_linear` cannot fold (checked without copying)."""
+    lm = causal_lm(model)
+    if hasattr(lm.model.embed_tokens, "base_layer"):
+        raise UnsupportedModel("an adapter on the embedding is not folded")
+    for name, module in lm.named_modules():
+        if not hasattr(module, "lora_A"):
+            continue
+        for adapter in module.lora_A:
+            if adapter in getattr(module, "lora_variant", {}) or getattr(module, "fan_in_fan_out", False):
+                raise UnsupportedModel(f"{name}: LoRA variant of adapter {adapter!r} is not folded")
+            if module.lora_B[adapter].bias is not None:
+                raise UnsupportedModel(f"{name}: adapter {adapter!r} has a LoRA bias, which is not folded")
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+@dataclass
+class DecodeWeights:
+    """Fused copies of the projection weights; norms, embedding and a plain lm_head are shared."""
+
+    dims: ModelDims
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+
+    @classmethod
+    def allocate(cls, model: nn.Module) -> DecodeWeights:
+        dims = model_dims(model)
+        lm = causal_lm(model)
+        ref = lm.model.layers[0].mlp.down_proj
+        ref_weight = ref.base_layer.weight if hasattr(ref, "base_layer") else ref.weight
+        kw = {"device": ref_weight.device, "dtype": ref_weight.dtype}
+        has_bias = _linear_bias(lm.model.layers[0].self_attn.q_proj) is not None
+        layers = [
+            LayerWeights(
+                input_norm=layer.input_layernorm.weight,
+                qkv=torch.empty(dims.q_size + 2 * dims.kv_size, dims.hidden, **kw),
+                qkv_bias=torch.empty(dims.q_size + 2 * dims.kv_size, **kw) if has_bias else None,
+                o=torch.empty(dims.hidden, dims.q_size, **kw),
+                post_norm=layer.post_attention_layernorm.weight,
+                gate_up=torch.empty(2 * dims.intermediate, dims.hidden, **kw),
+                down=torch.empty(dims.hidden, dims.intermediate, **kw),
+            )
+            for layer in lm.model.layers
+        ]
+        if not isinstance(lm.model.embed_tokens, nn.Embedding) or hasattr(lm.model.embed_tokens, "base_layer"):
+            raise UnsupportedModel("an adapter on the embedding is not folded")
+        head = lm.get_output_embeddings()
+        lm_head = head.weight if not hasattr(head, "base_layer") else torch.empty_like(head.base_layer.weight)
+        weights = cls(dims=dims, embed=lm.model.embed_tokens.weight, layers=layers,
+                      norm=lm.model.norm.weight, lm_head=lm_head)
+        weights.refresh(model)
+        return weights
+
+    @torch.no_grad()
+    def refresh(self, model: nn.Module) -> None:
+        """Copy the model's current effective weights into the fused buffers, in place."""
+        lm = causal_lm(model)
+        q, kv = self.dims.q_size, self.dims.kv_size
+        for fused, layer in zip(self.layers, lm.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            for (start, stop), proj in (((0, q), attn.q_proj), ((q, q + kv), attn.k_proj),
+                                         ((q + kv, q + 2 * kv), attn.v_proj)):
+                weight, bias = effective_linear(proj)
+                fused.qkv[start:stop].copy_(weight)
+                if fused.qkv_bias is not None:
+                    fused.qkv_bias[start:stop].copy_(bias)
+            fused.o.copy_(effective_linear(attn.o_proj)[0])
+            inter = self.dims.intermediate
+            fused.gate_up[:inter].copy_(effective_linear(mlp.gate_proj)[0])
+            fused.gate_up[inter:].copy_(effective_linear(mlp.up_proj)[0])
+            fused.down.copy_(effective_linear(mlp.down_proj)[0])
+        head = lm.get_output_embeddings()
+        if hasattr(head, "base_layer"):
+            self.lm_head.copy_(effective_linear(head)[0])
+
+    def nbytes(self) -> int:
+        """Bytes of weights one decode step reads (each matrix once; embedding rows are negligible)."""
+        per_layer = sum(t.numel() * t.element_size() for t in (
+            self.layers[0].qkv, self.layers[0].o, self.layers[0].gate_up, self.layers[0].down))
+        return per_layer * len(self.layers) + self.lm_head.numel() * self.lm_head.element_size()
+
+
+def _linear_bias(module: nn.Module) -> torch.Tensor | None:
+    return module.base_layer.bias if hasattr(module, "base_layer") else module.bias
+
+
+def rope_tables(dims: ModelDims, length: int, device: torch.device, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [length, head_dim], computed in float32 and cast as transformers does."""
+    inv_freq = 1.0 / (dims.rope_theta ** (
+        torch.arange(0, dims.head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dims.head_dim))
+    freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+def attention_inputs(dims: ModelDims, x: torch.Tensor, norm: torch.Tensor, qkv_weight: torch.Tensor,
+                     qkv_bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Norm, fused q/k/v projection and RoPE for one token per row: x [B, hidden] -> [B, heads, D]."""
+    h = rms_norm(x, norm, dims.eps)
+    qkv = F.linear(h, qkv_weight, qkv_bias)
+    q, k, v = qkv.split((dims.q_size, dims.kv_size, dims.kv_size), dim=-1)
+    q = apply_rope(q.view(-1, dims.heads, dims.head_dim), cos[:, None], sin[:, None])
+    k = apply_rope(k.view(-1, dims.kv_heads, dims.head_dim), cos[:, None], sin[:, None])
+    return q, k, v.view(-1, dims.kv_heads, dims.head_dim)
+
+
+def attention_output_and_mlp(dims: ModelDims, x: torch.Tensor, attn: torch.Tensor, o_weight: torch.Tensor,
+                             norm: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual, norm, SiLU MLP, residual."""
+    x = x + F.linear(attn, o_weight)
+    h = rms_norm(x, norm, dims.eps)
+    gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down)
+
+
+@dataclass
+class DecodeState:
+    """Every buffer a decode step reads or writes; fixed addresses so a graph can replay it."""
+
+    k_cache: torch.Tensor      # [layers, batch, kv_heads, capacity, head_dim]
+    v_cache: torch.Tensor
+    valid: torch.Tensor        # [batch, capacity] bool: positions a query may attend to
+    tokens: torch.Tensor       # [batch] the token each row feeds next
+    positions: torch.Tensor    # [batch] its RoPE position
+    write_index: torch.Tensor  # [1] the cache slot it is written to (same for all rows)
+    cos: torch.Tensor          # [capacity, head_dim]
+    sin: torch.Tensor
+
+    @classmethod
+    def allocate(cls, dims: ModelDims, batch: int, capacity: int, device: torch.device,
+                 dtype: torch.dtype) -> DecodeState:
+        shape = (dims.layers, batch, dims.kv_heads, capacity, dims.head_dim)
+        cos, sin = rope_tables(dims, capacity, device, dtype)
+        return cls(
+            k_cache=torch.zeros(shape, device=device, dtype=dtype),
+            v_cache=torch.zeros(shape, device=device, dtype=dtype),
+            valid=torch.zeros(batch, capacity, device=device, dtype=torch.bool),
+            tokens=torch.zeros(batch, device=device, dtype=torch.long),
+            positions=torch.zeros(batch, device=device, dtype=torch.long),
+            write_index=torch.zeros(1, device=device, dtype=torch.long),
+            cos=cos, sin=sin,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+
+@torch.no_grad()
+def prefill(weights: DecodeWeights, state: DecodeState, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Run left-padded prompts [U, P], write their K/V into cache rows, return last-token logits.
+
+    `rows` [batch] maps each cache row to a prompt row, so a prompt repeated for a group of
+    generations is computed once and its K/V copied to every row of the group.
+    """
+    dims = weights.dims
+    n, length = input_ids.shape
+    mask = attention_mask.bool()
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+    # A padding query row attends to itself, so no softmax row is empty (its output is never used).
+    attend = (causal[None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+    attend = attend[:, None]
+    cos, sin = state.cos[positions][:, None], state.sin[positions][:, None]
+    groups = dims.heads // dims.kv_heads
+    x = F.embedding(input_ids, weights.embed)
+    for index, layer in enumerate(weights.layers):
+        h = rms_norm(x, layer.input_norm, dims.eps)
+        q, k, v = F.linear(h, layer.qkv, layer.qkv_bias).split((dims.q_size, dims.kv_size, dims.kv_size), dim=-1)
+        q = apply_rope(q.view(n, length, dims.heads, dims.head_dim).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(n, length, dims.kv_heads, dims.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(n, length, dims.kv_heads, dims.head_dim).transpose(1, 2)
+        state.k_cache[index, :, :, :length] = k.index_select(0, rows)
+        state.v_cache[index, :, :, :length] = v.index_select(0, rows)
+        out = F.scaled_dot_product_attention(
+            q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1),
+            attn_mask=attend, scale=dims.head_dim ** -0.5)
+        out = out.transpose(1, 2).reshape(n, length, dims.q_size)
+        x = attention_output_and_mlp(dims, x, out, layer.o, layer.post_norm, layer.gate_up, layer.down)
+    last = rms_norm(x[:, -1], weights.norm, dims.eps)
+    state.valid.zero_()
+    state.valid[:, :length] = mask.index_select(0, rows)
+    state.positions.copy_(positions[:, -1].index_select(0, rows) + 1)
+    state.write_index.fill_(length)
+    return F.linear(last, weights.lm_head).index_select(0, rows)
+
+
+def decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int,
+                layer_fns: tuple[Callable, Callable] | None = None) -> torch.Tensor:
+    """Feed `state.tokens`, return next-token logits [batch, vocab]; advance position and slot.
+
+    Attention reads only the first `kv_len` cache slots (>= write_index + 1), so early tokens
+    do not pay for the whole cache. `layer_fns` optionally replaces the two per-layer pieces with
+    compiled versions of `attention_inputs` and `attention_output_and_mlp` with `dims` bound.
+    """
+    dims = weights.dims
+    pre, post = layer_fns or (partial(attention_inputs, dims), partial(attention_output_and_mlp, dims))
+    batch, groups = state.tokens.shape[0], dims.heads // dims.kv_heads
+    x = F.embedding(state.tokens, weights.embed)
+    cos = state.cos.index_select(0, state.positions)
+    sin = state.sin.index_select(0, state.positions)
+    state.valid.index_fill_(1, state.write_index, True)
+    blocked = ~state.valid[:, None, None, :kv_len]
+    for index, layer in enumerate(weights.layers):
+        q, k, v = pre(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+        k_cache, v_cache = state.k_cache[index], state.v_cache[index]
+        k_cache.index_copy_(2, state.write_index, k[:, :, None])
+        v_cache.index_copy_(2, state.write_index, v[:, :, None])
+        # Grouped-query attention without repeating K/V: each KV head serves its query heads as rows.
+        q = q.view(batch, dims.kv_heads, groups, dims.head_dim)
+        scores = torch.matmul(q, k_cache[:, :, :kv_len].transpose(-1, -2)) * dims.head_dim ** -0.5
+        probs = scores.masked_fill(blocked, float("-inf")).softmax(-1, dtype=torch.float32).to(q.dtype)
+        attn = torch.matmul(probs, v_cache[:, :, :kv_len]).reshape(batch, dims.q_size)
+        x = post(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down)
+    logits = F.linear(rms_norm(x, weights.norm, dims.eps), weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
