@@ -1,0 +1,251 @@
+"""The records of a job on disk: `jobs/JOB_ID/job.json` (what to run) and `state.json` (what is
+happening), as typed dataclasses with their JSON forms (docs/ARCHITECTURE.md, "File schemas").
+
+job.json is written once by rltui.jobs; state.json is written atomically by the launcher (queued,
+starting), then only by the job's keeper, and by reconcile once the keeper is gone (lost).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rltui.localfs import DamagedFile, Layout, read_json, write_json_atomic
+from rltui.restart_policy import STOPPED_EXIT, RestartSettings
+
+
+class JobKind(str, Enum):
+    TRAIN = "train"
+    RESUME = "resume"
+    EVAL = "eval"
+    SYNC = "sync"
+
+    @property
+    def trains(self) -> bool:
+        return self in (JobKind.TRAIN, JobKind.RESUME)
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+    @property
+    def active(self) -> bool:
+        """A keeper owns the job (it holds its GPUs)."""
+        return self in ACTIVE_STATES
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+ACTIVE_STATES = frozenset({JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.RESTARTING})
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST})
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A job to start when this one succeeds; today: an eval of the run's checkpoints."""
+
+    kind: JobKind
+    dataset: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "dataset": self.dataset}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FollowUp":
+        return cls(kind=JobKind(d["kind"]), dataset=d.get("dataset"))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """job.json: what to run. `argv` is a list, never a shell string."""
+
+    id: str
+    kind: JobKind
+    argv: tuple[str, ...]
+    title: str = ""
+    run: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    gpus: tuple[int, ...] | None = None  # an explicit list of GPU indexes asked for
+    gpu_count: int | None = None  # how many GPUs; None = as many as nproc when the box has GPUs
+    nproc: int = 1
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    resume_argv: tuple[str, ...] | None = None  # what a restart runs; the keeper may append --additional-steps K
+    followups: tuple[FollowUp, ...] = ()
+    parent_job: str | None = None  # the job that started this one (a follow-up, a supervise resume)
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind.value, "title": self.title, "run": self.run,
+            "argv": list(self.argv), "env": dict(self.env), "cwd": self.cwd,
+            "gpus": list(self.gpus) if self.gpus is not None else None,
+            "gpu_count": self.gpu_count, "nproc": self.nproc, "restart": self.restart.to_json(),
+            "resume_argv": list(self.resume_argv) if self.resume_argv is not None else None,
+            "followups": [f.to_json() for f in self.followups],
+            "parent_job": self.parent_job, "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "JobSpec":
+        return cls(
+            id=str(d["id"]), kind=JobKind(d["kind"]), argv=tuple(str(a) for a in d["argv"]),
+            title=d.get("title") or "", run=d.get("run"), env=dict(d.get("env") or {}),
+            cwd=d.get("cwd"), gpus=tuple(d["gpus"]) if d.get("gpus") is not None else None,
+            gpu_count=d.get("gpu_count"), nproc=int(d.get("nproc") or 1),
+            restart=RestartSettings.from_json(d.get("restart")),
+            resume_argv=tuple(d["resume_argv"]) if d.get("resume_argv") else None,
+            followups=tuple(FollowUp.from_json(f) for f in d.get("followups") or ()),
+            parent_job=d.get("parent_job"), created=float(d.get("created") or 0.0),
+        )
+
+    def with_changes(self, **changes: Any) -> "JobSpec":
+        return replace(self, **changes)
+
+
+@dataclass
+class Usage:
+    """What a job used, accumulated by its keeper. None = unknown (no GPU data, no price set)."""
+
+    gpu_seconds: float = 0.0
+    peak_gpu_mem_mib: float | None = None
+    mean_gpu_util: float | None = None
+    energy_j: float | None = None
+    cost: float | None = None
+    price_per_gpu_hour: float | None = None
+    samples: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "Usage":
+        d = d or {}
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class StateFile:
+    """state.json: what is happening to a job now."""
+
+    state: JobState
+    keeper_pid: int | None = None
+    child_pid: int | None = None
+    pgid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    restarts: int = 0
+    reasons: list[str] = field(default_factory=list)
+    last_reason: str | None = None
+    started_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    boot_time: float | None = None
+    gpus: list[int] | None = None  # the GPUs assigned (CUDA_VISIBLE_DEVICES), None = none
+    run: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    followup_jobs: list[str] = field(default_factory=list)
+    resumed_by: str | None = None  # a lost job that `supervise` resumed: the new job's id
+    host: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["state"] = self.state.value
+        d["usage"] = self.usage.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "StateFile":
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw["state"] = JobState(d["state"])
+        kw["usage"] = Usage.from_json(d.get("usage"))
+        kw["reasons"] = list(d.get("reasons") or [])
+        kw["followup_jobs"] = list(d.get("followup_jobs") or [])
+        return cls(**kw)
+
+    def note(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.last_reason = reason
+
+
+@dataclass
+class Job:
+    """A job as read from disk: its spec, its state (None when unreadable) and any read error."""
+
+    id: str
+    dir: Path
+    spec: JobSpec | None
+    state: StateFile | None
+    error: str | None = None
+
+    @property
+    def phase(self) -> JobState | None:
+        return self.state.state if self.state else None
+
+    def exit_status(self) -> int:
+        """The exit code a waiting `rltui --batch` command returns for this job."""
+        s = self.state
+        if s is None or not s.state.final:
+            return 1
+        if s.state is JobState.SUCCEEDED:
+            return 0
+        if s.state is JobState.STOPPED:
+            return STOPPED_EXIT
+        return 2 if s.exit_code == 2 else 1
+
+
+def write_spec(layout: Layout, spec: JobSpec) -> None:
+    write_json_atomic(layout.job_spec(spec.id), spec.to_json())
+
+
+def read_spec(layout: Layout, job_id: str) -> JobSpec:
+    d = read_json(layout.job_spec(job_id))
+    try:
+        return JobSpec.from_json(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFile(layout.job_spec(job_id), f"not a job spec: {e}") from None
+
+
+def write_state(layout: Layout, job_id: str, state: StateFile, *, durable: bool = True) -> None:
+    state.updated_at = time.time()
+    write_json_atomic(layout.job_state(job_id), state.to_json(), durable=durable)
+
+
+def read_state(layout: Layout, job_id: str) -> StateFile:
+    d = read_json(layout.job_state(job_id))
+    try:
+        return StateFile.from_json(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DamagedFile(layout.job_state(job_id), f"not a job state: {e}") from None
+
+
+def read_job(layout: Layout, job_id: str) -> Job:
+    """Spec and state of one job; a damaged or missing file shows as `error`, never raises."""
+    spec = state = None
+    errors = []
+    try:
+        spec = read_spec(layout, job_id)
+    except FileNotFoundError:
+        errors.append("job.json missing")
+    except DamagedFile as e:
+        errors.append(str(e))
+    try:
+        state = read_state(layout, job_id)
+    except FileNotFoundError:
+        errors.append("state.json missing")
+    except DamagedFile as e:
+        errors.append(str(e))
+    return Job(job_id, layout.job_dir(job_id), spec, state, "; ".join(errors) or None)

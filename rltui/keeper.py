@@ -1,0 +1,422 @@
+"""The keeper: one small supervisor process per job that runs it to its end.
+
+Usage:
+    python -m rltui.keeper [--detach] JOB_DIR
+
+Started by rltui.jobs detached in a new session, so it outlives the TUI, an SSH disconnect and a
+returning `rltui --batch`. It starts the job's command in its own process group with stdout and
+stderr going to JOB_DIR/output.log, writes JOB_DIR/state.json atomically at every transition,
+turns SIGTERM/SIGINT into a graceful stop (stop request file first, then SIGTERM to the group after
+a grace period longer than a step, then SIGKILL) and SIGUSR1 into an immediate kill, watches the
+trainer's status.json for hangs, applies the restart policy (rltui.restart_policy), accounts GPU
+usage, and starts the job's follow-ups when it succeeds. `--detach` forks once more and returns at
+once, so the launcher can reap it and no zombie is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+from rltui import gpu as gpu_mod
+from rltui.job_records import JobKind, JobSpec, JobState, StateFile, read_spec, read_state, write_state
+from rltui.localfs import (
+    DamagedFile, Layout, boot_time, latest_complete_step, read_json, this_host,
+)
+from rltui.restart_policy import Action, Ending, RestartPolicy
+from rltui.usage import UsageMeter, price_from_env, tree_pids
+
+USAGE_SAMPLE_S = 2.0
+USAGE_WRITE_S = 10.0
+
+
+class ChildProcess(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...  # the return code; negative: killed by that signal
+
+    def signal_group(self, sig: int) -> None: ...
+
+
+Spawner = Callable[[Sequence[str], dict, "str | None", Path], ChildProcess]
+
+
+class PopenChild:
+    """A real child in its own session and process group (pgid == pid)."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _die_with_keeper() -> None:
+    """In the child, before exec: get SIGKILL if the keeper dies, so no job runs unsupervised."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn_process(argv: Sequence[str], env: dict, cwd: str | None, log_path: Path) -> PopenChild:
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=cwd or None, env=env,
+            preexec_fn=_die_with_keeper if sys.platform.startswith("linux") else None,
+        )
+    return PopenChild(popen)
+
+
+@dataclass
+class HangWatch:
+    """No progress in the run's status.json for the hang timeout (longer while saving) = hung."""
+
+    status_path: Path
+    timeout_s: float
+    save_timeout_s: float
+    clock: Callable[[], float]
+    last_progress: float = 0.0
+    _token: tuple | None = None
+    phase: str | None = None
+
+    def __post_init__(self) -> None:
+        self.last_progress = self.clock()
+        self._token = self._read_token()
+
+    def _read_token(self) -> tuple | None:
+        try:
+            mtime = self.status_path.stat().st_mtime
+            d = read_json(self.status_path)
+        except (OSError, DamagedFile):
+            return None
+        if not isinstance(d, dict):
+            return None
+        self.phase = d.get("phase")
+        return (d.get("time"), d.get("step"), d.get("phase"), mtime)
+
+    def hung(self) -> bool:
+        token = self._read_token()
+        if token is not None and token != self._token:
+            self._token = token
+            self.last_progress = self.clock()
+        limit = self.save_timeout_s if self.phase == "saving" else self.timeout_s
+        return self.clock() - self.last_progress > limit
+
+
+class Keeper:
+    """Runs one job to its end. Clock, sleep, spawner and sampler are injected for tests."""
+
+    def __init__(
+        self, layout: Layout, job_id: str, *, clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep, spawner: Spawner = spawn_process,
+        sampler: gpu_mod.Sampler | None = None, poll_s: float = 0.5,
+        on_end: Callable[["Keeper"], None] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.job_id = job_id
+        self.clock = clock
+        self.sleep = sleep
+        self.spawner = spawner
+        self.sampler = sampler
+        self.poll_s = poll_s
+        self.on_end = on_end
+        self.stop_requested = False
+        self.kill_requested = False
+        self.spec: JobSpec = read_spec(layout, job_id)
+        try:
+            self.state = read_state(layout, job_id)
+        except (FileNotFoundError, DamagedFile):
+            self.state = StateFile(JobState.STARTING, run=self.spec.run)
+        self.policy = RestartPolicy(self.spec.restart, clock=clock)
+        price, warning = price_from_env()
+        self.usage = UsageMeter(price, self.state.gpus)
+        self._price_warning = warning
+
+    # ------------------------------------------------------------ signals from users
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_requested = True
+
+    def request_kill(self, *_: object) -> None:
+        self.stop_requested = True
+        self.kill_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGUSR1, self.request_kill)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    # ------------------------------------------------------------ the job's life
+
+    def run(self) -> JobState:
+        s = self.state
+        s.keeper_pid, s.host, s.boot_time = os.getpid(), this_host(), boot_time()
+        s.started_at = s.started_at or time.time()
+        s.run = self.spec.run
+        if self._price_warning:
+            self.log(self._price_warning)
+        argv = list(self.spec.argv)
+        while True:
+            if self.stop_requested:
+                return self.finish(JobState.STOPPED, "stopped by the user before it started")
+            ending = self.run_once(argv)
+            latest = self.latest_checkpoint()
+            decision = self.policy.decide(ending, latest)
+            s.restarts = self.policy.restarts
+            if decision.action is Action.SUCCEED:
+                return self.finish(JobState.SUCCEEDED, decision.reason)
+            if decision.action is Action.STOP:
+                return self.finish(JobState.STOPPED, decision.reason)
+            if decision.action is Action.FAIL:
+                return self.finish(JobState.FAILED, decision.reason)
+            target = self.target_step()
+            if latest is not None and target is not None and latest >= target:
+                return self.finish(JobState.SUCCEEDED,
+                                   f"{ending.describe()} after its final checkpoint (step {latest})")
+            self.transition(JobState.RESTARTING, decision.reason)
+            if not self.wait_backoff():
+                return self.finish(JobState.STOPPED, "stopped by the user while waiting to restart")
+            argv = self.restart_argv(latest)
+
+    def run_once(self, argv: list[str]) -> Ending:
+        """Start argv once and watch it to its end."""
+        self.clear_stop_request()
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        if self.state.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.state.gpus)
+        code_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
+        self.transition(JobState.STARTING, None)
+        self.log(f"starting: {shlex.join(argv)}")
+        try:
+            child = self.spawner(argv, env, self.spec.cwd, self.layout.job_log(self.job_id))
+        except OSError as e:
+            return Ending(start_error=f"{e.strerror or e} ({argv[0]})")
+        self.state.child_pid = self.state.pgid = child.pid
+        self.state.exit_code = self.state.signal = None
+        self.transition(JobState.RUNNING, f"process started (pid {child.pid})")
+        return self.watch(child)
+
+    def watch(self, child: ChildProcess) -> Ending:
+        s = self.spec.restart
+        hang = None
+        if self.spec.kind.trains and self.spec.run:
+            hang = HangWatch(self.layout.run_status(self.spec.run), s.hang_timeout_s,
+                             s.save_hang_timeout_s, self.clock)
+        stage, deadline, hung = None, 0.0, False
+        next_usage = last_usage = self.clock()
+        next_write = last_usage + USAGE_WRITE_S
+        while (rc := child.poll()) is None:
+            now = self.clock()
+            if self.kill_requested and stage != "killed":
+                self.log("killing the job's process group (SIGKILL), as the user asked")
+                child.signal_group(signal.SIGKILL)
+                stage = "killed"
+            elif self.stop_requested and stage is None:
+                stage, deadline = self.begin_stop(child, now)
+            elif stage == "asked" and now >= deadline:
+                self.log(f"still running {s.stop_grace_s:g}s after the stop request: SIGTERM to the group")
+                child.signal_group(signal.SIGTERM)
+                stage, deadline = "term", now + s.kill_grace_s
+            elif stage == "term" and now >= deadline:
+                self.log(f"still running {s.kill_grace_s:g}s after SIGTERM: SIGKILL to the group")
+                child.signal_group(signal.SIGKILL)
+                stage = "killed"
+            if hang is not None and stage is None and not hung and hang.hung():
+                self.log(f"no progress in status.json for {now - hang.last_progress:.0f}s "
+                         f"(phase {hang.phase}): hung; killing the group")
+                child.signal_group(signal.SIGKILL)
+                hung = True
+            if now >= next_usage:
+                self.sample_usage(child.pid, now - last_usage)
+                last_usage, next_usage = now, now + USAGE_SAMPLE_S
+                if now >= next_write:
+                    write_state(self.layout, self.job_id, self.state, durable=False)
+                    next_write = now + USAGE_WRITE_S
+            self.sleep(self.poll_s)
+        child.signal_group(signal.SIGKILL)  # leftovers of the group (workers, helpers)
+        self.sample_usage(child.pid, self.clock() - last_usage)
+        ending = Ending(
+            exit_code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None, hung=hung,
+            user_stop=stage is not None, phase=hang.phase if hang else None,
+        )
+        self.state.exit_code, self.state.signal = ending.exit_code, ending.signal
+        self.log(f"process ended: {ending.describe()}")
+        return ending
+
+    def begin_stop(self, child: ChildProcess, now: float) -> tuple[str, float]:
+        s = self.spec.restart
+        if self.spec.kind.trains and self.spec.run:
+            self.layout.stop_request(self.spec.run).touch()
+            self.transition(JobState.STOPPING,
+                            f"stop requested: asked the trainer to save and exit (grace {s.stop_grace_s:g}s)")
+            return "asked", now + s.stop_grace_s
+        self.transition(JobState.STOPPING, "stop requested: SIGTERM to the group")
+        child.signal_group(signal.SIGTERM)
+        return "term", now + s.kill_grace_s
+
+    def wait_backoff(self) -> bool:
+        """Sleep out the restart delay; False when a stop arrives meanwhile."""
+        while self.policy.remaining_wait() > 0:
+            if self.stop_requested:
+                return False
+            self.sleep(min(self.poll_s, self.policy.remaining_wait()))
+        return not self.stop_requested
+
+    def restart_argv(self, latest: int | None) -> list[str]:
+        """Resume from the latest complete checkpoint; with none yet, run the command again."""
+        if latest is None or not self.spec.resume_argv:
+            return list(self.spec.argv)
+        argv = list(self.spec.resume_argv)
+        target, ckpt_target = self.target_step(), self.checkpoint_target(latest)
+        if target is not None and target > latest and ckpt_target is not None and ckpt_target != target:
+            argv += ["--additional-steps", str(target - latest)]
+        return argv
+
+    # ------------------------------------------------------------ the run's files
+
+    def latest_checkpoint(self) -> int | None:
+        if not self.spec.run:
+            return None
+        return latest_complete_step(self.layout.training_state(self.spec.run))
+
+    def _status(self) -> dict:
+        if not self.spec.run:
+            return {}
+        try:
+            d = read_json(self.layout.run_status(self.spec.run))
+        except (OSError, DamagedFile):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def target_step(self) -> int | None:
+        t = self._status().get("target_step")
+        return int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+    def checkpoint_target(self, step: int) -> int | None:
+        try:
+            d = read_json(self.layout.step_dir(self.spec.run, step) / "training_info.json")
+        except (OSError, DamagedFile):
+            return None
+        t = d.get("target_step") if isinstance(d, dict) else None
+        return int(t) if isinstance(t, (int, float)) else None
+
+    def clear_stop_request(self) -> None:
+        """A stop request left from an earlier session would stop this one at its first step."""
+        if self.spec.kind.trains and self.spec.run:
+            try:
+                self.layout.stop_request(self.spec.run).unlink()
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------ state and log
+
+    def sample_usage(self, child_pid: int, dt: float) -> None:
+        snap = (self.sampler or gpu_mod.default_sampler()).sample()
+        if snap.gpus:
+            self.usage.add(snap, tree_pids(child_pid), max(0.0, dt))
+        self.state.usage = self.usage.result()
+
+    def transition(self, new: JobState, reason: str | None) -> None:
+        self.state.state = new
+        if reason:
+            self.state.note(reason)
+            self.log(f"{new.value}: {reason}")
+        write_state(self.layout, self.job_id, self.state)
+
+    def finish(self, final: JobState, reason: str) -> JobState:
+        self.state.ended_at = time.time()
+        self.state.usage = self.usage.result()
+        self.transition(final, reason)
+        if self.on_end is not None:
+            self.on_end(self)
+        return final
+
+    def log(self, message: str) -> None:
+        line = f"[rltui keeper {time.strftime('%H:%M:%S')}] {message}\n".encode("utf-8", "replace")
+        fd = os.open(str(self.layout.job_log(self.job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def after_end(keeper: Keeper) -> None:
+    """Start follow-ups of a job that succeeded, then queued jobs that its GPUs may now serve."""
+    from rltui import jobs
+
+    layout, spec, state = keeper.layout, keeper.spec, keeper.state
+    if state.state is JobState.SUCCEEDED and spec.run:
+        for follow in spec.followups:
+            if follow.kind is not JobKind.EVAL:
+                continue
+            try:
+                gpus = [state.gpus[0]] if state.gpus else 0
+                fspec = jobs.eval_job(layout, spec.run, dataset=follow.dataset, gpus=gpus)
+                fjob = jobs.launch(layout, fspec.with_changes(parent_job=spec.id), check_usage=False)
+            except Exception as e:  # a follow-up that cannot start must not hide the job's success
+                keeper.log(f"could not start the follow-up eval: {e}")
+                continue
+            state.followup_jobs.append(fjob.id)
+            keeper.log(f"started follow-up job {fjob.id}: {fspec.title}")
+        write_state(layout, keeper.job_id, state)
+    try:
+        started = jobs.start_queued(layout)
+    except Exception as e:
+        keeper.log(f"could not start queued jobs: {e}")
+        return
+    for job_id in started:
+        keeper.log(f"started queued job {job_id}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rltui.keeper", description=__doc__.split("\n")[0])
+    parser.add_argument("--detach", action="store_true", help="fork and return at once")
+    parser.add_argument("job_dir", type=Path)
+    args = parser.parse_args(argv)
+    job_dir = args.job_dir.absolute()
+    layout = Layout(job_dir.parent.parent)
+    if args.detach and os.fork() != 0:
+        os._exit(0)
+    try:
+        keeper = Keeper(layout, job_dir.name, on_end=after_end)
+    except (FileNotFoundError, DamagedFile) as e:
+        sys.stderr.write(f"rltui keeper: cannot read the job: {e}\n")
+        return 2
+    keeper.install_signal_handlers()
+    try:
+        final = keeper.run()
+    except Exception as e:
+        if keeper.state.pgid:
+            try:
+                os.killpg(keeper.state.pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        keeper.state.ended_at = time.time()
+        keeper.transition(JobState.FAILED, f"keeper error: {type(e).__name__}: {e}")
+        raise
+    return 0 if final is JobState.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
