@@ -1,0 +1,73 @@
+"""Per-token log-probs of completion tokens without a float32 [batch, length, vocab] tensor.
+
+    from trainer.logprobs import completion_logprobs
+    logps = completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)  # [N, C]
+
+Same arguments and result as trainer.grpo.token_logps (float32, gradients flow to the adapter),
+but: the model is asked only for the logits that predict completion tokens (`logits_to_keep`),
+and log-softmax is taken one sequence at a time in float32 by `selective_logprobs`, whose
+backward recomputes the softmax from the model's own (bf16) logits instead of keeping float32
+copies. With Qwen2.5's 151,936-token vocabulary, 16 sequences of 256 completion tokens hold
+1.2 GB of bf16 logits; the naive float32 log-softmax would add three float32 copies (7.5 GB)
+and keep them for the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class _SelectiveLogprobs(torch.autograd.Function):
+    """logits [N, L, V] (L >= C), targets [N, C] -> log_softmax(logits[:, :C] / T)[target], float32."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                rows: int) -> torch.Tensor:
+        n, length = targets.shape
+        out = torch.empty(n, length, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for start in range(0, n, rows):
+            x = logits[start:start + rows, :length].float() / temperature
+            lse[start:start + rows] = torch.logsumexp(x, dim=-1)
+            picked = x.gather(-1, targets[start:start + rows, :, None]).squeeze(-1)
+            out[start:start + rows] = picked - lse[start:start + rows]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.rows = temperature, rows
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        logits, targets, lse = ctx.saved_tensors
+        temperature, rows = ctx.temperature, ctx.rows
+        n, length = targets.shape
+        grad_logits = torch.zeros_like(logits)
+        for start in range(0, n, rows):
+            stop = start + rows
+            g = grad[start:stop, :, None].float()
+            # d(x_t - logsumexp(x))/dx = onehot(t) - softmax(x), and x = logits / T
+            d = -(logits[start:stop, :length].float() / temperature - lse[start:stop, :, None]).exp() * g
+            d.scatter_add_(-1, targets[start:stop, :, None], g)
+            grad_logits[start:stop, :length] = (d / temperature).to(logits.dtype)
+        return grad_logits, None, None, None
+
+
+def selective_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                       rows: int = 1) -> torch.Tensor:
+    """log_softmax(logits[:, :C] / temperature) at `targets` [N, C], `rows` sequences at a time."""
+    return _SelectiveLogprobs.apply(logits, targets, temperature, rows)
+
+
+def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        prompt_length: int, temperature: float = 1.0, rows: int = 1) -> torch.Tensor:
+    """Log-probability of each completion token (positions from `prompt_length` on): [N, C] float32.
+
+    Positions follow the attention mask (left padding), as in generation. `model` may be a
+    PeftModel or its DDP wrapper: it is called through its own forward.
+    """
+    completion = input_ids.shape[1] - prompt_length
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=completion + 1).logits
+    return selective_logprobs(logits, input_ids[:, prompt_length:], temperature, rows)
