@@ -19,6 +19,7 @@ from typing import Sequence
 # Modules that register batch commands: each defines register(subparsers, parents).
 COMMAND_MODULES = [
     "rltui.cmd_status",
+    "rltui.sync_to_s3",
 ]
 
 

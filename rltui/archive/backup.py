@@ -1,0 +1,354 @@
+"""Backup of one run (or every run that is not running) and the `--cleanup` that may follow.
+
+Order of a backup, each step safe to interrupt:
+1. read the remote manifest and the list of objects already in the bucket;
+2. hash the local files (cached) and upload, in parallel, every content not yet in the bucket;
+3. check that no uploaded file changed while it was read (else hash and upload it again);
+4. upload the new manifest last, in one PUT; until then the previous one still describes a
+   complete backup. An unchanged run uploads nothing, not even the manifest;
+5. delete objects that no manifest refers to any more (old versions of changed files).
+
+A backup never drops what an earlier backup holds: files gone locally (cleaned up, or removed by
+a retention policy) stay in the new manifest. Cleanup deletes a local file only when it still
+matches the uploaded manifest and a HEAD of its object returns the right size.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from rltui import localfs
+from rltui.archive.manifest import FileEntry, HashCache, LocalFile, Manifest, scan_run, stat_local
+from rltui.archive.progress import Progress, human_bytes
+from rltui.archive.running import run_is_running
+from rltui.archive.store import RemoteStore, translate
+from rltui.errors import UsageError, WorkFailed
+from rltui.localfs import Layout
+
+MAX_CHANGE_ROUNDS = 3
+
+
+@dataclass
+class CleanupResult:
+    deleted: list[str] = field(default_factory=list)
+    deleted_bytes: int = 0
+    kept: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+@dataclass
+class BackupResult:
+    run: str
+    manifest: Manifest
+    uploaded: list[str] = field(default_factory=list)
+    uploaded_bytes: int = 0
+    manifest_uploaded: bool = False
+    garbage_deleted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    cleanup: CleanupResult | None = None
+
+
+@dataclass
+class _Plan:
+    entries: dict[str, FileEntry]
+    files: dict[str, LocalFile]
+
+
+def backup_run(
+    layout: Layout,
+    store: RemoteStore,
+    run: str,
+    *,
+    cleanup: bool = False,
+    keep_latest: bool = False,
+    dry_run: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> BackupResult:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    localfs.validate_run_name(run)
+    if cleanup and run_is_running(layout, run):
+        raise UsageError(f"run {run} is running: refusing to clean it up (stop it, or back up without --cleanup)")
+    local = scan_run(layout, run)
+    previous = store.get_manifest(run)
+    if not local.files and previous is None:
+        raise UsageError(f"bad --training-run: {run!r} (no such run in {layout.training_runs} and no backup)")
+    remote = store.list_objects(run)
+    result = BackupResult(run, previous or Manifest(run), skipped=local.skipped)
+    for path, why in local.skipped:
+        out.write(f"  not backed up: {path} ({why})\n")
+
+    cache = HashCache(layout, run)
+    try:
+        plan = _hash_and_upload(store, run, local.files, cache, remote, result, dry_run, err)
+        for _ in range(MAX_CHANGE_ROUNDS):
+            changed = [f for f in plan.files.values() if stat_local(layout.root, f.path) != f]
+            if not changed or dry_run:
+                break
+            out.write(f"  {len(changed)} file(s) changed while being read; reading them again\n")
+            again = _hash_and_upload(store, run, [stat_local(layout.root, f.path) or f for f in changed],
+                                     cache, remote, result, dry_run, err)
+            plan.entries.update(again.entries)
+            plan.files.update(again.files)
+        else:
+            raise WorkFailed(f"files of {run} keep changing during the backup (is it running?); run it again")
+    finally:
+        cache.save()
+
+    manifest = _merge(run, previous, plan.entries, local.step_latest, remote, out)
+    result.manifest = manifest
+    if dry_run:
+        out.write(f"{run}: dry run: would upload {len(result.uploaded)} file(s), "
+                  f"{human_bytes(result.uploaded_bytes)}; nothing uploaded or deleted\n")
+    elif manifest.same_content(previous):
+        out.write(f"{run}: up to date ({len(manifest.files)} files, {human_bytes(manifest.total_size)})\n")
+    else:
+        store.put_manifest(manifest)
+        result.manifest_uploaded = True
+        referenced = {e.sha256 for e in manifest.files.values()}
+        garbage = set(remote) - referenced
+        if garbage:
+            store.delete_objects(run, garbage)
+            result.garbage_deleted = len(garbage)
+        out.write(f"{run}: backed up {len(manifest.files)} files, {human_bytes(manifest.total_size)} "
+                  f"({len(result.uploaded)} uploaded, {human_bytes(result.uploaded_bytes)}) to "
+                  f"{store.url(store.run_prefix(run))}\n")
+    if cleanup:
+        pending = {plan.entries[p].sha256 for p in result.uploaded} if dry_run else set()
+        result.cleanup = cleanup_run(layout, store, manifest, keep_latest=keep_latest, dry_run=dry_run,
+                                     out=out, would_upload=pending)
+    return result
+
+
+def _hash_and_upload(
+    store: RemoteStore,
+    run: str,
+    files: list[LocalFile],
+    cache: HashCache,
+    remote: dict[str, int],
+    result: BackupResult,
+    dry_run: bool,
+    err: TextIO,
+) -> _Plan:
+    """Hash each file and, while the next one hashes, upload the contents the bucket lacks."""
+    plan = _Plan({}, {})
+    progress = Progress("uploading", sum(f.size for f in files), stream=err)
+    if dry_run:
+        for f in files:
+            sha = cache.sha256(f)
+            plan.entries[f.path] = FileEntry(f.path, f.size, sha)
+            plan.files[f.path] = f
+            if remote.get(sha) != f.size:
+                remote[sha] = f.size  # counted once even when two files share it
+                result.uploaded.append(f.path)
+                result.uploaded_bytes += f.size
+        return plan
+    with store.uploader(run, progress.add) as up:
+        for f in files:
+            sha = cache.sha256(f)
+            plan.entries[f.path] = FileEntry(f.path, f.size, sha)
+            plan.files[f.path] = f
+            if remote.get(sha) == f.size:
+                progress.total -= f.size
+                continue
+            remote[sha] = f.size
+            up.submit(f, sha)
+            result.uploaded.append(f.path)
+            result.uploaded_bytes += f.size
+    progress.finish()
+    return plan
+
+
+def _merge(
+    run: str,
+    previous: Manifest | None,
+    local: dict[str, FileEntry],
+    step_latest: int | None,
+    remote: dict[str, int],
+    out: TextIO,
+) -> Manifest:
+    """The previous backup's files, updated by the local ones; files lost from the bucket dropped."""
+    files = dict(previous.files) if previous else {}
+    files.update(local)
+    lost = sorted(p for p, e in files.items() if remote.get(e.sha256) != e.size)
+    for p in lost:
+        out.write(f"  warning: {p} of the previous backup is missing from the bucket; no longer listed\n")
+        del files[p]
+    if step_latest is None and previous is not None:
+        step_latest = previous.step_latest
+    if previous is not None and previous.same_content(Manifest(run, files, step_latest)):
+        return previous
+    return Manifest(run, files=files, step_latest=step_latest)
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def keep_paths(layout: Layout, run: str) -> tuple[set[str], str]:
+    """Paths (relative to the root) that --keep-latest keeps, and the folder prefix of the kept step."""
+    rel = lambda p: p.relative_to(layout.root).as_posix()  # noqa: E731
+    keep = {rel(layout.run_config(run)), rel(layout.run_status(run))}
+    step_prefix = ""
+    try:
+        step = localfs.resolve_step(layout.training_state(run), "latest")
+        step_prefix = rel(layout.step_dir(run, step)) + "/"
+    except (FileNotFoundError, localfs.BadName):
+        pass
+    return keep, step_prefix
+
+
+def _kept(path: str, keep: set[str], step_prefix: str, logs_prefix: str) -> bool:
+    return path in keep or path.startswith(logs_prefix) or bool(step_prefix and path.startswith(step_prefix))
+
+
+def cleanup_run(
+    layout: Layout,
+    store: RemoteStore,
+    manifest: Manifest,
+    *,
+    keep_latest: bool,
+    dry_run: bool,
+    out: TextIO,
+    would_upload: set[str] | frozenset[str] = frozenset(),
+) -> CleanupResult:
+    """Delete local files of `manifest` that are confirmed in the bucket (HEAD: right size).
+
+    On a dry run, `would_upload` names contents that the backup would have uploaded first.
+    """
+    run = manifest.run
+    if run_is_running(layout, run):
+        raise UsageError(f"run {run} is running: refusing to clean it up")
+    res = CleanupResult()
+    keep, step_prefix = keep_paths(layout, run) if keep_latest else (set(), "")
+    logs_prefix = layout.logs_dir(run).relative_to(layout.root).as_posix() + "/"
+    cache = HashCache(layout, run)
+    candidates: list[tuple[LocalFile, FileEntry]] = []
+    for path, entry in sorted(manifest.files.items()):
+        f = stat_local(layout.root, path)
+        if f is None:
+            continue
+        if keep_latest and _kept(path, keep, step_prefix, logs_prefix):
+            res.kept.append(path)
+        elif f.size != entry.size or cache.sha256(f) != entry.sha256:
+            res.refused.append((path, "changed since the backup"))
+        else:
+            candidates.append((f, entry))
+    cache.save()
+
+    confirmed: dict[str, bool] = {}
+    for _f, entry in candidates:
+        if entry.sha256 in would_upload:
+            confirmed[entry.sha256] = True
+        elif entry.sha256 not in confirmed:
+            confirmed[entry.sha256] = store.head_size(run, entry.sha256) == entry.size
+    doomed = [(f, e) for f, e in candidates if confirmed[e.sha256]]
+    res.refused += [(f.path, "not confirmed in the bucket") for f, e in candidates if not confirmed[e.sha256]]
+    for path, why in res.refused:
+        out.write(f"  kept {path}: {why}\n")
+    if dry_run:
+        for f, _e in doomed:
+            out.write(f"  would delete {f.path}\n")
+        out.write(f"{run}: dry run: would delete {len(doomed)} local file(s), "
+                  f"{human_bytes(sum(f.size for f, _ in doomed))}; kept {len(res.kept)}\n")
+        return res
+
+    _unlink_step_latest_if_doomed(layout, run, {f.path for f, _ in doomed})
+    # training_info.json last: a checkpoint cut short by a crash here reads "missing file X"
+    order = sorted(doomed, key=lambda fe: (fe[0].full.name == localfs.CHECKPOINT_INFO, fe[0].path))
+    for f, _e in order:
+        try:
+            os.unlink(f.full)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise WorkFailed(f"cleanup of {run} stopped: cannot delete {f.full}: {e.strerror}") from None
+        res.deleted.append(f.path)
+        res.deleted_bytes += f.size
+    _remove_empty_dirs(layout, run)
+    out.write(f"{run}: cleaned up {len(res.deleted)} local file(s), {human_bytes(res.deleted_bytes)}"
+              + (f"; kept the latest checkpoint, config, status and logs ({len(res.kept)} files)"
+                 if keep_latest else "") + "\n")
+    return res
+
+
+def _unlink_step_latest_if_doomed(layout: Layout, run: str, doomed: set[str]) -> None:
+    training_state = layout.training_state(run)
+    step = localfs.read_step_latest(training_state)
+    if step is None:
+        return
+    prefix = layout.step_dir(run, step).relative_to(layout.root).as_posix() + "/"
+    if any(p.startswith(prefix) for p in doomed):
+        try:
+            os.unlink(layout.step_latest(run))
+        except FileNotFoundError:
+            pass
+
+
+def _remove_empty_dirs(layout: Layout, run: str) -> None:
+    from rltui.archive.manifest import run_eval_dirs
+
+    link = layout.step_latest(run)
+    if os.path.islink(link) and not link.exists():
+        os.unlink(link)
+    for top in [layout.run_dir(run), *run_eval_dirs(layout, run)]:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for dirpath, _dirs, _files in os.walk(top, topdown=False):
+            try:
+                os.rmdir(dirpath)  # only succeeds when empty
+            except OSError:
+                pass
+
+
+def backup_all(
+    layout: Layout,
+    store: RemoteStore,
+    *,
+    cleanup: bool = False,
+    keep_latest: bool = False,
+    dry_run: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> list[BackupResult]:
+    """Back up every run that is not running; one run's failure does not stop the others."""
+    out = out or sys.stdout
+    results: list[BackupResult] = []
+    failed: list[str] = []
+    runs = sorted(p.name for p in _run_dirs(layout.training_runs))
+    if not runs:
+        out.write(f"no runs in {layout.training_runs}\n")
+    for run in runs:
+        if run_is_running(layout, run):
+            out.write(f"{run}: running; skipped\n")
+            continue
+        try:
+            results.append(backup_run(layout, store, run, cleanup=cleanup, keep_latest=keep_latest,
+                                      dry_run=dry_run, out=out, err=err))
+        except Exception as e:  # one line per run; the summary below fails the command
+            out.write(f"{run}: failed: {translate(e, store.settings, 'backup')}\n")
+            failed.append(run)
+    if failed:
+        raise WorkFailed(f"backup failed for {len(failed)} run(s): {', '.join(failed)}")
+    return results
+
+
+def _run_dirs(folder: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            localfs.validate_run_name(e.name)
+        except localfs.BadName:
+            continue
+        out.append(Path(e.path))
+    return out

@@ -1,0 +1,263 @@
+"""The remote side of the archive: object keys, manifests, listings and parallel transfers.
+
+Layout under the bucket's prefix:
+
+    PREFIX/runs/RUN/manifest.json        the last complete backup (uploaded last, one PUT)
+    PREFIX/runs/RUN/objects/SHA256       file contents, named by their sha256
+
+Contents are addressed by hash rather than by path because S3 has no rename and no transaction:
+if a changed `status.json` were uploaded over the old key, a backup that dies before its manifest
+would leave the previous manifest pointing at bytes it does not describe. With hashed names an
+object is never overwritten with different bytes, so the previous manifest stays true until the
+new one replaces it. Identical files (often the adapter config across checkpoints) upload once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Iterable
+
+from rltui.archive.manifest import LocalFile, Manifest
+from rltui.archive.settings import BUCKET_VAR, S3Settings
+from rltui.errors import UsageError, WorkFailed
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    sha256: str
+    size: int
+
+
+def describe_error(e: BaseException, settings: S3Settings) -> str:
+    """One line: the cause of an S3 or network failure, with secrets masked."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        code = err.get("Code", "?")
+        msg = f"{code}: {err.get('Message') or e}"
+    else:
+        msg = f"{type(e).__name__}: {e}"
+    # s3transfer wraps the real cause; the first line is what a user needs
+    line = " ".join(str(msg).split())
+    return settings.redact(line)[:400]
+
+
+def translate(e: BaseException, settings: S3Settings, doing: str) -> Exception:
+    """The UsageError (bad setting) or WorkFailed (failed work) that `e` means for a user."""
+    from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
+
+    if isinstance(e, (UsageError, WorkFailed)):
+        return e
+    if isinstance(e, NoCredentialsError):
+        return UsageError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the settings "
+            "file or the environment"
+        )
+    if isinstance(e, ProfileNotFound):
+        return UsageError(f"bad AWS_PROFILE: {describe_error(e, settings)}")
+    if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "NoSuchBucket":
+        return UsageError(f"bad {BUCKET_VAR}: {settings.bucket!r} (no such bucket at "
+                          f"{settings.endpoint_url or 'AWS'})")
+    return WorkFailed(f"{doing} failed: {describe_error(e, settings)}")
+
+
+class RemoteStore:
+    """One bucket and prefix, through one boto3 client (which the tests may instrument)."""
+
+    def __init__(self, client: Any, settings: S3Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.bucket = settings.bucket
+
+    # keys
+    def run_prefix(self, run: str) -> str:
+        return f"{self.settings.prefix}runs/{run}/"
+
+    def manifest_key(self, run: str) -> str:
+        return self.run_prefix(run) + "manifest.json"
+
+    def object_key(self, run: str, sha256: str) -> str:
+        if not _SHA256.match(sha256):
+            raise ValueError(f"bad sha256 {sha256!r}")
+        return self.run_prefix(run) + "objects/" + sha256
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # manifests
+    def get_manifest_raw(self, run: str) -> tuple[Any, float] | None:
+        """(parsed JSON, LastModified) of the run's manifest, or None when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(run))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        body = resp["Body"].read()
+        try:
+            return json.loads(body), resp["LastModified"].timestamp()
+        except ValueError:
+            return {"damaged": True}, resp["LastModified"].timestamp()
+
+    def get_manifest(self, run: str) -> Manifest | None:
+        raw = self.get_manifest_raw(run)
+        if raw is None:
+            return None
+        try:
+            return Manifest.from_json(raw[0], run)
+        except ValueError as e:
+            raise WorkFailed(f"damaged manifest {self.url(self.manifest_key(run))}: {e}") from None
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        body = (json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n").encode()
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.manifest_key(manifest.run), Body=body,
+            ContentType="application/json",
+        )
+
+    # listings
+    def list_runs(self) -> list[str]:
+        runs: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = f"{self.settings.prefix}runs/"
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                name = cp["Prefix"][len(prefix):].rstrip("/")
+                if _RUN_SEGMENT.match(name) and ".." not in name:
+                    runs.append(name)
+        return sorted(runs)
+
+    def list_objects(self, run: str) -> dict[str, int]:
+        """sha256 -> size of every content object of the run (other keys are ignored)."""
+        out: dict[str, int] = {}
+        prefix = self.run_prefix(run) + "objects/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if _SHA256.match(name):
+                    out[name] = int(obj["Size"])
+        return out
+
+    def head_size(self, run: str, sha256: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self.object_key(run, sha256))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(resp["ContentLength"])
+
+    def delete_objects(self, run: str, shas: Iterable[str]) -> None:
+        keys = [{"Key": self.object_key(run, s)} for s in sorted(shas)]
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True}
+            )
+
+    # transfers
+    def _manager(self) -> Any:
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        part = self.settings.part_size_mb * 1024 * 1024
+        config = TransferConfig(
+            multipart_threshold=part, multipart_chunksize=part,
+            max_concurrency=self.settings.max_concurrency, use_threads=True,
+        )
+        return create_transfer_manager(self.client, config)
+
+    def uploader(self, run: str, on_bytes: Callable[[int], None]) -> "Uploader":
+        return Uploader(self, run, on_bytes)
+
+    def download_many(
+        self, run: str, items: list[tuple[str, IO[bytes]]], on_bytes: Callable[[int], None]
+    ) -> None:
+        """Download (sha256, open file) pairs in parallel; every file object is closed after."""
+        manager = self._manager()
+        subscribers = [_Progress(on_bytes)]
+        try:
+            futures = [
+                manager.download(self.bucket, self.object_key(run, sha), fileobj, subscribers=subscribers)
+                for sha, fileobj in items
+            ]
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            manager.shutdown(cancel=True)
+            raise
+        finally:
+            for _sha, fileobj in items:
+                fileobj.close()
+        manager.shutdown()
+
+
+class Uploader:
+    """Parallel uploads submitted one by one while the caller hashes the next file.
+
+    `with store.uploader(run, on_bytes) as up: up.submit(file, sha)`; leaving the block waits for
+    every upload and raises the first failure (after cancelling the rest).
+    """
+
+    def __init__(self, store: RemoteStore, run: str, on_bytes: Callable[[int], None]) -> None:
+        self.store = store
+        self.run = run
+        self.subscribers = [_Progress(on_bytes)]
+        self.manager: Any = None
+        self.futures: list[Any] = []
+
+    def __enter__(self) -> "Uploader":
+        self.manager = self.store._manager()
+        return self
+
+    def submit(self, f: LocalFile, sha256: str) -> None:
+        self.futures.append(self.manager.upload(
+            str(f.full), self.store.bucket, self.store.object_key(self.run, sha256),
+            extra_args={"Metadata": {"rltui-path": _ascii(f.path)}},
+            subscribers=self.subscribers,
+        ))
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.manager.shutdown(cancel=True)
+            return
+        try:
+            for fut in self.futures:
+                fut.result()
+        except BaseException:
+            self.manager.shutdown(cancel=True)
+            raise
+        self.manager.shutdown()
+
+
+def _ascii(text: str) -> str:
+    """S3 metadata values must be ASCII; the path is informational only."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:1024]
+
+
+class _Progress:
+    """An s3transfer subscriber that forwards byte counts (negative when a part is retried)."""
+
+    def __init__(self, on_bytes: Callable[[int], None]) -> None:
+        self._on_bytes = on_bytes
+        self._lock = threading.Lock()
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        with self._lock:
+            self._on_bytes(bytes_transferred)
+
+    def on_done(self, future: Any, **kwargs: Any) -> None:
+        pass
