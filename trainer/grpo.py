@@ -1,0 +1,307 @@
+"""GRPO as small functions with tensors in and out, joined by one `Batch` of episodes.
+
+    batch = rollout(model, tokenizer, examples, ...)        sample G completions per prompt
+    score(batch, rewards)                                   reward functions -> batch.rewards
+    batch.advantages = group_advantages(batch.reward, G, scale_rewards)
+    old/ref log-probs (no grad) -> batch.old_logps, batch.ref_logps
+    stats = policy_update(model, optimizer, scheduler, [batch], ...)   loss, clip, step
+
+Rollout and generation sit behind `rollout` so that generation can be made faster without
+touching the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import Example
+from trainer.generation import generate
+
+RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
+
+
+@dataclass
+class Batch:
+    """One rollout: `len(prompts) * G` sequences, each a left-padded prompt and its completion."""
+
+    prompts: list[str]  # one per sequence (each prompt repeated G times)
+    answers: list[str]  # gold answers, normalised (what the reward functions compare with)
+    completions: list[str]
+    input_ids: torch.Tensor  # [N, P + C]
+    attention_mask: torch.Tensor  # [N, P + C]
+    completion_mask: torch.Tensor  # [N, C]: 1 on completion tokens up to and including EOS
+    prompt_length: int  # P
+    truncated: torch.Tensor  # [N] bool: no EOS within max_completion_length
+    rewards: torch.Tensor | None = None  # [N, R] one column per reward function
+    reward: torch.Tensor | None = None  # [N] weighted sum
+    advantages: torch.Tensor | None = None  # [N]
+    old_logps: torch.Tensor | None = None  # [N, C] when num_iterations > 1
+    ref_logps: torch.Tensor | None = None  # [N, C] when beta > 0
+    generation_tokens: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return Batch(
+            prompts=self.prompts[start:stop], answers=self.answers[start:stop],
+            completions=self.completions[start:stop], input_ids=self.input_ids[start:stop],
+            attention_mask=self.attention_mask[start:stop],
+            completion_mask=self.completion_mask[start:stop], prompt_length=self.prompt_length,
+            truncated=self.truncated[start:stop], rewards=cut(self.rewards), reward=cut(self.reward),
+            advantages=cut(self.advantages), old_logps=cut(self.old_logps),
+            ref_logps=cut(self.ref_logps),
+        )
+
+    def chunks(self, size: int) -> Iterator["Batch"]:
+        for start in range(0, self.size, size):
+            yield self.slice(start, min(start + size, self.size))
+
+
+@dataclass
+class LossStats:
+    loss: float
+    kl: float  # mean per-token KL to the reference (0 when beta == 0)
+    clip_low: float  # fraction of tokens clipped at 1 - epsilon (negative advantage)
+    clip_high: float  # fraction clipped at 1 + epsilon_high (positive advantage)
+    ratio_mean: float
+    ratio_min: float
+    ratio_max: float
+    tokens: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- rollout and rewards
+
+
+def rollout(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    *,
+    num_generations: int,
+    max_prompt_length: int,
+    max_completion_length: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+) -> Batch:
+    """Sample `num_generations` completions of every prompt with the policy (adapter on)."""
+    repeated = [p for p in prompts for _ in range(num_generations)]
+    out = generate(
+        model, tokenizer, repeated, max_new_tokens=max_completion_length, do_sample=True,
+        temperature=temperature, top_p=top_p, generator=generator,
+        max_prompt_length=max_prompt_length,
+    )
+    answers = [ex.gold for ex in examples for _ in range(num_generations)]
+    input_ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
+    attention_mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
+    return Batch(
+        prompts=repeated, answers=answers, completions=list(out.texts), input_ids=input_ids,
+        attention_mask=attention_mask, completion_mask=out.completion_mask,
+        prompt_length=out.prompt_ids.shape[1], truncated=torch.tensor(out.truncated, dtype=torch.bool),
+        generation_tokens=out.completion_tokens,
+    )
+
+
+def score(batch: Batch, reward_fns: Sequence[RewardFn], weights: Sequence[float]) -> None:
+    """Fill `batch.rewards` (one column per function) and `batch.reward` (their weighted sum)."""
+    columns = []
+    for fn in reward_fns:
+        values = fn(list(batch.prompts), list(batch.completions), list(batch.answers))
+        if len(values) != batch.size:
+            raise ValueError(f"reward function {fn!r} returned {len(values)} values for {batch.size}")
+        columns.append(torch.tensor([float(v) for v in values], dtype=torch.float32))
+    batch.rewards = torch.stack(columns, dim=1)
+    batch.reward = batch.rewards @ torch.tensor(list(weights), dtype=torch.float32)
+
+
+def group_advantages(reward: torch.Tensor, num_generations: int, scale_rewards: str) -> torch.Tensor:
+    """(r - group mean), divided by the group's std ("group"), the batch's ("batch") or 1 ("none")."""
+    grouped = reward.view(-1, num_generations)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale_rewards == "group":
+        std = grouped.std(dim=1, keepdim=True).expand_as(grouped).reshape(-1)
+    elif scale_rewards == "batch":
+        std = reward.std().expand_as(reward)
+    else:
+        return centred
+    return centred / (std + 1e-4)
+
+
+# ---------------------------------------------------------------- log-probs and the loss
+
+
+def token_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    prompt_length: int, temperature: float,
+) -> torch.Tensor:
+    """Log-probability of each completion token under `model`: [N, C] (float32)."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
+    logits = logits[:, prompt_length - 1 : -1].float() / temperature
+    targets = input_ids[:, prompt_length:]
+    return torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def frozen_logps(
+    model: torch.nn.Module, batch: Batch, temperature: float, chunk: int, *, reference: bool
+) -> torch.Tensor:
+    """Log-probs without gradients: the current policy, or the reference (adapter disabled)."""
+    # Disable the adapter: the reference policy is the base model, with no second copy in memory.
+    ctx = model.disable_adapter() if reference else contextlib.nullcontext()
+    parts = []
+    with ctx:
+        for part in batch.chunks(chunk):
+            parts.append(token_logps(model, part.input_ids, part.attention_mask,
+                                     part.prompt_length, temperature))
+    return torch.cat(parts, dim=0)
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float,
+    max_completion_length: int,
+    n_sequences: int | None = None,
+    n_tokens: int | None = None,
+) -> tuple[torch.Tensor, LossStats]:
+    """The clipped GRPO surrogate (+ beta * KL) over one chunk of sequences.
+
+    Normalisation (as TRL): grpo = mean over sequences of each sequence's token mean; dr_grpo =
+    token sum / (sequences * max_completion_length); dapo = token sum / token count. When the
+    batch is split into chunks, pass the whole batch's `n_sequences` and `n_tokens` so that the
+    chunks' losses add up to the batch's loss.
+    """
+    mask = mask.to(logps.dtype)
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * adv)
+    kl = torch.zeros_like(logps)
+    if beta > 0:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1  # k3 estimator, >= 0
+        per_token = per_token + beta * kl
+    n_seq = n_sequences if n_sequences is not None else logps.shape[0]
+    n_tok = n_tokens if n_tokens is not None else int(mask.sum())
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seq
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
+    elif loss_type == "dapo":
+        loss = (per_token * mask).sum() / max(n_tok, 1)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    return loss, _stats(loss, ratio, adv, kl, mask, epsilon, epsilon_high)
+
+
+@torch.no_grad()
+def _stats(loss, ratio, adv, kl, mask, epsilon, epsilon_high) -> LossStats:
+    count = mask.sum().clamp(min=1)
+    low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
+    high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
+    on = mask.bool()
+    r = ratio[on] if on.any() else torch.ones(1)
+    return LossStats(
+        loss=float(loss), kl=float((kl * mask).sum() / count),
+        clip_low=float((low * mask).sum() / count), clip_high=float((high * mask).sum() / count),
+        ratio_mean=float(r.mean()), ratio_min=float(r.min()), ratio_max=float(r.max()),
+        tokens=int(mask.sum()),
+    )
+
+
+# ---------------------------------------------------------------- the update
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    kl: float
+    clip_low: float
+    clip_high: float
+    ratio_mean: float
+    ratio_min: float
+    ratio_max: float
+    grad_norm: float
+    learning_rate: float
+
+
+def policy_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: Sequence[Batch],
+    *,
+    loss_type: str,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float,
+    temperature: float,
+    max_completion_length: int,
+    forward_batch_size: int,
+    max_grad_norm: float,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> UpdateStats:
+    """One optimizer step over `batches` (gradient accumulation: each batch weighs 1/len).
+
+    `model` is what the gradients flow through (the DDP wrapper under torchrun); `no_sync`
+    skips DDP's all-reduce on every backward but the last.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    parts = [(b, c) for b in batches for c in b.chunks(forward_batch_size)]
+    found: list[LossStats] = []
+    loss_total = 0.0
+    for i, (batch, chunk) in enumerate(parts):
+        with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
+            logps = token_logps(model, chunk.input_ids, chunk.attention_mask,
+                                chunk.prompt_length, temperature)
+            # num_iterations == 1: the sampling policy is the current one, so the ratio is exactly 1
+            old = chunk.old_logps if chunk.old_logps is not None else logps.detach()
+            loss, st = grpo_loss(
+                logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
+                loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
+                max_completion_length=max_completion_length, n_sequences=batch.size,
+                n_tokens=int(batch.completion_mask.sum()),
+            )
+            (loss / len(batches)).backward()
+        loss_total += loss.item() / len(batches)
+        found.append(st)
+    params = [p for p in model.parameters() if p.requires_grad]
+    limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    learning_rate = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return _merge(found, loss_total, grad_norm, learning_rate)
+
+
+def _merge(found: list[LossStats], loss: float, grad_norm: float, lr: float) -> UpdateStats:
+    tokens = max(sum(s.tokens for s in found), 1)
+
+    def mean(name: str) -> float:
+        return sum(getattr(s, name) * s.tokens for s in found) / tokens
+
+    return UpdateStats(
+        loss=loss, kl=mean("kl"), clip_low=mean("clip_low"), clip_high=mean("clip_high"),
+        ratio_mean=mean("ratio_mean"), ratio_min=min(s.ratio_min for s in found),
+        ratio_max=max(s.ratio_max for s in found), grad_norm=grad_norm, learning_rate=lr,
+    )

@@ -1,0 +1,164 @@
+"""What one training session was asked to do, resolved and validated before any work starts.
+
+Every check that can fail on bad input runs here, in every process alike and before the process
+group forms, so that bad input ends in one line and exit 2 on every rank and no rank is left
+waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rltui import localfs
+from trainer.checkpoint import MODEL_DIR, verify_checkpoint
+from trainer.config import Config, config_from_dict, load_config
+from trainer.errors import ConfigError
+
+RESOLVED_CONFIG = "config_resolved.yaml"
+
+
+@dataclass
+class ResumePoint:
+    run: str
+    step: int
+    step_dir: Path
+    info: dict[str, Any]
+
+    @property
+    def adapter(self) -> Path:
+        return self.step_dir / MODEL_DIR
+
+
+@dataclass
+class Session:
+    cfg: Config
+    root: Path
+    layout: localfs.Layout
+    base_path: Path
+    init_adapter: Path | None  # None: a fresh LoRA (or the checkpoint's, when resuming)
+    target_step: int
+    schedule_steps: int  # the run's original target: the LR schedule's horizon
+    world_size: int
+    cfg_text: str | None = None  # the config file as given (new runs)
+    run_name: str | None = None  # --run-name (new runs)
+    resume: ResumePoint | None = None
+    parent: dict[str, Any] | None = None
+
+
+def prepare(args: argparse.Namespace) -> Session:
+    """The validated Session for parsed rl_runner arguments; ConfigError on any bad input."""
+    from trainer.data import load_split
+    from trainer.modeling import check_adapter_fits, resolve_base_model
+    from trainer.rewards import load_reward
+
+    root = localfs.resolve_root(args.root)
+    layout = localfs.Layout(root)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.resume_run:
+        session = _prepare_resume(args, root, layout, world_size)
+    else:
+        session = _prepare_new(args, root, layout, world_size)
+    cfg = session.cfg
+    session.base_path = resolve_base_model(cfg.model.base, root)
+    if session.resume is None:
+        session.init_adapter = _init_adapter(args.ckpt or cfg.model.init_adapter, cfg, root)
+    adapter = session.resume.adapter if session.resume else session.init_adapter
+    if adapter is not None:
+        check_adapter_fits(session.base_path, adapter)
+    load_split(root, cfg.data.dataset, cfg.data.split)
+    for reward in cfg.rewards:
+        load_reward(reward.function)
+    return session
+
+
+def _prepare_new(args: argparse.Namespace, root: Path, layout: localfs.Layout,
+                 world_size: int) -> Session:
+    cfg = load_config(args.cfg)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps}: must be >= 1")
+    target = args.steps if args.steps is not None else cfg.training.total_steps
+    if args.run_name is not None:
+        _check_fresh_run_folder(layout, args.run_name)
+    return Session(
+        cfg=cfg, root=root, layout=layout, base_path=Path(), init_adapter=None,
+        target_step=target, schedule_steps=target, world_size=world_size,
+        cfg_text=Path(args.cfg).read_text(encoding="utf-8"), run_name=args.run_name,
+    )
+
+
+def _check_fresh_run_folder(layout: localfs.Layout, name: str) -> None:
+    try:
+        folder = layout.run_dir(name)
+    except localfs.BadName as e:
+        raise ConfigError(f"--run-name: {e}") from None
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--run-name {name}: {folder} is not a folder")
+    for used in (layout.run_status(name), layout.training_state(name)):
+        if used.exists():
+            raise ConfigError(f"--run-name {name}: run folder already in use ({used.name} exists); "
+                              "resume it with python -m trainer.resume_training")
+
+
+def _init_adapter(spec: str | None, cfg: Config, root: Path) -> Path | None:
+    if spec is None:
+        return None
+    if spec == "warmstart":
+        if cfg.model.base != "tiny":
+            raise ConfigError("model.init_adapter 'warmstart' is the tiny model's; model.base is "
+                              f"{cfg.model.base!r}")
+        from trainer.tiny import ensure_tiny
+
+        return ensure_tiny(root).warmstart
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"adapter not found: {spec} (not a folder)")
+    return path.absolute()
+
+
+def _prepare_resume(args: argparse.Namespace, root: Path, layout: localfs.Layout,
+                    world_size: int) -> Session:
+    run = args.resume_run
+    try:
+        run_dir = layout.run_dir(run)
+    except localfs.BadName as e:
+        raise ConfigError(str(e)) from None
+    if not run_dir.is_dir():
+        raise ConfigError(f"no such training run: {run} (looked in {layout.training_runs})")
+    step_dir = layout.step_dir(run, args.resume_step)
+    info = verify_checkpoint(step_dir, run)
+    cfg = read_run_config(layout, run)
+    if info.get("config_hash") != cfg.hash():
+        raise ConfigError(f"checkpoint {run}/{step_dir.name} was written with another config "
+                          f"(hash {info.get('config_hash')}, {RESOLVED_CONFIG} gives {cfg.hash()})")
+    saved_world = int(info.get("world_size", 1))
+    if saved_world != world_size and not args.allow_world_size_change:
+        raise ConfigError(
+            f"checkpoint {run}/{step_dir.name} was saved with world size {saved_world}, this "
+            f"session has {world_size}; pass --allow-world-size-change to continue anyway "
+            "(not bitwise identical)")
+    target = args.target_step if args.target_step is not None else int(info["target_step"])
+    if target <= args.resume_step:
+        raise ConfigError(f"target step {target} is not after the checkpoint's step {args.resume_step}")
+    status = localfs.read_json_or_none(layout.run_status(run)) or {}
+    return Session(
+        cfg=cfg, root=root, layout=layout, base_path=Path(), init_adapter=None,
+        target_step=target, schedule_steps=int(info.get("schedule_steps", info["target_step"])),
+        world_size=world_size, resume=ResumePoint(run, args.resume_step, step_dir, info),
+        parent=status.get("parent"),
+    )
+
+
+def read_run_config(layout: localfs.Layout, run: str) -> Config:
+    """The resolved config a run was started with (every default written out)."""
+    path = layout.run_dir(run) / RESOLVED_CONFIG
+    try:
+        data = localfs.read_yaml(path)
+    except FileNotFoundError:
+        raise ConfigError(f"run {run} has no {RESOLVED_CONFIG}") from None
+    except localfs.DamagedFile as e:
+        raise ConfigError(str(e)) from None
+    return config_from_dict(data, source=str(path))
