@@ -37,6 +37,10 @@ REMOTE_FSTYPES = frozenset(
 )
 
 
+# inotify reports opens and closes after reading too; only writes matter here.
+READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
+
+
 class WatchMode(Enum):
     STARTING = "starting"
     INOTIFY = "inotify"
@@ -300,6 +304,8 @@ class _Handler:
         self.watcher = watcher
 
     def dispatch(self, event: object) -> None:
+        if getattr(event, "event_type", "") in READ_ONLY_EVENTS:
+            return  # our own reads (the index, log tails) must not trigger re-reads
         changes = []
         for attr in ("src_path", "dest_path"):
             path = getattr(event, attr, "")

@@ -1,0 +1,158 @@
+"""The app's actions: open a form, confirm, and hand the result to rltui.jobs in a worker.
+
+Mixed into RlTuiApp (rltui.tui.app), which provides `layout`, `launcher`, `sampler`,
+`selected_run()`, `selected_job()` and the widgets. Every action is bound to a key (shown in
+the Footer) and listed in the command palette.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+
+from rltui.tui.confirm import Confirm
+from rltui.tui.form_archive import ArchiveForm
+from rltui.tui.form_eval import EvalForm
+from rltui.tui.form_resume import ResumeForm
+from rltui.tui.form_train import TrainForm
+from rltui.tui.help_screen import HelpScreen
+from rltui.tui.log_screen import LogScreen
+from rltui.tui.watcher import Change
+
+if TYPE_CHECKING:
+    from rltui.tui.app import RlTuiApp
+
+DEFAULT_CONFIGS = ("configs/tiny.yaml", "configs/default.yaml")
+
+
+class ActionsMixin:
+    # ------------------------------------------------------------ forms that launch jobs
+
+    def action_new_training(self: "RlTuiApp") -> None:
+        from pathlib import Path
+
+        cfg = next((c for c in DEFAULT_CONFIGS if Path(c).is_file()), "")
+        self.push_screen(TrainForm(self.layout, default_cfg=cfg), self.launch_spec)
+
+    def action_resume(self: "RlTuiApp") -> None:
+        run = self.need_run("resume")
+        if run is None:
+            return
+        from rltui.tui.run_detail import RunDetail
+
+        step = self.query_one(RunDetail).selected_step
+        chosen = next((c for c in run.checkpoints if c.step == step and c.complete), None)
+        self.push_screen(ResumeForm(self.layout, run=run.name, step=chosen.step if chosen else None),
+                         self.launch_spec)
+
+    def action_evaluate(self: "RlTuiApp") -> None:
+        run = self.need_run("evaluate")
+        if run is not None:
+            self.push_screen(EvalForm(self.layout, run=run.name, dataset=run.dataset), self.launch_spec)
+
+    def action_archive(self: "RlTuiApp") -> None:
+        run = self.selected_run()
+        self.push_screen(ArchiveForm(self.layout, run=run.name if run else None), self.launch_spec)
+
+    def need_run(self: "RlTuiApp", what: str) -> Any:
+        run = self.selected_run()
+        if run is None:
+            self.notify(f"select a run to {what} first", severity="warning")
+        return run
+
+    def launch_spec(self: "RlTuiApp", spec: Any) -> None:
+        if spec is not None:
+            self.launch_worker(spec)
+
+    @work(thread=True, group="launch")
+    def launch_worker(self: "RlTuiApp", spec: Any) -> None:
+        from rltui import jobs
+
+        try:
+            if self.launcher is not None:
+                self.launcher(self.layout, spec)
+            else:
+                jobs.launch(self.layout, spec, self.sampler)
+        except Exception as e:  # shown to the user; the job record says the rest
+            self.call_from_thread(self.notify, f"could not launch {spec.title or spec.id}: {e}",
+                                  severity="error", timeout=10)
+            return
+        self.call_from_thread(self.notify, f"launched job {spec.id}: {spec.title}", timeout=5)
+        self.changes_arrived({Change("job", spec.id)} | ({Change("run", spec.run)} if spec.run else set()))
+
+    # ------------------------------------------------------------ stopping and killing
+
+    def action_stop_job(self: "RlTuiApp") -> None:
+        job = self.need_active_job("stop")
+        if job is not None:
+            self.push_screen(
+                Confirm(f"Stop job {job.id}?",
+                        "A training run saves at its next step boundary, then exits.", "Stop"),
+                lambda yes: self.control_worker("stop", job.id) if yes else None,
+            )
+
+    def action_kill_job(self: "RlTuiApp") -> None:
+        job = self.need_active_job("kill")
+        if job is not None:
+            self.push_screen(
+                Confirm(f"Kill job {job.id}?",
+                        "Its processes die at once; work since the last checkpoint is lost.", "Kill"),
+                lambda yes: self.control_worker("kill", job.id) if yes else None,
+            )
+
+    def need_active_job(self: "RlTuiApp", what: str) -> Any:
+        job = self.selected_job()
+        if job is None or not job.state.active:
+            self.notify(f"no running job selected to {what}", severity="warning")
+            return None
+        return job
+
+    @work(thread=True, group="control")
+    def control_worker(self: "RlTuiApp", verb: str, job_id: str) -> None:
+        from rltui import jobs
+
+        try:
+            (jobs.stop if verb == "stop" else jobs.kill)(self.layout, job_id)
+        except Exception as e:
+            self.call_from_thread(self.notify, f"could not {verb} {job_id}: {e}", severity="error")
+            return
+        self.call_from_thread(self.notify, f"{verb} sent to job {job_id}")
+        self.changes_arrived({Change("job", job_id)})
+
+    # ------------------------------------------------------------ auto-resume, logs, help
+
+    def action_toggle_auto_resume(self: "RlTuiApp") -> None:
+        job = self.selected_job()
+        if job is None or job.kind not in ("train", "resume"):
+            self.notify("select a training job (or a run with one) to toggle auto-resume",
+                        severity="warning")
+            return
+        self.toggle_worker(job.id)
+
+    @work(thread=True, group="control")
+    def toggle_worker(self: "RlTuiApp", job_id: str) -> None:
+        from rltui import jobs
+
+        try:
+            on = jobs.toggle_auto_resume(self.layout, job_id)
+        except Exception as e:
+            self.call_from_thread(self.notify, f"could not change auto-resume: {e}", severity="error")
+            return
+        self.call_from_thread(self.notify, f"auto-resume {'on' if on else 'off'} for job {job_id}")
+        self.changes_arrived({Change("job", job_id)})
+
+    def action_open_log(self: "RlTuiApp") -> None:
+        from rltui.tui.log_pane import LogPane
+
+        pane_id = "#job-log" if self.current_view == "jobs-view" else "#run-log"
+        pane = self.query_one(pane_id, LogPane)
+        if pane.path is None:
+            self.notify("no log to open here", severity="warning")
+            return
+        self.push_screen(LogScreen(pane.path, str(pane.border_title or pane.path)))
+
+    def action_help(self: "RlTuiApp") -> None:
+        from rltui.tui.app import COMMANDS
+
+        self.push_screen(HelpScreen(COMMANDS))

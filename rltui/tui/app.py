@@ -1,0 +1,324 @@
+"""The rltui terminal UI: runs, the selected run, jobs and GPUs over one localfs, kept live.
+
+Usage:
+    rltui [--root DIR]                    (rltui.cli calls run_tui)
+    app = make_app(root, sampler=FakeSampler(...), launcher=..., clock=...)   # tests, benchmarks
+
+The app never reads a file on its own thread: the first scan, every refresh, GPU sampling and
+launches run in thread workers that post messages back. The watcher (inotify or polling) names
+what changed; only that run, eval folder or job is re-read. Jobs are started through rltui.jobs,
+detached, so quitting leaves them running (and says so).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
+
+from rltui.gpu import GpuSnapshot, Sampler, attribute
+from rltui.index import Index, JobRecord, RunRecord, Snapshot
+from rltui.localfs import Layout
+from rltui.tui.actions import ActionsMixin
+from rltui.tui.gpu_pane import GpuPane
+from rltui.tui.jobs_pane import JobsPane, JobsTable
+from rltui.tui.live import LiveIndex
+from rltui.tui.messages import GpuSampled, SnapshotReady, WatchModeChanged
+from rltui.tui.run_detail import RunDetail
+from rltui.tui.runs_table import RunsTable
+from rltui.tui.status_bar import StatusBar
+from rltui.tui.watcher import Change, RootWatcher, WatchMode
+
+GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
+RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
+
+# (key, action, footer label, palette description, shown in the Footer)
+COMMANDS: list[tuple[str, str, str, str, bool]] = [
+    ("n", "new_training", "New", "Start a new training run (a form)", True),
+    ("r", "resume", "Resume", "Resume the selected run from latest or the selected checkpoint", True),
+    ("e", "evaluate", "Eval", "Evaluate the selected run's checkpoints", True),
+    ("a", "archive", "Archive", "Back up, restore or list backups in S3", True),
+    ("x", "stop_job", "Stop", "Stop the selected job gracefully (asks first)", True),
+    ("k", "kill_job", "Kill", "Kill the selected job's process group (asks first)", True),
+    ("t", "toggle_auto_resume", "Auto-resume", "Toggle auto-resume of the selected run's job", False),
+    ("slash", "filter", "Filter", "Filter runs by name, status or dataset", True),
+    ("l", "open_log", "Log", "Open the log full screen", True),
+    ("m", "cycle_metric", "Metric", "Plot the next metric", False),
+    ("1", "show_tab('runs')", "Runs", "Show the runs", False),
+    ("2", "show_tab('jobs')", "Jobs", "Show the jobs", False),
+    ("3", "show_tab('gpus')", "GPUs", "Show the GPUs", False),
+    ("question_mark", "help", "Help", "Keys, symbols and what each action does", True),
+    ("q", "quit_app", "Quit", "Quit; running jobs keep running", True),
+]
+
+
+class RlTuiApp(ActionsMixin, App[str]):
+    CSS_PATH = "app.tcss"
+    TITLE = "rltui"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [Binding(k, a, label, show=show, tooltip=desc) for k, a, label, desc, show in COMMANDS]
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        sampler: Sampler | None = None,
+        launcher: Callable[[Layout, Any], Any] | None = None,
+        index: Index | None = None,
+        clock: Callable[[], float] = time.time,
+        watch: bool = True,
+        force_polling: bool = False,
+        gpu_interval_s: float = GPU_INTERVAL_S,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.layout = Layout(self.root)
+        self.clock = clock
+        self.live = LiveIndex(index or Index(self.layout, now=clock))
+        self.sampler = sampler
+        self.launcher = launcher
+        self.watch_enabled = watch
+        self.force_polling = force_polling
+        self.gpu_interval_s = max(0.5, gpu_interval_s)
+        self.snapshot: Snapshot | None = None
+        self.gpu_snapshot: GpuSnapshot | None = None
+        self.watcher: RootWatcher | None = None
+        self.loaded = False  # the first scan is shown
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Tabs(Tab("1 Runs", id="runs"), Tab("2 Jobs", id="jobs"), Tab("3 GPUs", id="gpus"), id="tabs")
+        with ContentSwitcher(initial="runs-view", id="views"):
+            with RunsView(id="runs-view"):
+                yield Input(placeholder="filter: words in name, status or dataset (esc closes)",
+                            id="filter")
+                yield RunsTable(self.clock, id="runs-table")
+                yield RunDetail(id="detail")
+            yield JobsPane(self.clock, id="jobs-view")
+            yield GpuPane(id="gpus-view")
+        yield StatusBar(self.root, self.clock, id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#filter").display = False
+        self.query_one(RunsTable).focus()
+        self.initial_scan()
+        if self.watch_enabled:
+            self.start_watcher()
+        self.set_interval(RECLASSIFY_S, self.reclassify)
+        if self.sampler is not None or self.watch_enabled:
+            self.sample_gpus()
+            self.set_interval(self.gpu_interval_s, self.sample_gpus)
+
+    # ------------------------------------------------------------ workers
+
+    @work(thread=True, exclusive=True, group="scan")
+    def initial_scan(self) -> None:
+        snapshot = self.live.scan()
+        self.post_message(SnapshotReady(snapshot))
+
+    @work(thread=True, group="watch")
+    def start_watcher(self) -> None:
+        def on_mode(mode: WatchMode, reason: str) -> None:
+            self.post_message(WatchModeChanged(mode.value, reason))
+
+        self.watcher = RootWatcher(self.root, self.changes_arrived, force_polling=self.force_polling,
+                                   on_mode=on_mode)
+        self.watcher.start()
+
+    def changes_arrived(self, changes: set[Change]) -> None:
+        """From the watcher's thread: queue the changes; start a refresh unless one is running."""
+        if self.live.add(changes):
+            self.call_from_thread(self.refresh_changed)
+
+    @work(thread=True, group="refresh")
+    def refresh_changed(self) -> None:
+        while (update := self.live.drain()) is not None:
+            self.post_message(SnapshotReady(update.snapshot, update.runs, update.jobs))
+
+    @work(thread=True, exclusive=True, group="reclassify")
+    def reclassify(self) -> None:
+        if self.snapshot is not None:
+            update = self.live.reclassify()
+            self.post_message(SnapshotReady(update.snapshot, update.runs, update.jobs))
+
+    @work(thread=True, exclusive=True, group="gpu")
+    def sample_gpus(self) -> None:
+        if self.sampler is None:
+            from rltui.gpu import default_sampler
+
+            self.sampler = default_sampler()
+        snapshot = self.sampler.sample()
+        if self.snapshot is not None and any(g.processes for g in snapshot.gpus):
+            snapshot = attribute(snapshot, process_owners(self.snapshot.active_jobs))
+        self.post_message(GpuSampled(snapshot))
+
+    # ------------------------------------------------------------ messages from workers
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self.snapshot = message.snapshot
+        table = self.query_one(RunsTable)
+        jobs = self.query_one(JobsPane)
+        if message.runs is None or not self.loaded:
+            table.set_runs(all_runs(message.snapshot))
+            jobs.set_jobs(list(message.snapshot.jobs.values()))
+            self.loaded = True
+        else:
+            for name in sorted(message.runs):
+                table.update_run(message.snapshot.run(name), name)
+            for job_id in sorted(message.jobs or ()):
+                jobs.update_job(message.snapshot.jobs.get(job_id), job_id)
+            if message.jobs:
+                self.show_selected_run()
+        bar = self.query_one(StatusBar)
+        bar.jobs_running = len(message.snapshot.active_jobs)
+        bar.mark_updated()
+
+    def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self.gpu_snapshot = message.snapshot
+        self.query_one(GpuPane).show(message.snapshot)
+
+    def on_watch_mode_changed(self, message: WatchModeChanged) -> None:
+        self.query_one(StatusBar).watch_mode = message.reason if message.mode == "polling" else message.mode
+
+    def on_runs_table_run_chosen(self, message: RunsTable.RunChosen) -> None:
+        self.show_selected_run()
+
+    def show_selected_run(self) -> None:
+        run = self.selected_run()
+        job = self.active_job_of(run)
+        if job is not None and job.path is not None:
+            log, title = job.path / "output.log", f"job {job.id} output"
+        elif run is not None:
+            log, title = run.path / "logs" / "train_log.jsonl", "train_log.jsonl"
+        else:
+            log, title = None, ""
+        self.query_one(RunDetail).show_run(run, log, title)
+
+    # ------------------------------------------------------------ selection
+
+    def selected_run(self) -> RunRecord | None:
+        name = self.query_one(RunsTable).selected
+        return self.snapshot.run(name) if self.snapshot and name else None
+
+    def active_job_of(self, run: RunRecord | None) -> JobRecord | None:
+        if run is None or self.snapshot is None:
+            return None
+        jobs = [j for j in self.snapshot.jobs_of(run.name) if j.state.active]
+        return max(jobs, key=lambda j: j.created or 0.0) if jobs else None
+
+    def selected_job(self) -> JobRecord | None:
+        """The job under the cursor on the Jobs tab, else the selected run's active job."""
+        if self.current_view == "jobs-view":
+            return self.query_one(JobsPane).selected
+        return self.active_job_of(self.selected_run())
+
+    @property
+    def current_view(self) -> str:
+        return self.query_one("#views", ContentSwitcher).current or "runs-view"
+
+    # ------------------------------------------------------------ tabs and filter
+
+    @on(Tabs.TabActivated, "#tabs")
+    def tab_activated(self, event: Tabs.TabActivated) -> None:
+        view = f"{event.tab.id}-view"
+        self.query_one("#views", ContentSwitcher).current = view
+        target = {"runs-view": RunsTable, "jobs-view": JobsTable}.get(view)
+        if target is not None:
+            self.query_one(target).focus()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#tabs", Tabs).active = tab
+
+    def action_filter(self) -> None:
+        self.action_show_tab("runs")
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(RunsTable).set_filter(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def filter_submitted(self) -> None:
+        self.query_one(RunsTable).focus()
+
+    def action_cycle_metric(self) -> None:
+        name = self.query_one(RunDetail).cycle_metric()
+        self.notify(f"plotting {name}", timeout=2)
+
+    # ------------------------------------------------------------ palette and quitting
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for _key, action, label, desc, _show in COMMANDS:
+            yield SystemCommand(label if label != "Log" else "Log full screen", desc,
+                                _palette_callback(self, action))
+        yield from super().get_system_commands(screen)
+
+    def action_quit_app(self) -> None:
+        self.exit(quit_message(self.snapshot))
+
+    def on_unmount(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+class RunsView(Vertical):
+    """The runs tab: filter box, runs table and the selected run's detail, stacked."""
+
+
+def _palette_callback(app: App, action: str) -> Callable[[], Any]:
+    return lambda: app.run_action(action)
+
+
+def all_runs(snapshot: Snapshot) -> list[RunRecord]:
+    return [*snapshot.runs.values(), *snapshot.legacy_runs.values()]
+
+
+def process_owners(jobs: list[JobRecord]) -> dict[int, tuple[str | None, str | None]]:
+    """pid -> (job id, run) for every process under an active job's keeper."""
+    import psutil
+
+    owners: dict[int, tuple[str | None, str | None]] = {}
+    for job in jobs:
+        if not job.keeper_pid:
+            continue
+        try:
+            keeper = psutil.Process(job.keeper_pid)
+            procs = [keeper, *keeper.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            owners[proc.pid] = (job.id, job.run)
+    return owners
+
+
+def quit_message(snapshot: Snapshot | None) -> str:
+    active = snapshot.active_jobs if snapshot else []
+    if not active:
+        return "rltui: no jobs running."
+    ids = ", ".join(j.id for j in active)
+    return (f"rltui: {len(active)} job(s) still running and will keep running: {ids}\n"
+            "       `rltui --batch status` shows them; `rltui` opens this view again.")
+
+
+def make_app(root: Path, **kwargs: Any) -> RlTuiApp:
+    """The one factory for the CLI, the tests and the benchmark."""
+    return RlTuiApp(Path(root), **kwargs)
+
+
+def run_tui(root: Path) -> int:
+    app = make_app(root)
+    message = app.run()
+    if message:
+        print(message)
+    return int(app.return_code or 0)

@@ -1,0 +1,131 @@
+"""The shape every job form shares: labelled fields, an error line, Launch and Cancel.
+
+Usage (a subclass):
+    class EvalForm(JobForm):
+        heading = "Evaluate"
+        def fields(self): yield self.text("dataset", "dataset", value="arith")
+        def build(self): return jobs.eval_job(self.fs_layout, self.run, dataset=self.value("dataset"))
+
+`build` validates through the rltui.jobs builders. Whatever it raises (a UsageError naming the
+bad value, a BadName, a ValueError) is shown under the fields and the form stays open: nothing
+is launched. On success the form is dismissed with the JobSpec, and the app launches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from rltui.errors import UsageError
+from rltui.localfs import Layout
+
+
+class JobForm(ModalScreen[Any]):
+    heading = "Job"
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "Launch"),
+    ]
+
+    def __init__(self, layout: Layout, **context: Any) -> None:
+        super().__init__()
+        self.fs_layout = layout
+        self.context = context
+
+    # ------------------------------------------------------------ for subclasses
+
+    def fields(self) -> Iterable[Widget]:
+        raise NotImplementedError
+
+    def build(self) -> Any:
+        raise NotImplementedError
+
+    def text(self, key: str, label: str, value: str = "", placeholder: str = "") -> Widget:
+        return _row(label, Input(value=value, placeholder=placeholder, id=f"f-{key}", compact=True))
+
+    def check(self, key: str, label: str, value: bool = False) -> Widget:
+        return Checkbox(label, value=value, id=f"f-{key}", compact=True)
+
+    def choice(self, key: str, label: str, options: list[str], value: str) -> Widget:
+        return _row(label, Select([(o, o) for o in options], value=value, allow_blank=False,
+                                  id=f"f-{key}", compact=True))
+
+    def value(self, key: str) -> str:
+        """A text field's value, stripped; '' when empty."""
+        widget = self.query_one(f"#f-{key}")
+        if isinstance(widget, Select):
+            return str(widget.value)
+        return widget.value.strip()  # type: ignore[attr-defined]
+
+    def checked(self, key: str) -> bool:
+        return bool(self.query_one(f"#f-{key}", Checkbox).value)
+
+    def optional_int(self, key: str, flag: str) -> int | None:
+        raw = self.value(key)
+        if not raw:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"bad {flag}: {raw!r} (must be a whole number)") from None
+
+    def optional_float(self, key: str, flag: str) -> float | None:
+        raw = self.value(key)
+        if not raw:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"bad {flag}: {raw!r} (must be a number)") from None
+
+    def optional_text(self, key: str) -> str | None:
+        return self.value(key) or None
+
+    # ------------------------------------------------------------ the dialog
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="form", classes="dialog"):
+            yield Label(self.heading, classes="dialog-title")
+            yield from self.fields()
+            yield Static("", id="form-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Launch", variant="primary", id="ok", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        first = self.query("Input, Select, Checkbox").first()
+        first.focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_submit() if event.button.id == "ok" else self.action_cancel()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_submit()
+
+    def action_submit(self) -> None:
+        try:
+            spec = self.build()
+        except Exception as e:  # every builder error is the user's to read, in place
+            self.show_error(str(e) or type(e).__name__)
+            return
+        self.dismiss(spec)
+
+    def show_error(self, message: str) -> None:
+        error = self.query_one("#form-error", Static)
+        error.update(f"✗ {message}")
+        error.add_class("-shown")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _row(label: str, widget: Widget) -> Horizontal:
+    return Horizontal(Label(label, classes="field-label"), widget, classes="field")

@@ -1,0 +1,37 @@
+"""The resume form: from the latest complete checkpoint or the selected one, for more steps.
+
+Usage:
+    app.push_screen(ResumeForm(layout, run="run_...", step=40), callback)   # -> JobSpec
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from textual.widget import Widget
+
+from rltui.tui.form_base import JobForm
+
+
+class ResumeForm(JobForm):
+    @property
+    def heading(self) -> str:
+        return f"Resume {self.context['run']}"
+
+    def fields(self) -> Iterable[Widget]:
+        step = self.context.get("step")
+        yield self.text("from_step", "from step", "latest" if step is None else str(step),
+                        "latest or a step number")
+        yield self.text("additional_steps", "more steps", "", "optional: steps beyond the checkpoint")
+        yield self.check("auto_resume", "auto-resume after a crash", False)
+
+    def build(self) -> Any:
+        from rltui import jobs
+
+        from_step: str | int = self.value("from_step") or "latest"
+        return jobs.resume_job(
+            self.fs_layout, self.context["run"],
+            from_step=from_step,
+            additional_steps=self.optional_int("additional_steps", "--additional-steps"),
+            auto_resume=self.checked("auto_resume"),
+        )

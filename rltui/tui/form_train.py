@@ -1,0 +1,57 @@
+"""The new-training form: config file, starting adapter, GPUs or process count, auto-resume,
+evaluation after training.
+
+Usage:
+    app.push_screen(TrainForm(layout, default_cfg="configs/tiny.yaml"), callback)   # -> JobSpec
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from textual.widget import Widget
+
+from rltui.errors import UsageError
+from rltui.tui.form_base import JobForm
+
+
+def parse_gpu_list(raw: str) -> list[int] | None:
+    """'0,1' -> [0, 1]; '' -> None (any free GPU, or the CPU on a box without one)."""
+    if not raw:
+        return None
+    try:
+        ids = [int(part) for part in raw.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UsageError(f"bad --gpus: {raw!r} (use GPU numbers like 0,1)") from None
+    if not ids or any(i < 0 for i in ids):
+        raise UsageError(f"bad --gpus: {raw!r} (use GPU numbers like 0,1)")
+    return ids
+
+
+class TrainForm(JobForm):
+    heading = "New training run"
+
+    def fields(self) -> Iterable[Widget]:
+        yield self.text("cfg", "config file", self.context.get("default_cfg", ""), "configs/tiny.yaml")
+        yield self.text("ckpt", "start adapter", "", "optional: an adapter folder")
+        yield self.text("steps", "steps", "", "optional: the config's max_steps")
+        yield self.text("nproc", "processes", "1", "torchrun processes (1: no torchrun)")
+        yield self.text("gpus", "GPUs", "", "optional: 0,1 (empty: any free)")
+        yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith")
+        yield self.check("auto_resume", "auto-resume after a crash", False)
+
+    def build(self) -> Any:
+        from rltui import jobs
+
+        cfg = self.value("cfg")
+        if not cfg:
+            raise UsageError("bad --cfg: '' (give a config file)")
+        return jobs.train_job(
+            self.fs_layout, cfg,
+            ckpt=self.optional_text("ckpt"),
+            steps=self.optional_int("steps", "--steps"),
+            nproc=self.optional_int("nproc", "--nproc") or 1,
+            gpus=parse_gpu_list(self.value("gpus")),
+            auto_resume=self.checked("auto_resume"),
+            eval_after=self.optional_text("eval_after"),
+        )

@@ -1,0 +1,92 @@
+"""Turns watcher changes into index refreshes, and says which runs and jobs they changed.
+
+Usage:
+    live = LiveIndex(Index(layout))
+    snap = live.scan()
+    live.add({Change("run", name)})
+    while (update := live.drain()) is not None:
+        snap, runs, jobs = update         # only `runs` and `jobs` need redrawing
+
+Only the changed run, eval folder or job is re-read. Which records changed is found by identity:
+a refreshed Snapshot shares every record that did not change (rltui.index).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from rltui.index import Index, Snapshot
+from rltui.localfs import BadName
+from rltui.tui.watcher import Change
+
+
+@dataclass(frozen=True)
+class Update:
+    snapshot: Snapshot
+    runs: set[str]
+    jobs: set[str]
+
+
+def changed_names(old: dict, new: dict) -> set[str]:
+    """Keys whose record is a different object, or that appeared or vanished."""
+    out = {k for k, v in new.items() if old.get(k) is not v}
+    out.update(k for k in old if k not in new)
+    return out
+
+
+def diff(old: Snapshot, new: Snapshot) -> Update:
+    runs = changed_names(dict(old.runs), dict(new.runs))
+    runs |= changed_names(dict(old.legacy_runs), dict(new.legacy_runs))
+    return Update(new, runs, changed_names(dict(old.jobs), dict(new.jobs)))
+
+
+class LiveIndex:
+    """An Index plus a queue of pending changes, drained by one worker at a time."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._pending: set[Change] = set()
+        self._lock = threading.Lock()
+        self._draining = False
+
+    def scan(self) -> Snapshot:
+        return self.index.scan()
+
+    def add(self, changes: set[Change]) -> bool:
+        """Queue changes; True when the caller should start a drain (none is running)."""
+        with self._lock:
+            self._pending |= changes
+            if self._draining:
+                return False
+            self._draining = True
+            return True
+
+    def drain(self) -> Update | None:
+        """Apply everything queued; None (and the drain ends) when nothing is left."""
+        with self._lock:
+            pending, self._pending = self._pending, set()
+            if not pending:
+                self._draining = False
+                return None
+        old = self.index.snapshot
+        new = old
+        for change in sorted(pending):
+            new = self._apply(change) or new
+        return diff(old, new)
+
+    def reclassify(self) -> Update:
+        old = self.index.snapshot
+        return diff(old, self.index.reclassify())
+
+    def _apply(self, change: Change) -> Snapshot | None:
+        try:
+            if change.kind == "run":
+                return self.index.refresh_run(change.name)
+            if change.kind == "eval":
+                return self.index.refresh_eval(change.name)
+            if change.kind == "job":
+                return self.index.refresh_job(change.name)
+        except BadName:
+            return None  # a folder with a name no writer of ours makes; the index skips it too
+        return None

@@ -1,0 +1,50 @@
+"""Messages that workers (threads) post to the app: new snapshots, GPU samples, watch mode.
+
+High-rate messages coalesce: a GPU sample or a watch-mode change replaces one still queued, so
+a slow UI never works through a backlog of stale samples.
+"""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from rltui.gpu import GpuSnapshot
+from rltui.index import Snapshot
+
+
+class SnapshotReady(Message):
+    """A new index snapshot; `runs` / `jobs` name what changed, None meaning everything."""
+
+    def __init__(self, snapshot: Snapshot, runs: set[str] | None = None,
+                 jobs: set[str] | None = None) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+        self.runs = runs
+        self.jobs = jobs
+
+
+class GpuSampled(Message):
+    def __init__(self, snapshot: GpuSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuSampled)
+
+
+class WatchModeChanged(Message):
+    def __init__(self, mode: str, reason: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.reason = reason
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, WatchModeChanged)
+
+
+class JobLaunched(Message):
+    def __init__(self, job_id: str | None, error: str | None = None, what: str = "") -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.error = error
+        self.what = what

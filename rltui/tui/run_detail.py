@@ -1,0 +1,184 @@
+"""The selected run: a summary line, then tabs for its checkpoints, a metrics plot and a live log.
+
+Usage:
+    detail = RunDetail(id="detail")
+    detail.show_run(record, log_path, log_title)   # log: the active job's output, else train log
+    detail.cycle_metric()                          # reward -> loss -> ... -> eval accuracy
+
+Metrics come from logs/train_log.jsonl, read incrementally from at most its last
+`HISTORY_BYTES` (a long run's log is never read whole), and from the index's eval records
+(consolidated_metrics.csv per dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
+
+from rltui.records import CheckpointRecord, RunRecord
+from rltui.tui import cells
+from rltui.tui.log_pane import LogPane, TailReader
+from rltui.tui.plot import MetricsPlot, Series
+
+HISTORY_BYTES = 8 * 1024 * 1024
+PREFERRED = ("reward", "mean_reward", "loss", "kl", "accuracy")
+SKIP = {"step", "time", "epoch", "timestamp", "elapsed", "rank", "world_size", "target_step"}
+
+
+@dataclass
+class MetricsHistory:
+    """Numeric metrics per step from a train log, grown by reading only what was appended."""
+
+    path: Path
+    points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reader = TailReader(self.path, start_bytes=HISTORY_BYTES, chunk_bytes=HISTORY_BYTES)
+        self.lock = threading.Lock()
+
+    def update(self) -> bool:
+        with self.lock:
+            return self._update()
+
+    def _update(self) -> bool:
+        changed = False
+        for line in self.reader.read_new_lines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            step = obj.get("step") if isinstance(obj, dict) else None
+            if not isinstance(step, (int, float)):
+                continue
+            for key, value in obj.items():
+                if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                self.points.setdefault(key, []).append((float(step), float(value)))
+                changed = True
+        return changed
+
+    def names(self) -> list[str]:
+        keys = list(self.points)
+        return [k for k in PREFERRED if k in keys] + sorted(k for k in keys if k not in PREFERRED)
+
+
+def checkpoint_cells(ckpt: CheckpointRecord, run: RunRecord) -> list[object]:
+    if ckpt.complete:
+        state = Text("✓ complete" + (" (latest)" if ckpt.is_latest else ""), style="green")
+    else:
+        state = Text(f"✗ {ckpt.reason or 'incomplete'}", style="red")
+    evals = []
+    for ev in run.evals.values():
+        for s in ev.steps:
+            if s.step == ckpt.step:
+                evals.append(f"{ev.dataset} {cells.percent(s.accuracy)}" if s.error is None
+                             else f"{ev.dataset} failed")
+    return [str(ckpt.step), state, cells.size(ckpt.size_bytes), ", ".join(evals) or "–"]
+
+
+def summary_text(run: RunRecord) -> Text:
+    cfg = run.config_summary
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{run.name} ", style="bold")
+    text.append(f"{run.status.symbol} {run.status.value}: {run.status_reason}")
+    bits = [f"model {cfg.model}" if cfg.model else "", f"data {cfg.dataset}" if cfg.dataset else "",
+            f"lr {cfg.learning_rate:g}" if cfg.learning_rate else "",
+            f"from {run.parent.get('run')}@{run.parent.get('step')}" if run.parent else ""]
+    extra = "  ".join(b for b in bits if b)
+    if extra:
+        text.append("\n" + extra, style="dim")
+    if run.error:
+        text.append(f"\n{run.error}", style="red")
+    return text
+
+
+class RunDetail(Vertical):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.run: RunRecord | None = None
+        self.history: MetricsHistory | None = None
+        self.metric_index = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("no run selected", id="run-summary")
+        with TabbedContent(id="detail-tabs"):
+            with TabPane("Checkpoints", id="tab-checkpoints"):
+                yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
+            with TabPane("Plot", id="tab-plot"):
+                yield MetricsPlot(id="plot")
+            with TabPane("Log", id="tab-log"):
+                yield LogPane(id="run-log")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#checkpoints", DataTable)
+        for key, label in (("step", "step"), ("state", "state"), ("size", "size"), ("eval", "eval accuracy")):
+            table.add_column(label, key=key)
+
+    @property
+    def selected_step(self) -> int | None:
+        """The checkpoint under the cursor of the checkpoints table."""
+        table = self.query_one("#checkpoints", DataTable)
+        if self.run is None or not self.run.checkpoints or table.row_count == 0:
+            return None
+        row = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
+        return int(row.value) if row and row.value else None
+
+    def show_run(self, run: RunRecord | None, log_path: Path | None = None, log_title: str = "") -> None:
+        same = run is not None and self.run is not None and run.name == self.run.name
+        self.run = run
+        self.query_one("#run-summary", Static).update(summary_text(run) if run else "no run selected")
+        self._fill_checkpoints(run)
+        self.query_one("#run-log", LogPane).follow(log_path, log_title)
+        if run is None:
+            self.history = None
+        elif not same or self.history is None:
+            self.history = MetricsHistory(run.path / "logs" / "train_log.jsonl")
+        self._load_history(self.history)
+
+    def _fill_checkpoints(self, run: RunRecord | None) -> None:
+        table = self.query_one("#checkpoints", DataTable)
+        keep = self.selected_step if table.row_count else None
+        table.clear()
+        if run is None:
+            return
+        for ckpt in sorted(run.checkpoints, key=lambda c: c.step, reverse=True):
+            table.add_row(*checkpoint_cells(ckpt, run), key=str(ckpt.step))
+        steps = [c.step for c in sorted(run.checkpoints, key=lambda c: c.step, reverse=True)]
+        if keep in steps:
+            table.move_cursor(row=steps.index(keep))
+
+    @work(thread=True, exclusive=True, group="metrics-history")
+    def _load_history(self, history: MetricsHistory | None) -> None:
+        if history is not None:
+            history.update()
+        self.app.call_from_thread(self._draw_plot)
+
+    def series_names(self) -> list[str]:
+        names = self.history.names() if self.history else []
+        if self.run is not None:
+            names += [f"eval accuracy {d}" for d in sorted(self.run.evals)]
+        return names or ["reward"]
+
+    def cycle_metric(self) -> str:
+        self.metric_index += 1
+        self._draw_plot()
+        names = self.series_names()
+        return names[self.metric_index % len(names)]
+
+    def _draw_plot(self) -> None:
+        names = self.series_names()
+        name = names[self.metric_index % len(names)]
+        if name.startswith("eval accuracy ") and self.run is not None:
+            ev = self.run.evals.get(name.removeprefix("eval accuracy "))
+            points = [(float(s.step), s.accuracy) for s in ev.steps if s.accuracy is not None] if ev else []
+        else:
+            points = list(self.history.points.get(name, [])) if self.history else []
+        self.query_one("#plot", MetricsPlot).show_series(Series(name, points))

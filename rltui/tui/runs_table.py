@@ -1,0 +1,191 @@
+"""The runs table: one row per training run, filtered and sorted, updated one row at a time.
+
+Usage:
+    table = RunsTable(id="runs")
+    table.set_runs(snapshot.runs)         # everything
+    table.update_run(record)              # one run changed (the watcher said so)
+    table.filter_text = "crashed arith"   # every word must match name, status or dataset
+    table.cycle_sort()                    # next column; `reverse_sort()` flips the order
+
+The row key is the run name, so the cursor stays on the same run when rows move.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable
+
+from rltui.records import RunRecord
+from rltui.tui import cells
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    sort_key: Callable[[RunRecord], object]
+
+
+def _last_reward(run: RunRecord) -> float | None:
+    for key in ("reward", "mean_reward", "reward_mean", "rewards/mean"):
+        value = run.last_metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def best_eval(run: RunRecord) -> tuple[float | None, str | None]:
+    """The best accuracy over every dataset this run was evaluated on, and that dataset."""
+    best: tuple[float | None, str | None] = (None, None)
+    for ev in run.evals.values():
+        if ev.best_accuracy is not None and (best[0] is None or ev.best_accuracy > best[0]):
+            best = (ev.best_accuracy, ev.dataset)
+    return best
+
+
+def _none_last(value: object) -> tuple[bool, object]:
+    return (value is None, value if value is not None else 0)
+
+
+COLUMNS = [
+    Column("status", "status", lambda r: r.status.value),
+    Column("name", "run", lambda r: r.name),
+    Column("dataset", "data", lambda r: r.dataset or ""),
+    Column("step", "step", lambda r: _none_last(r.step)),
+    Column("ckpt", "ckpt", lambda r: _none_last(r.latest_complete)),
+    Column("reward", "reward", lambda r: _none_last(_last_reward(r))),
+    Column("eval", "best eval", lambda r: _none_last(best_eval(r)[0])),
+    Column("restarts", "rst", lambda r: r.restarts),
+    Column("gpu_h", "GPU-h", lambda r: r.gpu_seconds),
+    Column("cost", "cost", lambda r: r.cost),
+    Column("age", "age", lambda r: -(r.updated or r.started or 0.0)),
+]
+COLUMN_KEYS = [c.key for c in COLUMNS]
+
+
+def run_matches(run: RunRecord, query: str) -> bool:
+    """Every word of `query` appears (case-insensitively) in the run's name, status or dataset."""
+    haystack = " ".join(
+        [run.name, run.status.value, "stalled" if run.stalled else "", run.dataset or ""]
+    ).lower()
+    return all(word in haystack for word in query.lower().split())
+
+
+def sort_runs(runs: list[RunRecord], key: str, reverse: bool = False) -> list[RunRecord]:
+    column = next(c for c in COLUMNS if c.key == key)
+    return sorted(runs, key=column.sort_key, reverse=reverse)  # type: ignore[arg-type,return-value]
+
+
+def row_cells(run: RunRecord, now: float) -> list[object]:
+    accuracy, dataset = best_eval(run)
+    return [
+        cells.run_status_cell(run.status, run.stalled),
+        Text(run.name + (" (legacy)" if run.legacy else "")),
+        cells.dash(run.dataset),
+        cells.step_of(run.step, run.target_step),
+        cells.dash(run.latest_complete),
+        cells.number(_last_reward(run)),
+        f"{cells.percent(accuracy)} {dataset}" if accuracy is not None else "–",
+        str(run.restarts) if run.restarts else "0",
+        f"{run.gpu_seconds / 3600:.2f}",
+        f"${run.cost:.2f}" if run.cost else "–",
+        cells.age(run.updated or run.started, now),
+    ]
+
+
+class RunsTable(DataTable):
+    """Runs, one row each; posts `RunChosen` when the cursor moves to another run."""
+
+    BINDINGS = [
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse", show=False),
+    ]
+
+    class RunChosen(Message):
+        def __init__(self, name: str | None) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, clock: Callable[[], float] = time.time, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self.clock = clock
+        self.runs: dict[str, RunRecord] = {}
+        self.filter_text = ""
+        self.sort_key = "age"
+        self.sort_reverse = False
+        self.shown: list[str] = []
+
+    def on_mount(self) -> None:
+        for column in COLUMNS:
+            self.add_column(column.label, key=column.key)
+
+    @property
+    def selected(self) -> str | None:
+        if not self.shown or self.cursor_row < 0 or self.cursor_row >= len(self.shown):
+            return None
+        return self.shown[self.cursor_row]
+
+    def set_runs(self, runs: list[RunRecord]) -> None:
+        self.runs = {r.name: r for r in runs}
+        self.rebuild()
+
+    def update_run(self, run: RunRecord | None, name: str) -> None:
+        """One run changed (or vanished, when `run` is None): redraw its row, or all rows if it moves."""
+        old = self.runs.get(name)
+        if run is None:
+            self.runs.pop(name, None)
+        else:
+            self.runs[name] = run
+        in_place = (
+            run is not None and old is not None and name in self.shown
+            and run_matches(run, self.filter_text)
+            and self._sort_value(old) == self._sort_value(run)
+        )
+        if not in_place:
+            self.rebuild()
+            return
+        for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
+            self.update_cell(name, key, value)
+        if name == self.selected:
+            self.post_message(self.RunChosen(name))
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text
+        self.rebuild()
+
+    def action_cycle_sort(self) -> None:
+        i = COLUMN_KEYS.index(self.sort_key)
+        self.sort_key = COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)]
+        self.rebuild()
+        self.notify(f"sorted by {self.sort_key}", timeout=2)
+
+    def action_reverse_sort(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self.rebuild()
+
+    def _sort_value(self, run: RunRecord) -> object:
+        return next(c for c in COLUMNS if c.key == self.sort_key).sort_key(run)
+
+    def rebuild(self) -> None:
+        keep = self.selected
+        visible = [r for r in self.runs.values() if run_matches(r, self.filter_text)]
+        ordered = sort_runs(visible, self.sort_key, self.sort_reverse)
+        now = self.clock()
+        self.clear()
+        for r in ordered:
+            self.add_row(*row_cells(r, now), key=r.name)
+        self.shown = [r.name for r in ordered]
+        if keep in self.shown:
+            self.move_cursor(row=self.shown.index(keep))
+        if self.selected != keep:
+            self.post_message(self.RunChosen(self.selected))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self.post_message(self.RunChosen(event.row_key.value if event.row_key else None))
