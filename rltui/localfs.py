@@ -544,21 +544,39 @@ def checkpoint_problems(step_dir: Path, *, verify_hash: bool = False) -> list[st
         return [f"missing {CHECKPOINT_INFO} (save did not finish)"]
     except DamagedFile as e:
         return [f"damaged {CHECKPOINT_INFO}: {e.reason}"]
+    return listed_file_problems(step_dir, info, verify_hash=verify_hash)
+
+
+def listed_file_problems(
+    step_dir: str | os.PathLike[str], info: Any, *, verify_hash: bool = False, dir_fd: int | None = None
+) -> list[str]:
+    """The completeness rule applied to an already parsed training_info.json (`info`).
+
+    Split from `checkpoint_problems` so that a reader that caches parsed info files (the index)
+    applies exactly the same rule. `dir_fd`, an open descriptor of `step_dir`, makes the stat
+    calls relative to it (the index checks tens of thousands of files per scan).
+    """
     files = info.get("files") if isinstance(info, dict) else None
     if not isinstance(files, dict) or not files:
         return [f"damaged {CHECKPOINT_INFO}: no file list"]
     problems: list[str] = []
+    base = os.fspath(step_dir)
     for rel, meta in sorted(files.items()):
-        p = step_dir / rel
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
+            problems.append(f"damaged {CHECKPOINT_INFO}: file path {rel!r} leaves the checkpoint")
+            continue
         try:
-            size = p.stat().st_size
+            if dir_fd is None:
+                size = os.stat(os.path.join(base, rel)).st_size
+            else:
+                size = os.stat(rel, dir_fd=dir_fd).st_size
         except OSError:
             problems.append(f"missing file {rel}")
             continue
         want = meta.get("size") if isinstance(meta, dict) else None
         if size != want:
             problems.append(f"wrong size {rel}: {size} bytes, expected {want}")
-        elif verify_hash and sha256_file(p) != meta.get("sha256"):
+        elif verify_hash and sha256_file(Path(base, rel)) != meta.get("sha256"):
             problems.append(f"wrong sha256 {rel}")
     return problems
 

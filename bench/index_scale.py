@@ -1,0 +1,120 @@
+"""How the run index scales: cold scan and one-run rescan against a plain tree walk.
+
+Usage:
+    python bench/index_scale.py [--sizes 100,1000,5000] [--workdir DIR] [--repeat 3] [--keep]
+
+For each size, writes a synthetic localfs with bench/make_localfs.py (20 checkpoints and 2 eval
+datasets of 5 steps per run, one job per run) unless DIR/runs_N exists already, then times, in
+this process and interleaved so that both see the same machine load:
+
+- walk:    os.scandir of every folder of the tree (the baseline: the least any scan can do);
+- cold:    `Index(layout).scan()` on a new Index (nothing cached);
+- warm:    `scan()` again on the same Index (parsed files come from the cache);
+- rescan:  `refresh_run(name)` of one run whose status.json just changed.
+
+Each figure is the median of --repeat runs; the ratios cold/walk and cold/rescan are printed.
+The issue's bar: cold <= 3x walk and rescan >= 50x faster than cold, at 1,000 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import make_localfs  # noqa: E402
+from rltui import localfs  # noqa: E402
+from rltui.index import Index  # noqa: E402
+
+
+def walk(root: str) -> int:
+    """Visit every folder with os.scandir; return how many entries were seen."""
+    seen = 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                seen += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return seen
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def touch_status(layout: localfs.Layout, run: str, step: int) -> None:
+    path = layout.run_status(run)
+    status = json.loads(path.read_text())
+    status.update(step=step, time=time.time())
+    localfs.write_json_atomic(path, status, durable=False)
+
+
+def bench_size(root: Path, runs: int, repeat: int) -> dict[str, float]:
+    if not (root / "training_runs").is_dir():
+        t0 = time.perf_counter()
+        make_localfs.make_localfs(root, make_localfs.parse_args([str(root), "--runs", str(runs)]))
+        print(f"  wrote {runs} runs in {time.perf_counter() - t0:.1f} s", flush=True)
+    layout = localfs.Layout(root)
+    walk(str(root))  # the first pass pulls the tree into the page cache for both contenders
+    one = sorted(os.listdir(layout.training_runs))[runs // 2]
+    samples: dict[str, list[float]] = {"walk": [], "cold": [], "warm": [], "rescan": []}
+    entries = 0
+    for i in range(repeat):
+        entries = 0
+
+        def do_walk() -> None:
+            nonlocal entries
+            entries = walk(str(root))
+
+        samples["walk"].append(timed(do_walk))
+        index = Index(layout)
+        samples["cold"].append(timed(index.scan))
+        samples["warm"].append(timed(index.scan))
+        touch_status(layout, one, 1000 + i)
+        samples["rescan"].append(timed(lambda: index.refresh_run(one)))
+        assert index.snapshot.runs[one].step == 1000 + i, "the rescan did not see the change"
+        assert len(index.snapshot.runs) == runs
+    out = {k: statistics.median(v) for k, v in samples.items()}
+    out["entries"] = entries
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100,1000,5000")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/rltui-index-bench"))
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"machine: {platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}")
+    Index(localfs.Layout(args.workdir / "empty")).scan()  # imports and first-use costs out of the way
+    header = f"{'runs':>6} {'entries':>9} {'walk s':>8} {'cold s':>8} {'warm s':>8} " \
+             f"{'rescan ms':>10} {'cold/walk':>10} {'cold/rescan':>12}"
+    rows = []
+    for n in sizes:
+        print(f"size {n}:", flush=True)
+        r = bench_size(args.workdir / f"runs_{n}", n, args.repeat)
+        rows.append(
+            f"{n:>6} {int(r['entries']):>9} {r['walk']:>8.3f} {r['cold']:>8.3f} {r['warm']:>8.3f} "
+            f"{r['rescan'] * 1000:>10.2f} {r['cold'] / r['walk']:>10.2f} {r['cold'] / r['rescan']:>12.0f}"
+        )
+        print(rows[-1], flush=True)
+    print()
+    print(header)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""`rltui --batch status`: runs, checkpoints, eval results, jobs and GPUs, as text or JSON.
+
+Usage:
+    rltui --batch status [--root DIR] [--run RUN] [--json]
+
+Plain text is for people (no escape codes unless stdout is a terminal; NO_COLOR turns colour
+off there too). `--json` prints one document for scripts; its fields are listed in README.md
+("status") and versioned by `"schema"`: a field is never renamed or removed without raising it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, TextIO
+
+from rltui import localfs
+from rltui.errors import UsageError
+from rltui.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
+
+SCHEMA_VERSION = 1
+
+_COLOURS = {
+    RunStatus.RUNNING: "\x1b[36m",
+    RunStatus.COMPLETED: "\x1b[32m",
+    RunStatus.STOPPED: "\x1b[33m",
+    RunStatus.CRASHED: "\x1b[31m",
+    RunStatus.UNKNOWN: "\x1b[2m",
+}
+_RESET = "\x1b[0m"
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "status", parents=parents, help="runs, checkpoints, eval results, jobs, GPUs",
+        description="Show runs, checkpoints, eval results, jobs and GPUs of the localfs.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document (schema in README.md)")
+    p.add_argument("--run", metavar="RUN", help="only this run (and its jobs)")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    root: Path = args.root
+    if args.run is not None:
+        localfs.validate_run_name(args.run)
+    if not root.is_dir():
+        raise UsageError(f"no localfs at {root} (pass --root DIR or set ${localfs.ROOT_ENV})")
+    snap = Index(localfs.Layout(root)).scan()
+    if args.run is not None:
+        if snap.run(args.run) is None:
+            raise UsageError(f"no run named {args.run!r} under {root}")
+        snap = _only_run(snap, args.run)
+    gpus = sample_gpus()
+    try:
+        if args.json:
+            json.dump(snapshot_to_json(snap, gpus), sys.stdout, indent=2, sort_keys=False)
+            sys.stdout.write("\n")
+        else:
+            colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+            write_text(snap, gpus, sys.stdout, colour=colour)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `rltui --batch status | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _only_run(snap: Snapshot, name: str) -> Snapshot:
+    return dataclasses.replace(
+        snap,
+        runs={k: v for k, v in snap.runs.items() if k == name},
+        legacy_runs={k: v for k, v in snap.legacy_runs.items() if k == name},
+        jobs={k: j for k, j in snap.jobs.items() if j.run == name},
+        orphan_evals={},
+    )
+
+
+# ---------------------------------------------------------------- GPUs
+
+
+@dataclasses.dataclass
+class GpuReport:
+    available: bool
+    reason: str | None
+    devices: list[Any]
+
+
+def sample_gpus() -> GpuReport:
+    """One NVML sample through rltui.gpu; never fails the command (the reason is shown)."""
+    try:
+        from rltui import gpu  # imported here: NVML is loaded only when a command needs it
+    except ImportError as e:
+        return GpuReport(False, f"rltui.gpu could not be imported: {e}", [])
+    try:
+        snap = gpu.sample()
+    except Exception as e:  # a driver error must not hide the runs
+        return GpuReport(False, f"NVML sampling failed: {type(e).__name__}: {e}", [])
+    devices = list(getattr(snap, "gpus", []) or [])
+    reason = getattr(snap, "reason", None)
+    return GpuReport(bool(devices), reason if not devices else None, devices)
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def snapshot_to_json(snap: Snapshot, gpus: GpuReport | None = None) -> dict[str, Any]:
+    """The `--json` document, schema 1 (README.md, section status)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "root": str(snap.root),
+        "generated_at": time.time(),
+        "host": localfs.this_host(),
+        "runs": [run_to_json(r) for r in snap.runs.values()],
+        "legacy_runs": [run_to_json(r) for r in snap.legacy_runs.values()],
+        "jobs": [job_to_json(j) for j in snap.jobs.values()],
+        "orphan_evals": [eval_to_json(e) for e in snap.orphan_evals.values()],
+        "gpus": None if gpus is None else {
+            "available": gpus.available,
+            "reason": gpus.reason,
+            "devices": [_plain(d) for d in gpus.devices],
+        },
+        "errors": [{"path": str(e.path), "reason": e.reason} for e in snap.errors],
+    }
+
+
+def run_to_json(r: RunRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "path": str(r.path),
+        "legacy": r.legacy,
+        "status": r.status.value,
+        "status_reason": r.status_reason,
+        "stalled": r.stalled,
+        "step": r.step,
+        "target_step": r.target_step,
+        "phase": r.phase,
+        "latest_complete_step": r.latest_complete,
+        "pid": r.pid,
+        "host": r.host,
+        "started": r.started,
+        "updated": r.updated,
+        "error": r.error,
+        "parent": r.parent,
+        "config": dataclasses.asdict(r.config_summary),
+        "last_metrics": r.last_metrics,
+        "checkpoints": [
+            {
+                "step": c.step, "path": str(c.path), "complete": c.complete,
+                "problems": c.problems, "size_bytes": c.size_bytes, "is_latest": c.is_latest,
+                "created": c.created,
+            }
+            for c in r.checkpoints
+        ],
+        "evals": {d: eval_to_json(e) for d, e in r.evals.items()},
+        "job_ids": r.job_ids,
+        "restarts": r.restarts,
+        "gpu_seconds": r.gpu_seconds,
+        "cost": r.cost,
+    }
+
+
+def eval_to_json(e: EvalRecord) -> dict[str, Any]:
+    return {
+        "run": e.run,
+        "dataset": e.dataset,
+        "path": str(e.path),
+        "best_accuracy": e.best_accuracy,
+        "best_step": e.best_step,
+        "last_accuracy": e.last_accuracy,
+        "last_step": e.last_step,
+        "error": e.error,
+        "in_progress": e.progress,
+        "steps": [dataclasses.asdict(s) for s in e.steps],
+    }
+
+
+def job_to_json(j: JobRecord) -> dict[str, Any]:
+    return {
+        "id": j.id, "kind": j.kind, "run": j.run, "state": j.state.value, "orphaned": j.orphaned,
+        "argv": j.argv, "gpus": j.gpus, "restarts": j.restarts, "last_reason": j.last_reason,
+        "created": j.created, "started_at": j.started_at, "updated_at": j.updated_at,
+        "ended_at": j.ended_at, "exit_code": j.exit_code, "keeper_pid": j.keeper_pid,
+        "usage": j.usage, "error": j.error,
+    }
+
+
+def _plain(obj: Any) -> Any:
+    """A GPU sample (dataclass, Enum, Path, ...) as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+# ---------------------------------------------------------------- text
+
+
+def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = False) -> None:
+    active = len(snap.active_jobs)
+    out.write(
+        f"localfs {snap.root}: {_n(len(snap.runs), 'run')}, "
+        f"{_n(len(snap.legacy_runs), 'legacy run')}, {_n(len(snap.jobs), 'job')} ({active} active)\n"
+    )
+    out.write("\nRUNS\n")
+    if snap.runs:
+        _table(out, ["STATUS", "RUN", "STEP", "CHECKPOINT", "LAST EVAL", "MODEL", "DATASET"],
+               [_run_row(r, colour) for r in snap.runs.values()],
+               notes=[_run_note(r) for r in snap.runs.values()])
+    else:
+        out.write("  (none)\n")
+    incomplete = [(r, c) for r in snap.runs.values() for c in r.incomplete_checkpoints]
+    if incomplete:
+        out.write("\nINCOMPLETE CHECKPOINTS (never loaded)\n")
+        _table(out, ["RUN", "CHECKPOINT", "WHY"],
+               [[r.name, c.path.name, c.reason] for r, c in incomplete])
+    out.write("\nJOBS\n")
+    if snap.jobs:
+        _table(out, ["JOB", "KIND", "RUN", "STATE", "RESTARTS", "GPUS", "LAST REASON"],
+               [_job_row(j) for j in snap.jobs.values()])
+    else:
+        out.write("  (none)\n")
+    out.write("\nGPUS\n")
+    if gpus.available:
+        for d in gpus.devices:
+            out.write(f"  {_gpu_line(d)}\n")
+    else:
+        out.write(f"  GPU: not available ({gpus.reason or 'no reason given'})\n")
+    if snap.legacy_runs:
+        out.write("\nLEGACY RUNS (rl_runs/, read-only)\n")
+        _table(out, ["RUN", "STEPS", "LAST EVAL"], [
+            [r.name, _steps(r), _eval_cell(r)] for r in snap.legacy_runs.values()
+        ])
+    if snap.orphan_evals:
+        out.write("\nEVALUATIONS WITHOUT A RUN HERE\n")
+        _table(out, ["FOLDER", "BEST", "LAST"], [
+            [e.path.name, _acc(e.best_accuracy, e.best_step), _acc(e.last_accuracy, e.last_step)]
+            for e in snap.orphan_evals.values()
+        ])
+    if snap.errors:
+        out.write("\nDAMAGED FILES (skipped)\n")
+        for err in snap.errors:
+            out.write(f"  {err.path}: {err.reason}\n")
+
+
+def _run_row(r: RunRecord, colour: bool) -> list[str]:
+    word = f"{r.status.symbol} {r.status.value}" + (" (stalled)" if r.stalled else "")
+    if colour:
+        word = _COLOURS[r.status] + word + _RESET
+    step = "-" if r.step is None else str(r.step)
+    if r.target_step is not None:
+        step += f"/{r.target_step}"
+    ckpt = "-" if r.latest_complete is None else f"step_{r.latest_complete}"
+    cfg = r.config_summary
+    return [word, r.name, step, ckpt, _eval_cell(r), _short(cfg.model), cfg.dataset or "-"]
+
+
+def _run_note(r: RunRecord) -> str | None:
+    if r.status in (RunStatus.CRASHED, RunStatus.UNKNOWN) or r.stalled:
+        return r.error or r.status_reason or None
+    return None
+
+
+def _eval_cell(r: RunRecord) -> str:
+    e = r.last_eval
+    if e is None:
+        return "-"
+    return f"{e.dataset} {_acc(e.last_accuracy, e.last_step)}"
+
+
+def _acc(acc: float | None, step: int | None) -> str:
+    return "-" if acc is None else f"{acc:.3f} @{step}"
+
+
+def _job_row(j: JobRecord) -> list[str]:
+    state = j.state.value + (" (keeper gone)" if j.orphaned else "")
+    gpus = ",".join(str(g) for g in j.gpus) if j.gpus else "-"
+    reason = j.error or j.last_reason or ""
+    return [j.id, j.kind or "?", j.run or "-", state, str(j.restarts), gpus, reason]
+
+
+def _steps(r: RunRecord) -> str:
+    steps = [str(c.step) for c in r.checkpoints if c.complete]
+    bad = len(r.checkpoints) - len(steps)
+    text = ", ".join(steps) if steps else "-"
+    return text + (f" ({bad} without an adapter)" if bad else "")
+
+
+def _gpu_line(d: Any) -> str:
+    """One GPU of rltui.gpu's sample, from whichever of the usual field names it has."""
+    def get(*names: str) -> Any:
+        for n in names:
+            v = d.get(n) if isinstance(d, dict) else getattr(d, n, None)
+            if v is not None:
+                return v
+        return None
+
+    parts = [f"GPU {get('index', 'id')}", str(get("name") or "")]
+    util = get("util", "utilization", "util_percent", "gpu_util")
+    if util is not None:
+        parts.append(f"util {util:.0f}%")
+    used, total = get("mem_used_mib", "memory_used_mib", "mem_used"), get(
+        "mem_total_mib", "memory_total_mib", "mem_total")
+    if used is not None and total is not None:
+        parts.append(f"mem {used:.0f}/{total:.0f} MiB")
+    power = get("power_w", "power")
+    if power is not None:
+        parts.append(f"{power:.0f} W")
+    return "  ".join(p for p in parts if p)
+
+
+def _table(out: TextIO, header: list[str], rows: list[list[str]],
+           notes: list[str | None] | None = None) -> None:
+    widths = [max(len(_visible(x)) for x in col) for col in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        padded = [c + " " * (w - len(_visible(c))) for c, w in zip(cells, widths)]
+        return ("  " + "  ".join(padded)).rstrip() + "\n"
+
+    out.write(line(header))
+    for i, row in enumerate(rows):
+        out.write(line(row))
+        if notes and notes[i]:
+            out.write(f"      ↳ {notes[i]}\n")
+
+
+def _visible(text: str) -> str:
+    for code in (*_COLOURS.values(), _RESET):
+        text = text.replace(code, "")
+    return text
+
+
+def _short(model: str | None) -> str:
+    return "-" if not model else model.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"

@@ -1,0 +1,492 @@
+"""The run index: a localfs read into typed records, scanned cold or refreshed one thing at a time.
+
+Usage:
+    from rltui.index import Index
+    from rltui.localfs import Layout
+    index = Index(Layout(root))
+    snap = index.scan()                     # every run, legacy run, eval folder and job
+    for run in snap.runs.values():
+        print(run.status.symbol, run.name, run.step, run.latest_complete)
+    snap = index.refresh_run("run_2026-01-01_00-00-00")   # after a change in that run only
+
+A `Snapshot` is never changed after it is made: a refresh builds a new one (sharing the
+records that did not change), so a reader in another thread keeps a consistent view.
+Records, statuses and the status rule live in rltui.records; the file readers in rltui.index_read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from rltui import localfs
+from rltui.index_read import (
+    FileCache,
+    last_metrics,
+    parse_config_summary,
+    parse_json,
+    read_checkpoints,
+    read_eval,
+    read_job,
+    time_from_run_name,
+)
+from rltui.records import (  # re-exported: `from rltui.index import RunRecord` is the usual import
+    STALE_AFTER_S,
+    CheckpointRecord,
+    ConfigSummary,
+    Diagnosis,
+    EvalRecord,
+    EvalStepRecord,
+    FileError,
+    JobRecord,
+    JobState,
+    RunRecord,
+    RunStatus,
+    classify_run,
+    diagnose_run,
+    trainer_alive,
+)
+
+__all__ = [
+    "STALE_AFTER_S", "CheckpointRecord", "ConfigSummary", "Diagnosis", "EvalRecord",
+    "EvalStepRecord", "FileError", "Index", "JobRecord", "JobState", "RunRecord", "RunStatus",
+    "Snapshot", "classify_run", "diagnose_run", "trainer_alive",
+]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of a localfs. Dicts are keyed by name and sorted by name."""
+
+    root: Path
+    runs: Mapping[str, RunRecord] = field(default_factory=dict)
+    legacy_runs: Mapping[str, RunRecord] = field(default_factory=dict)
+    jobs: Mapping[str, JobRecord] = field(default_factory=dict)
+    #: eval_runs folders whose run is not in this localfs (archived, cleaned, or misnamed)
+    orphan_evals: Mapping[str, EvalRecord] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    @cached_property
+    def errors(self) -> list[FileError]:
+        """Every damaged file the scan met, with its path and reason."""
+        out: list[FileError] = []
+        for run in (*self.runs.values(), *self.legacy_runs.values()):
+            out.extend(run.damaged)
+            for ev in run.evals.values():
+                out.extend(ev.damaged)
+        for ev in self.orphan_evals.values():
+            out.extend(ev.damaged)
+        for job in self.jobs.values():
+            out.extend(job.damaged)
+        return out
+
+    def run(self, name: str) -> RunRecord | None:
+        """A run or legacy run by name."""
+        return self.runs.get(name) or self.legacy_runs.get(name)
+
+    def jobs_of(self, run: str) -> list[JobRecord]:
+        return [j for j in self.jobs.values() if j.run == run]
+
+    @property
+    def active_jobs(self) -> list[JobRecord]:
+        return [j for j in self.jobs.values() if j.state.active]
+
+
+@dataclass
+class _RunSource:
+    """What the index read of one run folder, before evals and jobs are joined to it."""
+
+    record: RunRecord
+    status_json: dict[str, Any] | None
+
+
+class Index:
+    """Reads a localfs into a `Snapshot`; `scan()` reads everything, `refresh_*` one thing.
+
+    `now` (the clock), `host` (this machine's name) and `alive(pid, last_progress)` (the process
+    check) are parameters so that the status rule is tested without sleeping or real hosts.
+    """
+
+    def __init__(
+        self,
+        layout: localfs.Layout,
+        *,
+        now: Callable[[], float] = time.time,
+        host: str | None = None,
+        stale_after: float = STALE_AFTER_S,
+        alive: Callable[[int, float], bool] | None = None,
+    ) -> None:
+        self.layout = layout
+        self._now = now
+        self._host = host or localfs.this_host()
+        self._stale_after = stale_after
+        self._alive = alive
+        self._boot = localfs.boot_time()
+        self._cache = FileCache()
+        self._lock = threading.RLock()
+        self._runs: dict[str, _RunSource] = {}
+        self._legacy: dict[str, RunRecord] = {}
+        self._evals: dict[str, EvalRecord] = {}  # by eval_runs folder name
+        self._eval_listing: tuple[int, list[str]] | None = None  # (folder mtime, names)
+        self._jobs: dict[str, JobRecord] = {}
+        self._snapshot = Snapshot(root=layout.root)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    # ------------------------------------------------------------ whole scans
+
+    def scan(self) -> Snapshot:
+        """Read every run, legacy run, eval folder and job. Unchanged files come from the cache."""
+        with self._lock, _no_gc():
+            self._runs = {n: self._read_run(n, p) for n, p in _subdirs(self.layout.training_runs)}
+            self._legacy = {n: self._read_legacy(n, p) for n, p in _subdirs(self.layout.rl_runs)}
+            self._evals = {}
+            self._eval_listing = None
+            for folder in self._eval_folders():
+                self._evals[folder] = self._read_eval(folder)
+            self._jobs = {
+                n: read_job(self._cache, str(p), n, self._boot) for n, p in _subdirs(self.layout.jobs)
+            }
+            return self._publish_all()
+
+    def reclassify(self) -> Snapshot:
+        """Re-apply the status rule to what was read (time passes; processes end). No file reads."""
+        with self._lock:
+            for src in self._runs.values():
+                self._classify(src)
+            return self._publish_all()
+
+    # ------------------------------------------------------------ one thing at a time
+
+    def refresh_run(self, name: str) -> Snapshot:
+        """Re-read one run folder (and its eval folders); a run that is gone leaves the snapshot."""
+        with self._lock:
+            path = self.layout.run_dir(name)
+            if path.is_dir():
+                self._runs[name] = self._read_run(name, path)
+            else:
+                self._runs.pop(name, None)
+            self._refresh_evals_of(name)
+            return self._publish_runs([name], resort=True)
+
+    def refresh_legacy(self, name: str) -> Snapshot:
+        with self._lock:
+            path = self.layout.legacy_run_dir(name)
+            if path.is_dir():
+                self._legacy[name] = self._read_legacy(name, path)
+            else:
+                self._legacy.pop(name, None)
+            self._refresh_evals_of(name)
+            return self._publish_all()
+
+    def refresh_eval(self, folder: str) -> Snapshot:
+        """Re-read one `eval_runs/RUN_DATASET` folder."""
+        with self._lock:
+            localfs.validate_name(folder, "eval folder")
+            old = self._evals.pop(folder, None)
+            if (self.layout.eval_runs / folder).is_dir():
+                self._evals[folder] = self._read_eval(folder)
+            runs = {e.run for e in (old, self._evals.get(folder)) if e is not None}
+            return self._publish_runs(sorted(runs), resort=False)
+
+    def refresh_job(self, job_id: str) -> Snapshot:
+        """Re-read one job's job.json and state.json; its run's status and totals follow."""
+        with self._lock:
+            path = self.layout.job_dir(job_id)
+            old = self._jobs.pop(job_id, None)
+            if path.is_dir():
+                self._jobs[job_id] = read_job(self._cache, str(path), job_id, self._boot)
+                self._jobs = dict(sorted(self._jobs.items()))
+            runs = {j.run for j in (old, self._jobs.get(job_id)) if j is not None and j.run}
+            return self._publish_runs(sorted(runs), resort=False)
+
+    # ------------------------------------------------------------ readers
+
+    def _read_run(self, name: str, path: Path) -> _RunSource:
+        base = str(path)
+        damaged: list[FileError] = []
+        status_json = self._load_object(base + "/status.json", damaged)
+        summary = ConfigSummary()
+        try:
+            summary = self._cache.load(base + "/config.yaml", parse_config_summary)
+        except FileNotFoundError:
+            pass
+        except localfs.DamagedFile as e:
+            damaged.append(FileError(e.path, e.reason))
+        checkpoints = read_checkpoints(self._cache, base + "/training_state", damaged)
+        sj = status_json or {}
+        complete = [c.step for c in checkpoints if c.complete]
+        step = _int(sj.get("step"))
+        if step is None and complete:
+            step = complete[-1]
+        record = RunRecord(
+            name=name,
+            path=path,
+            status=RunStatus.UNKNOWN,
+            step=step,
+            target_step=_int(sj.get("target_step")) or summary.max_steps,
+            phase=sj.get("phase") if isinstance(sj.get("phase"), str) else None,
+            latest_complete=complete[-1] if complete else None,
+            checkpoints=checkpoints,
+            config_summary=summary,
+            last_metrics=last_metrics(base + "/logs/train_log.jsonl"),
+            started=_float(sj.get("started")) or time_from_run_name(name),
+            updated=_float(sj.get("time")),
+            parent=sj.get("parent") if isinstance(sj.get("parent"), dict) else None,
+            pid=_int(sj.get("pid")),
+            host=sj.get("host") if isinstance(sj.get("host"), str) else None,
+            damaged=damaged,
+        )
+        if sj.get("error"):
+            record.error = str(sj["error"])
+        elif damaged:
+            record.error = str(damaged[0])
+        src = _RunSource(record, status_json)
+        self._classify(src)
+        return src
+
+    def _classify(self, src: _RunSource) -> None:
+        d = diagnose_run(src.status_json, self._now(), self._host, self._stale_after, alive=self._alive)
+        src.record.status, src.record.status_reason, src.record.stalled = d.status, d.reason, d.stalled
+
+    def _read_legacy(self, name: str, path: Path) -> RunRecord:
+        """An older run under rl_runs/: step_N adapter folders, listed read-only."""
+        checkpoints = []
+        for step, step_path in localfs.list_step_dirs(path):
+            names = _file_names(step_path) | {f"model/{n}" for n in _file_names(step_path / "model")}
+            problems = []
+            if not names & {"adapter_config.json", "model/adapter_config.json"}:
+                problems.append("no adapter_config.json")
+            if not any(n.rsplit("/", 1)[-1].startswith("adapter_model.") for n in names):
+                problems.append("no adapter_model file")
+            size = sum(_size(step_path / n) for n in names)
+            checkpoints.append(CheckpointRecord(step, step_path, not problems, problems, size))
+        complete = [c.step for c in checkpoints if c.complete]
+        damaged: list[FileError] = []
+        summary = ConfigSummary()
+        try:
+            summary = self._cache.load(str(path / "config.yaml"), parse_config_summary)
+        except FileNotFoundError:
+            pass
+        except localfs.DamagedFile as e:
+            damaged.append(FileError(e.path, e.reason))
+        return RunRecord(
+            name=name,
+            path=path,
+            status=RunStatus.UNKNOWN,
+            status_reason="legacy run (rl_runs/, read-only)",
+            step=checkpoints[-1].step if checkpoints else None,
+            latest_complete=complete[-1] if complete else None,
+            checkpoints=checkpoints,
+            config_summary=summary,
+            legacy=True,
+            damaged=damaged,
+            error=str(damaged[0]) if damaged else None,
+        )
+
+    def _read_eval(self, folder: str) -> EvalRecord:
+        run, dataset = self._eval_owner(folder)
+        return read_eval(self._cache, str(self.layout.eval_runs / folder), run, dataset)
+
+    def _eval_owner(self, folder: str) -> tuple[str, str]:
+        """Split `RUN_DATASET` at the '_' that leaves a known run name (datasets start with a
+        letter); an unknown run is guessed from the last such split."""
+        guess = None
+        i = folder.find("_")
+        while i != -1:
+            run, dataset = folder[:i], folder[i + 1:]
+            if dataset[:1].isalpha():
+                if run in self._runs or run in self._legacy:
+                    return run, dataset
+                if guess is None or localfs.is_run_name(run):
+                    guess = (run, dataset)
+            i = folder.find("_", i + 1)
+        return guess or (folder, "")
+
+    def _eval_folders(self) -> list[str]:
+        """Names under eval_runs/, re-listed only when the folder changed (its mtime)."""
+        root = str(self.layout.eval_runs)
+        try:
+            mtime = os.stat(root).st_mtime_ns
+        except OSError:
+            self._eval_listing = None
+            return []
+        if self._eval_listing is None or self._eval_listing[0] != mtime:
+            self._eval_listing = (mtime, [n for n, _p in _subdirs(self.layout.eval_runs)])
+        return self._eval_listing[1]
+
+    def _refresh_evals_of(self, run: str) -> None:
+        prefix = run + "_"
+        for folder in self._eval_folders():
+            if folder.startswith(prefix) or folder in self._evals and self._evals[folder].run == run:
+                self._evals[folder] = self._read_eval(folder)
+        for folder in [f for f, e in self._evals.items() if e.run == run]:
+            if not (self.layout.eval_runs / folder).is_dir():
+                del self._evals[folder]
+
+    def _load_object(self, path: str, damaged: list[FileError]) -> dict[str, Any] | None:
+        try:
+            obj = self._cache.load(path, parse_json)
+        except FileNotFoundError:
+            return None
+        except localfs.DamagedFile as e:
+            damaged.append(FileError(e.path, e.reason))
+            return None
+        if not isinstance(obj, dict):
+            damaged.append(FileError(Path(path), f"not a JSON object ({type(obj).__name__})"))
+            return None
+        return obj
+
+    # ------------------------------------------------------------ joining and publishing
+
+    def _assemble(self, base: RunRecord) -> RunRecord:
+        evals = {e.dataset: e for e in self._evals.values() if e.run == base.name}
+        return _join(base, evals, [j for j in self._jobs.values() if j.run == base.name])
+
+    def _publish_all(self) -> Snapshot:
+        evals_by_run: dict[str, dict[str, EvalRecord]] = {}
+        orphans: dict[str, EvalRecord] = {}
+        for folder, ev in self._evals.items():
+            if ev.run in self._runs or ev.run in self._legacy:
+                evals_by_run.setdefault(ev.run, {})[ev.dataset] = ev
+            else:
+                orphans[folder] = ev
+        jobs_by_run: dict[str, list[JobRecord]] = {}
+        for job in self._jobs.values():
+            if job.run:
+                jobs_by_run.setdefault(job.run, []).append(job)
+
+        def join(base: RunRecord) -> RunRecord:
+            return _join(base, evals_by_run.get(base.name, {}), jobs_by_run.get(base.name, []))
+
+        self._snapshot = Snapshot(
+            root=self.layout.root,
+            runs={n: join(s.record) for n, s in sorted(self._runs.items())},
+            legacy_runs={n: join(r) for n, r in sorted(self._legacy.items())},
+            jobs=dict(sorted(self._jobs.items())),
+            orphan_evals=dict(sorted(orphans.items())),
+            taken_at=self._now(),
+        )
+        return self._snapshot
+
+    def _publish_runs(self, names: list[str], *, resort: bool) -> Snapshot:
+        """A new snapshot in which only the named runs are rebuilt."""
+        old = self._snapshot
+        runs = dict(old.runs)
+        legacy = dict(old.legacy_runs)
+        for name in names:
+            if name in self._runs:
+                runs[name] = self._assemble(self._runs[name].record)
+            else:
+                runs.pop(name, None)
+            if name in self._legacy:
+                legacy[name] = self._assemble(self._legacy[name])
+        if resort:
+            runs = dict(sorted(runs.items()))
+        orphans = {f: e for f, e in self._evals.items()
+                   if e.run not in self._runs and e.run not in self._legacy}
+        self._snapshot = Snapshot(
+            root=self.layout.root,
+            runs=runs,
+            legacy_runs=legacy,
+            jobs=dict(self._jobs),
+            orphan_evals=dict(sorted(orphans.items())),
+            taken_at=self._now(),
+        )
+        return self._snapshot
+
+
+def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) -> RunRecord:
+    """A run record with its evaluations and jobs: status corrected by the newest job, totals summed."""
+    jobs = sorted(jobs, key=lambda j: (j.created or 0.0, j.id))
+    status, reason = base.status, base.status_reason
+    if jobs and not status.finished:
+        status, reason = _with_job(status, reason, jobs[-1])
+    return dataclasses.replace(
+        base,
+        status=status,
+        status_reason=reason,
+        evals=dict(sorted(evals.items())),
+        job_ids=[j.id for j in jobs],
+        restarts=sum(j.restarts for j in jobs),
+        gpu_seconds=sum(j.usage.get("gpu_seconds", 0.0) for j in jobs),
+        cost=sum(j.usage.get("cost", 0.0) for j in jobs),
+    )
+
+
+def _with_job(status: RunStatus, reason: str, job: JobRecord) -> tuple[RunStatus, str]:
+    """A run's status, corrected by its newest job: the keeper knows about restarts and losses."""
+    if job.state is JobState.LOST or job.orphaned:
+        return RunStatus.CRASHED, f"job {job.id} lost (its keeper is gone)"
+    if job.state.active and status in (RunStatus.CRASHED, RunStatus.UNKNOWN):
+        return RunStatus.RUNNING, f"job {job.id} is {job.state.value}"
+    if job.state is JobState.FAILED and status is RunStatus.UNKNOWN:
+        code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
+        return RunStatus.CRASHED, f"job {job.id} failed{code}"
+    return status, reason
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a scan.
+
+    A scan makes hundreds of thousands of small acyclic objects; with the collector on, its
+    repeated passes over them doubled the scan time at 1,000 runs (docs/benchmarks.md).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _subdirs(folder: Path) -> list[tuple[str, Path]]:
+    """(name, path) of the folders in `folder` that are valid names, sorted; none if absent."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            localfs.validate_name(e.name)
+        except localfs.BadName:
+            continue
+        out.append((e.name, Path(e.path)))
+    return sorted(out)
+
+
+def _file_names(folder: Path) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(folder) if e.is_file()}
+    except OSError:
+        return set()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -1,0 +1,319 @@
+"""Typed records of a localfs, as the index reads them, and the run-status rule.
+
+The index (rltui.index) builds these; `rltui --batch status`, the TUI, the archive and the jobs
+supervisor read them. Everything here is plain data plus `classify_run`, which is a pure function
+of a status.json, the clock, this host and a process check, so it is unit-tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from rltui import localfs
+
+#: A run whose status.json `time` is older than this, though its process lives, is "stalled":
+#: still shown as running (its process may yet save), with the reason saying so.
+STALE_AFTER_S = 15 * 60.0
+
+_IN_PROGRESS_PHASES = frozenset(
+    {"starting", "loading", "generating", "scoring", "training", "saving", "evaluating"}
+)
+
+
+class RunStatus(Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+    @property
+    def symbol(self) -> str:
+        """One character that reads without colour."""
+        return _RUN_SYMBOLS[self]
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.STOPPED)
+
+
+_RUN_SYMBOLS = {
+    RunStatus.RUNNING: "▶",
+    RunStatus.COMPLETED: "✓",
+    RunStatus.STOPPED: "■",
+    RunStatus.CRASHED: "✗",
+    RunStatus.UNKNOWN: "?",
+}
+
+
+class JobState(Enum):
+    """A job's state as its keeper writes it in jobs/ID/state.json (docs/ARCHITECTURE.md)."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+    UNKNOWN = "unknown"  # no state.json yet, or a damaged one
+
+    @property
+    def active(self) -> bool:
+        """The keeper is (supposed to be) looking after it."""
+        return self in _ACTIVE_JOB_STATES
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST)
+
+
+_ACTIVE_JOB_STATES = frozenset(
+    {JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.RESTARTING}
+)
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A file the index could not read as what it should be; the record shows it, the scan goes on."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class CheckpointRecord:
+    step: int
+    path: Path
+    complete: bool
+    problems: list[str]
+    size_bytes: int | None  # recorded sizes of a complete one; what is on disk otherwise
+    is_latest: bool = False  # what step_latest points at
+    created: float | None = None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems)
+
+
+@dataclass
+class EvalStepRecord:
+    step: int
+    accuracy: float | None
+    format_rate: float | None = None
+    mean_reward: float | None = None
+    n: int | None = None
+    error: str | None = None  # the reason this step's evaluation failed
+
+
+@dataclass
+class EvalRecord:
+    run: str
+    dataset: str
+    path: Path
+    steps: list[EvalStepRecord]
+    best_accuracy: float | None = None
+    best_step: int | None = None
+    last_accuracy: float | None = None  # at the highest evaluated step
+    last_step: int | None = None
+    error: str | None = None
+    progress: dict[str, Any] | None = None  # eval_status.json of an evaluation under way
+    damaged: list[FileError] = field(default_factory=list)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str | None
+    run: str | None
+    state: JobState
+    argv: list[str]
+    gpus: list[int] | None
+    restarts: int = 0
+    last_reason: str | None = None
+    created: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    usage: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    path: Path | None = None
+    keeper_pid: int | None = None
+    updated_at: float | None = None
+    #: the state says active but its keeper is gone (dead pid, or started before the last boot):
+    #: the supervisor will mark it lost; until then the index already treats it as lost.
+    orphaned: bool = False
+    damaged: list[FileError] = field(default_factory=list)
+
+
+@dataclass
+class ConfigSummary:
+    model: str | None = None
+    dataset: str | None = None
+    lora_r: int | None = None
+    learning_rate: float | None = None
+    num_generations: int | None = None
+    max_steps: int | None = None
+
+
+@dataclass
+class RunRecord:
+    name: str
+    path: Path
+    status: RunStatus
+    status_reason: str = ""
+    step: int | None = None
+    target_step: int | None = None
+    phase: str | None = None
+    latest_complete: int | None = None  # newest complete checkpoint step
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    config_summary: ConfigSummary = field(default_factory=ConfigSummary)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    started: float | None = None
+    updated: float | None = None
+    error: str | None = None  # the run's own error (status.json) or the first damaged file
+    evals: dict[str, EvalRecord] = field(default_factory=dict)
+    parent: dict[str, Any] | None = None  # {"run", "step"} it was resumed or branched from
+    legacy: bool = False
+    restarts: int = 0
+    gpu_seconds: float = 0.0
+    cost: float = 0.0
+    pid: int | None = None
+    host: str | None = None
+    stalled: bool = False
+    job_ids: list[str] = field(default_factory=list)
+    damaged: list[FileError] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config_summary.dataset
+
+    @property
+    def incomplete_checkpoints(self) -> list[CheckpointRecord]:
+        return [c for c in self.checkpoints if not c.complete]
+
+    @property
+    def last_eval(self) -> EvalRecord | None:
+        """The evaluation with the most recent step (ties: dataset name)."""
+        done = [e for e in self.evals.values() if e.last_step is not None]
+        return max(done, key=lambda e: (e.last_step, e.dataset)) if done else None
+
+
+# ---------------------------------------------------------------- the run-status rule
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    status: RunStatus
+    reason: str
+    stalled: bool = False
+
+
+def classify_run(
+    status_json: Any,
+    now: float,
+    host: str,
+    stale_after: float = STALE_AFTER_S,
+    *,
+    alive: Callable[[int, float], bool] | None = None,
+) -> RunStatus:
+    """The status of a run from its status.json (see `diagnose_run` for the rule)."""
+    return diagnose_run(status_json, now, host, stale_after, alive=alive).status
+
+
+def diagnose_run(
+    status_json: Any,
+    now: float,
+    host: str,
+    stale_after: float = STALE_AFTER_S,
+    *,
+    alive: Callable[[int, float], bool] | None = None,
+) -> Diagnosis:
+    """The status of a run and why.
+
+    - no status.json, or not a JSON object: unknown;
+    - phase completed / stopped: completed / stopped; phase failed: crashed;
+    - otherwise, on this host: the trainer pid alive (and started before its last progress, so a
+      reused pid does not count) is running — stalled when no progress for `stale_after`, still
+      running because its process may yet save or stop; a dead pid is crashed;
+    - on another host the pid cannot be checked: fresh progress is running, stale is unknown.
+
+    `alive(pid, last_progress_time)` is the process check (default: `trainer_alive`).
+    """
+    if not isinstance(status_json, dict):
+        return Diagnosis(RunStatus.UNKNOWN, "no status.json")
+    phase = status_json.get("phase")
+    if phase == "completed":
+        return Diagnosis(RunStatus.COMPLETED, "finished all its steps")
+    if phase == "stopped":
+        return Diagnosis(RunStatus.STOPPED, "stopped before its target step")
+    if phase == "failed":
+        err = status_json.get("error")
+        return Diagnosis(RunStatus.CRASHED, f"failed: {err}" if err else "failed")
+    t = _number(status_json.get("time"))
+    age = None if t is None else max(0.0, now - t)
+    stale = age is None or age > stale_after
+    pid = status_json.get("pid")
+    run_host = status_json.get("host")
+    if run_host and run_host != host:
+        if not stale:
+            return Diagnosis(RunStatus.RUNNING, f"on host {run_host} (its process is not checked)")
+        return Diagnosis(
+            RunStatus.UNKNOWN,
+            f"last progress {_ago(age)} on host {run_host}; its process cannot be checked from here",
+        )
+    check = alive or trainer_alive
+    if isinstance(pid, int) and check(pid, t if t is not None else now):
+        if stale:
+            return Diagnosis(
+                RunStatus.RUNNING, f"pid {pid} alive but no progress for {_ago(age)}", stalled=True
+            )
+        return Diagnosis(RunStatus.RUNNING, f"pid {pid} alive, progress {_ago(age)} ago")
+    what = f"trainer pid {pid} is gone" if isinstance(pid, int) else "no trainer pid recorded"
+    return Diagnosis(RunStatus.CRASHED, f"{what} (phase {phase or '?'}, last progress {_ago(age)} ago)")
+
+
+def trainer_alive(pid: int, last_progress: float) -> bool:
+    """`pid` is alive and is not a newer process that reused the number (Linux: start time)."""
+    if not localfs.pid_alive(pid):
+        return False
+    started = process_start_time(pid)
+    # 2 s of slack: the start time is counted in clock ticks from the boot time (whole seconds).
+    return started is None or started <= last_progress + 2.0
+
+
+def process_start_time(pid: int) -> float | None:
+    """When `pid` started, in epoch seconds (Linux /proc); None where unknown."""
+    boot = localfs.boot_time()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return None
+    if boot is None:
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _ago(age: float | None) -> str:
+    if age is None:
+        return "unknown time"
+    if age < 120:
+        return f"{age:.0f} s"
+    if age < 7200:
+        return f"{age / 60:.0f} min"
+    return f"{age / 3600:.1f} h"
