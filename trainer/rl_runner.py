@@ -65,11 +65,15 @@ class StopRequest:
     def __init__(self) -> None:
         self.signalled = False
         self.file: Path | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        self._previous = {sig: signal.signal(sig, self._on_signal)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signalled = True
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def requested(self) -> bool:
         return self.signalled or (self.file is not None and self.file.exists())
@@ -101,17 +105,18 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop = StopRequest()
     try:
         session = prepare(args)
     except ConfigError as e:
         print(f"rl_runner: error: {e}", file=sys.stderr)
         return 2
+    stop = StopRequest()
     d = init_distributed()
     try:
         return train(session, d, stop)
     finally:
         d.close()
+        stop.close()
 
 
 def train(s: Session, d: Dist, stop: StopRequest) -> int:
