@@ -186,15 +186,16 @@ class RemoteStore:
         """Download (sha256, open file) pairs in parallel; every file object is closed after."""
         manager = self._manager()
         subscribers = [_Progress(on_bytes)]
+        futures: list[Any] = []
         try:
-            futures = [
+            futures += [
                 manager.download(self.bucket, self.object_key(run, sha), fileobj, subscribers=subscribers)
                 for sha, fileobj in items
             ]
             for fut in futures:
                 fut.result()
         except BaseException:
-            manager.shutdown(cancel=True)
+            _cancel(manager, futures)
             raise
         finally:
             for _sha, fileobj in items:
@@ -229,15 +230,26 @@ class Uploader:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            self.manager.shutdown(cancel=True)
+            _cancel(self.manager, self.futures)
             return
         try:
             for fut in self.futures:
                 fut.result()
         except BaseException:
-            self.manager.shutdown(cancel=True)
+            _cancel(self.manager, self.futures)
             raise
         self.manager.shutdown()
+
+
+def _cancel(manager: Any, futures: list[Any]) -> None:
+    """Cancel what is in flight and wait for the threads. (Not shutdown(cancel=True): in
+    s3transfer 0.19 it passes the message where the exception type goes and raises TypeError.)"""
+    for fut in futures:
+        fut.cancel()
+    try:
+        manager.shutdown()
+    except Exception:
+        pass  # the first failure is what the caller reports
 
 
 def _ascii(text: str) -> str:

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
-import logging
 
 import pytest
 
@@ -187,7 +187,7 @@ def write_run(layout: Layout, run: str = "run_2026-01-02_03-04-05", steps: tuple
         localfs.append_jsonl(layout.train_log(run), {"step": step, "reward": 0.1 * step})
     localfs.write_json_atomic(layout.run_status(run), {
         "run": run, "step": max(steps), "phase": phase, "pid": pid or 999_999_999,
-        "host": localfs.this_host(), "time": 0.0, "latest_checkpoint": max(steps),
+        "host": localfs.this_host(), "time": time.time(), "latest_checkpoint": max(steps),
     })
     (layout.tensorboard_dir(run)).mkdir(exist_ok=True)
     (layout.tensorboard_dir(run) / "events.out.tfevents.1.host").write_bytes(os.urandom(40_000))
@@ -204,6 +204,11 @@ def write_run(layout: Layout, run: str = "run_2026-01-02_03-04-05", steps: tuple
 @pytest.fixture
 def make_run(s3: S3Env) -> Callable[..., BuiltRun]:
     return lambda **kw: write_run(Layout(s3.root), **kw)
+
+
+@pytest.fixture
+def add_checkpoint(s3: S3Env) -> Callable[..., Path]:
+    return lambda run, step, big=3_000_000: write_checkpoint(Layout(s3.root), run, step, big)
 
 
 # ---------------------------------------------------------------- a proxy that cuts connections
