@@ -20,6 +20,7 @@ from typing import Sequence
 COMMAND_MODULES = [
     "rltui.cmd_status",
     "rltui.sync_to_s3",
+    "rltui.cmd_jobs",
 ]
 
 
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch needs a COMMAND (see rltui --batch -h)")
     try:
         args.root = resolve_root(args.root)
+        from rltui.jobs import reconcile_at_start
+
+        reconcile_at_start(args.root)
         if not args.batch:
             from rltui.tui.app import run_tui
 

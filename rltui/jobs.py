@@ -33,10 +33,10 @@ from rltui.localfs import (
     resolve_step, this_host, validate_dataset_name, validate_name,
 )
 from rltui.restart_policy import RestartSettings
+from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
 
 PY = sys.executable
 CODE_ROOT = Path(__file__).resolve().parent.parent  # holds rltui/, trainer/, evaluator/
-SYNC_ACTIONS = ("backup", "backup-all", "list-backups", "restore")
 NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
 KEEPER_START_GRACE_S = 60.0
 
@@ -435,6 +435,14 @@ def reconcile(layout: Layout) -> list[str]:
     return lost
 
 
+def reconcile_at_start(root: Path) -> list[str]:
+    """`rltui` and every `--batch` command call this first; it never makes a command fail."""
+    try:
+        return reconcile(Layout(root))
+    except OSError:
+        return []
+
+
 def read_log(layout: Layout, job_id: str, tail_lines: int | None = None) -> str:
     get_job(layout, job_id)
     try:
@@ -452,6 +460,8 @@ def job_spec(layout: Layout, job_id: str) -> JobSpec:
 
 
 def _killpg(pgid: int, sig: int) -> None:
+    if pgid <= 1:
+        return
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

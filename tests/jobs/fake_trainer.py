@@ -8,7 +8,8 @@ It writes the run's status.json at every step and phase and a real checkpoint (l
 training_info.json last, step_latest) every FAKE_SAVE_EVERY steps, and stops at a step boundary on
 SIGTERM or the run's STOP file (exit 0, phase stopped), like the real trainer. Test settings:
 FAKE_STEP_SLEEP (seconds a step takes), FAKE_STALL_AT_STEP (a fresh run, never a resumed one,
-stops making progress at that step), FAKE_EXIT_AT_STEP / FAKE_EXIT_CODE (exit with that code).
+stops making progress at that step), FAKE_EXIT_AT_STEP / FAKE_EXIT_CODE (exit with that code),
+FAKE_EXIT_AFTER_STEPS (every session exits with FAKE_EXIT_CODE after that many steps).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main() -> int:
     sleep = float(os.environ.get("FAKE_STEP_SLEEP", "0.05"))
     stall_at = int(os.environ.get("FAKE_STALL_AT_STEP", "-1"))
     exit_at = int(os.environ.get("FAKE_EXIT_AT_STEP", "-1"))
+    after = int(os.environ.get("FAKE_EXIT_AFTER_STEPS", "0"))
+    if after:
+        exit_at = start + after + 1
     latest = start if resumed else None
     for step in range(start + 1, target + 1):
         if stop_flag or layout.stop_request(run).exists():

@@ -1,0 +1,125 @@
+"""`rltui --batch supervise`: keep jobs going when nobody is watching.
+
+Usage:
+    rltui --batch supervise [--interval 10] [--once]
+
+Each pass: reconcile (a job whose keeper died, or that ran before the last reboot, becomes lost),
+resume every lost training job whose policy has auto-resume on (from its latest complete
+checkpoint, or from the start when it has none) unless its run has finished or another job
+already works on it, then start queued jobs whose GPUs are free. It is what a user puts under
+systemd or tmux; it runs until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rltui import jobs
+from rltui.errors import UsageError
+from rltui.gpu import Sampler
+from rltui.job_records import Job, JobState, read_state, write_state
+from rltui.localfs import DamagedFile, Layout, latest_complete_step, read_json
+
+
+@dataclass
+class Pass:
+    """What one supervise pass did."""
+
+    lost: list[str] = field(default_factory=list)
+    resumed: list[tuple[str, str]] = field(default_factory=list)  # (lost job, new job)
+    started: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"job {j} lost: its keeper is gone" for j in self.lost]
+        out += [f"job {old} resumed as job {new}" for old, new in self.resumed]
+        out += [f"started queued job {j}" for j in self.started]
+        return out + self.problems
+
+
+def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
+    result = Pass(lost=jobs.reconcile(layout))
+    all_jobs = jobs.list_jobs(layout)
+    busy_runs = {j.spec.run for j in all_jobs
+                 if j.spec and j.spec.run and j.phase is not None and (j.phase.active or j.phase is JobState.QUEUED)}
+    for job in all_jobs:
+        if not _wants_resume(layout, job) or job.spec.run in busy_runs:
+            continue
+        try:
+            new = resume_lost(layout, job, sampler)
+        except UsageError as e:
+            result.problems.append(f"job {job.id}: cannot resume: {e}")
+            _mark_resumed(layout, job.id, f"not resumed: {e}", None)
+            continue
+        busy_runs.add(job.spec.run)
+        result.resumed.append((job.id, new.id))
+    result.started = jobs.start_queued(layout, sampler)
+    return result
+
+
+def _wants_resume(layout: Layout, job: Job) -> bool:
+    spec, state = job.spec, job.state
+    if spec is None or state is None or state.state is not JobState.LOST or state.resumed_by:
+        return False
+    if not (spec.kind.trains and spec.run and spec.restart.auto_resume):
+        return False
+    if any(r.startswith("not resumed:") for r in state.reasons):
+        return False
+    try:
+        status = read_json(layout.run_status(spec.run))
+    except (OSError, DamagedFile):
+        status = {}
+    return not (isinstance(status, dict) and status.get("phase") == "completed")
+
+
+def resume_lost(layout: Layout, job: Job, sampler: Sampler | None = None) -> Job:
+    """Start a job that carries on the lost training job `job`, and note it on the lost one."""
+    spec = job.spec
+    assert spec is not None and spec.run is not None
+    gpus = spec.gpus if spec.gpus is not None else spec.gpu_count
+    if latest_complete_step(layout.training_state(spec.run)) is None:
+        new_spec = spec.with_changes(id=jobs.new_job_id(spec.kind), parent_job=spec.id,
+                                     created=time.time())
+    else:
+        new_spec = jobs.resume_job(layout, spec.run, "latest", gpus=gpus, restart=spec.restart)
+        new_spec = new_spec.with_changes(parent_job=spec.id, resume_argv=spec.resume_argv or new_spec.resume_argv,
+                                         followups=spec.followups)
+    new = jobs.launch(layout, new_spec, sampler)
+    _mark_resumed(layout, job.id, f"resumed by supervise as job {new.id}", new.id)
+    return new
+
+
+def _mark_resumed(layout: Layout, job_id: str, reason: str, new_id: str | None) -> None:
+    try:
+        state = read_state(layout, job_id)
+    except (FileNotFoundError, DamagedFile):
+        return
+    state.resumed_by = new_id
+    state.note(reason)
+    write_state(layout, job_id, state)
+
+
+def supervise(layout: Layout, interval_s: float = 10.0, once: bool = False,
+              sampler: Sampler | None = None) -> int:
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"supervising jobs in {layout.jobs} every {interval_s:g}s", flush=True)
+    while not stopping:
+        for line in supervise_once(layout, sampler).lines():
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+        if once:
+            break
+        deadline = time.monotonic() + interval_s
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(min(0.5, interval_s))
+    if stopping:
+        sys.stderr.write("supervise: stopped\n")
+    return 0

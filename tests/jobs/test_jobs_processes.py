@@ -1,0 +1,176 @@
+"""Jobs with real processes: the keeper, signals, process groups, restarts, hangs, reconcile.
+
+The trainer here is tests/jobs/fake_trainer.py (real files, real checkpoints, real signals);
+tests/jobs/test_real_trainer.py runs the same promises with the real trainer on the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rltui import jobs, localfs
+from rltui.job_records import FollowUp, JobKind, JobSpec, JobState, read_state
+from rltui.restart_policy import RestartSettings
+
+from jobs_helpers import fake_train_spec, group_alive, wait_final, wait_until
+
+pytestmark = pytest.mark.slow
+FAST = dict(backoff_s=0.2, stop_grace_s=10, kill_grace_s=2)
+
+
+def test_a_job_keeps_running_after_the_process_that_launched_it_exits(layout):
+    spec = fake_train_spec(layout, steps=8, env={"FAKE_STEP_SLEEP": "0.2"})
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from rltui import jobs
+        from rltui.localfs import Layout
+        from rltui.job_records import JobSpec
+        import json
+        spec = JobSpec.from_json(json.loads(sys.stdin.read()))
+        print(jobs.launch(Layout({str(layout.root)!r}), spec).id)
+    """)
+    import json
+
+    launcher = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec.to_json()),
+                              capture_output=True, text=True, timeout=60, check=True)
+    assert launcher.stdout.strip() == spec.id  # the launcher has exited here
+    running = wait_until(lambda: (s := read_state(layout, spec.id)).state is JobState.RUNNING and s,
+                         what="running")
+    assert localfs.pid_alive(running.keeper_pid)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.SUCCEEDED
+    assert localfs.read_json(layout.run_status(spec.run))["step"] == 8
+
+
+def test_stop_saves_and_leaves_no_process_of_the_job_alive(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"},
+                           restart=RestartSettings(auto_resume=True, **FAST))
+    jobs.launch(layout, spec)
+    wait_until(lambda: localfs.latest_complete_step(layout.training_state(spec.run)), what="a checkpoint")
+    running = read_state(layout, spec.id)
+    jobs.stop(layout, spec.id)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.STOPPED and final.exit_code == 0
+    status = localfs.read_json(layout.run_status(spec.run))
+    assert status["phase"] == "stopped"
+    assert localfs.latest_complete_step(layout.training_state(spec.run)) == status["step"]
+    wait_until(lambda: not localfs.pid_alive(running.keeper_pid), 10, "the keeper to exit")
+    wait_until(lambda: not group_alive(running.pgid), 10, "the job's process group to be gone")
+
+
+def test_stop_of_a_process_that_ignores_it_escalates_to_sigkill_of_the_group(layout):
+    script = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+              "print('ignoring', flush=True); time.sleep(600)")
+    spec = JobSpec(id=jobs.new_job_id(JobKind.SYNC), kind=JobKind.SYNC, argv=(sys.executable, "-c", script),
+                   gpu_count=0, restart=RestartSettings(kill_grace_s=1))
+    jobs.launch(layout, spec)
+    wait_until(lambda: "ignoring" in jobs.read_log(layout, spec.id), what="the script to start")
+    pgid = read_state(layout, spec.id).pgid
+    jobs.stop(layout, spec.id)
+    final = wait_final(layout, spec.id, 30)
+    assert final.state is JobState.STOPPED and final.signal == signal.SIGKILL
+    wait_until(lambda: not group_alive(pgid), 10, "the group, grandchild included, to be gone")
+
+
+def test_sigkill_of_the_trainer_is_resumed_and_the_run_completes(layout):
+    spec = fake_train_spec(layout, steps=12, env={"FAKE_STEP_SLEEP": "0.15"},
+                           restart=RestartSettings(auto_resume=True, **FAST))
+    jobs.launch(layout, spec)
+    wait_until(lambda: (localfs.latest_complete_step(layout.training_state(spec.run)) or 0) >= 3,
+               what="checkpoint 3")
+    first = read_state(layout, spec.id).child_pid
+    os.kill(first, signal.SIGKILL)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.SUCCEEDED and final.restarts == 1
+    assert any("killed by SIGKILL; restart 1 from checkpoint step" in r for r in final.reasons)
+    assert final.child_pid != first
+    status = localfs.read_json(layout.run_status(spec.run))
+    assert status["phase"] == "completed" and status["step"] == 12
+    assert localfs.latest_complete_step(layout.training_state(spec.run)) == 12
+    assert "--from-step latest" in jobs.read_log(layout, spec.id)
+
+
+def test_a_stalled_trainer_is_detected_killed_and_resumed(layout):
+    spec = fake_train_spec(layout, steps=6, env={"FAKE_STALL_AT_STEP": "3"},
+                           restart=RestartSettings(auto_resume=True, hang_timeout_s=1.5, **FAST))
+    jobs.launch(layout, spec)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.SUCCEEDED and final.restarts == 1
+    assert any(r.startswith("hung: no progress") for r in final.reasons)
+    assert "stalling at step 3" in jobs.read_log(layout, spec.id)
+    assert localfs.read_json(layout.run_status(spec.run))["step"] == 6
+
+
+def test_max_restarts_exhausted_ends_failed_with_the_reason(layout):
+    spec = fake_train_spec(layout, steps=50, env={"FAKE_EXIT_AFTER_STEPS": "2", "FAKE_EXIT_CODE": "7"},
+                           restart=RestartSettings(auto_resume=True, max_restarts=2, **FAST))
+    jobs.launch(layout, spec)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.FAILED and final.restarts == 2 and final.exit_code == 7
+    assert final.last_reason == "exit code 7; gave up after 2 restarts (max_restarts)"
+    assert jobs.read_job(layout, spec.id).exit_status() == 1
+
+
+def test_restarts_that_make_no_checkpoint_give_up(layout):
+    spec = fake_train_spec(layout, steps=50, env={"FAKE_EXIT_AT_STEP": "3"},
+                           restart=RestartSettings(auto_resume=True, max_restarts=10, **FAST))
+    jobs.launch(layout, spec)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.FAILED and final.restarts == 2
+    assert "2 restarts in a row made no new checkpoint" in final.last_reason
+
+
+def test_sigkill_of_the_keeper_is_reconciled_to_lost_and_nothing_runs_on(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    jobs.launch(layout, spec)
+    running = wait_until(lambda: (s := read_state(layout, spec.id)).state is JobState.RUNNING and s,
+                         what="running")
+    os.kill(running.keeper_pid, signal.SIGKILL)
+    wait_until(lambda: not localfs.pid_alive(running.keeper_pid), 10, "the keeper to die")
+    assert jobs.reconcile(layout) == [spec.id]
+    state = read_state(layout, spec.id)
+    assert state.state is JobState.LOST and "keeper (pid" in state.last_reason
+    wait_until(lambda: not group_alive(running.pgid), 10, "the trainer to go with its keeper")
+    assert jobs.reconcile(layout) == []
+
+
+def test_a_job_from_before_the_last_boot_is_lost(layout):
+    spec = fake_train_spec(layout)
+    from rltui.job_records import StateFile, write_spec, write_state
+
+    write_spec(layout, spec)
+    write_state(layout, spec.id, StateFile(JobState.RUNNING, keeper_pid=os.getpid(),
+                                           boot_time=(localfs.boot_time() or 0) - 86400))
+    assert jobs.reconcile(layout) == [spec.id]
+    assert "rebooted" in read_state(layout, spec.id).last_reason
+
+
+def test_a_follow_up_eval_starts_when_training_succeeds(layout):
+    spec = fake_train_spec(layout, steps=3).with_changes(
+        followups=(FollowUp(JobKind.EVAL, "arith"),))
+    jobs.launch(layout, spec)
+    wait_final(layout, spec.id)
+    final = wait_until(lambda: (s := read_state(layout, spec.id)).followup_jobs and s, 10, "the follow-up")
+    assert final.state is JobState.SUCCEEDED and len(final.followup_jobs) == 1
+    follow = jobs.read_job(layout, final.followup_jobs[0])
+    assert follow.spec.kind is JobKind.EVAL and follow.spec.parent_job == spec.id
+    assert follow.spec.argv[1:6] == ("-m", "evaluator.eval_batch", "--training-run", spec.run, "--eval-dataset")
+    assert follow.phase is not JobState.QUEUED  # it was started, on the GPUs training held (none here)
+    wait_final(layout, follow.id)
+
+
+def test_a_failed_job_starts_no_follow_up(layout):
+    spec = fake_train_spec(layout, steps=5, env={"FAKE_EXIT_AT_STEP": "2"}).with_changes(
+        followups=(FollowUp(JobKind.EVAL, "arith"),))
+    jobs.launch(layout, spec)
+    final = wait_final(layout, spec.id)
+    assert final.state is JobState.FAILED and final.followup_jobs == []
+    assert "auto-resume is off" in final.last_reason
