@@ -166,7 +166,8 @@ def _walk(root: Path, top: Path, skipped: list[tuple[str, str]]) -> Iterator[Loc
             if _skip_name(d):
                 skipped.append((rel + "/", "unfinished write (temporary folder)"))
             elif os.path.islink(sub):
-                skipped.append((rel, "symlink"))
+                if not (here == training_state and d == localfs.STEP_LATEST):  # recorded apart
+                    skipped.append((rel, "symlink"))
             elif here == training_state and localfs.parse_step_dir(d) is not None and (
                 problems := localfs.checkpoint_problems(sub)
             ):

@@ -71,6 +71,7 @@ class S3Env:
     root: Path
     prefix: str = "team/archive"
     log: RequestLog = field(default_factory=RequestLog)
+    secrets: tuple[str, ...] = (SECRET, ACCESS_KEY)
 
     @property
     def env(self) -> dict[str, str]:
