@@ -13,6 +13,7 @@ detached, so quitting leaves them running (and says so).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -39,23 +40,37 @@ from rltui.tui.watcher import Change, RootWatcher, WatchMode
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
 RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
 
-# (key, action, footer label, palette description, shown in the Footer)
-COMMANDS: list[tuple[str, str, str, str, bool]] = [
-    ("n", "new_training", "New", "Start a new training run (a form)", True),
-    ("r", "resume", "Resume", "Resume the selected run from latest or the selected checkpoint", True),
-    ("e", "evaluate", "Eval", "Evaluate the selected run's checkpoints", True),
-    ("a", "archive", "Archive", "Back up, restore or list backups in S3", True),
-    ("x", "stop_job", "Stop", "Stop the selected job gracefully (asks first)", True),
-    ("k", "kill_job", "Kill", "Kill the selected job's process group (asks first)", True),
-    ("t", "toggle_auto_resume", "Auto-resume", "Toggle auto-resume of the selected run's job", False),
-    ("slash", "filter", "Filter", "Filter runs by name, status or dataset", True),
-    ("l", "open_log", "Log", "Open the log full screen", True),
-    ("m", "cycle_metric", "Metric", "Plot the next metric", False),
-    ("1", "show_tab('runs')", "Runs", "Show the runs", False),
-    ("2", "show_tab('jobs')", "Jobs", "Show the jobs", False),
-    ("3", "show_tab('gpus')", "GPUs", "Show the GPUs", False),
-    ("question_mark", "help", "Help", "Keys, symbols and what each action does", True),
-    ("q", "quit_app", "Quit", "Quit; running jobs keep running", True),
+@dataclass(frozen=True)
+class Command:
+    """One action: its key, the Footer's label, and its title and help in the command palette."""
+
+    key: str
+    action: str
+    label: str
+    title: str
+    help: str
+    footer: bool = True
+
+
+COMMANDS: list[Command] = [
+    Command("n", "new_training", "New", "New training run", "Start a new training run (a form)"),
+    Command("r", "resume", "Resume", "Resume run",
+            "Resume the selected run from latest or the selected checkpoint"),
+    Command("e", "evaluate", "Eval", "Evaluate run", "Evaluate the selected run's checkpoints"),
+    Command("a", "archive", "Archive", "Archive to S3", "Back up, restore or list backups in S3"),
+    Command("x", "stop_job", "Stop", "Stop job", "Stop the selected job gracefully (asks first)"),
+    Command("k", "kill_job", "Kill", "Kill job", "Kill the selected job's processes (asks first)"),
+    Command("t", "toggle_auto_resume", "Auto-resume", "Toggle auto-resume",
+            "Turn auto-resume on or off for the selected run's training job", footer=False),
+    Command("slash", "filter", "Filter", "Filter runs", "Filter runs by name, status or dataset"),
+    Command("l", "open_log", "Log", "Open log full screen", "Open the log pane full screen"),
+    Command("m", "cycle_metric", "Metric", "Plot next metric",
+            "Plot the next metric (reward, loss, ..., eval accuracy)", footer=False),
+    Command("1", "show_tab('runs')", "Runs", "Show runs", "Show the runs", footer=False),
+    Command("2", "show_tab('jobs')", "Jobs", "Show jobs", "Show the jobs", footer=False),
+    Command("3", "show_tab('gpus')", "GPUs", "Show GPUs", "Show the GPUs", footer=False),
+    Command("question_mark", "help", "Help", "Help", "Keys, symbols and what each action does"),
+    Command("q", "quit_app", "Quit", "Quit rltui", "Quit; running jobs keep running"),
 ]
 
 
@@ -63,7 +78,7 @@ class RlTuiApp(ActionsMixin, App[str]):
     CSS_PATH = "app.tcss"
     TITLE = "rltui"
     ENABLE_COMMAND_PALETTE = True
-    BINDINGS = [Binding(k, a, label, show=show, tooltip=desc) for k, a, label, desc, show in COMMANDS]
+    BINDINGS = [Binding(c.key, c.action, c.label, show=c.footer, tooltip=c.help) for c in COMMANDS]
 
     def __init__(
         self,
@@ -113,6 +128,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.initial_scan()
         if self.watch_enabled:
             self.start_watcher()
+        else:
+            self.query_one(StatusBar).watch_mode = "off"
         self.set_interval(RECLASSIFY_S, self.reclassify)
         if self.sampler is not None or self.watch_enabled:
             self.sample_gpus()
@@ -259,9 +276,8 @@ class RlTuiApp(ActionsMixin, App[str]):
     # ------------------------------------------------------------ palette and quitting
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        for _key, action, label, desc, _show in COMMANDS:
-            yield SystemCommand(label if label != "Log" else "Log full screen", desc,
-                                _palette_callback(self, action))
+        for command in COMMANDS:
+            yield SystemCommand(command.title, command.help, _palette_callback(self, command.action))
         yield from super().get_system_commands(screen)
 
     def action_quit_app(self) -> None:

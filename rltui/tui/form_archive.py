@@ -23,7 +23,7 @@ class ArchiveForm(JobForm):
         yield self.choice("action", "action", ACTIONS, "backup")
         yield self.text("run", "run", self.context.get("run") or "", "for backup and restore")
         yield self.check("cleanup", "clean up local files verified in S3", False)
-        yield self.check("keep_latest", "keep the latest checkpoint locally", True)
+        yield self.check("keep_latest", "keep the latest checkpoint locally", False)
 
     def build(self) -> Any:
         from rltui import jobs

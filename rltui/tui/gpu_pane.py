@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from rltui.gpu import GpuInfo, GpuSnapshot, fmt
+from rltui.gpu import GpuInfo, GpuProcess, GpuSnapshot, fmt
 
 
 def _bar(fraction: float | None, width: int = 10) -> str:
@@ -30,6 +30,12 @@ def _mem(g: GpuInfo) -> str:
     return f"{g.mem_used_mib / 1024:.1f}/{g.mem_total_mib / 1024:.0f} GiB"
 
 
+def _process(p: GpuProcess) -> str:
+    """A job's process by its job and run; anything else by its pid."""
+    who = f"job {p.job}" + (f" ({p.run})" if p.run else "") if p.job else f"pid {p.pid}"
+    return who + (f" {p.used_mib / 1024:.1f}G" if p.used_mib else "")
+
+
 def gpu_table(snapshot: GpuSnapshot) -> Table:
     table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
     for label in ("GPU", "util", "", "memory", "temp", "power", "processes"):
@@ -37,11 +43,7 @@ def gpu_table(snapshot: GpuSnapshot) -> Table:
     for g in snapshot.gpus:
         name = f"{g.index} {g.name or ''}".strip() + (" LOST" if g.lost else "")
         frac = None if g.mem_used_mib is None or not g.mem_total_mib else g.mem_used_mib / g.mem_total_mib
-        procs = ", ".join(
-            f"{p.pid}" + (f" {p.job}" if p.job else "") + (f" ({p.run})" if p.run else "")
-            + (f" {p.used_mib / 1024:.1f}G" if p.used_mib else "")
-            for p in g.processes
-        ) or "idle"
+        procs = ", ".join(_process(p) for p in g.processes) or "idle"
         table.add_row(
             Text(name, style="bold red" if g.lost else ""),
             fmt(g.util_pct, "%"),

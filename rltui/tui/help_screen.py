@@ -1,10 +1,12 @@
 """Help: every key and what it does, and what each status symbol means (for NO_COLOR terminals).
 
 Usage:
-    app.push_screen(HelpScreen(commands))   # commands: (key, action, label, description, shown)
+    app.push_screen(HelpScreen(COMMANDS))
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
@@ -15,17 +17,20 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from rltui.records import JobState, RunStatus
+
+if TYPE_CHECKING:
+    from rltui.tui.app import Command
 from rltui.tui.cells import JOB_SYMBOL
 
 KEY_NAMES = {"slash": "/", "question_mark": "?"}
 
 
-def help_table(commands: list[tuple[str, str, str, str, bool]]) -> Table:
+def help_table(commands: list[Command]) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False, expand=True)
     table.add_column("key", style="bold", no_wrap=True)
     table.add_column("what")
-    for key, _action, _label, desc, _shown in commands:
-        table.add_row(KEY_NAMES.get(key, key), desc)
+    for command in commands:
+        table.add_row(KEY_NAMES.get(command.key, command.key), command.help)
     for key, desc in (("ctrl+p", "Command palette: every action by name"),
                       ("tab / arrows", "Move between panes and rows; enter picks"),
                       ("s / S", "Sort the runs by the next column / reverse the order")):
@@ -49,7 +54,7 @@ def legend() -> Text:
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
 
-    def __init__(self, commands: list[tuple[str, str, str, str, bool]]) -> None:
+    def __init__(self, commands: list[Command]) -> None:
         super().__init__()
         self.commands = commands
 

@@ -29,7 +29,7 @@ from rltui.tui.log_pane import LogPane, TailReader
 from rltui.tui.plot import MetricsPlot, Series
 
 HISTORY_BYTES = 8 * 1024 * 1024
-PREFERRED = ("reward", "mean_reward", "loss", "kl", "accuracy")
+PREFERRED = ("reward_mean", "reward", "mean_reward", "loss", "kl", "accuracy")
 SKIP = {"step", "time", "epoch", "timestamp", "elapsed", "rank", "world_size", "target_step"}
 
 
@@ -159,7 +159,8 @@ class RunDetail(Vertical):
     def _load_history(self, history: MetricsHistory | None) -> None:
         if history is not None:
             history.update()
-        self.app.call_from_thread(self._draw_plot)
+        if self.is_attached:
+            self.app.call_from_thread(self._draw_plot)
 
     def series_names(self) -> list[str]:
         names = self.history.names() if self.history else []
@@ -181,4 +182,5 @@ class RunDetail(Vertical):
             points = [(float(s.step), s.accuracy) for s in ev.steps if s.accuracy is not None] if ev else []
         else:
             points = list(self.history.points.get(name, [])) if self.history else []
-        self.query_one("#plot", MetricsPlot).show_series(Series(name, points))
+        for plot in self.query("#plot").results(MetricsPlot):  # none while the app shuts down
+            plot.show_series(Series(name, points))
