@@ -24,7 +24,7 @@ from typing import TextIO
 from rltui import localfs
 from rltui.archive.manifest import FileEntry, HashCache, LocalFile, Manifest, scan_run, stat_local
 from rltui.archive.progress import Progress, human_bytes
-from rltui.archive.running import run_is_running
+from rltui.archive.running import run_is_running, running_runs
 from rltui.archive.store import RemoteStore, translate
 from rltui.errors import UsageError, WorkFailed
 from rltui.localfs import Layout
@@ -322,8 +322,9 @@ def backup_all(
     runs = sorted(p.name for p in _run_dirs(layout.training_runs))
     if not runs:
         out.write(f"no runs in {layout.training_runs}\n")
+    busy = running_runs(layout)
     for run in runs:
-        if run_is_running(layout, run):
+        if run in busy:
             out.write(f"{run}: running; skipped\n")
             continue
         try:
