@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +24,7 @@ from rltui.errors import UsageError
 from rltui.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
 SCHEMA_VERSION = 1
+RECENT_ENDED_JOBS = 20  # the plain text lists these many ended jobs; --json lists all
 
 _COLOURS = {
     RunStatus.RUNNING: "\x1b[36m",
@@ -57,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
         if snap.run(args.run) is None:
             raise UsageError(f"no run named {args.run!r} under {root}")
         snap = _only_run(snap, args.run)
-    gpus = sample_gpus()
+    gpus = sample_gpus(snap)
     try:
         if args.json:
             json.dump(snapshot_to_json(snap, gpus), sys.stdout, indent=2, sort_keys=False)
@@ -88,23 +88,31 @@ def _only_run(snap: Snapshot, name: str) -> Snapshot:
 @dataclasses.dataclass
 class GpuReport:
     available: bool
-    reason: str | None
-    devices: list[Any]
+    reason: str | None  # why there is no GPU list (no driver, no GPU, a failed sample)
+    devices: list[Any]  # rltui.gpu.GpuInfo
 
 
-def sample_gpus() -> GpuReport:
-    """One NVML sample through rltui.gpu; never fails the command (the reason is shown)."""
+def sample_gpus(snap: Snapshot | None = None) -> GpuReport:
+    """One NVML sample through rltui.gpu, its processes named by run where a trainer pid
+    matches; never fails the command (the reason is shown instead)."""
     try:
         from rltui import gpu  # imported here: NVML is loaded only when a command needs it
     except ImportError as e:
         return GpuReport(False, f"rltui.gpu could not be imported: {e}", [])
     try:
-        snap = gpu.sample()
+        sample = gpu.sample()
     except Exception as e:  # a driver error must not hide the runs
         return GpuReport(False, f"NVML sampling failed: {type(e).__name__}: {e}", [])
-    devices = list(getattr(snap, "gpus", []) or [])
-    reason = getattr(snap, "reason", None)
-    return GpuReport(bool(devices), reason if not devices else None, devices)
+    if snap is not None:
+        owners = {r.pid: (None, r.name) for r in snap.runs.values()
+                  if r.pid is not None and r.status is RunStatus.RUNNING}
+        for j in snap.jobs.values():
+            if j.keeper_pid is not None and j.state.active:
+                owners.setdefault(j.keeper_pid, (j.id, j.run))
+        sample = gpu.attribute(sample, owners)
+    if not sample.gpus:
+        return GpuReport(False, sample.reason or "no GPU found", [])
+    return GpuReport(True, None, list(sample.gpus))
 
 
 # ---------------------------------------------------------------- JSON
@@ -124,7 +132,7 @@ def snapshot_to_json(snap: Snapshot, gpus: GpuReport | None = None) -> dict[str,
         "gpus": None if gpus is None else {
             "available": gpus.available,
             "reason": gpus.reason,
-            "devices": [_plain(d) for d in gpus.devices],
+            "devices": [_device_json(d) for d in gpus.devices],
         },
         "errors": [{"path": str(e.path), "reason": e.reason} for e in snap.errors],
     }
@@ -191,19 +199,8 @@ def job_to_json(j: JobRecord) -> dict[str, Any]:
     }
 
 
-def _plain(obj: Any) -> Any:
-    """A GPU sample (dataclass, Enum, Path, ...) as plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+def _device_json(d: Any) -> dict[str, Any]:
+    return d.to_json() if hasattr(d, "to_json") else dataclasses.asdict(d)
 
 
 # ---------------------------------------------------------------- text
@@ -228,9 +225,12 @@ def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = F
         _table(out, ["RUN", "CHECKPOINT", "WHY"],
                [[r.name, c.path.name, c.reason] for r, c in incomplete])
     out.write("\nJOBS\n")
-    if snap.jobs:
+    shown = _jobs_to_show(list(snap.jobs.values()))
+    if shown:
         _table(out, ["JOB", "KIND", "RUN", "STATE", "RESTARTS", "GPUS", "LAST REASON"],
-               [_job_row(j) for j in snap.jobs.values()])
+               [_job_row(j) for j in shown])
+        if len(shown) < len(snap.jobs):
+            out.write(f"  ({len(snap.jobs) - len(shown)} older ended jobs not shown; --json lists all)\n")
     else:
         out.write("  (none)\n")
     out.write("\nGPUS\n")
@@ -285,6 +285,13 @@ def _acc(acc: float | None, step: int | None) -> str:
     return "-" if acc is None else f"{acc:.3f} @{step}"
 
 
+def _jobs_to_show(jobs: list[JobRecord]) -> list[JobRecord]:
+    """Every job not ended, and the most recent ended ones: a busy box has thousands."""
+    ended = sorted((j for j in jobs if j.state.ended), key=lambda j: (j.created or 0.0, j.id))
+    keep = {id(j) for j in ended[-RECENT_ENDED_JOBS:]}
+    return [j for j in jobs if not j.state.ended or id(j) in keep]
+
+
 def _job_row(j: JobRecord) -> list[str]:
     state = j.state.value + (" (keeper gone)" if j.orphaned else "")
     gpus = ",".join(str(g) for g in j.gpus) if j.gpus else "-"
@@ -299,27 +306,22 @@ def _steps(r: RunRecord) -> str:
     return text + (f" ({bad} without an adapter)" if bad else "")
 
 
-def _gpu_line(d: Any) -> str:
-    """One GPU of rltui.gpu's sample, from whichever of the usual field names it has."""
-    def get(*names: str) -> Any:
-        for n in names:
-            v = d.get(n) if isinstance(d, dict) else getattr(d, n, None)
-            if v is not None:
-                return v
-        return None
+def _gpu_line(g: Any) -> str:
+    """One rltui.gpu.GpuInfo: a failed query reads n/a."""
+    from rltui.gpu import fmt
 
-    parts = [f"GPU {get('index', 'id')}", str(get("name") or "")]
-    util = get("util", "utilization", "util_percent", "gpu_util")
-    if util is not None:
-        parts.append(f"util {util:.0f}%")
-    used, total = get("mem_used_mib", "memory_used_mib", "mem_used"), get(
-        "mem_total_mib", "memory_total_mib", "mem_total")
-    if used is not None and total is not None:
-        parts.append(f"mem {used:.0f}/{total:.0f} MiB")
-    power = get("power_w", "power")
-    if power is not None:
-        parts.append(f"{power:.0f} W")
-    return "  ".join(p for p in parts if p)
+    if g.lost:
+        return f"GPU {g.index}  {g.name or ''}  LOST (fallen off the bus; needs a reset)"
+    parts = [
+        f"GPU {g.index}", g.name or "?", f"util {fmt(g.util_pct, '%')}",
+        f"mem {fmt(g.mem_used_mib)}/{fmt(g.mem_total_mib, ' MiB')}",
+        f"power {fmt(g.power_w, ' W')}", f"temp {fmt(g.temp_c, ' C')}",
+    ]
+    procs = [f"{p.pid}" + (f" {p.run}" if p.run else "") + (f" ({fmt(p.used_mib, ' MiB')})")
+             for p in g.processes]
+    if procs:
+        parts.append("processes: " + ", ".join(procs))
+    return "  ".join(parts)
 
 
 def _table(out: TextIO, header: list[str], rows: list[list[str]],

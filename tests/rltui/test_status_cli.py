@@ -1,0 +1,177 @@
+"""`rltui --batch status` as a user runs it: a real subprocess of `python -m rltui.cli`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rltui import cmd_status, gpu
+from rltui.index import Index
+
+REPO = Path(__file__).resolve().parents[2]
+
+RUN_KEYS = {
+    "name", "path", "legacy", "status", "status_reason", "stalled", "step", "target_step", "phase",
+    "latest_complete_step", "pid", "host", "started", "updated", "error", "parent", "config",
+    "last_metrics", "checkpoints", "evals", "job_ids", "restarts", "gpu_seconds", "cost",
+}
+CHECKPOINT_KEYS = {"step", "path", "complete", "problems", "size_bytes", "is_latest", "created"}
+EVAL_KEYS = {"run", "dataset", "path", "best_accuracy", "best_step", "last_accuracy", "last_step",
+             "error", "in_progress", "steps"}
+EVAL_STEP_KEYS = {"step", "accuracy", "format_rate", "mean_reward", "n", "error"}
+JOB_KEYS = {"id", "kind", "run", "state", "orphaned", "argv", "gpus", "restarts", "last_reason",
+            "created", "started_at", "updated_at", "ended_at", "exit_code", "keeper_pid", "usage",
+            "error"}
+CONFIG_KEYS = {"model", "dataset", "lora_r", "learning_rate", "num_generations", "max_steps"}
+
+
+def rltui(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "rltui.cli", *args], capture_output=True, text=True, env=full_env,
+        cwd=str(REPO), timeout=120,
+    )
+
+
+def test_plain_status_lists_runs_incomplete_checkpoints_jobs_and_gpus(every_kind):
+    proc = rltui("--batch", "status", "--root", str(every_kind.root))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "\x1b" not in out  # not a terminal: no escape codes
+    lines = out.splitlines()
+
+    def line_of(name: str) -> str:
+        return next(x for x in lines if f" {name} " in x + " ")
+
+    assert "✓ completed" in line_of("run_2026-01-01_00-00-01")
+    assert "gsm8k 0.500 @2" in line_of("run_2026-01-01_00-00-01")
+    assert "▶ running" in line_of("run_2026-01-01_00-00-04") and "3/9" in line_of("run_2026-01-01_00-00-04")
+    assert "step_2" in line_of("run_2026-01-01_00-00-04")
+    assert "✗ crashed" in line_of("run_2026-01-01_00-00-03")
+    assert "■ stopped" in line_of("run_2026-01-01_00-00-02")
+    assert "? unknown" in line_of("run_2026-01-01_00-00-05")
+    assert "INCOMPLETE CHECKPOINTS" in out
+    assert "missing file optimizer.pt" in out and "wrong size scheduler.pt" in out
+    assert "missing training_info.json (save did not finish)" in out and "unfinished save" in out
+    assert "JOBS" in out and "job_lost" in out and "lost" in line_of("job_lost")
+    assert "GPU" in out.split("GPUS", 1)[1]
+    assert "LEGACY RUNS" in out and "100, 200 (1 without an adapter)" in out
+    assert "DAMAGED FILES" in out and "training_info.json: not valid JSON" in out
+    assert proc.stderr == ""
+
+
+def test_json_status_follows_schema_1(every_kind):
+    proc = rltui("--batch", "status", "--json", "--root", str(every_kind.root))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == 1
+    assert set(doc) == {"schema", "root", "generated_at", "host", "runs", "legacy_runs", "jobs",
+                        "orphan_evals", "gpus", "errors"}
+    assert doc["root"] == str(every_kind.root)
+    runs = {r["name"]: r for r in doc["runs"]}
+    for r in doc["runs"] + doc["legacy_runs"]:
+        assert set(r) == RUN_KEYS
+        assert set(r["config"]) == CONFIG_KEYS
+        assert r["status"] in {"running", "completed", "stopped", "crashed", "unknown"}
+        for c in r["checkpoints"]:
+            assert set(c) == CHECKPOINT_KEYS
+        for e in r["evals"].values():
+            assert set(e) == EVAL_KEYS and all(set(s) == EVAL_STEP_KEYS for s in e["steps"])
+    assert runs["run_2026-01-01_00-00-03"]["status"] == "crashed"
+    assert runs["run_2026-01-01_00-00-04"]["status"] == "running"
+    assert runs["run_2026-01-01_00-00-01"]["evals"]["gsm8k"]["last_accuracy"] == 0.5
+    bad = {c["path"].rsplit("/", 1)[1]: c["problems"] for c in runs["run_2026-01-01_00-00-07"]["checkpoints"]}
+    assert bad["step_2"] == ["missing file optimizer.pt"]
+    for j in doc["jobs"]:
+        assert set(j) == JOB_KEYS
+    assert {j["id"]: j["state"] for j in doc["jobs"]} == {"job_done": "succeeded", "job_lost": "lost"}
+    assert doc["legacy_runs"][0]["legacy"] is True
+    assert set(doc["gpus"]) == {"available", "reason", "devices"}
+    assert any(e["path"].endswith("step_1/training_info.json") for e in doc["errors"])
+
+
+def test_run_filter_shows_only_that_run_and_its_jobs(every_kind):
+    proc = rltui("--batch", "status", "--json", "--run", "run_2026-01-01_00-00-08",
+                 "--root", str(every_kind.root))
+    doc = json.loads(proc.stdout)
+    assert [r["name"] for r in doc["runs"]] == ["run_2026-01-01_00-00-08"]
+    assert [j["id"] for j in doc["jobs"]] == ["job_lost"]
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "/abs/path", "-x"])
+def test_a_run_name_that_escapes_the_root_is_refused_with_exit_2(every_kind, bad, tree_state):
+    before = tree_state(every_kind.root)
+    proc = rltui("--batch", "status", "--root", str(every_kind.root), f"--run={bad}")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and repr(bad) in err[0] and "Traceback" not in proc.stderr
+    assert tree_state(every_kind.root) == before
+
+
+def test_unknown_run_and_missing_root_are_bad_input(every_kind, tmp_path):
+    proc = rltui("--batch", "status", "--root", str(every_kind.root), "--run", "run_1999-01-01_00-00-00")
+    assert proc.returncode == 2 and "no run named 'run_1999-01-01_00-00-00'" in proc.stderr
+    missing = tmp_path / "nowhere"
+    proc = rltui("--batch", "status", "--root", str(missing))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"rltui: error: no localfs at {missing} " \
+        "(pass --root DIR or set $LOCALFS_ROOT)"
+
+
+def test_root_comes_from_the_environment_when_no_flag_is_given(every_kind):
+    proc = rltui("--batch", "status", "--json", env={"LOCALFS_ROOT": str(every_kind.root)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["root"] == str(every_kind.root)
+
+
+def test_status_on_a_terminal_is_coloured_and_no_color_turns_it_off(every_kind):
+    def on_tty(extra_env: dict[str, str]) -> str:
+        leader, follower = pty.openpty()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **extra_env}
+        env.pop("NO_COLOR", None) if "NO_COLOR" not in extra_env else None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rltui.cli", "--batch", "status", "--root", str(every_kind.root)],
+            stdout=follower, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                block = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not block:
+                break
+            chunks.append(block)
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0
+        return b"".join(chunks).decode()
+
+    assert "\x1b[" in on_tty({})
+    assert "\x1b[" not in on_tty({"NO_COLOR": "1"})
+
+
+def test_gpus_are_listed_one_line_each_when_there_are_some(every_kind):
+    snap = Index(every_kind.layout).scan()
+    sample = gpu.fake_gpus(2, used_mib=[100, 5000])
+    out = io.StringIO()
+    cmd_status.write_text(snap, cmd_status.GpuReport(True, None, list(sample.gpus)), out)
+    gpu_part = out.getvalue().split("GPUS\n", 1)[1]
+    assert "GPU 0  Fake GPU  util 0%  mem 100/81559 MiB" in gpu_part
+    assert "GPU 1  Fake GPU  util 0%  mem 5000/81559 MiB" in gpu_part
+    doc = cmd_status.snapshot_to_json(snap, cmd_status.GpuReport(True, None, list(sample.gpus)))
+    assert [d["mem_used_mib"] for d in doc["gpus"]["devices"]] == [100.0, 5000.0]
+
+
+def test_no_gpu_is_one_clear_line_with_the_reason(every_kind):
+    snap = Index(every_kind.layout).scan()
+    out = io.StringIO()
+    cmd_status.write_text(snap, cmd_status.GpuReport(False, "no GPU found by NVML", []), out)
+    assert "  GPU: not available (no GPU found by NVML)\n" in out.getvalue()
