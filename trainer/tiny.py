@@ -32,6 +32,7 @@ from pathlib import Path
 from rltui.localfs import Layout, read_json_or_none, resolve_root, write_json_atomic
 
 TINY_VERSION = 1
+TINY_BASE_NAME = "tiny"  # the warm-start adapter's base_model_name_or_path
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
 R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -195,6 +196,8 @@ def warm_start(base: Path, out: Path, settings: TinySettings) -> dict[str, float
                         batch=settings.warmstart_batch, lr=settings.warmstart_lr,
                         seed=settings.seed + 2,
                         params=[p for p in model.parameters() if p.requires_grad])
+    # Name the base by what it is, not by the temporary folder it was built in.
+    model.peft_config["default"].base_model_name_or_path = TINY_BASE_NAME
     model.save_pretrained(out)
     return {"steps": settings.warmstart_steps, "final_loss": round(final_loss, 4)}
 
