@@ -130,6 +130,11 @@ class Kit:
         return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit() -> Kit:
     return Kit()
+
+
+@pytest.fixture(scope="session")
+def test_config() -> dict[str, Any]:
+    return json.loads(json.dumps(TEST_CONFIG))
