@@ -179,3 +179,26 @@ def test_supports_plain_lora_qwen2_only(tokenizer):
     assert supports_fast_generation(_lora(_model(tokenizer)))
     dora = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
     assert not supports_fast_generation(dora)
+
+
+def test_sampling_draws_from_the_tempered_softmax_and_respects_top_p_and_bans():
+    from trainer.fast_generation import sample_tokens
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5]).repeat(40000, 1)
+    gen = torch.Generator().manual_seed(0)
+    tokens = sample_tokens(logits, do_sample=True, temperature=0.7, top_p=1.0, generator=gen, banned=None)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    torch.testing.assert_close(freq, (logits[0] / 0.7).softmax(-1), atol=0.01, rtol=0)
+
+    probs = logits[0].softmax(-1)  # sorted: 0.47, 0.17 (id 1), 0.10 (id 4), 0.06, 0.02
+    kept = sample_tokens(logits, do_sample=True, temperature=1.0, top_p=0.6, generator=gen, banned=None)
+    assert set(kept.unique().tolist()) == {0, 1}, "top-p keeps the tokens up to the one crossing p"
+    freq = torch.bincount(kept, minlength=5).float() / len(kept)
+    torch.testing.assert_close(freq[:2], probs[:2] / probs[:2].sum(), atol=0.01, rtol=0)
+
+    banned = sample_tokens(logits, do_sample=True, temperature=1.0, top_p=1.0, generator=gen,
+                           banned=torch.tensor([0]))
+    assert 0 not in banned.tolist()
+    greedy = sample_tokens(logits[:3], do_sample=False, temperature=1.0, top_p=1.0, generator=None,
+                           banned=torch.tensor([0]))
+    assert greedy.tolist() == [1, 1, 1]

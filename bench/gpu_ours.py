@@ -1,0 +1,168 @@
+"""Our side of bench/gpu_step.py: the GRPO step composed from trainer/grpo.py, as rl_runner does it.
+
+rollout (with trainer.fast_generation.generate in place of the plain generate), rewards and
+group advantages, reference log-probs with the adapter disabled (beta > 0), then one
+policy_update (one optimizer step); trainer.logprobs.completion_logprobs replaces token_logps.
+Both replacements are swapped into trainer.grpo's namespace here, which is exactly the
+integration the trainer needs. After the timed steps, `decode_profile` times the captured
+decode graphs per attention-length bucket, the sampling kernels, an eager (ungraphed) step and an
+uncompiled graph, for the notes on where decode time goes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from gpu_common import (
+    PhaseTimer, Workload, length_reward, load_tokenizer, make_prompts, median_split, peak_gib, sync,
+)
+
+
+def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: bool,
+             plain_generation: bool = False, plain_logprobs: bool = False) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer import fast_generation, grpo
+    from trainer.data import Example
+    from trainer.generation import generate as plain_generate
+    from trainer.logprobs import completion_logprobs
+    from trainer.modeling import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(folder, device, "bf16" if device == "cuda" else "fp32")
+    tokenizer = load_tokenizer(folder)
+    model = get_peft_model(model, LoraConfig(r=work.lora_r, lora_alpha=work.lora_alpha, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=work.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if plain_generation:
+        grpo.generate = partial(plain_generate, stop_at_eos=False)
+    else:
+        grpo.generate = partial(fast_generation.generate, min_new_tokens=work.completion_tokens)
+    if not plain_logprobs:
+        grpo.token_logps = completion_logprobs
+
+    prompts = make_prompts(work, model.config.vocab_size)
+    examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]
+    generator = torch.Generator(device=device).manual_seed(work.seed)
+    timer = PhaseTimer()
+    step_times, splits, tokens = [], [], 0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(steps):
+        sync()
+        start = time.perf_counter()
+        with timer.phase("generation"):
+            batch = grpo.rollout(model, tokenizer, examples, prompts, num_generations=work.generations,
+                                 max_prompt_length=work.prompt_tokens,
+                                 max_completion_length=work.completion_tokens,
+                                 temperature=work.temperature, top_p=work.top_p, generator=generator)
+        with timer.phase("scoring"):
+            grpo.score(batch, [length_reward], [1.0])
+            batch.advantages = grpo.group_advantages(batch.reward, work.generations, "group").to(device)
+        with timer.phase("reference_logprobs"):
+            batch.ref_logps = grpo.frozen_logps(model, batch, work.temperature, work.micro_batch, reference=True)
+        with timer.phase("training"):
+            model.train()
+            stats = grpo.policy_update(
+                model, optimizer, scheduler, [batch], loss_type=work.loss_type, epsilon=work.epsilon,
+                epsilon_high=work.epsilon, beta=work.beta, temperature=work.temperature,
+                max_completion_length=work.completion_tokens, forward_batch_size=work.micro_batch,
+                max_grad_norm=work.max_grad_norm)
+            model.eval()
+        sync()
+        step_times.append(time.perf_counter() - start)
+        splits.append(timer.take())
+        tokens = batch.generation_tokens
+        print(f"[ours G={work.generations}] step {step + 1}: {step_times[-1]:.2f} s "
+              f"{ {k: round(v, 3) for k, v in splits[-1].items()} } loss {stats.loss:.4f} "
+              f"kl {stats.kl:.2e} tokens {tokens}", flush=True)
+
+    measured = list(range(1, steps)) or [0]  # the first step compiles and captures graphs
+    step_s = statistics.median(step_times[i] for i in measured)
+    split = median_split([splits[i] for i in measured])
+    result: dict[str, Any] = {
+        "step_times_s": step_times, "step_s": step_s, "split_s": split, "generated_tokens": tokens,
+        "mean_completion_length": tokens / work.sequences,
+        "generation_tokens_per_s": tokens / split["generation"], "step_tokens_per_s": tokens / step_s,
+        "peak_gib": peak_gib(), "prompt_length": batch.prompt_length,
+        "generation_path": "plain" if plain_generation else "fast",
+        "logprobs_path": "plain" if plain_logprobs else "completion_logprobs",
+    }
+    if profile and device == "cuda" and not plain_generation:
+        try:
+            result["decode"] = decode_profile(model, work, batch.prompt_length, split["generation"])
+        except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
+            result["decode_error"] = repr(exc)
+    return result
+
+
+def _event_ms(fn, reps: int, before=None) -> float:
+    import torch
+
+    times = []
+    for _ in range(reps):
+        if before is not None:
+            before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def decode_profile(model, work: Workload, prompt_length: int, generation_s: float) -> dict[str, Any]:
+    import torch
+
+    from trainer import fast_generation
+    from trainer.qwen2_decode import decode_step
+
+    engine = fast_generation._ENGINES[model]
+    state, dims = engine.state, engine.weights.dims
+    capacity, bucket = state.capacity, fast_generation.BUCKET
+
+    def at(kv_len: int):
+        def reset() -> None:
+            state.write_index.fill_(kv_len - 1)
+            state.positions.fill_(kv_len - 1)
+        return reset
+
+    per_bucket = {kv: _event_ms(graph.replay, 30, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
+    visits = [min(capacity, -(-(prompt_length + i + 1) // bucket) * bucket)
+              for i in range(work.completion_tokens - 1)]
+    replay_ms = statistics.mean(per_bucket[kv] for kv in visits)
+    logits = torch.randn(state.tokens.shape[0], dims.vocab, device="cuda", dtype=torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sampling_ms = _event_ms(lambda: fast_generation.sample_tokens(
+        logits, do_sample=True, temperature=work.temperature, top_p=work.top_p, generator=gen,
+        banned=None), 30)
+    probe = max(k for k in per_bucket if k <= max(visits))
+    eager_ms = _event_ms(lambda: decode_step(engine.weights, state, probe, engine.layer_fns), 5, at(probe))
+    uncompiled = fast_generation.DecodeEngine(model, fast_generation.EngineKey(
+        state.tokens.shape[0], capacity, "cuda", engine.key.dtype, graphs=True, compiled=False))
+    uncompiled.state.valid.fill_(True)
+    uncompiled.step(probe)
+    ustate = uncompiled.state
+    uncompiled_ms = _event_ms(uncompiled.graphs[probe][0].replay, 30,
+                              lambda: (ustate.write_index.fill_(probe - 1), ustate.positions.fill_(probe - 1)))
+    del uncompiled
+    torch.cuda.empty_cache()
+    kv_bytes = statistics.mean(2 * dims.layers * state.tokens.shape[0] * dims.kv_heads * kv * dims.head_dim * 2
+                               for kv in visits)
+    return {
+        "batch": state.tokens.shape[0], "capacity": capacity, "weights_bytes": engine.weights.nbytes(),
+        "kv_bytes_read_per_step_mean": kv_bytes, "graph_replay_ms_by_bucket": per_bucket,
+        "graph_replay_ms_mean": replay_ms, "sampling_ms": sampling_ms,
+        "per_token_in_generation_ms": generation_s / work.completion_tokens * 1e3,
+        "eager_step_ms_at_probe": eager_ms, "uncompiled_graph_ms_at_probe": uncompiled_ms,
+        "compiled_graph_ms_at_probe": per_bucket[probe], "probe_kv_len": probe,
+        "compiled": engine.layer_fns is not None,
+    }

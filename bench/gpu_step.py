@@ -1,0 +1,202 @@
+"""One GRPO step at GPU speed: ours against TRL's GRPOTrainer, same card, same workload.
+
+Usage (on the GPU machine; TRL travels as a wheel):
+    pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python bench/gpu_step.py [--sides prepare,ours,ours16,trl]
+        [--steps 4] [--trl-steps 3] [--budget-s 570]
+    python bench/gpu_step.py --tiny          # CPU dry run of the whole plumbing, tiny shapes
+
+Workload (issue 8): a model of Qwen2.5-1.5B's dimensions, random bf16 weights, LoRA r=16 on all
+linear layers, 16 prompts of ~128 tokens x 8 generations, 256 completion tokens forced (EOS
+suppressed on both sides), beta 0.04, one optimizer step per rollout. Each side runs in its own
+process (a failing side cannot take the other's numbers with it, and peak memory is per side):
+  prepare  build the model folder once, measure device-to-device copy bandwidth
+  ours     our step (bench/gpu_ours.py), then a decode profile
+  ours16   our step with 16 generations per prompt (256 sequences): the memory check
+  trl      TRL's step (bench/gpu_trl.py)
+The first step of each side is a warm-up; the median of the rest is reported. A table is printed
+last; everything is written to $OUT/gpu_step.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_common import (  # noqa: E402
+    TINY_SHAPE, ModelShape, Workload, asdict_workload, build_model_folder, copy_bandwidth, environment,
+    write_json,
+)
+
+SIDES = ("prepare", "ours", "ours16", "trl")
+SIDE_LIMIT_S = {"prepare": 150, "ours": 240, "ours16": 150, "trl": 330}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated, from " + ",".join(SIDES))
+    p.add_argument("--steps", type=int, default=4, help="our steps (first is warm-up)")
+    p.add_argument("--trl-steps", type=int, default=3, help="TRL steps (first is warm-up)")
+    p.add_argument("--budget-s", type=float, default=570.0, help="wall-clock budget for all sides")
+    p.add_argument("--folder", type=Path, default=None, help="model folder (built if missing)")
+    p.add_argument("--out", type=Path, default=None, help="JSON result path (default $OUT/gpu_step.json)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU dry run)")
+    p.add_argument("--plain-generation", action="store_true", help="ours with trainer.generation.generate")
+    p.add_argument("--plain-logprobs", action="store_true", help="ours with grpo.token_logps")
+    p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def setup(args: argparse.Namespace) -> tuple[ModelShape, Workload, Path, str]:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.tiny:
+        work = Workload(prompts=2, generations=2, prompt_tokens=24, completion_tokens=12, micro_batch=2)
+        shape = TINY_SHAPE
+    else:
+        work, shape = Workload(), ModelShape()
+    folder = args.folder or Path(tempfile.gettempdir()) / ("rltui_bench_tiny" if args.tiny else "rltui_bench_qwen2_1_5b")
+    return shape, work, folder, device
+
+
+def child(args: argparse.Namespace) -> int:
+    """Run one side in this process and write its JSON (an error is a result too)."""
+    shape, work, folder, device = setup(args)
+    started = time.perf_counter()
+    try:
+        if args.child == "prepare":
+            build_model_folder(folder, shape, device)
+            result: dict[str, Any] = {"environment": environment(), "folder": str(folder)}
+            if device == "cuda":
+                result["copy_bandwidth_bytes_per_s"] = copy_bandwidth()
+        elif args.child in ("ours", "ours16"):
+            from gpu_ours import run_ours
+
+            if args.child == "ours16":
+                work = replace(work, generations=2 * work.generations)
+            result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 2),
+                              device, profile=args.child == "ours", plain_generation=args.plain_generation,
+                              plain_logprobs=args.plain_logprobs)
+        else:
+            from gpu_trl import run_trl
+
+            result = run_trl(folder, work, args.trl_steps, device)
+        result["workload"] = asdict_workload(work)
+    except BaseException as exc:  # noqa: BLE001 - report the failure, keep the other sides' numbers
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    result["wall_s"] = time.perf_counter() - started
+    write_json(args.result, result)
+    return 0 if "error" not in result else 1
+
+
+def run_side(side: str, args: argparse.Namespace, limit: float, scratch: Path) -> dict[str, Any]:
+    result_path = scratch / f"{side}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--result", str(result_path),
+           "--steps", str(args.steps), "--trl-steps", str(args.trl_steps)]
+    cmd += ["--tiny"] if args.tiny else []
+    cmd += ["--plain-generation"] if args.plain_generation else []
+    cmd += ["--plain-logprobs"] if args.plain_logprobs else []
+    cmd += ["--folder", str(args.folder)] if args.folder else []
+    print(f"=== {side} (limit {limit:.0f} s) ===", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return {"error": f"timed out after {limit:.0f} s"}
+    if not result_path.is_file():
+        return {"error": f"exited {proc.returncode} without a result"}
+    return json.loads(result_path.read_text())
+
+
+def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    env = results.get("prepare", {}).get("environment", {})
+    lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    header = f"{'side':8} {'step s':>7} {'gen s':>7} {'ref s':>7} {'train s':>8} {'score s':>8} " \
+             f"{'gen tok/s':>10} {'step tok/s':>10} {'peak GiB':>9}"
+    lines.append(header)
+    for side in ("ours", "ours16", "trl"):
+        r = results.get(side)
+        if r is None:
+            continue
+        if "error" in r:
+            lines.append(f"{side:8} FAILED: {r['error'][:300]}")
+            continue
+        s = r["split_s"]
+        lines.append(f"{side:8} {r['step_s']:7.2f} {s.get('generation', 0):7.2f} "
+                     f"{s.get('reference_logprobs', 0):7.2f} {s.get('training', 0):8.2f} "
+                     f"{s.get('scoring', 0):8.3f} {r['generation_tokens_per_s']:10.0f} "
+                     f"{r['step_tokens_per_s']:10.0f} {r['peak_gib']:9.1f}")
+    ours, trl = results.get("ours", {}), results.get("trl", {})
+    if "step_s" in ours and "step_s" in trl:
+        lines.append(f"step throughput ratio ours/TRL: {trl['step_s'] / ours['step_s']:.2f}x "
+                     f"(generation {trl['split_s']['generation'] / ours['split_s']['generation']:.1f}x)")
+    bandwidth = results.get("prepare", {}).get("copy_bandwidth_bytes_per_s")
+    decode = ours.get("decode")
+    if bandwidth:
+        lines.append(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    if bandwidth and decode:
+        floor_ms = decode["weights_bytes"] / bandwidth * 1e3
+        lines.append(
+            f"decode floor: {decode['weights_bytes'] / 1e9:.2f} GB of weights / bandwidth = {floor_ms:.3f} ms; "
+            f"graph replay {decode['graph_replay_ms_mean']:.3f} ms ({100 * floor_ms / decode['graph_replay_ms_mean']:.0f}% "
+            f"of floor), per token in generation incl. sampling and prefill "
+            f"{decode['per_token_in_generation_ms']:.3f} ms ({100 * floor_ms / decode['per_token_in_generation_ms']:.0f}%)")
+        lines.append(
+            f"decode detail (batch {decode['batch']}, kv {decode['probe_kv_len']}): compiled graph "
+            f"{decode['compiled_graph_ms_at_probe']:.3f} ms, uncompiled graph {decode['uncompiled_graph_ms_at_probe']:.3f} ms, "
+            f"eager {decode['eager_step_ms_at_probe']:.3f} ms, sampling {decode['sampling_ms']:.3f} ms, "
+            f"KV read {decode['kv_bytes_read_per_step_mean'] / 1e9:.2f} GB/step; compiled={decode['compiled']}")
+    elif "decode_error" in ours:
+        lines.append(f"decode profile failed: {ours['decode_error'][:300]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        print(f"unknown side(s): {', '.join(unknown)} (choose from {', '.join(SIDES)})", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.budget_s
+    results: dict[str, dict[str, Any]] = {}
+    out = args.out or (Path(os.environ["OUT"]) / "gpu_step.json" if os.environ.get("OUT") else None)
+    with tempfile.TemporaryDirectory(prefix="gpu_step_") as scratch:
+        for side in sides:
+            left = deadline - time.monotonic()
+            if left < 30:
+                results[side] = {"error": "skipped: budget spent"}
+                continue
+            results[side] = run_side(side, args, min(SIDE_LIMIT_S[side], left), Path(scratch))
+            if out:
+                write_json(out, results)
+    lines = summarise(results)
+    results["summary"] = lines
+    if out:
+        write_json(out, results)
+    print("\n".join(lines), flush=True)
+    return 0 if all("error" not in r for k, r in results.items() if k != "summary") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
