@@ -257,7 +257,9 @@ class Index:
 
     def _classify(self, src: _RunSource) -> None:
         d = diagnose_run(src.status_json, self._now(), self._host, self._stale_after, alive=self._alive)
-        src.record.status, src.record.status_reason, src.record.stalled = d.status, d.reason, d.stalled
+        rec = src.record
+        rec.status, rec.status_reason, rec.stalled, rec.process_alive = (
+            d.status, d.reason, d.stalled, d.process_alive)
 
     def _read_legacy(self, name: str, path: Path) -> RunRecord:
         """An older run under rl_runs/: step_N adapter folders, listed read-only."""
@@ -411,7 +413,7 @@ def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) 
     jobs = sorted(jobs, key=lambda j: (j.created or 0.0, j.id))
     status, reason = base.status, base.status_reason
     if jobs and not status.finished:
-        status, reason = _with_job(status, reason, jobs[-1])
+        status, reason = _with_job(status, reason, base.process_alive, jobs[-1])
     return dataclasses.replace(
         base,
         status=status,
@@ -424,9 +426,17 @@ def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) 
     )
 
 
-def _with_job(status: RunStatus, reason: str, job: JobRecord) -> tuple[RunStatus, str]:
-    """A run's status, corrected by its newest job: the keeper knows about restarts and losses."""
+def _with_job(
+    status: RunStatus, reason: str, process_alive: bool, job: JobRecord
+) -> tuple[RunStatus, str]:
+    """A run's status, corrected by its newest job: the keeper knows about restarts and losses.
+
+    A lost job makes its run crashed, except while the run's own trainer is seen alive here:
+    calling that crashed would invite a second trainer (a resume) or a cleanup under it.
+    """
     if job.state is JobState.LOST or job.orphaned:
+        if process_alive:
+            return status, f"{reason}; its job {job.id} is lost (keeper gone), the trainer lives on"
         return RunStatus.CRASHED, f"job {job.id} lost (its keeper is gone)"
     if job.state.active and status in (RunStatus.CRASHED, RunStatus.UNKNOWN):
         return RunStatus.RUNNING, f"job {job.id} is {job.state.value}"

@@ -559,11 +559,11 @@ def listed_file_problems(
     files = info.get("files") if isinstance(info, dict) else None
     if not isinstance(files, dict) or not files:
         return [f"damaged {CHECKPOINT_INFO}: no file list"]
-    problems: list[str] = []
+    found: list[tuple[str, str]] = []  # (file, problem), sorted by file at the end
     base = os.fspath(step_dir)
-    for rel, meta in sorted(files.items()):
-        if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
-            problems.append(f"damaged {CHECKPOINT_INFO}: file path {rel!r} leaves the checkpoint")
+    for rel, meta in files.items():
+        if not isinstance(rel, str) or not rel or rel[0] == "/" or (".." in rel and ".." in rel.split("/")):
+            found.append((str(rel), f"damaged {CHECKPOINT_INFO}: file path {rel!r} leaves the checkpoint"))
             continue
         try:
             if dir_fd is None:
@@ -571,14 +571,14 @@ def listed_file_problems(
             else:
                 size = os.stat(rel, dir_fd=dir_fd).st_size
         except OSError:
-            problems.append(f"missing file {rel}")
+            found.append((rel, f"missing file {rel}"))
             continue
         want = meta.get("size") if isinstance(meta, dict) else None
         if size != want:
-            problems.append(f"wrong size {rel}: {size} bytes, expected {want}")
+            found.append((rel, f"wrong size {rel}: {size} bytes, expected {want}"))
         elif verify_hash and sha256_file(Path(base, rel)) != meta.get("sha256"):
-            problems.append(f"wrong sha256 {rel}")
-    return problems
+            found.append((rel, f"wrong sha256 {rel}"))
+    return [problem for _rel, problem in sorted(found)]
 
 
 def is_complete(step_dir: Path) -> bool:

@@ -190,6 +190,7 @@ class RunRecord:
     pid: int | None = None
     host: str | None = None
     stalled: bool = False
+    process_alive: bool = False  # its trainer pid was checked alive on this host
     job_ids: list[str] = field(default_factory=list)
     damaged: list[FileError] = field(default_factory=list)
 
@@ -216,6 +217,7 @@ class Diagnosis:
     status: RunStatus
     reason: str
     stalled: bool = False
+    process_alive: bool = False  # the trainer pid was checked and is alive on this host
 
 
 def classify_run(
@@ -274,10 +276,10 @@ def diagnose_run(
     check = alive or trainer_alive
     if isinstance(pid, int) and check(pid, t if t is not None else now):
         if stale:
-            return Diagnosis(
-                RunStatus.RUNNING, f"pid {pid} alive but no progress for {_ago(age)}", stalled=True
-            )
-        return Diagnosis(RunStatus.RUNNING, f"pid {pid} alive, progress {_ago(age)} ago")
+            return Diagnosis(RunStatus.RUNNING, f"pid {pid} alive but no progress for {_ago(age)}",
+                             stalled=True, process_alive=True)
+        return Diagnosis(RunStatus.RUNNING, f"pid {pid} alive, progress {_ago(age)} ago",
+                         process_alive=True)
     what = f"trainer pid {pid} is gone" if isinstance(pid, int) else "no trainer pid recorded"
     return Diagnosis(RunStatus.CRASHED, f"{what} (phase {phase or '?'}, last progress {_ago(age)} ago)")
 

@@ -337,3 +337,12 @@ def test_snapshot_paths_are_inside_the_root(every_kind):
         assert Path(run.path).is_relative_to(root)
         for c in run.checkpoints:
             assert c.path.is_relative_to(run.path)
+
+
+def test_a_lost_job_does_not_make_a_live_trainer_crashed(lfs, live_pid):
+    """Its keeper is gone but the trainer still runs: crashed would invite a second trainer."""
+    lfs.run("run_2026-01-01_00-00-01", phase="training", pid=live_pid, progress_time=time.time())
+    lfs.job("job_1", "run_2026-01-01_00-00-01", "lost")
+    run = scan(lfs).runs["run_2026-01-01_00-00-01"]
+    assert run.status is RunStatus.RUNNING and run.process_alive
+    assert "job_1 is lost" in run.status_reason
