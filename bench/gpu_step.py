@@ -11,6 +11,7 @@ linear layers, 16 prompts of ~128 tokens x 8 generations, 256 completion tokens 
 suppressed on both sides), beta 0.04, one optimizer step per rollout. Each side runs in its own
 process (a failing side cannot take the other's numbers with it, and peak memory is per side):
   prepare  build the model folder once, measure device-to-device copy bandwidth
+  check    the fast path against transformers on this model in bf16 (bench/gpu_check.py)
   ours     our step (bench/gpu_ours.py), then a decode profile
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
   trl      TRL's step (bench/gpu_trl.py)
@@ -40,8 +41,8 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "ours", "ours16", "trl")
-SIDE_LIMIT_S = {"prepare": 150, "ours": 240, "ours16": 150, "trl": 330}
+SIDES = ("prepare", "check", "ours", "ours16", "trl")
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 240, "ours16": 150, "trl": 330}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +84,10 @@ def child(args: argparse.Namespace) -> int:
             result: dict[str, Any] = {"environment": environment(), "folder": str(folder)}
             if device == "cuda":
                 result["copy_bandwidth_bytes_per_s"] = copy_bandwidth()
+        elif args.child == "check":
+            from gpu_check import run_check
+
+            result = run_check(folder, work, device, new_tokens=min(64, work.completion_tokens))
         elif args.child in ("ours", "ours16"):
             from gpu_ours import run_ours
 
@@ -131,6 +136,10 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     header = f"{'side':8} {'step s':>7} {'gen s':>7} {'ref s':>7} {'train s':>8} {'score s':>8} " \
              f"{'gen tok/s':>10} {'step tok/s':>10} {'peak GiB':>9}"
+    check = results.get("check")
+    if check is not None:
+        lines.append("check: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in check.items() if k not in ("workload", "wall_s")))
     lines.append(header)
     for side in ("ours", "ours16", "trl"):
         r = results.get(side)
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         write_json(out, results)
     print("\n".join(lines), flush=True)
-    return 0 if all("error" not in r for k, r in results.items() if k != "summary") else 1
+    failed = [k for k, r in results.items() if k != "summary" and "error" in r]
+    return 1 if failed or not results.get("check", {"ok": True}).get("ok", False) else 0
 
 
 if __name__ == "__main__":
