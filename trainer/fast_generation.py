@@ -20,7 +20,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Sequence
 
@@ -133,11 +133,15 @@ def release_engines() -> None:
 
 
 def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, compiled: bool) -> DecodeEngine:
-    """The cached engine for this model and shape (weights refreshed from the model), or a new one."""
+    """The cached engine for this model (weights refreshed from it), or a new one.
+
+    An engine whose cache is at least `capacity` slots long is reused: prompt lengths vary
+    between rollouts, and reallocating and recapturing for each would cost more than the slots.
+    """
     weight = next(p for p in model.parameters())
     key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
     engine = _ENGINES.get(model)
-    if engine is not None and engine.key == key:
+    if engine is not None and replace(engine.key, capacity=capacity) == key and engine.key.capacity >= capacity:
         engine.weights.refresh(model)
         return engine
     if engine is not None:
@@ -273,6 +277,7 @@ def generate(
 
     capacity = -(-(length + max_new_tokens) // BUCKET) * BUCKET
     engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
+    capacity = engine.state.capacity
     starts, inverse = _unique_rows(prompt_ids)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     logits = prefill(engine.weights, engine.state, prompt_ids[starts], prompt_mask[starts],

@@ -164,11 +164,13 @@ def test_min_new_tokens_suppresses_eos(tokenizer):
     assert tokenizer.eos_token_id not in out.completion_ids.flatten().tolist()
 
 
-def test_engine_is_reused_for_the_same_shape(tokenizer):
+def test_engine_is_reused_for_the_same_batch_and_a_long_enough_cache(tokenizer):
     model = _model(tokenizer)
     first = engine_for(model, 4, 128, graphs=False, compiled=False)
     assert engine_for(model, 4, 128, graphs=False, compiled=False) is first
-    assert engine_for(model, 8, 128, graphs=False, compiled=False) is not first
+    assert engine_for(model, 4, 64, graphs=False, compiled=False) is first, "a longer cache serves"
+    assert engine_for(model, 4, 192, graphs=False, compiled=False) is not first
+    assert engine_for(model, 8, 192, graphs=False, compiled=False) is not first
     release_engines()
 
 
@@ -202,3 +204,16 @@ def test_sampling_draws_from_the_tempered_softmax_and_respects_top_p_and_bans():
     greedy = sample_tokens(logits[:3], do_sample=False, temperature=1.0, top_p=1.0, generator=None,
                            banned=torch.tensor([0]))
     assert greedy.tolist() == [1, 1, 1]
+
+
+def test_engine_with_a_longer_cache_serves_shorter_prompts_exactly(tokenizer):
+    from trainer.fast_generation import _ENGINES
+
+    model = _lora(_model(tokenizer, seed=5))
+    generate(model, tokenizer, PROMPTS, max_new_tokens=70, do_sample=False)
+    engine = _ENGINES[model]
+    short = ["What is 12 + 7?", "2 + 2?", "Add 5 and 9 please."]
+    fast = generate(model, tokenizer, short, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert _ENGINES[model] is engine
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, short, 12))
+    release_engines()
