@@ -72,10 +72,11 @@ class DecodeEngine:
     def step(self, kv_len: int) -> torch.Tensor:
         if not self.key.graphs:
             return decode_step(self.weights, self.state, kv_len, self.layer_fns)
-        if kv_len not in self.graphs:
-            self.graphs[kv_len] = self._capture(kv_len)
-        graph, logits = self.graphs[kv_len]
-        graph.replay()
+        with torch.cuda.device(self.state.tokens.device):  # the rank's GPU under torchrun
+            if kv_len not in self.graphs:
+                self.graphs[kv_len] = self._capture(kv_len)
+            graph, logits = self.graphs[kv_len]
+            graph.replay()
         return logits
 
     def _warm_up(self, kv_len: int) -> None:
@@ -99,6 +100,7 @@ class DecodeEngine:
                 raise
             warnings.warn(f"torch.compile of the decode layers failed ({exc!r:.300}); "
                           "continuing uncompiled", stacklevel=2)
+            torch.cuda.synchronize()  # let whatever the failed warm-up queued finish first
             self.layer_fns = None
             self._warm_up(kv_len)
         graph = torch.cuda.CUDAGraph()

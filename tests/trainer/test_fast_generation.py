@@ -217,3 +217,71 @@ def test_engine_with_a_longer_cache_serves_shorter_prompts_exactly(tokenizer):
     assert _ENGINES[model] is engine
     assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, short, 12))
     release_engines()
+
+
+class _FakeStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+class _FakeGraph:
+    """Replays a recorded decode step into its static output, as a CUDA graph does."""
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.out.copy_(self.run())
+
+
+class _FakeCapture:
+    """Like torch.cuda.graph: the step inside is recorded, not executed (its effects are undone)."""
+
+    def __init__(self, graph: _FakeGraph) -> None:
+        self.graph = graph
+
+    def __enter__(self):
+        import trainer.fast_generation as fg
+
+        self.real = real = fg.decode_step
+
+        def record(weights, state, kv_len, fns=None):
+            buffers = (state.k_cache, state.v_cache, state.valid, state.tokens, state.positions,
+                       state.write_index)
+            before = [b.clone() for b in buffers]
+            out = real(weights, state, kv_len, fns)
+            for buffer, saved in zip(buffers, before):
+                buffer.copy_(saved)
+            self.graph.run = lambda: real(weights, state, kv_len, fns)
+            self.graph.out, self.graph.replays = out, 0
+            return out
+
+        fg.decode_step = record
+
+    def __exit__(self, *exc) -> None:
+        import trainer.fast_generation as fg
+
+        fg.decode_step = self.real
+
+
+def test_graph_capture_bookkeeping_replays_exactly_the_eager_steps(tokenizer, monkeypatch):
+    """The CUDA-graph path on a CPU with a recording stand-in for the graph: warm-ups must leave
+    position and slot as they were, and replays must read only the static buffers."""
+    import contextlib
+
+    import trainer.fast_generation as fg
+
+    for name, fake in (("CUDAGraph", _FakeGraph), ("graph", _FakeCapture), ("Stream", _FakeStream),
+                       ("current_stream", _FakeStream), ("stream", lambda s: contextlib.nullcontext()),
+                       ("device", lambda d: contextlib.nullcontext())):
+        monkeypatch.setattr(torch.cuda, name, fake)
+    model = _lora(_model(tokenizer, seed=2))
+    prompts = _repeated(2)
+    graphed = generate(model, tokenizer, prompts, max_new_tokens=80, do_sample=False, min_new_tokens=80,
+                       use_graphs=True, compile_layers=False)
+    engine = fg._ENGINES[model]
+    assert len(engine.graphs) >= 2, "the run should cross an attention-length bucket"
+    assert sum(g.replays for g, _ in engine.graphs.values()) == 79
+    eager = generate(model, tokenizer, prompts, max_new_tokens=80, do_sample=False, min_new_tokens=80,
+                     use_graphs=False, compile_layers=False)
+    assert torch.equal(graphed.completion_ids, eager.completion_ids)
+    assert torch.equal(graphed.completion_ids, _hf_greedy(model, tokenizer, prompts, 80))
+    release_engines()
