@@ -177,6 +177,13 @@ def remove_interrupted_saves(training_state: Path) -> list[Path]:
     return found
 
 
+def repair_step_latest(training_state: Path) -> None:
+    """Point step_latest at the newest complete checkpoint (a kill can land between the two)."""
+    newest = localfs.latest_complete_step(training_state)
+    if newest is not None and localfs.read_step_latest(training_state) != newest:
+        localfs.update_step_latest(training_state, newest)
+
+
 # ---------------------------------------------------------------- loading
 
 

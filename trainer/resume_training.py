@@ -97,10 +97,10 @@ def plan(args: argparse.Namespace) -> list[str]:
 def resolve_from_step(state: Path, run: str, spec: str) -> int:
     if not (spec == "latest" or spec.isdigit()):
         raise ConfigError(f"bad --from-step {spec!r} (use 'latest' or a step number)")
-    try:
-        step = localfs.resolve_step(state, spec)
-    except FileNotFoundError:
-        raise ConfigError(f"run {run} has no complete checkpoint to resume from") from None
+    # 'latest' is the newest complete checkpoint, even where a crash left step_latest behind it
+    step = localfs.latest_complete_step(state) if spec == "latest" else int(spec)
+    if step is None:
+        raise ConfigError(f"run {run} has no complete checkpoint to resume from")
     if not (state / localfs.step_dir_name(step)).is_dir():
         have = [s for s, _ in localfs.list_step_dirs(state)]
         raise ConfigError(f"run {run} has no checkpoint step_{step} (steps: "

@@ -160,6 +160,7 @@ def open_run(s: Session, d: Dist) -> str:
         print(f"run: {run}", flush=True)
         s.layout.stop_request(run).unlink(missing_ok=True)  # a stale request from a past session
         checkpoint.remove_interrupted_saves(s.layout.training_state(run))
+        checkpoint.repair_step_latest(s.layout.training_state(run))
     d.barrier()
     return run
 
@@ -358,7 +359,6 @@ def step_record(t: Trainer, step: int, batches: list[grpo.Batch], updates: list[
     every = cfg.training.log_rollouts_every
     if every and step % every == 0:
         t.log.rollouts(step, rollout_rows(batches[0], cfg.training.rollouts_per_log))
-    t.log.phase(Phase.TRAINING, step=step)
     return record
 
 
