@@ -338,17 +338,21 @@ def decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int,
     cos = state.cos.index_select(0, state.positions)
     sin = state.sin.index_select(0, state.positions)
     state.valid.index_fill_(1, state.write_index, True)
-    blocked = ~state.valid[:, None, None, :kv_len]
+    # One additive mask per step, shared by all layers: 0 where a slot may be attended, -inf not.
+    bias = torch.zeros(batch, 1, kv_len, device=x.device, dtype=x.dtype)
+    bias = bias.masked_fill_(~state.valid[:, None, :kv_len], float("-inf")).repeat_interleave(dims.kv_heads, 0)
     for index, layer in enumerate(weights.layers):
         q, k, v = pre(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
         k_cache, v_cache = state.k_cache[index], state.v_cache[index]
         k_cache.index_copy_(2, state.write_index, k[:, :, None])
         v_cache.index_copy_(2, state.write_index, v[:, :, None])
-        # Grouped-query attention without repeating K/V: each KV head serves its query heads as rows.
-        q = q.view(batch, dims.kv_heads, groups, dims.head_dim)
-        scores = torch.matmul(q, k_cache[:, :, :kv_len].transpose(-1, -2)) * dims.head_dim ** -0.5
-        probs = scores.masked_fill(blocked, float("-inf")).softmax(-1, dtype=torch.float32).to(q.dtype)
-        attn = torch.matmul(probs, v_cache[:, :, :kv_len]).reshape(batch, dims.q_size)
+        # Grouped-query attention without repeating K/V: each KV head serves its query heads as
+        # the rows of one small product; scale and mask ride in baddbmm, softmax accumulates in
+        # float32 internally: three kernels.
+        q = q.reshape(batch * dims.kv_heads, groups, dims.head_dim)
+        keys = k_cache[:, :, :kv_len].flatten(0, 1)
+        scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=dims.head_dim ** -0.5)
+        attn = torch.bmm(scores.softmax(-1), v_cache[:, :, :kv_len].flatten(0, 1)).reshape(batch, dims.q_size)
         x = post(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down)
     logits = F.linear(rms_norm(x, weights.norm, dims.eps), weights.lm_head)
     state.positions.add_(1)
