@@ -189,21 +189,27 @@ def _merge(
 # ---------------------------------------------------------------- cleanup
 
 
-def keep_paths(layout: Layout, run: str) -> tuple[set[str], str]:
-    """Paths (relative to the root) that --keep-latest keeps, and the folder prefix of the kept step."""
-    rel = lambda p: p.relative_to(layout.root).as_posix()  # noqa: E731
-    keep = {rel(layout.run_config(run)), rel(layout.run_status(run))}
+def keep_paths(layout: Layout, run: str) -> tuple[str, str, str]:
+    """What --keep-latest keeps, as (run folder prefix, logs prefix, latest step prefix).
+
+    Every file directly in the run folder (config.yaml, the trainer's config_resolved.yaml,
+    status.json: small, and what resume and the index read), everything under logs/, and the
+    newest complete checkpoint (the one `step_latest` names when it is complete).
+    """
+    rel = lambda p: p.relative_to(layout.root).as_posix() + "/"  # noqa: E731
     step_prefix = ""
     try:
         step = localfs.resolve_step(layout.training_state(run), "latest")
-        step_prefix = rel(layout.step_dir(run, step)) + "/"
+        step_prefix = rel(layout.step_dir(run, step))
     except (FileNotFoundError, localfs.BadName):
         pass
-    return keep, step_prefix
+    return rel(layout.run_dir(run)), rel(layout.logs_dir(run)), step_prefix
 
 
-def _kept(path: str, keep: set[str], step_prefix: str, logs_prefix: str) -> bool:
-    return path in keep or path.startswith(logs_prefix) or bool(step_prefix and path.startswith(step_prefix))
+def _kept(path: str, keep: tuple[str, str, str]) -> bool:
+    run_prefix, logs_prefix, step_prefix = keep
+    top_level = path.startswith(run_prefix) and "/" not in path[len(run_prefix):]
+    return top_level or path.startswith(logs_prefix) or bool(step_prefix and path.startswith(step_prefix))
 
 
 def cleanup_run(
@@ -224,15 +230,14 @@ def cleanup_run(
     if run_is_running(layout, run):
         raise UsageError(f"run {run} is running: refusing to clean it up")
     res = CleanupResult()
-    keep, step_prefix = keep_paths(layout, run) if keep_latest else (set(), "")
-    logs_prefix = layout.logs_dir(run).relative_to(layout.root).as_posix() + "/"
+    keep = keep_paths(layout, run)
     cache = HashCache(layout, run)
     candidates: list[tuple[LocalFile, FileEntry]] = []
     for path, entry in sorted(manifest.files.items()):
         f = stat_local(layout.root, path)
         if f is None:
             continue
-        if keep_latest and _kept(path, keep, step_prefix, logs_prefix):
+        if keep_latest and _kept(path, keep):
             res.kept.append(path)
         elif f.size != entry.size or cache.sha256(f) != entry.sha256:
             res.refused.append((path, "changed since the backup"))

@@ -136,7 +136,7 @@ def s3(moto_endpoint: str, tmp_path: Path) -> S3Env:
         "RLTUI_S3_MAX_CONCURRENCY=4\n"
     )
     settings_file.chmod(0o600)
-    root = tmp_path / "localfs"
+    root = tmp_path / "root"  # not "localfs": tests/conftest.py's tiny_root takes that name
     Layout(root).ensure()
     env = S3Env(moto_endpoint, bucket, settings_file, root)
     env.raw_client().create_bucket(Bucket=bucket)
