@@ -155,6 +155,13 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
                               lambda: (ustate.write_index.fill_(probe - 1), ustate.positions.fill_(probe - 1)))
     del uncompiled
     torch.cuda.empty_cache()
+    kernels = {}
+    for name, fn in (("eager_step", lambda: decode_step(engine.weights, state, probe, engine.layer_fns)),
+                     ("graph_replay", engine.graphs[probe][0].replay)):
+        try:
+            kernels[name] = kernel_breakdown(fn, at(probe))
+        except Exception as exc:  # noqa: BLE001 - the profile is extra detail
+            kernels[name] = {"error": repr(exc)[:300]}
     kv_bytes = statistics.mean(2 * dims.layers * state.tokens.shape[0] * dims.kv_heads * kv * dims.head_dim * 2
                                for kv in visits)
     return {
@@ -164,5 +171,31 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         "per_token_in_generation_ms": generation_s / work.completion_tokens * 1e3,
         "eager_step_ms_at_probe": eager_ms, "uncompiled_graph_ms_at_probe": uncompiled_ms,
         "compiled_graph_ms_at_probe": per_bucket[probe], "probe_kv_len": probe,
-        "compiled": engine.layer_fns is not None,
+        "compiled": engine.layer_fns is not None, "kernels_at_probe": kernels,
+    }
+
+
+def kernel_breakdown(fn, before) -> dict[str, Any]:
+    """GPU time by kernel for one call of `fn` (torch.profiler): where a decode step's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    before()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if us and event.count:
+            rows.append((event.key, us / 1e3, event.count))
+    rows.sort(key=lambda r: -r[1])
+    matmul = ("gemm", "cutlass", "nvjet", "sm90", "matmul", "bmm")
+    is_mm = [any(m in name.lower() for m in matmul) for name, _, _ in rows]
+    return {
+        "kernel_ms_total": sum(r[1] for r in rows), "kernels": sum(r[2] for r in rows),
+        "matmul_ms": sum(r[1] for r, mm in zip(rows, is_mm) if mm),
+        "other_ms": sum(r[1] for r, mm in zip(rows, is_mm) if not mm),
+        "top": [{"kernel": k[:120], "ms": round(ms, 4), "count": c} for k, ms, c in rows[:15]],
     }

@@ -168,11 +168,21 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
             f"graph replay {decode['graph_replay_ms_mean']:.3f} ms ({100 * floor_ms / decode['graph_replay_ms_mean']:.0f}% "
             f"of floor), per token in generation incl. sampling and prefill "
             f"{decode['per_token_in_generation_ms']:.3f} ms ({100 * floor_ms / decode['per_token_in_generation_ms']:.0f}%)")
+        full_ms = (decode["weights_bytes"] + decode["kv_bytes_read_per_step_mean"]) / bandwidth * 1e3
+        lines.append(f"with the KV cache the bytes per step are {(decode['weights_bytes'] + decode['kv_bytes_read_per_step_mean']) / 1e9:.2f} GB: "
+                     f"{full_ms:.3f} ms at full bandwidth, so at most {100 * floor_ms / full_ms:.0f}% of the weights-only floor at this batch")
         lines.append(
             f"decode detail (batch {decode['batch']}, kv {decode['probe_kv_len']}): compiled graph "
             f"{decode['compiled_graph_ms_at_probe']:.3f} ms, uncompiled graph {decode['uncompiled_graph_ms_at_probe']:.3f} ms, "
             f"eager {decode['eager_step_ms_at_probe']:.3f} ms, sampling {decode['sampling_ms']:.3f} ms, "
             f"KV read {decode['kv_bytes_read_per_step_mean'] / 1e9:.2f} GB/step; compiled={decode['compiled']}")
+        for name, k in decode.get("kernels_at_probe", {}).items():
+            if "error" in k:
+                lines.append(f"kernels ({name}): profile failed: {k['error'][:200]}")
+                continue
+            lines.append(f"kernels ({name}): {k['kernels']} kernels, {k['kernel_ms_total']:.3f} ms busy "
+                         f"(matmul {k['matmul_ms']:.3f}, other {k['other_ms']:.3f}); top: "
+                         + "; ".join(f"{t['kernel'][:40]} {t['ms']:.3f}ms x{t['count']}" for t in k["top"][:6]))
     elif "decode_error" in ours:
         lines.append(f"decode profile failed: {ours['decode_error'][:300]}")
     return lines
