@@ -2,7 +2,7 @@
 
 Usage (on the GPU machine; TRL travels as a wheel):
     pip install --no-index --no-deps --target /tmp/site .whl/*.whl
-    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python bench/gpu_step.py [--sides prepare,ours,ours16,trl]
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python bench/gpu_step.py [--sides prepare,check,ours,trl,ours16]
         [--steps 4] [--trl-steps 3] [--budget-s 570]
     python bench/gpu_step.py --tiny          # CPU dry run of the whole plumbing, tiny shapes
 
@@ -13,8 +13,8 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   prepare  build the model folder once, measure device-to-device copy bandwidth
   check    the fast path against transformers on this model in bf16 (bench/gpu_check.py)
   ours     our step (bench/gpu_ours.py), then a decode profile
-  ours16   our step with 16 generations per prompt (256 sequences): the memory check
   trl      TRL's step (bench/gpu_trl.py)
+  ours16   our step with 16 generations per prompt (256 sequences): the memory check
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out).
 """
@@ -41,7 +41,7 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "ours16", "trl")
+SIDES = ("prepare", "check", "ours", "trl", "ours16")
 SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 240, "ours16": 150, "trl": 330}
 
 
