@@ -87,12 +87,14 @@ def backup_run(
     try:
         plan = _hash_and_upload(store, run, local.files, cache, remote, result, dry_run, err)
         for _ in range(MAX_CHANGE_ROUNDS):
-            changed = [f for f in plan.files.values() if stat_local(layout.root, f.path) != f]
+            now = {p: stat_local(layout.root, p) for p in plan.files}
+            changed = [f for p, f in now.items() if f is not None and f != plan.files[p]]
+            for gone in [p for p, f in now.items() if f is None]:  # deleted meanwhile: not backed up
+                del plan.files[gone], plan.entries[gone]
             if not changed or dry_run:
                 break
             out.write(f"  {len(changed)} file(s) changed while being read; reading them again\n")
-            again = _hash_and_upload(store, run, [stat_local(layout.root, f.path) or f for f in changed],
-                                     cache, remote, result, dry_run, err)
+            again = _hash_and_upload(store, run, changed, cache, remote, result, dry_run, err)
             plan.entries.update(again.entries)
             plan.files.update(again.files)
         else:

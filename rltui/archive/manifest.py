@@ -248,9 +248,14 @@ class HashCache:
         self._dirty = True
 
     def save(self) -> None:
-        if self._dirty:
+        """Write the cache; a failure (disk full, read-only root) only costs a rehash next time."""
+        if not self._dirty:
+            return
+        try:
             localfs.write_json_atomic(self.path, {"files": self._entries}, durable=False)
-            self._dirty = False
+        except OSError:
+            return
+        self._dirty = False
 
 
 def stat_local(root: Path, path: str) -> LocalFile | None:

@@ -178,7 +178,8 @@ def _restore_window(
             if local is not None:
                 cache.remember(local, entry.sha256)
     except OSError as e:
-        raise WorkFailed(f"restore of {run} stopped: {e.strerror or e} ({e.filename or ''}); "
+        where = f" ({e.filename})" if e.filename else ""
+        raise WorkFailed(f"restore of {run} stopped: {e.strerror or e}{where}; "
                          "files already restored are complete, run it again to finish") from None
     finally:
         for _entry, tmp, fd in open_files:

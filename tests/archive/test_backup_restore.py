@@ -123,3 +123,30 @@ def test_manifest_records_sizes_hashes_and_step_latest(s3, make_run):
     assert {p: m["sha256"] for p, m in manifest["files"].items()} == files
     for p, m in manifest["files"].items():
         assert m["size"] == os.path.getsize(s3.root / p)
+
+
+def test_a_file_that_changes_while_it_is_uploaded_is_read_again(s3, make_run, monkeypatch):
+    from rltui.archive import backup as backup_mod
+
+    run = make_run(steps=(1,))
+    layout = Layout(s3.root)
+    real = backup_mod._hash_and_upload
+    calls = []
+
+    def upload_then_touch(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        calls.append(len(args[2]))
+        if len(calls) == 1:  # the trainer appends a line right after the first pass read the log
+            localfs.append_jsonl(layout.train_log(run.name), {"step": 99})
+        return plan
+
+    monkeypatch.setattr(backup_mod, "_hash_and_upload", upload_then_touch)
+    out = io.StringIO()
+    result = backup_run(layout, s3.store(), run.name, out=out, err=io.StringIO())
+    log_path = layout.train_log(run.name).relative_to(s3.root).as_posix()
+    assert calls[1] == 1 and "changed while being read" in out.getvalue()
+    assert result.manifest.files[log_path].sha256 == localfs.sha256_file(layout.train_log(run.name))
+
+    shutil.rmtree(layout.run_dir(run.name))
+    restore_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    assert '"step": 99' in layout.train_log(run.name).read_text()

@@ -87,3 +87,32 @@ def test_server_gone_is_one_line_exit_1(s3):
     assert proc.returncode == 1
     line = _one_line_error(proc.stderr)
     assert "list-backups failed" in line and f"127.0.0.1:{port}" in line
+
+
+def test_disk_full_during_restore_leaves_no_partial_file_and_rerun_completes(s3, make_run):
+    """RLIMIT_FSIZE makes every write past 1 MB fail (EFBIG), as a full disk would (ENOSPC)."""
+    import resource
+    import subprocess
+    import sys
+
+    run = make_run(steps=(1,))
+    layout = Layout(s3.root)
+    backup_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    before = run.files()
+    shutil.rmtree(layout.run_dir(run.name))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    argv = [sys.executable, "-m", "rltui.sync_to_s3", "--action", "restore", "--training-run", run.name,
+            "--root", str(s3.root)]
+    full = subprocess.run(argv, env=s3.env, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert full.returncode == 1, full.stderr
+    line = _one_line_error(full.stderr)
+    assert "too large" in line.lower() and "run it again" in line
+    assert not [p for p in s3.root.rglob(".tmp_*")]
+    assert all(before[p] == sha for p, sha in run.files().items())  # only whole, verified files
+
+    again = s3.cli("--action", "restore", "--training-run", run.name, "--root", str(s3.root))
+    assert again.returncode == 0, again.stderr
+    assert run.files() == before
