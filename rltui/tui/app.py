@@ -12,6 +12,7 @@ detached, so quitting leaves them running (and says so).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.gpu_snapshot: GpuSnapshot | None = None
         self.watcher: RootWatcher | None = None
         self.loaded = False  # the first scan is shown
+        self.scanned = threading.Event()  # the first scan is done (set from its worker)
 
     # ------------------------------------------------------------ layout
 
@@ -113,8 +115,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         yield Tabs(Tab("1 Runs", id="runs"), Tab("2 Jobs", id="jobs"), Tab("3 GPUs", id="gpus"), id="tabs")
         with ContentSwitcher(initial="runs-view", id="views"):
             with RunsView(id="runs-view"):
-                yield Input(placeholder="filter: words in name, status or dataset (esc closes)",
-                            id="filter")
+                yield Input(placeholder="filter: words in name, status or dataset; enter to apply",
+                            id="filter", compact=True)
                 yield RunsTable(self.clock, id="runs-table")
                 yield RunDetail(id="detail")
             yield JobsPane(self.clock, id="jobs-view")
@@ -140,6 +142,7 @@ class RlTuiApp(ActionsMixin, App[str]):
     @work(thread=True, exclusive=True, group="scan")
     def initial_scan(self) -> None:
         snapshot = self.live.scan()
+        self.scanned.set()
         self.post_message(SnapshotReady(snapshot))
 
     @work(thread=True, group="watch")
@@ -174,8 +177,10 @@ class RlTuiApp(ActionsMixin, App[str]):
 
             self.sampler = default_sampler()
         snapshot = self.sampler.sample()
-        if self.snapshot is not None and any(g.processes for g in snapshot.gpus):
-            snapshot = attribute(snapshot, process_owners(self.snapshot.active_jobs))
+        self.scanned.wait(timeout=30)  # GPU processes are shown by job, so the jobs come first
+        index_snapshot = self.live.index.snapshot
+        if any(g.processes for g in snapshot.gpus):
+            snapshot = attribute(snapshot, process_owners(index_snapshot.active_jobs))
         self.post_message(GpuSampled(snapshot))
 
     # ------------------------------------------------------------ messages from workers

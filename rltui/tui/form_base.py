@@ -26,6 +26,19 @@ from rltui.errors import UsageError
 from rltui.localfs import Layout
 
 
+class TickBox(Checkbox):
+    """A checkbox whose mark is a character, not only a colour, so it reads with NO_COLOR."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.BUTTON_INNER = "X" if self.value else " "
+
+    def watch_value(self) -> None:
+        self.BUTTON_INNER = "X" if self.value else " "
+        super().watch_value()
+        self.refresh()
+
+
 class JobForm(ModalScreen[Any]):
     heading = "Job"
     BINDINGS = [
@@ -50,7 +63,7 @@ class JobForm(ModalScreen[Any]):
         return _row(label, Input(value=value, placeholder=placeholder, id=f"f-{key}", compact=True))
 
     def check(self, key: str, label: str, value: bool = False) -> Widget:
-        return Checkbox(label, value=value, id=f"f-{key}", compact=True)
+        return TickBox(label, value=value, id=f"f-{key}", compact=True)
 
     def choice(self, key: str, label: str, options: list[str], value: str) -> Widget:
         return _row(label, Select([(o, o) for o in options], value=value, allow_blank=False,

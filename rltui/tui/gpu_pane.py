@@ -9,6 +9,7 @@ With no GPU (no driver, no device) it says so, with NVML's reason, instead of an
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
@@ -37,32 +38,34 @@ def _process(p: GpuProcess) -> str:
 
 
 def gpu_table(snapshot: GpuSnapshot) -> Table:
+    """One line per GPU: utilisation, memory, temperature, power."""
     table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
-    for label in ("GPU", "util", "", "memory", "temp", "power", "processes"):
-        table.add_column(label, no_wrap=label != "processes", overflow="fold")
+    for label in ("GPU", "util", "", "memory", "", "temp", "power"):
+        table.add_column(label, no_wrap=True)
     for g in snapshot.gpus:
         name = f"{g.index} {g.name or ''}".strip() + (" LOST" if g.lost else "")
         frac = None if g.mem_used_mib is None or not g.mem_total_mib else g.mem_used_mib / g.mem_total_mib
-        procs = ", ".join(_process(p) for p in g.processes) or "idle"
-        table.add_row(
-            Text(name, style="bold red" if g.lost else ""),
-            fmt(g.util_pct, "%"),
-            _bar((g.util_pct or 0) / 100 if g.util_pct is not None else None),
-            f"{_mem(g)} {_bar(frac, 6)}",
-            fmt(g.temp_c, "°C"),
-            fmt(g.power_w, " W"),
-            procs,
-        )
+        util = None if g.util_pct is None else g.util_pct / 100
+        table.add_row(Text(name, style="bold red" if g.lost else ""), fmt(g.util_pct, "%"),
+                      _bar(util), _mem(g), _bar(frac, 6), fmt(g.temp_c, "°C"), fmt(g.power_w, " W"))
     return table
 
 
-def render_snapshot(snapshot: GpuSnapshot | None) -> Table | Text:
+def process_lines(snapshot: GpuSnapshot) -> Text:
+    """Every GPU process, by the job and run it belongs to (or its pid when it is no job's)."""
+    text = Text("\nProcesses\n", style="bold")
+    lines = [f"  GPU {g.index}  {_process(p)}" for g in snapshot.gpus for p in g.processes]
+    text.append("\n".join(lines) if lines else "  none", style="")
+    return text
+
+
+def render_snapshot(snapshot: GpuSnapshot | None) -> Group | Text:
     if snapshot is None:
         return Text("sampling GPUs…", style="dim")
     if not snapshot.gpus:
         return Text(f"no GPU: {snapshot.reason or 'none found'}\n"
                     "Training and evaluation run on the CPU here.", style="bold")
-    return gpu_table(snapshot)
+    return Group(gpu_table(snapshot), process_lines(snapshot))
 
 
 class GpuPane(Static):

@@ -135,7 +135,7 @@ class RunDetail(Vertical):
         same = run is not None and self.run is not None and run.name == self.run.name
         self.run = run
         self.query_one("#run-summary", Static).update(summary_text(run) if run else "no run selected")
-        self._fill_checkpoints(run)
+        self._fill_checkpoints(run, keep_cursor=same)
         self.query_one("#run-log", LogPane).follow(log_path, log_title)
         if run is None:
             self.history = None
@@ -143,17 +143,16 @@ class RunDetail(Vertical):
             self.history = MetricsHistory(run.path / "logs" / "train_log.jsonl")
         self._load_history(self.history)
 
-    def _fill_checkpoints(self, run: RunRecord | None) -> None:
+    def _fill_checkpoints(self, run: RunRecord | None, keep_cursor: bool) -> None:
         table = self.query_one("#checkpoints", DataTable)
-        keep = self.selected_step if table.row_count else None
+        keep = self.selected_step if table.row_count and keep_cursor else None
         table.clear()
         if run is None:
             return
         for ckpt in sorted(run.checkpoints, key=lambda c: c.step, reverse=True):
             table.add_row(*checkpoint_cells(ckpt, run), key=str(ckpt.step))
         steps = [c.step for c in sorted(run.checkpoints, key=lambda c: c.step, reverse=True)]
-        if keep in steps:
-            table.move_cursor(row=steps.index(keep))
+        table.move_cursor(row=steps.index(keep) if keep in steps else 0)
 
     @work(thread=True, exclusive=True, group="metrics-history")
     def _load_history(self, history: MetricsHistory | None) -> None:

@@ -24,7 +24,14 @@ PY = sys.executable
 async def select_run(pilot, name: str) -> None:
     """Filter the table down to one run (keyboard only), which selects it."""
     await pilot.press("slash", *name, "enter")
-    assert await wait_until(pilot, lambda: pilot.app.query_one("RunsTable").selected == name)
+    detail = pilot.app.query_one("RunDetail")
+    assert await wait_until(pilot, lambda: pilot.app.query_one("RunsTable").selected == name
+                            and detail.run is not None and detail.run.name == name)
+
+
+def form_error(app) -> str:
+    errors = app.screen.query("#form-error")
+    return str(errors.first().render()) if errors else ""
 
 
 async def launched(pilot, recorded: Recorded) -> dict:
@@ -160,10 +167,8 @@ async def test_a_bad_form_value_is_named_in_place_and_nothing_is_launched(
         await pilot.press("e")
         app.screen.query_one(f"#f-{field}", Input).focus()
         await pilot.press("ctrl+u", *bad, "enter")
-        await pilot.pause(0.3)
+        assert await wait_until(pilot, lambda: message in form_error(app))
         assert type(app.screen).__name__ == "EvalForm"  # still open
-        error = str(app.screen.query_one("#form-error").render())
-        assert message in error
     assert recorded.specs == []
     assert sorted(p.name for p in Layout(tui_root).jobs.iterdir()) == jobs_before
 
@@ -175,8 +180,7 @@ async def test_a_missing_config_file_is_named_and_nothing_is_launched(tui_root: 
     async with app.run_test(size=(100, 30)) as pilot:
         await started(pilot)
         await pilot.press("n", "ctrl+u", *"/nope/missing.yaml", "enter")
-        await pilot.pause(0.3)
-        assert "bad --cfg: '/nope/missing.yaml' is not a file" in str(app.screen.query_one("#form-error").render())
+        assert await wait_until(pilot, lambda: "bad --cfg: '/nope/missing.yaml' is not a file" in form_error(app))
     assert recorded.specs == []
 
 
