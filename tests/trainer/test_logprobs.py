@@ -84,3 +84,31 @@ def test_completion_logprobs_without_grad_under_disabled_adapter():
         fast = completion_logprobs(model, input_ids, mask, 5)
         slow = token_logps(model, input_ids, mask, 5, 1.0)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def _saved_float32_sizes(fn) -> list[int]:
+    sizes: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.float32:
+            sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sizes
+
+
+def test_no_float32_logits_tensor_is_kept_for_backward():
+    model = _lora_model().to(torch.bfloat16)  # as on a GPU: the model's own tensors are bf16
+    for module in model.modules():
+        if hasattr(module, "lora_A"):  # keep everything but the logits path out of the count
+            module.requires_grad_(False)
+    model.base_model.model.model.norm.weight.requires_grad_(True)
+    input_ids = torch.randint(0, 300, (4, 20), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(input_ids)
+    full = 4 * 12 * 300  # rows x completion tokens x vocab
+    ours = _saved_float32_sizes(lambda: completion_logprobs(model, input_ids, mask, 8))
+    plain = _saved_float32_sizes(lambda: token_logps(model, input_ids, mask, 8, 1.0))
+    assert max(plain) >= full, "the plain path keeps a float32 [rows, tokens, vocab] tensor"
+    assert max(ours, default=0) < full
