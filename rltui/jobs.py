@@ -455,8 +455,22 @@ def read_log(layout: Layout, job_id: str, tail_lines: int | None = None) -> str:
     return text
 
 
-def job_spec(layout: Layout, job_id: str) -> JobSpec:
-    return read_spec(layout, job_id)
+def process_owners(layout: Layout) -> dict[int, tuple[str | None, str | None]]:
+    """pid -> (job id, run) for every process in the tree of an active job's command."""
+    from rltui.usage import tree_pids
+
+    owners: dict[int, tuple[str | None, str | None]] = {}
+    for job in list_jobs(layout):
+        if job.state and job.state.state.active and job.state.child_pid:
+            for pid in tree_pids(job.state.child_pid):
+                owners[pid] = (job.id, job.state.run)
+    return owners
+
+
+def gpu_snapshot(layout: Layout, sampler: Sampler | None = None) -> "gpu.GpuSnapshot":
+    """A GPU snapshot whose processes name their job and run (for `status` and the TUI)."""
+    snap = (sampler or gpu.default_sampler()).sample()
+    return gpu.attribute(snap, process_owners(layout)) if snap.gpus else snap
 
 
 def _killpg(pgid: int, sig: int) -> None:

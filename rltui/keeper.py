@@ -192,6 +192,9 @@ class Keeper:
             if latest is not None and target is not None and latest >= target:
                 return self.finish(JobState.SUCCEEDED,
                                    f"{ending.describe()} after its final checkpoint (step {latest})")
+            if latest is None and self.spec.resume_argv:
+                return self.finish(JobState.FAILED, f"{ending.describe()}; no complete checkpoint "
+                                   "to resume from (it ended before its first save)")
             self.transition(JobState.RESTARTING, decision.reason)
             if not self.wait_backoff():
                 return self.finish(JobState.STOPPED, "stopped by the user while waiting to restart")
@@ -284,42 +287,18 @@ class Keeper:
         return not self.stop_requested
 
     def restart_argv(self, latest: int | None) -> list[str]:
-        """Resume from the latest complete checkpoint; with none yet, run the command again."""
+        """Resume from the latest complete checkpoint; a job that cannot resume runs again."""
         if latest is None or not self.spec.resume_argv:
             return list(self.spec.argv)
-        argv = list(self.spec.resume_argv)
-        target, ckpt_target = self.target_step(), self.checkpoint_target(latest)
-        if target is not None and target > latest and ckpt_target is not None and ckpt_target != target:
-            argv += ["--additional-steps", str(target - latest)]
-        return argv
+        return resume_command(self.layout, self.spec, latest)
 
     # ------------------------------------------------------------ the run's files
 
     def latest_checkpoint(self) -> int | None:
-        if not self.spec.run:
-            return None
-        return latest_complete_step(self.layout.training_state(self.spec.run))
-
-    def _status(self) -> dict:
-        if not self.spec.run:
-            return {}
-        try:
-            d = read_json(self.layout.run_status(self.spec.run))
-        except (OSError, DamagedFile):
-            return {}
-        return d if isinstance(d, dict) else {}
+        return latest_complete_step(self.layout.training_state(self.spec.run)) if self.spec.run else None
 
     def target_step(self) -> int | None:
-        t = self._status().get("target_step")
-        return int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
-
-    def checkpoint_target(self, step: int) -> int | None:
-        try:
-            d = read_json(self.layout.step_dir(self.spec.run, step) / "training_info.json")
-        except (OSError, DamagedFile):
-            return None
-        t = d.get("target_step") if isinstance(d, dict) else None
-        return int(t) if isinstance(t, (int, float)) else None
+        return run_target(self.layout, self.spec.run) if self.spec.run else None
 
     def clear_stop_request(self) -> None:
         """A stop request left from an earlier session would stop this one at its first step."""
@@ -359,6 +338,33 @@ class Keeper:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+def resume_command(layout: Layout, spec: JobSpec, latest: int) -> list[str]:
+    """The job's resume command, with `--additional-steps` when the run's target (status.json)
+    lies beyond the target saved in its latest checkpoint (a resume that was asked for more)."""
+    argv = list(spec.resume_argv or ())
+    target = run_target(layout, spec.run)
+    saved_target = _int(_read_dict(layout.step_dir(spec.run, latest) / "training_info.json").get("target_step"))
+    if target is not None and target > latest and saved_target is not None and saved_target != target:
+        argv += ["--additional-steps", str(target - latest)]
+    return argv
+
+
+def run_target(layout: Layout, run: str) -> int | None:
+    return _int(_read_dict(layout.run_status(run)).get("target_step"))
+
+
+def _read_dict(path: Path) -> dict:
+    try:
+        d = read_json(path)
+    except (OSError, DamagedFile):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _int(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def after_end(keeper: Keeper) -> None:

@@ -5,8 +5,8 @@ Usage:
 
 Each pass: reconcile (a job whose keeper died, or that ran before the last reboot, becomes lost),
 resume every lost training job whose policy has auto-resume on (from its latest complete
-checkpoint, or from the start when it has none) unless its run has finished or another job
-already works on it, then start queued jobs whose GPUs are free. It is what a user puts under
+checkpoint; one without a checkpoint is noted "not resumed") unless its run has finished or
+another job already works on it, then start queued jobs whose GPUs are free. It is what a user puts under
 systemd or tmux; it runs until SIGTERM or Ctrl-C.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from rltui import jobs
 from rltui.errors import UsageError
 from rltui.gpu import Sampler
-from rltui.job_records import Job, JobState, read_state, write_state
+from rltui.job_records import Job, JobKind, JobState, read_state, write_state
+from rltui.keeper import resume_command
 from rltui.localfs import DamagedFile, Layout, latest_complete_step, read_json
 
 
@@ -79,14 +80,14 @@ def resume_lost(layout: Layout, job: Job, sampler: Sampler | None = None) -> Job
     """Start a job that carries on the lost training job `job`, and note it on the lost one."""
     spec = job.spec
     assert spec is not None and spec.run is not None
-    gpus = spec.gpus if spec.gpus is not None else spec.gpu_count
-    if latest_complete_step(layout.training_state(spec.run)) is None:
-        new_spec = spec.with_changes(id=jobs.new_job_id(spec.kind), parent_job=spec.id,
-                                     created=time.time())
-    else:
-        new_spec = jobs.resume_job(layout, spec.run, "latest", gpus=gpus, restart=spec.restart)
-        new_spec = new_spec.with_changes(parent_job=spec.id, resume_argv=spec.resume_argv or new_spec.resume_argv,
-                                         followups=spec.followups)
+    latest = latest_complete_step(layout.training_state(spec.run))
+    if latest is None or not spec.resume_argv:
+        raise UsageError("no complete checkpoint to resume from")
+    new_spec = spec.with_changes(
+        id=jobs.new_job_id(JobKind.RESUME), kind=JobKind.RESUME,
+        argv=tuple(resume_command(layout, spec, latest)), parent_job=spec.id, created=time.time(),
+        title=f"resume {spec.run} from step {latest} (job {spec.id} was lost)",
+    )
     new = jobs.launch(layout, new_spec, sampler)
     _mark_resumed(layout, job.id, f"resumed by supervise as job {new.id}", new.id)
     return new

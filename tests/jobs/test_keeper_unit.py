@@ -8,7 +8,7 @@ import time
 
 from rltui import localfs
 from rltui.gpu import FakeSampler, fake_gpus
-from rltui.job_records import JobState, read_state, write_spec
+from rltui.job_records import JobKind, JobState, read_state, write_spec
 from rltui.keeper import Keeper
 from rltui.restart_policy import RestartSettings
 
@@ -104,8 +104,17 @@ def test_a_crash_resumes_from_the_latest_checkpoint_after_the_backoff(layout):
     assert any("killed by SIGKILL; restart 1 from checkpoint step 4 in 30s" in r for r in state.reasons)
 
 
-def test_a_crash_before_any_checkpoint_runs_the_command_again(layout):
+def test_a_training_crash_before_any_checkpoint_fails_with_the_reason(layout):
     spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=True, backoff_s=0))
+    keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, 1, 1)])
+    assert keeper.run() is JobState.FAILED
+    assert len(spawner.argvs) == 1
+    assert "no complete checkpoint to resume from" in read_state(layout, spec.id).last_reason
+
+
+def test_a_job_without_a_resume_command_runs_its_command_again(layout):
+    spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=True, backoff_s=0))
+    spec = spec.with_changes(kind=JobKind.SYNC, run=None, resume_argv=None)
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, 1, 1), FakeChild(2, 0, 1)])
     assert keeper.run() is JobState.SUCCEEDED
     assert spawner.argvs == [list(spec.argv), list(spec.argv)]
@@ -177,6 +186,7 @@ def test_stop_asks_the_trainer_first_then_sigterm_then_sigkill(layout):
 
 def test_a_stop_during_the_backoff_ends_stopped_without_restarting(layout):
     spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=True, backoff_s=100))
+    checkpoint(layout, spec.run, 1)
     clock = Clock()
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -9, 1)], clock)
     original_sleep = clock.sleep

@@ -1,0 +1,92 @@
+"""The headless job commands as a user runs them: `python -m rltui.cli --batch ...` subprocesses.
+Bad input is one line and exit 2 with nothing written; output off a terminal has no escape codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rltui import jobs
+from rltui.job_records import JobState, read_state
+
+from jobs_helpers import fake_train_spec, wait_final, wait_until
+
+
+def rltui(root, *args, timeout=60):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["train", "--cfg", "missing.yaml"], "missing.yaml"),
+    (["train", "--cfg", __file__, "--steps", "0"], "--steps: 0"),
+    (["train", "--cfg", __file__, "--nproc", "0"], "--nproc: 0"),
+    (["train", "--cfg", __file__, "--gpus", "0,x"], "'0,x'"),
+    (["train", "--cfg", __file__, "--gpus", "7"], "GPU 7"),
+    (["train", "--cfg", __file__, "--eval-after", "../d"], "../d"),
+    (["train", "--cfg", __file__, "--max-restarts", "-1"], "max_restarts"),
+    (["resume", "--training-run", "run_nope"], "run_nope"),
+    (["resume", "--training-run", "../../etc"], "../../etc"),
+    (["eval", "--training-run", "run_nope"], "run_nope"),
+    (["stop", "no-such-job"], "no-such-job"),
+    (["logs", "../x"], "../x"),
+    (["logs", "x", "--tail", "-1"], "--tail"),
+    (["supervise", "--interval", "0"], "--interval"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
+    r = rltui(layout.root, *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and names in r.stderr and "Traceback" not in r.stderr
+    assert list(layout.jobs.iterdir()) == [] and list(layout.training_runs.iterdir()) == []
+
+
+def test_logs_follow_streams_to_the_end_and_jobs_lists_it(layout):
+    spec = fake_train_spec(layout, steps=5, env={"FAKE_STEP_SLEEP": "0.2"})
+    jobs.launch(layout, spec)
+    r = rltui(layout.root, "logs", spec.id, "-f")
+    assert r.returncode == 0
+    assert "step 5/5" in r.stdout and "succeeded: completed" in r.stdout
+    assert "\x1b" not in r.stdout + r.stderr
+    listing = rltui(layout.root, "jobs")
+    assert spec.id in listing.stdout and "succeeded" in listing.stdout
+    doc = json.loads(rltui(layout.root, "jobs", "--json").stdout)
+    (job,) = doc
+    assert job["id"] == spec.id and job["state"]["state"] == "succeeded"
+    assert job["spec"]["argv"] == list(spec.argv) and job["state"]["usage"]["gpu_seconds"] == 0.0
+
+
+def test_logs_tail_prints_the_last_lines(layout):
+    spec = fake_train_spec(layout, steps=3)
+    jobs.launch(layout, spec)
+    wait_final(layout, spec.id)
+    r = rltui(layout.root, "logs", spec.id, "--tail", "1")
+    assert r.stdout.startswith("[rltui keeper") and "succeeded" in r.stdout and r.stdout.count("\n") == 1
+
+
+def test_stop_wait_returns_when_the_job_has_stopped(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    jobs.launch(layout, spec)
+    wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
+    r = rltui(layout.root, "stop", spec.id, "--wait")
+    assert r.returncode == 0 and "stopped" in r.stdout.splitlines()[-1]
+    assert read_state(layout, spec.id).state is JobState.STOPPED
+    again = rltui(layout.root, "stop", spec.id)
+    assert again.returncode == 2 and "already ended (stopped)" in again.stderr
+
+
+def test_any_batch_command_reconciles_a_job_whose_keeper_died(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    jobs.launch(layout, spec)
+    running = wait_until(lambda: (s := read_state(layout, spec.id)).state is JobState.RUNNING and s,
+                         what="running")
+    os.kill(running.keeper_pid, 9)
+    from rltui.localfs import pid_alive
+
+    wait_until(lambda: not pid_alive(running.keeper_pid), 10, "the keeper to die")
+    r = rltui(layout.root, "jobs")
+    assert "lost" in r.stdout and read_state(layout, spec.id).state is JobState.LOST
