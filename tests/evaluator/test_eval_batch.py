@@ -213,3 +213,34 @@ def test_unknown_run_and_unknown_flag_are_exit_2(tiny_root, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--root", str(tiny_root), "--training-run", "x", "--bogus"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_killed_evaluation_resumes_where_it_stopped(tiny_root, make_run, capsys) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = make_run(tiny_root)
+    # batch size 1 over 90 questions: slow enough to be killed in the middle
+    args = ["--root", str(tiny_root), "--training-run", run, "--max-new-tokens", "16",
+            "--subset-frac", "0.3"]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "evaluator.eval_batch", *args, "--batch-size", "1"],
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = localfs.Layout(tiny_root).eval_step_dir(run, DATASET, 1) / "summary.json"
+    deadline = time.monotonic() + 540
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    assert not (localfs.Layout(tiny_root).eval_step_dir(run, DATASET, 3) / "summary.json").exists()
+    stamp = _summary(tiny_root, run, 1)["evaluated_at"]
+    assert main([*args, "--batch-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "step 1: already evaluated" in out and "step 3: accuracy" in out
+    assert _summary(tiny_root, run, 1)["evaluated_at"] == stamp
+    table = pd.read_csv(_eval_dir(tiny_root, run) / "consolidated_metrics.csv")
+    assert list(table["step"]) == [1, 2, 3]
