@@ -24,6 +24,7 @@ from typing import TextIO
 from rltui import localfs
 from rltui.archive.manifest import FileEntry, HashCache, UnsafePath, check_run_path, stat_local
 from rltui.archive.progress import Progress, human_bytes
+from rltui.archive.running import run_is_running
 from rltui.archive.store import RemoteStore
 from rltui.errors import UsageError, WorkFailed
 from rltui.localfs import Layout
@@ -86,6 +87,8 @@ def restore_run(
     out = out or sys.stdout
     err = err or sys.stderr
     localfs.validate_run_name(run)
+    if run_is_running(layout, run):
+        raise UsageError(f"run {run} is running: refusing to restore into it (stop it first)")
     manifest = store.get_manifest(run)  # every path checked by Manifest.from_json
     if manifest is None:
         raise UsageError(

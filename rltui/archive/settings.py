@@ -66,10 +66,6 @@ class S3Settings:
                 text = text.replace(secret, "***")
         return text
 
-    def describe(self) -> str:
-        where = self.endpoint_url or "AWS"
-        return f"s3://{self.bucket}/{self.prefix} at {where}"
-
 
 def parse_env_file(text: str, path: Path) -> dict[str, str]:
     """KEY=VALUE lines; `export ` prefixes, blank lines and `#` comments allowed."""

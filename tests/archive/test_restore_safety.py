@@ -136,3 +136,21 @@ def test_restore_refuses_to_overwrite_a_differing_local_file_without_force(s3, m
     forced = s3.cli("--action", "restore", "--training-run", run.name, "--force", "--root", str(s3.root))
     assert forced.returncode == 0, forced.stderr
     assert run.files() == backed_up
+
+
+def test_restore_into_a_running_run_is_refused_exit_2(s3, make_run):
+    import subprocess
+    import sys
+
+    run = make_run(steps=(1,))
+    backup_run(Layout(s3.root), s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        make_run(steps=(1,), pid=sleeper.pid, phase="training")
+        before = run.files()
+        proc = s3.cli("--action", "restore", "--training-run", run.name, "--force", "--root", str(s3.root))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert proc.returncode == 2 and "running" in proc.stderr
+    assert run.files() == before
