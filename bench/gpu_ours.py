@@ -29,6 +29,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
 
     from trainer import fast_generation, grpo
     from trainer.data import Example
+    from trainer import generation as generation_module
     from trainer.generation import generate as plain_generate
     from trainer.logprobs import completion_logprobs
     from trainer.modeling import load_model_and_tokenizer
@@ -41,10 +42,26 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=work.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    # EOS suppressed so every completion has the forced length (as TRL's min_new_tokens). Patched
+    # both where grpo.rollout looks today (grpo.generate) and where fast_or_plain finds it.
     if plain_generation:
-        grpo.generate = partial(plain_generate, stop_at_eos=False)
+        forced = partial(plain_generate, stop_at_eos=False)
+        fast_generation.supports_fast_generation = lambda model: False
+        generation_module.generate = forced
     else:
-        grpo.generate = partial(fast_generation.generate, min_new_tokens=work.completion_tokens)
+        forced = partial(fast_generation.generate, min_new_tokens=work.completion_tokens)
+        fast_generation.generate = forced
+    calls = []
+
+    def counted(*args: Any, **kwargs: Any):
+        calls.append(1)
+        return forced(*args, **kwargs)
+
+    grpo.generate = counted
+    if plain_generation:
+        generation_module.generate = counted
+    else:
+        fast_generation.generate = counted
     if not plain_logprobs:
         grpo.token_logps = completion_logprobs
 
@@ -92,7 +109,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         "mean_completion_length": tokens / work.sequences,
         "generation_tokens_per_s": tokens / split["generation"], "step_tokens_per_s": tokens / step_s,
         "peak_gib": peak_gib(), "prompt_length": batch.prompt_length,
-        "generation_path": "plain" if plain_generation else "fast",
+        "generation_path": "plain" if plain_generation else "fast", "generate_calls": len(calls),
         "logprobs_path": "plain" if plain_logprobs else "completion_logprobs",
     }
     if profile and device == "cuda" and not plain_generation:
