@@ -21,7 +21,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -120,10 +119,14 @@ def _compiled_layer_fns(dims: ModelDims) -> tuple[Callable, Callable]:
     attention-length buckets do not recompile them); every layer reuses the same code.
     """
     if dims not in _COMPILED:
-        _COMPILED[dims] = (
-            torch.compile(partial(attention_inputs, dims), fullgraph=True, dynamic=False),
-            torch.compile(partial(attention_output_and_mlp, dims), fullgraph=True, dynamic=False),
-        )
+        def pre(*args: torch.Tensor | None):
+            return attention_inputs(dims, *args)
+
+        def post(*args: torch.Tensor):
+            return attention_output_and_mlp(dims, *args)
+
+        _COMPILED[dims] = (torch.compile(pre, fullgraph=True, dynamic=False),
+                           torch.compile(post, fullgraph=True, dynamic=False))
     return _COMPILED[dims]
 
 

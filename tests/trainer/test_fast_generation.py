@@ -285,3 +285,27 @@ def test_graph_capture_bookkeeping_replays_exactly_the_eager_steps(tokenizer, mo
     assert torch.equal(graphed.completion_ids, eager.completion_ids)
     assert torch.equal(graphed.completion_ids, _hf_greedy(model, tokenizer, prompts, 80))
     release_engines()
+
+
+def test_compiled_layer_functions_trace_whole_and_once_for_all_layers(tokenizer, monkeypatch):
+    """torch.compile's tracing (the aot_eager backend: no C compiler needed on this machine) takes
+    each per-layer function as one graph without breaks, and every layer and step reuses it."""
+    from torch._dynamo.utils import counters
+
+    import trainer.fast_generation as fg
+
+    real_compile = torch.compile
+    monkeypatch.setattr(fg.torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", **kw))
+    monkeypatch.setattr(fg, "_COMPILED", {})
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    model = _lora(_model(tokenizer))
+    prompts = _repeated(2)
+    out = generate(model, tokenizer, prompts, max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                   compile_layers=True)
+    assert torch.equal(out.completion_ids, _hf_greedy(model, tokenizer, prompts, 20))
+    assert counters["stats"]["unique_graphs"] - before == 2  # pre- and post-attention, once each
+    race = real_compile(fg._race_argmax, backend="aot_eager", fullgraph=True)
+    logits, noise = torch.randn(4, 50).bfloat16(), torch.empty(4, 50).exponential_()
+    assert torch.equal(race(logits, noise, 1.3), fg._race_argmax(logits, noise, 1.3))
+    release_engines()
