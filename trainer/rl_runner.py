@@ -352,6 +352,8 @@ def step_record(t: Trainer, step: int, batches: list[grpo.Batch], updates: list[
     }
     for r, value in zip(cfg.rewards, mean[10:]):
         record[f"rewards/{r.function}"] = value
+    if d.device.type == "cuda":  # this rank's peak since the session started
+        record["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(d.device) / 2**30, 3)
     t.log.last_metrics = {k: record[k] for k in ("loss", "reward_mean", "kl", "completion_length")}
     t.log.ratios(step, {"iterations": [
         {"ratio_mean": u.ratio_mean, "ratio_min": u.ratio_min, "ratio_max": u.ratio_max,

@@ -97,8 +97,11 @@ class RunLog:
 
     def _writer(self):
         if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: the JSONL logs still have everything
+                self._tb = _NoWriter()
+                return self._tb
             self._tb = SummaryWriter(log_dir=str(self.layout.tensorboard_dir(self.run)))
         return self._tb
 
@@ -106,3 +109,14 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class _NoWriter:
+    def add_scalar(self, *args: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
