@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rltui.cmd_status",
     "rltui.sync_to_s3",
     "rltui.cmd_jobs",
+    "rltui.demo",
 ]
 
 
