@@ -4,8 +4,9 @@ The CPU tests hold token-for-token equality in float32. In bf16 two correct impl
 round differently, so here the measures are: the relative error of the first-token logits
 against transformers' forward; for greedy completions from the fast path (graphs, compiled
 layers), the fraction of positions where transformers' teacher-forced argmax picks the same
-token; the same completions from an eager (ungraphed, uncompiled) engine, which should agree
-with the graphed one; and the base weights bitwise unchanged after generation with an adapter.
+token; the same measure for an eager (ungraphed, uncompiled) engine (greedy completions of the
+two diverge after the first near-tie, so they are each compared with transformers rather than
+with each other); and the base weights bitwise unchanged after generation with an adapter.
 """
 
 from __future__ import annotations
@@ -15,6 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from gpu_common import Workload, load_tokenizer, make_prompts
+
+
+def _teacher_forced(model, out, new_tokens: int, eos) -> tuple[float, float, float]:
+    """How often transformers' argmax, given the same prefix, is the token the fast path chose
+    (EOS excluded, as the fast path suppressed it; and with EOS), and the median top-2 margin."""
+    import torch
+
+    ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
+    mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=new_tokens + 1).logits[:, :-1].float()
+    with_eos = float((logits.argmax(-1) == out.completion_ids).float().mean())
+    logits.index_fill_(-1, eos, float("-inf"))
+    agreement = float((logits.argmax(-1) == out.completion_ids).float().mean())
+    top2 = logits.topk(2, dim=-1).values
+    return agreement, with_eos, float((top2[..., 0] - top2[..., 1]).median())
 
 
 def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 64) -> dict[str, Any]:
@@ -40,24 +59,14 @@ def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 64) -
 
     out = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
                                    min_new_tokens=new_tokens)
-    ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
-    mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=new_tokens + 1).logits.float()
-    predicted = logits[:, :-1].argmax(-1)
-    eos = fast_generation.eos_token_ids(model, tokenizer)
-    predicted_no_eos = logits[:, :-1].index_fill(-1, torch.tensor(eos, device=logits.device), float("-inf")).argmax(-1)
-    agreement = float((predicted_no_eos == out.completion_ids).float().mean())
-    top2 = logits[:, :-1].topk(2, dim=-1).values
-    margin = (top2[..., 0] - top2[..., 1]).median()
+    eos = torch.tensor(fast_generation.eos_token_ids(model, tokenizer), device=out.prompt_ids.device)
+    agreement, agreement_with_eos, margin = _teacher_forced(model, out, new_tokens, eos)
 
     engine = fast_generation._ENGINES[model]
     from trainer.qwen2_decode import prefill
 
     first = prefill(engine.weights, engine.state, out.prompt_ids, out.prompt_mask,
-                    torch.arange(len(prompts), device=ids.device)).float()
+                    torch.arange(len(prompts), device=out.prompt_ids.device)).float()
     with torch.no_grad():
         reference = model(input_ids=out.prompt_ids, attention_mask=out.prompt_mask,
                           position_ids=(out.prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
@@ -66,13 +75,13 @@ def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 64) -
 
     eager = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
                                      min_new_tokens=new_tokens, use_graphs=False, compile_layers=False)
-    eager_agreement = float((eager.completion_ids == out.completion_ids).float().mean())
+    eager_agreement = _teacher_forced(model, eager, new_tokens, eos)[0]
     unchanged = all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
     result = {
         "first_token_logits_rel_error": rel_error, "teacher_forced_argmax_agreement": agreement,
-        "teacher_forced_argmax_agreement_with_eos": float((predicted == out.completion_ids).float().mean()),
-        "median_top1_top2_logit_margin": float(margin),
-        "graphed_compiled_vs_eager_token_agreement": eager_agreement,
+        "teacher_forced_argmax_agreement_with_eos": agreement_with_eos,
+        "median_top1_top2_logit_margin": margin,
+        "eager_uncompiled_teacher_forced_agreement": eager_agreement,
         "base_weights_bitwise_unchanged": unchanged, "new_tokens": new_tokens, "rows": len(prompts),
     }
     result["ok"] = bool(unchanged and rel_error < 0.05 and agreement > 0.9)
