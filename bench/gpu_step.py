@@ -3,7 +3,7 @@
 Usage (on the GPU machine; TRL travels as a wheel):
     pip install --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python bench/gpu_step.py [--sides prepare,check,ours,trl,ours16]
-        [--steps 4] [--trl-steps 3] [--budget-s 570]
+        [--steps 4] [--trl-steps 3] [--budget-s 480]
     python bench/gpu_step.py --tiny          # CPU dry run of the whole plumbing, tiny shapes
 
 Workload (issue 8): a model of Qwen2.5-1.5B's dimensions, random bf16 weights, LoRA r=16 on all
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sides", default=",".join(SIDES), help="comma-separated, from " + ",".join(SIDES))
     p.add_argument("--steps", type=int, default=4, help="our steps (first is warm-up)")
     p.add_argument("--trl-steps", type=int, default=3, help="TRL steps (first is warm-up)")
-    p.add_argument("--budget-s", type=float, default=570.0, help="wall-clock budget for all sides")
+    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for all sides (s)")
     p.add_argument("--folder", type=Path, default=None, help="model folder (built if missing)")
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default $OUT/gpu_step.json)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU dry run)")
