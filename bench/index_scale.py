@@ -10,7 +10,10 @@ this process and interleaved so that both see the same machine load:
 - walk:    os.scandir of every folder of the tree (the baseline: the least any scan can do);
 - cold:    `Index(layout).scan()` on a new Index (nothing cached);
 - warm:    `scan()` again on the same Index (parsed files come from the cache);
-- rescan:  `refresh_run(name)` of one run whose status.json just changed.
+- rescan:  `refresh_run(name)` of one run whose status.json just changed (5 per repeat);
+- gc:      one full `gc.collect()` with the scanned index alive: the pause that Python's cyclic
+           collector takes once after a scan made its ~10^6 objects (it lands in whatever runs
+           next, often the first refresh; the index pauses the collector only during a scan).
 
 Each figure is the median of --repeat runs, in wall-clock time and in this process's CPU time
 (user + system: on a shared, busy machine it moves less with the load of others); the ratios
@@ -21,6 +24,7 @@ The issue's bar: cold <= 3x walk and rescan >= 50x faster than cold, at 1,000 ru
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import make_localfs  # noqa: E402
 from rltui import localfs  # noqa: E402
 from rltui.index import Index  # noqa: E402
+
+RESCANS = 5  # per repeat; the median hides a one-off collector pause (measured apart as "gc")
 
 
 def walk(root: str) -> int:
@@ -71,7 +77,8 @@ def bench_size(root: Path, runs: int, repeat: int) -> dict[str, float]:
     layout = localfs.Layout(root)
     walk(str(root))  # the first pass pulls the tree into the page cache for both contenders
     one = sorted(os.listdir(layout.training_runs))[runs // 2]
-    samples: dict[str, list[tuple[float, float]]] = {"walk": [], "cold": [], "warm": [], "rescan": []}
+    samples: dict[str, list[tuple[float, float]]] = {
+        "walk": [], "cold": [], "warm": [], "rescan": [], "gc": []}
     entries = 0
     for i in range(repeat):
         entries = 0
@@ -84,10 +91,13 @@ def bench_size(root: Path, runs: int, repeat: int) -> dict[str, float]:
         index = Index(layout)
         samples["cold"].append(timed(index.scan))
         samples["warm"].append(timed(index.scan))
-        touch_status(layout, one, 1000 + i)
-        samples["rescan"].append(timed(lambda: index.refresh_run(one)))
-        assert index.snapshot.runs[one].step == 1000 + i, "the rescan did not see the change"
+        for k in range(RESCANS):
+            touch_status(layout, one, 1000 + k)
+            samples["rescan"].append(timed(lambda: index.refresh_run(one)))
+            assert index.snapshot.runs[one].step == 1000 + k, "the rescan did not see the change"
         assert len(index.snapshot.runs) == runs
+        samples["gc"].append(timed(gc.collect))
+        del index
     out: dict[str, float] = {"entries": entries}
     for key, values in samples.items():
         out[key] = statistics.median(w for w, _c in values)
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     Index(localfs.Layout(args.workdir / "empty")).scan()  # imports and first-use costs out of the way
     header = (f"{'runs':>6} {'entries':>9} | {'walk s':>7} {'cold s':>7} {'warm s':>7} {'rescan ms':>9} "
               f"| {'cold/walk':>9} {'cold/rescan':>11} | cpu: {'cold/walk':>9} {'cold/rescan':>11} "
-              f"| min: {'cold/walk':>9}")
+              f"| min: {'cold/walk':>9} | {'gc ms':>7}")
     rows = []
     for n in sizes:
         print(f"size {n}:", flush=True)
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{n:>6} {int(r['entries']):>9} | {r['walk']:>7.3f} {r['cold']:>7.3f} {r['warm']:>7.3f} "
             f"{r['rescan'] * 1000:>9.2f} | {r['cold'] / r['walk']:>9.2f} {r['cold'] / r['rescan']:>11.0f} "
             f"| cpu: {r['cold_cpu'] / r['walk_cpu']:>9.2f} {r['cold_cpu'] / max(r['rescan_cpu'], 1e-6):>11.0f} "
-            f"| min: {r['cold_min'] / r['walk_min']:>9.2f}"
+            f"| min: {r['cold_min'] / r['walk_min']:>9.2f} | {r['gc'] * 1000:>7.0f}"
         )
         print(rows[-1], flush=True)
     print()

@@ -4,7 +4,7 @@ Usage:
     python bench/make_localfs.py ROOT --runs 1000 [--checkpoints 20] [--eval-datasets 2]
                                  [--eval-steps 5] [--jobs-per-run 1] [--seed 0]
 
-Every run has config.yaml, status.json, logs (train_log.jsonl of one line per step, rollouts,
+Every run has config.yaml (the repo's configs/qwen2_5_1_5b_gsm8k.yaml), config_resolved.yaml, status.json, logs (train_log.jsonl of one line per step, rollouts,
 ratios), a tensorboard event file, `--checkpoints` complete checkpoints (LoRA adapter files,
 optimizer, scheduler, one RNG file, training_info.json listing every file with size and sha256)
 and step_latest; `--eval-datasets` eval folders with `--eval-steps` evaluated steps each
@@ -21,11 +21,14 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import yaml  # noqa: E402
 
 from rltui import localfs  # noqa: E402
 
@@ -41,31 +44,37 @@ ADAPTER_CONFIG = {
     "bias": "none",
 }
 
-CONFIG_YAML = """\
+REPO = Path(__file__).resolve().parents[1]
+# The real workload's config, so the index parses a file of the real size and shape.
+CONFIG_SOURCE = REPO / "configs" / "qwen2_5_1_5b_gsm8k.yaml"
+FALLBACK_CONFIG = """\
 model:
   base: models/tiny
-  torch_dtype: bfloat16
-dataset:
-  name: {dataset}
-  split: train
 lora:
   r: 16
-  alpha: 32
-  dropout: 0.05
-  target_modules: [q_proj, k_proj, v_proj, o_proj]
-training:
-  max_steps: {steps}
-  learning_rate: 1.0e-05
+data:
+  dataset: arith
+grpo:
   num_generations: 8
-  per_device_train_batch_size: 8
-  gradient_accumulation_steps: 1
-  max_completion_length: 256
-  beta: 0.04
-  epsilon: 0.2
-  loss_type: grpo
-  save_steps: {save_every}
-  seed: {seed}
+optim:
+  learning_rate: 1.0e-05
+training:
+  total_steps: 500
+  seed: 42
 """
+
+
+def config_text(steps: int, seed: int) -> str:
+    text = CONFIG_SOURCE.read_text() if CONFIG_SOURCE.is_file() else FALLBACK_CONFIG
+    text = re.sub(r"(?m)^(\s*total_steps:\s*)\d+", rf"\g<1>{steps}", text)
+    return re.sub(r"(?m)^(\s*seed:\s*)\d+", rf"\g<1>{seed}", text)
+
+
+def write_configs(run_dir: Path, steps: int, seed: int) -> None:
+    """config.yaml as given (comments and all) and config_resolved.yaml as the trainer writes it."""
+    text = config_text(steps, seed)
+    (run_dir / "config.yaml").write_text(text)
+    (run_dir / "config_resolved.yaml").write_text(localfs.dump_yaml(yaml.safe_load(text)))
 
 
 def _write(path: Path, data: bytes) -> dict[str, object]:
@@ -81,12 +90,12 @@ def _checkpoint(step_dir: Path, step: int, target: int, rng: random.Random) -> N
         "model/README.md": b"# LoRA adapter\n\nSaved by trainer.rl_runner.\n",
         "optimizer.pt": rng.randbytes(4096),
         "scheduler.pt": rng.randbytes(512),
-        "rng/rng_state_rank0.pth": rng.randbytes(1024),
+        "rng/rank_0.pt": rng.randbytes(1024),
     }
     files = {rel: _write(step_dir / rel, data) for rel, data in payload.items()}
     info = {
         "format": 1, "step": step, "target_step": target, "config_hash": "c0ffee" * 4,
-        "world_size": 1, "data_position": step * 8, "rng_files": ["rng/rng_state_rank0.pth"],
+        "world_size": 1, "data_position": step * 8, "rng_files": ["rng/rank_0.pt"],
         "metrics": {"reward_mean": round(rng.random(), 4), "loss": round(rng.random(), 4)},
         "created": time.time(), "host": "bench", "files": files,
     }
@@ -124,9 +133,7 @@ def make_run(layout: localfs.Layout, index: int, args: argparse.Namespace, rng: 
     last = target if kind == "completed" else (steps[-1] if steps else 0)
     run_dir = layout.run_dir(name)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(
-        CONFIG_YAML.format(dataset="arith", steps=target, save_every=save_every, seed=index)
-    )
+    write_configs(run_dir, target, index)
     now = time.time()
     status = {"run": name, "step": last, "target_step": target, "phase": kind, "pid": 999_999_000 + index,
               "host": "bench-host", "time": now - 3600, "started": now - 7200, "world_size": 1,

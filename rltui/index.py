@@ -31,9 +31,9 @@ from rltui import localfs
 from rltui.index_read import (
     FileCache,
     last_metrics,
-    parse_config_summary,
     parse_json,
     read_checkpoints,
+    read_config_summary,
     read_eval,
     read_job,
     time_from_run_name,
@@ -216,13 +216,7 @@ class Index:
         base = str(path)
         damaged: list[FileError] = []
         status_json = self._load_object(base + "/status.json", damaged)
-        summary = ConfigSummary()
-        try:
-            summary = self._cache.load(base + "/config.yaml", parse_config_summary)
-        except FileNotFoundError:
-            pass
-        except localfs.DamagedFile as e:
-            damaged.append(FileError(e.path, e.reason))
+        summary = read_config_summary(self._cache, base, damaged)
         checkpoints = read_checkpoints(self._cache, base + "/training_state", damaged)
         sj = status_json or {}
         complete = [c.step for c in checkpoints if c.complete]
@@ -275,13 +269,7 @@ class Index:
             checkpoints.append(CheckpointRecord(step, step_path, not problems, problems, size))
         complete = [c.step for c in checkpoints if c.complete]
         damaged: list[FileError] = []
-        summary = ConfigSummary()
-        try:
-            summary = self._cache.load(str(path / "config.yaml"), parse_config_summary)
-        except FileNotFoundError:
-            pass
-        except localfs.DamagedFile as e:
-            damaged.append(FileError(e.path, e.reason))
+        summary = read_config_summary(self._cache, str(path), damaged)
         return RunRecord(
             name=name,
             path=path,

@@ -142,12 +142,16 @@ def parse_checkpoint_info(data: bytes, path: str) -> dict[str, Any]:
     return {"files": files, "created": info.get("created"), "total": total}
 
 
+#: Written by the trainer beside config.yaml: every setting, defaults filled in, by yaml.safe_dump.
+RESOLVED_CONFIG = "config_resolved.yaml"
+
+
 @functools.lru_cache(maxsize=1)
 def _yaml_loader() -> Any:
     """The fastest PyYAML loader that builds nothing but dicts, lists and strings.
 
     A summary needs a few scalars, which `summarize_config` converts itself; skipping the
-    resolver (BaseLoader) makes the cold scan's config parse about a third cheaper.
+    resolver (BaseLoader) makes the parse about a third cheaper than the safe loader.
     """
     try:
         import yaml
@@ -157,36 +161,103 @@ def _yaml_loader() -> Any:
 
 
 def parse_config_summary(data: bytes, path: str) -> ConfigSummary:
+    """A run's config file to its summary: the block YAML that yaml.safe_dump writes is read
+    line by line (4x cheaper, it matters at thousands of runs); anything else goes to PyYAML."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise localfs.DamagedFile(Path(path), f"not UTF-8 text: {e}") from None
+    flat = read_dumped_yaml(text)
+    if flat is None:
+        flat = _flatten(_load_yaml(text, path))
+    return summarize_config(flat)
+
+
+def _load_yaml(text: str, path: str) -> dict[str, Any]:
     loader = _yaml_loader()
     try:
         if loader is None:
-            cfg = json.loads(data)
+            cfg = json.loads(text)
         else:
             import yaml
 
-            cfg = yaml.load(data, Loader=loader)  # noqa: S506 - BaseLoader constructs no objects
-    except Exception as e:  # yaml.YAMLError, ValueError, UnicodeDecodeError
+            cfg = yaml.load(text, Loader=loader)  # noqa: S506 - BaseLoader constructs no objects
+    except Exception as e:  # yaml.YAMLError, ValueError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise localfs.DamagedFile(Path(path), f"not valid YAML: {first}") from None
     if cfg is None or isinstance(cfg, str) and cfg in _YAML_NULLS:
-        return ConfigSummary()
+        return {}
     if not isinstance(cfg, dict):
         raise localfs.DamagedFile(Path(path), "not a mapping of settings")
-    return summarize_config(cfg)
+    return cfg
 
 
-def summarize_config(cfg: dict[str, Any]) -> ConfigSummary:
+_DUMPED_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?$")
+_SPECIAL_VALUE_START = frozenset("|>&*!%@`{[\"'#")
+
+
+def read_dumped_yaml(text: str) -> dict[str, str] | None:
+    """Dotted key -> scalar text of block-style YAML of nested mappings (what yaml.safe_dump
+    writes); sequences are skipped. None as soon as a line is anything else: quoted or flow
+    values, block scalars, anchors, inline comments, wrapped lines."""
+    flat: dict[str, str] = {}
+    path: list[tuple[int, str]] = []
+    skip_deeper_than = -1  # inside a sequence started at this indent
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if not stripped or stripped[0] == "#":
+            continue
+        indent = len(line) - len(stripped)
+        if skip_deeper_than >= 0:
+            if indent > skip_deeper_than:
+                continue
+            skip_deeper_than = -1
+        if stripped[0] == "-":
+            if stripped == "-" or stripped[1] == " ":
+                skip_deeper_than = indent
+                continue
+            return None
+        m = _DUMPED_KEY.match(stripped)
+        if m is None:
+            return None
+        while path and path[-1][0] >= indent:
+            path.pop()
+        key, value = m.group(1), m.group(2)
+        if not value:
+            path.append((indent, key))
+            continue
+        if value[0] in _SPECIAL_VALUE_START or " #" in value:
+            if value in ("[]", "{}"):
+                continue
+            return None
+        flat[".".join([k for _i, k in path] + [key])] = value
+    return flat
+
+
+def summarize_config(flat: dict[str, Any]) -> ConfigSummary:
     """The few settings a run list shows, found by their usual names at any nesting level."""
-    flat = _flatten(cfg)
+    leaves: dict[str, Any] = {}
+    for key, value in flat.items():
+        leaves.setdefault(key.rsplit(".", 1)[-1], value)
+
+    def pick(*names: str) -> Any:
+        for name in names:
+            if name in flat:
+                return flat[name]
+        for name in names:  # the same name one level down, e.g. "optim.learning_rate"
+            if "." not in name and name in leaves:
+                return leaves[name]
+        return None
+
     return ConfigSummary(
-        model=_as_str(_pick(flat, "model.base", "base_model", "model_name_or_path", "model.name",
-                            "model.path", "model")),
-        dataset=_as_str(_pick(flat, "dataset.name", "data.dataset", "data.name", "train_dataset",
-                              "dataset_name", "dataset")),
-        lora_r=_as_int(_pick(flat, "lora.r", "peft.r", "lora_r", "lora.rank", "lora_rank")),
-        learning_rate=_as_float(_pick(flat, "learning_rate", "lr")),
-        num_generations=_as_int(_pick(flat, "num_generations")),
-        max_steps=_as_int(_pick(flat, "max_steps", "total_steps", "steps")),
+        model=_as_str(pick("model.base", "base_model", "model_name_or_path", "model.name",
+                           "model.path", "model")),
+        dataset=_as_str(pick("data.dataset", "dataset.name", "data.name", "train_dataset",
+                             "dataset_name", "dataset")),
+        lora_r=_as_int(pick("lora.r", "peft.r", "lora_r", "lora.rank", "lora_rank")),
+        learning_rate=_as_float(pick("learning_rate", "lr")),
+        num_generations=_as_int(pick("num_generations")),
+        max_steps=_as_int(pick("total_steps", "max_steps", "steps")),
     )
 
 
@@ -199,18 +270,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _pick(flat: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in flat:
-            return flat[name]
-    for name in names:  # the same names one level down, e.g. "training.learning_rate"
-        suffix = "." + name
-        for key, value in flat.items():
-            if key.endswith(suffix):
-                return value
-    return None
 
 
 _YAML_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
@@ -234,6 +293,20 @@ def _as_float(v: Any) -> float | None:
         return None if v is None or isinstance(v, bool) else float(v)
     except (TypeError, ValueError):
         return None
+
+
+def read_config_summary(cache: FileCache, run_dir: str, damaged: list[FileError]) -> ConfigSummary:
+    """From config_resolved.yaml (every setting, defaults included) when the trainer wrote one,
+    else from config.yaml as given; a damaged file is listed and gives an empty summary."""
+    for name in (RESOLVED_CONFIG, "config.yaml"):
+        try:
+            return cache.load(run_dir + "/" + name, parse_config_summary)
+        except FileNotFoundError:
+            continue
+        except localfs.DamagedFile as e:
+            damaged.append(FileError(e.path, e.reason))
+            return ConfigSummary()
+    return ConfigSummary()
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -31,7 +31,7 @@ ADAPTER_FILES = {
     "model/adapter_model.safetensors": b"\x00" * 300,
     "optimizer.pt": b"\x01" * 200,
     "scheduler.pt": b"\x02" * 20,
-    "rng/rng_state_rank0.pth": b"\x03" * 40,
+    "rng/rank_0.pt": b"\x03" * 40,
 }
 
 

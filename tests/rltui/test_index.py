@@ -346,3 +346,45 @@ def test_a_lost_job_does_not_make_a_live_trainer_crashed(lfs, live_pid):
     run = scan(lfs).runs["run_2026-01-01_00-00-01"]
     assert run.status is RunStatus.RUNNING and run.process_alive
     assert "job_1 is lost" in run.status_reason
+
+
+# ---------------------------------------------------------------- the config summary
+
+
+def test_config_summary_prefers_the_resolved_config_with_its_defaults(lfs):
+    run = lfs.run("run_2026-01-01_00-00-01", config={"model": {"base": "tiny"}})
+    localfs.write_yaml_atomic(lfs.layout.run_dir(run) / "config_resolved.yaml", {
+        "model": {"base": "tiny", "init_adapter": None},
+        "lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"dataset": "arith_r1_template"},
+        "rewards": [{"function": "correctness", "weight": 1.0, "learning_rate": 9.0}],
+        "grpo": {"num_generations": 4},
+        "optim": {"learning_rate": 1e-4},
+        "training": {"total_steps": 30},
+    })
+    cfg = scan(lfs).runs[run].config_summary
+    assert (cfg.model, cfg.dataset, cfg.lora_r, cfg.learning_rate, cfg.num_generations, cfg.max_steps) == (
+        "tiny", "arith_r1_template", 16, 1e-4, 4, 30)  # the list item's learning_rate is not it
+
+
+def test_a_hand_written_config_reads_the_same_as_the_dumped_one(lfs):
+    import yaml
+
+    from rltui.index_read import parse_config_summary, read_dumped_yaml
+
+    hand = (
+        "# my run\n"
+        "model:\n  base: '/models/Qwen 1.5B'   # quoted, with a comment\n"
+        "lora: {r: 32, alpha: 64}\n"
+        "data:\n  dataset: gsm8k_r1_template\n"
+        "grpo:\n  num_generations: 8\n"
+        "optim:\n  learning_rate: 3.0e-6\n"
+        "training:\n  total_steps: 250\n"
+    )
+    assert read_dumped_yaml(hand) is None  # not what safe_dump writes: PyYAML reads it
+    dumped = localfs.dump_yaml(yaml.safe_load(hand))
+    assert read_dumped_yaml(dumped) is not None
+    a, b = parse_config_summary(hand.encode(), "hand"), parse_config_summary(dumped.encode(), "dumped")
+    assert a == b
+    assert (a.model, a.lora_r, a.learning_rate, a.num_generations, a.max_steps) == (
+        "/models/Qwen 1.5B", 32, 3e-6, 8, 250)
