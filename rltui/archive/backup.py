@@ -85,7 +85,7 @@ def backup_run(
 
     cache = HashCache(layout, run)
     try:
-        plan = _hash_and_upload(store, run, local.files, cache, remote, result, dry_run, err)
+        plan = _hash_and_upload(store, run, local.files, cache, remote, result, dry_run, err, local.recorded)
         for _ in range(MAX_CHANGE_ROUNDS):
             now = {p: stat_local(layout.root, p) for p in plan.files}
             changed = [f for p, f in now.items() if f is not None and f != plan.files[p]]
@@ -136,13 +136,18 @@ def _hash_and_upload(
     result: BackupResult,
     dry_run: bool,
     err: TextIO,
+    recorded: dict[str, str] | None = None,
 ) -> _Plan:
-    """Hash each file and, while the next one hashes, upload the contents the bucket lacks."""
+    """Hash each file and, while the next one hashes, upload the contents the bucket lacks.
+
+    `recorded`: sha256 that complete checkpoints record for their own files (not re-read).
+    """
+    recorded = recorded or {}
     plan = _Plan({}, {})
     progress = Progress("uploading", sum(f.size for f in files), stream=err)
     if dry_run:
         for f in files:
-            sha = cache.sha256(f)
+            sha = recorded.get(f.path) or cache.sha256(f)
             plan.entries[f.path] = FileEntry(f.path, f.size, sha)
             plan.files[f.path] = f
             if remote.get(sha) != f.size:
@@ -152,7 +157,7 @@ def _hash_and_upload(
         return plan
     with store.uploader(run, progress.add) as up:
         for f in files:
-            sha = cache.sha256(f)
+            sha = recorded.get(f.path) or cache.sha256(f)
             plan.entries[f.path] = FileEntry(f.path, f.size, sha)
             plan.files[f.path] = f
             if remote.get(sha) == f.size:

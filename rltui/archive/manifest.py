@@ -145,6 +145,7 @@ class LocalRun:
     files: list[LocalFile]
     step_latest: int | None
     skipped: list[tuple[str, str]]  # (path, reason)
+    recorded: dict[str, str] = field(default_factory=dict)  # path -> sha256 from training_info.json
 
 
 def _skip_name(name: str) -> bool:
@@ -188,6 +189,37 @@ def _walk(root: Path, top: Path, skipped: list[tuple[str, str]]) -> Iterator[Loc
             yield LocalFile(rel, full, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def recorded_hashes(root: Path, step_dir: Path) -> dict[str, str]:
+    """sha256 of a complete checkpoint's files as its own training_info.json records them.
+
+    The trainer hashed these bytes when it sealed the checkpoint, so a first backup need not read
+    them twice. Trusted only for a file with the recorded size that is not newer than
+    training_info.json (written last): a file changed in place afterwards is hashed again.
+    A file that rotted on disk keeps its mtime; restore's sha256 check catches it, and cleanup,
+    which hashes every file itself before deleting it, keeps it.
+    """
+    info_path = step_dir / localfs.CHECKPOINT_INFO
+    try:
+        info_mtime = os.stat(info_path).st_mtime_ns
+        info = localfs.read_json(info_path)
+    except (OSError, localfs.DamagedFile):
+        return {}
+    files = info.get("files") if isinstance(info, dict) else None
+    out: dict[str, str] = {}
+    for rel, meta in (files or {}).items():
+        sha = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            continue
+        full = step_dir / rel
+        try:
+            st = os.lstat(full)
+        except OSError:
+            continue
+        if st.st_size == meta.get("size") and st.st_mtime_ns <= info_mtime and os.path.isfile(full):
+            out[full.relative_to(root).as_posix()] = sha
+    return out
+
+
 def run_eval_dirs(layout: Layout, run: str) -> list[Path]:
     try:
         entries = sorted(os.scandir(layout.eval_runs), key=lambda e: e.name)
@@ -207,10 +239,14 @@ def scan_run(layout: Layout, run: str) -> LocalRun:
     for top in [run_dir, *run_eval_dirs(layout, run)]:
         if top.is_dir() and not top.is_symlink():
             files.extend(_walk(layout.root, top, skipped))
+    recorded: dict[str, str] = {}
+    for _step, folder in localfs.list_step_dirs(layout.training_state(run)):
+        if not localfs.checkpoint_problems(folder):
+            recorded.update(recorded_hashes(layout.root, folder))
     step = localfs.read_step_latest(layout.training_state(run))
     if step is not None and localfs.checkpoint_problems(layout.step_dir(run, step)):
         step = None  # a link to something we do not back up is not worth recording
-    return LocalRun(run, files, step, skipped)
+    return LocalRun(run, files, step, skipped, recorded)
 
 
 # ---------------------------------------------------------------- the sha256 cache

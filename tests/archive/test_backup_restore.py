@@ -150,3 +150,52 @@ def test_a_file_that_changes_while_it_is_uploaded_is_read_again(s3, make_run, mo
     shutil.rmtree(layout.run_dir(run.name))
     restore_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
     assert '"step": 99' in layout.train_log(run.name).read_text()
+
+
+def _hashed_during(monkeypatch, fn) -> list[str]:
+    hashed: list[str] = []
+    real = localfs.sha256_file
+    monkeypatch.setattr(localfs, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
+    fn()
+    monkeypatch.setattr(localfs, "sha256_file", real)
+    return hashed
+
+
+def test_first_backup_takes_checkpoint_hashes_from_training_info_instead_of_rereading(s3, make_run, monkeypatch):
+    run = make_run(steps=(1, 2))
+    layout = Layout(s3.root)
+    hashed = _hashed_during(monkeypatch, lambda: backup_run(
+        layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO()))
+    in_checkpoints = [p for p in hashed if "/training_state/step_" in p]
+    assert all(p.endswith("training_info.json") for p in in_checkpoints), in_checkpoints
+    assert any(p.endswith("status.json") for p in hashed)  # files outside checkpoints are hashed
+
+
+def test_a_checkpoint_file_changed_after_it_was_sealed_is_hashed_not_trusted(s3, make_run):
+    run = make_run(steps=(1,))
+    layout = Layout(s3.root)
+    opt = layout.step_dir(run.name, 1) / "optimizer.pt"
+    size = opt.stat().st_size
+    opt.write_bytes(os.urandom(size))  # same size, newer than training_info.json
+    result = backup_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    rel = opt.relative_to(s3.root).as_posix()
+    assert result.manifest.files[rel].sha256 == localfs.sha256_file(opt)
+
+
+def test_a_checkpoint_file_that_rotted_silently_is_caught_by_cleanup_and_restore(s3, make_run):
+    """Same size, same mtime, other bytes: the backup trusts the checkpoint's record; cleanup
+    (which hashes before deleting) keeps the file, and restore refuses the bytes."""
+    run = make_run(steps=(1,))
+    layout, store = Layout(s3.root), s3.store()
+    opt = layout.step_dir(run.name, 1) / "optimizer.pt"
+    st = opt.stat()
+    with open(opt, "r+b") as f:
+        f.write(b"\xff" * 64)
+    os.utime(opt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = backup_run(layout, store, run.name, cleanup=True, out=io.StringIO(), err=io.StringIO())
+    rel = opt.relative_to(s3.root).as_posix()
+    assert (rel, "changed since the backup") in result.cleanup.refused and opt.exists()
+
+    shutil.rmtree(layout.run_dir(run.name))
+    proc = s3.cli("--action", "restore", "--training-run", run.name, "--root", str(s3.root))
+    assert proc.returncode == 1 and "does not match the backup's sha256" in proc.stderr
