@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout, installed or not
 VOCAB = 151_936
 QWEN2_5_1_5B = dict(
     vocab_size=VOCAB, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
