@@ -232,6 +232,21 @@ def read_state(layout: Layout, job_id: str) -> StateFile:
         raise DamagedFile(layout.job_state(job_id), f"not a job state: {e}") from None
 
 
+def auto_resume_override_path(layout: Layout, job_id: str) -> Path:
+    """`jobs/JOB_ID/auto_resume.json`: {"auto_resume": bool}, set by a user after launch."""
+    return layout.job_dir(job_id) / "auto_resume.json"
+
+
+def effective_auto_resume(layout: Layout, spec: JobSpec) -> bool:
+    """The job's auto-resume setting: the user's later override, else job.json's."""
+    try:
+        d = read_json(auto_resume_override_path(layout, spec.id))
+    except (FileNotFoundError, DamagedFile):
+        return spec.restart.auto_resume
+    value = d.get("auto_resume") if isinstance(d, dict) else None
+    return value if isinstance(value, bool) else spec.restart.auto_resume
+
+
 def read_job(layout: Layout, job_id: str) -> Job:
     """Spec and state of one job; a damaged or missing file shows as `error`, never raises."""
     spec = state = None

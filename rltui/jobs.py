@@ -25,12 +25,12 @@ from rltui import gpu, gpu_assign
 from rltui.errors import UsageError
 from rltui.gpu import Sampler
 from rltui.job_records import (
-    FollowUp, Job, JobKind, JobSpec, JobState, StateFile, read_job, read_spec, read_state,
-    write_spec, write_state,
+    FollowUp, Job, JobKind, JobSpec, JobState, StateFile, auto_resume_override_path,
+    effective_auto_resume, read_job, read_spec, read_state, write_spec, write_state,
 )
 from rltui.localfs import (
     BadName, DamagedFile, Layout, boot_time, checkpoint_problems, create_run_dir, pid_alive, read_json,
-    resolve_step, this_host, validate_dataset_name, validate_name,
+    resolve_step, this_host, validate_dataset_name, validate_name, write_json_atomic,
 )
 from rltui.restart_policy import RestartSettings
 from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
@@ -382,6 +382,22 @@ def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -
         if sig == signal.SIGUSR1 and state.pgid and state.boot_time == boot_time():
             _killpg(state.pgid, signal.SIGKILL)
     return read_job(layout, job.id)
+
+
+def toggle_auto_resume(layout: Layout, job_id: str) -> bool:
+    """Turn auto-resume of a training job on or off after launch; returns the new setting.
+
+    job.json stays as written; the override lives in `auto_resume.json`, which the keeper reads
+    before each restart decision and `supervise` before resuming a lost job.
+    """
+    job = get_job(layout, job_id)
+    if job.spec is None or not job.spec.kind.trains:
+        raise UsageError(f"job {job_id} is not a training job; auto-resume applies to train and resume jobs")
+    if job.state is not None and job.state.state.final and job.state.state is not JobState.LOST:
+        raise UsageError(f"job {job_id} has already ended ({job.state.state.value})")
+    new = not effective_auto_resume(layout, job.spec)
+    write_json_atomic(auto_resume_override_path(layout, job_id), {"auto_resume": new})
+    return new
 
 
 def keeper_gone(state: StateFile, now: float | None = None) -> str | None:

@@ -23,12 +23,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
-from rltui.job_records import JobKind, JobSpec, JobState, StateFile, read_spec, read_state, write_state
+from rltui.job_records import (
+    JobKind, JobSpec, JobState, StateFile, effective_auto_resume, read_spec, read_state, write_state,
+)
 from rltui.localfs import (
     DamagedFile, Layout, boot_time, latest_complete_step, read_json, this_host,
 )
@@ -179,6 +181,7 @@ class Keeper:
             if self.stop_requested:
                 return self.finish(JobState.STOPPED, "stopped by the user before it started")
             ending = self.run_once(argv)
+            self.refresh_auto_resume()
             latest = self.latest_checkpoint()
             decision = self.policy.decide(ending, latest)
             s.restarts = self.policy.restarts
@@ -277,6 +280,13 @@ class Keeper:
         self.transition(JobState.STOPPING, "stop requested: SIGTERM to the group")
         child.signal_group(signal.SIGTERM)
         return "term", now + s.kill_grace_s
+
+    def refresh_auto_resume(self) -> None:
+        """Pick up a user's change of auto-resume since launch (jobs.toggle_auto_resume)."""
+        want = effective_auto_resume(self.layout, self.spec)
+        if want != self.policy.settings.auto_resume:
+            self.policy.settings = replace(self.policy.settings, auto_resume=want)
+            self.log(f"auto-resume turned {'on' if want else 'off'} by the user")
 
     def wait_backoff(self) -> bool:
         """Sleep out the restart delay; False when a stop arrives meanwhile."""

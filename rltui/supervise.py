@@ -15,12 +15,12 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rltui import jobs
 from rltui.errors import UsageError
 from rltui.gpu import Sampler
-from rltui.job_records import Job, JobKind, JobState, read_state, write_state
+from rltui.job_records import Job, JobKind, JobState, effective_auto_resume, read_state, write_state
 from rltui.keeper import resume_command
 from rltui.localfs import DamagedFile, Layout, latest_complete_step, read_json
 
@@ -65,7 +65,7 @@ def _wants_resume(layout: Layout, job: Job) -> bool:
     spec, state = job.spec, job.state
     if spec is None or state is None or state.state is not JobState.LOST or state.resumed_by:
         return False
-    if not (spec.kind.trains and spec.run and spec.restart.auto_resume):
+    if not (spec.kind.trains and spec.run and effective_auto_resume(layout, spec)):
         return False
     if any(r.startswith("not resumed:") for r in state.reasons):
         return False
@@ -86,6 +86,7 @@ def resume_lost(layout: Layout, job: Job, sampler: Sampler | None = None) -> Job
     new_spec = spec.with_changes(
         id=jobs.new_job_id(JobKind.RESUME), kind=JobKind.RESUME,
         argv=tuple(resume_command(layout, spec, latest)), parent_job=spec.id, created=time.time(),
+        restart=replace(spec.restart, auto_resume=True),
         title=f"resume {spec.run} from step {latest} (job {spec.id} was lost)",
     )
     new = jobs.launch(layout, new_spec, sampler)

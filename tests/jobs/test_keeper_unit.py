@@ -227,3 +227,41 @@ def test_the_job_gets_its_gpus_as_cuda_visible_devices_and_usage_is_accounted(la
     assert 9 <= usage.gpu_seconds <= 11  # one GPU for the 10 s the fake child ran
     assert usage.peak_gpu_mem_mib == 5000 and usage.mean_gpu_util == 50
     assert 1800 <= usage.energy_j <= 2200 and usage.cost is None
+
+
+def test_auto_resume_turned_on_after_launch_takes_effect_at_the_next_crash(layout):
+    from rltui import jobs
+
+    spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=False, backoff_s=0))
+    checkpoint(layout, spec.run, 3)
+    keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -9, 1), FakeChild(2, 0, 1)])
+    from rltui.job_records import StateFile, write_state
+
+    write_state(layout, spec.id, StateFile(JobState.RUNNING, run=spec.run))
+    assert jobs.toggle_auto_resume(layout, spec.id) is True
+    assert keeper.run() is JobState.SUCCEEDED and len(spawner.argvs) == 2
+    assert read_spec_auto_resume(layout, spec.id) is False  # job.json itself is never rewritten
+
+
+def read_spec_auto_resume(layout, job_id):
+    from rltui.job_records import read_spec
+
+    return read_spec(layout, job_id).restart.auto_resume
+
+
+def test_auto_resume_cannot_be_toggled_on_an_ended_or_non_training_job(layout):
+    import pytest
+
+    from rltui import jobs
+    from rltui.errors import UsageError
+    from rltui.job_records import StateFile, write_state
+
+    spec = fake_train_spec(layout)
+    write_spec(layout, spec)
+    write_state(layout, spec.id, StateFile(JobState.SUCCEEDED))
+    with pytest.raises(UsageError, match="already ended"):
+        jobs.toggle_auto_resume(layout, spec.id)
+    sync = spec.with_changes(id="sync-job", kind=JobKind.SYNC)
+    write_spec(layout, sync)
+    with pytest.raises(UsageError, match="not a training job"):
+        jobs.toggle_auto_resume(layout, "sync-job")
