@@ -16,6 +16,7 @@ Records, statuses and the status rule live in rltui.records; the file readers in
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import os
@@ -135,6 +136,9 @@ class Index:
         self._runs: dict[str, _RunSource] = {}
         self._legacy: dict[str, RunRecord] = {}
         self._evals: dict[str, EvalRecord] = {}  # by eval_runs folder name
+        self._evals_by_run: dict[str, set[str]] = {}  # run (or guessed run) -> its eval folders
+        self._eval_owners_touched: set[str] = set()  # since the last publish
+        self._jobs_by_run: dict[str, set[str]] = {}
         self._eval_listing: tuple[int, list[str]] | None = None  # (folder mtime, names)
         self._jobs: dict[str, JobRecord] = {}
         self._snapshot = Snapshot(root=layout.root)
@@ -150,13 +154,17 @@ class Index:
         with self._lock, _no_gc():
             self._runs = {n: self._read_run(n, p) for n, p in _subdirs(self.layout.training_runs)}
             self._legacy = {n: self._read_legacy(n, p) for n, p in _subdirs(self.layout.rl_runs)}
-            self._evals = {}
+            self._evals, self._evals_by_run = {}, {}
             self._eval_listing = None
             for folder in self._eval_folders():
-                self._evals[folder] = self._read_eval(folder)
+                self._put_eval(folder, self._read_eval(folder))
             self._jobs = {
                 n: read_job(self._cache, str(p), n, self._boot) for n, p in _subdirs(self.layout.jobs)
             }
+            self._jobs_by_run = {}
+            for job in self._jobs.values():
+                if job.run:
+                    self._jobs_by_run.setdefault(job.run, set()).add(job.id)
             return self._publish_all()
 
     def reclassify(self) -> Snapshot:
@@ -193,9 +201,9 @@ class Index:
         """Re-read one `eval_runs/RUN_DATASET` folder."""
         with self._lock:
             localfs.validate_name(folder, "eval folder")
-            old = self._evals.pop(folder, None)
+            old = self._drop_eval(folder)
             if (self.layout.eval_runs / folder).is_dir():
-                self._evals[folder] = self._read_eval(folder)
+                self._put_eval(folder, self._read_eval(folder))
             runs = {e.run for e in (old, self._evals.get(folder)) if e is not None}
             return self._publish_runs(sorted(runs), resort=False)
 
@@ -204,9 +212,14 @@ class Index:
         with self._lock:
             path = self.layout.job_dir(job_id)
             old = self._jobs.pop(job_id, None)
+            if old is not None and old.run:
+                self._jobs_by_run.get(old.run, set()).discard(job_id)
             if path.is_dir():
-                self._jobs[job_id] = read_job(self._cache, str(path), job_id, self._boot)
-                self._jobs = dict(sorted(self._jobs.items()))
+                job = self._jobs[job_id] = read_job(self._cache, str(path), job_id, self._boot)
+                if job.run:
+                    self._jobs_by_run.setdefault(job.run, set()).add(job_id)
+                if old is None:
+                    self._jobs = dict(sorted(self._jobs.items()))
             runs = {j.run for j in (old, self._jobs.get(job_id)) if j is not None and j.run}
             return self._publish_runs(sorted(runs), resort=False)
 
@@ -316,13 +329,37 @@ class Index:
         return self._eval_listing[1]
 
     def _refresh_evals_of(self, run: str) -> None:
+        """Re-read the eval folders named RUN_*, and drop those of `run` that are gone."""
         prefix = run + "_"
-        for folder in self._eval_folders():
-            if folder.startswith(prefix) or folder in self._evals and self._evals[folder].run == run:
-                self._evals[folder] = self._read_eval(folder)
-        for folder in [f for f, e in self._evals.items() if e.run == run]:
-            if not (self.layout.eval_runs / folder).is_dir():
-                del self._evals[folder]
+        listing = self._eval_folders()  # sorted: the RUN_* names are one slice of it
+        i = bisect.bisect_left(listing, prefix)
+        candidates = set(self._evals_by_run.get(run, ()))
+        while i < len(listing) and listing[i].startswith(prefix):
+            candidates.add(listing[i])
+            i += 1
+        for folder in sorted(candidates):
+            self._drop_eval(folder)
+            if (self.layout.eval_runs / folder).is_dir():
+                self._put_eval(folder, self._read_eval(folder))
+
+    def _put_eval(self, folder: str, rec: EvalRecord) -> None:
+        self._evals[folder] = rec
+        self._evals_by_run.setdefault(rec.run, set()).add(folder)
+        self._eval_owners_touched.add(rec.run)
+
+    def _drop_eval(self, folder: str) -> EvalRecord | None:
+        rec = self._evals.pop(folder, None)
+        if rec is not None:
+            self._eval_owners_touched.add(rec.run)
+            owned = self._evals_by_run.get(rec.run)
+            if owned is not None:
+                owned.discard(folder)
+                if not owned:
+                    del self._evals_by_run[rec.run]
+        return rec
+
+    def _known(self, run: str) -> bool:
+        return run in self._runs or run in self._legacy
 
     def _load_object(self, path: str, damaged: list[FileError]) -> dict[str, Any] | None:
         try:
@@ -340,14 +377,14 @@ class Index:
     # ------------------------------------------------------------ joining and publishing
 
     def _assemble(self, base: RunRecord) -> RunRecord:
-        evals = {e.dataset: e for e in self._evals.values() if e.run == base.name}
-        return _join(base, evals, [j for j in self._jobs.values() if j.run == base.name])
+        evals = {self._evals[f].dataset: self._evals[f] for f in self._evals_by_run.get(base.name, ())}
+        return _join(base, evals, [self._jobs[j] for j in self._jobs_by_run.get(base.name, ())])
 
     def _publish_all(self) -> Snapshot:
         evals_by_run: dict[str, dict[str, EvalRecord]] = {}
         orphans: dict[str, EvalRecord] = {}
         for folder, ev in self._evals.items():
-            if ev.run in self._runs or ev.run in self._legacy:
+            if self._known(ev.run):
                 evals_by_run.setdefault(ev.run, {})[ev.dataset] = ev
             else:
                 orphans[folder] = ev
@@ -355,6 +392,8 @@ class Index:
         for job in self._jobs.values():
             if job.run:
                 jobs_by_run.setdefault(job.run, []).append(job)
+
+        self._eval_owners_touched = set()
 
         def join(base: RunRecord) -> RunRecord:
             return _join(base, evals_by_run.get(base.name, {}), jobs_by_run.get(base.name, []))
@@ -383,8 +422,14 @@ class Index:
                 legacy[name] = self._assemble(self._legacy[name])
         if resort:
             runs = dict(sorted(runs.items()))
-        orphans = {f: e for f, e in self._evals.items()
-                   if e.run not in self._runs and e.run not in self._legacy}
+        # Only eval folders re-read now, or of the named runs, can have become (or stopped being)
+        # orphans; the rest keep their old standing.
+        touched = set(names) | self._eval_owners_touched
+        self._eval_owners_touched = set()
+        orphans = {f: e for f, e in old.orphan_evals.items() if e.run not in touched}
+        for name in touched:
+            if not self._known(name):
+                orphans.update((f, self._evals[f]) for f in self._evals_by_run.get(name, ()))
         self._snapshot = Snapshot(
             root=self.layout.root,
             runs=runs,
@@ -451,14 +496,16 @@ def _no_gc() -> Iterator[None]:
 
 
 def _subdirs(folder: Path) -> list[tuple[str, Path]]:
-    """(name, path) of the folders in `folder` that are valid names, sorted; none if absent."""
+    """(name, path) of the folders in `folder` that are valid names, sorted; none if absent.
+
+    A link to a folder counts: a run moved to another disk and linked back is still a run."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return []
     out = []
     for e in entries:
-        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+        if e.name.startswith(".") or not e.is_dir():
             continue
         try:
             localfs.validate_name(e.name)

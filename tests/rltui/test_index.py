@@ -388,3 +388,35 @@ def test_a_hand_written_config_reads_the_same_as_the_dumped_one(lfs):
     assert a == b
     assert (a.model, a.lora_r, a.learning_rate, a.num_generations, a.max_steps) == (
         "/models/Qwen 1.5B", 32, 3e-6, 8, 250)
+
+
+def test_a_run_folder_linked_from_another_disk_is_listed(lfs, tmp_path):
+    import shutil
+
+    run = lfs.run("run_2026-01-01_00-00-01")
+    elsewhere = tmp_path / "big_disk" / run
+    elsewhere.parent.mkdir()
+    shutil.move(str(lfs.layout.run_dir(run)), elsewhere)
+    os.symlink(elsewhere, lfs.layout.run_dir(run))
+    record = scan(lfs).runs[run]
+    assert record.status is RunStatus.COMPLETED and record.latest_complete == 2
+
+
+def test_refreshes_keep_orphan_evaluations_right(lfs):
+    import shutil
+
+    a = lfs.run("run_2026-01-01_00-00-01")
+    lfs.evaluation(a, "gsm8k", {2: 0.5})
+    lfs.evaluation("run_2026-01-01_00-00-01_2", "gsm8k", {1: 0.1})  # its run is not here (yet)
+    index = Index(lfs.layout)
+    snap = index.scan()
+    assert list(snap.orphan_evals) == ["run_2026-01-01_00-00-01_2_gsm8k"]
+    snap = index.refresh_run(a)  # re-reads both folders (both start with a's name)
+    assert list(snap.orphan_evals) == ["run_2026-01-01_00-00-01_2_gsm8k"]
+    b = lfs.run("run_2026-01-01_00-00-01_2")
+    snap = index.refresh_run(b)
+    assert not snap.orphan_evals and snap.runs[b].evals["gsm8k"].last_accuracy == 0.1
+    shutil.rmtree(lfs.layout.run_dir(a))
+    snap = index.refresh_run(a)
+    assert list(snap.orphan_evals) == ["run_2026-01-01_00-00-01_gsm8k"]
+    assert snap.orphan_evals == index.scan().orphan_evals  # the same as a full scan says
