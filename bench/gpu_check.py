@@ -1,12 +1,21 @@
 """Correctness of the fast path on the benchmark model, in bf16 on the GPU (the `check` side).
 
 The CPU tests hold token-for-token equality in float32. In bf16 two correct implementations
-round differently, so here the measures are: the relative error of the first-token logits
-against transformers' forward; for greedy completions from the fast path (graphs, compiled
-layers), the fraction of positions where transformers' teacher-forced argmax picks the same
-token; the same measure for an eager (ungraphed, uncompiled) engine (greedy completions of the
-two diverge after the first near-tie, so they are each compared with transformers rather than
-with each other); and the base weights bitwise unchanged after generation with an adapter.
+round differently, and with random weights the top-1/top-2 logit margins are tiny, so greedy
+completions of two correct bf16 implementations part after the first near-tie: comparing free-
+running tokens says nothing. Instead every implementation is run teacher-forced on ONE fixed
+token sequence (128 rows: prompt + sampled completion) and its logits are compared with the same
+model computed in float32 (the bf16 weights upcast exactly, adapter included):
+
+  transformers_bf16   transformers' own bf16 forward: the rounding error any bf16 path has
+  fast_graphed        our prefill + decode steps as rollouts run them (CUDA graphs, compiled)
+  fast_eager          the same steps without graphs and without torch.compile
+
+For each: relative error of the logits, and argmax agreement with float32 over the positions
+whose float32 top-1/top-2 margin is larger than 6x the per-logit rms error of transformers' bf16
+(where bf16 rounding cannot flip the choice). The fast path is correct in bf16 when its error is
+no larger than transformers' own (within 25%) and it agrees at those confident positions.
+The base weights must be bitwise unchanged after folding the adapter.
 """
 
 from __future__ import annotations
@@ -17,26 +26,56 @@ from typing import Any
 
 from gpu_common import Workload, load_tokenizer, make_prompts
 
+ERROR_SLACK = 1.25  # fast-path logits error allowed relative to transformers' own bf16 error
+MARGIN_SIGMAS = 6.0
+MIN_CONFIDENT_AGREEMENT = 0.99
 
-def _teacher_forced(model, out, new_tokens: int, eos) -> tuple[float, float, float]:
-    """How often transformers' argmax, given the same prefix, is the token the fast path chose
-    (EOS excluded, as the fast path suppressed it; and with EOS), and the median top-2 margin."""
+
+def _transformers_logits(model, ids, mask, completion: int):
     import torch
 
-    ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
-    mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=new_tokens + 1).logits[:, :-1].float()
-    with_eos = float((logits.argmax(-1) == out.completion_ids).float().mean())
-    logits.index_fill_(-1, eos, float("-inf"))
-    agreement = float((logits.argmax(-1) == out.completion_ids).float().mean())
-    top2 = logits.topk(2, dim=-1).values
-    return agreement, with_eos, float((top2[..., 0] - top2[..., 1]).median())
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                     logits_to_keep=completion + 1).logits[:, :-1].float()
 
 
-def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 64) -> dict[str, Any]:
+def compare(candidates: dict[str, Any], reference, yardstick: str) -> dict[str, Any]:
+    """Per candidate: relative logits error against `reference` and argmax agreement, overall and
+    where the reference's margin exceeds MARGIN_SIGMAS x the rms error of `yardstick`."""
+    import torch
+
+    top2 = reference.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]
+    sigma = float((candidates[yardstick] - reference).pow(2).mean().sqrt())
+    confident = margin > MARGIN_SIGMAS * sigma
+    ref_argmax = reference.argmax(-1)
+    norm = float(reference.norm())
+    found: dict[str, Any] = {
+        "rms_logit_error_of_" + yardstick: sigma, "confident_margin_threshold": MARGIN_SIGMAS * sigma,
+        "confident_fraction": float(confident.float().mean()), "median_top1_top2_margin": float(margin.median()),
+    }
+    for name, logits in candidates.items():
+        agree = logits.argmax(-1) == ref_argmax
+        found[name] = {
+            "rel_error": float((logits - reference).norm()) / norm,
+            "argmax_agreement": float(agree.float().mean()),
+            "confident_argmax_agreement": float(agree[confident].float().mean()) if confident.any() else None,
+        }
+    return found
+
+
+def verdict(found: dict[str, Any], yardstick: str, names: list[str]) -> bool:
+    limit = ERROR_SLACK * found[yardstick]["rel_error"] + 1e-3  # + float32 noise when the model is fp32
+    for name in names:
+        entry = found[name]
+        confident = entry["confident_argmax_agreement"]
+        if entry["rel_error"] > limit or (confident is not None and confident < MIN_CONFIDENT_AGREEMENT):
+            return False
+    return True
+
+
+def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 32) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -53,38 +92,32 @@ def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 64) -
             if "lora_B" in name:  # zero at init: give the adapter an effect to fold
                 param.normal_(0, 0.02)
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
-    # As many distinct prompts as a rollout has rows: same decode shapes, so the compiled layer
-    # functions are cached for the `ours` side.
+    # As many rows as a rollout: the decode shapes the `ours` side runs.
     prompts = make_prompts(replace(work, prompts=work.sequences), model.config.vocab_size)
-
-    out = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
+    generator = torch.Generator(device=device).manual_seed(work.seed)
+    out = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=True,
+                                   temperature=work.temperature, generator=generator,
                                    min_new_tokens=new_tokens)
-    eos = torch.tensor(fast_generation.eos_token_ids(model, tokenizer), device=out.prompt_ids.device)
-    agreement, agreement_with_eos, margin = _teacher_forced(model, out, new_tokens, eos)
-
-    engine = fast_generation._ENGINES[model]
-    from trainer.qwen2_decode import prefill
-
-    first = prefill(engine.weights, engine.state, out.prompt_ids, out.prompt_mask,
-                    torch.arange(len(prompts), device=out.prompt_ids.device)).float()
-    with torch.no_grad():
-        reference = model(input_ids=out.prompt_ids, attention_mask=out.prompt_mask,
-                          position_ids=(out.prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
-                          logits_to_keep=1).logits[:, -1].float()
-    rel_error = float((first - reference).norm() / reference.norm())
-
-    eager = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
-                                     min_new_tokens=new_tokens, use_graphs=False, compile_layers=False)
-    eager_agreement = _teacher_forced(model, eager, new_tokens, eos)[0]
-    unchanged = all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
-    result = {
-        "first_token_logits_rel_error": rel_error, "teacher_forced_argmax_agreement": agreement,
-        "teacher_forced_argmax_agreement_with_eos": agreement_with_eos,
-        "median_top1_top2_logit_margin": margin,
-        "eager_uncompiled_teacher_forced_agreement": eager_agreement,
-        "base_weights_bitwise_unchanged": unchanged, "new_tokens": new_tokens, "rows": len(prompts),
+    ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
+    mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
+    candidates = {
+        "fast_graphed": fast_generation.forced_logits(model, out.prompt_ids, out.prompt_mask, out.completion_ids),
     }
-    result["ok"] = bool(unchanged and rel_error < 0.05 and agreement > 0.9)
-    print(f"[check] {result}", flush=True)
+    compiled = bool(fast_generation._ENGINES[model].layer_fns is not None) if device == "cuda" else False
     fast_generation.release_engines()
-    return result
+    candidates["fast_eager"] = fast_generation.forced_logits(
+        model, out.prompt_ids, out.prompt_mask, out.completion_ids, use_graphs=False, compile_layers=False)
+    fast_generation.release_engines()
+    unchanged = all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
+    del base
+    candidates["transformers_bf16"] = _transformers_logits(model, ids, mask, new_tokens)
+    model.float()  # exact upcast of the same bf16 weights: the float32 truth they stand for
+    reference = _transformers_logits(model, ids, mask, new_tokens)
+    found = compare(candidates, reference, "transformers_bf16")
+    found["fast_graphed_vs_fast_eager_rel_error"] = float(
+        (candidates["fast_graphed"] - candidates["fast_eager"]).norm() / candidates["fast_eager"].norm())
+    found.update(base_weights_bitwise_unchanged=unchanged, new_tokens=new_tokens, rows=len(prompts),
+                 graphed_engine_compiled=compiled)
+    found["ok"] = bool(unchanged and verdict(found, "transformers_bf16", ["fast_graphed", "fast_eager"]))
+    print(f"[check] {found}", flush=True)
+    return found

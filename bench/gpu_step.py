@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> int:
         elif args.child == "check":
             from gpu_check import run_check
 
-            result = run_check(folder, work, device, new_tokens=min(64, work.completion_tokens))
+            result = run_check(folder, work, device, new_tokens=min(32, work.completion_tokens))
         elif args.child in ("ours", "ours16"):
             from gpu_ours import run_ours
 
@@ -130,6 +130,12 @@ def run_side(side: str, args: argparse.Namespace, limit: float, scratch: Path) -
     return json.loads(result_path.read_text())
 
 
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        return f"{key} (" + ", ".join(_fmt(k, v) for k, v in value.items()) + ")"
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
 def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     env = results.get("prepare", {}).get("environment", {})
@@ -138,8 +144,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
              f"{'gen tok/s':>10} {'step tok/s':>10} {'peak GiB':>9}"
     check = results.get("check")
     if check is not None:
-        lines.append("check: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in check.items() if k not in ("workload", "wall_s")))
+        lines.append("check: " + ", ".join(_fmt(k, v) for k, v in check.items() if k not in ("workload", "wall_s")))
     lines.append(header)
     for side in ("ours", "ours16", "trl"):
         r = results.get(side)

@@ -34,7 +34,9 @@ from trainer.qwen2_decode import (
 
 BUCKET = 64  # cache slots per attention-length bucket: one graph each
 SYNC_EVERY = 16  # tokens between "has every row finished?" checks
-COMPILE_ENV = "RLTUI_COMPILE_DECODE"  # "0" turns torch.compile of the layer pieces off on CUDA
+# "0" turns torch.compile of the layer pieces off on CUDA; "max-autotune" lets inductor also pick
+# the projection matmul kernels by timing candidates (slower first capture).
+COMPILE_ENV = "RLTUI_COMPILE_DECODE"
 
 
 def supports_fast_generation(model: nn.Module) -> bool:
@@ -65,7 +67,7 @@ class DecodeEngine:
         self.weights = DecodeWeights.allocate(model)
         ref = self.weights.layers[0].qkv
         self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
-        self.layer_fns = _compiled_layer_fns(self.weights.dims) if key.compiled else None
+        self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def step(self, kv_len: int) -> torch.Tensor:
@@ -109,25 +111,29 @@ class DecodeEngine:
 
 
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()
-_COMPILED: dict[ModelDims, tuple[Callable, Callable]] = {}
+_COMPILED: dict[tuple[ModelDims, str | None], tuple[Callable, Callable]] = {}
 
 
-def _compiled_layer_fns(dims: ModelDims) -> tuple[Callable, Callable]:
+def _compile_mode() -> str | None:
+    return "max-autotune-no-cudagraphs" if os.environ.get(COMPILE_ENV) == "max-autotune" else None
+
+
+def _compiled_layer_fns(dims: ModelDims, mode: str | None = None) -> tuple[Callable, Callable]:
     """torch.compile fuses each layer's norms, RoPE, SiLU and residual adds into a few kernels.
 
     Compiled once per model shape as two small functions (attention is left out, so the
     attention-length buckets do not recompile them); every layer reuses the same code.
     """
-    if dims not in _COMPILED:
+    if (dims, mode) not in _COMPILED:
         def pre(*args: torch.Tensor | None):
             return attention_inputs(dims, *args)
 
         def post(*args: torch.Tensor):
             return attention_output_and_mlp(dims, *args)
 
-        _COMPILED[dims] = (torch.compile(pre, fullgraph=True, dynamic=False),
-                           torch.compile(post, fullgraph=True, dynamic=False))
-    return _COMPILED[dims]
+        options = {"fullgraph": True, "dynamic": False} | ({"mode": mode} if mode else {})
+        _COMPILED[dims, mode] = (torch.compile(pre, **options), torch.compile(post, **options))
+    return _COMPILED[dims, mode]
 
 
 def release_engines() -> None:
@@ -319,6 +325,33 @@ def generate(
         completion_mask=completion_mask, texts=texts, prompt_lengths=prompt_mask.sum(dim=1).tolist(),
         completion_lengths=lengths, truncated=(~finished).tolist(), timed_out=timed_out,
     )
+
+
+@torch.no_grad()
+def forced_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                  completion_ids: torch.Tensor, *, use_graphs: bool | None = None,
+                  compile_layers: bool | None = None) -> torch.Tensor:
+    """Teacher-forced next-token logits of the fast path: [N, C, vocab] float32.
+
+    Position i holds the logits that predict completion token i given the prompt and the
+    completion tokens before it (the rows of `prompt_ids` must be left-padded). The same prefill
+    and decode steps as `generate`, so this is how its numerics are compared with transformers'
+    on one fixed token sequence, free of the divergence that free-running sampling adds.
+    """
+    device = next(model.parameters()).device
+    graphs = device.type == "cuda" if use_graphs is None else use_graphs
+    compiled = _default_compile(device) if compile_layers is None else compile_layers
+    batch, length = prompt_ids.shape
+    steps = completion_ids.shape[1]
+    capacity = -(-(length + steps) // BUCKET) * BUCKET
+    engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
+    capacity = engine.state.capacity
+    logits = prefill(engine.weights, engine.state, prompt_ids, prompt_mask, torch.arange(batch, device=device))
+    found = [logits.to(torch.float32, copy=True)]
+    for i in range(steps - 1):
+        engine.state.tokens.copy_(completion_ids[:, i])
+        found.append(engine.step(min(capacity, -(-(length + i + 1) // BUCKET) * BUCKET)).to(torch.float32, copy=True))
+    return torch.stack(found, dim=1)
 
 
 def fast_or_plain(model: nn.Module) -> Callable[..., GenerationOutput]:

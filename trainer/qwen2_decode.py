@@ -231,14 +231,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def attention_inputs(dims: ModelDims, x: torch.Tensor, norm: torch.Tensor, qkv_weight: torch.Tensor,
                      qkv_bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Norm, fused q/k/v projection and RoPE for one token per row: x [B, hidden] -> [B, heads, D]."""
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norm, fused q/k/v projection and RoPE for one token per row.
+
+    x [B, hidden] -> q [B, heads, D] and the new cache entry [B, kv_heads, 2 D] (key, then value),
+    so that one write per layer stores both.
+    """
     h = rms_norm(x, norm, dims.eps)
     qkv = F.linear(h, qkv_weight, qkv_bias)
     q, k, v = qkv.split((dims.q_size, dims.kv_size, dims.kv_size), dim=-1)
     q = apply_rope(q.view(-1, dims.heads, dims.head_dim), cos[:, None], sin[:, None])
     k = apply_rope(k.view(-1, dims.kv_heads, dims.head_dim), cos[:, None], sin[:, None])
-    return q, k, v.view(-1, dims.kv_heads, dims.head_dim)
+    return q, torch.cat((k, v.view(-1, dims.kv_heads, dims.head_dim)), dim=-1)
 
 
 def attention_output_and_mlp(dims: ModelDims, x: torch.Tensor, attn: torch.Tensor, o_weight: torch.Tensor,
@@ -254,8 +258,7 @@ def attention_output_and_mlp(dims: ModelDims, x: torch.Tensor, attn: torch.Tenso
 class DecodeState:
     """Every buffer a decode step reads or writes; fixed addresses so a graph can replay it."""
 
-    k_cache: torch.Tensor      # [layers, batch, kv_heads, capacity, head_dim]
-    v_cache: torch.Tensor
+    kv_cache: torch.Tensor     # [layers, batch, kv_heads, capacity, 2 * head_dim]: key | value
     valid: torch.Tensor        # [batch, capacity] bool: positions a query may attend to
     tokens: torch.Tensor       # [batch] the token each row feeds next
     positions: torch.Tensor    # [batch] its RoPE position
@@ -266,11 +269,10 @@ class DecodeState:
     @classmethod
     def allocate(cls, dims: ModelDims, batch: int, capacity: int, device: torch.device,
                  dtype: torch.dtype) -> DecodeState:
-        shape = (dims.layers, batch, dims.kv_heads, capacity, dims.head_dim)
+        shape = (dims.layers, batch, dims.kv_heads, capacity, 2 * dims.head_dim)
         cos, sin = rope_tables(dims, capacity, device, dtype)
         return cls(
-            k_cache=torch.zeros(shape, device=device, dtype=dtype),
-            v_cache=torch.zeros(shape, device=device, dtype=dtype),
+            kv_cache=torch.zeros(shape, device=device, dtype=dtype),
             valid=torch.zeros(batch, capacity, device=device, dtype=torch.bool),
             tokens=torch.zeros(batch, device=device, dtype=torch.long),
             positions=torch.zeros(batch, device=device, dtype=torch.long),
@@ -308,8 +310,7 @@ def prefill(weights: DecodeWeights, state: DecodeState, input_ids: torch.Tensor,
         q = apply_rope(q.view(n, length, dims.heads, dims.head_dim).transpose(1, 2), cos, sin)
         k = apply_rope(k.view(n, length, dims.kv_heads, dims.head_dim).transpose(1, 2), cos, sin)
         v = v.view(n, length, dims.kv_heads, dims.head_dim).transpose(1, 2)
-        state.k_cache[index, :, :, :length] = k.index_select(0, rows)
-        state.v_cache[index, :, :, :length] = v.index_select(0, rows)
+        state.kv_cache[index, :, :, :length] = torch.cat((k, v), dim=-1).index_select(0, rows)
         out = F.scaled_dot_product_attention(
             q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1),
             attn_mask=attend, scale=dims.head_dim ** -0.5)
@@ -333,26 +334,27 @@ def decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int,
     """
     dims = weights.dims
     pre, post = layer_fns or (partial(attention_inputs, dims), partial(attention_output_and_mlp, dims))
-    batch, groups = state.tokens.shape[0], dims.heads // dims.kv_heads
+    batch, groups, d = state.tokens.shape[0], dims.heads // dims.kv_heads, dims.head_dim
     x = F.embedding(state.tokens, weights.embed)
     cos = state.cos.index_select(0, state.positions)
     sin = state.sin.index_select(0, state.positions)
     state.valid.index_fill_(1, state.write_index, True)
     # One additive mask per step, shared by all layers: 0 where a slot may be attended, -inf not.
+    # Materialised at full size, so baddbmm starts from a plain copy rather than a broadcast.
     bias = torch.zeros(batch, 1, kv_len, device=x.device, dtype=x.dtype)
-    bias = bias.masked_fill_(~state.valid[:, None, :kv_len], float("-inf")).repeat_interleave(dims.kv_heads, 0)
+    bias = bias.masked_fill_(~state.valid[:, None, :kv_len], float("-inf"))
+    bias = bias.expand(batch, dims.kv_heads * groups, kv_len).reshape(batch * dims.kv_heads, groups, kv_len)
     for index, layer in enumerate(weights.layers):
-        q, k, v = pre(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
-        k_cache, v_cache = state.k_cache[index], state.v_cache[index]
-        k_cache.index_copy_(2, state.write_index, k[:, :, None])
-        v_cache.index_copy_(2, state.write_index, v[:, :, None])
+        q, entry = pre(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+        cache = state.kv_cache[index]
+        cache.index_copy_(2, state.write_index, entry[:, :, None])
         # Grouped-query attention without repeating K/V: each KV head serves its query heads as
         # the rows of one small product; scale and mask ride in baddbmm, softmax accumulates in
-        # float32 internally: three kernels.
-        q = q.reshape(batch * dims.kv_heads, groups, dims.head_dim)
-        keys = k_cache[:, :, :kv_len].flatten(0, 1)
-        scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=dims.head_dim ** -0.5)
-        attn = torch.bmm(scores.softmax(-1), v_cache[:, :, :kv_len].flatten(0, 1)).reshape(batch, dims.q_size)
+        # float32 internally. Keys and values are the two halves of each cache row.
+        q = q.reshape(batch * dims.kv_heads, groups, d)
+        live = cache[:, :, :kv_len].flatten(0, 1)
+        scores = torch.baddbmm(bias, q, live[..., :d].transpose(1, 2), alpha=d ** -0.5)
+        attn = torch.bmm(scores.softmax(-1), live[..., d:]).reshape(batch, dims.q_size)
         x = post(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down)
     logits = F.linear(rms_norm(x, weights.norm, dims.eps), weights.lm_head)
     state.positions.add_(1)

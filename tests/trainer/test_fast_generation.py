@@ -244,7 +244,7 @@ class _FakeCapture:
         self.real = real = fg.decode_step
 
         def record(weights, state, kv_len, fns=None):
-            buffers = (state.k_cache, state.v_cache, state.valid, state.tokens, state.positions,
+            buffers = (state.kv_cache, state.valid, state.tokens, state.positions,
                        state.write_index)
             before = [b.clone() for b in buffers]
             out = real(weights, state, kv_len, fns)
@@ -308,4 +308,24 @@ def test_compiled_layer_functions_trace_whole_and_once_for_all_layers(tokenizer,
     race = real_compile(fg._race_argmax, backend="aot_eager", fullgraph=True)
     logits, noise = torch.randn(4, 50).bfloat16(), torch.empty(4, 50).exponential_()
     assert torch.equal(race(logits, noise, 1.3), fg._race_argmax(logits, noise, 1.3))
+    release_engines()
+
+
+def test_teacher_forced_logits_match_transformers_on_a_fixed_sequence(tokenizer):
+    """forced_logits (prefill + one decode step per token, as generate runs them) gives
+    transformers' logits for every completion position, left padding and LoRA included."""
+    from trainer.fast_generation import forced_logits
+
+    model = _lora(_model(tokenizer, seed=4))
+    prompts = _repeated(2)
+    out = generate(model, tokenizer, prompts, max_new_tokens=70, do_sample=True, min_new_tokens=70,
+                   generator=torch.Generator().manual_seed(0))
+    fast = forced_logits(model, out.prompt_ids, out.prompt_mask, out.completion_ids)
+    ids = torch.cat([out.prompt_ids, out.completion_ids], dim=1)
+    mask = torch.cat([out.prompt_mask, out.completion_mask], dim=1)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                          use_cache=False).logits[:, out.prompt_ids.shape[1] - 1:-1]
+    assert fast.shape == reference.shape == (len(prompts), 70, len(tokenizer))
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
     release_engines()
