@@ -425,12 +425,14 @@ def reconcile(layout: Layout) -> list[str]:
         names = [e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith(".")]
     except FileNotFoundError:
         return lost
+    active = {s.value for s in JobState if s.active}
     for name in names:
         try:
+            raw = read_json(layout.job_state(name))
+            if not isinstance(raw, dict) or raw.get("state") not in active:
+                continue  # most jobs have ended: skip building their records
             state = read_state(layout, name)
-        except (FileNotFoundError, DamagedFile):
-            continue
-        if not state.state.active:
+        except (FileNotFoundError, DamagedFile, BadName):
             continue
         why = keeper_gone(state)
         if why is None:
