@@ -188,7 +188,8 @@ class Keeper:
             if decision.action is Action.SUCCEED:
                 return self.finish(JobState.SUCCEEDED, decision.reason)
             if decision.action is Action.STOP:
-                return self.finish(JobState.STOPPED, decision.reason)
+                why = "killed by the user (SIGKILL to the group)" if self.kill_requested else decision.reason
+                return self.finish(JobState.STOPPED, why)
             if decision.action is Action.FAIL:
                 return self.finish(JobState.FAILED, decision.reason)
             target = self.target_step()

@@ -80,6 +80,19 @@ def test_stop_of_a_process_that_ignores_it_escalates_to_sigkill_of_the_group(lay
     wait_until(lambda: not group_alive(pgid), 10, "the group, grandchild included, to be gone")
 
 
+def test_kill_ends_the_whole_group_at_once_and_is_not_resumed(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"},
+                           restart=RestartSettings(auto_resume=True, **FAST))
+    jobs.launch(layout, spec)
+    running = wait_until(lambda: (s := read_state(layout, spec.id)).state is JobState.RUNNING and s,
+                         what="running")
+    jobs.kill(layout, spec.id)
+    final = wait_final(layout, spec.id, 20)
+    assert final.state is JobState.STOPPED and final.signal == signal.SIGKILL and final.restarts == 0
+    assert final.last_reason == "killed by the user (SIGKILL to the group)"
+    wait_until(lambda: not group_alive(running.pgid), 10, "the job's process group to be gone")
+
+
 def test_sigkill_of_the_trainer_is_resumed_and_the_run_completes(layout):
     spec = fake_train_spec(layout, steps=12, env={"FAKE_STEP_SLEEP": "0.15"},
                            restart=RestartSettings(auto_resume=True, **FAST))
