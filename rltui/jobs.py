@@ -26,7 +26,7 @@ from rltui.errors import UsageError
 from rltui.gpu import Sampler
 from rltui.job_records import (
     FollowUp, Job, JobKind, JobSpec, JobState, StateFile, auto_resume_override_path,
-    effective_auto_resume, read_job, read_spec, read_state, write_spec, write_state,
+    effective_auto_resume, read_job, read_state, write_spec, write_state,
 )
 from rltui.localfs import (
     BadName, DamagedFile, Layout, boot_time, checkpoint_problems, create_run_dir, pid_alive, read_json,
