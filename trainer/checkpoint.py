@@ -27,9 +27,8 @@ import torch
 
 from rltui import localfs
 from trainer.distributed import Dist
-from trainer.errors import ConfigError
+from trainer.runfiles import MODEL_DIR
 
-MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_DIR = "rng"
@@ -185,17 +184,6 @@ def repair_step_latest(training_state: Path) -> None:
 
 
 # ---------------------------------------------------------------- loading
-
-
-def verify_checkpoint(step_dir: Path, run: str) -> dict[str, Any]:
-    """training_info.json of a complete checkpoint, or ConfigError naming every problem."""
-    problems = localfs.checkpoint_problems(step_dir)
-    if problems:
-        raise ConfigError(f"checkpoint {run}/{step_dir.name} is incomplete: {'; '.join(problems)}")
-    try:
-        return localfs.read_checkpoint_info(step_dir)
-    except localfs.DamagedFile as e:
-        raise ConfigError(f"checkpoint {run}/{step_dir.name}: {e}") from None
 
 
 def load_training_state(

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rltui import localfs
 from trainer.errors import ConfigError
+from trainer.runfiles import RESOLVED_CONFIG, verify_checkpoint
 
-RESOLVED_CONFIG = "config_resolved.yaml"  # = trainer.session.RESOLVED_CONFIG (no torch import here)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +68,7 @@ def plan(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"no such training run: {run} (looked in {layout.training_runs})")
     state = layout.training_state(run)
     step = resolve_from_step(state, run, args.from_step)
-    info = verify(state / localfs.step_dir_name(step), run)
+    info = verify_checkpoint(state / localfs.step_dir_name(step), run)
     world = int(info.get("world_size", 1))
     nproc = 1 if args.no_torchrun else (args.nproc if args.nproc is not None else world)
     if nproc < 1:
@@ -106,16 +106,6 @@ def resolve_from_step(state: Path, run: str, spec: str) -> int:
         raise ConfigError(f"run {run} has no checkpoint step_{step} (steps: "
                           f"{', '.join(map(str, have)) or 'none'})")
     return step
-
-
-def verify(step_dir: Path, run: str) -> dict:
-    problems = localfs.checkpoint_problems(step_dir)
-    if problems:
-        raise ConfigError(f"checkpoint {run}/{step_dir.name} is incomplete: {'; '.join(problems)}")
-    try:
-        return localfs.read_checkpoint_info(step_dir)
-    except localfs.DamagedFile as e:
-        raise ConfigError(str(e)) from None
 
 
 def target_step(info: dict, step: int, additional: int | None, run: str) -> int:

@@ -35,7 +35,8 @@ from trainer.distributed import Dist, init_distributed, wrap_ddp
 from trainer.errors import ConfigError
 from trainer.runlog import Phase, RunLog, RunStatus
 from trainer.schedule import DataOrder, build_scheduler, rank_micro_batches
-from trainer.session import RESOLVED_CONFIG, Session, prepare
+from trainer.runfiles import RESOLVED_CONFIG
+from trainer.session import Session, prepare
 
 STALL_ENV = "RLTUI_TEST_STALL_AT_STEP"
 STEP_SLEEP_ENV = "RLTUI_TEST_STEP_SLEEP"
@@ -167,9 +168,6 @@ def open_run(s: Session, d: Dist) -> str:
 
 def build_trainer(s: Session, d: Dist, log: RunLog) -> Trainer:
     """Config -> model -> optimizer -> (resume) -> the loop's state."""
-    from trainer.data import load_split
-    from trainer.rewards import load_reward
-
     cfg = s.cfg
     torch.manual_seed(cfg.training.seed)  # a fresh LoRA's initial weights; the same on every rank
     model, tokenizer = load_policy(s, d)
@@ -186,12 +184,11 @@ def build_trainer(s: Session, d: Dist, log: RunLog) -> Trainer:
                                        allow_missing_rng=s.world_size != s.resume.info["world_size"])
         position = int(s.resume.info["data_position"])
     ddp_model, no_sync = wrap_ddp(model, d)
-    examples = load_split(s.root, cfg.data.dataset, cfg.data.split)
     return Trainer(
         s=s, d=d, log=log, model=model, ddp_model=ddp_model, no_sync=no_sync, tokenizer=tokenizer,
-        optimizer=optimizer, scheduler=scheduler, sampler=sampler, examples=examples,
-        order=DataOrder(len(examples), cfg.training.seed),
-        reward_fns=[load_reward(r.function) for r in cfg.rewards], position=position,
+        optimizer=optimizer, scheduler=scheduler, sampler=sampler, examples=s.examples,
+        order=DataOrder(len(s.examples), cfg.training.seed), reward_fns=s.reward_fns,
+        position=position,
     )
 
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rltui import localfs
-from trainer.checkpoint import MODEL_DIR, verify_checkpoint
 from trainer.config import Config, config_from_dict, load_config
 from trainer.errors import ConfigError
-
-RESOLVED_CONFIG = "config_resolved.yaml"
+from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG, verify_checkpoint
 
 
 @dataclass
@@ -47,6 +45,8 @@ class Session:
     run_name: str | None = None  # --run-name (new runs)
     resume: ResumePoint | None = None
     parent: dict[str, Any] | None = None
+    examples: list = field(default_factory=list)  # the training split, loaded once
+    reward_fns: list = field(default_factory=list)
 
 
 def prepare(args: argparse.Namespace) -> Session:
@@ -69,9 +69,8 @@ def prepare(args: argparse.Namespace) -> Session:
     adapter = session.resume.adapter if session.resume else session.init_adapter
     if adapter is not None:
         check_adapter_fits(session.base_path, adapter)
-    load_split(root, cfg.data.dataset, cfg.data.split)
-    for reward in cfg.rewards:
-        load_reward(reward.function)
+    session.examples = load_split(root, cfg.data.dataset, cfg.data.split)
+    session.reward_fns = [load_reward(r.function) for r in cfg.rewards]
     return session
 
 

@@ -1,0 +1,23 @@
+"""Names and checks of a training run's files that the entry points need before torch loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rltui import localfs
+from trainer.errors import ConfigError
+
+RESOLVED_CONFIG = "config_resolved.yaml"  # beside config.yaml: every default written out
+MODEL_DIR = "model"  # the adapter inside step_N/
+
+
+def verify_checkpoint(step_dir: Path, run: str) -> dict[str, Any]:
+    """training_info.json of a complete checkpoint, or ConfigError naming every problem."""
+    problems = localfs.checkpoint_problems(step_dir)
+    if problems:
+        raise ConfigError(f"checkpoint {run}/{step_dir.name} is incomplete: {'; '.join(problems)}")
+    try:
+        return localfs.read_checkpoint_info(step_dir)
+    except localfs.DamagedFile as e:
+        raise ConfigError(f"checkpoint {run}/{step_dir.name}: {e}") from None
