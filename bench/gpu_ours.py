@@ -117,6 +117,13 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
             result["decode"] = decode_profile(model, work, batch.prompt_length, split["generation"])
         except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
             result["decode_error"] = repr(exc)
+    if profile:
+        from gpu_probe import training_profile
+
+        try:
+            result["training_profile"] = training_profile(model, batch, work)
+        except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
+            result["training_profile_error"] = repr(exc)[:500]
     return result
 
 
@@ -162,7 +169,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         logits, do_sample=True, temperature=work.temperature, top_p=work.top_p, generator=gen,
         banned=None), 30)
     probe = max(k for k in per_bucket if k <= max(visits))
-    eager_ms = _event_ms(lambda: decode_step(engine.weights, state, probe, engine.layer_fns), 5, at(probe))
+    eager_ms = _event_ms(lambda: decode_step(engine.weights, state, probe, engine.layer_fns, engine.attention), 5, at(probe))
     uncompiled = fast_generation.DecodeEngine(model, fast_generation.EngineKey(
         state.tokens.shape[0], capacity, "cuda", engine.key.dtype, graphs=True, compiled=False))
     uncompiled.state.valid.fill_(True)
@@ -173,7 +180,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
     del uncompiled
     torch.cuda.empty_cache()
     kernels = {}
-    for name, fn in (("eager_step", lambda: decode_step(engine.weights, state, probe, engine.layer_fns)),
+    for name, fn in (("eager_step", lambda: decode_step(engine.weights, state, probe, engine.layer_fns, engine.attention)),
                      ("graph_replay", engine.graphs[probe][0].replay)):
         try:
             kernels[name] = kernel_breakdown(fn, at(probe))
@@ -192,7 +199,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
     }
 
 
-def kernel_breakdown(fn, before) -> dict[str, Any]:
+def kernel_breakdown(fn, before, top: int = 20) -> dict[str, Any]:
     """GPU time by kernel for one call of `fn` (torch.profiler): where a decode step's time goes."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -214,5 +221,5 @@ def kernel_breakdown(fn, before) -> dict[str, Any]:
         "kernel_ms_total": sum(r[1] for r in rows), "kernels": sum(r[2] for r in rows),
         "matmul_ms": sum(r[1] for r, mm in zip(rows, is_mm) if mm),
         "other_ms": sum(r[1] for r, mm in zip(rows, is_mm) if not mm),
-        "top": [{"kernel": k[:120], "ms": round(ms, 4), "count": c} for k, ms, c in rows[:15]],
+        "top": [{"kernel": k[:120], "ms": round(ms, 4), "count": c} for k, ms, c in rows[:top]],
     }

@@ -12,11 +12,14 @@ suppressed on both sides), beta 0.04, one optimizer step per rollout. Each side 
 process (a failing side cannot take the other's numbers with it, and peak memory is per side):
   prepare  build the model folder once, measure device-to-device copy bandwidth
   check    the fast path against transformers on this model in bf16 (bench/gpu_check.py)
-  ours     our step (bench/gpu_ours.py), then a decode profile
+  ours     our step (bench/gpu_ours.py), then a decode profile and a training profile
   trl      TRL's step (bench/gpu_trl.py)
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
+  decode_modes  optional: decode attention bmm vs sdpa, side by side (bench/gpu_probe.py)
+  autotune      optional: inductor max-autotune for the decode layers vs the default compile
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
-last; everything is written to $OUT/gpu_step.json (or --out).
+last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
+with RLTUI_DECODE_ATTENTION (bmm|sdpa) and RLTUI_COMPILE_DECODE (0|1|max-autotune).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "trl", "ours16")
-SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 240, "ours16": 150, "trl": 330}
+SIDES = ("prepare", "check", "ours", "trl", "ours16", "decode_modes", "autotune")
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 240, "ours16": 150, "trl": 330, "decode_modes": 150,
+                "autotune": 240}
+DECODE_MODES = {"decode_modes": [("bmm", "1"), ("sdpa", "1")], "autotune": [("bmm", "1"), ("bmm", "max-autotune")]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,6 +101,10 @@ def child(args: argparse.Namespace) -> int:
             result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 2),
                               device, profile=args.child == "ours", plain_generation=args.plain_generation,
                               plain_logprobs=args.plain_logprobs)
+        elif args.child in DECODE_MODES:
+            from gpu_probe import run_decode_modes
+
+            result = run_decode_modes(folder, work, device, DECODE_MODES[args.child])
         else:
             from gpu_trl import run_trl
 
@@ -190,6 +199,30 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
                          + "; ".join(f"{t['kernel'][:40]} {t['ms']:.3f}ms x{t['count']}" for t in k["top"][:6]))
     elif "decode_error" in ours:
         lines.append(f"decode profile failed: {ours['decode_error'][:300]}")
+    lines += _probe_lines(ours, results)
+    return lines
+
+
+def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    train = ours.get("training_profile")
+    if train:
+        lines.append("training micro-batch: " + "; ".join(
+            f"{k} {v['ms']:.0f} ms ({v['ms_per_sequence']:.1f}/seq)" if "ms" in v else f"{k} {v.get('error', '')[:80]}"
+            for k, v in train.items() if isinstance(v, dict) and k.startswith("fwd")))
+        k = train.get("kernels_fwd_bwd", {})
+        if "top" in k:
+            lines.append(f"training kernels (one micro-batch fwd+bwd): {k['kernels']} kernels, "
+                         f"{k['kernel_ms_total']:.1f} ms busy (matmul {k['matmul_ms']:.1f}, other {k['other_ms']:.1f}); top: "
+                         + "; ".join(f"{t['kernel'][:50]} {t['ms']:.1f}ms x{t['count']}" for t in k["top"][:12]))
+    for side in ("decode_modes", "autotune"):
+        for name, entry in results.get(side, {}).get("modes", {}).items():
+            replay = entry.get("graph_replay_ms_by_bucket", {})
+            lines.append(f"{side} {name}: " + (f"FAILED {entry['error'][:200]}" if "error" in entry else
+                         f"generation {entry['generation_s']:.3f} s (first {entry['first_generation_s']:.1f} s), replay ms "
+                         + ", ".join(f"{kv}:{ms:.3f}" for kv, ms in replay.items())
+                         + f"; forced logits vs eager bmm rel error {entry['forced_logits_rel_error_vs_eager_bmm']:.4f}, "
+                         f"argmax agreement {entry['forced_argmax_agreement_vs_eager_bmm']:.4f}"))
     return lines
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
-    DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
+    Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
     attention_output_and_mlp, decode_step, model_dims, prefill,
 )
 
@@ -37,6 +37,7 @@ SYNC_EVERY = 16  # tokens between "has every row finished?" checks
 # "0" turns torch.compile of the layer pieces off on CUDA; "max-autotune" lets inductor also pick
 # the projection matmul kernels by timing candidates (slower first capture).
 COMPILE_ENV = "RLTUI_COMPILE_DECODE"
+ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "bmm" (default) or "sdpa": see qwen2_decode.Attention
 
 
 def supports_fast_generation(model: nn.Module) -> bool:
@@ -68,11 +69,12 @@ class DecodeEngine:
         ref = self.weights.layers[0].qkv
         self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
+        self.attention = Attention(os.environ.get(ATTENTION_ENV, Attention.BMM.value))
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def step(self, kv_len: int) -> torch.Tensor:
         if not self.key.graphs:
-            return decode_step(self.weights, self.state, kv_len, self.layer_fns)
+            return decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
         with torch.cuda.device(self.state.tokens.device):  # the rank's GPU under torchrun
             if kv_len not in self.graphs:
                 self.graphs[kv_len] = self._capture(kv_len)
@@ -86,7 +88,7 @@ class DecodeEngine:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                decode_step(self.weights, self.state, kv_len, self.layer_fns)
+                decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
                 self.state.positions.copy_(saved[0])
                 self.state.write_index.copy_(saved[1])
         torch.cuda.current_stream().wait_stream(side)
@@ -106,7 +108,7 @@ class DecodeEngine:
             self._warm_up(kv_len)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = decode_step(self.weights, self.state, kv_len, self.layer_fns)
+            logits = decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
         return graph, logits
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 
 import torch
@@ -324,8 +325,30 @@ def prefill(weights: DecodeWeights, state: DecodeState, input_ids: torch.Tensor,
     return F.linear(last, weights.lm_head).index_select(0, rows)
 
 
+class Attention(str, Enum):
+    BMM = "bmm"    # baddbmm (scale, mask) + softmax + bmm: three kernels, any backend
+    SDPA = "sdpa"  # F.scaled_dot_product_attention with enable_gqa: whichever fused kernel torch picks
+
+
+def _attend(dims: ModelDims, q: torch.Tensor, live: torch.Tensor, bias: torch.Tensor,
+            attention: Attention) -> torch.Tensor:
+    """One query per row against the live cache slots [B, kv_heads, L, 2 D] (key | value)."""
+    batch, d = q.shape[0], dims.head_dim
+    if attention is Attention.SDPA:
+        return F.scaled_dot_product_attention(q[:, :, None], live[..., :d], live[..., d:], attn_mask=bias,
+                                              scale=d ** -0.5, enable_gqa=True).reshape(batch, dims.q_size)
+    # Grouped-query attention without repeating K/V: each KV head serves its query heads as the
+    # rows of one small product; scale and mask ride in baddbmm, softmax accumulates in float32
+    # internally.
+    q = q.reshape(batch * dims.kv_heads, dims.heads // dims.kv_heads, d)
+    live = live.flatten(0, 1)
+    scores = torch.baddbmm(bias, q, live[..., :d].transpose(1, 2), alpha=d ** -0.5)
+    return torch.bmm(scores.softmax(-1), live[..., d:]).reshape(batch, dims.q_size)
+
+
 def decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int,
-                layer_fns: tuple[Callable, Callable] | None = None) -> torch.Tensor:
+                layer_fns: tuple[Callable, Callable] | None = None,
+                attention: Attention = Attention.BMM) -> torch.Tensor:
     """Feed `state.tokens`, return next-token logits [batch, vocab]; advance position and slot.
 
     Attention reads only the first `kv_len` cache slots (>= write_index + 1), so early tokens
@@ -343,18 +366,15 @@ def decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int,
     # Materialised at full size, so baddbmm starts from a plain copy rather than a broadcast.
     bias = torch.zeros(batch, 1, kv_len, device=x.device, dtype=x.dtype)
     bias = bias.masked_fill_(~state.valid[:, None, :kv_len], float("-inf"))
-    bias = bias.expand(batch, dims.kv_heads * groups, kv_len).reshape(batch * dims.kv_heads, groups, kv_len)
+    if attention is Attention.BMM:
+        bias = bias.expand(batch, dims.kv_heads * groups, kv_len).reshape(batch * dims.kv_heads, groups, kv_len)
+    else:
+        bias = bias[:, None]
     for index, layer in enumerate(weights.layers):
         q, entry = pre(x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
         cache = state.kv_cache[index]
         cache.index_copy_(2, state.write_index, entry[:, :, None])
-        # Grouped-query attention without repeating K/V: each KV head serves its query heads as
-        # the rows of one small product; scale and mask ride in baddbmm, softmax accumulates in
-        # float32 internally. Keys and values are the two halves of each cache row.
-        q = q.reshape(batch * dims.kv_heads, groups, d)
-        live = cache[:, :, :kv_len].flatten(0, 1)
-        scores = torch.baddbmm(bias, q, live[..., :d].transpose(1, 2), alpha=d ** -0.5)
-        attn = torch.bmm(scores.softmax(-1), live[..., d:]).reshape(batch, dims.q_size)
+        attn = _attend(dims, q, cache[:, :, :kv_len], bias, attention)
         x = post(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down)
     logits = F.linear(rms_norm(x, weights.norm, dims.eps), weights.lm_head)
     state.positions.add_(1)

@@ -243,14 +243,14 @@ class _FakeCapture:
 
         self.real = real = fg.decode_step
 
-        def record(weights, state, kv_len, fns=None):
+        def record(weights, state, kv_len, *rest):
             buffers = (state.kv_cache, state.valid, state.tokens, state.positions,
                        state.write_index)
             before = [b.clone() for b in buffers]
-            out = real(weights, state, kv_len, fns)
+            out = real(weights, state, kv_len, *rest)
             for buffer, saved in zip(buffers, before):
                 buffer.copy_(saved)
-            self.graph.run = lambda: real(weights, state, kv_len, fns)
+            self.graph.run = lambda: real(weights, state, kv_len, *rest)
             self.graph.out, self.graph.replays = out, 0
             return out
 
@@ -328,4 +328,18 @@ def test_teacher_forced_logits_match_transformers_on_a_fixed_sequence(tokenizer)
                           use_cache=False).logits[:, out.prompt_ids.shape[1] - 1:-1]
     assert fast.shape == reference.shape == (len(prompts), 70, len(tokenizer))
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    release_engines()
+
+
+def test_sdpa_decode_attention_generates_the_transformers_tokens(tokenizer, monkeypatch):
+    """The alternative decode attention (scaled_dot_product_attention with grouped-query heads)
+    computes the same function: greedy tokens equal transformers', left padding included."""
+    from trainer.fast_generation import ATTENTION_ENV, _ENGINES
+
+    monkeypatch.setenv(ATTENTION_ENV, "sdpa")
+    model = _lora(_model(tokenizer, seed=6))
+    prompts = _repeated(2)
+    fast = generate(model, tokenizer, prompts, max_new_tokens=70, do_sample=False, min_new_tokens=70)
+    assert _ENGINES[model].attention.value == "sdpa"
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 70))
     release_engines()

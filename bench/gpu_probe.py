@@ -1,0 +1,152 @@
+"""Where the time goes, beyond the step split: training micro-batches and decode variants.
+
+Used by bench/gpu_step.py (not a command of its own):
+  training_profile(model, batch, work)  after our timed steps: one micro-batch forward+backward
+      timed for a few settings (micro-batch size, rows per log-softmax slice, the plain
+      token_logps) and its kernel breakdown; gradients are cleared afterwards.
+  run_decode_modes(folder, work, device, modes)  the `decode_modes` / `autotune` sides: the same
+      rollout-shaped generation with each decode variant (attention kernel, compile mode), its
+      graph replay time per attention bucket, and its teacher-forced logits against the eager
+      engine's, side by side in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gpu_common import Workload, load_tokenizer, make_prompts, sync
+
+
+def _wall_ms(fn: Callable[[], Any], reps: int) -> float:
+    fn()  # warm-up: allocator, autotuning, lazy init
+    times = []
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, Any]:
+    import torch
+
+    from trainer import grpo
+    from trainer.logprobs import completion_logprobs
+
+    from gpu_ours import kernel_breakdown
+
+    n_tokens = int(batch.completion_mask.sum())
+    model.train()
+
+    def micro(size: int, logps_fn: Callable, backward: bool = True) -> Callable[[], None]:
+        chunk = batch.slice(0, size)
+
+        def run() -> None:
+            with torch.enable_grad() if backward else torch.no_grad():
+                logps = logps_fn(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                 work.temperature)
+                if not backward:
+                    return
+                loss, _ = grpo.grpo_loss(
+                    logps, logps.detach(), chunk.ref_logps, chunk.advantages, chunk.completion_mask,
+                    loss_type=work.loss_type, epsilon=work.epsilon, epsilon_high=work.epsilon, beta=work.beta,
+                    max_completion_length=work.completion_tokens, n_sequences=batch.size, n_tokens=n_tokens)
+                loss.backward()
+        return run
+
+    def rows(n: int) -> Callable:
+        return lambda *a: completion_logprobs(*a, rows=n)
+
+    found: dict[str, Any] = {"sequences_per_micro_batch": work.micro_batch}
+    variants = {
+        f"fwd_bwd_micro{work.micro_batch}_rows1": micro(work.micro_batch, rows(1)),
+        f"fwd_bwd_micro{work.micro_batch}_rows4": micro(work.micro_batch, rows(4)),
+        f"fwd_bwd_micro{work.micro_batch}_plain_token_logps": micro(work.micro_batch, grpo.token_logps),
+        f"fwd_only_micro{work.micro_batch}_rows1": micro(work.micro_batch, rows(1), backward=False),
+        f"fwd_bwd_micro{2 * work.micro_batch}_rows4": micro(2 * work.micro_batch, rows(4)),
+    }
+    for name, fn in variants.items():
+        try:
+            size = int(name.split("micro")[1].split("_")[0])
+            ms = _wall_ms(fn, reps)
+            found[name] = {"ms": ms, "ms_per_sequence": ms / size}
+        except Exception as exc:  # noqa: BLE001 - one variant running out of memory is a finding
+            found[name] = {"error": repr(exc)[:300]}
+        model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    try:
+        if batch.input_ids.device.type == "cuda":
+                found["kernels_fwd_bwd"] = kernel_breakdown(
+                variants[f"fwd_bwd_micro{work.micro_batch}_rows1"], lambda: None, top=25)
+    except Exception as exc:  # noqa: BLE001
+        found["kernels_fwd_bwd"] = {"error": repr(exc)[:300]}
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return found
+
+
+def run_decode_modes(folder: Path, work: Workload, device: str,
+                     modes: list[tuple[str, str]]) -> dict[str, Any]:
+    """`modes`: (attention, compile) pairs, e.g. ("bmm", "1"), ("sdpa", "1"), ("bmm", "max-autotune")."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer import fast_generation
+    from trainer.modeling import load_model_and_tokenizer
+
+    from gpu_ours import _event_ms
+
+    model, _ = load_model_and_tokenizer(folder, device, "bf16" if device == "cuda" else "fp32")
+    tokenizer = load_tokenizer(folder)
+    model = get_peft_model(model, LoraConfig(r=work.lora_r, lora_alpha=work.lora_alpha, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM")).eval()
+    prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
+    found: dict[str, Any] = {}
+    reference = None
+    for attention, compile_mode in modes:
+        name = f"{attention}/{compile_mode}"
+        os.environ[fast_generation.ATTENTION_ENV] = attention
+        os.environ[fast_generation.COMPILE_ENV] = compile_mode
+        fast_generation.release_engines()
+        entry: dict[str, Any] = {}
+        try:
+            started = time.perf_counter()
+            out = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=work.completion_tokens,
+                                           do_sample=True, generator=torch.Generator(device=device).manual_seed(0),
+                                           min_new_tokens=work.completion_tokens)
+            sync()
+            entry["first_generation_s"] = time.perf_counter() - started
+            entry["generation_s"] = _wall_ms(lambda: fast_generation.generate(
+                model, tokenizer, prompts, max_new_tokens=work.completion_tokens, do_sample=True,
+                generator=torch.Generator(device=device).manual_seed(0),
+                min_new_tokens=work.completion_tokens), 1) / 1e3
+            engine = fast_generation._ENGINES[model]
+            state = engine.state
+            if engine.graphs:
+                def at(kv: int) -> Callable[[], None]:
+                    return lambda: (state.write_index.fill_(kv - 1), state.positions.fill_(kv - 1))
+                entry["graph_replay_ms_by_bucket"] = {
+                    kv: _event_ms(graph.replay, 20, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
+            entry["compiled"] = engine.layer_fns is not None
+            fixed = out.prompt_ids[:, :], out.prompt_mask, out.completion_ids[:, :32]
+            logits = fast_generation.forced_logits(model, *fixed)
+            if reference is None:
+                fast_generation.release_engines()
+                reference = fast_generation.forced_logits(model, *fixed, use_graphs=False, compile_layers=False)
+            entry["forced_logits_rel_error_vs_eager_bmm"] = float((logits - reference).norm() / reference.norm())
+            entry["forced_argmax_agreement_vs_eager_bmm"] = float(
+                (logits.argmax(-1) == reference.argmax(-1)).float().mean())
+            del logits
+        except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
+            entry["error"] = repr(exc)[:500]
+        found[name] = entry
+        print(f"[decode_modes] {name}: {entry}", flush=True)
+    fast_generation.release_engines()
+    return {"modes": found}
