@@ -121,6 +121,11 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         from gpu_probe import training_profile
 
         try:
+            if device == "cuda":
+                from gpu_probe import matmul_table
+                from trainer.qwen2_decode import model_dims
+
+                result["matmul_table"] = matmul_table(model_dims(model), (64, 128, 256))
             result["training_profile"] = training_profile(model, batch, work)
         except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
             result["training_profile_error"] = repr(exc)[:500]

@@ -150,3 +150,27 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
         print(f"[decode_modes] {name}: {entry}", flush=True)
     fast_generation.release_engines()
     return {"modes": found}
+
+
+def matmul_table(dims, bandwidth_rows: tuple[int, ...] = (128,)) -> dict[str, Any]:
+    """Each decode projection alone, as F.linear with `rows` tokens: ms and weight bytes per ms.
+
+    Shows how close cuBLAS's kernel for each shape comes to streaming its weights (the floor).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from gpu_ours import _event_ms
+
+    shapes = {"qkv": (dims.q_size + 2 * dims.kv_size, dims.hidden), "o": (dims.hidden, dims.q_size),
+              "gate_up": (2 * dims.intermediate, dims.hidden), "down": (dims.hidden, dims.intermediate),
+              "lm_head": (dims.vocab, dims.hidden)}
+    found: dict[str, Any] = {}
+    for name, (n, k) in shapes.items():
+        weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for rows in bandwidth_rows:
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            ms = _event_ms(lambda: F.linear(x, weight), 30)
+            found[f"{name}_m{rows}"] = {"ms": ms, "weight_gb_per_s": weight.numel() * 2 / ms / 1e6}
+        del weight
+    return found

@@ -215,6 +215,10 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
             lines.append(f"training kernels (one micro-batch fwd+bwd): {k['kernels']} kernels, "
                          f"{k['kernel_ms_total']:.1f} ms busy (matmul {k['matmul_ms']:.1f}, other {k['other_ms']:.1f}); top: "
                          + "; ".join(f"{t['kernel'][:50]} {t['ms']:.1f}ms x{t['count']}" for t in k["top"][:12]))
+    table = ours.get("matmul_table")
+    if table:
+        lines.append("decode projections alone (F.linear, ms / GB/s of weights): " + "; ".join(
+            f"{k} {v['ms']:.4f}/{v['weight_gb_per_s']:.0f}" for k, v in table.items()))
     for side in ("decode_modes", "autotune"):
         for name, entry in results.get(side, {}).get("modes", {}).items():
             replay = entry.get("graph_replay_ms_by_bucket", {})
