@@ -8,8 +8,8 @@ Usage:
 Prints `run: RUN_NAME` early. Exit codes: 0 done or stopped on request (STOP file, SIGTERM,
 SIGINT: the current step finishes, the state is saved); 1 the training failed; 2 bad input.
 Test-only environment hooks (for the supervision tests, never for real use):
-RLTUI_TEST_STALL_AT_STEP=k stops making progress before step k (sleeps forever, status.json
-untouched); RLTUI_TEST_STEP_SLEEP=s sleeps s seconds in every step's training phase;
+RLTUI_TEST_STALL_AT_STEP=k stops making progress before step k in a new run's first session (sleeps
+forever, status.json untouched; a resumed session does not stall, so recovery can be tested); RLTUI_TEST_STEP_SLEEP=s sleeps s seconds in every step's training phase;
 RLTUI_TEST_SAVE_SLEEP=s pauses inside every save (before the checkpoint is sealed).
 """
 
@@ -227,7 +227,8 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
         if d.any(stop.requested()):  # every rank agrees, at the step boundary
             stopped = True
             break
-        _test_stall(step + 1)
+        if s.resume is None:
+            _test_stall(step + 1)
         step += 1
         record = train_step(t, step)
         if s.cfg.training.save_every and step % s.cfg.training.save_every == 0:
