@@ -108,13 +108,16 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", *, is_
     problems = adapter_problems(adapter_dir)
     if problems:
         raise ConfigError(f"adapter {adapter_dir}: {'; '.join(problems)}")
+    # For inference, skip initialising LoRA weights that the file overwrites anyway (faster swaps).
+    fast = {"low_cpu_mem_usage": True} if not is_trainable else {}
     try:
         if isinstance(model, PeftModel):
-            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable,
+                               **fast)
             model.set_adapter(adapter_name)
             return model
         return PeftModel.from_pretrained(
-            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable
+            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable, **fast
         )
     except Exception as e:  # peft raises RuntimeError, ValueError, KeyError, OSError...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

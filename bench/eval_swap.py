@@ -1,0 +1,226 @@
+"""Evaluating K checkpoints: one base load + adapter swaps against reloading the base for each.
+
+Usage:
+    python bench/eval_swap.py --model tiny [--root ROOT] [--k 5] [--prompts 32] [--new-tokens 16]
+    python bench/eval_swap.py --qwen-shape [--k 5] [--prompts 64] [--new-tokens 64] [--out DIR]
+
+Both strategies run in this one process, side by side, on the same K adapters and prompts, and
+must give the same completions; the ratio of their wall times is printed. `--model tiny` uses
+the built-in tiny model on the CPU; `--qwen-shape` builds a randomly initialised model of
+Qwen2.5-1.5B's dimensions (bf16 on a GPU) with K random LoRA adapters (r=16, all linear layers).
+Results are printed and, with --out, written to DIR/eval_swap.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from rltui.localfs import resolve_root  # noqa: E402
+from trainer.data import arith_split, build_prompt  # noqa: E402
+from trainer.generation import generate  # noqa: E402
+from trainer.modeling import (  # noqa: E402
+    load_adapter,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    unload_adapter,
+)
+
+QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                 num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_adapters(base: Path, out: Path, k: int, device: str, dtype, warmstart: Path | None) -> list[Path]:
+    """K real peft adapters that differ: random LoRA B matrices (or noise on a warm start)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model_and_tokenizer(base, device, dtype)
+    if warmstart is not None:
+        model = load_adapter(model, warmstart, is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    original = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    paths = []
+    for i in range(k):
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in original:
+                    noise = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+                    p.copy_(original[name] + (0.02 if warmstart else 0.01) * noise)
+        paths.append(out / f"step_{i + 1}")
+        model.save_pretrained(paths[-1])
+    del model
+    return paths
+
+
+def evaluate(model, tokenizer, prompts: list[str], new_tokens: int, device: str) -> list[str]:
+    out = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
+                   stop_at_eos=False)
+    sync(device)
+    return out.texts
+
+
+def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype) -> tuple[dict, list]:
+    times = {"base_load": 0.0, "adapter_load": 0.0, "generate": 0.0, "unload": 0.0}
+    started = time.perf_counter()
+    t = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(base, device, dtype)
+    sync(device)
+    times["base_load"] += time.perf_counter() - t
+    texts = []
+    for adapter in adapters:
+        t = time.perf_counter()
+        peft_model = load_adapter(model, adapter, adapter_name=adapter.name)
+        sync(device)
+        times["adapter_load"] += time.perf_counter() - t
+        t = time.perf_counter()
+        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device))
+        times["generate"] += time.perf_counter() - t
+        t = time.perf_counter()
+        model = unload_adapter(peft_model)
+        sync(device)
+        times["unload"] += time.perf_counter() - t
+    times["total"] = time.perf_counter() - started
+    del model
+    return times, texts
+
+
+def run_reload(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype) -> tuple[dict, list]:
+    times = {"base_load": 0.0, "adapter_load": 0.0, "generate": 0.0, "unload": 0.0}
+    started = time.perf_counter()
+    texts = []
+    for adapter in adapters:
+        t = time.perf_counter()
+        model, tokenizer = load_model_and_tokenizer(base, device, dtype)
+        sync(device)
+        times["base_load"] += time.perf_counter() - t
+        t = time.perf_counter()
+        peft_model = load_adapter(model, adapter, adapter_name=adapter.name)
+        sync(device)
+        times["adapter_load"] += time.perf_counter() - t
+        t = time.perf_counter()
+        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device))
+        times["generate"] += time.perf_counter() - t
+        del peft_model, model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    times["total"] = time.perf_counter() - started
+    return times, texts
+
+
+def _load_cost(times: dict) -> float:
+    """Everything but generation: what the strategies differ in."""
+    return times["base_load"] + times["adapter_load"] + times["unload"]
+
+
+def build_qwen_shape(folder: Path, device: str) -> Path:
+    """A random bf16 model of Qwen2.5-1.5B's dimensions with the tiny tokenizer (ids fit its vocab)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from trainer.tiny import TinySettings, build_tokenizer
+
+    tokenizer = build_tokenizer(TinySettings())
+    config = Qwen2Config(**QWEN_1_5B, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", choices=["tiny"])
+    group.add_argument("--qwen-shape", action="store_true")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="run both strategies this many times, interleaved; the best of each counts")
+    parser.add_argument("--root", default=None,
+                        help="localfs root whose models/tiny is reused or built (default: $LOCALFS_ROOT, else ~/localfs)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    work = Path(tempfile.mkdtemp(prefix="eval_swap."))
+    try:
+        t = time.perf_counter()
+        if args.qwen_shape:
+            dtype = torch.bfloat16 if device != "cpu" else torch.float32
+            base, warmstart = build_qwen_shape(work / "base", device), None
+            n_prompts, new_tokens = args.prompts or 64, args.new_tokens or 64
+        else:
+            from trainer.tiny import ensure_tiny
+
+            paths = ensure_tiny(resolve_root(args.root))
+            base, warmstart, dtype = paths.base, paths.warmstart, torch.float32
+            n_prompts, new_tokens = args.prompts or 32, args.new_tokens or 16
+        adapters = make_adapters(base, work / "adapters", args.k, device, dtype, warmstart)
+        setup = time.perf_counter() - t
+        tokenizer = load_tokenizer(base)
+        prompts = [build_prompt(tokenizer, e.question, "r1_template") for e in arith_split("test")[:n_prompts]]
+        load_model_and_tokenizer(base, "cpu", dtype)  # warm the page cache for both strategies alike
+        reload_runs, swap_runs = [], []
+        for _ in range(args.repeat):
+            reload_runs.append(run_reload(base, adapters, prompts, new_tokens, device, dtype))
+            swap_runs.append(run_swap(base, adapters, prompts, new_tokens, device, dtype))
+        reload_times, reload_texts = min(reload_runs, key=lambda r: r[0]["total"])
+        swap_times, swap_texts = min(swap_runs, key=lambda r: r[0]["total"])
+        result = {
+            "model": "qwen2.5-1.5b-shape (random, bf16)" if args.qwen_shape else "tiny",
+            "device": torch.cuda.get_device_name(0) if device != "cpu" else f"cpu ({os.cpu_count()} cores)",
+            "python": platform.python_version(), "torch": torch.__version__, "k": args.k,
+            "prompts": n_prompts, "new_tokens": new_tokens, "repeat": args.repeat, "setup_s": round(setup, 1),
+            "reload": {k: round(v, 3) for k, v in reload_times.items()},
+            "swap": {k: round(v, 3) for k, v in swap_times.items()},
+            "ratio_reload_over_swap": round(reload_times["total"] / swap_times["total"], 2),
+            "load_ratio_reload_over_swap": round(_load_cost(reload_times) / _load_cost(swap_times), 2),
+            "same_completions": reload_texts == swap_texts,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(f"{result['model']} on {result['device']}: K={args.k} checkpoints, "
+          f"reload base each time {reload_times['total']:.2f}s vs one load + swaps "
+          f"{swap_times['total']:.2f}s -> {result['ratio_reload_over_swap']}x "
+          f"(loading alone: {result['load_ratio_reload_over_swap']}x) "
+          f"(same completions: {result['same_completions']})")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval_swap.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["same_completions"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
