@@ -24,6 +24,12 @@ from typing import Any, Sequence
 from rltui.errors import UsageError
 
 ACTIONS = ("backup", "backup-all", "list-backups", "restore", "verify")
+EPILOG = (
+    "settings: ~/.lambda_s3.env or $RLTUI_S3_ENV (KEY=VALUE), the environment overriding it: "
+    "RLTUI_S3_BUCKET (required), RLTUI_S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_REGION, AWS_ENDPOINT_URL_S3, RLTUI_S3_CHECKSUMS=when_required (R2 and other "
+    "S3-compatible stores). Exit: 0 done, 1 failed (verify: not in sync), 2 bad input."
+)
 _NEEDS_RUN = ("backup", "restore", "verify")
 
 
@@ -43,6 +49,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "sync", parents=parents, help="back up, list, restore and verify runs in S3",
         description="Back up, list, restore and verify runs in S3-compatible storage.",
+        epilog=EPILOG,
     )
     add_arguments(p)
     p.set_defaults(func=handle)
@@ -111,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rltui.errors import WorkFailed
     from rltui.localfs import BadName, resolve_root
 
-    parser = OneLineParser(prog="python -m rltui.sync_to_s3", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m rltui.sync_to_s3", description=__doc__.split("\n")[0],
+                           epilog=EPILOG)
     parser.add_argument("--root", default=None, help="localfs root (default: $LOCALFS_ROOT, else ~/localfs)")
     add_arguments(parser)
     args = parser.parse_args(argv)
