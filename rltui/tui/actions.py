@@ -2,7 +2,8 @@
 
 Mixed into RlTuiApp (rltui.tui.app), which provides `layout`, `launcher`, `sampler`,
 `selected_run()`, `selected_job()` and the widgets. Every action is bound to a key (shown in
-the Footer) and listed in the command palette.
+the Footer) and listed in the command palette. Screens are imported when first opened: they
+are not needed for the first frame, which the app must draw as soon as it can.
 """
 
 from __future__ import annotations
@@ -11,13 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from textual import work
 
-from rltui.tui.confirm import Confirm
-from rltui.tui.form_archive import ArchiveForm
-from rltui.tui.form_eval import EvalForm
-from rltui.tui.form_resume import ResumeForm
-from rltui.tui.form_train import TrainForm
-from rltui.tui.help_screen import HelpScreen
-from rltui.tui.log_screen import LogScreen
 from rltui.tui.watcher import Change
 
 if TYPE_CHECKING:
@@ -32,6 +26,8 @@ class ActionsMixin:
     def action_new_training(self: "RlTuiApp") -> None:
         from pathlib import Path
 
+        from rltui.tui.form_train import TrainForm
+
         cfg = next((c for c in DEFAULT_CONFIGS if Path(c).is_file()), "")
         self.push_screen(TrainForm(self.layout, default_cfg=cfg), self.launch_spec)
 
@@ -39,6 +35,7 @@ class ActionsMixin:
         run = self.need_run("resume")
         if run is None:
             return
+        from rltui.tui.form_resume import ResumeForm
         from rltui.tui.run_detail import RunDetail
 
         step = self.query_one(RunDetail).selected_step
@@ -47,11 +44,15 @@ class ActionsMixin:
                          self.launch_spec)
 
     def action_evaluate(self: "RlTuiApp") -> None:
+        from rltui.tui.form_eval import EvalForm
+
         run = self.need_run("evaluate")
         if run is not None:
             self.push_screen(EvalForm(self.layout, run=run.name, dataset=run.dataset), self.launch_spec)
 
     def action_archive(self: "RlTuiApp") -> None:
+        from rltui.tui.form_archive import ArchiveForm
+
         run = self.selected_run()
         self.push_screen(ArchiveForm(self.layout, run=run.name if run else None), self.launch_spec)
 
@@ -84,6 +85,8 @@ class ActionsMixin:
     # ------------------------------------------------------------ stopping and killing
 
     def action_stop_job(self: "RlTuiApp") -> None:
+        from rltui.tui.confirm import Confirm
+
         job = self.need_active_job("stop")
         if job is not None:
             self.push_screen(
@@ -93,6 +96,8 @@ class ActionsMixin:
             )
 
     def action_kill_job(self: "RlTuiApp") -> None:
+        from rltui.tui.confirm import Confirm
+
         job = self.need_active_job("kill")
         if job is not None:
             self.push_screen(
@@ -144,6 +149,7 @@ class ActionsMixin:
 
     def action_open_log(self: "RlTuiApp") -> None:
         from rltui.tui.log_pane import LogPane
+        from rltui.tui.log_screen import LogScreen
 
         pane_id = "#job-log" if self.current_view == "jobs-view" else "#run-log"
         pane = self.query_one(pane_id, LogPane)
@@ -154,5 +160,6 @@ class ActionsMixin:
 
     def action_help(self: "RlTuiApp") -> None:
         from rltui.tui.app import COMMANDS
+        from rltui.tui.help_screen import HelpScreen
 
         self.push_screen(HelpScreen(COMMANDS))

@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 
@@ -31,12 +32,12 @@ from rltui.localfs import Layout
 from rltui.tui.actions import ActionsMixin
 from rltui.tui.gpu_pane import GpuPane
 from rltui.tui.jobs_pane import JobsPane, JobsTable
-from rltui.tui.live import LiveIndex
-from rltui.tui.messages import GpuSampled, SnapshotReady, WatchModeChanged
+from rltui.tui.live import LiveIndex, quick_runs
+from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
 from rltui.tui.runs_table import RunsTable
 from rltui.tui.status_bar import StatusBar
-from rltui.tui.watcher import Change, RootWatcher, WatchMode
+from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
 RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
@@ -76,7 +77,7 @@ COMMANDS: list[Command] = [
 
 
 class RlTuiApp(ActionsMixin, App[str]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     TITLE = "rltui"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [Binding(c.key, c.action, c.label, show=c.footer, tooltip=c.help) for c in COMMANDS]
@@ -92,6 +93,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         watch: bool = True,
         force_polling: bool = False,
         gpu_interval_s: float = GPU_INTERVAL_S,
+        quick_first: bool | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -101,6 +103,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.sampler = sampler
         self.launcher = launcher
         self.watch_enabled = watch
+        # a first screen from status.json alone; off when the index is given (tests fix its clock)
+        self.quick_first = index is None if quick_first is None else quick_first
         self.force_polling = force_polling
         self.gpu_interval_s = max(0.5, gpu_interval_s)
         self.snapshot: Snapshot | None = None
@@ -119,20 +123,25 @@ class RlTuiApp(ActionsMixin, App[str]):
                             id="filter", compact=True)
                 yield RunsTable(self.clock, id="runs-table")
                 yield RunDetail(id="detail")
-            yield JobsPane(self.clock, id="jobs-view")
-            yield GpuPane(id="gpus-view")
+            # hidden at start: mounted after the first frame, which they are not part of
+            self.jobs_pane = JobsPane(self.clock, id="jobs-view")
+            self.gpu_pane = GpuPane(id="gpus-view")
+            self.jobs_pane.display = self.gpu_pane.display = False
+            yield Lazy(self.jobs_pane)
+            yield Lazy(self.gpu_pane)
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#filter").display = False
         self.query_one(RunsTable).focus()
-        self.initial_scan()
-        if self.watch_enabled:
-            self.start_watcher()
-        else:
+        if not self.watch_enabled:
             self.query_one(StatusBar).watch_mode = "off"
+        self.initial_scan()
         self.set_interval(RECLASSIFY_S, self.reclassify)
+
+    def start_sampling(self) -> None:
+        """GPU sampling starts once the runs are on screen; it is not needed for the first frame."""
         if self.sampler is not None or self.watch_enabled:
             self.sample_gpus()
             self.set_interval(self.gpu_interval_s, self.sample_gpus)
@@ -141,18 +150,31 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     @work(thread=True, exclusive=True, group="scan")
     def initial_scan(self) -> None:
+        """First screen, full scan, then the watcher: in that order, so each frame comes soonest.
+
+        The watcher starts after the scan; changes made meanwhile are found by comparing the
+        file signatures taken before the scan with those at the watcher's start.
+        """
+        if self.quick_first:
+            drawn = threading.Event()
+            self.post_message(QuickListReady(quick_runs(self.layout, self.clock()), drawn))
+            drawn.wait(timeout=2.0)  # let the UI thread draw it before the scan takes the GIL
+        baseline = poll_signatures(self.root) if self.watch_enabled else None
         snapshot = self.live.scan()
         self.scanned.set()
-        self.post_message(SnapshotReady(snapshot))
+        drawn = threading.Event()
+        self.post_message(SnapshotReady(snapshot, drawn=drawn))
+        if baseline is not None:
+            drawn.wait(timeout=2.0)
+            self.start_watcher(baseline)
 
-    @work(thread=True, group="watch")
-    def start_watcher(self) -> None:
+    def start_watcher(self, baseline: dict) -> None:
         def on_mode(mode: WatchMode, reason: str) -> None:
             self.post_message(WatchModeChanged(mode.value, reason))
 
         self.watcher = RootWatcher(self.root, self.changes_arrived, force_polling=self.force_polling,
                                    on_mode=on_mode)
-        self.watcher.start()
+        self.watcher.start(baseline)
 
     def changes_arrived(self, changes: set[Change]) -> None:
         """From the watcher's thread: queue the changes; start a refresh unless one is running."""
@@ -188,10 +210,12 @@ class RlTuiApp(ActionsMixin, App[str]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = message.snapshot
         table = self.query_one(RunsTable)
-        jobs = self.query_one(JobsPane)
+        jobs = self.jobs_pane
         if message.runs is None or not self.loaded:
             table.set_runs(all_runs(message.snapshot))
             jobs.set_jobs(list(message.snapshot.jobs.values()))
+            if not self.loaded:
+                self.call_after_refresh(self.start_sampling)
             self.loaded = True
         else:
             for name in sorted(message.runs):
@@ -203,10 +227,17 @@ class RlTuiApp(ActionsMixin, App[str]):
         bar = self.query_one(StatusBar)
         bar.jobs_running = len(message.snapshot.active_jobs)
         bar.mark_updated()
+        if message.drawn is not None:
+            self.call_after_refresh(message.drawn.set)
+
+    def on_quick_list_ready(self, message: QuickListReady) -> None:
+        if not self.loaded:
+            self.query_one(RunsTable).set_runs(message.runs, partial=True)
+        self.call_after_refresh(message.drawn.set)
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         self.gpu_snapshot = message.snapshot
-        self.query_one(GpuPane).show(message.snapshot)
+        self.gpu_pane.show(message.snapshot)
 
     def on_watch_mode_changed(self, message: WatchModeChanged) -> None:
         self.query_one(StatusBar).watch_mode = message.reason if message.mode == "polling" else message.mode
@@ -240,7 +271,7 @@ class RlTuiApp(ActionsMixin, App[str]):
     def selected_job(self) -> JobRecord | None:
         """The job under the cursor on the Jobs tab, else the selected run's active job."""
         if self.current_view == "jobs-view":
-            return self.query_one(JobsPane).selected
+            return self.jobs_pane.selected
         return self.active_job_of(self.selected_run())
 
     @property

@@ -75,6 +75,10 @@ class GpuPane(Static):
         super().__init__(render_snapshot(None), **kwargs)  # type: ignore[arg-type]
         self.snapshot: GpuSnapshot | None = None
 
+    def on_mount(self) -> None:
+        self.update(render_snapshot(self.snapshot))
+
     def show(self, snapshot: GpuSnapshot) -> None:
         self.snapshot = snapshot
-        self.update(render_snapshot(snapshot))
+        if self.is_mounted:
+            self.update(render_snapshot(snapshot))

@@ -22,8 +22,10 @@ from rltui.records import JobRecord
 from rltui.tui import cells
 from rltui.tui.log_pane import LogPane
 
-COLUMNS = [("state", "state"), ("id", "job"), ("kind", "kind"), ("run", "run"), ("gpus", "GPUs"),
-           ("restarts", "rst"), ("reason", "last reason"), ("elapsed", "elapsed")]
+# (key, label, width): fixed widths spare measuring every cell of a long job list
+COLUMNS = [("state", "state", 12), ("id", "job", 26), ("kind", "kind", 6), ("run", "run", 23),
+           ("gpus", "GPUs", 5), ("restarts", "rst", 3), ("reason", "last reason", 40),
+           ("elapsed", "elapsed", 7)]
 
 
 def elapsed(job: JobRecord, now: float) -> float | None:
@@ -65,8 +67,8 @@ class JobsTable(DataTable):
         self.shown: list[str] = []
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     @property
     def selected(self) -> str | None:
@@ -108,21 +110,28 @@ class JobsPane(Vertical):
     def table(self) -> JobsTable:
         return self.query_one(JobsTable)
 
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._show)  # jobs may have arrived before the pane was mounted
+
     @property
     def selected(self) -> JobRecord | None:
-        job_id = self.table.selected
+        job_id = self.table.selected if self.is_mounted else None
         return self.jobs.get(job_id) if job_id else None
 
     def set_jobs(self, jobs: list[JobRecord]) -> None:
         self.jobs = {j.id: j for j in jobs}
-        self.table.show(list(self.jobs.values()))
+        self._show()
 
     def update_job(self, job: JobRecord | None, job_id: str) -> None:
         if job is None:
             self.jobs.pop(job_id, None)
         else:
             self.jobs[job_id] = job
-        self.table.show(list(self.jobs.values()))
+        self._show()
+
+    def _show(self) -> None:
+        if self.is_mounted:
+            self.table.show(list(self.jobs.values()))
 
     def on_jobs_table_job_chosen(self, event: JobsTable.JobChosen) -> None:
         job = self.jobs.get(event.job_id) if event.job_id else None

@@ -1,6 +1,7 @@
 """Turns watcher changes into index refreshes, and says which runs and jobs they changed.
 
 Usage:
+    first = quick_runs(layout, time.time())   # status.json only: the first screen of a big root
     live = LiveIndex(Index(layout))
     snap = live.scan()
     live.add({Change("run", name)})
@@ -13,11 +14,13 @@ a refreshed Snapshot shares every record that did not change (rltui.index).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
-from rltui.index import Index, Snapshot
-from rltui.localfs import BadName
+from rltui.index import Index, RunRecord, Snapshot, diagnose_run
+from rltui.localfs import BadName, DamagedFile, Layout, read_json, this_host
 from rltui.tui.watcher import Change
 
 
@@ -39,6 +42,47 @@ def diff(old: Snapshot, new: Snapshot) -> Update:
     runs = changed_names(dict(old.runs), dict(new.runs))
     runs |= changed_names(dict(old.legacy_runs), dict(new.legacy_runs))
     return Update(new, runs, changed_names(dict(old.jobs), dict(new.jobs)))
+
+
+def quick_runs(layout: Layout, now: float, host: str | None = None) -> list[RunRecord]:
+    """Every run with what its status.json alone says (status, step, target, age).
+
+    A first screen for a big localfs: one small file per run instead of the full scan (configs,
+    every checkpoint's file list, evals, jobs), which follows at once and replaces these records.
+    """
+    host = host or this_host()
+    out = []
+    for name, path in _run_dirs(layout.training_runs):
+        try:
+            status = read_json(path / "status.json")
+        except (FileNotFoundError, DamagedFile):
+            status = None
+        sj = status if isinstance(status, dict) else {}
+        d = diagnose_run(status, now, host)
+        out.append(RunRecord(
+            name=name, path=path, status=d.status, status_reason=d.reason, stalled=d.stalled,
+            step=_int(sj.get("step")), target_step=_int(sj.get("target_step")),
+            phase=sj.get("phase") if isinstance(sj.get("phase"), str) else None,
+            updated=_num(sj.get("time")), started=_num(sj.get("started")),
+        ))
+    return out
+
+
+def _run_dirs(folder: Path) -> list[tuple[str, Path]]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    return sorted((e.name, Path(e.path)) for e in entries
+                  if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 class LiveIndex:

@@ -6,6 +6,8 @@ a slow UI never works through a backlog of stale samples.
 
 from __future__ import annotations
 
+import threading
+
 from textual.message import Message
 
 from rltui.gpu import GpuSnapshot
@@ -16,11 +18,21 @@ class SnapshotReady(Message):
     """A new index snapshot; `runs` / `jobs` name what changed, None meaning everything."""
 
     def __init__(self, snapshot: Snapshot, runs: set[str] | None = None,
-                 jobs: set[str] | None = None) -> None:
+                 jobs: set[str] | None = None, drawn: threading.Event | None = None) -> None:
         super().__init__()
         self.snapshot = snapshot
         self.runs = runs
         self.jobs = jobs
+        self.drawn = drawn  # set once the frame showing it is drawn
+
+
+class QuickListReady(Message):
+    """Runs as their status.json files alone describe them, before the full scan is done."""
+
+    def __init__(self, runs: list, drawn: threading.Event) -> None:
+        super().__init__()
+        self.runs = runs
+        self.drawn = drawn  # set once the frame showing them is drawn
 
 
 class GpuSampled(Message):

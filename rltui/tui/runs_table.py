@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
@@ -30,6 +29,7 @@ class Column:
     key: str
     label: str
     sort_key: Callable[[RunRecord], object]
+    width: int | None = None  # fixed widths spare measuring every cell of a 1,000-row table
 
 
 def _last_reward(run: RunRecord) -> float | None:
@@ -54,17 +54,17 @@ def _none_last(value: object) -> tuple[bool, object]:
 
 
 COLUMNS = [
-    Column("status", "status", lambda r: r.status.value),
-    Column("name", "run", lambda r: r.name),
-    Column("dataset", "data", lambda r: r.dataset or ""),
-    Column("step", "step", lambda r: _none_last(r.step)),
-    Column("ckpt", "ckpt", lambda r: _none_last(r.latest_complete)),
-    Column("reward", "reward", lambda r: _none_last(_last_reward(r))),
-    Column("eval", "best eval", lambda r: _none_last(best_eval(r)[0])),
-    Column("restarts", "rst", lambda r: r.restarts),
-    Column("gpu_h", "GPU-h", lambda r: r.gpu_seconds),
-    Column("cost", "cost", lambda r: r.cost),
-    Column("age", "age", lambda r: -(r.updated or r.started or 0.0)),
+    Column("status", "status", lambda r: r.status.value, 11),
+    Column("name", "run", lambda r: r.name, 23),
+    Column("dataset", "data", lambda r: r.dataset or "", 12),
+    Column("step", "step", lambda r: _none_last(r.step), 7),
+    Column("ckpt", "ckpt", lambda r: _none_last(r.latest_complete), 5),
+    Column("reward", "reward", lambda r: _none_last(_last_reward(r)), 6),
+    Column("eval", "best eval", lambda r: _none_last(best_eval(r)[0]), 16),
+    Column("restarts", "rst", lambda r: r.restarts, 3),
+    Column("gpu_h", "GPU-h", lambda r: r.gpu_seconds, 6),
+    Column("cost", "cost", lambda r: r.cost, 7),
+    Column("age", "age", lambda r: -(r.updated or r.started or 0.0), 5),
 ]
 COLUMN_KEYS = [c.key for c in COLUMNS]
 
@@ -82,11 +82,18 @@ def sort_runs(runs: list[RunRecord], key: str, reverse: bool = False) -> list[Ru
     return sorted(runs, key=column.sort_key, reverse=reverse)  # type: ignore[arg-type,return-value]
 
 
-def row_cells(run: RunRecord, now: float) -> list[object]:
+PENDING = "…"  # not read yet: the first screen shows status.json only
+
+
+def row_cells(run: RunRecord, now: float, partial: bool = False) -> list[object]:
+    if partial:
+        return [cells.run_status_cell(run.status, run.stalled), run.name, PENDING,
+                cells.step_of(run.step, run.target_step), PENDING, PENDING, PENDING, PENDING,
+                PENDING, PENDING, cells.age(run.updated or run.started, now)]
     accuracy, dataset = best_eval(run)
     return [
         cells.run_status_cell(run.status, run.stalled),
-        Text(run.name + (" (legacy)" if run.legacy else "")),
+        run.name + (" (legacy)" if run.legacy else ""),
         cells.dash(run.dataset),
         cells.step_of(run.step, run.target_step),
         cells.dash(run.latest_complete),
@@ -117,13 +124,14 @@ class RunsTable(DataTable):
         self.clock = clock
         self.runs: dict[str, RunRecord] = {}
         self.filter_text = ""
+        self.partial = False
         self.sort_key = "age"
         self.sort_reverse = False
         self.shown: list[str] = []
 
     def on_mount(self) -> None:
         for column in COLUMNS:
-            self.add_column(column.label, key=column.key)
+            self.add_column(column.label, key=column.key, width=column.width)
 
     @property
     def selected(self) -> str | None:
@@ -131,8 +139,10 @@ class RunsTable(DataTable):
             return None
         return self.shown[self.cursor_row]
 
-    def set_runs(self, runs: list[RunRecord]) -> None:
+    def set_runs(self, runs: list[RunRecord], partial: bool = False) -> None:
+        """All runs; `partial` when only their status.json has been read so far."""
         self.runs = {r.name: r for r in runs}
+        self.partial = partial
         self.rebuild()
 
     def update_run(self, run: RunRecord | None, name: str) -> None:
@@ -179,7 +189,7 @@ class RunsTable(DataTable):
         now = self.clock()
         self.clear()
         for r in ordered:
-            self.add_row(*row_cells(r, now), key=r.name)
+            self.add_row(*row_cells(r, now, self.partial), key=r.name)
         self.shown = [r.name for r in ordered]
         if keep in self.shown:
             self.move_cursor(row=self.shown.index(keep))

@@ -185,8 +185,9 @@ class RootWatcher:
 
     # -- life cycle
 
-    def start(self) -> WatchMode:
-        self._signatures = poll_signatures(self.root)
+    def start(self, baseline: dict[Change, tuple] | None = None) -> WatchMode:
+        """Start watching. With `baseline` (signatures taken earlier, e.g. before a scan), what
+        changed since then is delivered at once, so nothing between the two is missed."""
         reason = self._reason_to_poll()
         if reason is None:
             reason = self._start_observer()
@@ -194,6 +195,11 @@ class RootWatcher:
             self._set_mode(WatchMode.INOTIFY, "inotify events")
         else:
             self._set_mode(WatchMode.POLLING, reason)
+        self._signatures = poll_signatures(self.root)
+        if baseline is not None:
+            missed = diff_signatures(baseline, self._signatures)
+            if missed:
+                self.notify(missed)
         self._poll_thread = threading.Thread(target=self._poll_loop, name="rltui-poll", daemon=True)
         self._poll_thread.start()
         return self.mode

@@ -10,7 +10,7 @@ from rltui.localfs import Layout
 from rltui.tui.runs_table import RunsTable
 from rltui.tui.watcher import RootWatcher
 from tui_kit import (
-    RUNS, make_test_app, pilot_test, started, wait_until, write_checkpoint, write_eval, write_job,
+    NOW, RUNS, make_test_app, pilot_test, started, wait_until, write_checkpoint, write_eval, write_job,
 )
 
 
@@ -158,3 +158,14 @@ async def test_the_plot_cycles_through_train_metrics_and_eval_accuracy(tui_root:
             await pilot.press("m")
         assert seen == names
         assert app.query_one("MetricsPlot").series.points[0] == (1.0, round(0.1 + 0.8 / 30, 4))
+
+
+def test_the_quick_first_screen_lists_every_run_from_status_json_alone(tui_root: Path) -> None:
+    from rltui.tui.live import quick_runs
+
+    runs = {r.name: r for r in quick_runs(Layout(tui_root), NOW)}
+    assert sorted(runs) == sorted(RUNS.values())
+    assert runs[RUNS["completed"]].status.value == "completed"
+    assert runs[RUNS["stopped"]].status.value == "stopped"
+    assert runs[RUNS["unknown"]].status.value == "unknown"
+    assert (runs[RUNS["running"]].step, runs[RUNS["running"]].target_step) == (12, 40)

@@ -130,3 +130,17 @@ def test_network_filesystems_are_polled_without_trying_inotify(root: Path) -> No
         assert got.wait_for(Change("job", "job-2"))
     finally:
         watcher.stop()
+
+
+def test_changes_between_a_baseline_and_the_start_are_delivered(root: Path) -> None:
+    from rltui.tui.watcher import poll_signatures
+
+    baseline = poll_signatures(root)
+    write_json_atomic(Layout(root).run_status(RUN), {"step": 2})  # while the first scan runs
+    got = Collector()
+    watcher = RootWatcher(root, got, debounce_s=0.05, fstype="ext4")
+    watcher.start(baseline)
+    try:
+        assert got.wait_for(Change("run", RUN))
+    finally:
+        watcher.stop()
