@@ -128,12 +128,23 @@ class ActionsMixin:
     # ------------------------------------------------------------ auto-resume, logs, help
 
     def action_toggle_auto_resume(self: "RlTuiApp") -> None:
-        job = self.selected_job()
-        if job is None or job.kind not in ("train", "resume"):
-            self.notify("select a training job (or a run with one) to toggle auto-resume",
+        job = self.training_job()
+        if job is None:
+            self.notify("select a run with a training job (or that job) to toggle auto-resume",
                         severity="warning")
             return
         self.toggle_worker(job.id)
+
+    def training_job(self: "RlTuiApp") -> Any:
+        """The selected training job (Jobs tab), else the selected run's newest training job."""
+        if self.current_view == "jobs-view":
+            job = self.jobs_pane.selected
+            return job if job is not None and job.kind in ("train", "resume") else None
+        run = self.selected_run()
+        if run is None or self.snapshot is None:
+            return None
+        jobs = [j for j in self.snapshot.jobs_of(run.name) if j.kind in ("train", "resume")]
+        return max(jobs, key=lambda j: (j.created or 0.0, j.id)) if jobs else None
 
     @work(thread=True, group="control")
     def toggle_worker(self: "RlTuiApp", job_id: str) -> None:

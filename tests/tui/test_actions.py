@@ -7,6 +7,7 @@ tests/tui/test_e2e_tmux.py launches a real evaluation from the keyboard.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -196,3 +197,48 @@ async def test_every_action_is_in_the_command_palette_and_the_footer_bindings(tu
     for command in COMMANDS:
         assert command.action in bound
         assert command.title in titles
+
+
+@pilot_test
+async def test_toggle_auto_resume_key_flips_the_runs_training_job(tui_root: Path) -> None:
+    from rltui.job_records import auto_resume_override_path
+
+    job_id = "20261121-100000-train-aaaa"
+    override = auto_resume_override_path(Layout(tui_root), job_id)
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        await select_run(pilot, RUNS["running"])
+        await pilot.press("t")
+        assert await wait_until(pilot, lambda: override.exists())
+        assert json.loads(override.read_text()) == {"auto_resume": True}
+        await pilot.press("ctrl+p", *"Toggle auto-resume")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        assert await wait_until(pilot, lambda: json.loads(override.read_text()) == {"auto_resume": False})
+
+
+@pilot_test
+async def test_toggle_auto_resume_on_a_run_without_a_training_job_writes_nothing(tui_root: Path) -> None:
+    app = make_test_app(tui_root)
+    jobs_before = sorted(str(p) for p in Layout(tui_root).jobs.rglob("*"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        await select_run(pilot, RUNS["completed"])  # only an eval job
+        await pilot.press("t")
+        await pilot.pause(0.3)
+    assert sorted(str(p) for p in Layout(tui_root).jobs.rglob("*")) == jobs_before
+
+
+@pilot_test
+async def test_archive_form_can_list_backups_without_a_run(tui_root: Path) -> None:
+    recorded = Recorded([])
+    app = make_test_app(tui_root, launcher=record_only_launcher(recorded))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        await pilot.press("a")
+        await pilot.press("enter", "down", "down", "enter")  # the action list: backup-all, list-backups
+        assert await wait_until(pilot, lambda: app.screen.query_one("#f-action").value == "list-backups")
+        await pilot.press("ctrl+s")
+        job = await launched(pilot, recorded)
+    assert job["argv"] == [PY, "-m", "rltui.sync_to_s3", "--action", "list-backups", "--root", str(tui_root)]
