@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -98,7 +99,9 @@ class Demo:
         t0 = time.monotonic()
         if not (self.layout.models / "tiny" / "tiny_info.json").exists():
             self.say("building under models/tiny/ (first time only; a few minutes on a free CPU) ...")
-        paths = ensure_tiny(self.layout.root)
+        with warnings.catch_warnings():  # library deprecation notes would drown the story
+            warnings.simplefilter("ignore")
+            paths = ensure_tiny(self.layout.root)
         self.say(f"tiny model ready ({time.monotonic() - t0:.0f}s): base {paths.base}")
         self.say(f"warm-start adapter (a short supervised fine-tune): {paths.warmstart}")
         self.warmstart = paths.warmstart
