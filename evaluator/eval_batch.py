@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library advice (deprecations, peft's note on an adapter's base path) is not job output.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Could not find a config file")
     rank = _torchrun_rank()
     if rank is not None:
         print(f"eval_batch: started under torchrun (rank {rank}); evaluation runs in one process "

@@ -84,14 +84,15 @@ def make_plan(args: argparse.Namespace) -> EvalPlan:
         temperature=SAMPLE_TEMPERATURE if args.num_samples > 1 else 0.0, sample_seed=SAMPLE_SEED,
         rewards=rewards,
     )
-    checkpoints = _select(source, args.steps, args.include_base, base_path)
-    device, dtype, notes = _device(args.gpu, source)
+    notes: list[str] = []
+    checkpoints = _select(source, args.steps, args.include_base, base_path, notes)
+    device, dtype, device_notes = _device(args.gpu, source)
     return EvalPlan(
         root=root, layout=layout, run=source.name,
         source_label=str(args.ckpt_path) if args.ckpt_path else f"training_runs/{source.name}",
         settings=settings, checkpoints=checkpoints, prompts_examples=[examples[i] for i in questions],
         base_path=base_path, device=device, dtype=dtype, batch_size=args.batch_size,
-        timeout=args.timeout_per_step, force=args.force, notes=source.notes + notes,
+        timeout=args.timeout_per_step, force=args.force, notes=source.notes + notes + device_notes,
     )
 
 
@@ -140,7 +141,8 @@ def parse_steps(spec: str) -> list[int] | None:
     return steps
 
 
-def _select(source: RunSource, spec: str, include_base: bool, base_path: Path) -> list[Checkpoint]:
+def _select(source: RunSource, spec: str, include_base: bool, base_path: Path,
+            notes: list[str]) -> list[Checkpoint]:
     wanted = parse_steps(spec)
     found = {c.step: c for c in source.checkpoints}
     if wanted is not None:
@@ -154,7 +156,10 @@ def _select(source: RunSource, spec: str, include_base: bool, base_path: Path) -
         chosen = sorted(source.checkpoints, key=lambda c: c.step)
     if include_base:
         if any(c.step == 0 for c in chosen):
-            raise ConfigError("--include-base: step 0 is taken by an adapter of this source")
+            # The trainer saves its starting adapter as step_0; --include-base means the base alone.
+            notes.append(f"--include-base: step 0 is the base model alone; {source.name}'s own "
+                         "step_0 adapter is not evaluated in this pass")
+            chosen = [c for c in chosen if c.step != 0]
         chosen.insert(0, Checkpoint(0, base_path, base_path, (), f"base:{base_path}"))
     if not chosen:
         raise ConfigError(f"{source.name} has no checkpoints to evaluate (add --include-base for the base model)")

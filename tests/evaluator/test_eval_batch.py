@@ -61,6 +61,17 @@ def test_writes_the_seed_layout_with_consistent_metrics(tiny_root, make_run, eva
     assert "[4/4] step 3: accuracy" in out and "ETA" in out
 
 
+def test_include_base_makes_step_0_the_base_alone_even_when_the_run_saved_step_0(
+        tiny_root, make_run, eval_args, capsys) -> None:
+    run = make_run(tiny_root, steps=(0, 1))
+    assert main(eval_args(tiny_root, run, "--steps", "0")) == 0
+    assert _summary(tiny_root, run, 0)["checkpoint"]["base_only"] is False
+    assert main(eval_args(tiny_root, run, "--include-base")) == 0
+    assert "step 0 is the base model alone" in capsys.readouterr().out
+    assert _summary(tiny_root, run, 0)["checkpoint"]["base_only"] is True
+    assert _summary(tiny_root, run, 1)["error"] is None
+
+
 def test_second_run_evaluates_nothing_new_unless_forced(tiny_root, make_run, eval_args, capsys) -> None:
     run = make_run(tiny_root, steps=(1, 2))
     assert main(eval_args(tiny_root, run)) == 0
