@@ -115,6 +115,9 @@ def _source(args: argparse.Namespace, layout: localfs.Layout) -> RunSource:
     try:
         if args.ckpt_path:
             return from_path(args.ckpt_path, args.training_run)
+        legacy = layout.rl_runs / localfs.validate_name(args.training_run, "run name")
+        if not layout.run_dir(args.training_run).is_dir() and legacy.is_dir():
+            return from_path(legacy, args.training_run)  # an older run's step_N folders
         return from_training_run(layout, args.training_run)
     except localfs.BadName as e:
         raise ConfigError(str(e)) from None

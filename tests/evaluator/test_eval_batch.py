@@ -167,7 +167,7 @@ def test_a_step_past_its_timeout_is_recorded_and_the_batch_goes_on(tiny_root, ma
     assert _summary(tiny_root, run, 2)["error"] is None
 
 
-def test_ckpt_path_evaluates_an_older_runs_step_folders(tiny_root, make_run, tiny_paths) -> None:
+def test_ckpt_path_evaluates_an_older_runs_step_folders(tiny_root, tiny_paths, capsys) -> None:
     legacy = tiny_root / "rl_runs" / "old_run"
     (legacy / "step_5").mkdir(parents=True)
     for name in os.listdir(tiny_paths.warmstart):
@@ -178,6 +178,11 @@ def test_ckpt_path_evaluates_an_older_runs_step_folders(tiny_root, make_run, tin
     summary = _summary(tiny_root, "old_run", 5)
     assert summary["error"] is None and summary["n"] == 15
     assert summary["checkpoint"]["path"] == str(legacy / "step_5")
+    by_name = ["--root", str(tiny_root), "--training-run", "old_run", "--eval-dataset", DATASET,
+               "--subset-frac", "0.05", "--max-new-tokens", "16"]
+    capsys.readouterr()
+    assert main(by_name) == 0  # an rl_runs/ run by its name: the same folder, nothing new
+    assert "step 5: already evaluated" in capsys.readouterr().out
     one = ["--root", str(tiny_root), "--ckpt-path", str(tiny_paths.warmstart), "--training-run",
            "sft", "--eval-dataset", DATASET, "--subset-frac", "0.05", "--max-new-tokens", "16"]
     assert main(one) == 0
