@@ -6,7 +6,7 @@ Usage:
 Builds a synthetic run of about --size-gb (checkpoints shaped like Qwen2.5-1.5B with LoRA r=16
 on every linear layer: a 74 MB fp32 adapter, a 148 MB Adam optimizer state, small scheduler, RNG
 and info files; logs, TensorBoard events and eval results), starts `moto_server` on 127.0.0.1 in
-its own process, then times, each as its own process, in the order aws, ours, ours, aws:
+its own process, then times, each as its own process, in alternating order (aws ours, ours aws, ...):
   - `python -m rltui.sync_to_s3 --action backup` (a first backup: sha256 cache emptied) or
     `aws s3 sync` of the same two folders (--no-follow-symlinks, awscli defaults);
   - then the same command again on the unchanged run, counting the requests it made from
@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,8 +158,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--rounds", type=int, default=2, choices=(1, 2),
-                    help="2: aws, ours, ours, aws (ABBA); 1: aws, ours")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="pairs of first backups, alternating who goes first: aws ours, ours aws, ...")
     args = ap.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3bench."))
@@ -206,8 +207,9 @@ def main() -> int:
             return timed(moto, ours, ours_env)
 
         results: dict[str, list[tuple[Timed, Timed]]] = {"ours": [], "aws": []}
-        # ABBA order over two rounds, so neither tool always meets a fresh or a tired server
-        for tool in ("aws", "ours", "ours", "aws")[: 2 * args.rounds]:
+        # alternating order, so neither tool always meets a fresh or a tired server or machine
+        order = [t for i in range(args.rounds) for t in (("aws", "ours") if i % 2 == 0 else ("ours", "aws"))]
+        for tool in order:
             first = ours_sync(True) if tool == "ours" else aws_sync()
             again = ours_sync(False) if tool == "ours" else aws_sync()
             results[tool].append((first, again))
@@ -222,7 +224,12 @@ def main() -> int:
     def mean(tool: str, i: int) -> float:
         return sum(r[i].seconds for r in results[tool]) / len(results[tool])
 
+    def median(tool: str) -> float:
+        return statistics.median(r[0].seconds for r in results[tool])
+
     first_ours, first_aws = mean("ours", 0), mean("aws", 0)
+    print(f"first backup (median of {len(results['ours'])}): ours {median('ours'):.1f} s, "
+          f"aws s3 sync {median('aws'):.1f} s; ratio ours/aws {median('ours') / median('aws'):.2f}")
     again_ours, again_aws = results["ours"][-1][1], results["aws"][-1][1]
     print(f"first backup (mean of {len(results['ours'])}): ours {first_ours:.1f} s "
           f"({total / 1e6 / first_ours:.0f} MB/s), aws s3 sync {first_aws:.1f} s "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterable
 
@@ -258,18 +257,17 @@ def _ascii(text: str) -> str:
 
 
 class _Progress:
-    """An s3transfer subscriber that forwards byte counts (negative when a part is retried)."""
+    """An s3transfer subscriber that forwards byte counts (negative when a part is retried).
+    Called from many threads: `on_bytes` must be thread-safe (Progress.add is)."""
 
     def __init__(self, on_bytes: Callable[[int], None]) -> None:
         self._on_bytes = on_bytes
-        self._lock = threading.Lock()
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
         pass
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        with self._lock:
-            self._on_bytes(bytes_transferred)
+        self._on_bytes(bytes_transferred)
 
     def on_done(self, future: Any, **kwargs: Any) -> None:
         pass
