@@ -27,6 +27,7 @@ from rltui.records import (
     FileError,
     JobRecord,
     JobState,
+    trainer_alive,
 )
 
 T = TypeVar("T")
@@ -529,15 +530,20 @@ def read_job(cache: FileCache, path: str, job_id: str, boot: float | None) -> Jo
         keeper_pid=_as_int(state.get("keeper_pid")),
         updated_at=_as_float(state.get("updated_at")),
     )
-    rec.orphaned = js.active and _keeper_gone(rec.keeper_pid, _as_float(state.get("boot_time")), boot)
+    rec.orphaned = js.active and _keeper_gone(
+        rec.keeper_pid, _as_float(state.get("boot_time")), boot, rec.updated_at or rec.started_at)
     rec.damaged = damaged
     return rec
 
 
-def _keeper_gone(pid: int | None, job_boot: float | None, boot: float | None) -> bool:
+def _keeper_gone(
+    pid: int | None, job_boot: float | None, boot: float | None, last_write: float | None
+) -> bool:
     if job_boot is not None and boot is not None and abs(job_boot - boot) > 2:
         return True  # started before this machine's last boot
-    return pid is not None and not localfs.pid_alive(pid)
+    if pid is None:
+        return False  # not started yet (queued): the launcher or supervisor decides
+    return not trainer_alive(pid, last_write) if last_write is not None else not localfs.pid_alive(pid)
 
 
 # ---------------------------------------------------------------- small things

@@ -285,7 +285,9 @@ def diagnose_run(
 
 
 def trainer_alive(pid: int, last_progress: float) -> bool:
-    """`pid` is alive and is not a newer process that reused the number (Linux: start time)."""
+    """`pid` is alive and is not a newer process that reused the number: it started no later
+    than `last_progress`, a time it wrote itself (Linux start time; elsewhere liveness only).
+    Used for trainer pids (status.json time) and keeper pids (state.json updated_at)."""
     if not localfs.pid_alive(pid):
         return False
     started = process_start_time(pid)

@@ -420,3 +420,15 @@ def test_refreshes_keep_orphan_evaluations_right(lfs):
     snap = index.refresh_run(a)
     assert list(snap.orphan_evals) == ["run_2026-01-01_00-00-01_gsm8k"]
     assert snap.orphan_evals == index.scan().orphan_evals  # the same as a full scan says
+
+
+def test_a_keeper_pid_reused_by_a_newer_process_counts_as_gone(lfs, live_pid):
+    """state.json was last written an hour ago; the live process with that pid started later."""
+    lfs.run("run_2026-01-01_00-00-01", phase=None)
+    job_dir = lfs.job("job_1", "run_2026-01-01_00-00-01", "running", keeper_pid=live_pid)
+    state = localfs.read_json(job_dir / "state.json")
+    state["updated_at"] = state["started_at"] = time.time() - 3600
+    localfs.write_json_atomic(job_dir / "state.json", state)
+    snap = scan(lfs)
+    assert snap.jobs["job_1"].orphaned
+    assert snap.runs["run_2026-01-01_00-00-01"].status is RunStatus.CRASHED
