@@ -3,6 +3,7 @@
 Usage:
     python bench/eval_swap.py --model tiny [--root ROOT] [--k 5] [--prompts 32] [--new-tokens 16]
     python bench/eval_swap.py --qwen-shape [--k 5] [--prompts 64] [--new-tokens 64] [--out DIR]
+        [--generate auto|plain]
 
 Both strategies run in this one process, side by side, on the same K adapters and prompts, and
 must give the same completions; the ratio of their wall times is printed. `--model tiny` uses
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 
 from rltui.localfs import resolve_root  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
+from trainer.fast_generation import fast_or_plain  # noqa: E402
 from trainer.generation import generate  # noqa: E402
 from trainer.modeling import (  # noqa: E402
     load_adapter,
@@ -72,14 +74,17 @@ def make_adapters(base: Path, out: Path, k: int, device: str, dtype, warmstart: 
     return paths
 
 
-def evaluate(model, tokenizer, prompts: list[str], new_tokens: int, device: str) -> list[str]:
-    out = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
-                   stop_at_eos=False)
+def evaluate(model, tokenizer, prompts: list[str], new_tokens: int, device: str,
+             plain: bool) -> list[str]:
+    gen = generate if plain else fast_or_plain(model)
+    out = gen(model, tokenizer, prompts, max_new_tokens=new_tokens, do_sample=False,
+              stop_at_eos=False)
     sync(device)
     return out.texts
 
 
-def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype) -> tuple[dict, list]:
+def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype,
+             plain: bool) -> tuple[dict, list]:
     times = {"base_load": 0.0, "adapter_load": 0.0, "generate": 0.0, "unload": 0.0}
     started = time.perf_counter()
     t = time.perf_counter()
@@ -93,7 +98,7 @@ def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtyp
         sync(device)
         times["adapter_load"] += time.perf_counter() - t
         t = time.perf_counter()
-        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device))
+        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device, plain))
         times["generate"] += time.perf_counter() - t
         t = time.perf_counter()
         model = unload_adapter(peft_model)
@@ -104,7 +109,8 @@ def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtyp
     return times, texts
 
 
-def run_reload(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype) -> tuple[dict, list]:
+def run_reload(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype,
+               plain: bool) -> tuple[dict, list]:
     times = {"base_load": 0.0, "adapter_load": 0.0, "generate": 0.0, "unload": 0.0}
     started = time.perf_counter()
     texts = []
@@ -118,7 +124,7 @@ def run_reload(base: Path, adapters: list[Path], prompts, new_tokens, device, dt
         sync(device)
         times["adapter_load"] += time.perf_counter() - t
         t = time.perf_counter()
-        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device))
+        texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device, plain))
         times["generate"] += time.perf_counter() - t
         del peft_model, model
         if device.startswith("cuda"):
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--generate", choices=["auto", "plain"], default="auto",
+                        help="auto: what the evaluator uses (fast CUDA-graph decode on a GPU); plain")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="run both strategies this many times, interleaved; the best of each counts")
@@ -193,15 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         load_model_and_tokenizer(base, "cpu", dtype)  # warm the page cache for both strategies alike
         reload_runs, swap_runs = [], []
         for _ in range(args.repeat):
-            reload_runs.append(run_reload(base, adapters, prompts, new_tokens, device, dtype))
-            swap_runs.append(run_swap(base, adapters, prompts, new_tokens, device, dtype))
+            plain = args.generate == "plain"
+            reload_runs.append(run_reload(base, adapters, prompts, new_tokens, device, dtype, plain))
+            swap_runs.append(run_swap(base, adapters, prompts, new_tokens, device, dtype, plain))
         reload_times, reload_texts = min(reload_runs, key=lambda r: r[0]["total"])
         swap_times, swap_texts = min(swap_runs, key=lambda r: r[0]["total"])
         result = {
             "model": "qwen2.5-1.5b-shape (random, bf16)" if args.qwen_shape else "tiny",
             "device": torch.cuda.get_device_name(0) if device != "cpu" else f"cpu ({os.cpu_count()} cores)",
             "python": platform.python_version(), "torch": torch.__version__, "k": args.k,
-            "prompts": n_prompts, "new_tokens": new_tokens, "repeat": args.repeat, "setup_s": round(setup, 1),
+            "prompts": n_prompts, "new_tokens": new_tokens, "repeat": args.repeat,
+            "generate": args.generate, "setup_s": round(setup, 1),
             "reload": {k: round(v, 3) for k, v in reload_times.items()},
             "swap": {k: round(v, 3) for k, v in swap_times.items()},
             "ratio_reload_over_swap": round(reload_times["total"] / swap_times["total"], 2),

@@ -89,8 +89,9 @@ def evaluate_prompts(
     """Generate `num_samples` completions per prompt in batches of `batch_size` sequences, score them."""
     import torch
 
-    from trainer.generation import generate
+    from trainer.fast_generation import fast_or_plain
 
+    generate = fast_or_plain(model)  # CUDA graphs on a GPU for Qwen2 models, else the plain loop
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(settings.sample_seed)
     jobs = [(q, s) for q in range(len(prompts)) for s in range(settings.num_samples)]
