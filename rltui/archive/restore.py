@@ -121,6 +121,8 @@ def restore_run(
             f"backup (first: {conflicts[0]}); pass --force to overwrite them"
         )
     res.overwritten = conflicts
+    # checkpoint records last: no checkpoint looks complete before all its files are in place
+    todo.sort(key=lambda e: (e.path.rsplit("/", 1)[-1] == localfs.CHECKPOINT_INFO, e.path))
 
     progress = Progress("downloading", sum(e.size for e in todo), stream=err)
     try:

@@ -199,3 +199,18 @@ def test_a_checkpoint_file_that_rotted_silently_is_caught_by_cleanup_and_restore
     shutil.rmtree(layout.run_dir(run.name))
     proc = s3.cli("--action", "restore", "--training-run", run.name, "--root", str(s3.root))
     assert proc.returncode == 1 and "does not match the backup's sha256" in proc.stderr
+
+
+def test_restore_puts_checkpoint_records_in_place_after_every_data_file(s3, make_run, monkeypatch):
+    run = make_run(steps=(1, 2))
+    layout = Layout(s3.root)
+    backup_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    shutil.rmtree(layout.run_dir(run.name))
+    renamed: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renamed.append(str(b)) or real(a, b))
+    restore_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
+    first_record = min(i for i, p in enumerate(renamed) if p.endswith(localfs.CHECKPOINT_INFO))
+    data = [i for i, p in enumerate(renamed) if "/training_state/step_" in p
+            and not p.endswith((localfs.CHECKPOINT_INFO, localfs.STEP_LATEST))]
+    assert data and max(data) < first_record
