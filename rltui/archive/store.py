@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterable
 
 from rltui.archive.manifest import LocalFile, Manifest
@@ -25,12 +24,6 @@ from rltui.errors import UsageError, WorkFailed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class RemoteObject:
-    sha256: str
-    size: int
 
 
 def describe_error(e: BaseException, settings: S3Settings) -> str:

@@ -94,3 +94,13 @@ def test_backup_all_backs_up_every_run_that_is_not_running(s3, make_run):
     assert f"{busy.name}: running; skipped" in proc.stdout
     listed = json.loads(s3.cli("--action", "list-backups", "--json").stdout)
     assert {r["run"] for r in listed if r["complete"]} == {a.name, b.name}
+
+
+def test_the_rltui_parser_does_not_import_boto3():
+    import subprocess
+    import sys
+
+    code = ("import sys, rltui.cli; rltui.cli.build_parser(); "
+            "print(sorted(m for m in ('boto3', 'botocore', 's3transfer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
