@@ -36,6 +36,7 @@ from rltui.index_read import (
     read_checkpoints,
     read_config_summary,
     read_eval,
+    keeper_gone,
     read_job,
     time_from_run_name,
 )
@@ -168,11 +169,24 @@ class Index:
             return self._publish_all()
 
     def reclassify(self) -> Snapshot:
-        """Re-apply the status rule to what was read (time passes; processes end). No file reads."""
+        """Re-apply the status rule to what was read (time passes; processes and keepers end).
+
+        No file is read; only runs whose status (or its reason) changed get new records."""
         with self._lock:
-            for src in self._runs.values():
+            changed = []
+            for name, src in self._runs.items():
+                r = src.record
+                before = (r.status, r.status_reason, r.stalled, r.process_alive)
                 self._classify(src)
-            return self._publish_all()
+                if (r.status, r.status_reason, r.stalled, r.process_alive) != before:
+                    changed.append(name)
+            for job_id, job in list(self._jobs.items()):
+                orphaned = job.state.active and keeper_gone(job, self._boot)
+                if orphaned != job.orphaned:
+                    self._jobs[job_id] = dataclasses.replace(job, orphaned=orphaned)
+                    if job.run:
+                        changed.append(job.run)
+            return self._publish_runs(sorted(set(changed)), resort=False)
 
     # ------------------------------------------------------------ one thing at a time
 
@@ -302,19 +316,20 @@ class Index:
         return read_eval(self._cache, str(self.layout.eval_runs / folder), run, dataset)
 
     def _eval_owner(self, folder: str) -> tuple[str, str]:
-        """Split `RUN_DATASET` at the '_' that leaves a known run name (datasets start with a
-        letter); an unknown run is guessed from the last such split."""
-        guess = None
+        """Split `RUN_DATASET` at the last '_' that leaves a known run name and a dataset that
+        starts with a letter (the longest run name wins); for an unknown run, guess the split
+        that leaves a `run_...` name, else the first."""
+        known = guess = None
         i = folder.find("_")
         while i != -1:
             run, dataset = folder[:i], folder[i + 1:]
             if dataset[:1].isalpha():
-                if run in self._runs or run in self._legacy:
-                    return run, dataset
-                if guess is None or localfs.is_run_name(run):
+                if self._known(run):
+                    known = (run, dataset)
+                elif guess is None or localfs.is_run_name(run):
                     guess = (run, dataset)
             i = folder.find("_", i + 1)
-        return guess or (folder, "")
+        return known or guess or (folder, "")
 
     def _eval_folders(self) -> list[str]:
         """Names under eval_runs/, re-listed only when the folder changed (its mtime)."""
@@ -324,9 +339,14 @@ class Index:
         except OSError:
             self._eval_listing = None
             return []
-        if self._eval_listing is None or self._eval_listing[0] != mtime:
-            self._eval_listing = (mtime, [n for n, _p in _subdirs(self.layout.eval_runs)])
-        return self._eval_listing[1]
+        if self._eval_listing is not None and self._eval_listing[0] == mtime:
+            return self._eval_listing[1]
+        names = [n for n, _p in _subdirs(self.layout.eval_runs)]
+        # A folder made within the timestamp granularity of the last one leaves the mtime as it
+        # was: a listing younger than 2 s is not trusted next time.
+        fresh = time.time() - mtime / 1e9 < 2.0
+        self._eval_listing = None if fresh else (mtime, names)
+        return names
 
     def _refresh_evals_of(self, run: str) -> None:
         """Re-read the eval folders named RUN_*, and drop those of `run` that are gone."""

@@ -529,21 +529,23 @@ def read_job(cache: FileCache, path: str, job_id: str, boot: float | None) -> Jo
         path=Path(path),
         keeper_pid=_as_int(state.get("keeper_pid")),
         updated_at=_as_float(state.get("updated_at")),
+        boot_time=_as_float(state.get("boot_time")),
     )
-    rec.orphaned = js.active and _keeper_gone(
-        rec.keeper_pid, _as_float(state.get("boot_time")), boot, rec.updated_at or rec.started_at)
+    rec.orphaned = js.active and keeper_gone(rec, boot)
     rec.damaged = damaged
     return rec
 
 
-def _keeper_gone(
-    pid: int | None, job_boot: float | None, boot: float | None, last_write: float | None
-) -> bool:
-    if job_boot is not None and boot is not None and abs(job_boot - boot) > 2:
-        return True  # started before this machine's last boot
+def keeper_gone(job: JobRecord, boot: float | None) -> bool:
+    """The job's keeper is not running: it started before this machine's last boot, or its pid
+    is dead (or now belongs to a process newer than the keeper's last write of state.json)."""
+    if job.boot_time is not None and boot is not None and abs(job.boot_time - boot) > 2:
+        return True
+    pid = job.keeper_pid
     if pid is None:
-        return False  # not started yet (queued): the launcher or supervisor decides
-    return not trainer_alive(pid, last_write) if last_write is not None else not localfs.pid_alive(pid)
+        return False  # not started yet (queued): the launcher or the supervisor decides
+    last_write = job.updated_at or job.started_at
+    return not (trainer_alive(pid, last_write) if last_write is not None else localfs.pid_alive(pid))
 
 
 # ---------------------------------------------------------------- small things

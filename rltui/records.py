@@ -149,6 +149,7 @@ class JobRecord:
     path: Path | None = None
     keeper_pid: int | None = None
     updated_at: float | None = None
+    boot_time: float | None = None  # the machine's boot time when the job started
     #: the state says active but its keeper is gone (dead pid, or started before the last boot):
     #: the supervisor will mark it lost; until then the index already treats it as lost.
     orphaned: bool = False

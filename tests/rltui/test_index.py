@@ -432,3 +432,27 @@ def test_a_keeper_pid_reused_by_a_newer_process_counts_as_gone(lfs, live_pid):
     snap = scan(lfs)
     assert snap.jobs["job_1"].orphaned
     assert snap.runs["run_2026-01-01_00-00-01"].status is RunStatus.CRASHED
+
+
+def test_reclassify_notices_a_trainer_that_died_and_leaves_other_runs_alone(lfs):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(0.05)
+    a = lfs.run("run_2026-01-01_00-00-01", phase="training", pid=proc.pid, progress_time=time.time())
+    b = lfs.run("run_2026-01-01_00-00-02")
+    index = Index(lfs.layout)
+    first = index.scan()
+    assert first.runs[a].status is RunStatus.RUNNING
+    proc.kill()
+    proc.wait()
+    second = index.reclassify()
+    assert second.runs[a].status is RunStatus.CRASHED
+    assert second.runs[b] is first.runs[b]
+
+
+def test_legacy_eval_folder_goes_to_the_longest_matching_legacy_name(lfs):
+    lfs.legacy("old", (1,))
+    lfs.legacy("old_gsm8k_run", (1,))
+    lfs.evaluation("old_gsm8k_run", "gsm8k", {1: 0.7})
+    snap = scan(lfs)
+    assert snap.legacy_runs["old_gsm8k_run"].evals["gsm8k"].last_accuracy == 0.7
+    assert not snap.legacy_runs["old"].evals
