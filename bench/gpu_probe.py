@@ -64,12 +64,13 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
         return lambda *a: completion_logprobs(*a, rows=n)
 
     found: dict[str, Any] = {"sequences_per_micro_batch": work.micro_batch}
+    m = work.micro_batch
     variants = {
-        f"fwd_bwd_micro{work.micro_batch}_rows1": micro(work.micro_batch, rows(1)),
-        f"fwd_bwd_micro{work.micro_batch}_rows4": micro(work.micro_batch, rows(4)),
-        f"fwd_bwd_micro{work.micro_batch}_plain_token_logps": micro(work.micro_batch, grpo.token_logps),
-        f"fwd_only_micro{work.micro_batch}_rows1": micro(work.micro_batch, rows(1), backward=False),
-        f"fwd_bwd_micro{2 * work.micro_batch}_rows4": micro(2 * work.micro_batch, rows(4)),
+        f"fwd_bwd_micro{m}_rows1": micro(m, rows(1)),
+        f"fwd_bwd_micro{m}_rows1_fp32_adapter": micro(m, lambda *a: completion_logprobs(*a, bf16_adapter=False)),
+        f"fwd_bwd_micro{m}_plain_token_logps": micro(m, grpo.token_logps),
+        f"fwd_only_micro{m}_rows1": micro(m, rows(1), backward=False),
+        f"fwd_bwd_micro{2 * m}_rows4": micro(2 * m, rows(4)),
     }
     for name, fn in variants.items():
         try:
@@ -109,7 +110,7 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
                                              target_modules="all-linear", task_type="CAUSAL_LM")).eval()
     prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
     found: dict[str, Any] = {}
-    reference = None
+    fixed = reference = None  # one token sequence, teacher-forced through every variant
     for attention, compile_mode in modes:
         name = f"{attention}/{compile_mode}"
         os.environ[fast_generation.ATTENTION_ENV] = attention
@@ -135,7 +136,8 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
                 entry["graph_replay_ms_by_bucket"] = {
                     kv: _event_ms(graph.replay, 20, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
             entry["compiled"] = engine.layer_fns is not None
-            fixed = out.prompt_ids[:, :], out.prompt_mask, out.completion_ids[:, :32]
+            if fixed is None:
+                fixed = out.prompt_ids, out.prompt_mask, out.completion_ids[:, :32]
             logits = fast_generation.forced_logits(model, *fixed)
             if reference is None:
                 fast_generation.release_engines()

@@ -37,7 +37,7 @@ SYNC_EVERY = 16  # tokens between "has every row finished?" checks
 # "0" turns torch.compile of the layer pieces off on CUDA; "max-autotune" lets inductor also pick
 # the projection matmul kernels by timing candidates (slower first capture).
 COMPILE_ENV = "RLTUI_COMPILE_DECODE"
-ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "bmm" (default) or "sdpa": see qwen2_decode.Attention
+ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "sdpa" (default) or "bmm": see qwen2_decode.Attention
 
 
 def supports_fast_generation(model: nn.Module) -> bool:
@@ -69,7 +69,7 @@ class DecodeEngine:
         ref = self.weights.layers[0].qkv
         self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
-        self.attention = Attention(os.environ.get(ATTENTION_ENV, Attention.BMM.value))
+        self.attention = Attention(os.environ.get(ATTENTION_ENV, Attention.SDPA.value))
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def step(self, kv_len: int) -> torch.Tensor:

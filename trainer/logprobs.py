@@ -14,6 +14,8 @@ and keep them for the backward pass.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -59,15 +61,54 @@ def selective_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature:
     return _SelectiveLogprobs.apply(logits, targets, temperature, rows)
 
 
+def wants_bf16_adapter(model: torch.nn.Module) -> bool:
+    """True on CUDA when the frozen weights are bf16 and the trainable ones float32 (peft's default
+    for a bf16 model: it keeps adapter weights in float32)."""
+    frozen, trainable = set(), set()
+    for param in model.parameters():
+        if param.device.type != "cuda":
+            return False
+        (trainable if param.requires_grad else frozen).add(param.dtype)
+    return frozen == {torch.bfloat16} and torch.float32 in trainable
+
+
+@contextlib.contextmanager
+def bf16_adapter_compute(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Run the adapter branch in bf16, as mixed-precision training does (TRL/transformers' Trainer
+    with bf16=True): autocast, and peft's cast of each LoRA input to float32 switched off.
+
+    The float32 adapter weights (the optimizer's master copy) and their gradients stay float32;
+    only the products x @ A and (x A) @ B are computed in bf16 like the rest of the model. Without
+    this, peft casts every LoRA input activation to float32 and multiplies in float32: on the
+    1.5B benchmark that was about half of a training micro-batch's GPU time (casts, float32 adds
+    and float32 GEMMs; docs/benchmarks.md).
+    """
+    if not enabled:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16), disable_input_dtype_casting(model):
+        yield
+
+
 def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        prompt_length: int, temperature: float = 1.0, rows: int = 1) -> torch.Tensor:
+                        prompt_length: int, temperature: float = 1.0, rows: int = 1,
+                        bf16_adapter: bool | None = None) -> torch.Tensor:
     """Log-probability of each completion token (positions from `prompt_length` on): [N, C] float32.
 
     Positions follow the attention mask (left padding), as in generation. `model` may be a
-    PeftModel or its DDP wrapper: it is called through its own forward.
+    PeftModel or its DDP wrapper: it is called through its own forward. `bf16_adapter`: compute
+    the adapter branch in bf16 (`bf16_adapter_compute`); None = when `wants_bf16_adapter(model)`,
+    i.e. only on CUDA with a bf16 base, so CPU results are unchanged. The log-softmax is float32
+    either way.
     """
+    if bf16_adapter is None:
+        bf16_adapter = wants_bf16_adapter(model)
     completion = input_ids.shape[1] - prompt_length
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False, logits_to_keep=completion + 1).logits
+    with bf16_adapter_compute(model, bf16_adapter):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False, logits_to_keep=completion + 1).logits
     return selective_logprobs(logits, input_ids[:, prompt_length:], temperature, rows)

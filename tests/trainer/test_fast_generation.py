@@ -331,15 +331,15 @@ def test_teacher_forced_logits_match_transformers_on_a_fixed_sequence(tokenizer)
     release_engines()
 
 
-def test_sdpa_decode_attention_generates_the_transformers_tokens(tokenizer, monkeypatch):
-    """The alternative decode attention (scaled_dot_product_attention with grouped-query heads)
+def test_bmm_decode_attention_generates_the_transformers_tokens(tokenizer, monkeypatch):
+    """The alternative decode attention (baddbmm + softmax + bmm, grouped-query heads as rows)
     computes the same function: greedy tokens equal transformers', left padding included."""
     from trainer.fast_generation import ATTENTION_ENV, _ENGINES
 
-    monkeypatch.setenv(ATTENTION_ENV, "sdpa")
+    monkeypatch.setenv(ATTENTION_ENV, "bmm")
     model = _lora(_model(tokenizer, seed=6))
     prompts = _repeated(2)
     fast = generate(model, tokenizer, prompts, max_new_tokens=70, do_sample=False, min_new_tokens=70)
-    assert _ENGINES[model].attention.value == "sdpa"
+    assert _ENGINES[model].attention.value == "bmm"
     assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 70))
     release_engines()

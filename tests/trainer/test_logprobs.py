@@ -112,3 +112,29 @@ def test_no_float32_logits_tensor_is_kept_for_backward():
     plain = _saved_float32_sizes(lambda: token_logps(model, input_ids, mask, 8, 1.0))
     assert max(plain) >= full, "the plain path keeps a float32 [rows, tokens, vocab] tensor"
     assert max(ours, default=0) < full
+
+
+def test_bf16_adapter_compute_keeps_float32_master_weights_and_gradients():
+    """Mixed precision for the adapter branch (on CPU via CPU autocast): the values stay close to
+    the float32 computation, the adapter weights and their gradients stay float32, and peft's
+    input casting is restored afterwards."""
+    model = _lora_model()
+    gen = torch.Generator().manual_seed(4)
+    input_ids = torch.randint(0, 300, (3, 16), generator=gen)
+    mask = torch.ones_like(input_ids)
+    mask[1, :4] = 0
+    exact = completion_logprobs(model, input_ids, mask, 6, bf16_adapter=False)
+    mixed = completion_logprobs(model, input_ids, mask, 6, bf16_adapter=True)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=0.05, atol=0.1)
+    mixed.sum().backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in lora)
+    assert any(float(p.grad.abs().sum()) > 0 for p in lora)
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())
+
+
+def test_bf16_adapter_is_chosen_only_for_a_cuda_bf16_base_with_float32_adapter():
+    from trainer.logprobs import wants_bf16_adapter
+
+    assert not wants_bf16_adapter(_lora_model())  # CPU, float32: results stay as they were
