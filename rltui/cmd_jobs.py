@@ -22,9 +22,11 @@ from typing import Any, Callable, TextIO
 
 from rltui import jobs
 from rltui.errors import UsageError
+from rltui.gpu import fmt
 from rltui.job_records import Job, JobState
 from rltui.localfs import Layout
 from rltui.restart_policy import RestartSettings
+from rltui.usage import TreeStats, tree_stats
 
 POLL_S = 0.2
 QUEUE_RETRY_S = 5.0
@@ -270,12 +272,14 @@ def _log_size(layout: Layout, job_id: str) -> int:
         return 0
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """The `--json` form of a job: its spec and state as in job.json and state.json."""
+def job_json(job: Job, resources: TreeStats | None = None) -> dict[str, Any]:
+    """The `--json` form of a job: its spec and state as in job.json and state.json, and for a
+    running job the CPU and memory of its processes now."""
     return {
         "id": job.id,
         "spec": job.spec.to_json() if job.spec else None,
         "state": job.state.to_json() if job.state else None,
+        "resources": resources.__dict__.copy() if resources else None,
         "error": job.error,
     }
 
@@ -283,21 +287,27 @@ def job_json(job: Job) -> dict[str, Any]:
 def cmd_jobs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     found = jobs.list_jobs(layout)
+    running = {j.id: j.state.child_pid for j in found if j.state and j.state.state.active}
+    stats = tree_stats(running) if running else {}
     if args.json:
-        print(json.dumps([job_json(j) for j in found], indent=2))
+        print(json.dumps([job_json(j, stats.get(j.id)) for j in found], indent=2))
         return 0
     if not found:
         print(f"no jobs in {layout.jobs}")
         return 0
-    print(f"{'JOB':<28} {'STATE':<10} {'RUN':<26} {'RESTARTS':>8} {'GPUS':<6} {'GPU-H':>6}  LAST REASON")
+    print(f"{'JOB':<28} {'STATE':<10} {'RUN':<26} {'RESTARTS':>8} {'GPUS':<6} {'GPU-H':>6} "
+          f"{'CPU%':>5} {'RSS MiB':>7}  LAST REASON")
     for j in found:
         s = j.state
         gpus = ",".join(map(str, s.gpus)) if s and s.gpus else "-"
         gpu_h = f"{s.usage.gpu_seconds / 3600:.2f}" if s else "-"
+        t = stats.get(j.id)
+        cpu = fmt(t.cpu_percent) if t else "-"
+        rss = fmt(t.rss_mib) if t else "-"
         reason = (s.last_reason if s else j.error) or ""
         run = (j.spec.run if j.spec else None) or "-"
         print(f"{j.id:<28} {(s.state.value if s else 'damaged'):<10} {run:<26} "
-              f"{(s.restarts if s else 0):>8} {gpus:<6} {gpu_h:>6}  {reason}")
+              f"{(s.restarts if s else 0):>8} {gpus:<6} {gpu_h:>6} {cpu:>5} {rss:>7}  {reason}")
     return 0
 
 

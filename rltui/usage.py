@@ -116,30 +116,35 @@ def tree_pids(pid: int | None) -> set[int]:
         return set()
 
 
-def tree_stats(pid: int | None, interval_s: float = 0.1) -> TreeStats:
-    """CPU percent (over `interval_s`) and resident memory of the tree under `pid`."""
+def tree_stats(roots: dict[str, int | None], interval_s: float = 0.1) -> dict[str, TreeStats]:
+    """CPU percent (measured over one shared `interval_s`) and resident memory of the process
+    tree under each root pid, keyed like `roots` (job id -> its command's pid)."""
     import time
 
     import psutil
 
-    procs = []
-    for p in sorted(tree_pids(pid)):
-        try:
-            proc = psutil.Process(p)
-            proc.cpu_percent(None)
-            procs.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    if not procs:
-        return TreeStats(0, None, None)
-    time.sleep(interval_s)
-    cpu = rss = 0.0
-    alive = 0
-    for proc in procs:
-        try:
-            cpu += proc.cpu_percent(None)
-            rss += proc.memory_info().rss / (1024 * 1024)
-            alive += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return TreeStats(alive, cpu if alive else None, rss if alive else None)
+    procs: dict[str, list] = {}
+    for key, pid in roots.items():
+        procs[key] = []
+        for p in sorted(tree_pids(pid)):
+            try:
+                proc = psutil.Process(p)
+                proc.cpu_percent(None)
+                procs[key].append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    if any(procs.values()):
+        time.sleep(interval_s)
+    out = {}
+    for key, plist in procs.items():
+        cpu = rss = 0.0
+        alive = 0
+        for proc in plist:
+            try:
+                cpu += proc.cpu_percent(None)
+                rss += proc.memory_info().rss / (1024 * 1024)
+                alive += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        out[key] = TreeStats(alive, cpu if alive else None, rss if alive else None)
+    return out

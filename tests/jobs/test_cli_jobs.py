@@ -68,10 +68,12 @@ def test_logs_tail_prints_the_last_lines(layout):
     assert r.stdout.startswith("[rltui keeper") and "succeeded" in r.stdout and r.stdout.count("\n") == 1
 
 
-def test_stop_wait_returns_when_the_job_has_stopped(layout):
+def test_jobs_shows_a_running_jobs_cpu_and_memory_and_stop_wait_returns_when_it_stopped(layout):
     spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
     jobs.launch(layout, spec)
     wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
+    (listed,) = json.loads(rltui(layout.root, "jobs", "--json").stdout)
+    assert listed["resources"]["processes"] >= 1 and listed["resources"]["rss_mib"] > 1
     r = rltui(layout.root, "stop", spec.id, "--wait")
     assert r.returncode == 0 and "stopped" in r.stdout.splitlines()[-1]
     assert read_state(layout, spec.id).state is JobState.STOPPED
