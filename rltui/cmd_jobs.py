@@ -305,6 +305,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         cpu = fmt(t.cpu_percent) if t else "-"
         rss = fmt(t.rss_mib) if t else "-"
         reason = (s.last_reason if s else j.error) or ""
+        if s and s.restarts and s.last_restart_cause and s.last_restart_cause not in reason:
+            reason += f" (last restart: {s.last_restart_cause})"
         run = (j.spec.run if j.spec else None) or "-"
         print(f"{j.id:<28} {(s.state.value if s else 'damaged'):<10} {run:<26} "
               f"{(s.restarts if s else 0):>8} {gpus:<6} {gpu_h:>6} {cpu:>5} {rss:>7}  {reason}")

@@ -176,6 +176,14 @@ class StateFile:
         kw["followup_jobs"] = list(d.get("followup_jobs") or [])
         return cls(**kw)
 
+    @property
+    def last_restart_cause(self) -> str | None:
+        """Why the job last restarted (e.g. "killed by SIGKILL"), or None if it never did."""
+        for r in reversed(self.reasons):
+            if "; restart " in r:
+                return r.split("; restart ")[0]
+        return None
+
     def note(self, reason: str) -> None:
         self.reasons.append(reason)
         self.last_reason = reason

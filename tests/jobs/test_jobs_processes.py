@@ -104,6 +104,7 @@ def test_sigkill_of_the_trainer_is_resumed_and_the_run_completes(layout):
     final = wait_final(layout, spec.id)
     assert final.state is JobState.SUCCEEDED and final.restarts == 1
     assert any("killed by SIGKILL; restart 1 from checkpoint step" in r for r in final.reasons)
+    assert final.last_restart_cause == "killed by SIGKILL"
     assert final.child_pid != first
     status = localfs.read_json(layout.run_status(spec.run))
     assert status["phase"] == "completed" and status["step"] == 12
