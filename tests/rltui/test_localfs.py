@@ -290,10 +290,10 @@ def test_a_reader_never_sees_a_partial_file_even_when_the_writer_is_killed(tmp_p
         while time.monotonic() < deadline:  # read while it writes, as the TUI would
             if path.exists():
                 last_seq = _check_whole(kind, path)
-        while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)):
+        while writer.poll() is None and not any(n.endswith(".tmp") for n in os.listdir(tmp_path)):
             pass  # kill it while a write is under way
         os.kill(writer.pid, signal.SIGKILL)
-        writer.wait()
+        assert writer.wait() == -signal.SIGKILL  # it was still writing, not dead of its own
         writer.stdout.close()
         temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         killed_mid_write += bool(temps)
