@@ -9,7 +9,8 @@ Usage:
 
 A launching command waits for its job, streams its output and exits with the job's result
 (0 succeeded, 1 failed, 2 bad input, 130 stopped); `--detach` prints the job id and returns.
-Ctrl-C while waiting asks the job to stop gracefully; a second Ctrl-C leaves it running.
+Ctrl-C while waiting asks the job to stop gracefully; a second Ctrl-C stops waiting at once and
+leaves the job to its keeper.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def _launch_and_wait(layout: Layout, spec: Any, args: argparse.Namespace) -> int
 
 def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bool = False,
                     offset: int = 0, sleep: Callable[[float], None] = time.sleep) -> Job:
-    """Copy the job's output to `out` until the job has ended; Ctrl-C stops it, a second detaches."""
+    """Copy the job's output to `out` until the job has ended; Ctrl-C asks it to stop, a second
+    Ctrl-C returns at once (KeyboardInterrupt) and leaves the job to its keeper."""
     interrupted = False
     next_queue_try = time.monotonic() + QUEUE_RETRY_S
     while True:
@@ -193,10 +195,11 @@ def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bo
             sleep(POLL_S)
         except KeyboardInterrupt:
             if interrupted or follow_only:
-                sys.stderr.write(f"\nleft job {job_id} running; follow it with: rltui --batch logs {job_id} -f\n")
+                sys.stderr.write(f"\nno longer waiting; job {job_id} is in its keeper's hands: "
+                                 f"rltui --batch logs {job_id} -f\n")
                 raise
             interrupted = True
-            sys.stderr.write(f"\nstopping job {job_id} gracefully (Ctrl-C again to leave it running)\n")
+            sys.stderr.write(f"\nstopping job {job_id} gracefully (Ctrl-C again to stop waiting)\n")
             try:
                 jobs.stop(layout, job_id)
             except UsageError:

@@ -92,3 +92,37 @@ def test_any_batch_command_reconciles_a_job_whose_keeper_died(layout):
     wait_until(lambda: not pid_alive(running.keeper_pid), 10, "the keeper to die")
     r = rltui(layout.root, "jobs")
     assert "lost" in r.stdout and read_state(layout, spec.id).state is JobState.LOST
+
+
+def test_ctrl_c_while_waiting_stops_the_job_gracefully_and_a_second_returns_leaving_it_to_its_keeper(layout):
+    import io
+
+    from rltui.cmd_jobs import wait_and_stream
+
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    jobs.launch(layout, spec)
+    wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
+    interrupts = iter([True])
+
+    def sleep_with_one_ctrl_c(dt):
+        if next(interrupts, False):
+            raise KeyboardInterrupt
+        __import__("time").sleep(dt)
+
+    out = io.StringIO()
+    job = wait_and_stream(layout, spec.id, out, sleep=sleep_with_one_ctrl_c)
+    assert job.phase is JobState.STOPPED and job.exit_status() == 130
+    assert "stopped at step" in out.getvalue()
+
+    second = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    jobs.launch(layout, second)
+    wait_until(lambda: read_state(layout, second.id).state is JobState.RUNNING, what="running")
+
+    def always_ctrl_c(dt):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        wait_and_stream(layout, second.id, io.StringIO(), sleep=always_ctrl_c)
+    state = read_state(layout, second.id)
+    assert state.state.active  # the command returned; the keeper carries out the stop
+    assert wait_final(layout, second.id).state is JobState.STOPPED
