@@ -359,6 +359,7 @@ def step_record(t: Trainer, step: int, batches: list[grpo.Batch], updates: list[
     every = cfg.training.log_rollouts_every
     if every and step % every == 0:
         t.log.rollouts(step, rollout_rows(batches[0], cfg.training.rollouts_per_log))
+    t.log.phase(Phase.TRAINING, step=step)  # the step is done: progress
     return record
 
 

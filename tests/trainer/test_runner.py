@@ -101,9 +101,12 @@ def test_additional_steps_continue_a_finished_run_in_place(six_steps, kit):
 
 def test_run_name_uses_a_precreated_empty_folder_and_refuses_a_used_one(tiny_root, cfg_file, kit):
     name = localfs.create_run_dir(localfs.Layout(tiny_root))
-    cfg = cfg_file({"training.total_steps": 1, "grpo.num_iterations": 1, "optim.warmup_steps": 0})
-    code, run, err = kit.run_inprocess(["--cfg", str(cfg), "--root", str(tiny_root), "--run-name", name])
+    cfg = cfg_file({"training.total_steps": 5, "grpo.num_iterations": 1, "optim.warmup_steps": 0})
+    code, run, err = kit.run_inprocess(["--cfg", str(cfg), "--root", str(tiny_root), "--run-name", name,
+                                        "--steps", "1"])
     assert code == 0 and run == name, err
+    status = json.loads(localfs.Layout(tiny_root).run_status(name).read_text())
+    assert status["step"] == status["target_step"] == 1  # --steps overrides training.total_steps
     code, _, err = kit.run_inprocess(["--cfg", str(cfg), "--root", str(tiny_root), "--run-name", name])
     assert code == 2 and "already in use" in err and err.count("\n") == 1
 

@@ -44,8 +44,8 @@ def test_sigterm_finishes_the_step_saves_exits_0_and_resumes_bitwise(reference, 
                      env={"RLTUI_TEST_STEP_SLEEP": "0.5"})
     run = kit.run_name_from(log)
     status_path = localfs.Layout(tiny_root).run_status(run)
-    kit.wait_status(status_path, lambda st: st["step"] == 1 and st["phase"] == "training")
-    proc.send_signal(signal.SIGTERM)  # mid step 2 (the sleep is in the training phase)
+    kit.wait_status(status_path, lambda st: st["step"] == 1 and st["phase"] == "generating")
+    proc.send_signal(signal.SIGTERM)  # in step 2, which finishes before the stop
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     status = json.loads(status_path.read_text())
     assert status["phase"] == "stopped" and status["step"] == 2 and status["latest_checkpoint"] == 2
