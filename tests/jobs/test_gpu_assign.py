@@ -74,3 +74,55 @@ def test_a_queued_job_can_be_stopped_before_it_starts(layout):
     assert jobs.stop(layout, job.id).phase is JobState.STOPPED
     sampler.set(fake_gpus(1))
     assert jobs.start_queued(layout, sampler) == []
+
+
+def _ended_keeper(layout, spec, gpus):
+    """Run `spec` under an in-process keeper whose fake child exits 0 at once, then its after_end."""
+    from rltui.job_records import StateFile, write_spec, write_state
+    from rltui.keeper import Keeper, after_end
+
+    class Done:
+        pid = 4_000_000  # never a real pid: signal_group below is a no-op
+
+        def poll(self):
+            return 0
+
+        def signal_group(self, sig):
+            pass
+
+    write_spec(layout, spec)
+    write_state(layout, spec.id, StateFile(JobState.STARTING, gpus=gpus, run=spec.run))
+    keeper = Keeper(layout, spec.id, spawner=lambda *a: Done(), sampler=FakeSampler(),
+                    sleep=lambda dt: None, on_end=after_end)
+    assert keeper.run() is JobState.SUCCEEDED
+    return keeper
+
+
+def test_a_job_that_ends_starts_the_queued_job_waiting_for_its_gpu(layout, monkeypatch):
+    from rltui import gpu
+
+    sampler = FakeSampler(fake_gpus(1))
+    monkeypatch.setattr(gpu, "_default", sampler)  # the sampler after_end's start_queued uses
+    holder = fake_train_spec(layout, steps=1).with_changes(gpus=(0,), gpu_count=1)
+    waiting = jobs.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpus=(0,), gpu_count=1),
+                          FakeSampler(fake_gpus(1, used_mib=60000)))
+    assert waiting.phase is JobState.QUEUED
+    keeper = _ended_keeper(layout, holder, [0])
+    assert read_state(layout, waiting.id).gpus == [0]
+    assert f"started queued job {waiting.id}" in jobs.read_log(layout, holder.id)
+    assert wait_final(layout, waiting.id).state is JobState.SUCCEEDED
+    assert keeper.state.state is JobState.SUCCEEDED
+
+
+def test_a_follow_up_eval_runs_on_the_first_gpu_the_training_held(layout, monkeypatch):
+    from rltui import gpu
+    from rltui.job_records import FollowUp, JobKind
+
+    monkeypatch.setattr(gpu, "_default", FakeSampler(fake_gpus(3, used_mib=[0, 30000, 30000])))
+    spec = fake_train_spec(layout).with_changes(followups=(FollowUp(JobKind.EVAL, "arith"),))
+    _ended_keeper(layout, spec, [2, 1])
+    (follow_id,) = read_state(layout, spec.id).followup_jobs
+    follow = jobs.read_job(layout, follow_id)
+    assert follow.spec.gpus == (2,) and follow.state.gpus == [2]  # NVML still shows its memory
+    jobs.kill(layout, follow_id)
+    wait_final(layout, follow_id)

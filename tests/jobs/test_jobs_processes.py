@@ -167,6 +167,22 @@ def test_a_job_from_before_the_last_boot_is_lost(layout):
     assert "rebooted" in read_state(layout, spec.id).last_reason
 
 
+def test_a_keeper_pid_reused_by_another_process_or_a_keeper_that_never_started_is_lost(layout):
+    from rltui.job_records import StateFile, write_spec, write_state
+
+    reused, never = fake_train_spec(layout), fake_train_spec(layout)
+    for spec in (reused, never):
+        write_spec(layout, spec)
+    write_state(layout, reused.id, StateFile(JobState.RUNNING, keeper_pid=os.getpid(),
+                                             boot_time=localfs.boot_time()))
+    state = StateFile(JobState.STARTING, boot_time=localfs.boot_time()).to_json()
+    state["updated_at"] = state["updated_at"] - 3600  # the launcher wrote it an hour ago
+    localfs.write_json_atomic(layout.job_state(never.id), state)
+    assert sorted(jobs.reconcile(layout)) == sorted([reused.id, never.id])
+    assert "now belongs to another process" in read_state(layout, reused.id).last_reason
+    assert "never started" in read_state(layout, never.id).last_reason
+
+
 def test_a_follow_up_eval_starts_when_training_succeeds(layout):
     spec = fake_train_spec(layout, steps=3).with_changes(
         followups=(FollowUp(JobKind.EVAL, "arith"),))
