@@ -11,7 +11,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from rltui import localfs

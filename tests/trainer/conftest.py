@@ -1,7 +1,8 @@
 """Fixtures for the trainer's tests: a small training config and helpers to run and inspect runs.
 
     cfg_file(**overrides)        a YAML config (TEST_CONFIG with "section.key" overrides) -> Path
-    kit.run_inprocess(argv)      rl_runner.main(argv) in this process -> (exit code, run name)
+    kit.new_run(cache, dir, cfg) a fresh root with the tiny model and one finished run
+    kit.run_inprocess(argv)      rl_runner.main(argv) in this process -> (exit code, run name, stderr)
     kit.spawn(module, args)      a real `python -m module ...` subprocess (Popen, output to a file)
     kit.adapter(step_dir)        the adapter's tensors {name: tensor}
     kit.log(root, run)           train_log.jsonl as {step: last line for that step}
@@ -13,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +59,17 @@ def cfg_file(tmp_path: Path) -> Callable[..., Path]:
 
 
 class Kit:
+    @staticmethod
+    def new_run(tiny_cache: Path, folder: Path, config: dict[str, Any]) -> tuple[Path, str, Path]:
+        """A fresh root in `folder` (tiny model copied from the cache) and one finished run."""
+        root = folder / "localfs"
+        shutil.copytree(tiny_cache / "models" / "tiny", root / "models" / "tiny")
+        cfg = folder / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        code, run, err = Kit.run_inprocess(["--cfg", str(cfg), "--root", str(root)])
+        assert code == 0, err
+        return root, run, cfg
+
     @staticmethod
     def run_inprocess(argv: list[str]) -> tuple[int, str | None, str]:
         from trainer import rl_runner

@@ -20,13 +20,7 @@ from trainer import resume_training
 @pytest.fixture(scope="module")
 def six_steps(tiny_cache, tmp_path_factory, kit, test_config):
     """One 6-step run (checkpoints at 0, 3, 6), shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("straight") / "localfs"
-    shutil.copytree(tiny_cache / "models" / "tiny", root / "models" / "tiny")
-    cfg = root.parent / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(test_config))
-    code, run, err = kit.run_inprocess(["--cfg", str(cfg), "--root", str(root)])
-    assert code == 0, err
-    return root, run, cfg
+    return kit.new_run(tiny_cache, tmp_path_factory.mktemp("straight"), test_config)
 
 
 def test_a_run_writes_config_status_logs_tensorboard_and_checkpoints(six_steps, kit):

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import time
 
 import pytest
-import yaml
 
 from rltui import localfs
 
@@ -22,12 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(tiny_cache, tmp_path_factory, kit, test_config):
     """The uninterrupted 6-step run every interrupted one must end equal to."""
-    root = tmp_path_factory.mktemp("reference") / "localfs"
-    shutil.copytree(tiny_cache / "models" / "tiny", root / "models" / "tiny")
-    cfg = root.parent / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(test_config))
-    code, run, err = kit.run_inprocess(["--cfg", str(cfg), "--root", str(root)])
-    assert code == 0, err
+    root, run, _ = kit.new_run(tiny_cache, tmp_path_factory.mktemp("reference"), test_config)
     return root, run
 
 
