@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import TextIO
 
 from rltui import localfs
-from rltui.archive.manifest import FileEntry, HashCache, LocalFile, Manifest, scan_run, stat_local
+from rltui.archive.lock import run_lock
+from rltui.archive.manifest import (
+    FileEntry, HashCache, LocalFile, Manifest, run_eval_dirs, scan_run, stat_local,
+)
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running, running_runs
 from rltui.archive.store import RemoteStore, translate
@@ -69,9 +72,26 @@ def backup_run(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> BackupResult:
-    out = out or sys.stdout
-    err = err or sys.stderr
+    """Back up one run (and clean it up if asked), holding the run's archive lock."""
     localfs.validate_run_name(run)
+    if not layout.root.is_dir():
+        raise UsageError(f"bad --root: {str(layout.root)!r} (no such folder)")
+    with run_lock(layout, run):
+        return _backup_run(layout, store, run, cleanup=cleanup, keep_latest=keep_latest,
+                           dry_run=dry_run, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def _backup_run(
+    layout: Layout,
+    store: RemoteStore,
+    run: str,
+    *,
+    cleanup: bool,
+    keep_latest: bool,
+    dry_run: bool,
+    out: TextIO,
+    err: TextIO,
+) -> BackupResult:
     if cleanup and run_is_running(layout, run):
         raise UsageError(f"run {run} is running: refusing to clean it up (stop it, or back up without --cleanup)")
     local = scan_run(layout, run)
@@ -302,8 +322,6 @@ def _unlink_step_latest_if_doomed(layout: Layout, run: str, doomed: set[str]) ->
 
 
 def _remove_empty_dirs(layout: Layout, run: str) -> None:
-    from rltui.archive.manifest import run_eval_dirs
-
     link = layout.step_latest(run)
     if os.path.islink(link) and not link.exists():
         os.unlink(link)

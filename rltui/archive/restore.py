@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rltui import localfs
+from rltui.archive.lock import run_lock
 from rltui.archive.manifest import FileEntry, HashCache, UnsafePath, check_run_path, stat_local
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running
@@ -84,9 +85,14 @@ def restore_run(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> RestoreResult:
-    out = out or sys.stdout
-    err = err or sys.stderr
     localfs.validate_run_name(run)
+    with run_lock(layout, run):
+        return _restore_run(layout, store, run, force=force, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def _restore_run(
+    layout: Layout, store: RemoteStore, run: str, *, force: bool, out: TextIO, err: TextIO
+) -> RestoreResult:
     if run_is_running(layout, run):
         raise UsageError(f"run {run} is running: refusing to restore into it (stop it first)")
     manifest = store.get_manifest(run)  # every path checked by Manifest.from_json

@@ -104,3 +104,23 @@ def test_the_rltui_parser_does_not_import_boto3():
             "print(sorted(m for m in ('boto3', 'botocore', 's3transfer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_second_archive_command_on_the_same_run_is_refused_while_one_works(s3, make_run):
+    from rltui.archive.lock import run_lock
+
+    run = make_run(steps=(1,))
+    with run_lock(Layout(s3.root), run.name):
+        busy = s3.cli("--action", "backup", "--training-run", run.name, "--root", str(s3.root))
+        other = s3.cli("--action", "restore", "--training-run", run.name, "--root", str(s3.root))
+    assert busy.returncode == 2 and "another archive command" in busy.stderr
+    assert other.returncode == 2 and "another archive command" in other.stderr
+    free = s3.cli("--action", "backup", "--training-run", run.name, "--root", str(s3.root))
+    assert free.returncode == 0, free.stderr
+
+
+def test_backup_with_a_root_that_does_not_exist_is_exit_2_and_creates_nothing(s3, tmp_path):
+    missing = tmp_path / "typo"
+    proc = s3.cli("--action", "backup", "--training-run", "run_2026-01-01_00-00-00", "--root", str(missing))
+    assert proc.returncode == 2 and "typo" in proc.stderr
+    assert not missing.exists()

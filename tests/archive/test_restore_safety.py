@@ -31,7 +31,9 @@ HOSTILE_PATHS = [
 
 
 def _all_files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    """Every file under folder, but the archive's own lock files."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if (p.is_file() or p.is_symlink()) and ".locks" not in p.parts}
 
 
 def _files_outside(folder: Path, root: Path) -> set[Path]:
