@@ -26,11 +26,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Small and quick, yet every piece is on: dropout (torch RNG), beta (reference with the adapter
+# Small and quick, yet every piece is on: the warm-start adapter, beta (reference with the adapter
 # disabled), num_iterations 2 (old log-probs, real ratios), a cosine schedule with warmup.
+# (A loaded adapter keeps its own LoRA settings, so `lora:` would not apply here.)
 TEST_CONFIG: dict[str, Any] = {
     "model": {"base": "tiny", "init_adapter": "warmstart"},
-    "lora": {"dropout": 0.05},
     "data": {"dataset": "arith_r1_template"},
     "rewards": [{"function": "correctness", "weight": 1.0},
                 {"function": "format_strict", "weight": 0.2}],
