@@ -67,3 +67,35 @@ def test_a_stalled_real_trainer_is_detected_killed_and_resumed(tiny_root):
     else:  # the hook stalls every session at step 2: hung again, and max_restarts is 1
         assert final.state is JobState.FAILED and final.last_reason.startswith("hung")
         assert "max_restarts" in final.last_reason
+
+
+def test_a_two_process_torchrun_job_survives_a_killed_worker(tiny_root, tmp_path):
+    import signal
+
+    import psutil
+    import yaml
+
+    from rltui.job_records import read_state
+    from rltui.localfs import latest_complete_step
+
+    from jobs_helpers import wait_until
+
+    layout = Layout(tiny_root)
+    cfg = yaml.safe_load(TINY_CFG.read_text())
+    cfg["training"]["save_every"] = 2
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    spec = jobs.train_job(layout, cfg_path, steps=8, nproc=2, gpus=0,
+                          restart=RestartSettings(auto_resume=True, backoff_s=0.5))
+    assert spec.env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and int(spec.env["RLTUI_NCCL_TIMEOUT_S"]) < 600
+    job = jobs.launch(layout, spec)
+    wait_until(lambda: (latest_complete_step(layout.training_state(job.spec.run)) or 0) >= 2, 300,
+               "checkpoint 2")
+    workers = psutil.Process(read_state(layout, job.id).child_pid).children(recursive=True)
+    assert len(workers) == 2  # torchrun's two ranks, in the job's process group
+    workers[-1].send_signal(signal.SIGKILL)
+    final = wait_final(layout, job.id, 400)
+    assert final.state is JobState.SUCCEEDED and final.restarts == 1
+    status = read_json(layout.run_status(job.spec.run))
+    assert (status["step"], status["world_size"], status["phase"]) == (8, 2, "completed")
+    assert "--from-step latest --root" in jobs.read_log(layout, job.id)  # torchrun again, no --no-torchrun
