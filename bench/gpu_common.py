@@ -54,7 +54,10 @@ class Workload:
     learning_rate: float = 1e-5
     lora_r: int = 16
     lora_alpha: int = 32
-    micro_batch: int = 16  # sequences per forward/backward in the training phase, both sides
+    # Sequences per forward/backward in the training and reference phases, both sides. 32, not 16:
+    # a micro-batch of 16 left the GPU idle ~45% of the time behind the host's kernel launches
+    # (7,000 kernels each; measured 18.2 ms/sequence at 16 vs 10.5 at 32 on the H200).
+    micro_batch: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     max_grad_norm: float = 1.0
