@@ -191,6 +191,7 @@ class Keeper:
                 why = "killed by the user (SIGKILL to the group)" if self.kill_requested else decision.reason
                 return self.finish(JobState.STOPPED, why)
             if decision.action is Action.FAIL:
+                self.remove_unused_run_folder()
                 return self.finish(JobState.FAILED, decision.reason)
             target = self.target_step()
             if latest is not None and target is not None and latest >= target:
@@ -310,6 +311,16 @@ class Keeper:
 
     def target_step(self) -> int | None:
         return run_target(self.layout, self.spec.run) if self.spec.run else None
+
+    def remove_unused_run_folder(self) -> None:
+        """A new run refused at once (bad config) leaves the empty folder `launch` made: remove
+        it (rmdir removes only an empty folder), so a typo does not leave a run behind."""
+        if self.spec.kind is JobKind.TRAIN and self.spec.run:
+            try:
+                self.layout.run_dir(self.spec.run).rmdir()
+            except OSError:
+                return
+            self.log(f"removed the unused, empty run folder {self.spec.run}")
 
     def clear_stop_request(self) -> None:
         """A stop request left from an earlier session would stop this one at its first step."""

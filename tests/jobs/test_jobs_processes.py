@@ -204,3 +204,19 @@ def test_a_failed_job_starts_no_follow_up(layout):
     final = wait_final(layout, spec.id)
     assert final.state is JobState.FAILED and final.followup_jobs == []
     assert "auto-resume is off" in final.last_reason
+
+
+def test_a_new_run_refused_for_bad_input_leaves_no_empty_run_folder_but_keeps_a_used_one(layout):
+    refused = fake_train_spec(layout, restart=RestartSettings(auto_resume=True, **FAST)).with_changes(
+        argv=(sys.executable, "-c", "import sys; print('bad config'); sys.exit(2)"))
+    used = fake_train_spec(layout, env={"FAKE_EXIT_AT_STEP": "1", "FAKE_EXIT_CODE": "2"},
+                           restart=RestartSettings(auto_resume=True, **FAST))
+    for spec in (refused, used):
+        jobs.launch(layout, spec)
+    for spec in (refused, used):
+        final = wait_final(layout, spec.id)
+        assert final.state is JobState.FAILED and final.exit_code == 2 and final.restarts == 0
+        assert "bad input" in final.last_reason
+    assert not layout.run_dir(refused.run).exists()
+    assert "removed the unused, empty run folder" in jobs.read_log(layout, refused.id)
+    assert layout.run_status(used.run).exists()
