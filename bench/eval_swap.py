@@ -5,7 +5,8 @@ Usage:
     python bench/eval_swap.py --qwen-shape [--k 5] [--prompts 64] [--new-tokens 64] [--out DIR]
         [--generate auto|plain]
 
-Both strategies run in this one process, side by side, on the same K adapters and prompts, and
+The swap side is exactly the evaluator's (evaluator.adapters.AdapterSwitcher: the first adapter
+loaded by peft, the next ones hot-swapped into the same LoRA layers). Both strategies run in this one process, side by side, on the same K adapters and prompts, and
 must give the same completions; the ratio of their wall times is printed. `--model tiny` uses
 the built-in tiny model on the CPU; `--qwen-shape` builds a randomly initialised model of
 Qwen2.5-1.5B's dimensions (bf16 on a GPU) with K random LoRA adapters (r=16, all linear layers).
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from evaluator.adapters import AdapterSwitcher  # noqa: E402
 from rltui.localfs import resolve_root  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
 from trainer.fast_generation import fast_or_plain  # noqa: E402
@@ -36,7 +38,6 @@ from trainer.modeling import (  # noqa: E402
     load_adapter,
     load_model_and_tokenizer,
     load_tokenizer,
-    unload_adapter,
 )
 
 QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -85,27 +86,30 @@ def evaluate(model, tokenizer, prompts: list[str], new_tokens: int, device: str,
 
 def run_swap(base: Path, adapters: list[Path], prompts, new_tokens, device, dtype,
              plain: bool) -> tuple[dict, list]:
+    """What the evaluator does: one base load, then evaluator.adapters.AdapterSwitcher."""
     times = {"base_load": 0.0, "adapter_load": 0.0, "generate": 0.0, "unload": 0.0}
     started = time.perf_counter()
     t = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(base, device, dtype)
+    switcher = AdapterSwitcher(model, base, device)
     sync(device)
     times["base_load"] += time.perf_counter() - t
     texts = []
     for adapter in adapters:
         t = time.perf_counter()
-        peft_model = load_adapter(model, adapter, adapter_name=adapter.name)
+        peft_model = switcher.activate(adapter)
         sync(device)
         times["adapter_load"] += time.perf_counter() - t
         t = time.perf_counter()
         texts.append(evaluate(peft_model, tokenizer, prompts, new_tokens, device, plain))
         times["generate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        model = unload_adapter(peft_model)
-        sync(device)
-        times["unload"] += time.perf_counter() - t
+    t = time.perf_counter()
+    switcher.base()
+    sync(device)
+    times["unload"] += time.perf_counter() - t
     times["total"] = time.perf_counter() - started
-    del model
+    times["hotswaps"] = switcher.hotswaps
+    del switcher, model
     return times, texts
 
 

@@ -106,14 +106,14 @@ class StepOutcome:
 
 
 class Evaluation:
-    """One evaluation: load the base once, then each checkpoint's adapter in turn."""
+    """One evaluation: load the base once, then each checkpoint's adapter in turn (hot-swapped)."""
 
     def __init__(self, plan: EvalPlan) -> None:
         self.plan = plan
         self.files = EvalFiles(plan.layout, plan.run, plan.settings.dataset)
         self.status = StatusFile(plan.layout.eval_status(plan.run, plan.settings.dataset),
                                  plan.run, plan.settings.dataset, total=len(plan.checkpoints))
-        self.model: Any = None
+        self.switcher: Any = None  # evaluator.adapters.AdapterSwitcher, once the base is loaded
         self.tokenizer: Any = None
         self.step_seconds: list[float] = []
 
@@ -166,12 +166,9 @@ class Evaluation:
             if ckpt.problems:
                 raise _StepFailed(f"checkpoint {ckpt.folder} is incomplete: {'; '.join(ckpt.problems)}")
             model = self._with_adapter(ckpt)
-            try:
-                score = evaluate_prompts(model, self.tokenizer, self.plan.prompts_examples,
-                                         self.plan.prompts, self.plan.settings,
-                                         batch_size=self.plan.batch_size, deadline=deadline)
-            finally:
-                self._drop_adapter(model, ckpt)
+            score = evaluate_prompts(model, self.tokenizer, self.plan.prompts_examples,
+                                     self.plan.prompts, self.plan.settings,
+                                     batch_size=self.plan.batch_size, deadline=deadline)
         except (_StepFailed, ConfigError) as e:
             return self._fail(summary, str(e), started)
         except StepTimeout as e:
@@ -197,38 +194,28 @@ class Evaluation:
     # ------------------------------------------------------------ the model
 
     def _load_base(self) -> None:
+        from evaluator.adapters import AdapterSwitcher
         from trainer.modeling import load_model_and_tokenizer
 
         started = time.monotonic()
-        self.model, self.tokenizer = load_model_and_tokenizer(
+        model, self.tokenizer = load_model_and_tokenizer(
             self.plan.base_path, self.plan.device, self.plan.dtype)
+        self.switcher = AdapterSwitcher(model, self.plan.base_path, self.plan.device)
         self.plan.build_prompts(self.tokenizer)
         print(f"eval_batch: base model {self.plan.base_path} loaded in "
               f"{time.monotonic() - started:.1f}s", flush=True)
 
     def _with_adapter(self, ckpt: Checkpoint) -> Any:
-        from trainer.modeling import check_adapter_fits, load_adapter
-
         if self.plan.is_base(ckpt):
-            return self.model
-        check_adapter_fits(self.plan.base_path, ckpt.adapter)
+            return self.switcher.base()
         try:
-            return load_adapter(self.model, ckpt.adapter, adapter_name=f"step_{ckpt.step}")
+            return self.switcher.activate(ckpt.adapter)
         except ConfigError:
-            self._repair_base()
+            if self.switcher.active is None and self.switcher.has_lora_layers():
+                # a failed fresh load may leave LoRA layers behind in the base
+                print("eval_batch: reloading the base model after a failed adapter load", flush=True)
+                self._load_base()
             raise
-
-    def _drop_adapter(self, model: Any, ckpt: Checkpoint) -> None:
-        from trainer.modeling import unload_adapter
-
-        if not self.plan.is_base(ckpt):
-            self.model = unload_adapter(model)
-
-    def _repair_base(self) -> None:
-        """A failed adapter load may leave LoRA layers in the base: load the base again."""
-        if any("lora_" in name for name, _ in self.model.named_modules()):
-            print("eval_batch: reloading the base model after a failed adapter load", flush=True)
-            self._load_base()
 
     # ------------------------------------------------------------ progress
 
