@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_reload_over_swap": round(reload_times["total"] / swap_times["total"], 2),
             "load_ratio_reload_over_swap": round(_load_cost(reload_times) / _load_cost(swap_times), 2),
             "same_completions": reload_texts == swap_texts,
+            "same_per_checkpoint": [r == w for r, w in zip(reload_texts, swap_texts)],
+            "same_fraction_per_checkpoint": [
+                round(sum(a == b for a, b in zip(r, w)) / len(r), 3) for r, w in zip(reload_texts, swap_texts)],
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -108,16 +108,15 @@ def load_adapter(model, adapter_dir: Path, adapter_name: str = "default", *, is_
     problems = adapter_problems(adapter_dir)
     if problems:
         raise ConfigError(f"adapter {adapter_dir}: {'; '.join(problems)}")
-    # For inference, skip initialising LoRA weights that the file overwrites anyway (faster swaps).
-    fast = {"low_cpu_mem_usage": True} if not is_trainable else {}
+    # Not low_cpu_mem_usage: with a bf16 base it rounds float32 adapter weights through bf16
+    # (peft 0.21), so the adapter evaluated would not be the adapter saved.
     try:
         if isinstance(model, PeftModel):
-            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable,
-                               **fast)
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
             model.set_adapter(adapter_name)
             return model
         return PeftModel.from_pretrained(
-            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable, **fast
+            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable
         )
     except Exception as e:  # peft raises RuntimeError, ValueError, KeyError, OSError...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

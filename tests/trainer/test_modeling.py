@@ -84,3 +84,22 @@ def test_load_then_unload_gives_back_the_base_model_unchanged(tiny_paths) -> Non
     assert torch.equal(base(input_ids=ids).logits, before)
     again = load_adapter(base, tiny_paths.warmstart, adapter_name="step_2")
     assert torch.equal(again(input_ids=ids).logits, adapted)
+
+
+def test_adapter_on_a_bf16_base_keeps_the_saved_float32_weights(tiny_paths, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    model, _ = load_model_and_tokenizer(tiny_paths.base, "cpu", torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) / 3)
+    model.save_pretrained(tmp_path / "adapter")
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    base, _ = load_model_and_tokenizer(tiny_paths.base, "cpu", torch.bfloat16)
+    loaded = dict(load_adapter(base, tmp_path / "adapter").named_parameters())
+    for key, tensor in saved.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(loaded[key.replace(".weight", ".default.weight")], tensor), key
