@@ -42,8 +42,8 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=work.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    # EOS suppressed so every completion has the forced length (as TRL's min_new_tokens). Patched
-    # both where grpo.rollout looks today (grpo.generate) and where fast_or_plain finds it.
+    # EOS suppressed so every completion has the forced length (as TRL's min_new_tokens), patched
+    # where grpo.rollout's fast_or_plain finds its generate.
     if plain_generation:
         forced = partial(plain_generate, stop_at_eos=False)
         fast_generation.supports_fast_generation = lambda model: False
@@ -57,7 +57,6 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         calls.append(1)
         return forced(*args, **kwargs)
 
-    grpo.generate = counted
     if plain_generation:
         generation_module.generate = counted
     else:

@@ -75,7 +75,10 @@ def init_distributed() -> Dist:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"backend": backend, "timeout": _dt.timedelta(minutes=30)}
+        # The keeper sets RLTUI_NCCL_TIMEOUT_S below its hang timeout, so a stuck collective
+        # becomes an error (and a restart) before the job is declared hung.
+        timeout_s = float(os.environ.get("RLTUI_NCCL_TIMEOUT_S", "1800"))
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": _dt.timedelta(seconds=timeout_s)}
         if device.type == "cuda":
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)

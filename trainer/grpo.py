@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Example
-from trainer.generation import generate
+from trainer.fast_generation import fast_or_plain
+from trainer.logprobs import completion_logprobs
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
@@ -98,7 +99,8 @@ def rollout(
 ) -> Batch:
     """Sample `num_generations` completions of every prompt with the policy (adapter on)."""
     repeated = [p for p in prompts for _ in range(num_generations)]
-    out = generate(
+    # On CUDA a Qwen2 policy samples through the CUDA-graph engine; elsewhere the plain generate.
+    out = fast_or_plain(model)(
         model, tokenizer, repeated, max_new_tokens=max_completion_length, do_sample=True,
         temperature=temperature, top_p=top_p, generator=generator,
         max_prompt_length=max_prompt_length,
@@ -147,6 +149,9 @@ def token_logps(
     prompt_length: int, temperature: float,
 ) -> torch.Tensor:
     """Log-probability of each completion token under `model`: [N, C] (float32)."""
+    if input_ids.is_cuda:
+        # Same values without a float32 [N, T, vocab] tensor (151,936 columns for Qwen2.5).
+        return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).logits
