@@ -12,6 +12,8 @@ started detached in a new session so it outlives the launcher (docs/ARCHITECTURE
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import secrets
 import signal
@@ -34,6 +36,7 @@ from rltui.localfs import (
 )
 from rltui.restart_policy import RestartSettings
 from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
+from rltui.sync_to_s3 import check_flags as check_sync_flags
 
 PY = sys.executable
 CODE_ROOT = Path(__file__).resolve().parent.parent  # holds rltui/, trainer/, evaluator/
@@ -131,8 +134,11 @@ def sync_job(
     """An S3 archive action (rltui.sync_to_s3); needs no GPU."""
     if action not in SYNC_ACTIONS:
         raise UsageError(f"bad --action: {action!r} (choose from {', '.join(SYNC_ACTIONS)})")
-    if action in ("backup", "restore") and not run:
-        raise UsageError(f"--action {action} needs --training-run RUN")
+    # The archive's own flag rules, so a job is never created that sync_to_s3 would refuse.
+    check_sync_flags(argparse.Namespace(
+        action=action, training_run=run, cleanup=cleanup, keep_latest=keep_latest,
+        dry_run=False, force=False, json=False,
+    ))
     argv = [PY, "-m", "rltui.sync_to_s3", "--action", action]
     if run:
         argv += ["--training-run", validate_name(run, "run name")]
