@@ -40,7 +40,8 @@ from rltui.tui.status_bar import StatusBar
 from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
-RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
+RECLASSIFY_S = 10.0
+MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row  # a trainer that dies writes nothing: re-apply the status rule now and then
 
 @dataclass(frozen=True)
 class Command:
@@ -211,7 +212,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.snapshot = message.snapshot
         table = self.query_one(RunsTable)
         jobs = self.jobs_pane
-        if message.runs is None or not self.loaded:
+        many = message.runs is not None and len(message.runs) > MANY_CHANGES
+        if message.runs is None or not self.loaded or many:
             table.set_runs(all_runs(message.snapshot))
             jobs.set_jobs(list(message.snapshot.jobs.values()))
             if not self.loaded:

@@ -32,8 +32,11 @@ class Update:
 
 
 def changed_names(old: dict, new: dict) -> set[str]:
-    """Keys whose record is a different object, or that appeared or vanished."""
-    out = {k for k, v in new.items() if old.get(k) is not v}
+    """Keys whose record changed (a new object with different content), appeared or vanished.
+
+    Identity first (a refresh shares unchanged records), then equality: a re-classification
+    builds new records for every run although few of them changed."""
+    out = {k for k, v in new.items() if old.get(k) is not v and old.get(k) != v}
     out.update(k for k in old if k not in new)
     return out
 

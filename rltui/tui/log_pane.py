@@ -107,7 +107,7 @@ class LogPane(Log):
         self.poll()
 
     def poll(self) -> None:
-        if self.reader is not None and self.display:
+        if self.reader is not None and self.region.area:  # on screen (not in a hidden tab)
             self._read(self.reader)
 
     @work(thread=True, exclusive=True, group="log-tail")

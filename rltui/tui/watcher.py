@@ -225,10 +225,12 @@ class RootWatcher:
         try:
             observer = self.observer_factory() if self.observer_factory else _default_observer()
             handler = _Handler(self)
+            kinds = _write_events()
             for name in WATCHED:
                 folder = self.root / name
                 folder.mkdir(parents=True, exist_ok=True)
-                observer.schedule(handler, str(folder), recursive=True)  # type: ignore[attr-defined]
+                observer.schedule(handler, str(folder), recursive=True,  # type: ignore[attr-defined]
+                                  event_filter=kinds)
             observer.start()  # type: ignore[attr-defined]
         except OSError as e:
             return f"polling: inotify unavailable ({_errno_name(e)})"
@@ -295,6 +297,17 @@ def _errno_name(e: OSError) -> str:
     if e.errno in (errno.ENOSPC, errno.EMFILE):
         return f"{errno.errorcode[e.errno]}: {e.strerror or 'limit reached'}"
     return str(e)
+
+
+def _write_events() -> list[type]:
+    """Writes, creations, deletions and renames only. Without this filter inotify also reports
+    every open and read-only close, and listing a big tree (ours, the index's, watchdog's own
+    re-sync after an overflow) overflows the kernel queue again and again."""
+    from watchdog import events as ev
+
+    return [ev.FileCreatedEvent, ev.DirCreatedEvent, ev.FileDeletedEvent, ev.DirDeletedEvent,
+            ev.FileMovedEvent, ev.DirMovedEvent, ev.FileModifiedEvent, ev.DirModifiedEvent,
+            ev.FileClosedEvent]
 
 
 def _default_observer() -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ def write_job(layout: Layout, job_id: str, kind: str, run: str | None, state: st
     localfs.write_json_atomic(layout.job_state(job_id), {
         "state": state, "keeper_pid": keeper_pid, "restarts": restarts, "last_reason": reason,
         "reasons": [reason] if reason else [], "started_at": created + 5,
-        "ended_at": created + 600 if ended else None, "updated_at": created + 600,
+        "ended_at": created + 600 if ended else None,
+        # a live job's last write is now: the index checks its keeper started before it
+        "updated_at": created + 600 if ended else time.time(),
         "boot_time": localfs.boot_time(), "gpus": gpus, "run": run,
         "usage": {"gpu_seconds": 1800.0, "cost": 1.25}})
     layout.job_log(job_id).write_text(log or f"job {job_id} started\nstep 1 reward 0.2\n")
