@@ -5,9 +5,11 @@ Usage:
     python bench/tui_start.py [--runs 100,1000] [--repeats 5] [--checkpoints 5] [--keep DIR]
 
 For each size a localfs is written by bench/make_localfs.py. Each measurement is a fresh
-process in a 100x30 pty: the parent notes the time before spawning, the child notes the time
-when the frame that shows every run (or the empty table) has been drawn, then exits. The two
-apps alternate, and the median of `--repeats` runs is reported with their ratio.
+process in a 100x30 pty: the parent notes the time before spawning; the child notes when the
+first frame listing the runs has been drawn (the top FIRST_ROWS of the sorted list, from
+status.json alone; the other rows join right after that frame), and when every column of every
+row is filled after the index's full scan, then exits. The minimal app notes its first frame. The
+apps alternate; medians of `--repeats` runs are reported, wall time and CPU time, with ratios.
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ def child_rltui(stamp: Path, root: Path) -> None:
                 self.first = (time.time(), self.query_one(RunsTable).row_count, time.process_time())
 
         def drawn_full(self) -> None:
-            full = (time.time(), self.query_one(RunsTable).row_count, time.process_time())
+            table = self.query_one(RunsTable)
+            if table.row_count < len(table.shown):  # rows past the first screenful still coming
+                self.call_after_refresh(self.drawn_full)
+                return
+            full = (time.time(), table.row_count, time.process_time())
             first = self.first or full
             stamp.write_text(" ".join(str(v) for v in (*first, *full)))
             self.exit()
@@ -153,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         child_rltui(args.stamp, args.root)
         return 0
 
+    sys.path.insert(0, str(REPO))
+    from rltui.tui.runs_table import FIRST_ROWS  # here, not at the top: children stay lean
+
     base = args.keep or Path(tempfile.mkdtemp(prefix="tui_start_"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"pty {COLS}x{ROWS}, {args.repeats} runs each, median; localfs by bench/make_localfs.py "
@@ -166,15 +175,16 @@ def main(argv: list[str] | None = None) -> int:
                 m = run_in_pty(["--child", "minimal"])
                 t_first, rows_first, c_first, t_full, rows_full, c_full = run_in_pty(
                     ["--child", "rltui", "--root", str(root)])
-                if rows_first != n or rows_full != n:
+                if rows_first != min(n, FIRST_ROWS) or rows_full != n:
                     raise SystemExit(f"rltui listed {rows_first}/{rows_full} runs, expected {n}")
                 for key, value in zip(samples, (m[0], m[2], t_first, c_first, t_full, c_full)):
                     samples[key].append(value)
             med = {k: statistics.median(v) for k, v in samples.items()}
-            print(f"{n:>5} runs, wall: minimal {med['m']:.3f} s | rltui first frame with every run "
+            print(f"{n:>5} runs, wall: minimal {med['m']:.3f} s | rltui first frame (top "
+                  f"{min(n, FIRST_ROWS)} runs) "
                   f"{med['f']:.3f} s = {med['f'] / med['m']:.2f}x | every column filled (full scan) "
-                  f"{med['a']:.3f} s = {med['a'] / med['m']:.2f}x")
-            print(f"{n:>5} runs, CPU:  minimal {med['mc']:.3f} s | rltui first frame with every run "
+                  f"{med['a']:.3f} s = {med['a'] / med['m']:.2f}x (every row in the table)")
+            print(f"{n:>5} runs, CPU:  minimal {med['mc']:.3f} s | rltui first frame "
                   f"{med['fc']:.3f} s = {med['fc'] / med['mc']:.2f}x | every column filled "
                   f"{med['ac']:.3f} s = {med['ac'] / med['mc']:.2f}x")
     finally:

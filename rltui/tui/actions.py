@@ -162,8 +162,12 @@ class ActionsMixin:
         from rltui.tui.log_pane import LogPane
         from rltui.tui.log_screen import LogScreen
 
-        pane_id = "#job-log" if self.current_view == "jobs-view" else "#run-log"
-        pane = self.query_one(pane_id, LogPane)
+        from rltui.tui.run_detail import RunDetail
+
+        if self.current_view == "jobs-view":
+            pane = self.jobs_pane.query_one("#job-log", LogPane)
+        else:
+            pane = self.query_one(RunDetail).log_pane
         if pane.path is None:
             self.notify("no log to open here", severity="warning")
             return

@@ -92,6 +92,7 @@ class LogPane(Log):
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_s, self.poll)
+        self.poll()
 
     @property
     def path(self) -> Path | None:
@@ -101,13 +102,14 @@ class LogPane(Log):
         """Show `path` from its tail on; the same path again keeps the current position."""
         if path is not None and self.reader is not None and self.reader.path == path:
             return
-        self.clear()
+        if self.is_mounted:
+            self.clear()
         self.border_title = title or (str(path) if path else "no log")
         self.reader = TailReader(Path(path)) if path else None
         self.poll()
 
     def poll(self) -> None:
-        if self.reader is not None and self.region.area:  # on screen (not in a hidden tab)
+        if self.reader is not None and self.is_mounted and self.region.area:  # on screen
             self._read(self.reader)
 
     @work(thread=True, exclusive=True, group="log-tail")

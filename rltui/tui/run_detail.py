@@ -21,6 +21,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.lazy import Lazy
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from rltui.records import CheckpointRecord, RunRecord
@@ -106,16 +107,18 @@ class RunDetail(Vertical):
         self.run: RunRecord | None = None
         self.history: MetricsHistory | None = None
         self.metric_index = 0
+        self.log_pane = LogPane(id="run-log")
 
     def compose(self) -> ComposeResult:
         yield Static("no run selected", id="run-summary")
         with TabbedContent(id="detail-tabs"):
             with TabPane("Checkpoints", id="tab-checkpoints"):
                 yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
+            # hidden tabs: mounted after the first frame
             with TabPane("Plot", id="tab-plot"):
-                yield MetricsPlot(id="plot")
+                yield Lazy(MetricsPlot(id="plot"))
             with TabPane("Log", id="tab-log"):
-                yield LogPane(id="run-log")
+                yield Lazy(self.log_pane)
 
     def on_mount(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
@@ -136,7 +139,7 @@ class RunDetail(Vertical):
         self.run = run
         self.query_one("#run-summary", Static).update(summary_text(run) if run else "no run selected")
         self._fill_checkpoints(run, keep_cursor=same)
-        self.query_one("#run-log", LogPane).follow(log_path, log_title)
+        self.log_pane.follow(log_path, log_title)
         if run is None:
             self.history = None
         elif not same or self.history is None:

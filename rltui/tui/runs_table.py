@@ -19,6 +19,7 @@ from typing import Callable
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from rltui.records import RunRecord
 from rltui.tui import cells
@@ -82,6 +83,7 @@ def sort_runs(runs: list[RunRecord], key: str, reverse: bool = False) -> list[Ru
     return sorted(runs, key=column.sort_key, reverse=reverse)  # type: ignore[arg-type,return-value]
 
 
+FIRST_ROWS = 120  # rows added before the first frame; more than any terminal shows at once
 PENDING = "…"  # not read yet: the first screen shows status.json only
 
 
@@ -125,6 +127,7 @@ class RunsTable(DataTable):
         self.runs: dict[str, RunRecord] = {}
         self.filter_text = ""
         self.partial = False
+        self.generation = 0
         self.sort_key = "age"
         self.sort_reverse = False
         self.shown: list[str] = []
@@ -160,8 +163,12 @@ class RunsTable(DataTable):
         if not in_place:
             self.rebuild()
             return
-        for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
-            self.update_cell(name, key, value)
+        try:
+            for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
+                self.update_cell(name, key, value)
+        except (CellDoesNotExist, KeyError):  # its row is still to be added after this frame
+            self.rebuild()
+            return
         if name == self.selected:
             self.post_message(self.RunChosen(name))
 
@@ -188,13 +195,25 @@ class RunsTable(DataTable):
         ordered = sort_runs(visible, self.sort_key, self.sort_reverse)
         now = self.clock()
         self.clear()
-        for r in ordered:
+        self.generation += 1
+        names = [r.name for r in ordered]
+        # A screenful first, the rest right after that frame is drawn: measuring 1,000 rows
+        # would otherwise hold back the first picture by a few tenths of a second.
+        first = len(ordered) if keep in names[FIRST_ROWS:] else FIRST_ROWS
+        for r in ordered[:first]:
             self.add_row(*row_cells(r, now, self.partial), key=r.name)
-        self.shown = [r.name for r in ordered]
+        if ordered[first:]:
+            self.call_after_refresh(self._add_rest, self.generation, ordered[first:], now)
+        self.shown = names
         if keep in self.shown:
             self.move_cursor(row=self.shown.index(keep))
         if self.selected != keep:
             self.post_message(self.RunChosen(self.selected))
+
+    def _add_rest(self, generation: int, rest: list[RunRecord], now: float) -> None:
+        if generation == self.generation:  # else a newer rebuild has replaced these rows
+            for r in rest:
+                self.add_row(*row_cells(r, now, self.partial), key=r.name)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()

@@ -144,3 +144,19 @@ def test_changes_between_a_baseline_and_the_start_are_delivered(root: Path) -> N
         assert got.wait_for(Change("run", RUN))
     finally:
         watcher.stop()
+
+
+def test_reading_files_reports_nothing(root: Path) -> None:
+    write_json_atomic(Layout(root).run_status(RUN), {"step": 1})
+    got = Collector()
+    watcher = RootWatcher(root, got, debounce_s=0.05, fstype="ext4")
+    watcher.start()
+    try:
+        for _ in range(50):  # the index and the log panes read; that must not look like a change
+            Layout(root).run_status(RUN).read_text()
+            list(Layout(root).training_state(RUN).iterdir())
+        write_json_atomic(Layout(root).job_state("marker"), {"state": "queued"})
+        assert got.wait_for(Change("job", "marker"))
+        assert all(batch == {Change("job", "marker")} for batch in got.batches)
+    finally:
+        watcher.stop()
