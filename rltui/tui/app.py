@@ -284,7 +284,12 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     @on(Tabs.TabActivated, "#tabs")
     def tab_activated(self, event: Tabs.TabActivated) -> None:
-        view = f"{event.tab.id}-view"
+        self.switch_view(f"{event.tab.id}-view")
+
+    def switch_view(self, view: str) -> None:
+        if not self.query(f"#{view}"):  # a lazily mounted pane, asked for in the first moments
+            self.call_after_refresh(self.switch_view, view)
+            return
         self.query_one("#views", ContentSwitcher).current = view
         target = {"runs-view": RunsTable, "jobs-view": JobsTable}.get(view)
         if target is not None:

@@ -169,3 +169,13 @@ def test_the_quick_first_screen_lists_every_run_from_status_json_alone(tui_root:
     assert runs[RUNS["stopped"]].status.value == "stopped"
     assert runs[RUNS["unknown"]].status.value == "unknown"
     assert (runs[RUNS["running"]].step, runs[RUNS["running"]].target_step) == (12, 40)
+
+
+@pilot_test
+async def test_switching_tabs_in_the_first_moments_waits_for_the_lazy_panes(tui_root: Path) -> None:
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("3")  # before the hidden panes are mounted
+        assert await wait_until(pilot, lambda: app.current_view == "gpus-view")
+        await pilot.press("2")
+        assert await wait_until(pilot, lambda: app.current_view == "jobs-view")
