@@ -90,6 +90,7 @@ def test_sigkill_anywhere_leaves_a_complete_latest_checkpoint_and_resume_matches
     run = kit.run_name_from(log)
     layout = localfs.Layout(tiny_root)
     state = layout.training_state(run)
+    kills: list[tuple[str, int]] = []
     for i, (phase, from_step, delay) in enumerate(KILL_POINTS):
         if i > 0:
             proc = _resume(kit, tiny_root, run, log, env=env)
@@ -107,8 +108,10 @@ def test_sigkill_anywhere_leaves_a_complete_latest_checkpoint_and_resume_matches
         else:
             kit.wait_status(layout.run_status(run), lambda st: ready(st) and st["phase"] == phase)
             time.sleep(delay)
+        seen = localfs.read_json(layout.run_status(run))  # where this kill lands
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        kills.append((seen["phase"], seen["step"]))
         latest = localfs.read_step_latest(state)
         assert latest is not None and localfs.checkpoint_problems(state / f"step_{latest}") == []
         for step, path in localfs.list_step_dirs(state):  # no half-written step_N, ever
@@ -121,8 +124,11 @@ def test_sigkill_anywhere_leaves_a_complete_latest_checkpoint_and_resume_matches
     assert localfs.read_step_latest(state) == 6
     kit.assert_same_adapter(ref_root / "training_runs" / ref_run / "training_state" / "step_6",
                             state / "step_6")
-    sessions = {json.loads(line)["session"] for line in layout.train_log(run).read_text().splitlines()}
-    assert len(sessions) >= 4  # the kills really landed in different sessions at different steps
+    # The kills really landed: each in its own process, inside saves and outside, at several steps.
+    assert len(kills) >= 4, kills
+    assert any(phase == "saving" for phase, _ in kills), kills
+    assert any(phase != "saving" for phase, _ in kills), kills
+    assert len({step for _, step in kills}) >= 2, kills
 
 
 def test_stall_hook_stops_progress_without_touching_status(tiny_root, cfg_file, kit, tmp_path):
