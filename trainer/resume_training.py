@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rltui import localfs
 from trainer.errors import ConfigError
-from trainer.runfiles import RESOLVED_CONFIG, verify_checkpoint
+from trainer.runfiles import RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
 
 
 
@@ -60,12 +60,7 @@ def plan(args: argparse.Namespace) -> list[str]:
     root = localfs.resolve_root(args.root)
     layout = localfs.Layout(root)
     run = args.training_run
-    try:
-        run_dir = layout.run_dir(run)
-    except localfs.BadName as e:
-        raise ConfigError(str(e)) from None
-    if not run_dir.is_dir():
-        raise ConfigError(f"no such training run: {run} (looked in {layout.training_runs})")
+    existing_run_dir(layout, run)
     state = layout.training_state(run)
     step = resolve_from_step(state, run, args.from_step)
     info = verify_checkpoint(state / localfs.step_dir_name(step), run)

@@ -12,6 +12,17 @@ RESOLVED_CONFIG = "config_resolved.yaml"  # beside config.yaml: every default wr
 MODEL_DIR = "model"  # the adapter inside step_N/
 
 
+def existing_run_dir(layout: localfs.Layout, run: str) -> Path:
+    """The folder of an existing training run, or ConfigError naming the bad or unknown name."""
+    try:
+        run_dir = layout.run_dir(run)
+    except localfs.BadName as e:
+        raise ConfigError(str(e)) from None
+    if not run_dir.is_dir():
+        raise ConfigError(f"no such training run: {run} (looked in {layout.training_runs})")
+    return run_dir
+
+
 def verify_checkpoint(step_dir: Path, run: str) -> dict[str, Any]:
     """training_info.json of a complete checkpoint, or ConfigError naming every problem."""
     problems = localfs.checkpoint_problems(step_dir)

@@ -16,7 +16,7 @@ from typing import Any
 from rltui import localfs
 from trainer.config import Config, config_from_dict, load_config
 from trainer.errors import ConfigError
-from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG, verify_checkpoint
+from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
 
 
 @dataclass
@@ -121,12 +121,7 @@ def _init_adapter(spec: str | None, cfg: Config, root: Path) -> Path | None:
 def _prepare_resume(args: argparse.Namespace, root: Path, layout: localfs.Layout,
                     world_size: int) -> Session:
     run = args.resume_run
-    try:
-        run_dir = layout.run_dir(run)
-    except localfs.BadName as e:
-        raise ConfigError(str(e)) from None
-    if not run_dir.is_dir():
-        raise ConfigError(f"no such training run: {run} (looked in {layout.training_runs})")
+    existing_run_dir(layout, run)
     step_dir = layout.step_dir(run, args.resume_step)
     info = verify_checkpoint(step_dir, run)
     cfg = read_run_config(layout, run)
