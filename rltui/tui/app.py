@@ -227,7 +227,7 @@ class RlTuiApp(ActionsMixin, App[str]):
             if message.jobs:
                 self.show_selected_run()
         bar = self.query_one(StatusBar)
-        bar.jobs_running = len(message.snapshot.active_jobs)
+        bar.jobs_running = len(running_jobs(message.snapshot))
         bar.mark_updated()
         if message.drawn is not None:
             self.call_after_refresh(message.drawn.set)
@@ -361,8 +361,13 @@ def process_owners(jobs: list[JobRecord]) -> dict[int, tuple[str | None, str | N
     return owners
 
 
+def running_jobs(snapshot: Snapshot | None) -> list[JobRecord]:
+    """Active jobs whose keeper lives (an orphaned one is lost, whatever its state file says)."""
+    return [j for j in snapshot.active_jobs if not j.orphaned] if snapshot else []
+
+
 def quit_message(snapshot: Snapshot | None) -> str:
-    active = snapshot.active_jobs if snapshot else []
+    active = running_jobs(snapshot)
     if not active:
         return "rltui: no jobs running."
     ids = ", ".join(j.id for j in active)
