@@ -481,14 +481,10 @@ def read_log(layout: Layout, job_id: str, tail_lines: int | None = None) -> str:
 
 def process_owners(layout: Layout) -> dict[int, tuple[str | None, str | None]]:
     """pid -> (job id, run) for every process in the tree of an active job's command."""
-    from rltui.usage import tree_pids
+    from rltui.usage import owners_by_pid
 
-    owners: dict[int, tuple[str | None, str | None]] = {}
-    for job in list_jobs(layout):
-        if job.state and job.state.state.active and job.state.child_pid:
-            for pid in tree_pids(job.state.child_pid):
-                owners[pid] = (job.id, job.state.run)
-    return owners
+    return owners_by_pid((job.id, job.state.run, job.state.child_pid) for job in list_jobs(layout)
+                         if job.state and job.state.state.active)
 
 
 def gpu_snapshot(layout: Layout, sampler: Sampler | None = None) -> "gpu.GpuSnapshot":

@@ -116,6 +116,16 @@ def tree_pids(pid: int | None) -> set[int]:
         return set()
 
 
+def owners_by_pid(roots: Iterable[tuple[str, str | None, int | None]]
+                  ) -> dict[int, tuple[str, str | None]]:
+    """pid -> (job id, run) for every process under each (job id, run, root pid)."""
+    owners: dict[int, tuple[str, str | None]] = {}
+    for job_id, run, pid in roots:
+        for p in tree_pids(pid):
+            owners[p] = (job_id, run)
+    return owners
+
+
 def tree_stats(roots: dict[str, int | None], interval_s: float = 0.1) -> dict[str, TreeStats]:
     """CPU percent (measured over one shared `interval_s`) and resident memory of the process
     tree under each root pid, keyed like `roots` (job id -> its command's pid)."""

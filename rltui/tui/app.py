@@ -343,22 +343,11 @@ def all_runs(snapshot: Snapshot) -> list[RunRecord]:
     return [*snapshot.runs.values(), *snapshot.legacy_runs.values()]
 
 
-def process_owners(jobs: list[JobRecord]) -> dict[int, tuple[str | None, str | None]]:
-    """pid -> (job id, run) for every process under an active job's keeper."""
-    import psutil
+def process_owners(jobs: list[JobRecord]) -> dict[int, tuple[str, str | None]]:
+    """pid -> (job id, run) for every process under an active job's keeper (from the snapshot)."""
+    from rltui.usage import owners_by_pid
 
-    owners: dict[int, tuple[str | None, str | None]] = {}
-    for job in jobs:
-        if not job.keeper_pid:
-            continue
-        try:
-            keeper = psutil.Process(job.keeper_pid)
-            procs = [keeper, *keeper.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in procs:
-            owners[proc.pid] = (job.id, job.run)
-    return owners
+    return owners_by_pid((job.id, job.run, job.keeper_pid) for job in jobs)
 
 
 def running_jobs(snapshot: Snapshot | None) -> list[JobRecord]:
