@@ -147,11 +147,17 @@ class Demo:
         self.stage("resume, then kill the trainer with SIGKILL and let the keeper resume it")
         spec = jobs.resume_job(self.layout, run, "latest", auto_resume=True, gpus=0,
                                restart=RestartSettings(backoff_s=1.0))
+        start = latest_complete_step(self.layout.training_state(run)) or 0
         job = jobs.launch(self.layout, spec)
         self.say(f"job {job.id}: {spec.title}")
-        self.follow(job.id, run, until=lambda s: s >= self.plan.kill_at)
+        # status.json still shows the stopped session until the resumed trainer finishes a step:
+        # wait for a step past the one it resumed from, so the kill hits the new process.
+        kill_after = max(self.plan.kill_at, start + 1)
+        self.follow(job.id, run, until=lambda s: s >= kill_after)
         pid = read_state(self.layout, job.id).child_pid
-        self.say(f"past step {self.plan.kill_at}: kill -9 {pid} (the trainer, as the OOM killer would)")
+        if pid is None:
+            raise WorkFailed(f"demo: job {job.id} has no running trainer to kill")
+        self.say(f"past step {kill_after}: kill -9 {pid} (the trainer, as the OOM killer would)")
         os.kill(pid, signal.SIGKILL)
         final = self.follow(job.id, run)
         self.expect(final, JobState.SUCCEEDED)

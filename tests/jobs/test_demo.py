@@ -21,7 +21,7 @@ def test_the_demo_runs_every_stage_and_survives_the_sigkill(tiny_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RLTUI_S3", "AWS_"))}
     env["RLTUI_S3_ENV"] = str(tiny_root / "no-s3-settings.env")
     r = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(tiny_root), "--batch", "demo",
-                        "--steps", "12", "--eval-subset", "0.05"],
+                        "--steps", "20", "--eval-subset", "0.05"],
                        capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
@@ -44,7 +44,7 @@ def test_the_demo_runs_every_stage_and_survives_the_sigkill(tiny_root):
 
     run = train.spec.run
     status = read_json(layout.run_status(run))
-    assert (status["phase"], status["step"]) == ("completed", 12)
+    assert (status["phase"], status["step"]) == ("completed", 20)
     (metrics,) = layout.eval_runs.glob(f"{run}_*/consolidated_metrics.csv")
     steps = [int(row["step"]) for row in csv.DictReader(open(metrics))]
-    assert steps[0] == 0 and steps[-1] == 12 and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == 20 and steps == sorted(set(steps))
