@@ -32,7 +32,7 @@ from rltui.localfs import Layout
 from rltui.tui.actions import ActionsMixin
 from rltui.tui.gpu_pane import GpuPane
 from rltui.tui.jobs_pane import JobsPane, JobsTable
-from rltui.tui.live import LiveIndex, quick_runs
+from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
 from rltui.tui.runs_table import RunsTable
@@ -41,6 +41,7 @@ from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
 RECLASSIFY_S = 10.0
+QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row  # a trainer that dies writes nothing: re-apply the status rule now and then
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.watcher: RootWatcher | None = None
         self.loaded = False  # the first scan is shown
         self.scanned = threading.Event()  # the first scan is done (set from its worker)
+        self.quick_read: QuickRead | None = None
+        self.quick_posted = False
 
     # ------------------------------------------------------------ layout
 
@@ -133,12 +136,28 @@ class RlTuiApp(ActionsMixin, App[str]):
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
 
+    def on_load(self) -> None:
+        if self.quick_first:  # status.json files are read while the screen is being built
+            self.quick_read = QuickRead(self.layout, self.clock())
+            self.quick_read.start()
+
     def on_mount(self) -> None:
         self.query_one("#filter").display = False
         self.query_one(RunsTable).focus()
         if not self.watch_enabled:
             self.query_one(StatusBar).watch_mode = "off"
+        if self.quick_read is not None:
+            # Waiting briefly costs less than drawing the whole screen twice (empty, then listed);
+            # on a slow filesystem the empty screen comes first and the list when read.
+            self.quick_read.join(QUICK_WAIT_S)
+            self.post_quick_list()
         self.initial_scan()
+
+    def post_quick_list(self) -> None:
+        quick = self.quick_read
+        if quick is not None and not self.quick_posted and not quick.is_alive() and quick.runs is not None:
+            self.quick_posted = True
+            self.post_message(QuickListReady(quick.runs, quick.drawn))
         self.set_interval(RECLASSIFY_S, self.reclassify)
 
     def start_sampling(self) -> None:
@@ -156,10 +175,11 @@ class RlTuiApp(ActionsMixin, App[str]):
         The watcher starts after the scan; changes made meanwhile are found by comparing the
         file signatures taken before the scan with those at the watcher's start.
         """
-        if self.quick_first:
-            drawn = threading.Event()
-            self.post_message(QuickListReady(quick_runs(self.layout, self.clock()), drawn))
-            drawn.wait(timeout=2.0)  # let the UI thread draw it before the scan takes the GIL
+        if self.quick_read is not None:
+            self.quick_read.join()
+            self.call_from_thread(self.post_quick_list)  # unless on_mount could already
+            if self.quick_posted:
+                self.quick_read.drawn.wait(timeout=2.0)  # drawn before the scan takes the GIL
         baseline = poll_signatures(self.root) if self.watch_enabled else None
         snapshot = self.live.scan()
         self.scanned.set()

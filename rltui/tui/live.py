@@ -71,6 +71,24 @@ def quick_runs(layout: Layout, now: float, host: str | None = None) -> list[RunR
     return out
 
 
+class QuickRead(threading.Thread):
+    """`quick_runs` on its own thread, started as the app loads, so the first frame can list the
+    runs instead of drawing an empty table and then the whole screen again."""
+
+    def __init__(self, layout: Layout, now: float) -> None:
+        super().__init__(name="rltui-quick-list", daemon=True)
+        self.layout = layout
+        self.now = now
+        self.runs: list[RunRecord] | None = None  # None: not read (yet, or it failed)
+        self.drawn = threading.Event()  # set once a frame showing them is drawn
+
+    def run(self) -> None:
+        try:
+            self.runs = quick_runs(self.layout, self.now)
+        except Exception:  # the full scan follows and says what is wrong
+            self.runs = None
+
+
 def _run_dirs(folder: Path) -> list[tuple[str, Path]]:
     try:
         entries = list(os.scandir(folder))

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
@@ -87,25 +88,28 @@ FIRST_ROWS = 120  # rows added before the first frame; more than any terminal sh
 PENDING = "…"  # not read yet: the first screen shows status.json only
 
 
-def row_cells(run: RunRecord, now: float, partial: bool = False) -> list[object]:
+def row_cells(run: RunRecord, now: float, partial: bool = False) -> list[Text]:
+    """A row's cells as plain Text: no markup parsing per cell, and a name with brackets shows as is."""
     if partial:
-        return [cells.run_status_cell(run.status, run.stalled), run.name, PENDING,
-                cells.step_of(run.step, run.target_step), PENDING, PENDING, PENDING, PENDING,
-                PENDING, PENDING, cells.age(run.updated or run.started, now)]
-    accuracy, dataset = best_eval(run)
-    return [
-        cells.run_status_cell(run.status, run.stalled),
-        run.name + (" (legacy)" if run.legacy else ""),
-        cells.dash(run.dataset),
-        cells.step_of(run.step, run.target_step),
-        cells.dash(run.latest_complete),
-        cells.number(_last_reward(run)),
-        f"{cells.percent(accuracy)} {dataset}" if accuracy is not None else "–",
-        str(run.restarts) if run.restarts else "0",
-        f"{run.gpu_seconds / 3600:.2f}",
-        f"${run.cost:.2f}" if run.cost else "–",
-        cells.age(run.updated or run.started, now),
-    ]
+        values = [run.name, PENDING, cells.step_of(run.step, run.target_step), PENDING, PENDING,
+                  PENDING, PENDING, PENDING, PENDING, cells.age(run.updated or run.started, now)]
+    else:
+        accuracy, dataset = best_eval(run)
+        values = [
+            run.name + (" (legacy)" if run.legacy else ""),
+            cells.dash(run.dataset),
+            cells.step_of(run.step, run.target_step),
+            cells.dash(run.latest_complete),
+            cells.number(_last_reward(run)),
+            f"{cells.percent(accuracy)} {dataset}" if accuracy is not None else "–",
+            str(run.restarts) if run.restarts else "0",
+            f"{run.gpu_seconds / 3600:.2f}",
+            f"${run.cost:.2f}" if run.cost else "–",
+            cells.age(run.updated or run.started, now),
+        ]
+    # what DataTable's formatter makes of a one-line string cell, minus the markup parsing
+    return [cells.run_status_cell(run.status, run.stalled),
+            *(Text(v, no_wrap=True, end="") for v in values)]
 
 
 class RunsTable(DataTable):
@@ -211,6 +215,11 @@ class RunsTable(DataTable):
             self.post_message(self.RunChosen(self.selected))
 
     def _add_rest(self, generation: int, rest: list[RunRecord], now: float) -> None:
+        # Called after the frame with the first rows is drawn; the adding itself waits for the
+        # next turn of the message loop, so whatever else waited for that frame runs first.
+        self.call_later(self._add_rows, generation, rest, now)
+
+    def _add_rows(self, generation: int, rest: list[RunRecord], now: float) -> None:
         if generation == self.generation:  # else a newer rebuild has replaced these rows
             for r in rest:
                 self.add_row(*row_cells(r, now, self.partial), key=r.name)
