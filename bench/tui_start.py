@@ -68,14 +68,13 @@ def child_rltui(stamp: Path, root: Path) -> None:
 
         first: tuple[float, int, float] | None = None
 
+        # Textual calls the handler of every class in the MRO, this one first and then the app's
+        # own: calling super() here too would list the runs twice, which the real app does not.
         def on_quick_list_ready(self, message: QuickListReady) -> None:
-            super().on_quick_list_ready(message)
             self.call_after_refresh(self.drawn_first)
 
         def on_snapshot_ready(self, message: SnapshotReady) -> None:
-            full = not self.loaded
-            super().on_snapshot_ready(message)
-            if full:
+            if not self.loaded:
                 self.call_after_refresh(self.drawn_full)
 
         def drawn_first(self) -> None:
