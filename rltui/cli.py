@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rltui.errors import UsageError, WorkFailed
-    from rltui.localfs import BadName, resolve_root
+    from rltui.errors import run_reporting
+    from rltui.localfs import resolve_root
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"command {args.command!r} needs --batch (rltui --batch {args.command} ...)")
     if args.batch and not args.command:
         parser.error("--batch needs a COMMAND (see rltui --batch -h)")
-    try:
+
+    def work() -> int:
         args.root = resolve_root(args.root)
         from rltui.jobs import reconcile_at_start
 
@@ -71,15 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_tui(args.root)
         return int(args.func(args) or 0)
-    except (UsageError, BadName) as e:
-        sys.stderr.write(f"rltui: error: {e}\n")
-        return 2
-    except WorkFailed as e:
-        sys.stderr.write(f"rltui: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("rltui: stopped\n")
-        return 130
+
+    return run_reporting("rltui", work)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class UsageError(Exception):
     """Bad input (a flag, a name, a path, a config value): one line, exit code 2."""
@@ -13,3 +16,21 @@ class WorkFailed(Exception):
     """The work itself failed (a server gone, a job failed): one line, exit code 1."""
 
     exit_code = 1
+
+
+def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
+    """Run `work` and return its exit code; errors become one line on stderr, no traceback:
+    bad input 2, failed work 1, Ctrl-C 130."""
+    from rltui.localfs import BadName
+
+    try:
+        return int(work() or 0)
+    except (UsageError, BadName) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except WorkFailed as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: stopped\n")
+        return 130

@@ -115,27 +115,20 @@ def handle(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rltui.cli import OneLineParser
-    from rltui.errors import WorkFailed
-    from rltui.localfs import BadName, resolve_root
+    from rltui.errors import run_reporting
+    from rltui.localfs import resolve_root
 
     parser = OneLineParser(prog="python -m rltui.sync_to_s3", description=__doc__.split("\n")[0],
                            epilog=EPILOG)
     parser.add_argument("--root", default=None, help="localfs root (default: $LOCALFS_ROOT, else ~/localfs)")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         args.root = resolve_root(args.root)
         return handle(args)
-    except (UsageError, BadName) as e:
-        sys.stderr.write(f"sync_to_s3: error: {e}\n")
-        return 2
-    except WorkFailed as e:
-        sys.stderr.write(f"sync_to_s3: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("sync_to_s3: stopped\n")
-        return 130
 
+    return run_reporting("sync_to_s3", work)
 
 if __name__ == "__main__":
     sys.exit(main())
