@@ -2,7 +2,7 @@
 
 rollout (with trainer.fast_generation.generate in place of the plain generate), rewards and
 group advantages, reference log-probs with the adapter disabled (beta > 0), then one
-policy_update (one optimizer step); trainer.logprobs.completion_logprobs replaces token_logps.
+policy_update (one optimizer step); on CUDA grpo.token_logps goes through completion_logprobs.
 Both replacements are swapped into trainer.grpo's namespace here, which is exactly the
 integration the trainer needs. After the timed steps, `decode_profile` times the captured
 decode graphs per attention-length bucket, the sampling kernels, an eager (ungraphed) step and an
@@ -23,7 +23,7 @@ from gpu_common import (
 
 
 def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: bool,
-             plain_generation: bool = False, plain_logprobs: bool = False) -> dict[str, Any]:
+             plain_generation: bool = False) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -31,7 +31,6 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
     from trainer.data import Example
     from trainer import generation as generation_module
     from trainer.generation import generate as plain_generate
-    from trainer.logprobs import completion_logprobs
     from trainer.modeling import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(folder, device, "bf16" if device == "cuda" else "fp32")
@@ -61,8 +60,6 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         generation_module.generate = counted
     else:
         fast_generation.generate = counted
-    if not plain_logprobs:
-        grpo.token_logps = completion_logprobs
 
     prompts = make_prompts(work, model.config.vocab_size)
     examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]
@@ -109,7 +106,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         "generation_tokens_per_s": tokens / split["generation"], "step_tokens_per_s": tokens / step_s,
         "peak_gib": peak_gib(), "prompt_length": batch.prompt_length,
         "generation_path": "plain" if plain_generation else "fast", "generate_calls": len(calls),
-        "logprobs_path": "plain" if plain_logprobs else "completion_logprobs",
+        "logprobs_path": "completion_logprobs",  # grpo.token_logps on CUDA
     }
     if profile and device == "cuda" and not plain_generation:
         try:

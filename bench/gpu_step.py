@@ -61,7 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default $OUT/gpu_step.json)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU dry run)")
     p.add_argument("--plain-generation", action="store_true", help="ours with trainer.generation.generate")
-    p.add_argument("--plain-logprobs", action="store_true", help="ours with grpo.token_logps")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -100,8 +99,7 @@ def child(args: argparse.Namespace) -> int:
             if args.child == "ours16":
                 work = replace(work, generations=2 * work.generations)
             result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 2),
-                              device, profile=args.child == "ours", plain_generation=args.plain_generation,
-                              plain_logprobs=args.plain_logprobs)
+                              device, profile=args.child == "ours", plain_generation=args.plain_generation)
         elif args.child in DECODE_MODES:
             from gpu_probe import run_decode_modes
 
@@ -125,7 +123,6 @@ def run_side(side: str, args: argparse.Namespace, limit: float, scratch: Path) -
            "--steps", str(args.steps), "--trl-steps", str(args.trl_steps)]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--plain-generation"] if args.plain_generation else []
-    cmd += ["--plain-logprobs"] if args.plain_logprobs else []
     cmd += ["--folder", str(args.folder)] if args.folder else []
     print(f"=== {side} (limit {limit:.0f} s) ===", flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
