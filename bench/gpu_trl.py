@@ -11,6 +11,7 @@ no-grad calls of `_get_per_token_logps_and_entropies`); training is the rest of 
 from __future__ import annotations
 
 import functools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def run_trl(folder: Path, work: Workload, steps: int, device: str) -> dict[str, 
     trainer.train()
 
     measured = list(range(1, len(step_times))) or [0]  # the first step warms up
-    step = sorted(step_times[i] for i in measured)[len(measured) // 2]
+    step = statistics.median(step_times[i] for i in measured)
     split = median_split([splits[i] for i in measured])
     split["training"] = step - sum(v for k, v in split.items() if k != "training_logprobs")
     split.pop("training_logprobs", None)
