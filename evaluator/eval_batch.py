@@ -11,6 +11,11 @@ to ROOT/eval_runs/RUN_D/ (see evaluator.results). A step evaluated before with t
 is skipped unless --force. A step that fails (incomplete checkpoint, adapter that does not load,
 timeout) is recorded in its summary.json and the others still run; the exit code is then 1.
 Exit codes: 0 every step evaluated or skipped; 1 some step failed; 2 bad input; 130 stopped.
+
+Progress goes to eval_runs/RUN_D/eval_status.json after every generation batch; a keeper that
+sees no change there for its hang timeout kills the job. For the tests of that:
+RLTUI_TEST_EVAL_STALL_AT_STEP=k stops making progress when step k's evaluation begins (sleeps
+forever, eval_status.json untouched).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from evaluator.checkpoints import Checkpoint
 from evaluator.plan import EvalPlan, make_plan
@@ -31,6 +36,7 @@ from evaluator.scoring import StepTimeout, evaluate_prompts
 from trainer.errors import ConfigError
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+STALL_ENV = "RLTUI_TEST_EVAL_STALL_AT_STEP"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,8 +143,11 @@ class Evaluation:
                 print(f"[{index}/{len(plan.checkpoints)}] step {ckpt.step}: already evaluated "
                       "with these settings, skipped", flush=True)
                 continue
-            self.status.write("evaluating", current_step=ckpt.step, eta_s=self._eta(index, todo))
-            outcome = self._evaluate(ckpt, settings_hash)
+            eta = self._eta(index, todo)
+            self.status.write("evaluating", current_step=ckpt.step, eta_s=eta)
+            _test_stall(ckpt.step)
+            outcome = self._evaluate(ckpt, settings_hash, lambda done, total: self.status.write(
+                "evaluating", current_step=ckpt.step, eta_s=eta, completions=(done, total)))
             (self.status.failed if outcome.error else self.status.done).append(ckpt.step)
             self.files.rebuild_consolidated(settings_hash)
             print(self._progress_line(index, outcome, todo), flush=True)
@@ -152,7 +161,8 @@ class Evaluation:
 
     # ------------------------------------------------------------ one step
 
-    def _evaluate(self, ckpt: Checkpoint, settings_hash: str) -> StepOutcome:
+    def _evaluate(self, ckpt: Checkpoint, settings_hash: str,
+                  on_batch: Callable[[int, int], None] | None = None) -> StepOutcome:
         started = time.monotonic()
         deadline = started + self.plan.timeout if self.plan.timeout else None
         checkpoint = {"path": str(ckpt.adapter), "fingerprint": ckpt.fingerprint,
@@ -168,7 +178,8 @@ class Evaluation:
             model = self._with_adapter(ckpt)
             score = evaluate_prompts(model, self.tokenizer, self.plan.prompts_examples,
                                      self.plan.prompts, self.plan.settings,
-                                     batch_size=self.plan.batch_size, deadline=deadline)
+                                     batch_size=self.plan.batch_size, deadline=deadline,
+                                     on_batch=on_batch)
         except (_StepFailed, ConfigError) as e:
             return self._fail(summary, str(e), started)
         except StepTimeout as e:
@@ -240,6 +251,13 @@ class Evaluation:
 
 class _StepFailed(Exception):
     pass
+
+
+def _test_stall(step: int) -> None:
+    if os.environ.get(STALL_ENV) and int(os.environ[STALL_ENV]) == step:
+        print(f"eval_batch: test stall at step {step} ({STALL_ENV})", flush=True)
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":

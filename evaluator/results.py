@@ -137,11 +137,14 @@ class StatusFile:
     failed: list[int] = field(default_factory=list)
 
     def write(self, phase: str, current_step: int | None = None, eta_s: float | None = None,
-              error: str | None = None) -> None:
+              error: str | None = None, completions: tuple[int, int] | None = None) -> None:
+        """`completions`: (done, total) of the current step, written after every batch."""
         localfs.write_json_atomic(self.path, {
             "run": self.run, "dataset": self.dataset, "phase": phase, "pid": os.getpid(),
             "host": localfs.this_host(), "started": self.started, "time": time.time(),
             "total": self.total, "done": self.done, "skipped": self.skipped,
             "failed": self.failed, "current_step": current_step,
+            "completions_done": completions[0] if completions else None,
+            "completions_total": completions[1] if completions else None,
             "eta_s": None if eta_s is None else round(eta_s, 1), "error": error,
         }, durable=False)

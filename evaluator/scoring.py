@@ -13,7 +13,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from trainer.data import Example
 from trainer.rewards import extract_answer, is_correct, is_strict_format, load_reward
@@ -85,8 +85,12 @@ def evaluate_prompts(
     *,
     batch_size: int,
     deadline: float | None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> StepScore:
-    """Generate `num_samples` completions per prompt in batches of `batch_size` sequences, score them."""
+    """Generate `num_samples` completions per prompt in batches of `batch_size` sequences, score them.
+
+    `on_batch(done, total)` is called after every batch: the job's keeper reads it as progress.
+    """
     import torch
 
     from trainer.fast_generation import fast_or_plain
@@ -113,6 +117,8 @@ def evaluate_prompts(
                                                     out.truncated):
             records.append(_record(examples[q], settings.questions[q], s, prompts[q], text,
                                    tokens, truncated))
+        if on_batch is not None:
+            on_batch(len(records), len(jobs))
     reward_means = _apply_rewards(records, settings)
     return StepScore(records, _metrics(records, settings, gen_seconds), reward_means, gen_seconds)
 

@@ -59,6 +59,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--steps", help="checkpoint steps, e.g. 1,5,10 (default: all)")
     p.add_argument("--subset-frac", type=float, metavar="F", help="evaluate this fraction of the test set")
     p.add_argument("--ckpt-path", metavar="DIR", help="evaluate the checkpoints under this folder")
+    p.add_argument("--hang-timeout", type=float, default=600.0, metavar="S",
+                   help="no progress for S seconds = hung: killed, the job fails "
+                        "(default 600; 3x while the base model loads)")
     _launch_flags(p, training=False)
     p.set_defaults(func=cmd_eval)
 
@@ -134,6 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = jobs.eval_job(
         layout, args.training_run, dataset=args.eval_dataset, steps=args.steps,
         subset_frac=args.subset_frac, ckpt_path=args.ckpt_path, gpus=_gpus(args.gpus),
+        hang_timeout_s=args.hang_timeout,
     )
     return _launch_and_wait(layout, spec, args)
 

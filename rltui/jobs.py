@@ -101,9 +101,15 @@ def resume_job(
 def eval_job(
     layout: Layout, run: str, dataset: str | None = None, steps: str | Sequence[int] | None = None,
     subset_frac: float | None = None, ckpt_path: str | os.PathLike[str] | None = None,
-    gpus: int | Sequence[int] | None = None,
+    gpus: int | Sequence[int] | None = None, hang_timeout_s: float = 600.0,
 ) -> JobSpec:
-    """Evaluate checkpoints of `run` (all, or `steps`) on `dataset`."""
+    """Evaluate checkpoints of `run` (all, or `steps`) on `dataset`.
+
+    No progress in its eval_status.json for `hang_timeout_s` (3x while the base model loads)
+    and the keeper kills it; the job fails, and a new one skips the steps already evaluated.
+    """
+    if not hang_timeout_s > 0:
+        raise UsageError(f"bad --hang-timeout: {hang_timeout_s!r} (must be > 0 seconds)")
     validate_name(run, "run name")
     if not (layout.run_dir(run).is_dir() or layout.legacy_run_dir(run).is_dir() or ckpt_path):
         raise UsageError(f"no such training run: {run!r} (not in {layout.training_runs})")
@@ -124,6 +130,7 @@ def eval_job(
         id=new_job_id(JobKind.EVAL), kind=JobKind.EVAL, argv=tuple(argv), run=run,
         title=f"eval {run}" + (f" on {dataset}" if dataset else ""), cwd=os.getcwd(),
         gpus=gpu_list, gpu_count=gpu_count,
+        restart=RestartSettings(hang_timeout_s=hang_timeout_s, save_hang_timeout_s=3 * hang_timeout_s),
     )
 
 

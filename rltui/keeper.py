@@ -32,7 +32,7 @@ from rltui.job_records import (
     JobKind, JobSpec, JobState, StateFile, effective_auto_resume, read_spec, read_state, write_state,
 )
 from rltui.localfs import (
-    DamagedFile, Layout, boot_time, latest_complete_step, read_json, this_host,
+    DamagedFile, Layout, boot_time, eval_dir_dataset, latest_complete_step, read_json, this_host,
 )
 from rltui.restart_policy import Action, Ending, RestartPolicy
 from rltui.usage import UsageMeter, price_from_env, tree_pids
@@ -87,11 +87,51 @@ def spawn_process(argv: Sequence[str], env: dict, cwd: str | None, log_path: Pat
     return PopenChild(popen)
 
 
+#: Phases that may rightly go long without progress: they get the longer allowance.
+SLOW_PHASES = ("saving", "loading")
+
+
+def read_progress(path: Path) -> tuple[dict, float] | None:
+    """A status file's content and mtime, or None while it is missing or damaged."""
+    try:
+        mtime = path.stat().st_mtime
+        d = read_json(path)
+    except (OSError, DamagedFile):
+        return None
+    return (d, mtime) if isinstance(d, dict) else None
+
+
+def eval_progress(layout: Layout, run: str, pid: int) -> Callable[[], tuple[dict, float] | None]:
+    """The progress of the evaluation process `pid` of `run`: the eval_status.json that names it.
+
+    An eval job's dataset may come from the run's config, so the keeper does not know its folder;
+    it looks at every `eval_runs/RUN_*/eval_status.json` and takes the one this process writes.
+    """
+    def read() -> tuple[dict, float] | None:
+        try:
+            names = [e.name for e in os.scandir(layout.eval_runs) if e.is_dir()]
+        except OSError:
+            return None
+        for name in names:
+            if eval_dir_dataset(run, name) is None:
+                continue
+            found = read_progress(layout.eval_runs / name / "eval_status.json")
+            if found is not None and found[0].get("pid") == pid:
+                return found
+        return None
+    return read
+
+
 @dataclass
 class HangWatch:
-    """No progress in the run's status.json for the hang timeout (longer while saving) = hung."""
+    """No progress in a status file for the hang timeout (longer in a slow phase) = hung.
 
-    status_path: Path
+    `read` gives the file's content and mtime: the run's status.json for training, the
+    evaluation's eval_status.json for an eval job. Progress is any change of its time, step,
+    phase, counters or mtime.
+    """
+
+    read: Callable[[], tuple[dict, float] | None]
     timeout_s: float
     save_timeout_s: float
     clock: Callable[[], float]
@@ -104,22 +144,23 @@ class HangWatch:
         self._token = self._read_token()
 
     def _read_token(self) -> tuple | None:
-        try:
-            mtime = self.status_path.stat().st_mtime
-            d = read_json(self.status_path)
-        except (OSError, DamagedFile):
+        found = self.read()
+        if found is None:
             return None
-        if not isinstance(d, dict):
-            return None
+        d, mtime = found
         self.phase = d.get("phase")
-        return (d.get("time"), d.get("step"), d.get("phase"), mtime)
+        return (d.get("time"), d.get("step"), d.get("phase"), d.get("current_step"),
+                d.get("completions_done"), mtime)
 
     def hung(self) -> bool:
         token = self._read_token()
         if token is not None and token != self._token:
             self._token = token
             self.last_progress = self.clock()
-        limit = self.save_timeout_s if self.phase == "saving" else self.timeout_s
+        # Until the process has written its status (start-up, imports) or in a slow phase, the
+        # longer allowance applies.
+        slow = self._token is None or self.phase in SLOW_PHASES
+        limit = self.save_timeout_s if slow else self.timeout_s
         return self.clock() - self.last_progress > limit
 
 
@@ -229,7 +270,11 @@ class Keeper:
         s = self.spec.restart
         hang = None
         if self.spec.kind.trains and self.spec.run:
-            hang = HangWatch(self.layout.run_status(self.spec.run), s.hang_timeout_s,
+            status_path = self.layout.run_status(self.spec.run)
+            hang = HangWatch(lambda: read_progress(status_path), s.hang_timeout_s,
+                             s.save_hang_timeout_s, self.clock)
+        elif self.spec.kind is JobKind.EVAL and self.spec.run:
+            hang = HangWatch(eval_progress(self.layout, self.spec.run, child.pid), s.hang_timeout_s,
                              s.save_hang_timeout_s, self.clock)
         stage, deadline, hung = None, 0.0, False
         next_usage = last_usage = self.clock()
@@ -251,7 +296,7 @@ class Keeper:
                 child.signal_group(signal.SIGKILL)
                 stage = "killed"
             if hang is not None and stage is None and not hung and hang.hung():
-                self.log(f"no progress in status.json for {now - hang.last_progress:.0f}s "
+                self.log(f"no progress in {self.progress_file_name()} for {now - hang.last_progress:.0f}s "
                          f"(phase {hang.phase}): hung; killing the group")
                 child.signal_group(signal.SIGKILL)
                 hung = True
@@ -271,6 +316,9 @@ class Keeper:
         self.state.exit_code, self.state.signal = ending.exit_code, ending.signal
         self.log(f"process ended: {ending.describe()}")
         return ending
+
+    def progress_file_name(self) -> str:
+        return "eval_status.json" if self.spec.kind is JobKind.EVAL else "status.json"
 
     def begin_stop(self, child: ChildProcess, now: float) -> tuple[str, float]:
         s = self.spec.restart

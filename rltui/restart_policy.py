@@ -87,7 +87,7 @@ class Ending:
         if self.start_error:
             return f"could not start: {self.start_error}"
         if self.hung:
-            return "hung: no progress in status.json for the hang timeout; killed"
+            return "hung: no progress in its status file for the hang timeout; killed"
         if self.signal is not None:
             return f"killed by {signal_name(self.signal)}"
         if self.exit_code == BAD_INPUT_EXIT:

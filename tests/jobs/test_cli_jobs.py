@@ -33,6 +33,7 @@ def rltui(root, *args, timeout=60):
     (["resume", "--training-run", "run_nope"], "run_nope"),
     (["resume", "--training-run", "../../etc"], "../../etc"),
     (["eval", "--training-run", "run_nope"], "run_nope"),
+    (["eval", "--training-run", "run_nope", "--hang-timeout", "-1"], "--hang-timeout: -1"),
     (["stop", "no-such-job"], "no-such-job"),
     (["logs", "../x"], "../x"),
     (["logs", "x", "--tail", "-1"], "--tail"),

@@ -265,3 +265,60 @@ def test_auto_resume_cannot_be_toggled_on_an_ended_or_non_training_job(layout):
     write_spec(layout, sync)
     with pytest.raises(UsageError, match="not a training job"):
         jobs.toggle_auto_resume(layout, "sync-job")
+
+
+def eval_status(layout, run, dataset, pid, phase="evaluating", done=0):
+    localfs.write_json_atomic(layout.eval_status(run, dataset), {
+        "run": run, "dataset": dataset, "phase": phase, "pid": pid, "time": time.time(),
+        "current_step": 1, "completions_done": done})
+
+
+def eval_spec(layout, hang=10.0):
+    spec = fake_train_spec(layout)
+    return spec.with_changes(kind=JobKind.EVAL, resume_argv=None, restart=RestartSettings(
+        hang_timeout_s=hang, save_hang_timeout_s=3 * hang))
+
+
+def test_an_eval_that_stops_making_progress_is_killed_and_fails_as_hung(layout):
+    spec = eval_spec(layout)
+    clock = Clock()
+    batches = iter(range(1, 1000))
+
+    def progress():  # its own status: loading for 25 s, then a batch every 5 s until t=60
+        if clock.now < 25:
+            eval_status(layout, spec.run, "arith", 7, phase="loading")
+        elif clock.now < 60 and clock.now % 5 == 0:
+            eval_status(layout, spec.run, "arith", 7, done=next(batches))
+
+    child = FakeChild(7, None, 0, on_poll=progress)  # never ends by itself
+    keeper, _, clock = make_keeper(layout, spec, [child], clock)
+    assert keeper.run() is JobState.FAILED
+    assert child.signals[0] == signal.SIGKILL
+    assert 65 < clock.now < 72  # last progress at 55 s, then 10 s of nothing; loading got 30 s
+    state = read_state(layout, spec.id)
+    assert state.last_reason.startswith("hung") and state.restarts == 0
+    assert "no progress in eval_status.json" in (layout.job_dir(spec.id) / "output.log").read_text()
+
+
+def test_another_evaluations_progress_does_not_count_for_this_job(layout):
+    spec = eval_spec(layout)
+    eval_status(layout, spec.run, "arith", 7)  # this job's process, stuck from the start
+    clock = Clock()
+    others = iter(range(1, 1000))
+
+    def other():  # an evaluation of the same run on another dataset, by another process
+        eval_status(layout, spec.run, "gsm8k", 99, done=next(others))
+
+    child = FakeChild(7, None, 0, on_poll=other)
+    keeper, _, clock = make_keeper(layout, spec, [child], clock)
+    assert keeper.run() is JobState.FAILED
+    assert 10 < clock.now < 12
+    assert read_state(layout, spec.id).last_reason.startswith("hung")
+
+
+def test_before_its_first_status_a_job_gets_the_longer_allowance(layout):
+    spec = eval_spec(layout)  # 10 s, 30 s for start-up and loading
+    child = FakeChild(7, None, 0)  # never writes eval_status.json
+    keeper, _, clock = make_keeper(layout, spec, [child])
+    assert keeper.run() is JobState.FAILED
+    assert 30 < clock.now < 32
