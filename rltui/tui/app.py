@@ -22,7 +22,6 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 
@@ -127,12 +126,10 @@ class RlTuiApp(ActionsMixin, App[str]):
                             id="filter", compact=True)
                 yield RunsTable(self.clock, id="runs-table")
                 yield RunDetail(id="detail")
-            # hidden at start: mounted after the first frame, which they are not part of
+            # the Jobs and GPUs panes are hidden at start: mount_hidden adds them after the first frame
             self.jobs_pane = JobsPane(self.clock, id="jobs-view")
             self.gpu_pane = GpuPane(id="gpus-view")
             self.jobs_pane.display = self.gpu_pane.display = False
-            yield Lazy(self.jobs_pane)
-            yield Lazy(self.gpu_pane)
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
 
@@ -146,12 +143,19 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.query_one(RunsTable).focus()
         if not self.watch_enabled:
             self.query_one(StatusBar).watch_mode = "off"
+        # queued after the callbacks that wait for the first frame, so those run first
+        self.call_after_refresh(self.call_later, self.mount_hidden)
         if self.quick_read is not None:
             # Waiting briefly costs less than drawing the whole screen twice (empty, then listed);
             # on a slow filesystem the empty screen comes first and the list when read.
             self.quick_read.join(QUICK_WAIT_S)
             self.post_quick_list()
         self.initial_scan()
+
+    async def mount_hidden(self) -> None:
+        """What the first frame does not show: the Jobs and GPUs tabs, the detail's plot and log."""
+        await self.query_one("#views").mount(self.jobs_pane, self.gpu_pane)
+        await self.query_one(RunDetail).mount_hidden()
 
     def post_quick_list(self) -> None:
         quick = self.quick_read

@@ -21,7 +21,6 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.lazy import Lazy
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from rltui.records import CheckpointRecord, RunRecord
@@ -114,16 +113,19 @@ class RunDetail(Vertical):
         with TabbedContent(id="detail-tabs"):
             with TabPane("Checkpoints", id="tab-checkpoints"):
                 yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
-            # hidden tabs: mounted after the first frame
-            with TabPane("Plot", id="tab-plot"):
-                yield Lazy(MetricsPlot(id="plot"))
-            with TabPane("Log", id="tab-log"):
-                yield Lazy(self.log_pane)
+            # hidden tabs: filled by mount_hidden after the first frame
+            yield TabPane("Plot", id="tab-plot")
+            yield TabPane("Log", id="tab-log")
 
     def on_mount(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
         for key, label in (("step", "step"), ("state", "state"), ("size", "size"), ("eval", "eval accuracy")):
             table.add_column(label, key=key)
+
+    async def mount_hidden(self) -> None:
+        await self.query_one("#tab-plot").mount(MetricsPlot(id="plot"))
+        await self.query_one("#tab-log").mount(self.log_pane)
+        self._draw_plot()  # a run chosen before the plot was there
 
     @property
     def selected_step(self) -> int | None:
@@ -135,6 +137,8 @@ class RunDetail(Vertical):
         return int(row.value) if row and row.value else None
 
     def show_run(self, run: RunRecord | None, log_path: Path | None = None, log_title: str = "") -> None:
+        if run is None and self.run is None and log_path is None:
+            return  # nothing shown changes (the first frame lists the runs before any is read whole)
         same = run is not None and self.run is not None and run.name == self.run.name
         self.run = run
         self.query_one("#run-summary", Static).update(summary_text(run) if run else "no run selected")
