@@ -42,6 +42,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--steps", type=int, default=40, help="training steps (default 40; at least 12)")
     p.add_argument("--eval-subset", type=float, default=0.1, metavar="F",
                    help="fraction of the test set each evaluation scores (default 0.1)")
+    p.add_argument("--gpus", default="none", metavar="none|auto",
+                   help="'none' (default) runs every job on the CPU; 'auto' lets the launcher give "
+                        "each job a free GPU, as `train` does")
     p.set_defaults(func=cmd_demo)
 
 
@@ -50,7 +53,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"bad --steps: {args.steps} (the demo needs at least 12)")
     if not 0 < args.eval_subset <= 1:
         raise UsageError(f"bad --eval-subset: {args.eval_subset!r} (must be in (0, 1])")
-    return Demo(Layout(args.root), DemoPlan.for_steps(args.steps, args.eval_subset)).run()
+    if args.gpus not in ("none", "auto"):
+        raise UsageError(f"bad --gpus: {args.gpus!r} (the demo takes 'none' or 'auto')")
+    plan = DemoPlan.for_steps(args.steps, args.eval_subset, gpus=0 if args.gpus == "none" else None)
+    return Demo(Layout(args.root), plan).run()
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,17 @@ class DemoPlan:
     stop_at: int  # ask the first session to stop once it has passed this step
     kill_at: int  # SIGKILL the resumed trainer once it has passed this step
     eval_subset: float
+    gpus: int | None = 0  # 0: the CPU; None: the launcher gives each job a free GPU
 
     @classmethod
-    def for_steps(cls, steps: int, eval_subset: float) -> "DemoPlan":
+    def for_steps(cls, steps: int, eval_subset: float, gpus: int | None = 0) -> "DemoPlan":
         save_every = max(2, steps // 8)
         return cls(steps, save_every, stop_at=int(steps * 0.4), kill_at=int(steps * 0.7),
-                   eval_subset=eval_subset)
+                   eval_subset=eval_subset, gpus=gpus)
+
+    @property
+    def device(self) -> str:
+        return "the CPU" if self.gpus == 0 else "a free GPU per job"
 
 
 class Demo:
@@ -79,7 +90,8 @@ class Demo:
 
     def run(self) -> int:
         self.layout.ensure()
-        self.say(f"rltui demo in {self.layout.root}: the tiny model on the CPU, every step a supervised job")
+        self.say(f"rltui demo in {self.layout.root}: the tiny model on {self.plan.device}, "
+                 "every step a supervised job")
         cfg = self.build_model()
         run = self.train(cfg)
         self.evaluate(run, "the checkpoints saved so far")
@@ -120,7 +132,7 @@ class Demo:
 
     def train(self, cfg: Path) -> str:
         self.stage("train from the warm-start as a job with auto-resume on, and stop it mid-way")
-        spec = jobs.train_job(self.layout, cfg, ckpt=self.warmstart, auto_resume=True, gpus=0,
+        spec = jobs.train_job(self.layout, cfg, ckpt=self.warmstart, auto_resume=True, gpus=self.plan.gpus,
                               restart=RestartSettings(backoff_s=1.0, stop_grace_s=120))
         job = jobs.launch(self.layout, spec)
         run = job.spec.run
@@ -138,14 +150,14 @@ class Demo:
 
     def evaluate(self, run: str, what: str) -> None:
         self.stage(f"evaluate {what}")
-        spec = jobs.eval_job(self.layout, run, subset_frac=self.plan.eval_subset, gpus=0)
+        spec = jobs.eval_job(self.layout, run, subset_frac=self.plan.eval_subset, gpus=self.plan.gpus)
         job = jobs.launch(self.layout, spec)
         self.say(f"job {job.id}: one process, one base-model load, {self.plan.eval_subset:g} of the test set")
         self.expect(self.follow(job.id, None, show_log=True), JobState.SUCCEEDED)
 
     def resume_and_kill(self, run: str) -> None:
         self.stage("resume, then kill the trainer with SIGKILL and let the keeper resume it")
-        spec = jobs.resume_job(self.layout, run, "latest", auto_resume=True, gpus=0,
+        spec = jobs.resume_job(self.layout, run, "latest", auto_resume=True, gpus=self.plan.gpus,
                                restart=RestartSettings(backoff_s=1.0))
         start = latest_complete_step(self.layout.training_state(run)) or 0
         job = jobs.launch(self.layout, spec)
@@ -192,6 +204,14 @@ class Demo:
         self.expect(self.follow(job.id, None, show_log=True), JobState.SUCCEEDED)
 
     def closing(self, run: str) -> None:
+        if self.plan.gpus != 0:
+            for job in jobs.list_jobs(self.layout):
+                if job.state is not None and job.state.gpus:
+                    u = job.state.usage
+                    peak = "n/a" if u.peak_gpu_mem_mib is None else f"{u.peak_gpu_mem_mib:.0f} MiB"
+                    util = "n/a" if u.mean_gpu_util is None else f"{u.mean_gpu_util:.0f}%"
+                    self.say(f"job {job.id}: GPUs {job.state.gpus}, {u.gpu_seconds:.0f} GPU-seconds, "
+                             f"peak {peak}, mean utilisation {util}")
         minutes = (time.monotonic() - self.started) / 60
         self.say(f"demo finished in {minutes:.1f} min. Everything is in {self.layout.root}:")
         self.say(f"  rltui --root {self.layout.root}                      the TUI on the demo's localfs")

@@ -38,6 +38,7 @@ def rltui(root, *args, timeout=60):
     (["logs", "../x"], "../x"),
     (["logs", "x", "--tail", "-1"], "--tail"),
     (["supervise", "--interval", "0"], "--interval"),
+    (["demo", "--gpus", "2"], "--gpus: '2'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
     r = rltui(layout.root, *args)

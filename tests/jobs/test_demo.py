@@ -41,6 +41,7 @@ def test_the_demo_runs_every_stage_and_survives_the_sigkill(tiny_root):
     assert resume.phase is JobState.SUCCEEDED and resume.state.restarts == 1
     assert any("killed by SIGKILL; restart 1 from checkpoint" in x for x in resume.state.reasons)
     assert [j.phase for j in by_kind[JobKind.EVAL]] == [JobState.SUCCEEDED] * 2
+    assert all(not j.state.gpus for js in by_kind.values() for j in js)  # --gpus none: the CPU
 
     run = train.spec.run
     status = read_json(layout.run_status(run))
