@@ -12,6 +12,7 @@ detached, so quitting leaves them running (and says so).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass
@@ -115,6 +116,13 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.scanned = threading.Event()  # the first scan is done (set from its worker)
         self.quick_read: QuickRead | None = None
         self.quick_posted = False
+
+    def run(self, *args: Any, **kwargs: Any) -> str | None:
+        """Run in the terminal. What is imported and built by now (Textual, Rich, rltui, this app)
+        lives as long as the process: frozen, the collections while the first frame is built do
+        not walk it again (a full one took ~17 ms of that frame at 1,000 runs)."""
+        gc.freeze()
+        return super().run(*args, **kwargs)
 
     # ------------------------------------------------------------ layout
 
