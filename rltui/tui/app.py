@@ -116,6 +116,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.scanned = threading.Event()  # the first scan is done (set from its worker)
         self.quick_read: QuickRead | None = None
         self.quick_posted = False
+        self.hidden_mounted = False  # mount_hidden has run
 
     def run(self, *args: Any, **kwargs: Any) -> str | None:
         """Run in the terminal. What is imported and built by now (Textual, Rich, rltui, this app)
@@ -161,9 +162,10 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.initial_scan()
 
     async def mount_hidden(self) -> None:
-        """What the first frame does not show: the Jobs and GPUs tabs, the detail's plot and log."""
+        """What the first frame does not show: the Jobs and GPUs tabs, the run detail's tabs."""
         await self.query_one("#views").mount(self.jobs_pane, self.gpu_pane)
         await self.query_one(RunDetail).mount_hidden()
+        self.hidden_mounted = True
 
     def post_quick_list(self) -> None:
         quick = self.quick_read

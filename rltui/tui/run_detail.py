@@ -107,29 +107,36 @@ class RunDetail(Vertical):
         self.history: MetricsHistory | None = None
         self.metric_index = 0
         self.log_pane = LogPane(id="run-log")
+        self.tabs_mounted = False
 
     def compose(self) -> ComposeResult:
         yield Static("no run selected", id="run-summary")
+        # the tabs (checkpoints, plot, log) come in mount_hidden, after the first frame: until the
+        # full scan no run has checkpoints to show, and the first frame is the runs list
+
+    def compose_tabs(self) -> ComposeResult:
         with TabbedContent(id="detail-tabs"):
             with TabPane("Checkpoints", id="tab-checkpoints"):
                 yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
-            # hidden tabs: filled by mount_hidden after the first frame
-            yield TabPane("Plot", id="tab-plot")
-            yield TabPane("Log", id="tab-log")
+            with TabPane("Plot", id="tab-plot"):
+                yield MetricsPlot(id="plot")
+            with TabPane("Log", id="tab-log"):
+                yield self.log_pane
 
-    def on_mount(self) -> None:
+    async def mount_hidden(self) -> None:
+        await self.mount_compose(self.compose_tabs())
         table = self.query_one("#checkpoints", DataTable)
         for key, label in (("step", "step"), ("state", "state"), ("size", "size"), ("eval", "eval accuracy")):
             table.add_column(label, key=key)
-
-    async def mount_hidden(self) -> None:
-        await self.query_one("#tab-plot").mount(MetricsPlot(id="plot"))
-        await self.query_one("#tab-log").mount(self.log_pane)
-        self._draw_plot()  # a run chosen before the plot was there
+        self.tabs_mounted = True
+        self._fill_checkpoints(self.run, keep_cursor=False)  # a run chosen before the tabs were there
+        self._draw_plot()
 
     @property
     def selected_step(self) -> int | None:
         """The checkpoint under the cursor of the checkpoints table."""
+        if not self.tabs_mounted:
+            return None
         table = self.query_one("#checkpoints", DataTable)
         if self.run is None or not self.run.checkpoints or table.row_count == 0:
             return None
@@ -151,6 +158,8 @@ class RunDetail(Vertical):
         self._load_history(self.history)
 
     def _fill_checkpoints(self, run: RunRecord | None, keep_cursor: bool) -> None:
+        if not self.tabs_mounted:
+            return  # mount_hidden fills the table
         table = self.query_one("#checkpoints", DataTable)
         keep = self.selected_step if table.row_count and keep_cursor else None
         table.clear()

@@ -187,9 +187,11 @@ def make_test_app(root: Path, *, gpus: GpuSnapshot | None = None, watch: bool = 
 
 
 async def started(pilot: Any) -> None:
-    """Wait for the first scan to be on screen and the first GPU sample to arrive."""
+    """Wait for the first scan to be on screen, the first GPU sample to arrive and the panes the
+    first frame leaves out (the Jobs and GPUs tabs, the run detail's tabs) to be mounted."""
     app = pilot.app
-    assert await wait_until(pilot, lambda: app.loaded and app.gpu_snapshot is not None)
+    assert await wait_until(pilot, lambda: app.loaded and app.gpu_snapshot is not None
+                            and app.hidden_mounted)
     await pilot.pause()
 
 
