@@ -137,7 +137,7 @@ class ActionsMixin:
 
     def training_job(self: "RlTuiApp") -> Any:
         """The selected training job (Jobs tab), else the selected run's newest training job."""
-        if self.current_view == "jobs-view":
+        if self.current_view == "jobs-view" and self.jobs_pane is not None:
             job = self.jobs_pane.selected
             return job if job is not None and job.kind in ("train", "resume") else None
         run = self.selected_run()
@@ -164,11 +164,11 @@ class ActionsMixin:
 
         from rltui.tui.run_detail import RunDetail
 
-        if self.current_view == "jobs-view":
+        if self.current_view == "jobs-view" and self.jobs_pane is not None:
             pane = self.jobs_pane.query_one("#job-log", LogPane)
         else:
             pane = self.query_one(RunDetail).log_pane
-        if pane.path is None:
+        if pane is None or pane.path is None:
             self.notify("no log to open here", severity="warning")
             return
         self.push_screen(LogScreen(pane.path, str(pane.border_title or pane.path)))

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -26,18 +26,21 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 
-from rltui.gpu import GpuSnapshot, Sampler, attribute
-from rltui.index import Index, JobRecord, RunRecord, Snapshot
 from rltui.localfs import Layout
+from rltui.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
-from rltui.tui.gpu_pane import GpuPane
-from rltui.tui.jobs_pane import JobsPane, JobsTable
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
 from rltui.tui.runs_table import RunsTable
 from rltui.tui.status_bar import StatusBar
 from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
+
+if TYPE_CHECKING:  # imported where first used, after the first frame, which needs none of them
+    from rltui.gpu import GpuSnapshot, Sampler
+    from rltui.index import Index, Snapshot
+    from rltui.tui.gpu_pane import GpuPane
+    from rltui.tui.jobs_pane import JobsPane
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
 RECLASSIFY_S = 10.0
@@ -101,7 +104,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.root = Path(root)
         self.layout = Layout(self.root)
         self.clock = clock
-        self.live = LiveIndex(index or Index(self.layout, now=clock))
+        self.given_index = index
+        self.live = LiveIndex(self.make_index)
         self.sampler = sampler
         self.launcher = launcher
         self.watch_enabled = watch
@@ -116,7 +120,14 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.scanned = threading.Event()  # the first scan is done (set from its worker)
         self.quick_read: QuickRead | None = None
         self.quick_posted = False
+        self.jobs_pane: JobsPane | None = None  # made by mount_hidden
+        self.gpu_pane: GpuPane | None = None
         self.hidden_mounted = False  # mount_hidden has run
+
+    def make_index(self) -> Index:
+        from rltui.index import Index
+
+        return self.given_index or Index(self.layout, now=self.clock)
 
     def run(self, *args: Any, **kwargs: Any) -> str | None:
         """Run in the terminal. What is imported and built by now (Textual, Rich, rltui, this app)
@@ -135,10 +146,7 @@ class RlTuiApp(ActionsMixin, App[str]):
                             id="filter", compact=True)
                 yield RunsTable(self.clock, id="runs-table")
                 yield RunDetail(id="detail")
-            # the Jobs and GPUs panes are hidden at start: mount_hidden adds them after the first frame
-            self.jobs_pane = JobsPane(self.clock, id="jobs-view")
-            self.gpu_pane = GpuPane(id="gpus-view")
-            self.jobs_pane.display = self.gpu_pane.display = False
+            pass  # the Jobs and GPUs panes, hidden at start, come in mount_hidden after the first frame
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
 
@@ -163,6 +171,16 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     async def mount_hidden(self) -> None:
         """What the first frame does not show: the Jobs and GPUs tabs, the run detail's tabs."""
+        from rltui.tui.gpu_pane import GpuPane
+        from rltui.tui.jobs_pane import JobsPane
+
+        self.jobs_pane = JobsPane(self.clock, id="jobs-view")
+        self.gpu_pane = GpuPane(id="gpus-view")
+        self.jobs_pane.display = self.gpu_pane.display = False
+        if self.snapshot is not None:  # arrived before the panes
+            self.jobs_pane.set_jobs(list(self.snapshot.jobs.values()))
+        if self.gpu_snapshot is not None:
+            self.gpu_pane.show(self.gpu_snapshot)
         await self.query_one("#views").mount(self.jobs_pane, self.gpu_pane)
         await self.query_one(RunDetail).mount_hidden()
         self.hidden_mounted = True
@@ -237,6 +255,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.scanned.wait(timeout=30)  # GPU processes are shown by job, so the jobs come first
         index_snapshot = self.live.index.snapshot
         if any(g.processes for g in snapshot.gpus):
+            from rltui.gpu import attribute
+
             snapshot = attribute(snapshot, process_owners(index_snapshot.active_jobs))
         self.post_message(GpuSampled(snapshot))
 
@@ -245,18 +265,19 @@ class RlTuiApp(ActionsMixin, App[str]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = message.snapshot
         table = self.query_one(RunsTable)
-        jobs = self.jobs_pane
+        jobs = self.jobs_pane  # None before mount_hidden, which gives it self.snapshot's jobs
         many = message.runs is not None and len(message.runs) > MANY_CHANGES
         if message.runs is None or not self.loaded or many:
             table.set_runs(all_runs(message.snapshot))
-            jobs.set_jobs(list(message.snapshot.jobs.values()))
+            if jobs is not None:
+                jobs.set_jobs(list(message.snapshot.jobs.values()))
             if not self.loaded:
                 self.call_after_refresh(self.start_sampling)
             self.loaded = True
         else:
             for name in sorted(message.runs):
                 table.update_run(message.snapshot.run(name), name)
-            for job_id in sorted(message.jobs or ()):
+            for job_id in sorted(message.jobs or ()) if jobs is not None else ():
                 jobs.update_job(message.snapshot.jobs.get(job_id), job_id)
             if message.jobs:
                 self.show_selected_run()
@@ -273,7 +294,8 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         self.gpu_snapshot = message.snapshot
-        self.gpu_pane.show(message.snapshot)
+        if self.gpu_pane is not None:  # else mount_hidden shows it
+            self.gpu_pane.show(message.snapshot)
 
     def on_watch_mode_changed(self, message: WatchModeChanged) -> None:
         self.query_one(StatusBar).watch_mode = message.reason if message.mode == "polling" else message.mode
@@ -306,7 +328,7 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     def selected_job(self) -> JobRecord | None:
         """The job under the cursor on the Jobs tab, else the selected run's active job."""
-        if self.current_view == "jobs-view":
+        if self.current_view == "jobs-view" and self.jobs_pane is not None:
             return self.jobs_pane.selected
         return self.active_job_of(self.selected_run())
 
@@ -325,7 +347,7 @@ class RlTuiApp(ActionsMixin, App[str]):
             self.call_after_refresh(self.switch_view, view)
             return
         self.query_one("#views", ContentSwitcher).current = view
-        target = {"runs-view": RunsTable, "jobs-view": JobsTable}.get(view)
+        target = {"runs-view": "#runs-table", "jobs-view": "#jobs-table"}.get(view)
         if target is not None:
             self.query_one(target).focus()
 

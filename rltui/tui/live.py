@@ -18,11 +18,14 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from rltui.index import Index, RunRecord, Snapshot, diagnose_run
 from rltui.localfs import BadName, Layout, this_host
+from rltui.records import RunRecord, diagnose_run
 from rltui.tui.watcher import Change
+
+if TYPE_CHECKING:
+    from rltui.index import Index, Snapshot
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,26 @@ def _num(v: object) -> float | None:
 
 
 class LiveIndex:
-    """An Index plus a queue of pending changes, drained by one worker at a time."""
+    """An Index plus a queue of pending changes, drained by one worker at a time.
 
-    def __init__(self, index: Index) -> None:
-        self.index = index
+    The Index is made by `make_index` on first use, in the first scan's worker: rltui.index is
+    not needed for the first frame (the quick list), so it is not imported before it.
+    """
+
+    def __init__(self, make_index: Callable[[], Index]) -> None:
+        self._make_index = make_index
+        self._index: Index | None = None
+        self._made = threading.Lock()
         self._pending: set[Change] = set()
         self._lock = threading.Lock()
         self._draining = False
+
+    @property
+    def index(self) -> Index:
+        with self._made:
+            if self._index is None:
+                self._index = self._make_index()
+            return self._index
 
     def scan(self) -> Snapshot:
         return self.index.scan()

@@ -7,11 +7,13 @@ a slow UI never works through a backlog of stale samples.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from rltui.gpu import GpuSnapshot
-from rltui.index import Snapshot
+if TYPE_CHECKING:  # annotations only: the app imports these after its first frame
+    from rltui.gpu import GpuSnapshot
+    from rltui.index import Snapshot
 
 
 class SnapshotReady(Message):

@@ -16,6 +16,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -25,8 +26,9 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from rltui.records import CheckpointRecord, RunRecord
 from rltui.tui import cells
-from rltui.tui.log_pane import LogPane, TailReader
-from rltui.tui.plot import MetricsPlot, Series
+
+if TYPE_CHECKING:  # imported with the tabs, after the first frame
+    from rltui.tui.log_pane import LogPane
 
 HISTORY_BYTES = 8 * 1024 * 1024
 PREFERRED = ("reward_mean", "reward", "mean_reward", "loss", "kl", "accuracy")
@@ -41,6 +43,8 @@ class MetricsHistory:
     points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from rltui.tui.log_pane import TailReader
+
         self.reader = TailReader(self.path, start_bytes=HISTORY_BYTES, chunk_bytes=HISTORY_BYTES)
         self.lock = threading.Lock()
 
@@ -106,7 +110,8 @@ class RunDetail(Vertical):
         self.run: RunRecord | None = None
         self.history: MetricsHistory | None = None
         self.metric_index = 0
-        self.log_pane = LogPane(id="run-log")
+        self.log_pane: LogPane | None = None  # made with the tabs
+        self.log_to_follow: tuple[Path | None, str] = (None, "")
         self.tabs_mounted = False
 
     def compose(self) -> ComposeResult:
@@ -115,6 +120,10 @@ class RunDetail(Vertical):
         # full scan no run has checkpoints to show, and the first frame is the runs list
 
     def compose_tabs(self) -> ComposeResult:
+        from rltui.tui.log_pane import LogPane
+        from rltui.tui.plot import MetricsPlot
+
+        self.log_pane = LogPane(id="run-log")
         with TabbedContent(id="detail-tabs"):
             with TabPane("Checkpoints", id="tab-checkpoints"):
                 yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
@@ -129,7 +138,9 @@ class RunDetail(Vertical):
         for key, label in (("step", "step"), ("state", "state"), ("size", "size"), ("eval", "eval accuracy")):
             table.add_column(label, key=key)
         self.tabs_mounted = True
-        self._fill_checkpoints(self.run, keep_cursor=False)  # a run chosen before the tabs were there
+        # a run chosen before the tabs were there
+        self._fill_checkpoints(self.run, keep_cursor=False)
+        self.log_pane.follow(*self.log_to_follow)
         self._draw_plot()
 
     @property
@@ -150,7 +161,9 @@ class RunDetail(Vertical):
         self.run = run
         self.query_one("#run-summary", Static).update(summary_text(run) if run else "no run selected")
         self._fill_checkpoints(run, keep_cursor=same)
-        self.log_pane.follow(log_path, log_title)
+        self.log_to_follow = (log_path, log_title)
+        if self.log_pane is not None:
+            self.log_pane.follow(log_path, log_title)
         if run is None:
             self.history = None
         elif not same or self.history is None:
@@ -190,6 +203,8 @@ class RunDetail(Vertical):
         return names[self.metric_index % len(names)]
 
     def _draw_plot(self) -> None:
+        from rltui.tui.plot import MetricsPlot, Series
+
         names = self.series_names()
         name = names[self.metric_index % len(names)]
         if name.startswith("eval accuracy ") and self.run is not None:
