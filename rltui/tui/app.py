@@ -140,13 +140,13 @@ class RlTuiApp(ActionsMixin, App[str]):
 
     def compose(self) -> ComposeResult:
         yield Tabs(Tab("1 Runs", id="runs"), Tab("2 Jobs", id="jobs"), Tab("3 GPUs", id="gpus"), id="tabs")
+        # the Jobs and GPUs panes, hidden at start, join the switcher in mount_hidden
         with ContentSwitcher(initial="runs-view", id="views"):
             with RunsView(id="runs-view"):
                 yield Input(placeholder="filter: words in name, status or dataset; enter to apply",
                             id="filter", compact=True)
                 yield RunsTable(self.clock, id="runs-table")
                 yield RunDetail(id="detail")
-            pass  # the Jobs and GPUs panes, hidden at start, come in mount_hidden after the first frame
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
 
