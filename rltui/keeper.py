@@ -107,17 +107,25 @@ def eval_progress(layout: Layout, run: str, pid: int) -> Callable[[], tuple[dict
     An eval job's dataset may come from the run's config, so the keeper does not know its folder;
     it looks at every `eval_runs/RUN_*/eval_status.json` and takes the one this process writes.
     """
+    known: list[Path] = []  # the file once found: the poll loop then reads only it
+
+    def ours(path: Path) -> tuple[dict, float] | None:
+        found = read_progress(path)
+        return found if found is not None and found[0].get("pid") == pid else None
+
     def read() -> tuple[dict, float] | None:
+        if known:
+            return ours(known[0])
         try:
             names = [e.name for e in os.scandir(layout.eval_runs) if e.is_dir()]
         except OSError:
             return None
         for name in names:
-            if eval_dir_dataset(run, name) is None:
-                continue
-            found = read_progress(layout.eval_runs / name / "eval_status.json")
-            if found is not None and found[0].get("pid") == pid:
-                return found
+            if eval_dir_dataset(run, name) is not None:
+                path = layout.eval_runs / name / "eval_status.json"
+                if (found := ours(path)) is not None:
+                    known.append(path)
+                    return found
         return None
     return read
 
