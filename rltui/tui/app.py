@@ -43,9 +43,9 @@ if TYPE_CHECKING:  # imported where first used, after the first frame, which nee
     from rltui.tui.jobs_pane import JobsPane
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
-RECLASSIFY_S = 10.0
+RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
-MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row  # a trainer that dies writes nothing: re-apply the status rule now and then
+MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
 
 @dataclass(frozen=True)
 class Command:
@@ -168,6 +168,7 @@ class RlTuiApp(ActionsMixin, App[str]):
             self.quick_read.join(QUICK_WAIT_S)
             self.post_quick_list()
         self.initial_scan()
+        self.set_interval(RECLASSIFY_S, self.reclassify)
 
     async def mount_hidden(self) -> None:
         """What the first frame does not show: the Jobs and GPUs tabs, the run detail's tabs."""
@@ -190,7 +191,6 @@ class RlTuiApp(ActionsMixin, App[str]):
         if quick is not None and not self.quick_posted and not quick.is_alive() and quick.runs is not None:
             self.quick_posted = True
             self.post_message(QuickListReady(quick.runs, quick.drawn))
-        self.set_interval(RECLASSIFY_S, self.reclassify)
 
     def start_sampling(self) -> None:
         """GPU sampling starts once the runs are on screen; it is not needed for the first frame."""

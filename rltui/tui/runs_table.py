@@ -161,20 +161,34 @@ class RunsTable(DataTable):
             self.runs[name] = run
         in_place = (
             run is not None and old is not None and name in self.shown
-            and run_matches(run, self.filter_text)
-            and self._sort_value(old) == self._sort_value(run)
+            and run_matches(run, self.filter_text) and self._keeps_place(name, run)
         )
+        if in_place:
+            try:
+                for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
+                    self.update_cell(name, key, value)
+            except (CellDoesNotExist, KeyError):  # its row is still to be added after this frame
+                in_place = False
         if not in_place:
-            self.rebuild()
-            return
-        try:
-            for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
-                self.update_cell(name, key, value)
-        except (CellDoesNotExist, KeyError):  # its row is still to be added after this frame
-            self.rebuild()
-            return
-        if name == self.selected:
+            self.rebuild()  # which posts RunChosen through the table's RowHighlighted
+        elif name == self.selected:
             self.post_message(self.RunChosen(name))
+
+    def _keeps_place(self, name: str, run: RunRecord) -> bool:
+        """Whether `run`, sorted again, would stay where `name` is shown: strictly between its
+        neighbours' sort values. The default sort is by age, and a running run's status.json
+        changes its age at every write without moving it from the top."""
+        index = self.shown.index(name)
+        value = self._sort_value(run)
+        try:
+            for i, after in ((index - 1, False), (index + 1, True)):
+                if 0 <= i < len(self.shown):
+                    other = self._sort_value(self.runs[self.shown[i]])
+                    if not (value < other if after != self.sort_reverse else other < value):
+                        return False
+        except (KeyError, TypeError):  # a neighbour gone, or values that do not compare
+            return False
+        return True
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text

@@ -179,3 +179,34 @@ async def test_switching_tabs_in_the_first_moments_waits_for_the_lazy_panes(tui_
         assert await wait_until(pilot, lambda: app.current_view == "gpus-view")
         await pilot.press("2")
         assert await wait_until(pilot, lambda: app.current_view == "jobs-view")
+
+
+@pilot_test
+async def test_a_new_status_of_the_top_run_redraws_its_row_not_the_table(tui_root: Path) -> None:
+    import dataclasses
+
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        table = app.query_one(RunsTable)
+        run = table.runs[table.shown[0]]  # sorted by age: the most recent progress first
+        rebuilds = table.generation
+        table.update_run(dataclasses.replace(run, step=(run.step or 0) + 1, updated=run.updated + 5), run.name)
+        assert table.generation == rebuilds and table.shown[0] == run.name
+        assert str(table.get_row(run.name)[3]).startswith(str((run.step or 0) + 1))
+        older = table.runs[table.shown[1]]  # it moves to the top: the table is sorted again
+        table.update_run(dataclasses.replace(older, updated=run.updated + 10), older.name)
+        assert table.generation == rebuilds + 1 and table.shown[0] == older.name
+
+
+@pilot_test
+async def test_the_status_rule_is_applied_again_on_a_timer(tui_root: Path, monkeypatch) -> None:
+    import rltui.tui.app as app_module
+
+    monkeypatch.setattr(app_module, "RECLASSIFY_S", 0.05)
+    app = make_test_app(tui_root)  # an index passed in: no quick first list
+    calls = []
+    app.reclassify = lambda: calls.append(1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        assert await wait_until(pilot, lambda: len(calls) >= 2)
