@@ -104,11 +104,12 @@ def sample_gpus(snap: Snapshot | None = None) -> GpuReport:
     except Exception as e:  # a driver error must not hide the runs
         return GpuReport(False, f"NVML sampling failed: {type(e).__name__}: {e}", [])
     if snap is not None:
-        owners = {r.pid: (None, r.name) for r in snap.runs.values()
-                  if r.pid is not None and r.status is RunStatus.RUNNING}
-        for j in snap.jobs.values():
-            if j.keeper_pid is not None and j.state.active:
-                owners.setdefault(j.keeper_pid, (j.id, j.run))
+        from rltui.usage import job_owners
+
+        owners: dict[int, tuple[str | None, str | None]] = dict(job_owners(snap.active_jobs))
+        for r in snap.runs.values():  # a trainer started by hand, outside any job
+            if r.pid is not None and r.status is RunStatus.RUNNING:
+                owners.setdefault(r.pid, (None, r.name))
         sample = gpu.attribute(sample, owners)
     if not sample.gpus:
         return GpuReport(False, sample.reason or "no GPU found", [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from rltui.gpu import GpuSnapshot, gpus_of_pids
 from rltui.job_records import Usage
@@ -124,6 +124,12 @@ def owners_by_pid(roots: Iterable[tuple[str, str | None, int | None]]
         for p in tree_pids(pid):
             owners[p] = (job_id, run)
     return owners
+
+
+def job_owners(jobs: Iterable[Any]) -> dict[int, tuple[str, str | None]]:
+    """pid -> (job id, run) for every process under each job's keeper (rltui.records.JobRecord
+    of active jobs, as `status` and the TUI have them from the index)."""
+    return owners_by_pid((job.id, job.run, job.keeper_pid) for job in jobs)
 
 
 def tree_stats(roots: dict[str, int | None], interval_s: float = 0.1) -> dict[str, TreeStats]:

@@ -256,8 +256,9 @@ class RlTuiApp(ActionsMixin, App[str]):
         index_snapshot = self.live.index.snapshot
         if any(g.processes for g in snapshot.gpus):
             from rltui.gpu import attribute
+            from rltui.usage import job_owners
 
-            snapshot = attribute(snapshot, process_owners(index_snapshot.active_jobs))
+            snapshot = attribute(snapshot, job_owners(index_snapshot.active_jobs))
         self.post_message(GpuSampled(snapshot))
 
     # ------------------------------------------------------------ messages from workers
@@ -397,13 +398,6 @@ def _palette_callback(app: App, action: str) -> Callable[[], Any]:
 
 def all_runs(snapshot: Snapshot) -> list[RunRecord]:
     return [*snapshot.runs.values(), *snapshot.legacy_runs.values()]
-
-
-def process_owners(jobs: list[JobRecord]) -> dict[int, tuple[str, str | None]]:
-    """pid -> (job id, run) for every process under an active job's keeper (from the snapshot)."""
-    from rltui.usage import owners_by_pid
-
-    return owners_by_pid((job.id, job.run, job.keeper_pid) for job in jobs)
 
 
 def running_jobs(snapshot: Snapshot | None) -> list[JobRecord]:

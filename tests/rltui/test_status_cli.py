@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,36 @@ def test_no_gpu_is_one_clear_line_with_the_reason(every_kind):
     out = io.StringIO()
     cmd_status.write_text(snap, cmd_status.GpuReport(False, "no GPU found by NVML", []), out)
     assert "  GPU: not available (no GPU found by NVML)\n" in out.getvalue()
+
+
+def test_a_gpu_process_under_a_jobs_keeper_is_named_by_its_job(monkeypatch):
+    from types import SimpleNamespace
+
+    # keeper -> its command -> a worker holding the GPU (as torchrun's ranks do)
+    keeper = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+        "'import subprocess, sys, time; subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(60)\"]); time.sleep(60)'])"
+    )])
+    try:
+        import psutil
+
+        proc = psutil.Process(keeper.pid)
+        for _ in range(200):
+            workers = [p for p in proc.children(recursive=True) if not p.children()]
+            if len(proc.children(recursive=True)) >= 2 and workers:
+                break
+            time.sleep(0.05)
+        worker = workers[0].pid
+        sample = gpu.fake_gpus(1)
+        sample = dataclasses.replace(sample, gpus=[dataclasses.replace(
+            sample.gpus[0], processes=(gpu.GpuProcess(pid=worker, used_mib=1000.0),))])
+        monkeypatch.setattr(gpu, "sample", lambda: sample)
+        snap = SimpleNamespace(runs={}, active_jobs=[SimpleNamespace(id="job-1", run="run_a", keeper_pid=keeper.pid)])
+        report = cmd_status.sample_gpus(snap)
+        (p,) = report.devices[0].processes
+        assert (p.pid, p.job, p.run) == (worker, "job-1", "run_a")
+    finally:
+        for p in psutil.Process(keeper.pid).children(recursive=True):
+            p.kill()
+        keeper.kill()
+        keeper.wait()
