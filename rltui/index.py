@@ -201,16 +201,6 @@ class Index:
             self._refresh_evals_of(name)
             return self._publish_runs([name], resort=True)
 
-    def refresh_legacy(self, name: str) -> Snapshot:
-        with self._lock:
-            path = self.layout.legacy_run_dir(name)
-            if path.is_dir():
-                self._legacy[name] = self._read_legacy(name, path)
-            else:
-                self._legacy.pop(name, None)
-            self._refresh_evals_of(name)
-            return self._publish_all()
-
     def refresh_eval(self, folder: str) -> Snapshot:
         """Re-read one `eval_runs/RUN_DATASET` folder."""
         with self._lock:

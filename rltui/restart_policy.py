@@ -107,7 +107,6 @@ class Decision:
     action: Action
     reason: str
     delay_s: float = 0.0
-    restart_number: int = 0  # 1 for the first restart; 0 when not restarting
 
 
 @dataclass
@@ -120,7 +119,6 @@ class RestartPolicy:
     counted_restarts: int = 0  # the ones that count against max_restarts
     no_progress_streak: int = 0
     _checkpoint_at_last_restart: int | None = field(default=None, repr=False)
-    _restarted: bool = field(default=False, repr=False)
     _next_start_at: float | None = field(default=None, repr=False)
 
     def decide(self, ending: Ending, latest_checkpoint: int | None) -> Decision:
@@ -146,7 +144,7 @@ class RestartPolicy:
             return Decision(Action.FAIL, what)
         if ending.exit_code == BAD_INPUT_EXIT and not always:
             return Decision(Action.FAIL, f"{what}; a restart would fail the same way")
-        if self._restarted:
+        if self.restarts:
             if latest is None or (self._checkpoint_at_last_restart is not None
                                   and latest <= self._checkpoint_at_last_restart):
                 self.no_progress_streak += 1
@@ -163,7 +161,6 @@ class RestartPolicy:
         self.restarts += 1
         if not always:
             self.counted_restarts += 1
-        self._restarted = True
         self._checkpoint_at_last_restart = latest
         self._next_start_at = self.clock() + delay
         where = f"from checkpoint step {latest}" if latest is not None else "from the start (no checkpoint yet)"
@@ -171,7 +168,6 @@ class RestartPolicy:
             Action.RESTART,
             f"{what}; restart {self.restarts} {where} in {delay:g}s",
             delay_s=delay,
-            restart_number=self.restarts,
         )
 
     def backoff(self, n_before: int) -> float:

@@ -13,7 +13,7 @@ touching the rest.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -78,7 +78,6 @@ class LossStats:
     ratio_min: float
     ratio_max: float
     tokens: int
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- rollout and rewards
@@ -272,10 +271,11 @@ def policy_update(
     skips DDP's all-reduce on every backward but the last.
     """
     optimizer.zero_grad(set_to_none=True)
-    parts = [(b, c) for b in batches for c in b.chunks(forward_batch_size)]
+    parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
+    tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     found: list[LossStats] = []
     loss_total = 0.0
-    for i, (batch, chunk) in enumerate(parts):
+    for i, (b, chunk) in enumerate(parts):
         with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
             logps = token_logps(model, chunk.input_ids, chunk.attention_mask,
                                 chunk.prompt_length, temperature)
@@ -284,11 +284,11 @@ def policy_update(
             loss, st = grpo_loss(
                 logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
                 loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
-                max_completion_length=max_completion_length, n_sequences=batch.size,
-                n_tokens=int(batch.completion_mask.sum()),
+                max_completion_length=max_completion_length, n_sequences=batches[b].size,
+                n_tokens=tokens[b],
             )
             (loss / len(batches)).backward()
-        loss_total += loss.item() / len(batches)
+        loss_total += st.loss / len(batches)  # st.loss is float(loss)
         found.append(st)
     params = [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")

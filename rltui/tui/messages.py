@@ -54,11 +54,3 @@ class WatchModeChanged(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, WatchModeChanged)
-
-
-class JobLaunched(Message):
-    def __init__(self, job_id: str | None, error: str | None = None, what: str = "") -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.error = error
-        self.what = what

@@ -26,7 +26,6 @@ class StatusBar(Widget):
     watch_mode: reactive[str] = reactive("starting")
     jobs_running: reactive[int] = reactive(0)
     updated: reactive[float | None] = reactive(None)
-    message: reactive[str] = reactive("")
 
     def __init__(self, root: Path, clock: Callable[[], float] = time.time, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -43,6 +42,4 @@ class StatusBar(Widget):
         text.append(f" │ jobs running: {self.jobs_running}")
         text.append(f" │ updated {when} │ ")
         text.append(f"{self.root}", style="bold")
-        if self.message:
-            text.append(f" │ {self.message}", style="italic")
         return text
