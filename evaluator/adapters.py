@@ -64,8 +64,8 @@ class AdapterSwitcher:
                 self._hotswap(adapter_dir)
                 self.active, self.hotswaps = adapter_dir, self.hotswaps + 1
                 return self.model
-            except Exception:  # a bad file: start clean
-                self._unload()
+            except Exception:  # a bad file: start clean, below
+                pass
         self._unload()
         self.model = load_adapter(self.model, adapter_dir, adapter_name=ADAPTER_NAME)
         self.active, self.active_shape = adapter_dir, shape

@@ -374,8 +374,9 @@ def _read_checkpoint(
     finally:
         os.close(dir_fd)
     if problems:
-        if any(p.startswith("damaged") for p in problems):
-            damaged.append(FileError(Path(info_path), problems[0]))
+        damage = next((p for p in problems if p.startswith("damaged")), None)
+        if damage is not None:
+            damaged.append(FileError(Path(info_path), damage))
         size = _disk_usage(path)
     else:
         size = info["total"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,9 @@ def _skip_name(name: str) -> bool:
     )
 
 
-def _walk(root: Path, top: Path, skipped: list[tuple[str, str]]) -> Iterator[LocalFile]:
+def _walk(root: Path, top: Path, skipped: list[tuple[str, str]],
+          checkpoint_problems: dict[str, list[str]]) -> Iterator[LocalFile]:
+    """The files under `top` a backup takes; `checkpoint_problems` of its step folders by name."""
     training_state = top / "training_state"
     for dirpath, dirs, names in os.walk(top):
         here = Path(dirpath)
@@ -169,9 +172,7 @@ def _walk(root: Path, top: Path, skipped: list[tuple[str, str]]) -> Iterator[Loc
             elif os.path.islink(sub):
                 if not (here == training_state and d == localfs.STEP_LATEST):  # recorded apart
                     skipped.append((rel, "symlink"))
-            elif here == training_state and localfs.parse_step_dir(d) is not None and (
-                problems := localfs.checkpoint_problems(sub)
-            ):
+            elif here == training_state and (problems := checkpoint_problems.get(d)):
                 skipped.append((rel + "/", "incomplete checkpoint: " + problems[0]))
             else:
                 keep.append(d)
@@ -182,7 +183,7 @@ def _walk(root: Path, top: Path, skipped: list[tuple[str, str]]) -> Iterator[Loc
             if _skip_name(name):
                 continue
             st = os.lstat(full)
-            if not os.path.isfile(full) or os.path.islink(full):
+            if not stat.S_ISREG(st.st_mode):  # lstat: a link is not a regular file
                 if name != localfs.STEP_LATEST:
                     skipped.append((rel, "not a regular file"))
                 continue
@@ -234,18 +235,24 @@ def run_eval_dirs(layout: Layout, run: str) -> list[Path]:
 def scan_run(layout: Layout, run: str) -> LocalRun:
     """Every file a backup of `run` takes, in path order. The run folder may be absent."""
     run_dir = layout.run_dir(run)
+    # Each checkpoint is checked once (its training_info.json read, its files stat'ed), here.
+    problems = {folder.name: localfs.checkpoint_problems(folder)
+                for _step, folder in localfs.list_step_dirs(layout.training_state(run))}
     skipped: list[tuple[str, str]] = []
     files: list[LocalFile] = []
     for top in [run_dir, *run_eval_dirs(layout, run)]:
         if top.is_dir() and not top.is_symlink():
-            files.extend(_walk(layout.root, top, skipped))
+            files.extend(_walk(layout.root, top, skipped, problems))
     recorded: dict[str, str] = {}
-    for _step, folder in localfs.list_step_dirs(layout.training_state(run)):
-        if not localfs.checkpoint_problems(folder):
-            recorded.update(recorded_hashes(layout.root, folder))
+    for name, found in problems.items():
+        if not found:
+            recorded.update(recorded_hashes(layout.root, layout.training_state(run) / name))
     step = localfs.read_step_latest(layout.training_state(run))
-    if step is not None and localfs.checkpoint_problems(layout.step_dir(run, step)):
-        step = None  # a link to something we do not back up is not worth recording
+    if step is not None:
+        name = localfs.step_dir_name(step)
+        found = problems[name] if name in problems else localfs.checkpoint_problems(layout.step_dir(run, step))
+        if found:
+            step = None  # a link to something we do not back up is not worth recording
     return LocalRun(run, files, step, skipped, recorded)
 
 
@@ -301,6 +308,6 @@ def stat_local(root: Path, path: str) -> LocalFile | None:
         st = os.lstat(full)
     except OSError:
         return None
-    if not os.path.isfile(full) or os.path.islink(full):
+    if not stat.S_ISREG(st.st_mode):  # lstat: a link is not a regular file
         return None
     return LocalFile(path, full, st.st_size, st.st_mtime_ns, st.st_ino)
