@@ -2,7 +2,8 @@
 happening), as typed dataclasses with their JSON forms (docs/ARCHITECTURE.md, "File schemas").
 
 job.json is written once by rltui.jobs; state.json is written atomically by the launcher (queued,
-starting), then only by the job's keeper, and by reconcile once the keeper is gone (lost).
+starting), then by the job's keeper, by reconcile once the keeper is gone (lost), and, on jobs no
+keeper owns, by stop/kill of a queued job and by supervise's note on a lost one.
 """
 
 from __future__ import annotations

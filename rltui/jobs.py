@@ -444,8 +444,8 @@ def reconcile(layout: Layout) -> list[str]:
             raw = read_json(layout.job_state(name))
             if not isinstance(raw, dict) or raw.get("state") not in active:
                 continue  # most jobs have ended: skip building their records
-            state = read_state(layout, name)
-        except (FileNotFoundError, DamagedFile, BadName):
+            state = StateFile.from_json(raw)  # the file just read, not a second read
+        except (FileNotFoundError, DamagedFile, BadName, KeyError, TypeError, ValueError):
             continue
         why = keeper_gone(state)
         if why is None:
