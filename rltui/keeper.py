@@ -232,7 +232,8 @@ class Keeper:
             ending = self.run_once(argv)
             self.refresh_auto_resume()
             latest = self.latest_checkpoint()
-            decision = self.policy.decide(ending, latest)
+            decision = self.policy.decide(ending, latest, target=self.target_step(),
+                                          needs_checkpoint=bool(self.spec.resume_argv))
             s.restarts = self.policy.restarts
             if decision.action is Action.SUCCEED:
                 return self.finish(JobState.SUCCEEDED, decision.reason)
@@ -242,13 +243,6 @@ class Keeper:
             if decision.action is Action.FAIL:
                 self.remove_unused_run_folder()
                 return self.finish(JobState.FAILED, decision.reason)
-            target = self.target_step()
-            if latest is not None and target is not None and latest >= target:
-                return self.finish(JobState.SUCCEEDED,
-                                   f"{ending.describe()} after its final checkpoint (step {latest})")
-            if latest is None and self.spec.resume_argv:
-                return self.finish(JobState.FAILED, f"{ending.describe()}; no complete checkpoint "
-                                   "to resume from (it ended before its first save)")
             self.transition(JobState.RESTARTING, decision.reason)
             if not self.wait_backoff():
                 return self.finish(JobState.STOPPED, "stopped by the user while waiting to restart")

@@ -14,7 +14,9 @@ Rules (docs/ARCHITECTURE.md, section jobs):
   not recovered unless the user lists it in `recover_exit_codes`;
 - an exit code in `recover_exit_codes` always means "recover", and such restarts do not count
   against `max_restarts` (SkyPilot's recover_on_exit_codes; e.g. a known NCCL error code);
-- the policy gives up when two restarts in a row produced no new checkpoint.
+- the policy gives up when two restarts in a row produced no new checkpoint;
+- a restart that is due becomes success when the run's final checkpoint is already saved, and
+  failure when a resume needs a checkpoint and there is none yet.
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ class RestartPolicy:
     _checkpoint_at_last_restart: int | None = field(default=None, repr=False)
     _next_start_at: float | None = field(default=None, repr=False)
 
-    def decide(self, ending: Ending, latest_checkpoint: int | None) -> Decision:
-        """What to do after `ending`; `latest_checkpoint` is the run's newest complete step now."""
+    def decide(self, ending: Ending, latest_checkpoint: int | None, *, target: int | None = None,
+               needs_checkpoint: bool = False) -> Decision:
+        """What to do after `ending`; `latest_checkpoint` is the run's newest complete step now,
+        `target` the run's final step, `needs_checkpoint` whether a restart resumes from one."""
         if ending.user_stop and not ending.hung:
             if ending.clean and ending.phase == "completed":
                 return Decision(Action.SUCCEED, "completed")
@@ -131,11 +135,13 @@ class RestartPolicy:
             if ending.phase == "stopped":
                 return Decision(Action.STOP, "the process stopped on request (phase stopped)")
             if ending.phase == "failed":
-                return self._abnormal(ending, latest_checkpoint, "exit code 0 but phase failed")
+                return self._abnormal(ending, latest_checkpoint, "exit code 0 but phase failed",
+                                      target, needs_checkpoint)
             return Decision(Action.SUCCEED, "completed")
-        return self._abnormal(ending, latest_checkpoint, ending.describe())
+        return self._abnormal(ending, latest_checkpoint, ending.describe(), target, needs_checkpoint)
 
-    def _abnormal(self, ending: Ending, latest: int | None, what: str) -> Decision:
+    def _abnormal(self, ending: Ending, latest: int | None, what: str, target: int | None,
+                  needs_checkpoint: bool) -> Decision:
         s = self.settings
         always = ending.exit_code is not None and ending.exit_code in s.recover_exit_codes
         if not s.auto_resume:
@@ -157,6 +163,13 @@ class RestartPolicy:
             )
         if not always and self.counted_restarts >= s.max_restarts:
             return Decision(Action.FAIL, f"{what}; gave up after {self.counted_restarts} restarts (max_restarts)")
+        # A restart is due, unless there is nothing left to do or nothing to resume from; decided
+        # before the counters move, so a job that never restarted does not count one.
+        if latest is not None and target is not None and latest >= target:
+            return Decision(Action.SUCCEED, f"{what} after its final checkpoint (step {latest})")
+        if latest is None and needs_checkpoint:
+            return Decision(Action.FAIL, f"{what}; no complete checkpoint to resume from "
+                                         "(it ended before its first save)")
         delay = self.backoff(self.restarts)
         self.restarts += 1
         if not always:

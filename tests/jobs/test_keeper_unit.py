@@ -136,7 +136,8 @@ def test_a_crash_after_the_final_checkpoint_counts_as_success(layout):
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -11, 1)])
     assert keeper.run() is JobState.SUCCEEDED
     assert len(spawner.argvs) == 1
-    assert "after its final checkpoint (step 10)" in read_state(layout, spec.id).last_reason
+    state = read_state(layout, spec.id)
+    assert "after its final checkpoint (step 10)" in state.last_reason and state.restarts == 0
 
 
 def test_no_progress_for_the_hang_timeout_kills_the_group_and_resumes(layout):
