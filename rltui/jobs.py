@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rltui import gpu, gpu_assign
-from rltui.errors import UsageError
+from rltui.errors import UsageError, WorkFailed
 from rltui.gpu import Sampler
 from rltui.job_records import (
     FollowUp, Job, JobKind, JobSpec, JobState, StateFile, auto_resume_override_path,
@@ -42,6 +42,7 @@ PY = sys.executable
 CODE_ROOT = Path(__file__).resolve().parent.parent  # holds rltui/, trainer/, evaluator/
 NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
 KEEPER_START_GRACE_S = 60.0
+KEEPER_PID_WAIT_S = 10.0  # stop/kill of a job whose keeper is starting waits this long for its pid
 
 
 # ---------------------------------------------------------------- builders (pure)
@@ -386,8 +387,17 @@ def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -
             state.note(f"{why} while queued")
             write_state(layout, job_id, state)
             return read_job(layout, job_id)
+    # Just launched: the keeper has not written its pid yet. A signal needs it, so wait for it.
+    deadline = time.monotonic() + KEEPER_PID_WAIT_S
+    while (not state.state.final and not state.keeper_pid and keeper_gone(state) is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+        state = read_state(layout, job_id)
     if state.state.final:
         raise UsageError(f"job {job_id} has already ended ({state.state.value})")
+    if not state.keeper_pid and keeper_gone(state) is None:
+        raise WorkFailed(f"job {job_id}: its keeper has not started after {KEEPER_PID_WAIT_S:g}s; "
+                         "nothing was signalled, try again")
     if keeper_gone(state) is None and state.keeper_pid:
         os.kill(state.keeper_pid, sig)
     else:

@@ -220,3 +220,27 @@ def test_a_new_run_refused_for_bad_input_leaves_no_empty_run_folder_but_keeps_a_
     assert not layout.run_dir(refused.run).exists()
     assert "removed the unused, empty run folder" in jobs.read_log(layout, refused.id)
     assert layout.run_status(used.run).exists()
+
+
+def test_a_stop_right_after_launch_waits_for_the_keepers_pid_and_signals_it(layout):
+    import threading
+
+    from rltui.job_records import StateFile, write_spec, write_state
+    from rltui.localfs import boot_time, this_host
+
+    spec = fake_train_spec(layout)
+    write_spec(layout, spec)
+    state = StateFile(JobState.STARTING, run=spec.run, host=this_host(), boot_time=boot_time())
+    write_state(layout, spec.id, state)  # what the launcher writes before the keeper runs
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "rltui.keeper"])
+    try:
+        def keeper_starts():  # as a real keeper does once it runs: its pid in state.json
+            state.keeper_pid = keeper.pid
+            write_state(layout, spec.id, state)
+
+        threading.Timer(0.5, keeper_starts).start()
+        jobs.stop(layout, spec.id)
+        assert keeper.wait(timeout=10) == -signal.SIGTERM  # the signal reached the keeper
+    finally:
+        keeper.kill()
+        keeper.wait()
