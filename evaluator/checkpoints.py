@@ -22,9 +22,9 @@ from typing import Any
 from rltui import localfs
 from trainer.errors import ConfigError
 from trainer.modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_problems
+from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG
 
-RUN_CONFIGS = ("config_resolved.yaml", "config.yaml")
-MODEL_DIR = "model"
+RUN_CONFIGS = (RESOLVED_CONFIG, "config.yaml")
 
 
 @dataclass(frozen=True)

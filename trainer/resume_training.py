@@ -20,12 +20,12 @@ import argparse
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from rltui import localfs
 from trainer.errors import ConfigError
 from trainer.runfiles import RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
+from trainer.runlog import RunStatus
 
 
 
@@ -132,12 +132,9 @@ def fork_run(layout: localfs.Layout, parent: str, step: int) -> str:
     info.update(run=child, parent={"run": parent, "step": step})
     localfs.finalize_checkpoint(staging, layout.step_dir(child, step), info)
     localfs.update_step_latest(state, step)
-    localfs.write_json_atomic(layout.run_status(child), {
-        "run": child, "step": step, "target_step": info.get("target_step"), "phase": "starting",
-        "pid": os.getpid(), "host": localfs.this_host(), "time": time.time(),
-        "started": time.time(), "world_size": info.get("world_size"),
-        "latest_checkpoint": step, "error": None, "parent": {"run": parent, "step": step},
-    })
+    status = RunStatus(run=child, target_step=info.get("target_step"), world_size=info.get("world_size"),
+                       step=step, latest_checkpoint=step, parent={"run": parent, "step": step})
+    localfs.write_json_atomic(layout.run_status(child), status.as_json())
     return child
 
 

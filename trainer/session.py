@@ -137,12 +137,11 @@ def _prepare_resume(args: argparse.Namespace, root: Path, layout: localfs.Layout
     target = args.target_step if args.target_step is not None else int(info["target_step"])
     if target <= args.resume_step:
         raise ConfigError(f"target step {target} is not after the checkpoint's step {args.resume_step}")
-    status = localfs.read_json_or_none(layout.run_status(run)) or {}
     return Session(
         cfg=cfg, root=root, layout=layout, base_path=Path(), init_adapter=None,
         target_step=target, schedule_steps=int(info.get("schedule_steps", info["target_step"])),
         world_size=world_size, resume=ResumePoint(run, args.resume_step, step_dir, info),
-        parent=status.get("parent"),
+        parent=info.get("parent"),  # the checkpoint's own record (status.json is not fsynced)
     )
 
 
