@@ -8,6 +8,7 @@ keeper owns, by stop/kill of a queued job and by supervise's note on a lost one.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
@@ -273,3 +274,13 @@ def read_job(layout: Layout, job_id: str) -> Job:
     except DamagedFile as e:
         errors.append(str(e))
     return Job(job_id, layout.job_dir(job_id), spec, state, "; ".join(errors) or None)
+
+
+CODE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding rltui/, trainer/, evaluator/
+
+
+def with_code_root(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH (once), so a job's `python -m trainer...`
+    runs this code whatever the working folder."""
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(CODE_ROOT)]
+    return {**env, "PYTHONPATH": os.pathsep.join([str(CODE_ROOT), *paths])}

@@ -28,7 +28,7 @@ from rltui.errors import UsageError, WorkFailed
 from rltui.gpu import Sampler
 from rltui.job_records import (
     FollowUp, Job, JobKind, JobSpec, JobState, StateFile, auto_resume_override_path,
-    effective_auto_resume, read_job, read_state, write_spec, write_state,
+    effective_auto_resume, read_job, read_state, with_code_root, write_spec, write_state,
 )
 from rltui.localfs import (
     BadName, DamagedFile, Layout, boot_time, checkpoint_problems, create_run_dir, pid_alive, read_json,
@@ -39,7 +39,6 @@ from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
 from rltui.sync_to_s3 import check_flags as check_sync_flags
 
 PY = sys.executable
-CODE_ROOT = Path(__file__).resolve().parent.parent  # holds rltui/, trainer/, evaluator/
 NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
 KEEPER_START_GRACE_S = 60.0
 KEEPER_PID_WAIT_S = 10.0  # stop/kill of a job whose keeper is starting waits this long for its pid
@@ -328,8 +327,7 @@ def _start(layout: Layout, spec: JobSpec, state: StateFile, gpus: list[int]) -> 
     state.gpus = gpus or None
     state.note("starting" + (f" on GPU {','.join(map(str, gpus))}" if gpus else ""))
     write_state(layout, spec.id, state)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH")]))
+    env = with_code_root(dict(os.environ))
     with open(layout.job_log(spec.id), "ab") as log:
         detacher = subprocess.Popen(
             [PY, "-m", "rltui.keeper", "--detach", str(layout.job_dir(spec.id))],

@@ -29,7 +29,8 @@ from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
 from rltui.job_records import (
-    JobKind, JobSpec, JobState, StateFile, effective_auto_resume, read_spec, read_state, write_state,
+    JobKind, JobSpec, JobState, StateFile, effective_auto_resume, read_spec, read_state, with_code_root,
+    write_state,
 )
 from rltui.localfs import (
     DamagedFile, Layout, boot_time, eval_dir_dataset, latest_complete_step, read_json, this_host,
@@ -255,8 +256,7 @@ class Keeper:
         env.update(self.spec.env)
         if self.state.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.state.gpus)
-        code_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, env.get("PYTHONPATH")]))
+        env = with_code_root(env)
         self.transition(JobState.STARTING, None)
         self.log(f"starting: {shlex.join(argv)}")
         try:

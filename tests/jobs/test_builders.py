@@ -28,3 +28,14 @@ def test_sync_job_with_cleanup_and_keep_latest_builds_the_archive_argv(tmp_path)
         "-m", "rltui.sync_to_s3", "--action", "backup", "--training-run", "run_2026-01-01_00-00-00",
         "--cleanup", "--keep-latest", "--root", str(tmp_path),
     ]
+
+
+def test_the_checkout_goes_first_on_pythonpath_once():
+    import os
+
+    from rltui.job_records import CODE_ROOT, with_code_root
+
+    once = with_code_root({"PYTHONPATH": "/other"})["PYTHONPATH"]
+    assert once == os.pathsep.join([str(CODE_ROOT), "/other"])
+    assert with_code_root({"PYTHONPATH": once})["PYTHONPATH"] == once  # the keeper adds it again
+    assert with_code_root({})["PYTHONPATH"] == str(CODE_ROOT)
