@@ -278,8 +278,8 @@ class RlTuiApp(ActionsMixin, App[str]):
         else:
             for name in sorted(message.runs):
                 table.update_run(message.snapshot.run(name), name)
-            for job_id in sorted(message.jobs or ()) if jobs is not None else ():
-                jobs.update_job(message.snapshot.jobs.get(job_id), job_id)
+            if jobs is not None and message.jobs:
+                jobs.update_jobs({j: message.snapshot.jobs.get(j) for j in sorted(message.jobs)})
             if message.jobs:
                 self.show_selected_run()
         bar = self.query_one(StatusBar)

@@ -2,7 +2,7 @@
 
 Usage:
     pane = JobsPane(id="jobs-pane")
-    pane.set_jobs(snapshot.jobs)      # or pane.update_job(record, job_id)
+    pane.set_jobs(snapshot.jobs)      # or pane.update_jobs({job_id: record or None})
     pane.selected                     # the job id under the cursor
 
 Active jobs sort first, then the newest.
@@ -122,11 +122,13 @@ class JobsPane(Vertical):
         self.jobs = {j.id: j for j in jobs}
         self._show()
 
-    def update_job(self, job: JobRecord | None, job_id: str) -> None:
-        if job is None:
-            self.jobs.pop(job_id, None)
-        else:
-            self.jobs[job_id] = job
+    def update_jobs(self, changed: dict[str, JobRecord | None]) -> None:
+        """Jobs that changed (None: gone), then one redraw of the table."""
+        for job_id, job in changed.items():
+            if job is None:
+                self.jobs.pop(job_id, None)
+            else:
+                self.jobs[job_id] = job
         self._show()
 
     def _show(self) -> None:
