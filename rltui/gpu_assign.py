@@ -134,14 +134,16 @@ def snapshot_for(spec: JobSpec, sampler: Sampler | None) -> GpuSnapshot | None:
 
 def try_assign(
     layout: Layout, spec: JobSpec, snapshot: GpuSnapshot | None, *, check_usage: bool = True,
+    held: set[int] | None = None,
 ) -> list[int] | None:
-    """GPUs for `spec` now ([] for a job without GPUs), or None: stay queued. Hold `lock`."""
+    """GPUs for `spec` now ([] for a job without GPUs), or None: stay queued. Hold `lock`.
+    `held`: the GPUs active jobs hold, when the caller has them (else read from jobs/)."""
     want = wanted(spec, snapshot)
     if want == 0 or want == ():
         return []
     if snapshot is None:
         return None
-    return choose(want, snapshot, held_gpus(layout), check_usage=check_usage)
+    return choose(want, snapshot, held_gpus(layout) if held is None else held, check_usage=check_usage)
 
 
 @contextlib.contextmanager

@@ -307,6 +307,7 @@ def start_queued(layout: Layout, sampler: Sampler | None = None) -> list[str]:
     if any(gpu_assign.needs_snapshot(j.spec) for j in queued):
         snapshot = (sampler or gpu.default_sampler()).sample()
     with gpu_assign.lock(layout):
+        held = gpu_assign.held_gpus(layout)  # read once; what this pass assigns is added
         for job in queued:
             try:
                 state = read_state(layout, job.id)
@@ -314,9 +315,10 @@ def start_queued(layout: Layout, sampler: Sampler | None = None) -> list[str]:
                 continue
             if state.state is not JobState.QUEUED:
                 continue
-            gpus = gpu_assign.try_assign(layout, job.spec, snapshot)
+            gpus = gpu_assign.try_assign(layout, job.spec, snapshot, held=held)
             if gpus is not None:
                 _start(layout, job.spec, state, gpus)
+                held.update(gpus)
                 started.append(job.id)
     return started
 
