@@ -54,6 +54,8 @@ from rltui.records import (  # re-exported: `from rltui.index import RunRecord` 
     RunStatus,
     classify_run,
     diagnose_run,
+    json_int,
+    json_number,
     trainer_alive,
 )
 
@@ -237,7 +239,7 @@ class Index:
         checkpoints = read_checkpoints(self._cache, base + "/training_state", damaged)
         sj = status_json or {}
         complete = [c.step for c in checkpoints if c.complete]
-        step = _int(sj.get("step"))
+        step = json_int(sj.get("step"))
         if step is None and complete:
             step = complete[-1]
         record = RunRecord(
@@ -245,16 +247,16 @@ class Index:
             path=path,
             status=RunStatus.UNKNOWN,
             step=step,
-            target_step=_int(sj.get("target_step")) or summary.max_steps,
+            target_step=json_int(sj.get("target_step")) or summary.max_steps,
             phase=sj.get("phase") if isinstance(sj.get("phase"), str) else None,
             latest_complete=complete[-1] if complete else None,
             checkpoints=checkpoints,
             config_summary=summary,
             last_metrics=last_metrics(base + "/logs/train_log.jsonl"),
-            started=_float(sj.get("started")) or time_from_run_name(name),
-            updated=_float(sj.get("time")),
+            started=json_number(sj.get("started")) or time_from_run_name(name),
+            updated=json_number(sj.get("time")),
             parent=sj.get("parent") if isinstance(sj.get("parent"), dict) else None,
-            pid=_int(sj.get("pid")),
+            pid=json_int(sj.get("pid")),
             host=sj.get("host") if isinstance(sj.get("host"), str) else None,
             damaged=damaged,
         )
@@ -539,9 +541,3 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _float(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

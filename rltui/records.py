@@ -262,7 +262,7 @@ def diagnose_run(
     if phase == "failed":
         err = status_json.get("error")
         return Diagnosis(RunStatus.CRASHED, f"failed: {err}" if err else "failed")
-    t = _number(status_json.get("time"))
+    t = json_number(status_json.get("time"))
     age = None if t is None else max(0.0, now - t)
     stale = age is None or age > stale_after
     pid = status_json.get("pid")
@@ -310,7 +310,13 @@ def process_start_time(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _number(v: Any) -> float | None:
+def json_int(v: Any) -> int | None:
+    """A JSON field read as a whole number, or None (a bool or anything else is not one)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def json_number(v: Any) -> float | None:
+    """A JSON field read as a number, or None."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 

@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from rltui.localfs import BadName, Layout, this_host
-from rltui.records import RunRecord, diagnose_run
+from rltui.localfs import BadName, Layout, this_host, validate_name
+from rltui.records import RunRecord, diagnose_run, json_int, json_number
 from rltui.tui.watcher import Change
 
 if TYPE_CHECKING:
@@ -67,9 +67,9 @@ def quick_runs(layout: Layout, now: float, host: str | None = None) -> list[RunR
         d = diagnose_run(status, now, host)
         out.append(RunRecord(
             name=name, path=folder / name, status=d.status, status_reason=d.reason, stalled=d.stalled,
-            step=_int(sj.get("step")), target_step=_int(sj.get("target_step")),
+            step=json_int(sj.get("step")), target_step=json_int(sj.get("target_step")),
             phase=sj.get("phase") if isinstance(sj.get("phase"), str) else None,
-            updated=_num(sj.get("time")), started=_num(sj.get("started")),
+            updated=json_number(sj.get("time")), started=json_number(sj.get("started")),
         ))
     return out
 
@@ -102,21 +102,25 @@ class QuickRead(threading.Thread):
 
 
 def _run_dirs(folder: str) -> list[tuple[str, str]]:
+    """The run folders the full scan lists (index._subdirs: a linked run counts, a bad name
+    does not), as strings: Path objects for 1,000 runs cost as much as reading their files."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
     except OSError:
         return []
     return sorted((e.name, e.path) for e in entries
-                  if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+                  if not e.name.startswith(".") and e.is_dir() and _valid(e.name))
 
 
-def _int(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+def _valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except BadName:
+        return False
+    return True
 
 
-def _num(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 class LiveIndex:
