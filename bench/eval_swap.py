@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evaluator.adapters import AdapterSwitcher  # noqa: E402
-from rltui.localfs import resolve_root  # noqa: E402
+from rltui.runs.localfs import resolve_root  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
 from trainer.fast_generation import fast_or_plain  # noqa: E402
 from trainer.generation import generate  # noqa: E402

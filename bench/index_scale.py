@@ -36,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import make_localfs  # noqa: E402
-from rltui import localfs  # noqa: E402
-from rltui.index import Index  # noqa: E402
+from rltui.runs import localfs  # noqa: E402
+from rltui.runs.index import Index  # noqa: E402
 
 RESCANS = 5  # per repeat; the median hides a one-off collector pause (measured apart as "gc")
 

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from rltui import jobs  # noqa: E402
-from rltui.job_records import JobKind, JobSpec, JobState, StateFile, read_state, write_spec, write_state  # noqa: E402
-from rltui.localfs import Layout  # noqa: E402
+from rltui.jobs import builders, control  # noqa: E402
+from rltui.jobs.records import JobKind, JobSpec, JobState, StateFile, read_state, write_spec, write_state  # noqa: E402
+from rltui.runs.localfs import Layout  # noqa: E402
 
 
 def make_jobs(layout: Layout, n: int) -> None:
@@ -68,7 +68,7 @@ def bench_reconcile(sizes: list[int]) -> None:
         layout = Layout(Path(tempfile.mkdtemp(prefix="bench-jobs-"))).ensure()
         make_jobs(layout, n)
         base = best_of(lambda: baseline_read_states(layout))
-        ours = best_of(lambda: jobs.reconcile(layout))
+        ours = best_of(lambda: control.reconcile(layout))
         print(f"  N={n:>5}: reconcile {ours * 1000:7.1f} ms   read+parse every state.json "
               f"{base * 1000:7.1f} ms   ratio {ours / base:.2f}")
 
@@ -94,10 +94,10 @@ def bench_launch(count: int) -> None:
         p.stdout.readline()
         plain.append(time.perf_counter() - t0)
         p.wait()
-        spec = JobSpec(id=jobs.new_job_id(JobKind.SYNC), kind=JobKind.SYNC,
+        spec = JobSpec(id=builders.new_job_id(JobKind.SYNC), kind=JobKind.SYNC,
                        argv=(sys.executable, "-c", code), gpu_count=0)
         t0 = time.perf_counter()
-        jobs.launch(layout, spec)
+        control.launch(layout, spec)
         first_line_in(layout.job_log(spec.id), "hello from the job", t0 + 60)
         ours.append(time.perf_counter() - t0)
         while not read_state(layout, spec.id).state.final:
@@ -111,16 +111,16 @@ def bench_keeper_cpu(watch_s: float) -> None:
     layout = Layout(Path(tempfile.mkdtemp(prefix="bench-keeper-"))).ensure()
     run = "run_2026-01-01_00-00-00"
     layout.run_dir(run).mkdir(parents=True)
-    spec = JobSpec(id=jobs.new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, run=run,
+    spec = JobSpec(id=builders.new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, run=run,
                    argv=(sys.executable, "-c", f"import time; time.sleep({watch_s + 5})"), gpu_count=0)
-    jobs.launch(layout, spec)  # a training job: the keeper also watches status.json for hangs
+    control.launch(layout, spec)  # a training job: the keeper also watches status.json for hangs
     while read_state(layout, spec.id).state is not JobState.RUNNING:
         time.sleep(0.05)
     keeper = psutil.Process(read_state(layout, spec.id).keeper_pid)
     c0, t0 = sum(keeper.cpu_times()[:2]), time.perf_counter()
     time.sleep(watch_s)
     c1, t1 = sum(keeper.cpu_times()[:2]), time.perf_counter()
-    jobs.kill(layout, spec.id)
+    control.kill(layout, spec.id)
     print(f"keeper CPU while supervising for {t1 - t0:.0f}s: {(c1 - c0) * 1000:.0f} ms "
           f"({(c1 - c0) / (t1 - t0) * 100:.2f}% of one core); RSS {keeper.memory_info().rss / 2**20:.0f} MiB")
 

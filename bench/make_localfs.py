@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import yaml  # noqa: E402
 
-from rltui import localfs  # noqa: E402
+from rltui.runs import localfs  # noqa: E402
 
 START = _dt.datetime(2026, 1, 1)
 ADAPTER_CONFIG = {

@@ -25,10 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rltui import gpu, jobs  # noqa: E402
+from rltui import gpu
+from rltui.jobs import builders, control  # noqa: E402
 from rltui.gpu import fmt  # noqa: E402
-from rltui.job_records import JobKind, JobSpec, read_state  # noqa: E402
-from rltui.localfs import Layout  # noqa: E402
+from rltui.jobs.records import JobKind, JobSpec, read_state  # noqa: E402
+from rltui.runs.localfs import Layout  # noqa: E402
 
 LOAD = """
 import time, torch
@@ -80,24 +81,24 @@ def main() -> int:
 
     os.environ["RLTUI_GPU_HOUR_PRICE"] = "2.00"
     layout = Layout(Path(tempfile.mkdtemp(prefix="nvml-probe-"))).ensure()
-    spec = JobSpec(id=jobs.new_job_id(JobKind.EVAL), kind=JobKind.EVAL, title="nvml probe load",
+    spec = JobSpec(id=builders.new_job_id(JobKind.EVAL), kind=JobKind.EVAL, title="nvml probe load",
                    argv=(sys.executable, "-c", LOAD.format(seconds=args.seconds)), gpu_count=1)
-    job = jobs.launch(layout, spec)
+    job = control.launch(layout, spec)
     if job.state.state.value == "queued":
         print("no GPU is free by NVML (memory in use); starting the probe job on one anyway")
-        jobs.stop(layout, job.id)
-        job = jobs.launch(layout, spec.with_changes(id=jobs.new_job_id(JobKind.EVAL)), check_usage=False)
+        control.stop(layout, job.id)
+        job = control.launch(layout, spec.with_changes(id=builders.new_job_id(JobKind.EVAL)), check_usage=False)
     print(f"\n== job {job.id} on GPU {job.state.gpus}")
     time.sleep(min(5.0, args.seconds / 2))
-    busy = jobs.gpu_snapshot(layout)
+    busy = control.gpu_snapshot(layout)
     result["busy"] = busy.to_json()
     print(table(busy))
     while not read_state(layout, job.id).state.final:
         time.sleep(0.5)
     state = read_state(layout, job.id)
     result["job"] = {"state": state.state.value, "gpus": state.gpus, "usage": state.usage.to_json(),
-                     "log": jobs.read_log(layout, job.id)}
-    print(jobs.read_log(layout, job.id))
+                     "log": control.read_log(layout, job.id)}
+    print(control.read_log(layout, job.id))
     print("usage recorded by the keeper:", json.dumps(state.usage.to_json(), indent=2))
     (out_dir / "nvml_probe.json").write_text(json.dumps(result, indent=2))
     return 0 if state.state.value == "succeeded" else 1

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from rltui import localfs  # noqa: E402
-from rltui.localfs import Layout  # noqa: E402
+from rltui.runs import checkpoints, localfs  # noqa: E402
+from rltui.runs.localfs import Layout  # noqa: E402
 
 RUN = "run_2026-11-26_12-00-00"
 MB = 1_000_000
@@ -63,7 +63,7 @@ def build_run(root: Path, size: int) -> int:
     localfs.write_yaml_atomic(layout.run_config(RUN), {"model": {"base": "Qwen2.5-1.5B"}, "steps": n * 50})
     for i in range(1, n + 1):
         step = i * 50
-        stage = localfs.staging_dir(layout.training_state(RUN), step)
+        stage = checkpoints.staging_dir(layout.training_state(RUN), step)
         (stage / "model").mkdir()
         (stage / "model" / "adapter_model.safetensors").write_bytes(_unique_bytes(ADAPTER, f"a{step}", block))
         (stage / "model" / "adapter_config.json").write_text('{"r": 16, "lora_alpha": 32}')
@@ -72,8 +72,8 @@ def build_run(root: Path, size: int) -> int:
         (stage / "rng").mkdir()
         for rank in range(2):
             (stage / "rng" / f"rng_rank{rank}.pt").write_bytes(_unique_bytes(15_000, f"r{step}{rank}", block))
-        localfs.finalize_checkpoint(stage, layout.step_dir(RUN, step), {"step": step})
-        localfs.update_step_latest(layout.training_state(RUN), step)
+        checkpoints.finalize_checkpoint(stage, layout.step_dir(RUN, step), {"step": step})
+        checkpoints.update_step_latest(layout.training_state(RUN), step)
         ev = layout.eval_step_dir(RUN, "gsm8k", step)
         ev.mkdir(parents=True)
         (ev / "completions.jsonl").write_bytes(_unique_bytes(600_000, f"c{step}", block))

@@ -1,1 +1,1 @@
-"""The evaluation process: many checkpoints, one base-model load. Imports rltui.localfs only."""
+"""The evaluation process: many checkpoints, one base-model load. Imports rltui.runs.localfs only."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer.errors import ConfigError
 from trainer.modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_problems
 from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG
@@ -53,7 +53,7 @@ def from_training_run(layout: localfs.Layout, run: str) -> RunSource:
     if not run_dir.is_dir():
         raise ConfigError(f"training run not found: {run} (no folder {run_dir})")
     found = [_step_checkpoint(step, folder) for step, folder in
-             localfs.list_step_dirs(layout.training_state(run))]
+             checkpoints.list_step_dirs(layout.training_state(run))]
     source = RunSource(run, found)
     _attach_config(source, run_dir)
     return source
@@ -72,7 +72,7 @@ def from_path(path: Path, name: str | None) -> RunSource:
         default_name = _run_name_above(folder) if step is not None else path.name
     else:
         state = path / "training_state" if (path / "training_state").is_dir() else path
-        found = [_step_checkpoint(step, folder) for step, folder in localfs.list_step_dirs(state)]
+        found = [_step_checkpoint(step, folder) for step, folder in checkpoints.list_step_dirs(state)]
         if not found:
             raise ConfigError(f"--ckpt-path {path}: no adapter folder and no step_N folders inside")
         default_name = path.parent.name if path.name == "training_state" else path.name
@@ -99,7 +99,7 @@ def _run_name_above(step_folder: Path) -> str:
 def _step_checkpoint(step: int, folder: Path) -> Checkpoint:
     adapter = folder / MODEL_DIR if (folder / MODEL_DIR).is_dir() else folder
     if (folder / localfs.CHECKPOINT_INFO).exists() or adapter != folder:
-        problems = localfs.checkpoint_problems(folder)  # a checkpoint of ours: the full rule
+        problems = checkpoints.checkpoint_problems(folder)  # a checkpoint of ours: the full rule
     else:
         problems = []  # an older run's bare adapter folder: no manifest to check against
     if not problems:
@@ -112,12 +112,12 @@ def _fingerprint(folder: Path, adapter: Path) -> str:
     weights = next((adapter / w for w in ADAPTER_WEIGHTS if (adapter / w).is_file()))
     rel = weights.relative_to(folder).as_posix() if adapter != folder else weights.name
     try:
-        recorded = localfs.read_checkpoint_info(folder)["files"][rel]["sha256"]
+        recorded = checkpoints.read_checkpoint_info(folder)["files"][rel]["sha256"]
         if isinstance(recorded, str):
             return recorded
     except (FileNotFoundError, localfs.DamagedFile, KeyError, TypeError):
         pass
-    return localfs.sha256_file(weights)
+    return checkpoints.sha256_file(weights)
 
 
 def _attach_config(source: RunSource, folder: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from evaluator.checkpoints import Checkpoint, RunSource, from_path, from_training_run, resolve_base
 from evaluator.scoring import SAMPLE_SEED, SAMPLE_TEMPERATURE, SUBSET_SEED, EvalSettings, subset_indices
-from rltui import localfs
+from rltui.runs import localfs
 from trainer.data import Example, build_prompt, load_split, parse_dataset_name
 from trainer.errors import ConfigError
 from trainer.rewards import load_reward

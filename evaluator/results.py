@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from rltui import localfs
+from rltui.runs import localfs, machine
 
 COLUMNS = ["step", "accuracy", "format_rate", "mean_reward", "mean_completion_length", "n",
            "seconds", "tokens_per_s"]
@@ -141,7 +141,7 @@ class StatusFile:
         """`completions`: (done, total) of the current step, written after every batch."""
         localfs.write_json_atomic(self.path, {
             "run": self.run, "dataset": self.dataset, "phase": phase, "pid": os.getpid(),
-            "host": localfs.this_host(), "started": self.started, "time": time.time(),
+            "host": machine.this_host(), "started": self.started, "time": time.time(),
             "total": self.total, "done": self.done, "skipped": self.skipped,
             "failed": self.failed, "current_step": current_step,
             "completions_done": completions[0] if completions else None,

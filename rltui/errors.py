@@ -21,7 +21,7 @@ class WorkFailed(Exception):
 def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
     """Run `work` and return its exit code; errors become one line on stderr, no traceback:
     bad input 2, failed work 1, Ctrl-C 130."""
-    from rltui.localfs import BadName
+    from rltui.runs.localfs import BadName
 
     try:
         return int(work() or 0)

@@ -77,7 +77,7 @@ def handle(args: argparse.Namespace) -> int:
     from rltui.archive import backup, report, restore
     from rltui.archive.settings import load_settings, make_client
     from rltui.archive.store import RemoteStore, translate
-    from rltui.localfs import Layout, validate_run_name
+    from rltui.runs.localfs import Layout, validate_run_name
 
     check_flags(args)
     if args.training_run:
@@ -114,9 +114,9 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rltui.cli import OneLineParser
+    from rltui.cli.main import OneLineParser
     from rltui.errors import run_reporting
-    from rltui.localfs import resolve_root
+    from rltui.runs.localfs import resolve_root
 
     parser = OneLineParser(prog="python -m rltui.sync_to_s3", description=__doc__.split("\n")[0],
                            epilog=EPILOG)

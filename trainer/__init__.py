@@ -1,7 +1,6 @@
-"""The training process: GRPO + LoRA with full-state checkpoints. Imports rltui.localfs only."""
+"""The training process: GRPO + LoRA with full-state checkpoints. Imports rltui.runs only.
 
-import os
-
-# Nothing is downloaded at run time (models are local folders): keep transformers and peft from
-# looking names up on a hub, which costs a DNS timeout per lookup on a box without network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+No Hugging Face setting is forced here: HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT and
+HF_HUB_OFFLINE mean what they mean to every Hugging Face tool (trainer.hub). Models are loaded
+from local folders with `local_files_only`, so loading itself never asks the Hub anything.
+"""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer.distributed import Dist
 from trainer.runfiles import MODEL_DIR
 
@@ -106,7 +106,7 @@ def save_checkpoint(
 ) -> SaveResult:
     """Write step_N collectively (see module docstring); returns on every rank after the save."""
     started = time.monotonic()
-    staging = d.broadcast(str(localfs.staging_dir(training_state, step)) if d.is_main else None)
+    staging = d.broadcast(str(checkpoints.staging_dir(training_state, step)) if d.is_main else None)
     staging = Path(staging)
     rng_path = staging / rng_file(d.rank)
     rng_path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +122,8 @@ def save_checkpoint(
     if d.is_main:
         full = dict(info, step=step, world_size=d.world_size,
                     rng_files=[rng_file(r) for r in range(d.world_size)])
-        localfs.finalize_checkpoint(staging, final, full)
-        localfs.update_step_latest(training_state, step)
+        checkpoints.finalize_checkpoint(staging, final, full)
+        checkpoints.update_step_latest(training_state, step)
         deleted = apply_retention(training_state, keep_last, keep_every)
     d.barrier()  # nobody moves on (or exits) before the checkpoint is sealed
     return SaveResult(step, final, time.monotonic() - started, deleted)
@@ -153,8 +153,8 @@ def apply_retention(training_state: Path, keep_last: int, keep_every: int) -> li
     A checkpoint is renamed to a `.tmp_` name before removal, so a crash mid-delete leaves
     nothing that looks like a checkpoint.
     """
-    complete = [s for s, p in localfs.list_step_dirs(training_state) if localfs.is_complete(p)]
-    latest = localfs.read_step_latest(training_state)
+    complete = [s for s, p in checkpoints.list_step_dirs(training_state) if checkpoints.is_complete(p)]
+    latest = checkpoints.read_step_latest(training_state)
     protect = {latest} if latest is not None else set(complete)
     victims = retention_victims(complete, keep_last, keep_every, protect)
     for step in victims:
@@ -167,7 +167,7 @@ def apply_retention(training_state: Path, keep_last: int, keep_every: int) -> li
 
 def remove_interrupted_saves(training_state: Path) -> list[Path]:
     """Staging folders left by a killed save (never loadable); removed when a session starts."""
-    found = localfs.list_staging_dirs(training_state)
+    found = checkpoints.list_staging_dirs(training_state)
     for path in found:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -178,9 +178,9 @@ def remove_interrupted_saves(training_state: Path) -> list[Path]:
 
 def repair_step_latest(training_state: Path) -> None:
     """Point step_latest at the newest complete checkpoint (a kill can land between the two)."""
-    newest = localfs.latest_complete_step(training_state)
-    if newest is not None and localfs.read_step_latest(training_state) != newest:
-        localfs.update_step_latest(training_state, newest)
+    newest = checkpoints.latest_complete_step(training_state)
+    if newest is not None and checkpoints.read_step_latest(training_state) != newest:
+        checkpoints.update_step_latest(training_state, newest)
 
 
 # ---------------------------------------------------------------- loading

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rltui.localfs import BadName, Layout, validate_dataset_name
+from rltui.runs.localfs import BadName, Layout, validate_dataset_name
 from trainer.errors import ConfigError
 from trainer.rewards import gold_answer
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from trainer.data import Example
 from trainer.fast_generation import fast_or_plain
 from trainer.logprobs import completion_logprobs
+from trainer.qwen2_train import fast_or_plain_logprobs
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
@@ -149,7 +150,12 @@ def token_logps(
 ) -> torch.Tensor:
     """Log-probability of each completion token under `model`: [N, C] (float32)."""
     if input_ids.is_cuda:
-        # Same values without a float32 [N, T, vocab] tensor (151,936 columns for Qwen2.5).
+        # Qwen2 (+ LoRA), one process: each prompt once per group, fused layers, chunked head
+        # (trainer/qwen2_train.py). Otherwise the model's own forward without a float32
+        # [N, T, vocab] tensor (151,936 columns for Qwen2.5).
+        fast = fast_or_plain_logprobs(model)
+        if fast is not None:
+            return fast(model, input_ids, attention_mask, prompt_length, temperature)
         return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

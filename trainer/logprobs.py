@@ -61,6 +61,81 @@ def selective_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature:
     return _SelectiveLogprobs.apply(logits, targets, temperature, rows)
 
 
+def _pick_and_lse(logits: torch.Tensor, targets: torch.Tensor, temperature: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log_softmax(logits / T)[target], logsumexp(logits / T)) per row, float32."""
+    x = logits.float() / temperature
+    lse = torch.logsumexp(x, dim=-1)
+    return x.gather(-1, targets[:, None]).squeeze(-1) - lse, lse
+
+
+def _logits_grad(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """d(picked log-prob)/d logits * grad = (onehot(target) - softmax(logits / T)) * grad / T."""
+    p = (logits.float() / temperature - lse[:, None]).exp()
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    onehot = (columns[None, :] == targets[:, None]).to(p.dtype)
+    return ((onehot - p) * (grad / temperature)[:, None]).to(logits.dtype)
+
+
+_FUSED: dict[str, object] = {}
+
+
+def _fused(name: str, fn):
+    """On CUDA, `fn` compiled into one kernel per call site (reads the bf16 logits once)."""
+    if name not in _FUSED:
+        import os
+
+        compile_it = os.environ.get("RLTUI_COMPILE_TRAIN", "1") != "0"
+        _FUSED[name] = torch.compile(fn, fullgraph=True) if compile_it else fn
+    return _FUSED[name]
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """hidden [M, H] @ weight[V, H].T -> log_softmax(. / T)[targets] [M] float32, `chunk` rows at a time.
+
+    Neither pass keeps a [M, V] tensor: the backward recomputes each chunk's logits (one more
+    product of the forward's size) instead of saving them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                temperature: float, chunk: int) -> torch.Tensor:
+        m = hidden.shape[0]
+        out = torch.empty(m, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        pick = _fused("pick", _pick_and_lse) if hidden.is_cuda else _pick_and_lse
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            out[start:stop], lse[start:stop] = pick(hidden[start:stop] @ weight.T, targets[start:stop], temperature)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        dlogits = _fused("grad", _logits_grad) if hidden.is_cuda else _logits_grad
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            stop = min(start + ctx.chunk, hidden.shape[0])
+            h = hidden[start:stop]
+            d = dlogits(h @ weight.T, targets[start:stop], lse[start:stop], grad[start:stop].float(), ctx.temperature)
+            if grad_hidden is not None:
+                grad_hidden[start:stop] = d @ weight
+            if grad_weight is not None:
+                grad_weight += (d.T @ h).float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  chunk: int = 2048) -> torch.Tensor:
+    """log_softmax(hidden @ weight.T / temperature)[targets] per row of `hidden` [M, H]: [M] float32,
+    without the [M, vocabulary] logits (a linear cross-entropy, chunked over rows)."""
+    return _HeadLogprobs.apply(hidden, weight, targets, temperature, chunk)
+
+
 def wants_bf16_adapter(model: torch.nn.Module) -> bool:
     """True on CUDA when the frozen weights are bf16 and the trainable ones float32 (peft's default
     for a bf16 model: it keeps adapter weights in float32)."""

@@ -1,8 +1,9 @@
 """Loading a base model, its tokenizer and LoRA adapters; checking an adapter fits a base model.
 
-One copy for the trainer and the evaluator. A base model is a local Hugging Face folder, or
-`tiny` for the built-in one (built on first use under ROOT/models/tiny/). Nothing is downloaded:
-every load passes `local_files_only`.
+One copy for the trainer and the evaluator. A base model name (a Hub id, a folder, a localfs
+model or `tiny`) is turned into a local folder by trainer.hub first (a Hub id through the Hugging
+Face cache, downloading once when it is not there); every load here reads that folder and passes
+`local_files_only`, so no load looks anything up on the Hub.
 """
 
 from __future__ import annotations
@@ -20,17 +21,10 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
 
 
 def resolve_base_model(spec: str, root: Path) -> Path:
-    """`tiny` -> the built-in model's folder (built if missing); else an existing local HF folder."""
-    if spec == "tiny":
-        from trainer.tiny import ensure_tiny
+    """The local folder of a base model name (trainer.hub.resolve_model has the rules)."""
+    from trainer.hub import resolve_model
 
-        return ensure_tiny(Path(root)).base
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"base model not found: {spec} (not a folder; use 'tiny' or a local Hugging Face folder)")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"base model {spec}: no config.json (not a Hugging Face model folder)")
-    return path.absolute()
+    return resolve_model(spec, root).path
 
 
 def torch_dtype(dtype: Any):

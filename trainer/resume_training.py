@@ -22,9 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer.errors import ConfigError
-from trainer.runfiles import RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
+from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
 from trainer.runlog import RunStatus
 
 
@@ -73,7 +73,7 @@ def plan(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"run {run} step {step} was saved with world size {world}, but {how}; "
                           "pass --allow-world-size-change to continue anyway (not bitwise identical)")
     target = target_step(info, step, args.additional_steps, run)
-    newest = localfs.latest_complete_step(state)
+    newest = checkpoints.latest_complete_step(state)
     if newest is not None and step < newest:
         run = fork_run(layout, run, step)
         print(f"step {step} is older than {args.training_run}'s newest checkpoint (step {newest}): "
@@ -93,11 +93,11 @@ def resolve_from_step(state: Path, run: str, spec: str) -> int:
     if not (spec == "latest" or spec.isdigit()):
         raise ConfigError(f"bad --from-step {spec!r} (use 'latest' or a step number)")
     # 'latest' is the newest complete checkpoint, even where a crash left step_latest behind it
-    step = localfs.latest_complete_step(state) if spec == "latest" else int(spec)
+    step = checkpoints.latest_complete_step(state) if spec == "latest" else int(spec)
     if step is None:
         raise ConfigError(f"run {run} has no complete checkpoint to resume from")
     if not (state / localfs.step_dir_name(step)).is_dir():
-        have = [s for s, _ in localfs.list_step_dirs(state)]
+        have = [s for s, _ in checkpoints.list_step_dirs(state)]
         raise ConfigError(f"run {run} has no checkpoint step_{step} (steps: "
                           f"{', '.join(map(str, have)) or 'none'})")
     return step
@@ -118,20 +118,20 @@ def target_step(info: dict, step: int, additional: int | None, run: str) -> int:
 def fork_run(layout: localfs.Layout, parent: str, step: int) -> str:
     """A new run holding a copy of parent's step_N (sealed like any checkpoint) and its config."""
     child = localfs.create_run_dir(layout)
-    for name in ("config.yaml", RESOLVED_CONFIG):
+    for name in ("config.yaml", RESOLVED_CONFIG, PROVENANCE):
         source = layout.run_dir(parent) / name
         if source.exists():
             localfs.write_bytes_atomic(layout.run_dir(child) / name, source.read_bytes())
     state = layout.training_state(child)
-    staging = localfs.staging_dir(state, step)
+    staging = checkpoints.staging_dir(state, step)
     source_dir = layout.step_dir(parent, step)
     shutil.copytree(source_dir, staging, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(localfs.CHECKPOINT_INFO))
-    info = {k: v for k, v in localfs.read_checkpoint_info(source_dir).items()
+    info = {k: v for k, v in checkpoints.read_checkpoint_info(source_dir).items()
             if k not in ("files", "created", "host")}
     info.update(run=child, parent={"run": parent, "step": step})
-    localfs.finalize_checkpoint(staging, layout.step_dir(child, step), info)
-    localfs.update_step_latest(state, step)
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(child, step), info)
+    checkpoints.update_step_latest(state, step)
     status = RunStatus(run=child, target_step=info.get("target_step"), world_size=info.get("world_size"),
                        step=step, latest_checkpoint=step, parent={"run": parent, "step": step})
     localfs.write_json_atomic(layout.run_status(child), status.as_json())

@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from rltui import localfs
+from rltui.runs import localfs
 from trainer import checkpoint, grpo
 from trainer.config import Config
 from trainer.distributed import Dist, init_distributed, wrap_ddp
 from trainer.errors import ConfigError
 from trainer.runlog import Phase, RunLog, RunStatus
 from trainer.schedule import DataOrder, build_scheduler, rank_micro_batches
-from trainer.runfiles import RESOLVED_CONFIG
+from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG
 from trainer.session import Session, prepare
 
 STALL_ENV = "RLTUI_TEST_STALL_AT_STEP"
@@ -156,9 +156,12 @@ def open_run(s: Session, d: Dist) -> str:
                 run = localfs.create_run_dir(s.layout)
             localfs.write_text_atomic(s.layout.run_config(run), s.cfg_text or "")
             localfs.write_yaml_atomic(s.layout.run_dir(run) / RESOLVED_CONFIG, s.cfg.to_dict())
+            localfs.write_json_atomic(s.layout.run_dir(run) / PROVENANCE, s.provenance)
         run = d.broadcast(run)
     if d.is_main:
         print(f"run: {run}", flush=True)
+        for line in s.notes:
+            print(line, flush=True)
         s.layout.stop_request(run).unlink(missing_ok=True)  # a stale request from a past session
         checkpoint.remove_interrupted_saves(s.layout.training_state(run))
         checkpoint.repair_step_latest(s.layout.training_state(run))
@@ -249,7 +252,7 @@ def save(t: Trainer, step: int) -> float:
     t.log.phase(Phase.SAVING, step=step)
     info = {"target_step": t.s.target_step, "schedule_steps": t.s.schedule_steps,
             "config_hash": cfg.hash(), "data_position": t.position, "run": t.log.run,
-            "parent": t.s.parent, "metrics": t.log.last_metrics}
+            "parent": t.s.parent, "metrics": t.log.last_metrics, "provenance": t.s.provenance}
     result = checkpoint.save_checkpoint(
         t.d, t.s.layout.training_state(t.log.run), step, model=t.model, optimizer=t.optimizer,
         scheduler=t.scheduler, sampler=t.sampler, info=info,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer.errors import ConfigError
 
 RESOLVED_CONFIG = "config_resolved.yaml"  # beside config.yaml: every default written out
 MODEL_DIR = "model"  # the adapter inside step_N/
+PROVENANCE = "provenance.json"  # beside config.yaml: the base model (Hub commit) and starting adapter
 
 
 def existing_run_dir(layout: localfs.Layout, run: str) -> Path:
@@ -25,10 +26,10 @@ def existing_run_dir(layout: localfs.Layout, run: str) -> Path:
 
 def verify_checkpoint(step_dir: Path, run: str) -> dict[str, Any]:
     """training_info.json of a complete checkpoint, or ConfigError naming every problem."""
-    problems = localfs.checkpoint_problems(step_dir)
+    problems = checkpoints.checkpoint_problems(step_dir)
     if problems:
         raise ConfigError(f"checkpoint {run}/{step_dir.name} is incomplete: {'; '.join(problems)}")
     try:
-        return localfs.read_checkpoint_info(step_dir)
+        return checkpoints.read_checkpoint_info(step_dir)
     except localfs.DamagedFile as e:
         raise ConfigError(f"checkpoint {run}/{step_dir.name}: {e}") from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import localfs, machine
 
 
 class Phase(str, Enum):
@@ -44,7 +44,7 @@ class RunStatus:
     def as_json(self) -> dict[str, Any]:
         return {
             "run": self.run, "step": self.step, "target_step": self.target_step,
-            "phase": self.phase.value, "pid": os.getpid(), "host": localfs.this_host(),
+            "phase": self.phase.value, "pid": os.getpid(), "host": machine.this_host(),
             "time": time.time(), "started": self.started, "world_size": self.world_size,
             "latest_checkpoint": self.latest_checkpoint, "error": self.error,
             "parent": self.parent, "session": self.session,

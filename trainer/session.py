@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import localfs
 from trainer.config import Config, config_from_dict, load_config
 from trainer.errors import ConfigError
 from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
+from trainer.start_adapter import FROM_ADAPTER, StartAdapter, open_start_adapter, same_base
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Session:
     run_name: str | None = None  # --run-name (new runs)
     resume: ResumePoint | None = None
     parent: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # base model and starting adapter
+    notes: list[str] = field(default_factory=list)  # lines for the log (rank 0)
     examples: list = field(default_factory=list)  # the training split, loaded once
     reward_fns: list = field(default_factory=list)
 
@@ -52,7 +56,8 @@ class Session:
 def prepare(args: argparse.Namespace) -> Session:
     """The validated Session for parsed rl_runner arguments; ConfigError on any bad input."""
     from trainer.data import load_split
-    from trainer.modeling import check_adapter_fits, resolve_base_model
+    from trainer.hub import resolve_model
+    from trainer.modeling import check_adapter_fits
     from trainer.rewards import load_reward
 
     root = localfs.resolve_root(args.root)
@@ -63,9 +68,22 @@ def prepare(args: argparse.Namespace) -> Session:
     else:
         session = _prepare_new(args, root, layout, world_size)
     cfg = session.cfg
-    session.base_path = resolve_base_model(cfg.model.base, root)
     if session.resume is None:
-        session.init_adapter = _init_adapter(args.ckpt or cfg.model.init_adapter, cfg, root)
+        start = _start_adapter(args.ckpt or cfg.model.init_adapter, cfg, root)
+        base = _resolve_base(cfg, start, root)
+        session.init_adapter = start.path if start else None
+        # config_resolved.yaml names what this run really started from: the Hub commit and the
+        # adapter actually given (--ckpt), so that a resume loads the very same weights
+        cfg.model.base = base.pinned
+        if start is not None and cfg.model.init_adapter != "warmstart":
+            cfg.model.init_adapter = start.given
+        session.provenance = {"base": base.record(), "start_adapter": start.record() if start else None}
+        session.notes = [line for line in (start.intake_line() if start else None,) if line]
+    else:
+        base = resolve_model(cfg.model.base, root)
+        session.provenance = session.resume.info.get("provenance") or {"base": base.record(),
+                                                                        "start_adapter": None}
+    session.base_path = base.path
     adapter = session.resume.adapter if session.resume else session.init_adapter
     if adapter is not None:
         check_adapter_fits(session.base_path, adapter)
@@ -102,7 +120,7 @@ def _check_fresh_run_folder(layout: localfs.Layout, name: str) -> None:
                               "resume it with python -m trainer.resume_training")
 
 
-def _init_adapter(spec: str | None, cfg: Config, root: Path) -> Path | None:
+def _start_adapter(spec: str | None, cfg: Config, root: Path) -> StartAdapter | None:
     if spec is None:
         return None
     if spec == "warmstart":
@@ -111,11 +129,33 @@ def _init_adapter(spec: str | None, cfg: Config, root: Path) -> Path | None:
                               f"{cfg.model.base!r}")
         from trainer.tiny import ensure_tiny
 
-        return ensure_tiny(root).warmstart
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"adapter not found: {spec} (not a folder)")
-    return path.absolute()
+        return open_start_adapter(str(ensure_tiny(root).warmstart))
+    return open_start_adapter(spec)
+
+
+def _resolve_base(cfg: Config, start: StartAdapter | None, root: Path):
+    """The base model (trainer.hub.ResolvedModel): the config's, or the adapter's own named one."""
+    from trainer.hub import resolve_model
+
+    spec = cfg.model.base
+    if spec == FROM_ADAPTER:
+        if start is None:
+            raise ConfigError(f"model.base: {FROM_ADAPTER} needs a starting adapter (--ckpt or "
+                              "model.init_adapter)")
+        if not start.base_named:
+            raise ConfigError(f"model.base: {FROM_ADAPTER}, but {start.path}/adapter_config.json "
+                              "names no base_model_name_or_path")
+        return resolve_model(start.base_named, root)
+    base = resolve_model(spec, root)
+    if start is not None and not same_base(start.base_named, spec, base.path, base.repo_id):
+        _warn(f"warning: the starting adapter {start.label} was trained on {start.base_named}; "
+              f"model.base is {spec} (shapes are checked next)")
+    return base
+
+
+def _warn(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 def _prepare_resume(args: argparse.Namespace, root: Path, layout: localfs.Layout,

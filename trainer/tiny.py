@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rltui.localfs import Layout, read_json_or_none, resolve_root, write_json_atomic
+from rltui.runs.localfs import Layout, read_json_or_none, resolve_root, write_json_atomic
 
 TINY_VERSION = 1
 TINY_BASE_NAME = "tiny"  # the warm-start adapter's base_model_name_or_path

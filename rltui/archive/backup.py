@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from rltui.archive.lock import run_lock
 from rltui.archive.manifest import (
     FileEntry, HashCache, LocalFile, Manifest, run_eval_dirs, scan_run, stat_local,
@@ -30,7 +30,7 @@ from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running, running_runs
 from rltui.archive.store import RemoteStore, translate
 from rltui.errors import UsageError, WorkFailed
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 MAX_CHANGE_ROUNDS = 3
 
@@ -226,7 +226,7 @@ def keep_paths(layout: Layout, run: str) -> tuple[str, str, str]:
     rel = lambda p: p.relative_to(layout.root).as_posix() + "/"  # noqa: E731
     step_prefix = ""
     try:
-        step = localfs.resolve_step(layout.training_state(run), "latest")
+        step = checkpoints.resolve_step(layout.training_state(run), "latest")
         step_prefix = rel(layout.step_dir(run, step))
     except (FileNotFoundError, localfs.BadName):
         pass
@@ -310,7 +310,7 @@ def cleanup_run(
 
 def _unlink_step_latest_if_doomed(layout: Layout, run: str, doomed: set[str]) -> None:
     training_state = layout.training_state(run)
-    step = localfs.read_step_latest(training_state)
+    step = checkpoints.read_step_latest(training_state)
     if step is None:
         return
     prefix = layout.step_dir(run, step).relative_to(layout.root).as_posix() + "/"

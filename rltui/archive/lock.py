@@ -12,9 +12,9 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from rltui import localfs
+from rltui.runs import localfs
 from rltui.errors import UsageError
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rltui import localfs
-from rltui.localfs import Layout
+from rltui.runs import checkpoints, localfs, machine
+from rltui.runs.localfs import Layout
 
 MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -50,7 +50,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     step_latest: int | None = None
     created: float = field(default_factory=time.time)
-    host: str = field(default_factory=localfs.this_host)
+    host: str = field(default_factory=machine.this_host)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -236,8 +236,8 @@ def scan_run(layout: Layout, run: str) -> LocalRun:
     """Every file a backup of `run` takes, in path order. The run folder may be absent."""
     run_dir = layout.run_dir(run)
     # Each checkpoint is checked once (its training_info.json read, its files stat'ed), here.
-    problems = {folder.name: localfs.checkpoint_problems(folder)
-                for _step, folder in localfs.list_step_dirs(layout.training_state(run))}
+    problems = {folder.name: checkpoints.checkpoint_problems(folder)
+                for _step, folder in checkpoints.list_step_dirs(layout.training_state(run))}
     skipped: list[tuple[str, str]] = []
     files: list[LocalFile] = []
     for top in [run_dir, *run_eval_dirs(layout, run)]:
@@ -247,10 +247,10 @@ def scan_run(layout: Layout, run: str) -> LocalRun:
     for name, found in problems.items():
         if not found:
             recorded.update(recorded_hashes(layout.root, layout.training_state(run) / name))
-    step = localfs.read_step_latest(layout.training_state(run))
+    step = checkpoints.read_step_latest(layout.training_state(run))
     if step is not None:
         name = localfs.step_dir_name(step)
-        found = problems[name] if name in problems else localfs.checkpoint_problems(layout.step_dir(run, step))
+        found = problems[name] if name in problems else checkpoints.checkpoint_problems(layout.step_dir(run, step))
         if found:
             step = None  # a link to something we do not back up is not worth recording
     return LocalRun(run, files, step, skipped, recorded)
@@ -282,7 +282,7 @@ class HashCache:
         hit = self._entries.get(f.path)
         if isinstance(hit, list) and len(hit) == 4 and hit[:3] == key:
             return str(hit[3])
-        digest = localfs.sha256_file(f.full)
+        digest = checkpoints.sha256_file(f.full)
         self.remember(f, digest)
         return digest
 

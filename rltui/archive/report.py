@@ -6,12 +6,12 @@ import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import localfs
 from rltui.archive.manifest import HashCache, Manifest, scan_run, stat_local
 from rltui.archive.progress import human_bytes
 from rltui.archive.store import RemoteStore
 from rltui.errors import UsageError
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 @dataclass

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from rltui.archive.lock import run_lock
 from rltui.archive.manifest import FileEntry, HashCache, UnsafePath, check_run_path, stat_local
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running
 from rltui.archive.store import RemoteStore
 from rltui.errors import UsageError, WorkFailed
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 WINDOW = 16  # files in flight at once (each may also be split into parallel ranges)
 _TMP_PREFIX = localfs.STAGING_PREFIX + "restore."
@@ -141,9 +141,9 @@ def _restore_run(
         cache.save()
 
     step = manifest.step_latest
-    if step is not None and not localfs.checkpoint_problems(layout.step_dir(run, step)):
+    if step is not None and not checkpoints.checkpoint_problems(layout.step_dir(run, step)):
         check_destination(root, ["training_runs", run, "training_state"], file=False)
-        localfs.update_step_latest(layout.training_state(run), step)
+        checkpoints.update_step_latest(layout.training_state(run), step)
         res.step_latest = step
     out.write(f"{run}: restored {len(res.restored)} file(s), {human_bytes(res.restored_bytes)}; "
               f"{len(res.unchanged)} already present"

@@ -68,13 +68,13 @@ class ActionsMixin:
 
     @work(thread=True, group="launch")
     def launch_worker(self: "RlTuiApp", spec: Any) -> None:
-        from rltui import jobs
+        from rltui.jobs import control
 
         try:
             if self.launcher is not None:
                 self.launcher(self.layout, spec)
             else:
-                jobs.launch(self.layout, spec, self.sampler)
+                control.launch(self.layout, spec, self.sampler)
         except Exception as e:  # shown to the user; the job record says the rest
             self.call_from_thread(self.notify, f"could not launch {spec.title or spec.id}: {e}",
                                   severity="error", timeout=10)
@@ -115,10 +115,10 @@ class ActionsMixin:
 
     @work(thread=True, group="control")
     def control_worker(self: "RlTuiApp", verb: str, job_id: str) -> None:
-        from rltui import jobs
+        from rltui.jobs import control
 
         try:
-            (jobs.stop if verb == "stop" else jobs.kill)(self.layout, job_id)
+            (control.stop if verb == "stop" else control.kill)(self.layout, job_id)
         except Exception as e:
             self.call_from_thread(self.notify, f"could not {verb} {job_id}: {e}", severity="error")
             return
@@ -148,10 +148,10 @@ class ActionsMixin:
 
     @work(thread=True, group="control")
     def toggle_worker(self: "RlTuiApp", job_id: str) -> None:
-        from rltui import jobs
+        from rltui.jobs import control
 
         try:
-            on = jobs.toggle_auto_resume(self.layout, job_id)
+            on = control.toggle_auto_resume(self.layout, job_id)
         except Exception as e:
             self.call_from_thread(self.notify, f"could not change auto-resume: {e}", severity="error")
             return

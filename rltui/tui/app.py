@@ -26,8 +26,8 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 
-from rltui.localfs import Layout
-from rltui.records import JobRecord, RunRecord
+from rltui.runs.localfs import Layout
+from rltui.runs.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
@@ -38,7 +38,7 @@ from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
 
 if TYPE_CHECKING:  # imported where first used, after the first frame, which needs none of them
     from rltui.gpu import GpuSnapshot, Sampler
-    from rltui.index import Index, Snapshot
+    from rltui.runs.index import Index, Snapshot
     from rltui.tui.gpu_pane import GpuPane
     from rltui.tui.jobs_pane import JobsPane
 
@@ -125,7 +125,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.hidden_mounted = False  # mount_hidden has run
 
     def make_index(self) -> Index:
-        from rltui.index import Index
+        from rltui.runs.index import Index
 
         return self.given_index or Index(self.layout, now=self.clock)
 
@@ -256,7 +256,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         index_snapshot = self.live.index.snapshot
         if any(g.processes for g in snapshot.gpus):
             from rltui.gpu import attribute
-            from rltui.usage import job_owners
+            from rltui.jobs.usage import job_owners
 
             snapshot = attribute(snapshot, job_owners(index_snapshot.active_jobs))
         self.post_message(GpuSampled(snapshot))

@@ -10,7 +10,7 @@ import time
 
 from rich.text import Text
 
-from rltui.records import JobState, RunStatus
+from rltui.runs.records import JobState, RunStatus
 
 RUN_STYLE = {
     RunStatus.RUNNING: "bold green",

@@ -26,11 +26,11 @@ class ArchiveForm(JobForm):
         yield self.check("keep_latest", "keep the latest checkpoint locally", False)
 
     def build(self) -> Any:
-        from rltui import jobs
+        from rltui.jobs import builders
 
         action = self.value("action")
         run = self.optional_text("run") if action in ("backup", "restore") else None
-        return jobs.sync_job(
+        return builders.sync_job(
             self.fs_layout, action, run=run,
             cleanup=self.checked("cleanup"), keep_latest=self.checked("keep_latest"),
         )

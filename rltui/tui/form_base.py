@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from rltui.errors import UsageError
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 class TickBox(Checkbox):

@@ -24,9 +24,9 @@ class EvalForm(JobForm):
         yield self.text("subset_frac", "subset", "", "optional: fraction of the test set, 0-1")
 
     def build(self) -> Any:
-        from rltui import jobs
+        from rltui.jobs import builders
 
-        return jobs.eval_job(
+        return builders.eval_job(
             self.fs_layout, self.context["run"],
             dataset=self.optional_text("dataset"),
             steps=self.optional_text("steps"),

@@ -26,10 +26,10 @@ class ResumeForm(JobForm):
         yield self.check("auto_resume", "auto-resume after a crash", False)
 
     def build(self) -> Any:
-        from rltui import jobs
+        from rltui.jobs import builders
 
         from_step: str | int = self.value("from_step") or "latest"
-        return jobs.resume_job(
+        return builders.resume_job(
             self.fs_layout, self.context["run"],
             from_step=from_step,
             additional_steps=self.optional_int("additional_steps", "--additional-steps"),

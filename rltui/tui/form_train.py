@@ -41,12 +41,12 @@ class TrainForm(JobForm):
         yield self.check("auto_resume", "auto-resume after a crash", False)
 
     def build(self) -> Any:
-        from rltui import jobs
+        from rltui.jobs import builders
 
         cfg = self.value("cfg")
         if not cfg:
             raise UsageError("bad --cfg: '' (give a config file)")
-        return jobs.train_job(
+        return builders.train_job(
             self.fs_layout, cfg,
             ckpt=self.optional_text("ckpt"),
             steps=self.optional_int("steps", "--steps"),

@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from rltui.records import JobState, RunStatus
+from rltui.runs.records import JobState, RunStatus
 
 if TYPE_CHECKING:
     from rltui.tui.app import Command

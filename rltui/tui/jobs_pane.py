@@ -18,7 +18,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable
 
-from rltui.records import JobRecord
+from rltui.runs.records import JobRecord
 from rltui.tui import cells
 from rltui.tui.log_pane import LogPane
 

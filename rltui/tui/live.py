@@ -9,7 +9,7 @@ Usage:
         snap, runs, jobs = update         # only `runs` and `jobs` need redrawing
 
 Only the changed run, eval folder or job is re-read. Which records changed is found by identity:
-a refreshed Snapshot shares every record that did not change (rltui.index).
+a refreshed Snapshot shares every record that did not change (rltui.runs.index).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from rltui.localfs import BadName, Layout, this_host, validate_name
-from rltui.records import RunRecord, diagnose_run, json_int, json_number
+from rltui.runs.localfs import BadName, Layout, validate_name
+from rltui.runs.machine import this_host
+from rltui.runs.records import RunRecord, diagnose_run, json_int, json_number
 from rltui.tui.watcher import Change
 
 if TYPE_CHECKING:
-    from rltui.index import Index, Snapshot
+    from rltui.runs.index import Index, Snapshot
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _valid(name: str) -> bool:
 class LiveIndex:
     """An Index plus a queue of pending changes, drained by one worker at a time.
 
-    The Index is made by `make_index` on first use, in the first scan's worker: rltui.index is
+    The Index is made by `make_index` on first use, in the first scan's worker: rltui.runs.index is
     not needed for the first frame (the quick list), so it is not imported before it.
     """
 

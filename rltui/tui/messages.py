@@ -13,7 +13,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:  # annotations only: the app imports these after its first frame
     from rltui.gpu import GpuSnapshot
-    from rltui.index import Snapshot
+    from rltui.runs.index import Snapshot
 
 
 class SnapshotReady(Message):

@@ -24,7 +24,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from rltui.records import CheckpointRecord, RunRecord
+from rltui.runs.records import CheckpointRecord, RunRecord
 from rltui.tui import cells
 
 if TYPE_CHECKING:  # imported with the tabs, after the first frame

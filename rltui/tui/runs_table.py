@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
-from rltui.records import RunRecord
+from rltui.runs.records import RunRecord
 from rltui.tui import cells
 
 

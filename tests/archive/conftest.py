@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from rltui import localfs
-from rltui.localfs import Layout
+from rltui.runs import checkpoints, localfs, machine
+from rltui.runs.localfs import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "Zq9-Very-Secret-Key-4b7e2c91d0"
@@ -157,15 +157,15 @@ class BuiltRun:
         out: dict[str, str] = {}
         tops = [self.layout.run_dir(self.name)] + sorted(self.layout.eval_runs.glob(f"{self.name}_*"))
         for top in tops:
-            for rel in localfs.list_files(top):
+            for rel in checkpoints.list_files(top):
                 p = top / rel
-                out[p.relative_to(self.layout.root).as_posix()] = localfs.sha256_file(p)
+                out[p.relative_to(self.layout.root).as_posix()] = checkpoints.sha256_file(p)
         return out
 
 
 def write_checkpoint(layout: Layout, run: str, step: int, big: int = 3_000_000) -> Path:
     """A complete checkpoint through localfs's staging + finalize, and step_latest moved to it."""
-    stage = localfs.staging_dir(layout.training_state(run), step)
+    stage = checkpoints.staging_dir(layout.training_state(run), step)
     (stage / "model").mkdir()
     (stage / "model" / "adapter_model.safetensors").write_bytes(os.urandom(big))
     (stage / "model" / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32}))
@@ -174,8 +174,8 @@ def write_checkpoint(layout: Layout, run: str, step: int, big: int = 3_000_000) 
     (stage / "rng").mkdir()
     (stage / "rng" / "rng_rank0.pt").write_bytes(os.urandom(15_000))
     final = layout.step_dir(run, step)
-    localfs.finalize_checkpoint(stage, final, {"step": step, "world_size": 1, "config_hash": "abc"})
-    localfs.update_step_latest(layout.training_state(run), step)
+    checkpoints.finalize_checkpoint(stage, final, {"step": step, "world_size": 1, "config_hash": "abc"})
+    checkpoints.update_step_latest(layout.training_state(run), step)
     return final
 
 
@@ -188,7 +188,7 @@ def write_run(layout: Layout, run: str = "run_2026-01-02_03-04-05", steps: tuple
         localfs.append_jsonl(layout.train_log(run), {"step": step, "reward": 0.1 * step})
     localfs.write_json_atomic(layout.run_status(run), {
         "run": run, "step": max(steps), "phase": phase, "pid": pid or 999_999_999,
-        "host": localfs.this_host(), "time": time.time(), "latest_checkpoint": max(steps),
+        "host": machine.this_host(), "time": time.time(), "latest_checkpoint": max(steps),
     })
     (layout.tensorboard_dir(run)).mkdir(exist_ok=True)
     (layout.tensorboard_dir(run) / "events.out.tfevents.1.host").write_bytes(os.urandom(40_000))

@@ -7,10 +7,10 @@ import json
 import os
 import shutil
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from rltui.archive.backup import backup_run
 from rltui.archive.restore import restore_run
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 def test_round_trip_restores_every_file_byte_for_byte_and_step_latest(s3, make_run):
@@ -29,9 +29,9 @@ def test_round_trip_restores_every_file_byte_for_byte_and_step_latest(s3, make_r
     restore_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
 
     assert run.files() == before
-    assert localfs.read_step_latest(layout.training_state(run.name)) == 3
-    assert localfs.resolve_step(layout.training_state(run.name), "latest") == 3
-    assert not localfs.checkpoint_problems(layout.step_dir(run.name, 3), verify_hash=True)
+    assert checkpoints.read_step_latest(layout.training_state(run.name)) == 3
+    assert checkpoints.resolve_step(layout.training_state(run.name), "latest") == 3
+    assert not checkpoints.checkpoint_problems(layout.step_dir(run.name, 3), verify_hash=True)
     leftovers = [p for p in s3.root.rglob("*") if p.name.startswith(".tmp_")]
     assert leftovers == []
 
@@ -55,8 +55,8 @@ def test_unchanged_backup_does_not_rehash_files_thanks_to_the_cache(s3, make_run
     layout, store = Layout(s3.root), s3.store()
     backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
     hashed: list[str] = []
-    real = localfs.sha256_file
-    monkeypatch.setattr(localfs, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
+    real = checkpoints.sha256_file
+    monkeypatch.setattr(checkpoints, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
     backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
     assert hashed == []
 
@@ -72,7 +72,7 @@ def test_a_file_changed_between_backups_is_uploaded_again_and_only_it(s3, make_r
     log_path = layout.train_log(run.name).relative_to(s3.root).as_posix()
     assert result.uploaded == [log_path]
     assert s3.log.ops["PutObject"] == 2  # the log's new content, then the manifest
-    assert result.manifest.files[log_path].sha256 == localfs.sha256_file(layout.train_log(run.name))
+    assert result.manifest.files[log_path].sha256 == checkpoints.sha256_file(layout.train_log(run.name))
 
     shutil.rmtree(layout.run_dir(run.name))
     restore_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
@@ -82,7 +82,7 @@ def test_a_file_changed_between_backups_is_uploaded_again_and_only_it(s3, make_r
 def test_staging_folders_and_incomplete_checkpoints_are_not_backed_up(s3, make_run):
     run = make_run(steps=(1,))
     layout = Layout(s3.root)
-    stage = localfs.staging_dir(layout.training_state(run.name), 2)
+    stage = checkpoints.staging_dir(layout.training_state(run.name), 2)
     (stage / "optimizer.pt").write_bytes(b"half written")
     broken = layout.step_dir(run.name, 5)
     broken.mkdir()
@@ -145,7 +145,7 @@ def test_a_file_that_changes_while_it_is_uploaded_is_read_again(s3, make_run, mo
     result = backup_run(layout, s3.store(), run.name, out=out, err=io.StringIO())
     log_path = layout.train_log(run.name).relative_to(s3.root).as_posix()
     assert calls[1] == 1 and "changed while being read" in out.getvalue()
-    assert result.manifest.files[log_path].sha256 == localfs.sha256_file(layout.train_log(run.name))
+    assert result.manifest.files[log_path].sha256 == checkpoints.sha256_file(layout.train_log(run.name))
 
     shutil.rmtree(layout.run_dir(run.name))
     restore_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
@@ -154,10 +154,10 @@ def test_a_file_that_changes_while_it_is_uploaded_is_read_again(s3, make_run, mo
 
 def _hashed_during(monkeypatch, fn) -> list[str]:
     hashed: list[str] = []
-    real = localfs.sha256_file
-    monkeypatch.setattr(localfs, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
+    real = checkpoints.sha256_file
+    monkeypatch.setattr(checkpoints, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
     fn()
-    monkeypatch.setattr(localfs, "sha256_file", real)
+    monkeypatch.setattr(checkpoints, "sha256_file", real)
     return hashed
 
 
@@ -179,7 +179,7 @@ def test_a_checkpoint_file_changed_after_it_was_sealed_is_hashed_not_trusted(s3,
     opt.write_bytes(os.urandom(size))  # same size, newer than training_info.json
     result = backup_run(layout, s3.store(), run.name, out=io.StringIO(), err=io.StringIO())
     rel = opt.relative_to(s3.root).as_posix()
-    assert result.manifest.files[rel].sha256 == localfs.sha256_file(opt)
+    assert result.manifest.files[rel].sha256 == checkpoints.sha256_file(opt)
 
 
 def test_a_checkpoint_file_that_rotted_silently_is_caught_by_cleanup_and_restore(s3, make_run):

@@ -6,10 +6,10 @@ import io
 import subprocess
 import sys
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from rltui.archive.backup import backup_run
 from rltui.archive.restore import restore_run
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 def _rel(layout: Layout, p) -> str:
@@ -30,7 +30,7 @@ def test_cleanup_without_keep_latest_removes_every_backed_up_file_and_restore_br
 
     restore_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
     assert run.files() == before
-    assert localfs.resolve_step(layout.training_state(run.name), "latest") == 2
+    assert checkpoints.resolve_step(layout.training_state(run.name), "latest") == 2
 
 
 def test_cleanup_with_keep_latest_keeps_latest_checkpoint_config_status_and_logs(s3, make_run):
@@ -49,12 +49,12 @@ def test_cleanup_with_keep_latest_keeps_latest_checkpoint_config_status_and_logs
     assert not layout.tensorboard_dir(run.name).exists()
     assert all(left[p] == before[p] for p in left)
     # still resumable: step_latest resolves to a complete checkpoint
-    assert localfs.resolve_step(layout.training_state(run.name), "latest") == 3
-    assert not localfs.checkpoint_problems(layout.step_dir(run.name, 3), verify_hash=True)
+    assert checkpoints.resolve_step(layout.training_state(run.name), "latest") == 3
+    assert not checkpoints.checkpoint_problems(layout.step_dir(run.name, 3), verify_hash=True)
 
 
 def test_run_still_lists_in_the_index_after_keep_latest_cleanup(s3, make_run):
-    from rltui.index import Index  # engineer A's index: how the TUI and `status` see runs
+    from rltui.runs.index import Index  # engineer A's index: how the TUI and `status` see runs
 
     run = make_run(steps=(1, 2))
     layout = Layout(s3.root)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 def test_both_entry_points_take_the_same_flags_and_give_the_same_answer(s3, make_run):
@@ -100,7 +100,7 @@ def test_the_rltui_parser_does_not_import_boto3():
     import subprocess
     import sys
 
-    code = ("import sys, rltui.cli; rltui.cli.build_parser(); "
+    code = ("import sys, rltui.cli.main; rltui.cli.main.build_parser(); "
             "print(sorted(m for m in ('boto3', 'botocore', 's3transfer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

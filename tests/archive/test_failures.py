@@ -10,9 +10,9 @@ import io
 import shutil
 import socket
 
-from rltui import localfs
+from rltui.runs import localfs
 from rltui.archive.backup import backup_run
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 def _manifest_bytes(s3, run: str) -> bytes:

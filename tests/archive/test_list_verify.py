@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 
-from rltui import localfs
+from rltui.runs import localfs
 from rltui.archive.backup import backup_run
 from rltui.archive.report import verify_run
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 
 def test_list_backups_tells_complete_from_incomplete_backups(s3, make_run, cutting_proxy):

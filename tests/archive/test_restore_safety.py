@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rltui.archive.backup import backup_run
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 RUN = "run_2026-01-02_03-04-05"
 HOSTILE_PATHS = [

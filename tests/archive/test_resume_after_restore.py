@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rltui import localfs
-from rltui.localfs import Layout
+from rltui.runs import checkpoints
+from rltui.runs.localfs import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {
@@ -51,15 +51,15 @@ def test_real_run_resumes_after_keep_latest_cleanup_and_after_full_cleanup_and_r
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     run = next(ln.split()[1] for ln in trained.stdout.splitlines() if ln.startswith("run: "))
     state = layout.training_state(run)
-    assert localfs.resolve_step(state, "latest") == 2
+    assert checkpoints.resolve_step(state, "latest") == 2
 
     # 1. back up, keep only what resuming needs, resume in place
     keep = s3.cli("--action", "backup", "--training-run", run, "--cleanup", "--keep-latest",
                   "--root", str(root))
     assert keep.returncode == 0, keep.stderr
-    assert [s for s, _ in localfs.list_step_dirs(state)] == [2]
+    assert [s for s, _ in checkpoints.list_step_dirs(state)] == [2]
     _resume(s3, root, run)
-    assert localfs.resolve_step(state, "latest") == 3
+    assert checkpoints.resolve_step(state, "latest") == 3
 
     # 2. back up again, clean up everything, restore, resume
     full = s3.cli("--action", "backup", "--training-run", run, "--cleanup", "--root", str(root))
@@ -67,14 +67,14 @@ def test_real_run_resumes_after_keep_latest_cleanup_and_after_full_cleanup_and_r
     assert not layout.run_dir(run).exists()
     restored = s3.cli("--action", "restore", "--training-run", run, "--root", str(root))
     assert restored.returncode == 0, restored.stderr
-    steps = [s for s, _ in localfs.list_step_dirs(state)]
+    steps = [s for s, _ in checkpoints.list_step_dirs(state)]
     assert steps[-3:] == [1, 2, 3]  # the steps cleaned up in 1. came back from the earlier backup
-    assert all(not localfs.checkpoint_problems(p, verify_hash=True) for _, p in localfs.list_step_dirs(state))
-    assert localfs.read_step_latest(state) == 3
+    assert all(not checkpoints.checkpoint_problems(p, verify_hash=True) for _, p in checkpoints.list_step_dirs(state))
+    assert checkpoints.read_step_latest(state) == 3
     _resume(s3, root, run)
 
-    assert localfs.resolve_step(state, "latest") == 4
-    assert not localfs.checkpoint_problems(layout.step_dir(run, 4), verify_hash=True)
+    assert checkpoints.resolve_step(state, "latest") == 4
+    assert not checkpoints.checkpoint_problems(layout.step_dir(run, 4), verify_hash=True)
     logged = [json.loads(ln)["step"] for ln in layout.train_log(run).read_text().splitlines()]
     assert 4 in logged
     status = json.loads(layout.run_status(run).read_text())

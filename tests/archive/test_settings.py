@@ -9,7 +9,7 @@ import pytest
 from rltui.archive.backup import backup_run
 from rltui.archive.settings import load_settings, make_client
 from rltui.errors import UsageError
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 
 def _settings(tmp_path, text: str, **env: str):
     f = tmp_path / "s3.env"

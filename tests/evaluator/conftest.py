@@ -2,7 +2,7 @@
 
     make_run(root, steps=(1, 2, 3), run=...) -> run name
         writes training_runs/RUN/config.yaml and, for each step, a complete checkpoint through
-        rltui.localfs's staging/finalize API whose model/ is a real peft adapter: the tiny
+        rltui.runs.localfs's staging/finalize API whose model/ is a real peft adapter: the tiny
         model's warm-start adapter with step-dependent noise on its LoRA B matrices, so that
         steps give different answers.
     eval_args(root, run, *more) -> the argv list (a fixture returning this function) for evaluator.eval_batch with small settings.
@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 
 RUN = "run_2026-01-02_03-04-05"
 CONFIG = """\
@@ -57,13 +57,13 @@ def make_run(_policy) -> Callable[..., str]:
         localfs.write_text_atomic(layout.run_config(run), CONFIG)
         state = layout.training_state(run)
         for step in steps:
-            staging = localfs.staging_dir(state, step)
+            staging = checkpoints.staging_dir(state, step)
             write_adapter(_policy, staging / "model", noise_per_step * (step - 1), seed=step)
             (staging / "rng").mkdir()
             torch.save({"cpu": torch.get_rng_state()}, staging / "rng" / "rank_0.pt")
-            localfs.finalize_checkpoint(staging, layout.step_dir(run, step),
+            checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step),
                                         {"step": step, "target_step": max(steps), "world_size": 1})
-            localfs.update_step_latest(state, step)
+            checkpoints.update_step_latest(state, step)
         return run
 
     return make

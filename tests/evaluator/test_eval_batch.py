@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluator.eval_batch import main
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 
 DATASET = "arith_r1_template"
 
@@ -125,9 +125,9 @@ def test_adapter_that_does_not_fit_fails_its_step_without_harming_the_rest(
     assert main(eval_args(tiny_root, run, "--steps", "3")) == 0
     clean = [r["completion"] for r in _completions(tiny_root, run, 3)]
     layout = localfs.Layout(tiny_root)
-    staging = localfs.staging_dir(layout.training_state(run), 2)
+    staging = checkpoints.staging_dir(layout.training_state(run), 2)
     _mismatched_adapter(staging / "model")
-    localfs.finalize_checkpoint(staging, layout.step_dir(run, 2), {"step": 2})
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(run, 2), {"step": 2})
     assert main(eval_args(tiny_root, run, "--force")) == 1
     error = _summary(tiny_root, run, 2)["error"]
     assert "does not fit base model" in error and str(layout.step_dir(run, 2) / "model") in error

@@ -11,9 +11,9 @@ import pytest
 
 from evaluator import results
 from evaluator.eval_batch import main
-from rltui import jobs
-from rltui.job_records import JobState, read_state
-from rltui.localfs import Layout, read_json
+from rltui.jobs import builders, control
+from rltui.jobs.records import JobState, read_state
+from rltui.runs.localfs import Layout, read_json
 
 DATASET = "arith_r1_template"
 
@@ -41,16 +41,16 @@ def test_progress_is_written_after_every_batch(tiny_root, make_run, eval_args, m
 def test_a_stalled_evaluation_is_killed_and_its_job_fails_as_hung(tiny_root, make_run) -> None:
     layout = Layout(tiny_root)
     run = make_run(tiny_root, steps=(1, 2))
-    spec = jobs.eval_job(layout, run, DATASET, subset_frac=0.1, gpus=0, hang_timeout_s=8)
+    spec = builders.eval_job(layout, run, DATASET, subset_frac=0.1, gpus=0, hang_timeout_s=8)
     spec = spec.with_changes(env={**spec.env, "RLTUI_TEST_EVAL_STALL_AT_STEP": "2"})
-    job = jobs.launch(layout, spec)
+    job = control.launch(layout, spec)
     try:
         final = _wait_final(layout, job.id)
     finally:
         if not read_state(layout, job.id).state.final:  # the test failed: leave nothing running
-            jobs.kill(layout, job.id)
+            control.kill(layout, job.id)
     assert final.state is JobState.FAILED and final.last_reason.startswith("hung: no progress")
-    log = jobs.read_log(layout, job.id)
+    log = control.read_log(layout, job.id)
     assert "test stall at step 2" in log and "no progress in eval_status.json" in log
     assert read_json(layout.eval_step_dir(run, DATASET, 1) / "summary.json")["error"] is None
     status = read_json(layout.eval_status(run, DATASET))

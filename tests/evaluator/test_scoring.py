@@ -8,7 +8,7 @@ import pandas as pd
 
 from evaluator.results import EvalFiles
 from evaluator.scoring import EvalSettings, pass_at_k, subset_indices
-from rltui import localfs
+from rltui.runs import localfs
 
 
 def _settings(**changes) -> EvalSettings:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from evaluator.eval_batch import main as eval_main
-from rltui import localfs
+from rltui.runs import localfs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rltui import jobs
-from rltui.localfs import Layout, pid_alive
+from rltui.jobs import control
+from rltui.runs.localfs import Layout
+from rltui.runs.machine import pid_alive
 
 sys.path.insert(0, str(Path(__file__).parent))  # for jobs_helpers (pytest runs in importlib mode)
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # for jobs_helpers (pytest runs 
 def layout(tmp_path: Path):
     lay = Layout(tmp_path / "localfs").ensure()
     yield lay
-    for job in jobs.list_jobs(lay):
+    for job in control.list_jobs(lay):
         s = job.state
         if s is None or not s.keeper_pid or s.keeper_pid == os.getpid():
             continue  # no keeper, or an in-process keeper of a unit test with fake children

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs, machine
 
 stop_flag = False
 
@@ -34,19 +34,19 @@ def write_status(layout: localfs.Layout, run: str, step: int, target: int, phase
                  latest: int | None) -> None:
     localfs.write_json_atomic(layout.run_status(run), {
         "run": run, "step": step, "target_step": target, "phase": phase, "pid": os.getpid(),
-        "host": localfs.this_host(), "time": time.time(), "started": time.time(),
+        "host": machine.this_host(), "time": time.time(), "started": time.time(),
         "world_size": 1, "latest_checkpoint": latest, "error": None, "parent": None,
     }, durable=False)
 
 
 def save(layout: localfs.Layout, run: str, step: int, target: int) -> None:
     ts = layout.training_state(run)
-    staging = localfs.staging_dir(ts, step)
+    staging = checkpoints.staging_dir(ts, step)
     (staging / "model").mkdir()
     (staging / "model" / "adapter.bin").write_bytes(step.to_bytes(8, "little") * 64)
-    localfs.finalize_checkpoint(staging, layout.step_dir(run, step),
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step),
                                 {"step": step, "target_step": target, "world_size": 1})
-    localfs.update_step_latest(ts, step)
+    checkpoints.update_step_latest(ts, step)
 
 
 def main() -> int:
@@ -66,8 +66,8 @@ def main() -> int:
     print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
     resumed = a.from_step is not None
     if resumed:
-        start = localfs.resolve_step(layout.training_state(run), a.from_step)
-        info = localfs.read_checkpoint_info(layout.step_dir(run, start))
+        start = checkpoints.resolve_step(layout.training_state(run), a.from_step)
+        info = checkpoints.read_checkpoint_info(layout.step_dir(run, start))
         target = start + a.additional_steps if a.additional_steps else info["target_step"]
     else:
         start, target = 0, a.steps

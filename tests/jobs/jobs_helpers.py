@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rltui import jobs
-from rltui.job_records import JobKind, JobSpec, read_state
-from rltui.localfs import Layout, create_run_dir
-from rltui.restart_policy import RestartSettings
+from rltui.jobs import builders
+from rltui.jobs.records import JobKind, JobSpec, read_state
+from rltui.runs.localfs import Layout, create_run_dir
+from rltui.jobs.policy import RestartSettings
 
 FAKE_TRAINER = str(Path(__file__).with_name("fake_trainer.py"))
 
@@ -21,7 +21,7 @@ def fake_train_spec(layout: Layout, steps: int = 6, env: dict | None = None,
     """A training job running the fake trainer on a fresh run folder."""
     run = create_run_dir(layout)
     spec = JobSpec(
-        id=jobs.new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, run=run, title="fake train",
+        id=builders.new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, run=run, title="fake train",
         argv=(sys.executable, FAKE_TRAINER, "--root", str(layout.root), "--run-name", run,
               "--steps", str(steps)),
         resume_argv=(sys.executable, FAKE_TRAINER, "--root", str(layout.root),

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from rltui import jobs
-from rltui.job_records import JobState, read_state
+from rltui.jobs import control
+from rltui.jobs.records import JobState, read_state
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
 
@@ -49,7 +49,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
 
 def test_logs_follow_streams_to_the_end_and_jobs_lists_it(layout):
     spec = fake_train_spec(layout, steps=5, env={"FAKE_STEP_SLEEP": "0.2"})
-    jobs.launch(layout, spec)
+    control.launch(layout, spec)
     r = rltui(layout.root, "logs", spec.id, "-f")
     assert r.returncode == 0
     assert "step 5/5" in r.stdout and "succeeded: completed" in r.stdout
@@ -64,7 +64,7 @@ def test_logs_follow_streams_to_the_end_and_jobs_lists_it(layout):
 
 def test_logs_tail_prints_the_last_lines(layout):
     spec = fake_train_spec(layout, steps=3)
-    jobs.launch(layout, spec)
+    control.launch(layout, spec)
     wait_final(layout, spec.id)
     r = rltui(layout.root, "logs", spec.id, "--tail", "1")
     assert r.stdout.startswith("[rltui keeper") and "succeeded" in r.stdout and r.stdout.count("\n") == 1
@@ -72,7 +72,7 @@ def test_logs_tail_prints_the_last_lines(layout):
 
 def test_jobs_shows_a_running_jobs_cpu_and_memory_and_stop_wait_returns_when_it_stopped(layout):
     spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
-    jobs.launch(layout, spec)
+    control.launch(layout, spec)
     wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
     (listed,) = json.loads(rltui(layout.root, "jobs", "--json").stdout)
     assert listed["resources"]["processes"] >= 1 and listed["resources"]["rss_mib"] > 1
@@ -85,11 +85,11 @@ def test_jobs_shows_a_running_jobs_cpu_and_memory_and_stop_wait_returns_when_it_
 
 def test_any_batch_command_reconciles_a_job_whose_keeper_died(layout):
     spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
-    jobs.launch(layout, spec)
+    control.launch(layout, spec)
     running = wait_until(lambda: (s := read_state(layout, spec.id)).state is JobState.RUNNING and s,
                          what="running")
     os.kill(running.keeper_pid, 9)
-    from rltui.localfs import pid_alive
+    from rltui.runs.machine import pid_alive
 
     wait_until(lambda: not pid_alive(running.keeper_pid), 10, "the keeper to die")
     r = rltui(layout.root, "jobs")
@@ -99,10 +99,10 @@ def test_any_batch_command_reconciles_a_job_whose_keeper_died(layout):
 def test_ctrl_c_while_waiting_stops_the_job_gracefully_and_a_second_returns_leaving_it_to_its_keeper(layout):
     import io
 
-    from rltui.cmd_jobs import wait_and_stream
+    from rltui.cli.jobs import wait_and_stream
 
     spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
-    jobs.launch(layout, spec)
+    control.launch(layout, spec)
     wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
     interrupts = iter([True])
 
@@ -117,7 +117,7 @@ def test_ctrl_c_while_waiting_stops_the_job_gracefully_and_a_second_returns_leav
     assert "stopped at step" in out.getvalue()
 
     second = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
-    jobs.launch(layout, second)
+    control.launch(layout, second)
     wait_until(lambda: read_state(layout, second.id).state is JobState.RUNNING, what="running")
 
     def always_ctrl_c(dt):

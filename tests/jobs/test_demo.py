@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from rltui import jobs
-from rltui.job_records import JobKind, JobState
-from rltui.localfs import Layout, read_json
+from rltui.jobs import control
+from rltui.jobs.records import JobKind, JobState
+from rltui.runs.localfs import Layout, read_json
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_the_demo_runs_every_stage_and_survives_the_sigkill(tiny_root):
 
     layout = Layout(tiny_root)
     by_kind = {}
-    for job in jobs.list_jobs(layout):
+    for job in control.list_jobs(layout):
         by_kind.setdefault(job.spec.kind, []).append(job)
     (train,), (resume,) = by_kind[JobKind.TRAIN], by_kind[JobKind.RESUME]
     assert train.phase is JobState.STOPPED and train.state.restarts == 0

@@ -11,7 +11,7 @@ import types
 
 from rltui import gpu
 from rltui.gpu import GpuProcess, GpuSnapshot, NvmlSampler, attribute, fmt
-from rltui.usage import tree_pids
+from rltui.jobs.usage import tree_pids
 
 MIB = 1024 * 1024
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rltui import gpu_assign, jobs
+from rltui.jobs import gpu_assign
+from rltui.jobs import control
 from rltui.errors import UsageError
 from rltui.gpu import FakeSampler, GpuInfo, GpuSnapshot, fake_gpus
-from rltui.job_records import JobState, read_state
+from rltui.jobs.records import JobState, read_state
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
 
@@ -35,51 +36,51 @@ def test_an_impossible_request_is_refused_before_anything_is_written(layout):
     sampler = FakeSampler(fake_gpus(2))
     spec = fake_train_spec(layout).with_changes(gpu_count=3)
     with pytest.raises(UsageError, match="3 asked, 2 usable"):
-        jobs.launch(layout, spec, sampler)
+        control.launch(layout, spec, sampler)
     with pytest.raises(UsageError, match="GPU 5 is not usable"):
-        jobs.launch(layout, spec.with_changes(gpus=(5,), gpu_count=1), sampler)
-    assert jobs.list_jobs(layout) == []
+        control.launch(layout, spec.with_changes(gpus=(5,), gpu_count=1), sampler)
+    assert control.list_jobs(layout) == []
 
 
 def test_on_a_machine_without_gpus_a_job_runs_on_the_cpu(layout):
     spec = fake_train_spec(layout, steps=1).with_changes(gpu_count=None)
-    job = jobs.launch(layout, spec, FakeSampler())
+    job = control.launch(layout, spec, FakeSampler())
     assert wait_final(layout, job.id).state is JobState.SUCCEEDED
-    assert "CUDA_VISIBLE_DEVICES=\n" in jobs.read_log(layout, job.id)
+    assert "CUDA_VISIBLE_DEVICES=\n" in control.read_log(layout, job.id)
 
 
 def test_jobs_get_free_gpus_and_wait_queued_until_one_frees_up(layout):
     sampler = FakeSampler(fake_gpus(2, used_mib=[0, 40000]))  # GPU 1 busy with someone else's work
     long = fake_train_spec(layout, steps=400, env={"FAKE_STEP_SLEEP": "0.05"}).with_changes(gpu_count=None)
-    first = jobs.launch(layout, long, sampler)
+    first = control.launch(layout, long, sampler)
     assert first.state.gpus == [0]
-    wait_until(lambda: "CUDA_VISIBLE_DEVICES=0\n" in jobs.read_log(layout, first.id), what="GPU 0 in the log")
+    wait_until(lambda: "CUDA_VISIBLE_DEVICES=0\n" in control.read_log(layout, first.id), what="GPU 0 in the log")
 
-    second = jobs.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpu_count=1), sampler)
+    second = control.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpu_count=1), sampler)
     assert second.phase is JobState.QUEUED
-    assert jobs.start_queued(layout, sampler) == []  # GPU 0 held by the first job, GPU 1 busy
+    assert control.start_queued(layout, sampler) == []  # GPU 0 held by the first job, GPU 1 busy
 
-    jobs.stop(layout, first.id)
+    control.stop(layout, first.id)
     wait_final(layout, first.id)
-    assert jobs.start_queued(layout, sampler) == [second.id]
+    assert control.start_queued(layout, sampler) == [second.id]
     assert read_state(layout, second.id).gpus == [0]
     assert wait_final(layout, second.id).state is JobState.SUCCEEDED
-    assert "CUDA_VISIBLE_DEVICES=0\n" in jobs.read_log(layout, second.id)
+    assert "CUDA_VISIBLE_DEVICES=0\n" in control.read_log(layout, second.id)
 
 
 def test_a_queued_job_can_be_stopped_before_it_starts(layout):
     sampler = FakeSampler(fake_gpus(1, used_mib=50000))
-    job = jobs.launch(layout, fake_train_spec(layout).with_changes(gpus=(0,), gpu_count=1), sampler)
+    job = control.launch(layout, fake_train_spec(layout).with_changes(gpus=(0,), gpu_count=1), sampler)
     assert job.phase is JobState.QUEUED
-    assert jobs.stop(layout, job.id).phase is JobState.STOPPED
+    assert control.stop(layout, job.id).phase is JobState.STOPPED
     sampler.set(fake_gpus(1))
-    assert jobs.start_queued(layout, sampler) == []
+    assert control.start_queued(layout, sampler) == []
 
 
 def _ended_keeper(layout, spec, gpus):
     """Run `spec` under an in-process keeper whose fake child exits 0 at once, then its after_end."""
-    from rltui.job_records import StateFile, write_spec, write_state
-    from rltui.keeper import Keeper, after_end
+    from rltui.jobs.records import StateFile, write_spec, write_state
+    from rltui.jobs.keeper import Keeper, after_end
 
     class Done:
         pid = 4_000_000  # never a real pid: signal_group below is a no-op
@@ -104,25 +105,25 @@ def test_a_job_that_ends_starts_the_queued_job_waiting_for_its_gpu(layout, monke
     sampler = FakeSampler(fake_gpus(1))
     monkeypatch.setattr(gpu, "_default", sampler)  # the sampler after_end's start_queued uses
     holder = fake_train_spec(layout, steps=1).with_changes(gpus=(0,), gpu_count=1)
-    waiting = jobs.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpus=(0,), gpu_count=1),
+    waiting = control.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpus=(0,), gpu_count=1),
                           FakeSampler(fake_gpus(1, used_mib=60000)))
     assert waiting.phase is JobState.QUEUED
     keeper = _ended_keeper(layout, holder, [0])
     assert read_state(layout, waiting.id).gpus == [0]
-    assert f"started queued job {waiting.id}" in jobs.read_log(layout, holder.id)
+    assert f"started queued job {waiting.id}" in control.read_log(layout, holder.id)
     assert wait_final(layout, waiting.id).state is JobState.SUCCEEDED
     assert keeper.state.state is JobState.SUCCEEDED
 
 
 def test_a_follow_up_eval_runs_on_the_first_gpu_the_training_held(layout, monkeypatch):
     from rltui import gpu
-    from rltui.job_records import FollowUp, JobKind
+    from rltui.jobs.records import FollowUp, JobKind
 
     monkeypatch.setattr(gpu, "_default", FakeSampler(fake_gpus(3, used_mib=[0, 30000, 30000])))
     spec = fake_train_spec(layout).with_changes(followups=(FollowUp(JobKind.EVAL, "arith"),))
     _ended_keeper(layout, spec, [2, 1])
     (follow_id,) = read_state(layout, spec.id).followup_jobs
-    follow = jobs.read_job(layout, follow_id)
+    follow = control.read_job(layout, follow_id)
     assert follow.spec.gpus == (2,) and follow.state.gpus == [2]  # NVML still shows its memory
-    jobs.kill(layout, follow_id)
+    control.kill(layout, follow_id)
     wait_final(layout, follow_id)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import signal
 import time
 
-from rltui import localfs
+from rltui.jobs import control
+from rltui.runs import checkpoints, localfs
 from rltui.gpu import FakeSampler, fake_gpus
-from rltui.job_records import JobKind, JobState, read_state, write_spec
-from rltui.keeper import Keeper
-from rltui.restart_policy import RestartSettings
+from rltui.jobs.records import JobKind, JobState, read_state, write_spec
+from rltui.jobs.keeper import Keeper
+from rltui.jobs.policy import RestartSettings
 
 from jobs_helpers import fake_train_spec
 
@@ -72,10 +73,10 @@ def make_keeper(layout, spec, children, clock=None):
 
 def checkpoint(layout, run, step, target=10):
     ts = layout.training_state(run)
-    st = localfs.staging_dir(ts, step)
+    st = checkpoints.staging_dir(ts, step)
     (st / "w.bin").write_bytes(b"x" * step)
-    localfs.finalize_checkpoint(st, layout.step_dir(run, step), {"step": step, "target_step": target})
-    localfs.update_step_latest(ts, step)
+    checkpoints.finalize_checkpoint(st, layout.step_dir(run, step), {"step": step, "target_step": target})
+    checkpoints.update_step_latest(ts, step)
 
 
 def status(layout, run, step, phase="training", target=10):
@@ -214,7 +215,7 @@ def test_kill_sends_sigkill_at_once_and_ends_stopped(layout):
 def test_the_job_gets_its_gpus_as_cuda_visible_devices_and_usage_is_accounted(layout):
     spec = fake_train_spec(layout)
     write_spec(layout, spec)
-    from rltui.job_records import StateFile, write_state
+    from rltui.jobs.records import StateFile, write_state
 
     write_state(layout, spec.id, StateFile(JobState.STARTING, gpus=[1]))
     clock = Clock()
@@ -231,21 +232,20 @@ def test_the_job_gets_its_gpus_as_cuda_visible_devices_and_usage_is_accounted(la
 
 
 def test_auto_resume_turned_on_after_launch_takes_effect_at_the_next_crash(layout):
-    from rltui import jobs
 
     spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=False, backoff_s=0))
     checkpoint(layout, spec.run, 3)
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -9, 1), FakeChild(2, 0, 1)])
-    from rltui.job_records import StateFile, write_state
+    from rltui.jobs.records import StateFile, write_state
 
     write_state(layout, spec.id, StateFile(JobState.RUNNING, run=spec.run))
-    assert jobs.toggle_auto_resume(layout, spec.id) is True
+    assert control.toggle_auto_resume(layout, spec.id) is True
     assert keeper.run() is JobState.SUCCEEDED and len(spawner.argvs) == 2
     assert read_spec_auto_resume(layout, spec.id) is False  # job.json itself is never rewritten
 
 
 def read_spec_auto_resume(layout, job_id):
-    from rltui.job_records import read_spec
+    from rltui.jobs.records import read_spec
 
     return read_spec(layout, job_id).restart.auto_resume
 
@@ -253,19 +253,18 @@ def read_spec_auto_resume(layout, job_id):
 def test_auto_resume_cannot_be_toggled_on_an_ended_or_non_training_job(layout):
     import pytest
 
-    from rltui import jobs
     from rltui.errors import UsageError
-    from rltui.job_records import StateFile, write_state
+    from rltui.jobs.records import StateFile, write_state
 
     spec = fake_train_spec(layout)
     write_spec(layout, spec)
     write_state(layout, spec.id, StateFile(JobState.SUCCEEDED))
     with pytest.raises(UsageError, match="already ended"):
-        jobs.toggle_auto_resume(layout, spec.id)
+        control.toggle_auto_resume(layout, spec.id)
     sync = spec.with_changes(id="sync-job", kind=JobKind.SYNC)
     write_spec(layout, sync)
     with pytest.raises(UsageError, match="not a training job"):
-        jobs.toggle_auto_resume(layout, "sync-job")
+        control.toggle_auto_resume(layout, "sync-job")
 
 
 def eval_status(layout, run, dataset, pid, phase="evaluating", done=0):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rltui import jobs
-from rltui.job_records import JobState
-from rltui.localfs import Layout, read_json
-from rltui.restart_policy import RestartSettings
+from rltui.jobs import builders, control
+from rltui.jobs.records import JobState
+from rltui.runs.localfs import Layout, read_json
+from rltui.jobs.policy import RestartSettings
 
 from jobs_helpers import wait_final
 
@@ -33,7 +33,7 @@ def test_train_waits_streams_the_trainers_output_and_exits_with_its_result(tiny_
     assert r.returncode == 0, r.stderr[-2000:]
     assert "completed at step 2" in r.stdout and "succeeded: completed" in r.stdout
     assert "succeeded" in r.stderr.splitlines()[-1]
-    (job,) = jobs.list_jobs(Layout(tiny_root))
+    (job,) = control.list_jobs(Layout(tiny_root))
     assert read_json(Layout(tiny_root).run_status(job.spec.run))["step"] == 2
 
 
@@ -51,15 +51,15 @@ def test_train_detach_json_returns_the_job_at_once(tiny_root):
 
 def test_a_stalled_real_trainer_is_detected_killed_and_resumed(tiny_root):
     layout = Layout(tiny_root)
-    spec = jobs.train_job(layout, TINY_CFG, steps=4, gpus=0, restart=RestartSettings(
+    spec = builders.train_job(layout, TINY_CFG, steps=4, gpus=0, restart=RestartSettings(
         auto_resume=True, max_restarts=1, backoff_s=0.5, hang_timeout_s=20))
     spec = spec.with_changes(env={**spec.env, "RLTUI_TEST_STALL_AT_STEP": "2"})
-    job = jobs.launch(layout, spec)
+    job = control.launch(layout, spec)
     final = wait_final(layout, job.id, 400)
     assert final.restarts == 1
     hung = [r for r in final.reasons if r.startswith("hung: no progress")]
     assert hung[0].endswith("restart 1 from checkpoint step 0 in 0.5s")  # tiny.yaml saves step 0, then every 50
-    log = jobs.read_log(layout, job.id)
+    log = control.read_log(layout, job.id)
     assert "--from-step latest --no-torchrun" in log
     status = read_json(layout.run_status(job.spec.run))
     if final.state is JobState.SUCCEEDED:  # a stall hook that fires in a fresh session only
@@ -75,8 +75,8 @@ def test_a_two_process_torchrun_job_survives_a_killed_worker(tiny_root, tmp_path
     import psutil
     import yaml
 
-    from rltui.job_records import read_state
-    from rltui.localfs import latest_complete_step
+    from rltui.jobs.records import read_state
+    from rltui.runs.checkpoints import latest_complete_step
 
     from jobs_helpers import wait_until
 
@@ -85,10 +85,10 @@ def test_a_two_process_torchrun_job_survives_a_killed_worker(tiny_root, tmp_path
     cfg["training"]["save_every"] = 2
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    spec = jobs.train_job(layout, cfg_path, steps=8, nproc=2, gpus=0,
+    spec = builders.train_job(layout, cfg_path, steps=8, nproc=2, gpus=0,
                           restart=RestartSettings(auto_resume=True, backoff_s=0.5))
     assert spec.env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and int(spec.env["RLTUI_NCCL_TIMEOUT_S"]) < 600
-    job = jobs.launch(layout, spec)
+    job = control.launch(layout, spec)
     wait_until(lambda: (latest_complete_step(layout.training_state(job.spec.run)) or 0) >= 2, 300,
                "checkpoint 2")
     workers = psutil.Process(read_state(layout, job.id).child_pid).children(recursive=True)
@@ -98,4 +98,4 @@ def test_a_two_process_torchrun_job_survives_a_killed_worker(tiny_root, tmp_path
     assert final.state is JobState.SUCCEEDED and final.restarts == 1
     status = read_json(layout.run_status(job.spec.run))
     assert (status["step"], status["world_size"], status["phase"]) == (8, 2, "completed")
-    assert "--from-step latest --root" in jobs.read_log(layout, job.id)  # torchrun again, no --no-torchrun
+    assert "--from-step latest --root" in control.read_log(layout, job.id)  # torchrun again, no --no-torchrun

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from rltui.restart_policy import Action, Ending, RestartPolicy, RestartSettings
+from rltui.jobs.policy import Action, Ending, RestartPolicy, RestartSettings
 
 
 class Clock:

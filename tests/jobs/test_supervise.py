@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 
-from rltui import jobs, localfs
+from rltui.jobs import control
+from rltui.runs import checkpoints, localfs, machine
 from rltui.gpu import FakeSampler, fake_gpus
-from rltui.job_records import JobKind, JobState, StateFile, read_state, write_spec, write_state
-from rltui.restart_policy import RestartSettings
-from rltui.supervise import supervise_once
+from rltui.jobs.records import JobKind, JobState, StateFile, read_state, write_spec, write_state
+from rltui.jobs.policy import RestartSettings
+from rltui.jobs.supervise import supervise_once
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
 
@@ -18,14 +19,14 @@ AUTO = RestartSettings(auto_resume=True, backoff_s=0.2)
 
 def test_a_lost_auto_resume_job_is_resumed_to_completion(layout):
     spec = fake_train_spec(layout, steps=30, env={"FAKE_STEP_SLEEP": "0.1"}, restart=AUTO)
-    jobs.launch(layout, spec)
-    wait_until(lambda: (localfs.latest_complete_step(layout.training_state(spec.run)) or 0) >= 2,
+    control.launch(layout, spec)
+    wait_until(lambda: (checkpoints.latest_complete_step(layout.training_state(spec.run)) or 0) >= 2,
                what="checkpoint 2")
     os.kill(read_state(layout, spec.id).keeper_pid, signal.SIGKILL)  # its trainer goes with it
     done = wait_until(lambda: (p := supervise_once(layout)).lost and p, 20, "the job to be lost")
     assert done.lost == [spec.id] and len(done.resumed) == 1
     new_id = done.resumed[0][1]
-    new = jobs.read_job(layout, new_id)
+    new = control.read_job(layout, new_id)
     assert new.spec.kind is JobKind.RESUME and new.spec.parent_job == spec.id
     assert new.spec.argv[:len(spec.resume_argv)] == spec.resume_argv
     assert read_state(layout, spec.id).resumed_by == new_id
@@ -38,12 +39,12 @@ def test_a_job_running_before_a_reboot_is_resumed(layout):
     spec = fake_train_spec(layout, steps=4, restart=AUTO)
     write_spec(layout, spec)
     ts = layout.training_state(spec.run)
-    staging = localfs.staging_dir(ts, 2)
+    staging = checkpoints.staging_dir(ts, 2)
     (staging / "w").write_bytes(b"w")
-    localfs.finalize_checkpoint(staging, layout.step_dir(spec.run, 2), {"step": 2, "target_step": 4})
-    localfs.update_step_latest(ts, 2)
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(spec.run, 2), {"step": 2, "target_step": 4})
+    checkpoints.update_step_latest(ts, 2)
     write_state(layout, spec.id, StateFile(JobState.RUNNING, keeper_pid=1, run=spec.run,
-                                           boot_time=(localfs.boot_time() or 0) - 3600))
+                                           boot_time=(machine.boot_time() or 0) - 3600))
     result = supervise_once(layout)
     assert result.lost == [spec.id] and len(result.resumed) == 1
     assert wait_final(layout, result.resumed[0][1]).state is JobState.SUCCEEDED
@@ -64,7 +65,7 @@ def test_jobs_without_auto_resume_or_checkpoint_or_with_a_finished_run_are_not_r
 
 def test_supervise_starts_queued_jobs_when_gpus_free_up(layout):
     sampler = FakeSampler(fake_gpus(1, used_mib=70000))
-    job = jobs.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpu_count=1), sampler)
+    job = control.launch(layout, fake_train_spec(layout, steps=1).with_changes(gpu_count=1), sampler)
     assert job.phase is JobState.QUEUED
     assert supervise_once(layout, sampler).started == []
     sampler.set(fake_gpus(1))

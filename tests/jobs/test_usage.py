@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rltui.gpu import GpuInfo, GpuProcess, GpuSnapshot
-from rltui.usage import PRICE_ENV, UsageMeter, price_from_env
+from rltui.jobs.usage import PRICE_ENV, UsageMeter, price_from_env
 
 
 def snap(util, power, mem_by_pid, energy=None):

@@ -23,8 +23,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from rltui import localfs
-from rltui.localfs import Layout
+from rltui.runs import checkpoints as ckpt
+from rltui.runs import localfs, machine
+from rltui.runs.localfs import Layout
 
 ADAPTER_FILES = {
     "model/adapter_config.json": b'{"peft_type": "LORA", "r": 8}',
@@ -76,7 +77,7 @@ class LocalfsBuilder:
             localfs.write_json_atomic(self.layout.run_status(name), {
                 "run": name, "step": step, "target_step": target, "phase": phase,
                 "pid": pid if pid is not None else os.getpid(),
-                "host": host or localfs.this_host(),
+                "host": host or machine.this_host(),
                 "time": progress_time if progress_time is not None else now,
                 "started": now - 100, "world_size": 1,
                 "latest_checkpoint": max(checkpoints) if checkpoints else None,
@@ -90,19 +91,19 @@ class LocalfsBuilder:
 
     def checkpoint(self, run: str, step: int, *, latest: bool = True) -> Path:
         ts = self.layout.training_state(run)
-        staging = localfs.staging_dir(ts, step)
+        staging = ckpt.staging_dir(ts, step)
         for rel, data in ADAPTER_FILES.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_bytes(data)
         final = self.layout.step_dir(run, step)
-        localfs.finalize_checkpoint(staging, final, {"step": step, "metrics": {"reward": 0.5}})
+        ckpt.finalize_checkpoint(staging, final, {"step": step, "metrics": {"reward": 0.5}})
         if latest:
-            localfs.update_step_latest(ts, step)
+            ckpt.update_step_latest(ts, step)
         return final
 
     def staging(self, run: str, step: int) -> Path:
         """A half-written checkpoint: a staging folder with some files and no info file."""
-        staging = localfs.staging_dir(self.layout.training_state(run), step)
+        staging = ckpt.staging_dir(self.layout.training_state(run), step)
         (staging / "optimizer.pt").write_bytes(b"\x01" * 50)
         return staging
 
@@ -151,7 +152,7 @@ class LocalfsBuilder:
         localfs.write_json_atomic(self.layout.job_state(job_id), {
             "state": state, "keeper_pid": keeper_pid, "child_pid": None, "exit_code": exit_code,
             "restarts": restarts, "reasons": [], "last_reason": None, "started_at": now,
-            "updated_at": now, "ended_at": None, "boot_time": localfs.boot_time(), "gpus": [0],
+            "updated_at": now, "ended_at": None, "boot_time": machine.boot_time(), "gpus": [0],
             "run": run, "usage": usage or {},
         })
         return self.layout.job_dir(job_id)

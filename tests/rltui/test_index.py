@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rltui import localfs
-from rltui.index import Index, JobState, RunStatus, classify_run, diagnose_run
+from rltui.runs import localfs, machine
+from rltui.runs.index import Index, JobState, RunStatus, classify_run, diagnose_run
 
-HOST = localfs.this_host()
+HOST = machine.this_host()
 
 
 def scan(b):
@@ -370,7 +370,7 @@ def test_config_summary_prefers_the_resolved_config_with_its_defaults(lfs):
 def test_a_hand_written_config_reads_the_same_as_the_dumped_one(lfs):
     import yaml
 
-    from rltui.index_read import parse_config_summary, read_dumped_yaml
+    from rltui.runs.readers import parse_config_summary, read_dumped_yaml
 
     hand = (
         "# my run\n"

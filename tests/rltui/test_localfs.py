@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rltui import localfs
-from rltui.localfs import BadName, Layout
+from rltui.runs import checkpoints, localfs
+from rltui.runs.localfs import BadName, Layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_good_names_pass_and_dataset_names_start_with_a_letter():
     with pytest.raises(BadName):
         localfs.step_dir_name(-1)
     with pytest.raises(BadName):
-        localfs.resolve_step(Path("/nonexistent"), "newest")
+        checkpoints.resolve_step(Path("/nonexistent"), "newest")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -111,19 +111,19 @@ def test_good_names_pass_and_dataset_names_start_with_a_letter():
 
 def _checkpoint(tmp_path: Path, step: int = 3) -> Path:
     ts = tmp_path / "training_state"
-    staging = localfs.staging_dir(ts, step)
+    staging = checkpoints.staging_dir(ts, step)
     (staging / "model").mkdir()
     (staging / "model" / "adapter_model.safetensors").write_bytes(os.urandom(1000))
     (staging / "optimizer.pt").write_bytes(os.urandom(500))
     final = ts / localfs.step_dir_name(step)
-    localfs.finalize_checkpoint(staging, final, {"step": step})
+    checkpoints.finalize_checkpoint(staging, final, {"step": step})
     return final
 
 
 def test_a_finalized_checkpoint_is_complete_and_lists_every_file(tmp_path):
     final = _checkpoint(tmp_path)
-    assert localfs.checkpoint_problems(final, verify_hash=True) == []
-    info = localfs.read_checkpoint_info(final)
+    assert checkpoints.checkpoint_problems(final, verify_hash=True) == []
+    info = checkpoints.read_checkpoint_info(final)
     assert sorted(info["files"]) == ["model/adapter_model.safetensors", "optimizer.pt"]
     assert info["files"]["optimizer.pt"]["size"] == 500 and len(info["files"]["optimizer.pt"]["sha256"]) == 64
     assert not list((tmp_path / "training_state").glob(".tmp_*"))
@@ -132,55 +132,55 @@ def test_a_finalized_checkpoint_is_complete_and_lists_every_file(tmp_path):
 def test_missing_file_is_reported(tmp_path):
     final = _checkpoint(tmp_path)
     (final / "optimizer.pt").unlink()
-    assert localfs.checkpoint_problems(final) == ["missing file optimizer.pt"]
+    assert checkpoints.checkpoint_problems(final) == ["missing file optimizer.pt"]
 
 
 def test_wrong_size_is_reported(tmp_path):
     final = _checkpoint(tmp_path)
     with open(final / "model" / "adapter_model.safetensors", "ab") as f:
         f.write(b"x")
-    assert localfs.checkpoint_problems(final) == [
+    assert checkpoints.checkpoint_problems(final) == [
         "wrong size model/adapter_model.safetensors: 1001 bytes, expected 1000"]
 
 
 def test_missing_training_info_is_reported(tmp_path):
     final = _checkpoint(tmp_path)
     (final / localfs.CHECKPOINT_INFO).unlink()
-    assert localfs.checkpoint_problems(final) == ["missing training_info.json (save did not finish)"]
-    assert not localfs.is_complete(final)
+    assert checkpoints.checkpoint_problems(final) == ["missing training_info.json (save did not finish)"]
+    assert not checkpoints.is_complete(final)
 
 
 def test_half_written_temp_folder_is_never_complete(tmp_path):
     ts = tmp_path / "training_state"
-    staging = localfs.staging_dir(ts, 4)
+    staging = checkpoints.staging_dir(ts, 4)
     (staging / "optimizer.pt").write_bytes(b"x" * 10)
-    assert localfs.checkpoint_problems(staging)[0].startswith("unfinished save")
-    assert localfs.list_step_dirs(ts) == []  # never offered as a step
-    assert localfs.list_staging_dirs(ts) == [staging]
+    assert checkpoints.checkpoint_problems(staging)[0].startswith("unfinished save")
+    assert checkpoints.list_step_dirs(ts) == []  # never offered as a step
+    assert checkpoints.list_staging_dirs(ts) == [staging]
 
 
 def test_same_size_corruption_is_found_only_with_the_hash(tmp_path):
     final = _checkpoint(tmp_path)
     (final / "optimizer.pt").write_bytes(b"\x00" * 500)
-    assert localfs.checkpoint_problems(final) == []
-    assert localfs.checkpoint_problems(final, verify_hash=True) == ["wrong sha256 optimizer.pt"]
+    assert checkpoints.checkpoint_problems(final) == []
+    assert checkpoints.checkpoint_problems(final, verify_hash=True) == ["wrong sha256 optimizer.pt"]
 
 
 def test_damaged_or_hostile_training_info_is_reported(tmp_path):
     final = _checkpoint(tmp_path)
     info_path = final / localfs.CHECKPOINT_INFO
     info_path.write_text('{"files": {"optimizer.pt": ')
-    assert localfs.checkpoint_problems(final)[0].startswith("damaged training_info.json: not valid JSON")
+    assert checkpoints.checkpoint_problems(final)[0].startswith("damaged training_info.json: not valid JSON")
     info_path.write_text(json.dumps({"files": {"../../../etc/passwd": {"size": 1}}}))
-    assert "leaves the checkpoint" in localfs.checkpoint_problems(final)[0]
+    assert "leaves the checkpoint" in checkpoints.checkpoint_problems(final)[0]
     info_path.write_text(json.dumps({"step": 3}))
-    assert localfs.checkpoint_problems(final) == ["damaged training_info.json: no file list"]
+    assert checkpoints.checkpoint_problems(final) == ["damaged training_info.json: no file list"]
 
 
 def test_saving_a_step_again_replaces_it_whole(tmp_path):
     first = _checkpoint(tmp_path, 5)
     again = _checkpoint(tmp_path, 5)
-    assert first == again and localfs.checkpoint_problems(again, verify_hash=True) == []
+    assert first == again and checkpoints.checkpoint_problems(again, verify_hash=True) == []
     assert [p.name for p in (tmp_path / "training_state").iterdir()] == ["step_5"]
 
 
@@ -190,15 +190,15 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path):
 def test_step_latest_is_replaced_and_resolves_to_a_complete_step(tmp_path):
     ts = tmp_path / "training_state"
     _checkpoint(tmp_path, 1)
-    localfs.update_step_latest(ts, 1)
+    checkpoints.update_step_latest(ts, 1)
     _checkpoint(tmp_path, 2)
-    localfs.update_step_latest(ts, 2)
+    checkpoints.update_step_latest(ts, 2)
     assert os.readlink(ts / "step_latest") == "step_2"
-    assert localfs.read_step_latest(ts) == 2 and localfs.resolve_step(ts, "latest") == 2
+    assert checkpoints.read_step_latest(ts) == 2 and checkpoints.resolve_step(ts, "latest") == 2
     assert sorted(p.name for p in ts.iterdir()) == ["step_1", "step_2", "step_latest"]
     (ts / "step_2" / localfs.CHECKPOINT_INFO).unlink()  # step_latest now points at a broken step
-    assert localfs.resolve_step(ts, "latest") == 1
-    assert localfs.latest_complete_step(ts) == 1
+    assert checkpoints.resolve_step(ts, "latest") == 1
+    assert checkpoints.latest_complete_step(ts) == 1
 
 
 def test_step_latest_never_disappears_while_it_is_replaced(tmp_path):
@@ -206,13 +206,13 @@ def test_step_latest_never_disappears_while_it_is_replaced(tmp_path):
     ts = tmp_path / "training_state"
     for s in (1, 2):
         _checkpoint(tmp_path, s)
-    localfs.update_step_latest(ts, 1)
+    checkpoints.update_step_latest(ts, 1)
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from rltui import localfs
+        from rltui.runs import checkpoints
         for i in range(800):
-            localfs.update_step_latest(__import__("pathlib").Path({str(ts)!r}), 1 + i % 2)
+            checkpoints.update_step_latest(__import__("pathlib").Path({str(ts)!r}), 1 + i % 2)
     """)
     writer = subprocess.Popen([sys.executable, "-c", code])
     seen = set()

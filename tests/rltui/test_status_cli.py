@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from rltui import cmd_status, gpu
-from rltui.index import Index
+from rltui import gpu
+from rltui.cli import status as cmd_status
+from rltui.runs.index import Index
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from rltui import localfs
+from rltui.runs import checkpoints
 from trainer.checkpoint import (apply_retention, capture_rng, load_training_state,
                                 remove_interrupted_saves, restore_rng, retention_victims,
                                 save_checkpoint)
@@ -22,29 +22,29 @@ def test_retention_keeps_the_last_k_every_mth_and_protected_steps():
 
 
 def _fake_checkpoint(state, step):
-    staging = localfs.staging_dir(state, step)
+    staging = checkpoints.staging_dir(state, step)
     (staging / "optimizer.pt").write_bytes(b"x" * step)
-    localfs.finalize_checkpoint(staging, state / f"step_{step}", {"step": step})
+    checkpoints.finalize_checkpoint(staging, state / f"step_{step}", {"step": step})
 
 
 def test_apply_retention_never_deletes_the_checkpoint_step_latest_names(tmp_path):
     state = tmp_path / "training_state"
     for step in (1, 2, 3, 4):
         _fake_checkpoint(state, step)
-    localfs.update_step_latest(state, 2)  # e.g. a crash between sealing step_4 and the link
+    checkpoints.update_step_latest(state, 2)  # e.g. a crash between sealing step_4 and the link
     deleted = apply_retention(state, keep_last=1, keep_every=0)
     assert deleted == [1, 3]
-    assert [s for s, _ in localfs.list_step_dirs(state)] == [2, 4]
-    assert localfs.read_step_latest(state) == 2 and not localfs.list_staging_dirs(state)
+    assert [s for s, _ in checkpoints.list_step_dirs(state)] == [2, 4]
+    assert checkpoints.read_step_latest(state) == 2 and not checkpoints.list_staging_dirs(state)
 
 
 def test_interrupted_saves_are_removed_and_complete_checkpoints_kept(tmp_path):
     state = tmp_path / "training_state"
     _fake_checkpoint(state, 1)
-    leftover = localfs.staging_dir(state, 2)
+    leftover = checkpoints.staging_dir(state, 2)
     (leftover / "optimizer.pt").write_bytes(b"half")
     assert remove_interrupted_saves(state) == [leftover]
-    assert not leftover.exists() and localfs.is_complete(state / "step_1")
+    assert not leftover.exists() and checkpoints.is_complete(state / "step_1")
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
@@ -79,9 +79,9 @@ def test_saved_checkpoint_loads_with_plain_peft_and_weights_only_torch(tiny_path
                              sampler=sampler, info={"target_step": 10, "data_position": 14},
                              keep_last=3, keep_every=0)
     step_dir = state / "step_7"
-    assert result.path == step_dir and localfs.checkpoint_problems(step_dir, verify_hash=True) == []
-    assert localfs.read_step_latest(state) == 7
-    info = localfs.read_checkpoint_info(step_dir)
+    assert result.path == step_dir and checkpoints.checkpoint_problems(step_dir, verify_hash=True) == []
+    assert checkpoints.read_step_latest(state) == 7
+    info = checkpoints.read_checkpoint_info(step_dir)
     assert info["step"] == 7 and info["world_size"] == 1 and info["rng_files"] == ["rng/rank_0.pt"]
     assert info["data_position"] == 14 and "model/adapter_model.safetensors" in info["files"]
 

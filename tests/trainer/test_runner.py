@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer import resume_training
 
 
@@ -51,10 +51,10 @@ def test_a_run_writes_config_status_logs_tensorboard_and_checkpoints(six_steps, 
     assert len(ratios) == 6 and len(ratios[0]["iterations"]) == 2
     assert list(layout.tensorboard_dir(run).glob("events.out.tfevents.*"))
     state = layout.training_state(run)
-    assert [s for s, _ in localfs.list_step_dirs(state)] == [0, 3, 6]
-    assert localfs.read_step_latest(state) == 6
-    assert all(localfs.is_complete(p) for _, p in localfs.list_step_dirs(state))
-    info = localfs.read_checkpoint_info(state / "step_3")
+    assert [s for s, _ in checkpoints.list_step_dirs(state)] == [0, 3, 6]
+    assert checkpoints.read_step_latest(state) == 6
+    assert all(checkpoints.is_complete(p) for _, p in checkpoints.list_step_dirs(state))
+    info = checkpoints.read_checkpoint_info(state / "step_3")
     assert info["data_position"] == 3 * 2 and info["target_step"] == 6 and info["schedule_steps"] == 6
 
 
@@ -78,7 +78,7 @@ def test_resume_from_an_older_step_forks_and_matches_the_straight_run_bitwise(si
             assert a[step][key] == b[step][key], (step, key)
     status = json.loads(localfs.Layout(root).run_status(child).read_text())
     assert status["parent"] == {"run": run, "step": 3} and status["phase"] == "completed"
-    assert localfs.read_checkpoint_info(child_state / "step_6")["parent"] == {"run": run, "step": 3}
+    assert checkpoints.read_checkpoint_info(child_state / "step_6")["parent"] == {"run": run, "step": 3}
 
 
 def test_additional_steps_continue_a_finished_run_in_place(six_steps, kit):
@@ -89,7 +89,7 @@ def test_additional_steps_continue_a_finished_run_in_place(six_steps, kit):
     code, same, err = kit.run_inprocess(command[3:])
     assert code == 0 and same == run, err
     state = localfs.Layout(root).training_state(run)
-    assert localfs.read_step_latest(state) == 7 and localfs.is_complete(state / "step_7")
+    assert checkpoints.read_step_latest(state) == 7 and checkpoints.is_complete(state / "step_7")
     assert json.loads(localfs.Layout(root).run_status(run).read_text())["target_step"] == 7
 
 

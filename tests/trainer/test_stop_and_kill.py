@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_sigterm_finishes_the_step_saves_exits_0_and_resumes_bitwise(reference, 
     status = json.loads(status_path.read_text())
     assert status["phase"] == "stopped" and status["step"] == 2 and status["latest_checkpoint"] == 2
     state = localfs.Layout(tiny_root).training_state(run)
-    assert localfs.read_step_latest(state) == 2 and localfs.is_complete(state / "step_2")
+    assert checkpoints.read_step_latest(state) == 2 and checkpoints.is_complete(state / "step_2")
 
     resumed = _resume(kit, tiny_root, run, log)
     assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -112,16 +112,16 @@ def test_sigkill_anywhere_leaves_a_complete_latest_checkpoint_and_resume_matches
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         kills.append((seen["phase"], seen["step"]))
-        latest = localfs.read_step_latest(state)
-        assert latest is not None and localfs.checkpoint_problems(state / f"step_{latest}") == []
-        for step, path in localfs.list_step_dirs(state):  # no half-written step_N, ever
-            assert localfs.checkpoint_problems(path) == [], (step, phase)
-        if localfs.latest_complete_step(state) == 6:
+        latest = checkpoints.read_step_latest(state)
+        assert latest is not None and checkpoints.checkpoint_problems(state / f"step_{latest}") == []
+        for step, path in checkpoints.list_step_dirs(state):  # no half-written step_N, ever
+            assert checkpoints.checkpoint_problems(path) == [], (step, phase)
+        if checkpoints.latest_complete_step(state) == 6:
             break
-    if localfs.latest_complete_step(state) != 6:
+    if checkpoints.latest_complete_step(state) != 6:
         proc = _resume(kit, tiny_root, run, log)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert localfs.read_step_latest(state) == 6
+    assert checkpoints.read_step_latest(state) == 6
     kit.assert_same_adapter(ref_root / "training_runs" / ref_run / "training_state" / "step_6",
                             state / "step_6")
     # The kills really landed: each in its own process, inside saves and outside, at several steps.

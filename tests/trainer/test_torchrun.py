@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs
 from trainer import resume_training
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_two_process_run_stopped_and_resumed_equals_the_run_never_stopped(tiny_r
     status = json.loads(layout.run_status(run).read_text())
     assert status["phase"] == "stopped" and status["world_size"] == 2 and 2 <= status["step"] < 6
     state = layout.training_state(run)
-    info = localfs.read_checkpoint_info(state / f"step_{status['step']}")
+    info = checkpoints.read_checkpoint_info(state / f"step_{status['step']}")
     assert info["world_size"] == 2 and info["rng_files"] == ["rng/rank_0.pt", "rng/rank_1.pt"]
     assert info["data_position"] == status["step"] * 2 * 2  # 2 prompts per rank and step
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 from tui_kit import (
     RUNS, Recorded, make_test_app, pilot_test, read_job_json, record_only_launcher, started, wait_until,
 )
@@ -201,7 +201,7 @@ async def test_every_action_is_in_the_command_palette_and_the_footer_bindings(tu
 
 @pilot_test
 async def test_toggle_auto_resume_key_flips_the_runs_training_job(tui_root: Path) -> None:
-    from rltui.job_records import auto_resume_override_path
+    from rltui.jobs.records import auto_resume_override_path
 
     job_id = "20261121-100000-train-aaaa"
     override = auto_resume_override_path(Layout(tui_root), job_id)

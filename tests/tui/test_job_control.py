@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rltui import jobs
-from rltui.job_records import JobKind, JobSpec, read_state
-from rltui.localfs import Layout, pid_alive
+from rltui.jobs import builders, control
+from rltui.jobs.records import JobKind, JobSpec, read_state
+from rltui.runs.localfs import Layout
+from rltui.runs.machine import pid_alive
 from rltui.gpu import FakeSampler
 from tui_kit import RUNS, make_test_app, no_gpus, pilot_test, started, wait_until, write_run
 
@@ -23,7 +24,7 @@ def quiet_root(tmp_path: Path):
     write_run(layout, RUNS["completed"], steps=3, target=3, ckpts=[3],
               status={"step": 3, "phase": "completed", "pid": 11, "time": 0.0})
     yield layout
-    for job in jobs.list_jobs(layout):
+    for job in control.list_jobs(layout):
         state = job.state
         if state and state.keeper_pid and pid_alive(state.keeper_pid):
             os.kill(state.keeper_pid, signal.SIGKILL)
@@ -35,10 +36,10 @@ def quiet_root(tmp_path: Path):
 
 
 def start_sleeper(layout: Layout) -> str:
-    spec = JobSpec(id=jobs.new_job_id(JobKind.EVAL), kind=JobKind.EVAL, run=RUNS["completed"],
+    spec = JobSpec(id=builders.new_job_id(JobKind.EVAL), kind=JobKind.EVAL, run=RUNS["completed"],
                    argv=(sys.executable, "-c", "import time; print('working', flush=True); time.sleep(300)"),
                    title="sleeper", gpu_count=0)
-    jobs.launch(layout, spec, FakeSampler(no_gpus()))
+    control.launch(layout, spec, FakeSampler(no_gpus()))
     return spec.id
 
 

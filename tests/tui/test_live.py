@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from rltui.localfs import Layout
+from rltui.runs.localfs import Layout
 from rltui.tui.runs_table import RunsTable
 from rltui.tui.watcher import RootWatcher
 from tui_kit import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rltui.localfs import Layout, write_json_atomic
+from rltui.runs.localfs import Layout, write_json_atomic
 from rltui.tui.watcher import (
     Change,
     RootWatcher,

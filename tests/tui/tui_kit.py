@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rltui import localfs
+from rltui.runs import checkpoints, localfs, machine
 from rltui.gpu import FakeSampler, GpuInfo, GpuProcess, GpuSnapshot
-from rltui.index import Index
-from rltui.localfs import Layout
+from rltui.runs.index import Index
+from rltui.runs.localfs import Layout
 
 NOW = 1_795_608_000.0  # 2026-11-25 12:00 UTC: a fixed "now" for ages and the status rule
 HOST = "testhost"
@@ -33,14 +33,14 @@ SNAPSHOT_ROOT = Path("/tmp/rltui-tui-snapshot-root")  # fixed: the status bar sh
 
 
 def write_checkpoint(layout: Layout, run: str, step: int, target: int) -> None:
-    staging = localfs.staging_dir(layout.training_state(run), step)
+    staging = checkpoints.staging_dir(layout.training_state(run), step)
     (staging / "model").mkdir()
     (staging / "model" / "adapter_config.json").write_text('{"r": 8}')
     (staging / "model" / "adapter_model.safetensors").write_bytes(b"\0" * (2048 + step))
     (staging / "optimizer.pt").write_bytes(b"\1" * 4096)
-    localfs.finalize_checkpoint(staging, layout.step_dir(run, step),
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step),
                                 {"step": step, "target_step": target, "world_size": 1})
-    localfs.update_step_latest(layout.training_state(run), step)
+    checkpoints.update_step_latest(layout.training_state(run), step)
 
 
 def write_run(layout: Layout, run: str, *, status: dict[str, Any] | None, steps: int,
@@ -88,7 +88,7 @@ def write_job(layout: Layout, job_id: str, kind: str, run: str | None, state: st
         "ended_at": created + 600 if ended else None,
         # a live job's last write is now: the index checks its keeper started before it
         "updated_at": created + 600 if ended else time.time(),
-        "boot_time": localfs.boot_time(), "gpus": gpus, "run": run,
+        "boot_time": machine.boot_time(), "gpus": gpus, "run": run,
         "usage": {"gpu_seconds": 1800.0, "cost": 1.25}})
     layout.job_log(job_id).write_text(log or f"job {job_id} started\nstep 1 reward 0.2\n")
 
@@ -151,7 +151,7 @@ def record_only_launcher(recorded: Recorded):
     Used where a test is about which record an action creates; the end-to-end test launches
     for real.
     """
-    from rltui.job_records import write_spec
+    from rltui.jobs.records import write_spec
 
     def launch(layout: Layout, spec: Any) -> None:
         layout.job_dir(spec.id).mkdir(parents=True)

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from rltui import localfs
+from rltui.runs import localfs, machine
 from rltui.errors import UsageError
-from rltui.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
+from rltui.runs.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
 SCHEMA_VERSION = 1
 RECENT_ENDED_JOBS = 20  # the plain text lists these many ended jobs; --json lists all
@@ -104,7 +104,7 @@ def sample_gpus(snap: Snapshot | None = None) -> GpuReport:
     except Exception as e:  # a driver error must not hide the runs
         return GpuReport(False, f"NVML sampling failed: {type(e).__name__}: {e}", [])
     if snap is not None:
-        from rltui.usage import job_owners
+        from rltui.jobs.usage import job_owners
 
         owners: dict[int, tuple[str | None, str | None]] = dict(job_owners(snap.active_jobs))
         for r in snap.runs.values():  # a trainer started by hand, outside any job
@@ -125,7 +125,7 @@ def snapshot_to_json(snap: Snapshot, gpus: GpuReport | None = None) -> dict[str,
         "schema": SCHEMA_VERSION,
         "root": str(snap.root),
         "generated_at": time.time(),
-        "host": localfs.this_host(),
+        "host": machine.this_host(),
         "runs": [run_to_json(r) for r in snap.runs.values()],
         "legacy_runs": [run_to_json(r) for r in snap.legacy_runs.values()],
         "jobs": [job_to_json(j) for j in snap.jobs.values()],

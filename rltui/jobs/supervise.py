@@ -17,12 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from rltui import jobs
+from rltui.jobs import builders, control
 from rltui.errors import UsageError
 from rltui.gpu import Sampler
-from rltui.job_records import Job, JobKind, JobState, effective_auto_resume, read_state, write_state
-from rltui.keeper import resume_command
-from rltui.localfs import DamagedFile, Layout, latest_complete_step, read_json
+from rltui.jobs.records import Job, JobKind, JobState, effective_auto_resume, read_state, write_state
+from rltui.jobs.keeper import resume_command
+from rltui.runs.localfs import DamagedFile, Layout, read_json
+from rltui.runs.checkpoints import latest_complete_step
 
 
 @dataclass
@@ -42,8 +43,8 @@ class Pass:
 
 
 def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
-    result = Pass(lost=jobs.reconcile(layout))
-    all_jobs = jobs.list_jobs(layout)
+    result = Pass(lost=control.reconcile(layout))
+    all_jobs = control.list_jobs(layout)
     busy_runs = {j.spec.run for j in all_jobs
                  if j.spec and j.spec.run and j.phase is not None and (j.phase.active or j.phase is JobState.QUEUED)}
     for job in all_jobs:
@@ -57,7 +58,7 @@ def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
             continue
         busy_runs.add(job.spec.run)
         result.resumed.append((job.id, new.id))
-    result.started = jobs.start_queued(layout, sampler)
+    result.started = control.start_queued(layout, sampler)
     return result
 
 
@@ -84,12 +85,12 @@ def resume_lost(layout: Layout, job: Job, sampler: Sampler | None = None) -> Job
     if latest is None or not spec.resume_argv:
         raise UsageError("no complete checkpoint to resume from")
     new_spec = spec.with_changes(
-        id=jobs.new_job_id(JobKind.RESUME), kind=JobKind.RESUME,
+        id=builders.new_job_id(JobKind.RESUME), kind=JobKind.RESUME,
         argv=tuple(resume_command(layout, spec, latest)), parent_job=spec.id, created=time.time(),
         restart=replace(spec.restart, auto_resume=True),
         title=f"resume {spec.run} from step {latest} (job {spec.id} was lost)",
     )
-    new = jobs.launch(layout, new_spec, sampler)
+    new = control.launch(layout, new_spec, sampler)
     _mark_resumed(layout, job.id, f"resumed by supervise as job {new.id}", new.id)
     return new
 

@@ -1,6 +1,6 @@
 """The restart policy of a supervised job: what to do when its process ends.
 
-Pure logic, apart from the spawning code in rltui.keeper: the keeper describes how a process
+Pure logic, apart from the spawning code in rltui.jobs.keeper: the keeper describes how a process
 ended (`Ending`) and how far the run's checkpoints had got, and the policy answers with a
 `Decision` (succeed, stop, fail, or restart after a backoff). The clock is passed in so the
 backoff and the whole state machine are tested without sleeping.

@@ -21,13 +21,13 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from rltui import jobs
+from rltui.jobs import builders, control
 from rltui.errors import UsageError
 from rltui.gpu import fmt
-from rltui.job_records import Job, JobState
-from rltui.localfs import Layout
-from rltui.restart_policy import RestartSettings
-from rltui.usage import TreeStats, tree_stats
+from rltui.jobs.records import Job, JobState
+from rltui.runs.localfs import Layout
+from rltui.jobs.policy import RestartSettings
+from rltui.jobs.usage import TreeStats, tree_stats
 
 POLL_S = 0.2
 QUEUE_RETRY_S = 5.0
@@ -115,7 +115,7 @@ def _launch_flags(p: argparse.ArgumentParser, *, training: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
-    spec = jobs.train_job(
+    spec = builders.train_job(
         layout, args.cfg, ckpt=args.ckpt, steps=args.steps, nproc=args.nproc, gpus=_gpus(args.gpus),
         auto_resume=args.auto_resume, eval_after=args.eval_after, restart=_restart(args),
     )
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
-    spec = jobs.resume_job(
+    spec = builders.resume_job(
         layout, args.training_run, from_step=args.from_step, additional_steps=args.additional_steps,
         no_torchrun=args.no_torchrun, gpus=_gpus(args.gpus), auto_resume=args.auto_resume,
         eval_after=args.eval_after, restart=_restart(args),
@@ -134,7 +134,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
-    spec = jobs.eval_job(
+    spec = builders.eval_job(
         layout, args.training_run, dataset=args.eval_dataset, steps=args.steps,
         subset_frac=args.subset_frac, ckpt_path=args.ckpt_path, gpus=_gpus(args.gpus),
         hang_timeout_s=args.hang_timeout,
@@ -160,7 +160,7 @@ def _restart(args: argparse.Namespace) -> RestartSettings:
 
 
 def _launch_and_wait(layout: Layout, spec: Any, args: argparse.Namespace) -> int:
-    job = jobs.launch(layout, spec)
+    job = control.launch(layout, spec)
     if args.detach:
         if args.json:
             print(json.dumps(job_json(job), indent=2))
@@ -186,16 +186,16 @@ def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bo
     next_queue_try = time.monotonic() + QUEUE_RETRY_S
     while True:
         try:
-            job = jobs.read_job(layout, job_id)
+            job = control.read_job(layout, job_id)
             offset = _copy_new(layout, job_id, offset, out)
             if job.phase is None or job.phase.final:
                 _copy_new(layout, job_id, offset, out, final=True)
                 return job
             if job.phase is JobState.QUEUED and time.monotonic() >= next_queue_try:
-                jobs.start_queued(layout)
+                control.start_queued(layout)
                 next_queue_try = time.monotonic() + QUEUE_RETRY_S
-            elif job.phase.active and job.state and jobs.keeper_gone(job.state):
-                jobs.reconcile(layout)
+            elif job.phase.active and job.state and control.keeper_gone(job.state):
+                control.reconcile(layout)
             sleep(POLL_S)
         except KeyboardInterrupt:
             if interrupted or follow_only:
@@ -205,7 +205,7 @@ def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bo
             interrupted = True
             sys.stderr.write(f"\nstopping job {job_id} gracefully (Ctrl-C again to stop waiting)\n")
             try:
-                jobs.stop(layout, job_id)
+                control.stop(layout, job_id)
             except UsageError:
                 pass
 
@@ -238,11 +238,11 @@ def summary_line(job: Job) -> str:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    return _control(args, jobs.stop, "stop requested")
+    return _control(args, control.stop, "stop requested")
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    return _control(args, jobs.kill, "kill requested")
+    return _control(args, control.kill, "kill requested")
 
 
 def _control(args: argparse.Namespace, action: Callable[[Layout, str], Job], what: str) -> int:
@@ -253,7 +253,7 @@ def _control(args: argparse.Namespace, action: Callable[[Layout, str], Job], wha
         return 0
     while not (job.phase is None or job.phase.final):
         time.sleep(POLL_S)
-        job = jobs.read_job(layout, args.job)
+        job = control.read_job(layout, args.job)
     print(summary_line(job))
     return 0
 
@@ -262,7 +262,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"bad --tail: {args.tail!r} (must be >= 0)")
-    text = jobs.read_log(layout, args.job, tail_lines=args.tail)
+    text = control.read_log(layout, args.job, tail_lines=args.tail)
     sys.stdout.write(text)
     sys.stdout.flush()
     if args.follow:
@@ -293,7 +293,7 @@ def job_json(job: Job, resources: TreeStats | None = None) -> dict[str, Any]:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
-    found = jobs.list_jobs(layout)
+    found = control.list_jobs(layout)
     running = {j.id: j.state.child_pid for j in found if j.state and j.state.state.active}
     stats = tree_stats(running) if running else {}
     if args.json:
@@ -321,7 +321,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    from rltui.supervise import supervise
+    from rltui.jobs.supervise import supervise
 
     if args.interval <= 0:
         raise UsageError(f"bad --interval: {args.interval!r} (must be > 0)")

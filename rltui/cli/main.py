@@ -18,10 +18,10 @@ from typing import Sequence
 
 # Modules that register batch commands: each defines register(subparsers, parents).
 COMMAND_MODULES = [
-    "rltui.cmd_status",
+    "rltui.cli.status",
     "rltui.sync_to_s3",
-    "rltui.cmd_jobs",
-    "rltui.demo",
+    "rltui.cli.jobs",
+    "rltui.cli.demo",
 ]
 
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rltui.errors import run_reporting
-    from rltui.localfs import resolve_root
+    from rltui.runs.localfs import resolve_root
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         args.root = resolve_root(args.root)
-        from rltui.jobs import reconcile_at_start
+        from rltui.jobs.control import reconcile_at_start
 
         reconcile_at_start(args.root)
         if not args.batch:

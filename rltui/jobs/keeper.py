@@ -1,14 +1,14 @@
 """The keeper: one small supervisor process per job that runs it to its end.
 
 Usage:
-    python -m rltui.keeper [--detach] JOB_DIR
+    python -m rltui.jobs.keeper [--detach] JOB_DIR
 
 Started by rltui.jobs detached in a new session, so it outlives the TUI, an SSH disconnect and a
 returning `rltui --batch`. It starts the job's command in its own process group with stdout and
 stderr going to JOB_DIR/output.log, writes JOB_DIR/state.json atomically at every transition,
 turns SIGTERM/SIGINT into a graceful stop (stop request file first, then SIGTERM to the group after
 a grace period longer than a step, then SIGKILL) and SIGUSR1 into an immediate kill, watches the
-trainer's status.json for hangs, applies the restart policy (rltui.restart_policy), accounts GPU
+trainer's status.json for hangs, applies the restart policy (rltui.jobs.policy), accounts GPU
 usage, and starts the job's follow-ups when it succeeds. `--detach` forks once more and returns at
 once, so the launcher can reap it and no zombie is left.
 """
@@ -28,15 +28,22 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
-from rltui.job_records import (
-    JobKind, JobSpec, JobState, StateFile, effective_auto_resume, read_spec, read_state, with_code_root,
+from rltui.jobs.records import (
+    JobKind,
+    JobSpec,
+    JobState,
+    StateFile,
+    effective_auto_resume,
+    read_spec,
+    read_state,
+    with_code_root,
     write_state,
 )
-from rltui.localfs import (
-    DamagedFile, Layout, boot_time, eval_dir_dataset, latest_complete_step, read_json, this_host,
-)
-from rltui.restart_policy import Action, Ending, RestartPolicy
-from rltui.usage import UsageMeter, price_from_env, tree_pids
+from rltui.runs.localfs import DamagedFile, Layout, eval_dir_dataset, read_json
+from rltui.runs.machine import boot_time, this_host
+from rltui.runs.checkpoints import latest_complete_step
+from rltui.jobs.policy import Action, Ending, RestartPolicy
+from rltui.jobs.usage import UsageMeter, price_from_env, tree_pids
 
 USAGE_SAMPLE_S = 2.0
 USAGE_WRITE_S = 10.0
@@ -441,7 +448,7 @@ def _int(v: object) -> int | None:
 
 def after_end(keeper: Keeper) -> None:
     """Start follow-ups of a job that succeeded, then queued jobs that its GPUs may now serve."""
-    from rltui import jobs
+    from rltui.jobs import builders, control
 
     layout, spec, state = keeper.layout, keeper.spec, keeper.state
     if state.state is JobState.SUCCEEDED and spec.run:
@@ -450,8 +457,8 @@ def after_end(keeper: Keeper) -> None:
                 continue
             try:
                 gpus = [state.gpus[0]] if state.gpus else 0
-                fspec = jobs.eval_job(layout, spec.run, dataset=follow.dataset, gpus=gpus)
-                fjob = jobs.launch(layout, fspec.with_changes(parent_job=spec.id), check_usage=False)
+                fspec = builders.eval_job(layout, spec.run, dataset=follow.dataset, gpus=gpus)
+                fjob = control.launch(layout, fspec.with_changes(parent_job=spec.id), check_usage=False)
             except Exception as e:  # a follow-up that cannot start must not hide the job's success
                 keeper.log(f"could not start the follow-up eval: {e}")
                 continue
@@ -459,7 +466,7 @@ def after_end(keeper: Keeper) -> None:
             keeper.log(f"started follow-up job {fjob.id}: {fspec.title}")
         write_state(layout, keeper.job_id, state)
     try:
-        started = jobs.start_queued(layout)
+        started = control.start_queued(layout)
     except Exception as e:
         keeper.log(f"could not start queued jobs: {e}")
         return
@@ -468,7 +475,7 @@ def after_end(keeper: Keeper) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rltui.keeper", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rltui.jobs.keeper", description=__doc__.split("\n")[0])
     parser.add_argument("--detach", action="store_true", help="fork and return at once")
     parser.add_argument("job_dir", type=Path)
     args = parser.parse_args(argv)

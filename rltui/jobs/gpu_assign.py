@@ -16,8 +16,8 @@ from typing import Iterator, Sequence
 
 from rltui.errors import UsageError
 from rltui.gpu import GpuInfo, GpuSnapshot, Sampler, default_sampler
-from rltui.job_records import JobSpec, read_state
-from rltui.localfs import Layout
+from rltui.jobs.records import JobSpec, read_state
+from rltui.runs.localfs import Layout
 
 FREE_MEM_ENV = "RLTUI_GPU_FREE_MIB"
 DEFAULT_FREE_MEM_MIB = 2048.0  # a CUDA context alone takes ~0.5 GiB; anything above 2 GiB is in use

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from rltui import jobs
+from rltui.jobs import builders, control
 from rltui.errors import UsageError, WorkFailed
-from rltui.job_records import Job, JobState, read_state
-from rltui.localfs import Layout, latest_complete_step, read_json, read_last_jsonl, write_yaml_atomic
-from rltui.restart_policy import RestartSettings
+from rltui.jobs.records import Job, JobState, read_state
+from rltui.runs.localfs import Layout, read_json, read_last_jsonl, write_yaml_atomic
+from rltui.runs.checkpoints import latest_complete_step
+from rltui.jobs.policy import RestartSettings
 
 CONFIG_SOURCE = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 STAGE_TIMEOUT_S = 900.0
@@ -132,15 +133,15 @@ class Demo:
 
     def train(self, cfg: Path) -> str:
         self.stage("train from the warm-start as a job with auto-resume on, and stop it mid-way")
-        spec = jobs.train_job(self.layout, cfg, ckpt=self.warmstart, auto_resume=True, gpus=self.plan.gpus,
+        spec = builders.train_job(self.layout, cfg, ckpt=self.warmstart, auto_resume=True, gpus=self.plan.gpus,
                               restart=RestartSettings(backoff_s=1.0, stop_grace_s=120))
-        job = jobs.launch(self.layout, spec)
+        job = control.launch(self.layout, spec)
         run = job.spec.run
         self.say(f"job {job.id} started run {run}; the keeper runs it detached from this command")
         self.follow(job.id, run, until=lambda s: s >= self.plan.stop_at)
         self.say(f"past step {self.plan.stop_at}: asking the job to stop (the trainer finishes the step, "
                  "saves, exits 0)")
-        jobs.stop(self.layout, job.id)
+        control.stop(self.layout, job.id)
         final = self.follow(job.id, run)
         self.expect(final, JobState.STOPPED)
         status = read_json(self.layout.run_status(run))
@@ -150,17 +151,17 @@ class Demo:
 
     def evaluate(self, run: str, what: str) -> None:
         self.stage(f"evaluate {what}")
-        spec = jobs.eval_job(self.layout, run, subset_frac=self.plan.eval_subset, gpus=self.plan.gpus)
-        job = jobs.launch(self.layout, spec)
+        spec = builders.eval_job(self.layout, run, subset_frac=self.plan.eval_subset, gpus=self.plan.gpus)
+        job = control.launch(self.layout, spec)
         self.say(f"job {job.id}: one process, one base-model load, {self.plan.eval_subset:g} of the test set")
         self.expect(self.follow(job.id, None, show_log=True), JobState.SUCCEEDED)
 
     def resume_and_kill(self, run: str) -> None:
         self.stage("resume, then kill the trainer with SIGKILL and let the keeper resume it")
-        spec = jobs.resume_job(self.layout, run, "latest", auto_resume=True, gpus=self.plan.gpus,
+        spec = builders.resume_job(self.layout, run, "latest", auto_resume=True, gpus=self.plan.gpus,
                                restart=RestartSettings(backoff_s=1.0))
         start = latest_complete_step(self.layout.training_state(run)) or 0
-        job = jobs.launch(self.layout, spec)
+        job = control.launch(self.layout, spec)
         self.say(f"job {job.id}: {spec.title}")
         # status.json still shows the stopped session until the resumed trainer finishes a step:
         # wait for a step past the one it resumed from, so the kill hits the new process.
@@ -199,13 +200,13 @@ class Demo:
         except UsageError as e:
             self.say(f"skipped: no S3 settings ({e}). Put them in ~/.lambda_s3.env to back runs up.")
             return
-        job = jobs.launch(self.layout, jobs.sync_job(self.layout, "backup", run))
+        job = control.launch(self.layout, builders.sync_job(self.layout, "backup", run))
         self.say(f"job {job.id}: backing up {run}")
         self.expect(self.follow(job.id, None, show_log=True), JobState.SUCCEEDED)
 
     def closing(self, run: str) -> None:
         if self.plan.gpus != 0:
-            for job in jobs.list_jobs(self.layout):
+            for job in control.list_jobs(self.layout):
                 if job.state is not None and job.state.gpus:
                     u = job.state.usage
                     peak = "n/a" if u.peak_gpu_mem_mib is None else f"{u.peak_gpu_mem_mib:.0f} MiB"
@@ -230,7 +231,7 @@ class Demo:
         shown_step = -1
         offset = self.offsets.get(job_id, 0)
         while time.monotonic() < deadline:
-            job = jobs.read_job(self.layout, job_id)
+            job = control.read_job(self.layout, job_id)
             offset = self.offsets[job_id] = self._copy_log(job_id, offset, keeper_only=not show_log)
             step = self._step(run) if run else None
             if step is not None and step != shown_step:

@@ -1,8 +1,8 @@
 """The run index: a localfs read into typed records, scanned cold or refreshed one thing at a time.
 
 Usage:
-    from rltui.index import Index
-    from rltui.localfs import Layout
+    from rltui.runs.index import Index
+    from rltui.runs.localfs import Layout
     index = Index(Layout(root))
     snap = index.scan()                     # every run, legacy run, eval folder and job
     for run in snap.runs.values():
@@ -11,7 +11,7 @@ Usage:
 
 A `Snapshot` is never changed after it is made: a refresh builds a new one (sharing the
 records that did not change), so a reader in another thread keeps a consistent view.
-Records, statuses and the status rule live in rltui.records; the file readers in rltui.index_read.
+Records, statuses and the status rule live in rltui.runs.records; the file readers in rltui.runs.readers.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from rltui import localfs
-from rltui.index_read import (
+from rltui.runs import checkpoints, localfs, machine
+from rltui.runs.readers import (
     FileCache,
     last_metrics,
     parse_json,
@@ -40,7 +40,7 @@ from rltui.index_read import (
     read_job,
     time_from_run_name,
 )
-from rltui.records import (  # re-exported: `from rltui.index import RunRecord` is the usual import
+from rltui.runs.records import (
     STALE_AFTER_S,
     CheckpointRecord,
     ConfigSummary,
@@ -130,10 +130,10 @@ class Index:
     ) -> None:
         self.layout = layout
         self._now = now
-        self._host = host or localfs.this_host()
+        self._host = host or machine.this_host()
         self._stale_after = stale_after
         self._alive = alive
-        self._boot = localfs.boot_time()
+        self._boot = machine.boot_time()
         self._cache = FileCache()
         self._lock = threading.RLock()
         self._runs: dict[str, _RunSource] = {}
@@ -276,8 +276,8 @@ class Index:
 
     def _read_legacy(self, name: str, path: Path) -> RunRecord:
         """An older run under rl_runs/: step_N adapter folders, listed read-only."""
-        checkpoints = []
-        for step, step_path in localfs.list_step_dirs(path):
+        found = []
+        for step, step_path in checkpoints.list_step_dirs(path):
             names = _file_names(step_path) | {f"model/{n}" for n in _file_names(step_path / "model")}
             problems = []
             if not names & {"adapter_config.json", "model/adapter_config.json"}:
@@ -285,8 +285,8 @@ class Index:
             if not any(n.rsplit("/", 1)[-1].startswith("adapter_model.") for n in names):
                 problems.append("no adapter_model file")
             size = sum(_size(step_path / n) for n in names)
-            checkpoints.append(CheckpointRecord(step, step_path, not problems, problems, size))
-        complete = [c.step for c in checkpoints if c.complete]
+            found.append(CheckpointRecord(step, step_path, not problems, problems, size))
+        complete = [c.step for c in found if c.complete]
         damaged: list[FileError] = []
         summary = read_config_summary(self._cache, str(path), damaged)
         return RunRecord(
@@ -294,9 +294,9 @@ class Index:
             path=path,
             status=RunStatus.UNKNOWN,
             status_reason="legacy run (rl_runs/, read-only)",
-            step=checkpoints[-1].step if checkpoints else None,
+            step=found[-1].step if found else None,
             latest_complete=complete[-1] if complete else None,
-            checkpoints=checkpoints,
+            checkpoints=found,
             config_summary=summary,
             legacy=True,
             damaged=damaged,

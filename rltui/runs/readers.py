@@ -1,6 +1,6 @@
 """Readers of the small metadata files of a localfs, each into a record, with a parse cache.
 
-Used by rltui.index. A reader never raises for a damaged or missing file: it returns a record
+Used by rltui.runs.index. A reader never raises for a damaged or missing file: it returns a record
 that says so (and lists the file in `damaged`). Only small files are read: status.json,
 config.yaml, training_info.json, summary.json, consolidated_metrics.csv, job.json, state.json,
 and the tail of logs/train_log.jsonl.
@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from rltui import localfs
-from rltui.records import (
+from rltui.runs import checkpoints, localfs, machine
+from rltui.runs.records import (
     CheckpointRecord,
     ConfigSummary,
     EvalRecord,
@@ -333,7 +333,7 @@ def read_checkpoints(
             if e.is_dir(follow_symlinks=False):
                 out.append(_read_checkpoint(cache, e.path, step, damaged))
         elif name == localfs.STEP_LATEST:
-            latest = localfs.read_step_latest(Path(training_state))
+            latest = checkpoints.read_step_latest(Path(training_state))
         elif name.startswith(localfs.STAGING_PREFIX) and e.is_dir(follow_symlinks=False):
             m = _STAGING_STEP.match(name)
             path = Path(e.path)
@@ -342,7 +342,7 @@ def read_checkpoints(
                     step=int(m.group(1)) if m else -1,
                     path=path,
                     complete=False,
-                    problems=localfs.checkpoint_problems(path),
+                    problems=checkpoints.checkpoint_problems(path),
                     size_bytes=_disk_usage(e.path),
                 )
             )
@@ -361,15 +361,15 @@ def _read_checkpoint(
     try:
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        return CheckpointRecord(step, step_path, False, localfs.checkpoint_problems(step_path), None)
+        return CheckpointRecord(step, step_path, False, checkpoints.checkpoint_problems(step_path), None)
     try:
         # Opened once; the info file and every file it lists are looked up relative to it.
         info = cache.load(info_path, parse_checkpoint_info, dir_fd=dir_fd, name=localfs.CHECKPOINT_INFO)
-        problems = localfs.listed_file_problems(path, info, dir_fd=dir_fd)
+        problems = checkpoints.listed_file_problems(path, info, dir_fd=dir_fd)
     except (FileNotFoundError, localfs.DamagedFile) as e:
         if isinstance(e, localfs.DamagedFile):
             damaged.append(FileError(Path(info_path), e.reason))
-        problems = localfs.checkpoint_problems(step_path)
+        problems = checkpoints.checkpoint_problems(step_path)
         return CheckpointRecord(step, step_path, False, problems, _disk_usage(path))
     finally:
         os.close(dir_fd)
@@ -546,7 +546,7 @@ def keeper_gone(job: JobRecord, boot: float | None) -> bool:
     if pid is None:
         return False  # not started yet (queued): the launcher or the supervisor decides
     last_write = job.updated_at or job.started_at
-    return not (trainer_alive(pid, last_write) if last_write is not None else localfs.pid_alive(pid))
+    return not (trainer_alive(pid, last_write) if last_write is not None else machine.pid_alive(pid))
 
 
 # ---------------------------------------------------------------- small things

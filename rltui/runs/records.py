@@ -1,6 +1,6 @@
 """Typed records of a localfs, as the index reads them, and the run-status rule.
 
-The index (rltui.index) builds these; `rltui --batch status`, the TUI, the archive and the jobs
+The index (rltui.runs.index) builds these; `rltui --batch status`, the TUI, the archive and the jobs
 supervisor read them. Everything here is plain data plus `classify_run`, which is a pure function
 of a status.json, the clock, this host and a process check, so it is unit-tested without sleeping.
 """
@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from rltui import localfs
+from rltui.runs import machine
 
 #: A run whose status.json `time` is older than this, though its process lives, is "stalled":
 #: still shown as running (its process may yet save), with the reason saying so.
@@ -289,7 +289,7 @@ def trainer_alive(pid: int, last_progress: float) -> bool:
     """`pid` is alive and is not a newer process that reused the number: it started no later
     than `last_progress`, a time it wrote itself (Linux start time; elsewhere liveness only).
     Used for trainer pids (status.json time) and keeper pids (state.json updated_at)."""
-    if not localfs.pid_alive(pid):
+    if not machine.pid_alive(pid):
         return False
     started = process_start_time(pid)
     # 2 s of slack: the start time is counted in clock ticks from the boot time (whole seconds).
@@ -298,7 +298,7 @@ def trainer_alive(pid: int, last_progress: float) -> bool:
 
 def process_start_time(pid: int) -> float | None:
     """When `pid` started, in epoch seconds (Linux /proc); None where unknown."""
-    boot = localfs.boot_time()
+    boot = machine.boot_time()
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from rltui.gpu import GpuSnapshot, gpus_of_pids
-from rltui.job_records import Usage
+from rltui.jobs.records import Usage
 
 PRICE_ENV = "RLTUI_GPU_HOUR_PRICE"
 
@@ -127,7 +127,7 @@ def owners_by_pid(roots: Iterable[tuple[str, str | None, int | None]]
 
 
 def job_owners(jobs: Iterable[Any]) -> dict[int, tuple[str, str | None]]:
-    """pid -> (job id, run) for every process under each job's keeper (rltui.records.JobRecord
+    """pid -> (job id, run) for every process under each job's keeper (rltui.runs.records.JobRecord
     of active jobs, as `status` and the TUI have them from the index)."""
     return owners_by_pid((job.id, job.run, job.keeper_pid) for job in jobs)
 

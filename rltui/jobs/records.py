@@ -15,8 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from rltui.localfs import DamagedFile, Layout, read_json, write_json_atomic
-from rltui.restart_policy import STOPPED_EXIT, RestartSettings
+from rltui.runs.localfs import DamagedFile, Layout, read_json, write_json_atomic
+from rltui.jobs.policy import STOPPED_EXIT, RestartSettings
 
 
 class JobKind(str, Enum):

@@ -1,0 +1,1 @@
+"""The command line: `rltui` (the TUI) and `rltui --batch COMMAND`; one module per command."""

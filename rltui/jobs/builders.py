@@ -1,0 +1,263 @@
+"""Job builders: turn what a user asked for (flags, a TUI form) into a JobSpec, validated.
+
+    spec = builders.train_job(layout, "configs/tiny.yaml", steps=20, auto_resume=True)
+    job = control.launch(layout, spec)
+
+The builders (`train_job`, `resume_job`, `eval_job`, `sync_job`) are pure: they validate their
+input (UsageError naming the bad value) and return a JobSpec; nothing touches the disk until
+`control.launch`. The TUI and the batch mode share them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rltui.jobs import gpu_assign
+from rltui.errors import UsageError
+from rltui.jobs.records import (
+    FollowUp,
+    JobKind,
+    JobSpec,
+)
+from rltui.runs.localfs import (
+    BadName,
+    Layout,
+    read_json,
+    validate_dataset_name,
+    validate_name,
+)
+from rltui.runs.checkpoints import checkpoint_problems, resolve_step
+from rltui.jobs.policy import RestartSettings
+from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
+from rltui.sync_to_s3 import check_flags as check_sync_flags
+
+PY = sys.executable
+NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
+
+
+# ---------------------------------------------------------------- builders (pure)
+
+
+def train_job(
+    layout: Layout, cfg: str | os.PathLike[str], ckpt: str | os.PathLike[str] | None = None,
+    steps: int | None = None, nproc: int = 1, gpus: int | Sequence[int] | None = None,
+    auto_resume: bool = False, eval_after: str | None = None, restart: RestartSettings | None = None,
+) -> JobSpec:
+    """A new training run. `launch` creates the run folder and adds `--run-name RUN`."""
+    cfg_path = _existing(cfg, "--cfg", want_dir=False)
+    nproc = _positive(nproc, "--nproc")
+    argv = _trainer_head(nproc, "trainer.rl_runner") + ["--cfg", cfg_path]
+    if ckpt is not None:
+        argv += ["--ckpt", _existing(ckpt, "--ckpt", want_dir=True)]
+    if steps is not None:
+        argv += ["--steps", str(_positive(steps, "--steps"))]
+    argv += ["--root", str(layout.root)]
+    gpu_list, gpu_count = gpu_assign.parse_request(gpus, nproc)
+    return JobSpec(
+        id=new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, argv=tuple(argv),
+        title=f"train {Path(cfg_path).name}" + (f" {steps} steps" if steps else ""),
+        env=_distributed_env(nproc, restart or RestartSettings()), cwd=os.getcwd(),
+        gpus=gpu_list, gpu_count=gpu_count, nproc=nproc,
+        restart=_with_auto_resume(restart, auto_resume), followups=_eval_followups(eval_after),
+    )
+
+
+def resume_job(
+    layout: Layout, run: str, from_step: str | int = "latest", additional_steps: int | None = None,
+    no_torchrun: bool = False, gpus: int | Sequence[int] | None = None, auto_resume: bool = False,
+    eval_after: str | None = None, restart: RestartSettings | None = None,
+) -> JobSpec:
+    """Resume `run` from a complete checkpoint, to its target or `additional_steps` further."""
+    step = _checkpoint_step(layout, run, from_step)
+    info = _checkpoint_info(layout, run, step)
+    world = 1 if no_torchrun else max(1, int(info.get("world_size") or 1))
+    argv = [PY, "-m", "trainer.resume_training", "--training-run", run, "--from-step", str(from_step)]
+    if additional_steps is not None:
+        argv += ["--additional-steps", str(_positive(additional_steps, "--additional-steps"))]
+    if no_torchrun or world == 1:
+        argv += ["--no-torchrun"]
+    argv += ["--root", str(layout.root)]
+    gpu_list, gpu_count = gpu_assign.parse_request(gpus, world)
+    settings = _with_auto_resume(restart, auto_resume)
+    return JobSpec(
+        id=new_job_id(JobKind.RESUME), kind=JobKind.RESUME, argv=tuple(argv), run=run,
+        title=f"resume {run} from step {step}"
+        + (f" +{additional_steps}" if additional_steps else ""),
+        env=_distributed_env(world, settings), cwd=os.getcwd(), gpus=gpu_list, gpu_count=gpu_count,
+        nproc=world, restart=settings, resume_argv=tuple(resume_argv(layout, run, world)),
+        followups=_eval_followups(eval_after),
+    )
+
+
+def eval_job(
+    layout: Layout, run: str, dataset: str | None = None, steps: str | Sequence[int] | None = None,
+    subset_frac: float | None = None, ckpt_path: str | os.PathLike[str] | None = None,
+    gpus: int | Sequence[int] | None = None, hang_timeout_s: float = 600.0,
+) -> JobSpec:
+    """Evaluate checkpoints of `run` (all, or `steps`) on `dataset`.
+
+    No progress in its eval_status.json for `hang_timeout_s` (3x while the base model loads)
+    and the keeper kills it; the job fails, and a new one skips the steps already evaluated.
+    """
+    if not hang_timeout_s > 0:
+        raise UsageError(f"bad --hang-timeout: {hang_timeout_s!r} (must be > 0 seconds)")
+    validate_name(run, "run name")
+    if not (layout.run_dir(run).is_dir() or layout.legacy_run_dir(run).is_dir() or ckpt_path):
+        raise UsageError(f"no such training run: {run!r} (not in {layout.training_runs})")
+    argv = [PY, "-m", "evaluator.eval_batch", "--training-run", run]
+    if dataset is not None:
+        argv += ["--eval-dataset", _dataset(dataset, "--eval-dataset")]
+    if steps is not None:
+        argv += ["--steps", ",".join(str(s) for s in parse_steps(steps))]
+    if subset_frac is not None:
+        if not 0 < float(subset_frac) <= 1:
+            raise UsageError(f"bad --subset-frac: {subset_frac!r} (must be in (0, 1])")
+        argv += ["--subset-frac", repr(float(subset_frac))]
+    if ckpt_path is not None:
+        argv += ["--ckpt-path", _existing(ckpt_path, "--ckpt-path", want_dir=True)]
+    argv += ["--root", str(layout.root)]
+    gpu_list, gpu_count = gpu_assign.parse_request(gpus, 1)
+    return JobSpec(
+        id=new_job_id(JobKind.EVAL), kind=JobKind.EVAL, argv=tuple(argv), run=run,
+        title=f"eval {run}" + (f" on {dataset}" if dataset else ""), cwd=os.getcwd(),
+        gpus=gpu_list, gpu_count=gpu_count,
+        restart=RestartSettings(hang_timeout_s=hang_timeout_s, save_hang_timeout_s=3 * hang_timeout_s),
+    )
+
+
+def sync_job(
+    layout: Layout, action: str, run: str | None = None, cleanup: bool = False,
+    keep_latest: bool = False,
+) -> JobSpec:
+    """An S3 archive action (rltui.sync_to_s3); needs no GPU."""
+    if action not in SYNC_ACTIONS:
+        raise UsageError(f"bad --action: {action!r} (choose from {', '.join(SYNC_ACTIONS)})")
+    # The archive's own flag rules, so a job is never created that sync_to_s3 would refuse.
+    check_sync_flags(argparse.Namespace(
+        action=action, training_run=run, cleanup=cleanup, keep_latest=keep_latest,
+        dry_run=False, force=False, json=False,
+    ))
+    argv = [PY, "-m", "rltui.sync_to_s3", "--action", action]
+    if run:
+        argv += ["--training-run", validate_name(run, "run name")]
+    if cleanup:
+        argv += ["--cleanup"]
+    if keep_latest:
+        argv += ["--keep-latest"]
+    argv += ["--root", str(layout.root)]
+    return JobSpec(
+        id=new_job_id(JobKind.SYNC), kind=JobKind.SYNC, argv=tuple(argv), run=run,
+        title=f"sync {action}" + (f" {run}" if run else ""), cwd=os.getcwd(), gpu_count=0,
+    )
+
+
+def resume_argv(layout: Layout, run: str, nproc: int) -> list[str]:
+    """What a restart of a training job runs: resume from the latest complete checkpoint.
+
+    The keeper appends `--additional-steps K` when the run's target lies beyond the checkpoint's.
+    """
+    argv = [PY, "-m", "trainer.resume_training", "--training-run", run, "--from-step", "latest"]
+    if nproc == 1:
+        argv += ["--no-torchrun"]
+    return argv + ["--root", str(layout.root)]
+
+
+def parse_steps(steps: str | Sequence[int]) -> list[int]:
+    items = steps.split(",") if isinstance(steps, str) else list(steps)
+    out = []
+    for s in items:
+        try:
+            n = int(str(s).strip())
+        except ValueError:
+            raise UsageError(f"bad --steps: {steps!r} (use step numbers like 1,5,10)") from None
+        if n < 0:
+            raise UsageError(f"bad --steps: {steps!r} (steps are >= 0)")
+        out.append(n)
+    if not out:
+        raise UsageError(f"bad --steps: {steps!r} (empty)")
+    return out
+
+
+def new_job_id(kind: JobKind) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind.value}-{secrets.token_hex(2)}"
+
+
+def _trainer_head(nproc: int, module: str) -> list[str]:
+    if nproc == 1:
+        return [PY, "-m", module]
+    return [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", module]
+
+
+def _distributed_env(nproc: int, settings: RestartSettings) -> dict[str, str]:
+    """NCCL settings that turn a silent hang into an error well before the keeper's hang timeout."""
+    if nproc <= 1:
+        return {}
+    timeout = max(30, int(settings.hang_timeout_s * 0.5))
+    return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", NCCL_TIMEOUT_ENV: str(timeout)}
+
+
+def _with_auto_resume(restart: RestartSettings | None, auto_resume: bool) -> RestartSettings:
+    base = restart or RestartSettings()
+    if auto_resume and not base.auto_resume:
+        return RestartSettings.from_json({**base.to_json(), "auto_resume": True})
+    return base
+
+
+def _eval_followups(dataset: str | None) -> tuple[FollowUp, ...]:
+    if dataset is None:
+        return ()
+    return (FollowUp(JobKind.EVAL, _dataset(dataset, "--eval-after")),)
+
+
+def _dataset(name: str, flag: str) -> str:
+    try:
+        return validate_dataset_name(name)
+    except BadName as e:
+        raise UsageError(f"bad {flag}: {e}") from None
+
+
+def _existing(path: str | os.PathLike[str], flag: str, *, want_dir: bool) -> str:
+    p = Path(os.path.expanduser(str(path))).absolute()
+    if want_dir and not p.is_dir():
+        raise UsageError(f"bad {flag}: {str(path)!r} is not a folder")
+    if not want_dir and not p.is_file():
+        raise UsageError(f"bad {flag}: {str(path)!r} is not a file")
+    return str(p)
+
+
+def _positive(n: int, flag: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"bad {flag}: {n!r} (must be a whole number >= 1)")
+    return n
+
+
+def _checkpoint_step(layout: Layout, run: str, from_step: str | int) -> int:
+    validate_name(run, "run name")
+    if not layout.run_dir(run).is_dir():
+        raise UsageError(f"no such training run: {run!r} (not in {layout.training_runs})")
+    try:
+        step = resolve_step(layout.training_state(run), from_step)
+    except BadName:
+        raise UsageError(f"bad --from-step: {from_step!r} (use 'latest' or a step number)") from None
+    except FileNotFoundError:
+        raise UsageError(f"run {run} has no complete checkpoint to resume from") from None
+    problems = checkpoint_problems(layout.step_dir(run, step))
+    if problems:
+        raise UsageError(f"bad --from-step: step {step} of {run} is not complete ({problems[0]})")
+    return step
+
+
+def _checkpoint_info(layout: Layout, run: str, step: int) -> dict:
+    try:
+        info = read_json(layout.step_dir(run, step) / "training_info.json")
+    except Exception:
+        return {}
+    return info if isinstance(info, dict) else {}

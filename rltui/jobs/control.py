@@ -1,0 +1,313 @@
+"""Job control: launch a job through the keeper, and stop, kill, list, read or reconcile jobs.
+
+    job = control.launch(layout, spec)         # -> Job; the keeper now runs it, detached
+    control.stop(layout, job.id)               # graceful: stop request, grace period, signals
+
+Every job runs under `python -m rltui.jobs.keeper`, started detached in a new session so it
+outlives the launcher (docs/ARCHITECTURE.md, jobs).
+"""
+
+from __future__ import annotations
+
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from rltui import gpu
+from rltui.jobs import gpu_assign
+from rltui.errors import UsageError, WorkFailed
+from rltui.gpu import Sampler
+from rltui.jobs.records import (
+    Job,
+    JobKind,
+    JobSpec,
+    JobState,
+    StateFile,
+    auto_resume_override_path,
+    effective_auto_resume,
+    read_job,
+    read_state,
+    with_code_root,
+    write_spec,
+    write_state,
+)
+from rltui.runs.localfs import (
+    BadName,
+    DamagedFile,
+    Layout,
+    create_run_dir,
+    read_json,
+    validate_name,
+    write_json_atomic,
+)
+from rltui.runs.machine import boot_time, pid_alive, this_host
+
+from rltui.jobs.builders import PY, resume_argv
+
+KEEPER_START_GRACE_S = 60.0
+KEEPER_PID_WAIT_S = 10.0  # stop/kill of a job whose keeper is starting waits this long for its pid
+
+
+# ---------------------------------------------------------------- launching
+
+
+def launch(
+    layout: Layout, spec: JobSpec, sampler: Sampler | None = None, *, check_usage: bool = True,
+) -> Job:
+    """Write the job's record and start its keeper, or leave it queued until GPUs are free.
+
+    A train job without a run gets a fresh run folder here (`--run-name RUN`). `check_usage`
+    False trusts the job records alone (a follow-up on GPUs its parent just released).
+    """
+    snapshot = gpu_assign.snapshot_for(spec, sampler)
+    gpu_assign.check_possible(spec, snapshot)
+    layout.ensure()
+    if spec.kind is JobKind.TRAIN and spec.run is None:
+        run = create_run_dir(layout)
+        spec = spec.with_changes(
+            run=run, argv=spec.argv + ("--run-name", run),
+            resume_argv=tuple(resume_argv(layout, run, spec.nproc)),
+        )
+    layout.job_dir(spec.id).mkdir(parents=True)
+    write_spec(layout, spec)
+    with gpu_assign.lock(layout):
+        state = StateFile(JobState.QUEUED, run=spec.run, host=this_host(), boot_time=boot_time())
+        state.note("queued: waiting for GPUs")
+        write_state(layout, spec.id, state)
+        gpus = gpu_assign.try_assign(layout, spec, snapshot, check_usage=check_usage)
+        if gpus is not None:
+            _start(layout, spec, state, gpus)
+    return read_job(layout, spec.id)
+
+
+def start_queued(layout: Layout, sampler: Sampler | None = None) -> list[str]:
+    """Start every queued job whose GPUs are free now, oldest first; returns their ids."""
+    started = []
+    queued = [j for j in list_jobs(layout) if j.phase is JobState.QUEUED and j.spec]
+    if not queued:
+        return started
+    snapshot = None
+    if any(gpu_assign.needs_snapshot(j.spec) for j in queued):
+        snapshot = (sampler or gpu.default_sampler()).sample()
+    with gpu_assign.lock(layout):
+        held = gpu_assign.held_gpus(layout)  # read once; what this pass assigns is added
+        for job in queued:
+            try:
+                state = read_state(layout, job.id)
+            except (FileNotFoundError, DamagedFile):
+                continue
+            if state.state is not JobState.QUEUED:
+                continue
+            gpus = gpu_assign.try_assign(layout, job.spec, snapshot, held=held)
+            if gpus is not None:
+                _start(layout, job.spec, state, gpus)
+                held.update(gpus)
+                started.append(job.id)
+    return started
+
+
+def _start(layout: Layout, spec: JobSpec, state: StateFile, gpus: list[int]) -> None:
+    """Mark the job starting on `gpus` and start its keeper detached (caller holds the GPU lock)."""
+    state.state = JobState.STARTING
+    state.gpus = gpus or None
+    state.note("starting" + (f" on GPU {','.join(map(str, gpus))}" if gpus else ""))
+    write_state(layout, spec.id, state)
+    env = with_code_root(dict(os.environ))
+    with open(layout.job_log(spec.id), "ab") as log:
+        detacher = subprocess.Popen(
+            [PY, "-m", "rltui.jobs.keeper", "--detach", str(layout.job_dir(spec.id))],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=spec.cwd or None, env=env,
+        )
+    detacher.wait()  # it forks the keeper and exits at once, so no zombie is left behind
+
+
+# ---------------------------------------------------------------- control and reading
+
+
+def list_jobs(layout: Layout) -> list[Job]:
+    """Every job under jobs/, oldest first; damaged records show their error."""
+    try:
+        names = sorted(e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append(read_job(layout, name))
+        except BadName:
+            continue
+    return out
+
+
+def get_job(layout: Layout, job_id: str) -> Job:
+    try:
+        validate_name(job_id, "job id")
+    except BadName as e:
+        raise UsageError(str(e)) from None
+    if not layout.job_dir(job_id).is_dir():
+        raise UsageError(f"no such job: {job_id!r} (not in {layout.jobs})")
+    return read_job(layout, job_id)
+
+
+def stop(layout: Layout, job_id: str) -> Job:
+    """Ask a job to stop gracefully: its keeper asks the process, waits, then signals the group."""
+    return _signal_keeper(layout, job_id, signal.SIGTERM, "stop requested by the user")
+
+
+def kill(layout: Layout, job_id: str) -> Job:
+    """Kill a job's whole process group now (SIGKILL), through its keeper when it has one."""
+    return _signal_keeper(layout, job_id, signal.SIGUSR1, "killed by the user")
+
+
+def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -> Job:
+    job = get_job(layout, job_id)
+    with gpu_assign.lock(layout):
+        state = read_state(layout, job_id)
+        if state.state is JobState.QUEUED:
+            state.state = JobState.STOPPED
+            state.ended_at = time.time()
+            state.note(f"{why} while queued")
+            write_state(layout, job_id, state)
+            return read_job(layout, job_id)
+    # Just launched: the keeper has not written its pid yet. A signal needs it, so wait for it.
+    deadline = time.monotonic() + KEEPER_PID_WAIT_S
+    while (not state.state.final and not state.keeper_pid and keeper_gone(state) is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+        state = read_state(layout, job_id)
+    if state.state.final:
+        raise UsageError(f"job {job_id} has already ended ({state.state.value})")
+    if not state.keeper_pid and keeper_gone(state) is None:
+        raise WorkFailed(f"job {job_id}: its keeper has not started after {KEEPER_PID_WAIT_S:g}s; "
+                         "nothing was signalled, try again")
+    if keeper_gone(state) is None and state.keeper_pid:
+        os.kill(state.keeper_pid, sig)
+    else:
+        reconcile(layout)
+        if sig == signal.SIGUSR1 and state.pgid and state.boot_time == boot_time():
+            _killpg(state.pgid, signal.SIGKILL)
+    return read_job(layout, job.id)
+
+
+def toggle_auto_resume(layout: Layout, job_id: str) -> bool:
+    """Turn auto-resume of a training job on or off after launch; returns the new setting.
+
+    job.json stays as written; the override lives in `auto_resume.json`, which the keeper reads
+    before each restart decision and `supervise` before resuming a lost job.
+    """
+    job = get_job(layout, job_id)
+    if job.spec is None or not job.spec.kind.trains:
+        raise UsageError(f"job {job_id} is not a training job; auto-resume applies to train and resume jobs")
+    if job.state is not None and job.state.state.final and job.state.state is not JobState.LOST:
+        raise UsageError(f"job {job_id} has already ended ({job.state.state.value})")
+    new = not effective_auto_resume(layout, job.spec)
+    write_json_atomic(auto_resume_override_path(layout, job_id), {"auto_resume": new})
+    return new
+
+
+def keeper_gone(state: StateFile, now: float | None = None) -> str | None:
+    """Why the keeper of an active job is gone, or None while it lives."""
+    now = time.time() if now is None else now
+    booted = boot_time()
+    if state.boot_time and booted and abs(state.boot_time - booted) > 2:
+        return "the machine rebooted since the job started"
+    if not state.keeper_pid:
+        if now - (state.updated_at or 0) > KEEPER_START_GRACE_S:
+            return "its keeper never started"
+        return None
+    if not pid_alive(state.keeper_pid):
+        return f"its keeper (pid {state.keeper_pid}) is gone"
+    cmdline = _cmdline(state.keeper_pid)
+    if cmdline is not None and "rltui.jobs.keeper" not in cmdline:
+        return f"its keeper's pid {state.keeper_pid} now belongs to another process"
+    return None
+
+
+def reconcile(layout: Layout) -> list[str]:
+    """Mark lost every active job whose keeper is gone; returns their ids. Cheap: state files only."""
+    lost = []
+    try:
+        names = [e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return lost
+    active = {s.value for s in JobState if s.active}
+    for name in names:
+        try:
+            raw = read_json(layout.job_state(name))
+            if not isinstance(raw, dict) or raw.get("state") not in active:
+                continue  # most jobs have ended: skip building their records
+            state = StateFile.from_json(raw)  # the file just read, not a second read
+        except (FileNotFoundError, DamagedFile, BadName, KeyError, TypeError, ValueError):
+            continue
+        why = keeper_gone(state)
+        if why is None:
+            continue
+        try:
+            state = read_state(layout, name)  # a keeper that just ended wrote its final state
+        except Exception:
+            continue
+        if not state.state.active:
+            continue
+        if state.pgid and "rebooted" not in why:
+            _killpg(state.pgid, signal.SIGKILL)  # leftovers of a job nobody supervises any more
+        state.state = JobState.LOST
+        state.ended_at = time.time()
+        state.note(f"lost: {why}")
+        write_state(layout, name, state)
+        lost.append(name)
+    return lost
+
+
+def reconcile_at_start(root: Path) -> list[str]:
+    """`rltui` and every `--batch` command call this first; it never makes a command fail."""
+    try:
+        return reconcile(Layout(root))
+    except OSError:
+        return []
+
+
+def read_log(layout: Layout, job_id: str, tail_lines: int | None = None) -> str:
+    get_job(layout, job_id)
+    try:
+        data = layout.job_log(job_id).read_bytes()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    if tail_lines is not None:
+        text = "".join(text.splitlines(keepends=True)[-tail_lines:])
+    return text
+
+
+def process_owners(layout: Layout) -> dict[int, tuple[str | None, str | None]]:
+    """pid -> (job id, run) for every process in the tree of an active job's command."""
+    from rltui.jobs.usage import owners_by_pid
+
+    return owners_by_pid((job.id, job.state.run, job.state.child_pid) for job in list_jobs(layout)
+                         if job.state and job.state.state.active)
+
+
+def gpu_snapshot(layout: Layout, sampler: Sampler | None = None) -> "gpu.GpuSnapshot":
+    """A GPU snapshot whose processes name their job and run (for `status` and the TUI)."""
+    snap = (sampler or gpu.default_sampler()).sample()
+    return gpu.attribute(snap, process_owners(layout)) if snap.gpus else snap
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    if pgid <= 1:
+        return
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return None
