@@ -149,8 +149,9 @@ def _masks(prompt_mask: torch.Tensor, completion_mask: torch.Tensor, group: torc
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean attention masks: prompts [U, 1, P, P] and completions [N, 1, C, P + C].
 
-    A query attends to earlier-or-same positions whose attention mask is 1; a padding query also
-    attends to itself, so no softmax row is empty (its output is never used for a real token).
+    A query attends to earlier-or-same positions whose attention mask is 1, as in transformers; a
+    query with no such position (left padding) attends to itself, so no softmax row is empty (its
+    output is never used for a real token).
     """
     p, c = prompt_mask.shape[1], completion_mask.shape[1]
     device = prompt_mask.device
@@ -158,8 +159,10 @@ def _masks(prompt_mask: torch.Tensor, completion_mask: torch.Tensor, group: torc
     eye_p = torch.eye(p, dtype=torch.bool, device=device)
     prompt = (torch.ones(p, p, dtype=torch.bool, device=device).tril()[None] & pm[:, None, :]) | eye_p
     causal_c = torch.ones(c, c, dtype=torch.bool, device=device).tril()
-    own = (causal_c[None] & cm[:, None, :]) | torch.eye(c, dtype=torch.bool, device=device)
+    own = causal_c[None] & cm[:, None, :]
     shared = pm.index_select(0, group)[:, None, :].expand(-1, c, -1)
+    empty = ~(shared.any(-1) | own.any(-1))  # [N, C]: only with an all-padding prompt
+    own = own | (torch.eye(c, dtype=torch.bool, device=device)[None] & empty[:, :, None])
     return prompt[:, None], torch.cat([shared, own], dim=2)[:, None]
 
 
@@ -194,6 +197,13 @@ def _layer(dims: ModelDims, fns: tuple[Callable, Callable], layer: nn.Module, sh
                 _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj))
 
 
+def _checkpointing(lm: nn.Module) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5 renamed it
+        if name in type(lm).__dict__ or any(name in vars(k) for k in type(lm).__mro__):
+            return bool(getattr(lm, name))
+    return False
+
+
 def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            prompt_length: int, temperature: float = 1.0, *, chunk_tokens: int = 2048
                            ) -> torch.Tensor:
@@ -222,7 +232,7 @@ def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_
     masks = _masks(prompt_mask, completion_mask, group)
     x = F.embedding(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]), weight)
     fns = _layer_fns(dims, input_ids.device)
-    checkpointing = getattr(lm, "is_gradient_checkpointing", False) and torch.is_grad_enabled() and lm.training
+    checkpointing = _checkpointing(lm) and torch.is_grad_enabled() and lm.training
     shape = (u, p, n, c)
     for layer in body.layers:
         step = partial(_layer, dims, fns, layer, shape, group, masks, cos, sin)
