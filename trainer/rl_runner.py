@@ -33,6 +33,7 @@ from trainer import checkpoint, grpo
 from trainer.config import Config
 from trainer.distributed import Dist, init_distributed, wrap_ddp
 from trainer.errors import ConfigError
+from trainer.progress import Progress
 from trainer.runlog import Phase, RunLog, RunStatus
 from trainer.schedule import DataOrder, build_scheduler, rank_micro_batches
 from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG
@@ -226,6 +227,7 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
         save(t, 0)
         saved = 0
     stopped = False
+    progress = Progress(start=step, target=s.target_step, enabled=d.is_main)
     while step < s.target_step:
         if d.any(stop.requested()):  # every rank agrees, at the step boundary
             stopped = True
@@ -239,6 +241,8 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
             saved = step
         if step % s.cfg.training.log_every == 0 or step == s.target_step:
             log.step(record)
+            progress.step(record)
+    progress.close()
     if saved != step:
         save(t, step)
     log.phase(Phase.STOPPED if stopped else Phase.COMPLETED, step=step)
@@ -360,7 +364,7 @@ def step_record(t: Trainer, step: int, batches: list[grpo.Batch], updates: list[
         {"ratio_mean": u.ratio_mean, "ratio_min": u.ratio_min, "ratio_max": u.ratio_max,
          "clip_low": u.clip_low, "clip_high": u.clip_high} for u in updates]})
     every = cfg.training.log_rollouts_every
-    if every and step % every == 0:
+    if every and (step == 1 or step % every == 0):  # the first step too: a short trial run has some
         t.log.rollouts(step, rollout_rows(batches[0], cfg.training.rollouts_per_log))
     t.log.phase(Phase.TRAINING, step=step)  # the step is done: progress
     return record

@@ -59,6 +59,8 @@ def cfg_file(tmp_path: Path) -> Callable[..., Path]:
 
 
 class Kit:
+    last_stdout = ""  # what the last run_inprocess printed
+
     @staticmethod
     def new_run(tiny_cache: Path, folder: Path, config: dict[str, Any]) -> tuple[Path, str, Path]:
         """A fresh root in `folder` (tiny model copied from the cache) and one finished run."""
@@ -68,6 +70,7 @@ class Kit:
         cfg.write_text(yaml.safe_dump(config))
         code, run, err = Kit.run_inprocess(["--cfg", str(cfg), "--root", str(root)])
         assert code == 0, err
+        (folder / "trainer_stdout.txt").write_text(Kit.last_stdout)
         return root, run, cfg
 
     @staticmethod
@@ -77,6 +80,7 @@ class Kit:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = rl_runner.main(argv)
+        Kit.last_stdout = out.getvalue()
         run = None
         for line in out.getvalue().splitlines():
             if line.startswith("run: "):

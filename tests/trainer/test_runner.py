@@ -45,7 +45,7 @@ def test_a_run_writes_config_status_logs_tensorboard_and_checkpoints(six_steps, 
     assert all(log[s]["kl"] > 0 for s in log)
     assert log[1]["learning_rate"] < log[2]["learning_rate"]  # warmup
     rollouts = [json.loads(x) for x in layout.rollouts_log(run).read_text().splitlines()]
-    assert {r["step"] for r in rollouts} == {2, 4, 6}
+    assert {r["step"] for r in rollouts} == {1, 2, 4, 6}  # the first step, then every 2
     assert {"prompt", "completion", "answer", "reward", "advantage"} <= rollouts[0].keys()
     ratios = [json.loads(x) for x in layout.ratios_log(run).read_text().splitlines()]
     assert len(ratios) == 6 and len(ratios[0]["iterations"]) == 2
@@ -56,6 +56,16 @@ def test_a_run_writes_config_status_logs_tensorboard_and_checkpoints(six_steps, 
     assert all(checkpoints.is_complete(p) for _, p in checkpoints.list_step_dirs(state))
     info = checkpoints.read_checkpoint_info(state / "step_3")
     assert info["data_position"] == 3 * 2 and info["target_step"] == 6 and info["schedule_steps"] == 6
+
+
+def test_a_run_prints_one_progress_line_per_logged_step(six_steps):
+    root, run, _ = six_steps
+    out = (root.parent / "trainer_stdout.txt").read_text()
+    lines = [x for x in out.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == [f"{s}/6" for s in range(1, 7)], out
+    for word in ("reward ", "loss ", "kl ", "lr ", " s/step", "ETA "):
+        assert word in lines[0], (word, lines[0])
+    assert lines[-1].endswith("ETA 0s")
 
 
 def test_resume_from_an_older_step_forks_and_matches_the_straight_run_bitwise(six_steps, kit):

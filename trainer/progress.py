@@ -1,0 +1,93 @@
+"""The trainer's progress in its own output: one line per logged step, or a bar on a terminal.
+
+Usage:
+    progress = Progress(start=0, target=150, enabled=d.is_main)
+    progress.step(record)        # a step_record of trainer.rl_runner, at each log interval
+    progress.close()
+
+Where stdout is not a terminal (a job's output.log, `logs -f`, the TUI's live log, a pipe) each
+logged step is one plain line, flushed at once:
+
+    step 12/150  reward 0.412  loss 0.0213  kl 0.00120  lr 1.00e-05  3.21 s/step  ETA 7m23s
+
+On a terminal a tqdm bar shows the same numbers. Seconds per step are this session's wall time
+divided by its steps (saves and logging included, so the ETA is honest).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def step_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The numbers a person reads first, formatted (absent ones left out)."""
+    out = {}
+    for key, label, fmt in (("reward_mean", "reward", "{:.3f}"), ("loss", "loss", "{:.4g}"),
+                            ("kl", "kl", "{:.3g}"), ("learning_rate", "lr", "{:.2e}")):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[label] = fmt.format(value)
+    return out
+
+
+class Progress:
+    def __init__(self, *, start: int, target: int, enabled: bool = True,
+                 stream: TextIO | None = None, clock=time.monotonic) -> None:
+        self.start, self.target, self.enabled = start, target, enabled
+        self.stream = stream if stream is not None else sys.stdout
+        self.clock = clock
+        self.began = clock()
+        self.bar = None
+        if enabled and _isatty(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=target, initial=start, file=self.stream, unit="step",
+                            dynamic_ncols=True, desc="train")
+
+    def seconds_per_step(self, step: int) -> float | None:
+        done = step - self.start
+        return (self.clock() - self.began) / done if done > 0 else None
+
+    def line(self, record: dict[str, Any]) -> str:
+        step = int(record["step"])
+        parts = [f"step {step}/{self.target}"]
+        parts += [f"{k} {v}" for k, v in step_fields(record).items()]
+        per_step = self.seconds_per_step(step)
+        if per_step is not None:
+            parts.append(f"{per_step:.2f} s/step")
+            parts.append(f"ETA {format_duration(per_step * max(self.target - step, 0))}")
+        return "  ".join(parts)
+
+    def step(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.n = int(record["step"])
+            self.bar.set_postfix(step_fields(record), refresh=False)
+            self.bar.refresh()
+            return
+        self.stream.write(self.line(record) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
