@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -20,11 +21,17 @@ class WorkFailed(Exception):
 
 def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
     """Run `work` and return its exit code; errors become one line on stderr, no traceback:
-    bad input 2, failed work 1, Ctrl-C 130."""
+    bad input 2, failed work 1, Ctrl-C 130. A reader that left (`... | head -1`) is no error."""
     from rltui.runs.localfs import BadName
 
     try:
-        return int(work() or 0)
+        code = int(work() or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # stdout's reader is gone: nothing more can be shown; silence the final flush too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, BadName) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
