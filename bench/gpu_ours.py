@@ -113,6 +113,11 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
             result["decode"] = decode_profile(model, work, batch.prompt_length, split["generation"])
         except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
             result["decode_error"] = repr(exc)
+    if profile and device == "cuda" and not plain_generation:
+        try:
+            result["generation_profile"] = generation_profile(model, tokenizer, prompts, work, generator)
+        except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
+            result["generation_profile_error"] = repr(exc)[:500]
     if profile:
         from gpu_probe import training_profile
 
@@ -126,6 +131,48 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
             result["training_profile_error"] = repr(exc)[:500]
     return result
+
+
+def generation_profile(model, tokenizer, prompts: list[str], work: Workload, generator) -> dict[str, Any]:
+    """Where a rollout's generation time goes besides the decode replays: the adapter fold, the
+    prefill, detokenising, and the GPU's busy time against the wall time of one whole rollout."""
+    import torch
+
+    from trainer import fast_generation, grpo
+    from trainer.data import Example
+
+    engine = fast_generation._ENGINES[model]
+    found: dict[str, Any] = {"refresh_ms": _event_ms(lambda: engine.weights.refresh(model), 5)}
+    repeated = [p for p in prompts for _ in range(work.generations)]
+    ids, mask = fast_generation._tokenize_left(tokenizer, repeated, work.prompt_tokens)
+    starts, inverse = fast_generation._unique_rows(ids)
+    ids, mask, rows = ids.cuda(), mask.cuda(), torch.tensor(inverse, device="cuda")
+    found["prefill_ms"] = _event_ms(lambda: fast_generation.prefill(engine.weights, engine.state, ids[starts],
+                                                                    mask[starts], rows), 5)
+    examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]
+
+    def rollout():
+        return grpo.rollout(model, tokenizer, examples, prompts, num_generations=work.generations,
+                            max_prompt_length=work.prompt_tokens, max_completion_length=work.completion_tokens,
+                            temperature=work.temperature, top_p=work.top_p, generator=generator)
+
+    sync()
+    start = time.perf_counter()
+    out = rollout()
+    sync()
+    found["rollout_wall_ms"] = (time.perf_counter() - start) * 1e3
+    ids_list = out.input_ids[:, out.prompt_length:].tolist()
+    start = time.perf_counter()
+    [tokenizer.decode(row, skip_special_tokens=True) for row in ids_list]
+    found["detokenise_ms"] = (time.perf_counter() - start) * 1e3
+    sampling = torch.randn(len(repeated), engine.weights.dims.vocab, device="cuda", dtype=torch.bfloat16)
+    banned = torch.tensor([0], device="cuda")
+    found["sampling_ms"] = _event_ms(lambda: fast_generation.sample_tokens(
+        sampling, do_sample=True, temperature=1.0, top_p=1.0, generator=None, banned=banned), 20)
+    k = kernel_breakdown(rollout, lambda: None, top=12)
+    found["rollout_gpu_busy_ms"] = k["kernel_ms_total"]
+    found["rollout_kernels"] = k
+    return found
 
 
 def _event_ms(fn, reps: int, before=None) -> float:
@@ -152,7 +199,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
 
     engine = fast_generation._ENGINES[model]
     state, dims = engine.state, engine.weights.dims
-    capacity, bucket = state.capacity, fast_generation.BUCKET
+    capacity = state.capacity
 
     def at(kv_len: int):
         def reset() -> None:
@@ -161,8 +208,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         return reset
 
     per_bucket = {kv: _event_ms(graph.replay, 30, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
-    visits = [min(capacity, -(-(prompt_length + i + 1) // bucket) * bucket)
-              for i in range(work.completion_tokens - 1)]
+    visits = [fast_generation.kv_length(prompt_length + i + 1, capacity) for i in range(work.completion_tokens - 1)]
     replay_ms = statistics.mean(per_bucket[kv] for kv in visits)
     logits = torch.randn(state.tokens.shape[0], dims.vocab, device="cuda", dtype=torch.bfloat16)
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -63,14 +63,17 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
     def rows(n: int) -> Callable:
         return lambda *a: completion_logprobs(*a, rows=n)
 
+    from trainer.qwen2_train import prefix_shared_logprobs
+
     found: dict[str, Any] = {"sequences_per_micro_batch": work.micro_batch}
     m = work.micro_batch
     variants = {
-        f"fwd_bwd_micro{m}_rows1": micro(m, rows(1)),
-        f"fwd_bwd_micro{m}_rows1_fp32_adapter": micro(m, lambda *a: completion_logprobs(*a, bf16_adapter=False)),
-        f"fwd_bwd_micro{m}_plain_token_logps": micro(m, grpo.token_logps),
-        f"fwd_only_micro{m}_rows1": micro(m, rows(1), backward=False),
-        f"fwd_bwd_micro{2 * m}_rows4": micro(2 * m, rows(4)),
+        f"fwd_bwd_micro{m}_fast": micro(m, prefix_shared_logprobs),
+        f"fwd_bwd_micro{m}_model_forward": micro(m, rows(1)),
+        f"fwd_bwd_micro{2 * m}_fast": micro(2 * m, prefix_shared_logprobs),
+        f"fwd_only_micro{m}_fast": micro(m, prefix_shared_logprobs, backward=False),
+        f"fwd_only_micro{m}_model_forward": micro(m, rows(1), backward=False),
+        f"fwd_only_micro{4 * m}_fast": micro(4 * m, prefix_shared_logprobs, backward=False),
     }
     for name, fn in variants.items():
         try:
@@ -83,9 +86,13 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     try:
+        found["fast_vs_model_forward"] = compare_paths(model, batch.slice(0, m), work)
+    except Exception as exc:  # noqa: BLE001
+        found["fast_vs_model_forward"] = {"error": repr(exc)[:300]}
+    try:
         if batch.input_ids.device.type == "cuda":
-                found["kernels_fwd_bwd"] = kernel_breakdown(
-                variants[f"fwd_bwd_micro{work.micro_batch}_rows1"], lambda: None, top=25)
+            found["kernels_fwd_bwd"] = kernel_breakdown(variants[f"fwd_bwd_micro{m}_fast"], lambda: None, top=25)
+            found["kernels_fwd_only"] = kernel_breakdown(variants[f"fwd_only_micro{m}_fast"], lambda: None, top=12)
     except Exception as exc:  # noqa: BLE001
         found["kernels_fwd_bwd"] = {"error": repr(exc)[:300]}
     model.zero_grad(set_to_none=True)
@@ -93,9 +100,45 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
     return found
 
 
+def compare_paths(model, chunk, work: Workload) -> dict[str, Any]:
+    """The fast training path against the model's own forward (completion_logprobs), both bf16:
+    log-prob differences on completion tokens and the LoRA gradients' relative difference."""
+    import torch
+
+    from trainer.logprobs import completion_logprobs
+    from trainer.qwen2_train import prefix_shared_logprobs
+
+    mask = chunk.completion_mask.bool()
+    weights = torch.randn(mask.shape, device=mask.device, generator=torch.Generator(mask.device).manual_seed(0))
+    found: dict[str, Any] = {}
+    grads = {}
+    logps = {}
+    for name, fn in (("fast", prefix_shared_logprobs), ("model", completion_logprobs)):
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            out = fn(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_length, work.temperature)
+            (out * weights * mask).sum().backward()
+        logps[name] = out.detach()
+        grads[name] = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    diff = (logps["fast"] - logps["model"])[mask]
+    found["logp_max_abs_diff"] = float(diff.abs().max())
+    found["logp_mean_abs_diff"] = float(diff.abs().mean())
+    found["logp_mean_abs"] = float(logps["model"][mask].abs().mean())
+    found["grad_rel_diff"] = float((grads["fast"] - grads["model"]).norm() / grads["model"].norm())
+    found["grad_cosine"] = float(torch.nn.functional.cosine_similarity(grads["fast"], grads["model"], dim=0))
+    with torch.no_grad(), model.disable_adapter():
+        ref_fast = prefix_shared_logprobs(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                          work.temperature)
+        ref_model = completion_logprobs(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
+                                        work.temperature)
+    found["reference_logp_max_abs_diff"] = float((ref_fast - ref_model)[mask].abs().max())
+    return found
+
+
 def run_decode_modes(folder: Path, work: Workload, device: str,
                      modes: list[tuple[str, str]]) -> dict[str, Any]:
-    """`modes`: (attention, compile) pairs, e.g. ("bmm", "1"), ("sdpa", "1"), ("bmm", "max-autotune")."""
+    """`modes`: (attention, compile, bucket) triples, e.g. ("sdpa", "1", "64"), ("bmm", "max-autotune", "16")."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -111,10 +154,11 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
     prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
     found: dict[str, Any] = {}
     fixed = reference = None  # one token sequence, teacher-forced through every variant
-    for attention, compile_mode in modes:
-        name = f"{attention}/{compile_mode}"
+    for attention, compile_mode, bucket in modes:
+        name = f"{attention}/{compile_mode}/bucket{bucket}"
         os.environ[fast_generation.ATTENTION_ENV] = attention
         os.environ[fast_generation.COMPILE_ENV] = compile_mode
+        os.environ[fast_generation.ATTENTION_BUCKET_ENV] = bucket
         fast_generation.release_engines()
         entry: dict[str, Any] = {}
         try:

@@ -15,11 +15,12 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   ours     our step (bench/gpu_ours.py), then a decode profile and a training profile
   trl      TRL's step (bench/gpu_trl.py)
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
-  decode_modes  optional: decode attention bmm vs sdpa, side by side (bench/gpu_probe.py)
+  decode_modes  optional: decode attention-length buckets 64/32/16, side by side (bench/gpu_probe.py)
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
-with RLTUI_DECODE_ATTENTION (bmm|sdpa) and RLTUI_COMPILE_DECODE (0|1|max-autotune).
+with RLTUI_DECODE_ATTENTION (bmm|sdpa), RLTUI_COMPILE_DECODE (0|1|max-autotune) and
+RLTUI_DECODE_BUCKET (cache slots per attention-length bucket).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from gpu_common import (  # noqa: E402
 
 SIDES = ("prepare", "check", "ours", "trl", "ours16", "decode_modes", "autotune")
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
-SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 240, "ours16": 150, "trl": 330, "decode_modes": 150,
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "decode_modes": 150,
                 "autotune": 240}
-DECODE_MODES = {"decode_modes": [("bmm", "1"), ("sdpa", "1")], "autotune": [("sdpa", "1"), ("sdpa", "max-autotune")]}
+DECODE_MODES = {"decode_modes": [("sdpa", "1", "64"), ("sdpa", "1", "32"), ("sdpa", "1", "16")],
+                "autotune": [("sdpa", "1", "64"), ("sdpa", "max-autotune", "64")]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -213,6 +215,24 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
             lines.append(f"training kernels (one micro-batch fwd+bwd): {k['kernels']} kernels, "
                          f"{k['kernel_ms_total']:.1f} ms busy (matmul {k['matmul_ms']:.1f}, other {k['other_ms']:.1f}); top: "
                          + "; ".join(f"{t['kernel'][:50]} {t['ms']:.1f}ms x{t['count']}" for t in k["top"][:12]))
+    compare = train.get("fast_vs_model_forward") if train else None
+    if compare:
+        lines.append("fast training path vs the model's own forward (bf16): " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in compare.items()))
+    k = (train or {}).get("kernels_fwd_only", {})
+    if "top" in k:
+        lines.append(f"reference kernels (one micro-batch fwd): {k['kernels']} kernels, {k['kernel_ms_total']:.1f} ms busy "
+                     f"(matmul {k['matmul_ms']:.1f}, other {k['other_ms']:.1f}); top: "
+                     + "; ".join(f"{t['kernel'][:50]} {t['ms']:.1f}ms x{t['count']}" for t in k["top"][:8]))
+    gen = ours.get("generation_profile")
+    if gen:
+        lines.append("generation: " + ", ".join(f"{k} {v:.1f}" for k, v in gen.items() if isinstance(v, float)))
+        k = gen.get("rollout_kernels", {})
+        if "top" in k:
+            lines.append("rollout kernels: " + "; ".join(f"{t['kernel'][:50]} {t['ms']:.1f}ms x{t['count']}"
+                                                         for t in k["top"][:10]))
+    elif "generation_profile_error" in ours:
+        lines.append(f"generation profile failed: {ours['generation_profile_error'][:300]}")
     table = ours.get("matmul_table")
     if table:
         lines.append("decode projections alone (F.linear, ms / GB/s of weights): " + "; ".join(

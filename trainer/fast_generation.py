@@ -32,7 +32,11 @@ from trainer.qwen2_decode import (
     attention_output_and_mlp, decode_step, model_dims, prefill,
 )
 
-BUCKET = 64  # cache slots per attention-length bucket: one graph each
+BUCKET = 64  # cache capacity is rounded up to a multiple of this
+# Cache slots per attention-length bucket (one graph each): attention reads the slots up to the
+# bucket's end, so a smaller bucket reads fewer empty slots and captures more graphs.
+ATTENTION_BUCKET_ENV = "RLTUI_DECODE_BUCKET"
+DEFAULT_ATTENTION_BUCKET = 64
 SYNC_EVERY = 16  # tokens between "has every row finished?" checks
 # "0" turns torch.compile of the layer pieces off on CUDA; "max-autotune" lets inductor also pick
 # the projection matmul kernels by timing candidates (slower first capture).
@@ -215,6 +219,17 @@ def sample_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, 
     return _race(logits, race, 1.0 / max(temperature, 1e-6))
 
 
+def attention_bucket() -> int:
+    return max(1, int(os.environ.get(ATTENTION_BUCKET_ENV, DEFAULT_ATTENTION_BUCKET)))
+
+
+def kv_length(slots: int, capacity: int) -> int:
+    """Cache slots a decode step attends over when `slots` are filled: `slots` rounded up to the
+    attention bucket, at most the capacity."""
+    bucket = attention_bucket()
+    return min(capacity, -(-slots // bucket) * bucket)
+
+
 def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
     """A generator on the model's device: the given one, or one seeded from it (advancing it)."""
     if generator is None or generator.device.type == device.type:
@@ -315,7 +330,7 @@ def generate(
             timed_out = True
             break
         engine.state.tokens.copy_(token)
-        logits = engine.step(min(capacity, -(-(length + i + 1) // BUCKET) * BUCKET))
+        logits = engine.step(kv_length(length + i + 1, capacity))
 
     width = int(alive.any(dim=0).nonzero().max()) + 1 if max_new_tokens else 0
     completion_ids, completion_mask = tokens[:, :width], alive[:, :width].long()
@@ -352,7 +367,7 @@ def forced_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch
     found = [logits.to(torch.float32, copy=True)]
     for i in range(steps - 1):
         engine.state.tokens.copy_(completion_ids[:, i])
-        found.append(engine.step(min(capacity, -(-(length + i + 1) // BUCKET) * BUCKET)).to(torch.float32, copy=True))
+        found.append(engine.step(kv_length(length + i + 1, capacity)).to(torch.float32, copy=True))
     return torch.stack(found, dim=1)
 
 
