@@ -7,9 +7,12 @@ Two sources:
   folder, or a folder holding `step_N/` folders (a training run, its training_state, or an older
   run under rl_runs/ whose step_N folders are adapters themselves).
 
+An HF Trainer / TRL `checkpoint-N` folder is an adapter folder evaluated as step N (its
+trainer_state.json's global_step).
+
 The base model and the default dataset come from the run's config (`config_resolved.yaml`, else
 `config.yaml`) found in the run folder or above DIR; failing that, from the adapter's own
-`base_model_name_or_path` when it is a local folder or names one under ROOT/models/.
+`base_model_name_or_path`: a local folder, one under ROOT/models/, or a Hub id (trainer.hub).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rltui.runs import checkpoints, localfs
 from trainer.errors import ConfigError
 from trainer.modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_problems
 from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG
+from trainer.start_adapter import global_step_of
 
 RUN_CONFIGS = (RESOLVED_CONFIG, "config.yaml")
 
@@ -68,8 +72,10 @@ def from_path(path: Path, name: str | None) -> RunSource:
         if step is None and path.name == MODEL_DIR:
             step = localfs.parse_step_dir(path.parent.name)
         folder = path.parent if path.name == MODEL_DIR and step is not None else path
-        found = [_step_checkpoint(step if step is not None else 0, folder)]
         default_name = _run_name_above(folder) if step is not None else path.name
+        if step is None:  # an HF Trainer / TRL checkpoint-N folder is evaluated as its step
+            step = global_step_of(path)
+        found = [_step_checkpoint(step if step is not None else 0, folder)]
     else:
         state = path / "training_state" if (path / "training_state").is_dir() else path
         found = [_step_checkpoint(step, folder) for step, folder in checkpoints.list_step_dirs(state)]
@@ -151,6 +157,7 @@ def _attach_adapter_base(source: RunSource) -> None:
 
 def resolve_base(source: RunSource, root: Path) -> Path:
     """The base model folder for this source (see module docstring for the order)."""
+    from trainer.hub import parse_hub_id
     from trainer.modeling import resolve_base_model
 
     if source.config is not None:
@@ -163,8 +170,10 @@ def resolve_base(source: RunSource, root: Path) -> Path:
         for candidate in candidates:
             if (candidate / "config.json").is_file():
                 return candidate.absolute()
+        if parse_hub_id(named) is not None and not Path(named).is_absolute():
+            return resolve_base_model(named, root)  # a Hub id, as TRL writes it
         raise ConfigError(
             f"cannot find the base model of {source.name}: its adapter names {named!r}, which is "
-            f"neither a local folder nor under {localfs.Layout(root).models}")
+            f"neither a local folder, nor under {localfs.Layout(root).models}, nor a Hub id")
     raise ConfigError(f"cannot tell the base model of {source.name}: no run config and no "
                       "base_model_name_or_path in its adapter_config.json")

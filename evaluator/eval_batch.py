@@ -33,7 +33,7 @@ from evaluator.checkpoints import Checkpoint
 from evaluator.plan import EvalPlan, make_plan
 from evaluator.results import EvalFiles, StatusFile
 from evaluator.scoring import StepTimeout, evaluate_prompts
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DownloadFailed
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 STALL_ENV = "RLTUI_TEST_EVAL_STALL_AT_STEP"
@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"eval_batch: error: {e}\n")
         return 2
+    except DownloadFailed as e:
+        sys.stderr.write(f"eval_batch: error: {e}\n")
+        return 1
     try:
         return Evaluation(plan).run()
     except KeyboardInterrupt:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DownloadFailed
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
-PROBE_TIMEOUT_S = 4.0  # the whole probe, DNS included: an unreachable Hub is an answer within 5 s
+PROBE_TIMEOUT_S = 3.0  # the whole probe, DNS included: an unreachable Hub is an answer within 5 s
 PROGRESS_EVERY_S = 2.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -267,14 +267,9 @@ def download_snapshot(repo_id: str, revision: str | None, repo_type: str, patter
     except Exception as e:  # httpx errors that escape the client's own retries
         raise DownloadFailed(f"{what}: download from {constants.ENDPOINT} failed ({_first_line(e)}); "
                              f"run it again to resume: {fetch}") from None
-    say(f"downloaded {repo_id} in {time.monotonic() - started:.1f} s: {folder}")
+    size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and ".cache" not in p.parts)
+    say(f"downloaded {repo_id} ({_size(size)}) in {time.monotonic() - started:.1f} s: {folder}")
     return Path(folder)
-
-
-class DownloadFailed(Exception):
-    """The network or the disk failed mid-download (exit 1); a rerun resumes."""
-
-    exit_code = 1
 
 
 def _print_line(text: str) -> None:
@@ -292,7 +287,7 @@ def line_progress(label: str, say: Callable[[str], None]) -> type:
             kwargs["file"] = _Discard()
             kwargs["disable"] = False
             super().__init__(*args, **kwargs)
-            self._said_at = 0.0
+            self._said_at = time.monotonic()
             # the bytes bar of the whole snapshot; the files bar and the reconstruction bar stay quiet
             self._speaks = self.unit == "B" and not str(self.desc).startswith("Reconstruct")
 
@@ -301,11 +296,6 @@ def line_progress(label: str, say: Callable[[str], None]) -> type:
             if self._speaks and time.monotonic() - self._said_at >= PROGRESS_EVERY_S:
                 self._say()
             return shown
-
-        def close(self) -> None:
-            if self._speaks and not self.disable and self.n:
-                self._say()
-            super().close()
 
         def _say(self) -> None:
             self._said_at = time.monotonic()

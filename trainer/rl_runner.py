@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 
-from rltui.runs import localfs
+from rltui.runs import disk, localfs
 from trainer import checkpoint, grpo
 from trainer.config import Config
 from trainer.distributed import Dist, init_distributed, wrap_ddp
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DownloadFailed
 from trainer.progress import Progress
 from trainer.runlog import Phase, RunLog, RunStatus
 from trainer.schedule import DataOrder, build_scheduler, rank_micro_batches
 from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG
-from trainer.session import Session, prepare
+from trainer.session import Session, claim_run, prepare
 
 STALL_ENV = "RLTUI_TEST_STALL_AT_STEP"
 STEP_SLEEP_ENV = "RLTUI_TEST_STEP_SLEEP"
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume-step", type=int, help=argparse.SUPPRESS)
     p.add_argument("--target-step", type=int, help=argparse.SUPPRESS)
     p.add_argument("--allow-world-size-change", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--wait-for-lock", action="store_true",
+                   help="wait while another process writes the run, instead of refusing (exit 2)")
     args = p.parse_args(argv)
     if not args.resume_run and not args.cfg:
         p.error("--cfg is required")
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rl_runner: error: {e}", file=sys.stderr)
         return 2
+    except DownloadFailed as e:
+        print(f"rl_runner: error: {e}", file=sys.stderr)
+        return 1
     stop = StopRequest()
     d = init_distributed()
     try:
@@ -125,7 +130,12 @@ def train(s: Session, d: Dist, stop: StopRequest) -> int:
     cfg = s.cfg
     if cfg.training.cpu_threads > 0:
         torch.set_num_threads(cfg.training.cpu_threads)
-    run = open_run(s, d)
+    try:
+        run = open_run(s, d)
+    except Exception as e:
+        if disk.is_full(e):
+            return checkpoint.end_on_full_disk(e, s.layout.training_runs)
+        raise
     stop.file = s.layout.stop_request(run)
     status = RunStatus(run=run, target_step=s.target_step, world_size=d.world_size,
                        parent=s.parent, session=uuid.uuid4().hex[:12])
@@ -136,6 +146,8 @@ def train(s: Session, d: Dist, stop: StopRequest) -> int:
         t = build_trainer(s, d, log)
         return run_loop(t, start, stop)
     except Exception as e:
+        if disk.is_full(e):
+            return checkpoint.end_on_full_disk(e, s.layout.run_dir(run), log)
         log.phase(Phase.FAILED, error=f"{type(e).__name__}: {e}")
         traceback.print_exc()
         return 1
@@ -155,6 +167,8 @@ def open_run(s: Session, d: Dist) -> str:
                 s.layout.run_dir(run).mkdir(parents=True, exist_ok=True)
             else:
                 run = localfs.create_run_dir(s.layout)
+            if s.writer is None:  # a folder made just now: claimed before anything is written
+                s.writer = claim_run(s.layout, run, wait=s.wait_for_lock)
             localfs.write_text_atomic(s.layout.run_config(run), s.cfg_text or "")
             localfs.write_yaml_atomic(s.layout.run_dir(run) / RESOLVED_CONFIG, s.cfg.to_dict())
             localfs.write_json_atomic(s.layout.run_dir(run) / PROVENANCE, s.provenance)

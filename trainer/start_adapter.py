@@ -80,16 +80,20 @@ def open_start_adapter(spec: str) -> StartAdapter:
 
     return StartAdapter(
         given=spec, path=adapter, weights_sha256=sha256_file(weights),
-        base_named=str(base) if base else None, global_step=_global_step(folder, spec),
+        base_named=str(base) if base else None, global_step=global_step_of(folder),
         not_used=_not_used(folder) if adapter == folder and (folder / TRAINER_STATE).is_file() else (),
     )
 
 
-def _global_step(folder: Path, spec: str) -> int | None:
-    state_file = folder / TRAINER_STATE
+def global_step_of(folder: Path) -> int | None:
+    """An HF Trainer / TRL checkpoint's global_step (trainer_state.json, else checkpoint-N's N)."""
+    state_file = Path(folder) / TRAINER_STATE
     if not state_file.is_file():
         return None
-    state = _read_json(state_file, spec)
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = None
     step = state.get("global_step") if isinstance(state, dict) else None
     if isinstance(step, int) and not isinstance(step, bool):
         return step
@@ -117,13 +121,13 @@ def same_base(named: str | None, spec: str, resolved_path: Path, repo_id: str | 
     """Whether an adapter's base_model_name_or_path names the base model in use."""
     if not named or named == spec:
         return True
+    tiny_named = named == "tiny" or named.rstrip("/").endswith("models/tiny/base")
+    if tiny_named and str(resolved_path).rstrip("/").endswith("models/tiny/base"):
+        return True  # the built-in model, wherever it was built
     named_path = Path(named).expanduser()
     if named_path.is_dir():
         try:
             return named_path.resolve() == Path(resolved_path).resolve()
         except OSError:
             return False
-    if repo_id is not None:
-        return named.partition("@")[0] == repo_id
-    tiny = named == "tiny" or named.rstrip("/").endswith("models/tiny/base")
-    return tiny and str(resolved_path).rstrip("/").endswith("models/tiny/base")
+    return repo_id is not None and named.partition("@")[0] == repo_id

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))  # for fake_hub (pytest runs in importlib mode)
 
 # Small and quick, yet every piece is on: the warm-start adapter, beta (reference with the adapter
 # disabled), num_iterations 2 (old log-probs, real ratios), a cosine schedule with warmup.
