@@ -16,21 +16,20 @@ import importlib
 import sys
 from typing import Sequence
 
-# Modules that register batch commands: each defines register(subparsers, parents).
+from rltui.cli.parser import OneLineParser
+
+# Modules that register batch commands: each defines register(subparsers, parents). The order
+# is the order of `rltui --batch -h`.
 COMMAND_MODULES = [
     "rltui.cli.status",
-    "rltui.sync_to_s3",
+    "rltui.cli.sync",
+    "rltui.cli.launch",  # train, resume, eval
+    "rltui.cli.control",  # stop, kill
+    "rltui.cli.logs",
     "rltui.cli.jobs",
+    "rltui.cli.supervise",
     "rltui.cli.demo",
 ]
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the bad value, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,6 @@ input (UsageError naming the bad value) and return a JobSpec; nothing touches th
 
 from __future__ import annotations
 
-import argparse
-
 import os
 import secrets
 import sys
@@ -19,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from rltui.archive.flags import check_flags as check_sync_flags
 from rltui.jobs import gpu_assign
 from rltui.errors import UsageError
 from rltui.jobs.records import (
@@ -35,8 +34,6 @@ from rltui.runs.localfs import (
 )
 from rltui.runs.checkpoints import checkpoint_problems, resolve_step
 from rltui.jobs.policy import RestartSettings
-from rltui.sync_to_s3 import ACTIONS as SYNC_ACTIONS
-from rltui.sync_to_s3 import check_flags as check_sync_flags
 
 PY = sys.executable
 NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
@@ -137,13 +134,8 @@ def sync_job(
     keep_latest: bool = False,
 ) -> JobSpec:
     """An S3 archive action (rltui.sync_to_s3); needs no GPU."""
-    if action not in SYNC_ACTIONS:
-        raise UsageError(f"bad --action: {action!r} (choose from {', '.join(SYNC_ACTIONS)})")
-    # The archive's own flag rules, so a job is never created that sync_to_s3 would refuse.
-    check_sync_flags(argparse.Namespace(
-        action=action, training_run=run, cleanup=cleanup, keep_latest=keep_latest,
-        dry_run=False, force=False, json=False,
-    ))
+    # The archive's own flag rules, so a job is never created that the archive would refuse.
+    check_sync_flags(action, training_run=run, cleanup=cleanup, keep_latest=keep_latest)
     argv = [PY, "-m", "rltui.sync_to_s3", "--action", action]
     if run:
         argv += ["--training-run", validate_name(run, "run name")]

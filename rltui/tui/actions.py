@@ -174,7 +174,7 @@ class ActionsMixin:
         self.push_screen(LogScreen(pane.path, str(pane.border_title or pane.path)))
 
     def action_help(self: "RlTuiApp") -> None:
-        from rltui.tui.app import COMMANDS
+        from rltui.tui.commands import COMMANDS
         from rltui.tui.help_screen import HelpScreen
 
         self.push_screen(HelpScreen(COMMANDS))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -29,6 +28,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from rltui.runs.localfs import Layout
 from rltui.runs.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
+from rltui.tui.commands import COMMANDS
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
@@ -46,40 +46,6 @@ GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default 
 RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
-
-@dataclass(frozen=True)
-class Command:
-    """One action: its key, the Footer's label, and its title and help in the command palette."""
-
-    key: str
-    action: str
-    label: str
-    title: str
-    help: str
-    footer: bool = True
-
-
-COMMANDS: list[Command] = [
-    Command("n", "new_training", "New", "New training run", "Start a new training run (a form)"),
-    Command("r", "resume", "Resume", "Resume run",
-            "Resume the selected run from latest or the selected checkpoint"),
-    Command("e", "evaluate", "Eval", "Evaluate run", "Evaluate the selected run's checkpoints"),
-    Command("a", "archive", "Archive", "Archive to S3", "Back up, restore or list backups in S3"),
-    Command("x", "stop_job", "Stop", "Stop job", "Stop the selected job gracefully (asks first)"),
-    Command("k", "kill_job", "Kill", "Kill job", "Kill the selected job's processes (asks first)"),
-    Command("t", "toggle_auto_resume", "Auto-resume", "Toggle auto-resume",
-            "Turn auto-resume on or off for the selected run's training job", footer=False),
-    Command("slash", "filter", "Filter", "Filter runs", "Filter runs by name, status or dataset"),
-    Command("l", "open_log", "Log", "Open log full screen", "Open the log pane full screen"),
-    Command("m", "cycle_metric", "Metric", "Plot next metric",
-            "Plot the next metric (reward, loss, ..., eval accuracy)", footer=False),
-    Command("1", "show_tab('runs')", "Runs", "Show runs", "Show the runs", footer=False),
-    Command("2", "show_tab('jobs')", "Jobs", "Show jobs", "Show the jobs", footer=False),
-    Command("3", "show_tab('gpus')", "GPUs", "Show GPUs", "Show the GPUs", footer=False),
-    Command("question_mark", "help", "Help", "Help", "Keys, symbols and what each action does"),
-    Command("q", "quit_app", "Quit", "Quit rltui", "Quit; running jobs keep running"),
-]
-
 
 class RlTuiApp(ActionsMixin, App[str]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it

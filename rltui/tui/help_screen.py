@@ -18,9 +18,10 @@ from textual.widgets import Static
 
 from rltui.runs.records import JobState, RunStatus
 
-if TYPE_CHECKING:
-    from rltui.tui.app import Command
 from rltui.tui.cells import JOB_SYMBOL
+
+if TYPE_CHECKING:
+    from rltui.tui.commands import Command
 
 KEY_NAMES = {"slash": "/", "question_mark": "?"}
 

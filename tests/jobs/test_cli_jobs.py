@@ -99,7 +99,7 @@ def test_any_batch_command_reconciles_a_job_whose_keeper_died(layout):
 def test_ctrl_c_while_waiting_stops_the_job_gracefully_and_a_second_returns_leaving_it_to_its_keeper(layout):
     import io
 
-    from rltui.cli.jobs import wait_and_stream
+    from rltui.cli.follow import wait_and_stream
 
     spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
     control.launch(layout, spec)

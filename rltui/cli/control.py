@@ -1,0 +1,47 @@
+"""Job control commands: `rltui --batch stop JOB [--wait]` and `rltui --batch kill JOB [--wait]`.
+
+stop asks the job to end gracefully (a training run saves at its next step boundary, then
+exits); kill sends SIGKILL to its processes now. With --wait the command returns when the job
+has ended and prints its summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+from rltui.cli.follow import POLL_S, summary_line
+from rltui.jobs import control
+from rltui.jobs.records import Job
+from rltui.runs.localfs import Layout
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    for name, func, what in (("stop", cmd_stop, "stop a job gracefully (save, then exit)"),
+                             ("kill", cmd_kill, "kill a job's processes now (SIGKILL)")):
+        p = subparsers.add_parser(name, parents=parents, help=what, description=what.capitalize() + ".")
+        p.add_argument("job", metavar="JOB")
+        p.add_argument("--wait", action="store_true", help="return when the job has ended")
+        p.set_defaults(func=func)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _control(args, control.stop, "stop requested")
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    return _control(args, control.kill, "kill requested")
+
+
+def _control(args: argparse.Namespace, action: Callable[[Layout, str], Job], what: str) -> int:
+    layout = Layout(args.root)
+    job = action(layout, args.job)
+    print(f"job {job.id}: {what} ({job.phase.value if job.phase else 'unknown'})")
+    if not args.wait:
+        return 0
+    while not (job.phase is None or job.phase.final):
+        time.sleep(POLL_S)
+        job = control.read_job(layout, args.job)
+    print(summary_line(job))
+    return 0

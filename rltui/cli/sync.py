@@ -1,0 +1,66 @@
+"""`rltui --batch sync --action ACTION ...`: back up, list, restore and verify runs in S3.
+
+The same flags and work as `python -m rltui.sync_to_s3` (rltui/sync_to_s3.py, the standalone
+entry point, which calls `run` here). The flags and their rules are the archive's
+(rltui.archive.flags); the archive itself (boto3) is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rltui.archive.flags import EPILOG, add_arguments, check_args
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "sync", parents=parents, help="back up, list, restore and verify runs in S3",
+        description="Back up, list, restore and verify runs in S3-compatible storage.",
+        epilog=EPILOG,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the archive action the parsed flags ask for; the exit status."""
+    from rltui.archive import backup, report, restore
+    from rltui.archive.settings import load_settings, make_client
+    from rltui.archive.store import RemoteStore, translate
+    from rltui.runs.localfs import Layout, validate_run_name
+
+    check_args(args)
+    if args.training_run:
+        validate_run_name(args.training_run)
+    settings = load_settings()
+    for warning in settings.warnings:
+        sys.stderr.write(warning + "\n")
+    layout = Layout(args.root)
+    try:
+        store = RemoteStore(make_client(settings), settings)
+        if args.action == "backup":
+            backup.backup_run(layout, store, args.training_run, cleanup=args.cleanup,
+                              keep_latest=args.keep_latest, dry_run=args.dry_run)
+        elif args.action == "backup-all":
+            backup.backup_all(layout, store, cleanup=args.cleanup, keep_latest=args.keep_latest,
+                              dry_run=args.dry_run)
+        elif args.action == "list-backups":
+            infos = report.list_backups(store)
+            if args.json:
+                print(json.dumps([b.to_json() for b in infos], indent=2))
+            else:
+                sys.stdout.write(report.format_backups(infos, store.url(settings.prefix)))
+        elif args.action == "restore":
+            restore.restore_run(layout, store, args.training_run, force=args.force)
+        else:
+            res = report.verify_run(layout, store, args.training_run)
+            sys.stdout.write(report.format_verify(res))
+            return 0 if res.in_sync else 1
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise translate(e, settings, args.action) from None
+    return 0
