@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from rltui import gpu
-from rltui.jobs import gpu_assign
+from rltui.jobs import gpu_assign, ownership
 from rltui.errors import UsageError, WorkFailed
 from rltui.gpu import Sampler
 from rltui.jobs.records import (
@@ -179,18 +179,25 @@ def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -
            and time.monotonic() < deadline):
         time.sleep(0.05)
         state = read_state(layout, job_id)
+    if state.state is JobState.LOST and sig == signal.SIGUSR1 and kill_leftovers(job_id, state):
+        return read_job(layout, job.id)
     if state.state.final:
         raise UsageError(f"job {job_id} has already ended ({state.state.value})")
     if not state.keeper_pid and keeper_gone(state) is None:
         raise WorkFailed(f"job {job_id}: its keeper has not started after {KEEPER_PID_WAIT_S:g}s; "
                          "nothing was signalled, try again")
-    if keeper_gone(state) is None and state.keeper_pid:
-        os.kill(state.keeper_pid, sig)
+    if keeper_gone(state, job_id=job_id) is None and state.keeper_pid:
+        os.kill(state.keeper_pid, sig)  # keeper_gone proved the pid is still this job's keeper
     else:
-        reconcile(layout)
-        if sig == signal.SIGUSR1 and state.pgid and state.boot_time == boot_time():
-            _killpg(state.pgid, signal.SIGKILL)
+        # No keeper: the job's leftovers (if any, and only when provably the job's) get SIGKILL.
+        reconcile(layout, leftovers=True)
     return read_job(layout, job.id)
+
+
+def kill_leftovers(job_id: str, state: StateFile) -> bool:
+    """SIGKILL to what is left of a lost job's process group, when provably the job's."""
+    return ownership.signal_job_group(job_id, state.pgid, state.pgid_start, state.boot_time,
+                                      signal.SIGKILL)
 
 
 def toggle_auto_resume(layout: Layout, job_id: str) -> bool:
@@ -209,8 +216,9 @@ def toggle_auto_resume(layout: Layout, job_id: str) -> bool:
     return new
 
 
-def keeper_gone(state: StateFile, now: float | None = None) -> str | None:
-    """Why the keeper of an active job is gone, or None while it lives."""
+def keeper_gone(state: StateFile, now: float | None = None, job_id: str | None = None) -> str | None:
+    """Why the keeper of an active job is gone, or None while it lives (its pid still runs the
+    keeper that started: same start time when recorded, else a keeper command line)."""
     now = time.time() if now is None else now
     booted = boot_time()
     if state.boot_time and booted and abs(state.boot_time - booted) > 2:
@@ -221,14 +229,23 @@ def keeper_gone(state: StateFile, now: float | None = None) -> str | None:
         return None
     if not pid_alive(state.keeper_pid):
         return f"its keeper (pid {state.keeper_pid}) is gone"
+    if state.keeper_start is not None:
+        if ownership.start_ticks(state.keeper_pid) not in (None, state.keeper_start):
+            return f"its keeper's pid {state.keeper_pid} now belongs to another process"
+        return None
     cmdline = _cmdline(state.keeper_pid)
-    if cmdline is not None and "rltui.jobs.keeper" not in cmdline:
+    if cmdline is not None and ("rltui.jobs.keeper" not in cmdline
+                                or (job_id is not None and job_id not in cmdline)):
         return f"its keeper's pid {state.keeper_pid} now belongs to another process"
     return None
 
 
-def reconcile(layout: Layout) -> list[str]:
-    """Mark lost every active job whose keeper is gone; returns their ids. Cheap: state files only."""
+def reconcile(layout: Layout, *, leftovers: bool = False) -> list[str]:
+    """Mark lost every active job whose keeper is gone; returns their ids. Cheap: state files only.
+
+    Read-only commands (`status`, the TUI's start) only mark jobs lost: they signal nothing.
+    `leftovers` (kill, stop and supervise) also sends SIGKILL to a lost job's process group,
+    only when it is provably the job's (rltui.jobs.ownership)."""
     lost = []
     try:
         names = [e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith(".")]
@@ -243,7 +260,7 @@ def reconcile(layout: Layout) -> list[str]:
             state = StateFile.from_json(raw)  # the file just read, not a second read
         except (FileNotFoundError, DamagedFile, BadName, KeyError, TypeError, ValueError):
             continue
-        why = keeper_gone(state)
+        why = keeper_gone(state, job_id=name)
         if why is None:
             continue
         try:
@@ -252,8 +269,8 @@ def reconcile(layout: Layout) -> list[str]:
             continue
         if not state.state.active:
             continue
-        if state.pgid and "rebooted" not in why:
-            _killpg(state.pgid, signal.SIGKILL)  # leftovers of a job nobody supervises any more
+        if leftovers and state.pgid:  # leftovers of a job nobody supervises any more
+            kill_leftovers(name, state)
         state.state = JobState.LOST
         state.ended_at = time.time()
         state.note(f"lost: {why}")
@@ -294,15 +311,6 @@ def gpu_snapshot(layout: Layout, sampler: Sampler | None = None) -> "gpu.GpuSnap
     """A GPU snapshot whose processes name their job and run (for `status` and the TUI)."""
     snap = (sampler or gpu.default_sampler()).sample()
     return gpu.attribute(snap, process_owners(layout)) if snap.gpus else snap
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    if pgid <= 1:
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _cmdline(pid: int) -> str | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
+from rltui.jobs import ownership
 from rltui.jobs.records import (
     JobKind,
     JobSpec,
@@ -61,18 +62,28 @@ Spawner = Callable[[Sequence[str], dict, "str | None", Path], ChildProcess]
 
 
 class PopenChild:
-    """A real child in its own session and process group (pgid == pid)."""
+    """A real child in its own session and process group (pgid == pid).
 
-    def __init__(self, popen: subprocess.Popen) -> None:
+    Until the keeper reaps it, the child's pid (so its group id) cannot name anybody else: the
+    whole group is signalled. Once reaped, only members that carry the job's token
+    (ownership.JOB_ENV) are: the group id may by then be free for another group.
+    """
+
+    def __init__(self, popen: subprocess.Popen, job_id: str = "") -> None:
         self.popen = popen
         self.pid = popen.pid
+        self.job_id = job_id
 
     def poll(self) -> int | None:
         return self.popen.poll()
 
     def signal_group(self, sig: int) -> None:
+        if self.popen.returncode is not None:
+            ownership.signal_job_members(self.job_id, self.pid, sig)
+            return
         try:
             os.killpg(self.pid, sig)
+            ownership.tally.sent += 1
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -92,7 +103,7 @@ def spawn_process(argv: Sequence[str], env: dict, cwd: str | None, log_path: Pat
             start_new_session=True, close_fds=True, cwd=cwd or None, env=env,
             preexec_fn=_die_with_keeper if sys.platform.startswith("linux") else None,
         )
-    return PopenChild(popen)
+    return PopenChild(popen, env.get(ownership.JOB_ENV, ""))
 
 
 #: Phases that may rightly go long without progress: they get the longer allowance.
@@ -229,6 +240,7 @@ class Keeper:
     def run(self) -> JobState:
         s = self.state
         s.keeper_pid, s.host, s.boot_time = os.getpid(), this_host(), boot_time()
+        s.keeper_start = ownership.start_ticks(os.getpid())
         s.started_at = s.started_at or time.time()
         s.run = self.spec.run
         if self._price_warning:
@@ -263,6 +275,7 @@ class Keeper:
         env.update(self.spec.env)
         if self.state.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.state.gpus)
+        env[ownership.JOB_ENV] = self.job_id  # the token that proves a process is this job's
         env = with_code_root(env)
         self.transition(JobState.STARTING, None)
         self.log(f"starting: {shlex.join(argv)}")
@@ -271,6 +284,7 @@ class Keeper:
         except OSError as e:
             return Ending(start_error=f"{e.strerror or e} ({argv[0]})")
         self.state.child_pid = self.state.pgid = child.pid
+        self.state.pgid_start = ownership.start_ticks(child.pid)
         self.state.exit_code = self.state.signal = None
         self.transition(JobState.RUNNING, f"process started (pid {child.pid})")
         return self.watch(child)
@@ -492,11 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         final = keeper.run()
     except Exception as e:
-        if keeper.state.pgid:
-            try:
-                os.killpg(keeper.state.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        st = keeper.state
+        ownership.signal_job_group(keeper.job_id, st.pgid, st.pgid_start, st.boot_time, signal.SIGKILL)
         keeper.state.ended_at = time.time()
         keeper.transition(JobState.FAILED, f"keeper error: {type(e).__name__}: {e}")
         raise

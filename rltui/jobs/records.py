@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rltui.runs.localfs import DamagedFile, Layout, read_json, write_json_atomic
+from rltui.jobs.backends.slurm_spec import SlurmSpec
 from rltui.jobs.policy import STOPPED_EXIT, RestartSettings
 
 
@@ -89,6 +90,11 @@ class JobSpec:
     followups: tuple[FollowUp, ...] = ()
     parent_job: str | None = None  # the job that started this one (a follow-up, a supervise resume)
     created: float = field(default_factory=time.time)
+    slurm: SlurmSpec | None = None  # set: the job runs under Slurm (sbatch), not a local keeper
+
+    @property
+    def backend(self) -> str:
+        return "slurm" if self.slurm is not None else "local"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,7 +104,8 @@ class JobSpec:
             "gpu_count": self.gpu_count, "nproc": self.nproc, "restart": self.restart.to_json(),
             "resume_argv": list(self.resume_argv) if self.resume_argv is not None else None,
             "followups": [f.to_json() for f in self.followups],
-            "parent_job": self.parent_job, "created": self.created,
+            "parent_job": self.parent_job, "created": self.created, "backend": self.backend,
+            "slurm": self.slurm.to_json() if self.slurm is not None else None,
         }
 
     @classmethod
@@ -112,6 +119,7 @@ class JobSpec:
             resume_argv=tuple(d["resume_argv"]) if d.get("resume_argv") else None,
             followups=tuple(FollowUp.from_json(f) for f in d.get("followups") or ()),
             parent_job=d.get("parent_job"), created=float(d.get("created") or 0.0),
+            slurm=SlurmSpec.from_json(d["slurm"]) if isinstance(d.get("slurm"), dict) else None,
         )
 
     def with_changes(self, **changes: Any) -> "JobSpec":
@@ -147,6 +155,8 @@ class StateFile:
     keeper_pid: int | None = None
     child_pid: int | None = None
     pgid: int | None = None
+    pgid_start: int | None = None  # the group leader's start (ticks since boot): proof it is the job's
+    keeper_start: int | None = None  # the keeper's start (ticks since boot): proof its pid is still it
     exit_code: int | None = None
     signal: int | None = None
     restarts: int = 0
@@ -162,6 +172,8 @@ class StateFile:
     followup_jobs: list[str] = field(default_factory=list)
     resumed_by: str | None = None  # a lost job that `supervise` resumed: the new job's id
     host: str | None = None
+    slurm_job_id: str | None = None  # a Slurm job: its state comes from Slurm (rltui.jobs.backends.slurm)
+    slurm_state: str | None = None  # what Slurm last said, e.g. "PENDING (Resources)"
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -43,7 +43,7 @@ class Pass:
 
 
 def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
-    result = Pass(lost=control.reconcile(layout))
+    result = Pass(lost=control.reconcile(layout, leftovers=True))
     all_jobs = control.list_jobs(layout)
     busy_runs = {j.spec.run for j in all_jobs
                  if j.spec and j.spec.run and j.phase is not None and (j.phase.active or j.phase is JobState.QUEUED)}

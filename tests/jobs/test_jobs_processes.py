@@ -30,12 +30,12 @@ def test_a_job_keeps_running_after_the_process_that_launched_it_exits(layout):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from rltui import jobs
+        from rltui.jobs import control
         from rltui.runs.localfs import Layout
         from rltui.jobs.records import JobSpec
         import json
         spec = JobSpec.from_json(json.loads(sys.stdin.read()))
-        print(jobs.launch(Layout({str(layout.root)!r}), spec).id)
+        print(control.launch(Layout({str(layout.root)!r}), spec).id)
     """)
     import json
 
@@ -233,7 +233,8 @@ def test_a_stop_right_after_launch_waits_for_the_keepers_pid_and_signals_it(layo
     write_spec(layout, spec)
     state = StateFile(JobState.STARTING, run=spec.run, host=this_host(), boot_time=boot_time())
     write_state(layout, spec.id, state)  # what the launcher writes before the keeper runs
-    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "rltui.jobs.keeper"])
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "rltui.jobs.keeper",
+                               str(layout.job_dir(spec.id))])  # a keeper's command line names its job
     try:
         def keeper_starts():  # as a real keeper does once it runs: its pid in state.json
             state.keeper_pid = keeper.pid
