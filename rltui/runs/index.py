@@ -466,9 +466,15 @@ def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) 
         evals=dict(sorted(evals.items())),
         job_ids=[j.id for j in jobs],
         restarts=sum(j.restarts for j in jobs),
-        gpu_seconds=sum(j.usage.get("gpu_seconds", 0.0) for j in jobs),
-        cost=sum(j.usage.get("cost", 0.0) for j in jobs),
+        gpu_seconds=sum(j.usage.get("gpu_seconds") or 0.0 for j in jobs),
+        cost=_total_cost(jobs),
     )
+
+
+def _total_cost(jobs: list[JobRecord]) -> float | None:
+    """The jobs' known costs added up; None (unknown) when no job had a price to cost it by."""
+    costs = [c for c in (j.usage.get("cost") for j in jobs) if c is not None]
+    return sum(costs) if costs else None
 
 
 def _with_job(

@@ -525,7 +525,8 @@ def read_job(cache: FileCache, path: str, job_id: str, boot: float | None) -> Jo
         started_at=_as_float(state.get("started_at")),
         ended_at=_as_float(state.get("ended_at")),
         exit_code=_as_int(state.get("exit_code")),
-        usage={k: float(v) for k, v in usage.items() if _as_float(v) is not None},
+        # null stays null (cost without a price): "unknown" is not "missing"
+        usage={k: _as_float(v) for k, v in usage.items() if v is None or _as_float(v) is not None},
         error=str(damaged[0]) if damaged else None,
         path=Path(path),
         keeper_pid=_as_int(state.get("keeper_pid")),

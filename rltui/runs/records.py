@@ -144,7 +144,7 @@ class JobRecord:
     started_at: float | None = None
     ended_at: float | None = None
     exit_code: int | None = None
-    usage: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
     path: Path | None = None
     keeper_pid: int | None = None
@@ -187,7 +187,7 @@ class RunRecord:
     legacy: bool = False
     restarts: int = 0
     gpu_seconds: float = 0.0
-    cost: float = 0.0
+    cost: float | None = None  # None: no job had a price (RLTUI_GPU_HOUR_PRICE) to cost it by
     pid: int | None = None
     host: str | None = None
     stalled: bool = False

@@ -65,7 +65,7 @@ COLUMNS = [
     Column("eval", "best eval", lambda r: _none_last(best_eval(r)[0]), 16),
     Column("restarts", "rst", lambda r: r.restarts, 3),
     Column("gpu_h", "GPU-h", lambda r: r.gpu_seconds, 6),
-    Column("cost", "cost", lambda r: r.cost, 7),
+    Column("cost", "cost", lambda r: _none_last(r.cost), 7),
     Column("age", "age", lambda r: -(r.updated or r.started or 0.0), 5),
 ]
 COLUMN_KEYS = [c.key for c in COLUMNS]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rltui import gpu
+from rltui.runs import localfs
 from rltui.cli import status as cmd_status
 from rltui.runs.index import Index
 
@@ -211,3 +212,36 @@ def test_a_gpu_process_under_a_jobs_keeper_is_named_by_its_job(monkeypatch):
             p.kill()
         keeper.kill()
         keeper.wait()
+
+
+def test_cost_is_null_without_a_price_in_the_run_and_in_job_usage(lfs):
+    lfs.run("run_2026-01-01_00-00-01")
+    lfs.job("20260101-000001-aaaa", "run_2026-01-01_00-00-01", "succeeded",
+            usage={"gpu_seconds": 60.0, "cost": None, "price_per_gpu_hour": None})
+    lfs.run("run_2026-01-01_00-00-02")
+    lfs.job("20260101-000002-bbbb", "run_2026-01-01_00-00-02", "succeeded",
+            usage={"gpu_seconds": 3600.0, "cost": 2.5, "price_per_gpu_hour": 2.5})
+    proc = rltui("--batch", "status", "--json", "--root", str(lfs.root))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    runs = {r["name"]: r for r in doc["runs"]}
+    assert runs["run_2026-01-01_00-00-01"]["cost"] is None
+    assert runs["run_2026-01-01_00-00-02"]["cost"] == 2.5
+    jobs = {j["id"]: j for j in doc["jobs"]}
+    assert "cost" in jobs["20260101-000001-aaaa"]["usage"]
+    assert jobs["20260101-000001-aaaa"]["usage"]["cost"] is None
+
+
+def test_a_finished_evaluation_is_not_in_progress(lfs):
+    run = "run_2026-01-01_00-00-01"
+    lfs.run(run)
+    lfs.evaluation(run, "arith", {2: 0.5})
+    status = {"run": run, "dataset": "arith", "phase": "completed", "done": [2], "total": 1}
+    localfs.write_json_atomic(lfs.layout.eval_status(run, "arith"), status)
+    lfs.evaluation(run, "gsm8k", {1: 0.25})
+    localfs.write_json_atomic(lfs.layout.eval_status(run, "gsm8k"), dict(status, phase="evaluating"))
+    proc = rltui("--batch", "status", "--json", "--root", str(lfs.root))
+    assert proc.returncode == 0, proc.stderr
+    evals = json.loads(proc.stdout)["runs"][0]["evals"]
+    assert evals["arith"]["in_progress"] is None
+    assert evals["gsm8k"]["in_progress"]["phase"] == "evaluating"
