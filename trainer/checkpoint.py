@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rltui.runs import checkpoints, localfs
+from rltui.runs import checkpoints, disk, localfs
 from trainer.distributed import Dist
 from trainer.runfiles import MODEL_DIR
 
@@ -106,27 +106,44 @@ def save_checkpoint(
 ) -> SaveResult:
     """Write step_N collectively (see module docstring); returns on every rank after the save."""
     started = time.monotonic()
-    staging = d.broadcast(str(checkpoints.staging_dir(training_state, step)) if d.is_main else None)
-    staging = Path(staging)
-    rng_path = staging / rng_file(d.rank)
-    rng_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(capture_rng(sampler), rng_path)
-    deleted: list[int] = []
-    if d.is_main:
-        model.save_pretrained(str(staging / MODEL_DIR))
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
-        _test_pause()
-    d.barrier()  # every rank's RNG file is in the staging folder
-    final = training_state / localfs.step_dir_name(step)
-    if d.is_main:
-        full = dict(info, step=step, world_size=d.world_size,
-                    rng_files=[rng_file(r) for r in range(d.world_size)])
-        checkpoints.finalize_checkpoint(staging, final, full)
-        checkpoints.update_step_latest(training_state, step)
-        deleted = apply_retention(training_state, keep_last, keep_every)
+    staging = None
+    try:
+        staging = d.broadcast(str(checkpoints.staging_dir(training_state, step)) if d.is_main else None)
+        staging = Path(staging)
+        rng_path = staging / rng_file(d.rank)
+        rng_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(capture_rng(sampler), rng_path)
+        if d.is_main:
+            model.save_pretrained(str(staging / MODEL_DIR))
+            torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
+            _test_pause()
+        d.barrier()  # every rank's RNG file is in the staging folder
+        final = training_state / localfs.step_dir_name(step)
+        deleted: list[int] = []
+        if d.is_main:
+            full = dict(info, step=step, world_size=d.world_size,
+                        rng_files=[rng_file(r) for r in range(d.world_size)])
+            checkpoints.finalize_checkpoint(staging, final, full)
+            checkpoints.update_step_latest(training_state, step)
+            deleted = apply_retention(training_state, keep_last, keep_every)
+    except Exception as e:
+        if not disk.is_full(e):
+            raise
+        raise disk_full(training_state, staging, step) from None
     d.barrier()  # nobody moves on (or exits) before the checkpoint is sealed
     return SaveResult(step, final, time.monotonic() - started, deleted)
+
+
+def disk_full(training_state: Path, staging: Path | None, step: int) -> disk.DiskFull:
+    """The one-line error of a save that filled the disk; its staging folder is removed (the
+    space it took comes back; step_latest still names the last complete checkpoint)."""
+    previous = checkpoints.latest_complete_step(training_state)
+    needed = disk.tree_size(training_state / localfs.step_dir_name(previous)) if previous is not None else None
+    if staging is not None:
+        needed = max(needed or 0, disk.tree_size(staging)) or None
+        shutil.rmtree(staging, ignore_errors=True)
+    return disk.DiskFull(disk.describe(training_state, needed, f"checkpoint step {step}"))
 
 
 def _test_pause() -> None:
@@ -201,3 +218,25 @@ def load_training_state(
     path = step_dir / rng_file(d.rank)
     if path.exists() or not allow_missing_rng:
         restore_rng(torch.load(path, weights_only=True), sampler)
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def end_on_full_disk(error: BaseException, where: Path, log: Any = None) -> int:
+    """A session that filled the disk ends here: one line on stderr naming the disk and the space
+    needed (no traceback), status.json marked failed with it (when even that can be written),
+    and DISK_FULL_EXIT, which the restart policy does not restart."""
+    import sys
+
+    message = str(error) if isinstance(error, disk.DiskFull) else disk.describe(where)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"rl_runner: error: {message}", file=sys.stderr, flush=True)
+    if log is not None:
+        try:
+            from trainer.runlog import Phase
+
+            log.phase(Phase.FAILED, error=message)
+        except OSError:
+            pass  # not even status.json fits: the keeper still records the job's end
+    return disk.DISK_FULL_EXIT

@@ -22,10 +22,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from rltui.runs import checkpoints, localfs
+from rltui.runs import checkpoints, localfs, writer_lock
 from trainer.errors import ConfigError
 from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
 from trainer.runlog import RunStatus
+from trainer.session import claim_run
 
 
 
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, help="processes for torchrun (default: the run's world size)")
     p.add_argument("--allow-world-size-change", action="store_true",
                    help="continue at another world size (not bitwise identical)")
+    p.add_argument("--wait-for-lock", action="store_true",
+                   help="wait while another process writes the run, instead of refusing (exit 2)")
     p.add_argument("--root", help="localfs root (default: $LOCALFS_ROOT, else ~/localfs)")
     return p.parse_args(argv)
 
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resume_training: error: {e}", file=sys.stderr)
         return 2
     sys.stdout.flush()
-    os.execv(sys.executable, command)  # signals from the keeper reach the trainer directly
+    # signals from the keeper reach the trainer directly; the run's writer lock goes with the exec
+    os.execv(sys.executable, command)
     return 1  # not reached
 
 
@@ -61,6 +65,20 @@ def plan(args: argparse.Namespace) -> list[str]:
     layout = localfs.Layout(root)
     run = args.training_run
     existing_run_dir(layout, run)
+    lock = claim_run(layout, run, args.wait_for_lock)  # before "latest" is resolved
+    try:
+        command, lock = _plan_locked(args, root, layout, run, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if lock is not None:
+        os.environ.update(lock.hand_off_env())
+    return command
+
+
+def _plan_locked(args: argparse.Namespace, root: Path, layout: localfs.Layout, run: str,
+                 lock: writer_lock.WriterLock | None) -> tuple[list[str], writer_lock.WriterLock | None]:
     state = layout.training_state(run)
     step = resolve_from_step(state, run, args.from_step)
     info = verify_checkpoint(state / localfs.step_dir_name(step), run)
@@ -75,7 +93,10 @@ def plan(args: argparse.Namespace) -> list[str]:
     target = target_step(info, step, args.additional_steps, run)
     newest = checkpoints.latest_complete_step(state)
     if newest is not None and step < newest:
-        run = fork_run(layout, run, step)
+        run, child_lock = fork_run(layout, run, step)
+        if lock is not None:
+            lock.release()  # the parent was only read; the new run is the one written
+        lock = child_lock
         print(f"step {step} is older than {args.training_run}'s newest checkpoint (step {newest}): "
               f"continuing in a new run", flush=True)
     runner = ["-m", "trainer.rl_runner", "--root", str(root), "--resume-run", run,
@@ -84,9 +105,9 @@ def plan(args: argparse.Namespace) -> list[str]:
         runner.append("--allow-world-size-change")
     print(f"run: {run}", flush=True)
     if args.no_torchrun:
-        return [sys.executable, *runner]
+        return [sys.executable, *runner], lock
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", *runner]
+            f"--nproc_per_node={nproc}", *runner], lock
 
 
 def resolve_from_step(state: Path, run: str, spec: str) -> int:
@@ -115,9 +136,11 @@ def target_step(info: dict, step: int, additional: int | None, run: str) -> int:
     return target
 
 
-def fork_run(layout: localfs.Layout, parent: str, step: int) -> str:
-    """A new run holding a copy of parent's step_N (sealed like any checkpoint) and its config."""
+def fork_run(layout: localfs.Layout, parent: str, step: int) -> tuple[str, writer_lock.WriterLock]:
+    """A new run holding a copy of parent's step_N (sealed like any checkpoint) and its config;
+    returned with its writer lock, taken before anything is written in it."""
     child = localfs.create_run_dir(layout)
+    lock = writer_lock.acquire(layout.run_dir(child))
     for name in ("config.yaml", RESOLVED_CONFIG, PROVENANCE):
         source = layout.run_dir(parent) / name
         if source.exists():
@@ -135,7 +158,7 @@ def fork_run(layout: localfs.Layout, parent: str, step: int) -> str:
     status = RunStatus(run=child, target_step=info.get("target_step"), world_size=info.get("world_size"),
                        step=step, latest_checkpoint=step, parent={"run": parent, "step": step})
     localfs.write_json_atomic(layout.run_status(child), status.as_json())
-    return child
+    return child, lock
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         d.close()
         stop.close()
+        if session.writer is not None:
+            session.writer.release()  # the run's writer lock: the next writer may start
 
 
 def train(s: Session, d: Dist, stop: StopRequest) -> int:

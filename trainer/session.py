@@ -8,13 +8,14 @@ waiting in a collective.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rltui.runs import localfs
+from rltui.runs import localfs, writer_lock
 from trainer.config import Config, config_from_dict, load_config
 from trainer.errors import ConfigError
 from trainer.runfiles import MODEL_DIR, RESOLVED_CONFIG, existing_run_dir, verify_checkpoint
@@ -49,20 +50,37 @@ class Session:
     parent: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # base model and starting adapter
     notes: list[str] = field(default_factory=list)  # lines for the log (rank 0)
+    writer: writer_lock.WriterLock | None = None  # rank 0: the run's writer lock, held to the end
+    wait_for_lock: bool = False
     examples: list = field(default_factory=list)  # the training split, loaded once
     reward_fns: list = field(default_factory=list)
 
 
 def prepare(args: argparse.Namespace) -> Session:
-    """The validated Session for parsed rl_runner arguments; ConfigError on any bad input."""
+    """The validated Session for parsed rl_runner arguments; ConfigError on any bad input.
+    Rank 0 takes the run's writer lock first (a run being written is refused before any check)."""
+    root = localfs.resolve_root(args.root)
+    layout = localfs.Layout(root)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    writer = claim_run(layout, args.resume_run or args.run_name, getattr(args, "wait_for_lock", False))
+    try:
+        session = _prepare_any(args, root, layout, world_size)
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        raise
+    session.writer = writer
+    session.wait_for_lock = getattr(args, "wait_for_lock", False)
+    return session
+
+
+def _prepare_any(args: argparse.Namespace, root: Path, layout: localfs.Layout,
+                 world_size: int) -> Session:
     from trainer.data import load_split
     from trainer.hub import resolve_model
     from trainer.modeling import check_adapter_fits
     from trainer.rewards import load_reward
 
-    root = localfs.resolve_root(args.root)
-    layout = localfs.Layout(root)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.resume_run:
         session = _prepare_resume(args, root, layout, world_size)
     else:
@@ -90,6 +108,36 @@ def prepare(args: argparse.Namespace) -> Session:
     session.examples = load_split(root, cfg.data.dataset, cfg.data.split)
     session.reward_fns = [load_reward(r.function) for r in cfg.rewards]
     return session
+
+
+def claim_run(layout: localfs.Layout, run: str | None, wait: bool) -> writer_lock.WriterLock | None:
+    """Rank 0: the writer lock of `run` (an existing folder), held until the process ends; a run
+    another process writes is refused (ConfigError naming the holder) unless `wait`. None on
+    other ranks and for a folder not made yet (open_run claims it); the launcher's when it
+    passed it on (resume_training execs this process, or torchrun, holding it)."""
+    if run is None or os.environ.get("RANK", "0") != "0":
+        return None
+    try:
+        folder = layout.run_dir(run)
+    except localfs.BadName as e:
+        raise ConfigError(str(e)) from None
+    if not folder.is_dir():
+        return None
+    passed = writer_lock.handed_off(folder)
+    if passed is not None:
+        atexit.register(passed.release)
+        return passed
+
+    def waiting(holder: writer_lock.Holder | None) -> None:
+        who = holder.describe() if holder else "another process"
+        print(f"waiting for run {run}: it is being written by {who}", file=sys.stderr, flush=True)
+
+    try:
+        lock = writer_lock.acquire(folder, wait=wait, on_wait=waiting)
+    except writer_lock.WriterBusy as e:
+        raise ConfigError(str(e)) from None
+    atexit.register(lock.release)
+    return lock
 
 
 def _prepare_new(args: argparse.Namespace, root: Path, layout: localfs.Layout,

@@ -7,7 +7,9 @@ Paths in a manifest are relative to the localfs root, with '/'. Left out on purp
 - checkpoint folders `step_N` that are not complete (`localfs.checkpoint_problems`): an
   interrupted save is never archived as if it were a checkpoint; it stays on disk untouched;
 - symlinks (S3 has none): `step_latest` is recorded as the manifest's `step_latest` instead;
-- the `STOP` request file, which would stop a restored run at its first step.
+- the `STOP` request file, which would stop a restored run at its first step;
+- the writer lock `.writer.lock` and its record `.writer.json` (rltui.runs.writer_lock): they
+  belong to a process on this machine, not to the run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rltui.runs.localfs import Layout
 
 MANIFEST_FORMAT = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SKIP_NAMES = {"STOP"}
+_SKIP_NAMES = {"STOP", ".writer.lock", ".writer.json"}  # the writer lock: a live process's
 
 
 class UnsafePath(ValueError):

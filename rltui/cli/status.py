@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from rltui.runs import localfs, machine
+from rltui.runs import localfs, machine, writer_lock
 from rltui.errors import UsageError
 from rltui.runs.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
@@ -174,6 +174,7 @@ def run_to_json(r: RunRecord) -> dict[str, Any]:
         "restarts": r.restarts,
         "gpu_seconds": r.gpu_seconds,
         "cost": r.cost,
+        "writer": _writer_json(r),
     }
 
 
@@ -282,7 +283,22 @@ def _run_row(r: RunRecord, colour: bool) -> list[str]:
     return [word, r.name, step, ckpt, _eval_cell(r), _short(cfg.model), cfg.dataset or "-"]
 
 
+def _writer_json(r: RunRecord) -> dict[str, Any] | None:
+    """Who holds the run's writer lock now (rltui.runs.writer_lock), or None."""
+    held = writer_lock.holder(r.path)
+    return None if held is None else {"pid": held.pid, "host": held.host, "since": held.since,
+                                      "job": held.job}
+
+
 def _run_note(r: RunRecord) -> str | None:
+    held = writer_lock.holder(r.path)
+    if held is not None:
+        note = _run_problem(r)
+        return f"written by {held.describe()}" + (f"; {note}" if note else "")
+    return _run_problem(r)
+
+
+def _run_problem(r: RunRecord) -> str | None:
     if r.status in (RunStatus.CRASHED, RunStatus.UNKNOWN) or r.stalled:
         return r.error or r.status_reason or None
     return None

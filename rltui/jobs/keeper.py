@@ -40,6 +40,7 @@ from rltui.jobs.records import (
     with_code_root,
     write_state,
 )
+from rltui.runs import writer_lock
 from rltui.runs.localfs import DamagedFile, Layout, eval_dir_dataset, read_json
 from rltui.runs.machine import boot_time, this_host
 from rltui.runs.checkpoints import latest_complete_step
@@ -264,8 +265,12 @@ class Keeper:
                 self.remove_unused_run_folder()
                 return self.finish(JobState.FAILED, decision.reason)
             self.transition(JobState.RESTARTING, decision.reason)
-            if not self.wait_backoff():
+            if not self.wait_backoff() or not self.wait_for_writer():
                 return self.finish(JobState.STOPPED, "stopped by the user while waiting to restart")
+            latest, target = self.latest_checkpoint(), self.target_step()
+            if latest is not None and target is not None and latest >= target:
+                return self.finish(JobState.SUCCEEDED, f"another process finished the run meanwhile "
+                                                       f"(final checkpoint step {latest})")
             argv = self.restart_argv(latest)
 
     def run_once(self, argv: list[str]) -> Ending:
@@ -368,6 +373,22 @@ class Keeper:
                 return False
             self.sleep(min(self.poll_s, self.policy.remaining_wait()))
         return not self.stop_requested
+
+    def wait_for_writer(self) -> bool:
+        """A restart never starts a second writer: while another process holds the run's writer
+        lock (e.g. a trainer started by hand), wait for it; False when a stop arrives meanwhile."""
+        if not (self.spec.kind.trains and self.spec.run):
+            return True
+        told = False
+        while (holder := writer_lock.holder(self.layout.run_dir(self.spec.run))) is not None:
+            if self.stop_requested:
+                return False
+            if not told:
+                self.log(f"run {self.spec.run} is being written by {holder.describe()}: "
+                         "the restart waits for it")
+                told = True
+            self.sleep(self.poll_s)
+        return True
 
     def restart_argv(self, latest: int | None) -> list[str]:
         """Resume from the latest complete checkpoint; a job that cannot resume runs again."""
@@ -488,6 +509,25 @@ def after_end(keeper: Keeper) -> None:
         keeper.log(f"started queued job {job_id}")
 
 
+def start_live_archive(keeper: Keeper) -> None:
+    """An `--archive` training job: start its live archive beside it (a `sync --action follow`
+    job that watches this job and makes its last pass after it ends); never in the trainer."""
+    from rltui.jobs import builders, control
+
+    spec = keeper.spec
+    if spec.archive is None or not spec.run or not spec.kind.trains:
+        return
+    try:
+        aspec = builders.sync_job(keeper.layout, "follow", spec.run, follow_job=spec.id,
+                                  archive=spec.archive)
+        ajob = control.launch(keeper.layout, aspec.with_changes(parent_job=spec.id), check_usage=False)
+    except Exception as e:  # the training job runs on; status shows the run as not archived
+        keeper.log(f"could not start the live archive: {e}")
+        return
+    keeper.state.followup_jobs.append(ajob.id)
+    keeper.log(f"started live archive job {ajob.id}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rltui.jobs.keeper", description=__doc__.split("\n")[0])
     parser.add_argument("--detach", action="store_true", help="fork and return at once")
@@ -503,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"rltui keeper: cannot read the job: {e}\n")
         return 2
     keeper.install_signal_handlers()
+    start_live_archive(keeper)
     try:
         final = keeper.run()
     except Exception as e:

@@ -5,9 +5,10 @@ Usage:
 
 Each pass: reconcile (a job whose keeper died, or that ran before the last reboot, becomes lost),
 resume every lost training job whose policy has auto-resume on (from its latest complete
-checkpoint; one without a checkpoint is noted "not resumed") unless its run has finished or
-another job already works on it, then start queued jobs whose GPUs are free. It is what a user puts under
-systemd or tmux; it runs until SIGTERM or Ctrl-C.
+checkpoint; one without a checkpoint is noted "not resumed") unless its run has finished,
+another job already works on it or another process holds the run's writer lock (a trainer started
+by hand; the job is resumed once it lets go, if the run is not finished), then start queued jobs
+whose GPUs are free. It is what a user puts under systemd or tmux; it runs until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rltui.errors import UsageError
 from rltui.gpu import Sampler
 from rltui.jobs.records import Job, JobKind, JobState, effective_auto_resume, read_state, write_state
 from rltui.jobs.keeper import resume_command
+from rltui.runs import writer_lock
 from rltui.runs.localfs import DamagedFile, Layout, read_json
 from rltui.runs.checkpoints import latest_complete_step
 
@@ -50,6 +52,8 @@ def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
     for job in all_jobs:
         if not _wants_resume(layout, job) or job.spec.run in busy_runs:
             continue
+        if writer_lock.holder(layout.run_dir(job.spec.run)) is not None:
+            continue  # a trainer nobody launched through rltui writes it: never a second writer
         try:
             new = resume_lost(layout, job, sampler)
         except UsageError as e:

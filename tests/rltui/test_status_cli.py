@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_KEYS = {
     "name", "path", "legacy", "status", "status_reason", "stalled", "step", "target_step", "phase",
     "latest_complete_step", "pid", "host", "started", "updated", "error", "parent", "config",
-    "last_metrics", "checkpoints", "evals", "job_ids", "restarts", "gpu_seconds", "cost",
+    "last_metrics", "checkpoints", "evals", "job_ids", "restarts", "gpu_seconds", "cost", "writer",
 }
 CHECKPOINT_KEYS = {"step", "path", "complete", "problems", "size_bytes", "is_latest", "created"}
 EVAL_KEYS = {"run", "dataset", "path", "best_accuracy", "best_step", "last_accuracy", "last_step",
