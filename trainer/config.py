@@ -110,6 +110,19 @@ class TrainingConfig:
 
 
 @dataclass
+class ArchiveConfig:
+    """The run's live archive to S3 (rltui.archive.follow). Read by the manager, which starts
+    the archive beside the trainer; the trainer itself never uploads anything."""
+
+    enabled: bool = False
+    interval_s: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
+    keep_latest: bool = False  # delete archived local checkpoints but the newest
+    keep_every: Optional[int] = field(default=None, metadata=_range(1))
+    local_budget: Optional[str] = None  # e.g. "50G": delete the oldest archived while over it
+    bandwidth: Optional[str] = None  # e.g. "20M": upload bytes per second
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -118,13 +131,16 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """A short hash of everything that shapes training (the resolved values)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of everything that shapes training (the resolved values; not where the
+        run is archived, which may change between sessions of one run)."""
+        shaping = {k: v for k, v in self.to_dict().items() if k != "archive"}
+        text = json.dumps(shaping, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

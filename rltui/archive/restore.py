@@ -5,7 +5,8 @@ Safety rules, checked for every file before anything is written:
   `eval_runs/RUN_DATASET/` (`manifest.check_run_path`); one bad path refuses the whole restore;
 - no folder on the way to a file, and not the file itself, may be a symlink: restore never writes
   through a link that is already in the destination;
-- a local file that differs from the backup is not overwritten unless `force`.
+- a local file that differs from the backup is not overwritten unless `force`;
+- an eval folder the manifest lists that another run owns (rltui.runs.folders) is not restored.
 Each file is downloaded to `.tmp_restore.*` beside its final name (opened with O_EXCL and
 O_NOFOLLOW), its sha256 checked against the manifest, then renamed into place; a failure
 leaves the temporary file removed and the local file as it was.
@@ -23,7 +24,10 @@ from typing import TextIO
 
 from rltui.runs import checkpoints, localfs
 from rltui.archive.lock import run_lock
-from rltui.archive.manifest import FileEntry, HashCache, UnsafePath, check_run_path, stat_local
+from rltui.archive.manifest import (
+    FileEntry, HashCache, Manifest, UnsafePath, check_run_path, eval_folder_of_path, foreign_eval_folders,
+    stat_local,
+)
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running
 from rltui.archive.store import RemoteStore
@@ -42,6 +46,7 @@ class RestoreResult:
     unchanged: list[str] = field(default_factory=list)
     overwritten: list[str] = field(default_factory=list)
     step_latest: int | None = None
+    foreign: dict[str, str] = field(default_factory=dict)  # eval folder -> whose it is instead
 
 
 def check_destination(root: Path, parts: list[str], *, file: bool = True) -> None:
@@ -82,16 +87,46 @@ def restore_run(
     run: str,
     *,
     force: bool = False,
+    for_resume: str | int | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> RestoreResult:
+    """Restore the run's last complete backup; with `for_resume` ('latest' or a step) only what
+    resuming from that checkpoint needs: the run folder's own files, its logs and that one
+    checkpoint (not the other checkpoints, TensorBoard events or evaluations)."""
     localfs.validate_run_name(run)
     with run_lock(layout, run):
-        return _restore_run(layout, store, run, force=force, out=out or sys.stdout, err=err or sys.stderr)
+        return _restore_run(layout, store, run, force=force, for_resume=for_resume,
+                            out=out or sys.stdout, err=err or sys.stderr)
+
+
+def resume_files(manifest: Manifest, step: str | int) -> tuple[int, set[str]]:
+    """(step, paths) of what resuming `manifest`'s run from `step` needs; UsageError if the
+    backup holds no such checkpoint."""
+    from rltui.archive.follow import archived_steps
+
+    steps = archived_steps(manifest)
+    if step == "latest":
+        if not steps:
+            raise UsageError(f"the backup of {manifest.run} holds no complete checkpoint to resume from")
+        chosen = manifest.step_latest if manifest.step_latest in steps else steps[-1]
+    else:
+        chosen = int(step)
+        if chosen not in steps:
+            raise UsageError(f"bad --from-step: {step!r} (the backup of {manifest.run} holds steps "
+                             f"{', '.join(map(str, steps)) or 'none'})")
+    run_prefix = f"training_runs/{manifest.run}/"
+    step_prefix = f"{run_prefix}training_state/{localfs.step_dir_name(chosen)}/"
+    logs_prefix = f"{run_prefix}logs/"
+    wanted = {p for p in manifest.files
+              if p.startswith((step_prefix, logs_prefix))
+              or (p.startswith(run_prefix) and "/" not in p[len(run_prefix):])}
+    return chosen, wanted
 
 
 def _restore_run(
-    layout: Layout, store: RemoteStore, run: str, *, force: bool, out: TextIO, err: TextIO
+    layout: Layout, store: RemoteStore, run: str, *, force: bool, for_resume: str | int | None,
+    out: TextIO, err: TextIO,
 ) -> RestoreResult:
     if run_is_running(layout, run):
         raise UsageError(f"run {run} is running: refusing to restore into it (stop it first)")
@@ -100,14 +135,25 @@ def _restore_run(
         raise UsageError(
             f"bad --training-run: {run!r} (no complete backup in {store.url(store.run_prefix(run))})"
         )
+    if for_resume is not None:
+        step, wanted = resume_files(manifest, for_resume)
+        manifest = Manifest(run, {p: e for p, e in manifest.files.items() if p in wanted}, step,
+                            manifest.created, manifest.host)
     root = layout.root
     res = RestoreResult(run)
     cache = HashCache(layout, run)
     todo: list[FileEntry] = []
     conflicts: list[str] = []
+    # An older backup may list another run's evaluations (once taken by name prefix): never
+    # written over that run's folder.
+    res.foreign = foreign_eval_folders(layout, run, manifest.files)
+    for folder, whose in res.foreign.items():
+        out.write(f"  not restored: eval_runs/{folder}/: not {run}'s ({whose})\n")
     try:
         for path, entry in sorted(manifest.files.items()):
             parts = check_run_path(path, run)
+            if eval_folder_of_path(path) in res.foreign:
+                continue
             check_destination(root, parts)
             local = stat_local(root, path)
             if local is None:

@@ -67,6 +67,7 @@ class RemoteStore:
         self.client = client
         self.settings = settings
         self.bucket = settings.bucket
+        self.max_bandwidth: int | None = None  # bytes/s across all transfers; None: no cap
 
     # keys
     def run_prefix(self, run: str) -> str:
@@ -128,6 +129,46 @@ class RemoteStore:
                     runs.append(name)
         return sorted(runs)
 
+    def list_manifest_etags(self) -> dict[str, str]:
+        """run -> ETag of its manifest, for every run, in one listing.
+
+        The delimiter `/objects/` rolls each run's content objects up into one common prefix, so
+        the listing holds about two entries per run however many files each run has.
+        """
+        out: dict[str, str] = {}
+        prefix = f"{self.settings.prefix}runs/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/objects/"):
+            for obj in page.get("Contents", []):
+                rest = obj["Key"][len(prefix):]
+                run, _, name = rest.partition("/")
+                if name == "manifest.json" and _RUN_SEGMENT.match(run) and ".." not in run:
+                    out[run] = str(obj.get("ETag") or "")
+        return out
+
+    def get_manifest_with_etag(self, run: str) -> tuple[Any, str] | None:
+        """(parsed JSON, ETag) of the run's manifest; None when there is none or it is not JSON."""
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(run))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        try:
+            return json.loads(resp["Body"].read()), str(resp.get("ETag") or "")
+        except ValueError:
+            return None
+
+    def manifest_etag(self, run: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return str(self.client.head_object(Bucket=self.bucket, Key=self.manifest_key(run))["ETag"])
+        except ClientError:
+            return None
+
     def list_objects(self, run: str) -> dict[str, int]:
         """sha256 -> size of every content object of the run (other keys are ignored)."""
         out: dict[str, int] = {}
@@ -166,6 +207,7 @@ class RemoteStore:
         config = TransferConfig(
             multipart_threshold=part, multipart_chunksize=part,
             max_concurrency=self.settings.max_concurrency, use_threads=True,
+            max_bandwidth=self.max_bandwidth,
         )
         return create_transfer_manager(self.client, config)
 

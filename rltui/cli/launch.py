@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from rltui.cli.follow import summary_line, wait_and_stream
+from rltui.cli.live_archive import add_archive_flags, archive_plan, read_config, restore_for_resume
 from rltui.cli.jobs import job_json
 from rltui.errors import UsageError
 from rltui.jobs import builders, control
@@ -72,6 +73,7 @@ def _launch_flags(p: argparse.ArgumentParser, *, training: bool) -> None:
         p.add_argument("--stop-grace", type=float, default=300.0, metavar="S",
                        help="on stop, wait S seconds for the trainer to save before signals (default 300)")
         p.add_argument("--eval-after", metavar="DATASET", help="when training succeeds, evaluate on DATASET")
+        add_archive_flags(p, resume=p.prog.endswith(" resume"))
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
@@ -82,16 +84,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         layout, args.cfg, ckpt=args.ckpt, steps=args.steps, nproc=args.nproc, gpus=_gpus(args.gpus),
         auto_resume=args.auto_resume, eval_after=args.eval_after, restart=_restart(args),
     )
+    spec = spec.with_changes(archive=archive_plan(args, read_config(args.cfg)))
     return _launch_and_wait(layout, spec, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
+    if args.restore:
+        restore_for_resume(layout, args.training_run, str(args.from_step))
     spec = builders.resume_job(
         layout, args.training_run, from_step=args.from_step, additional_steps=args.additional_steps,
         no_torchrun=args.no_torchrun, gpus=_gpus(args.gpus), auto_resume=args.auto_resume,
         eval_after=args.eval_after, restart=_restart(args),
     )
+    spec = spec.with_changes(archive=archive_plan(args, read_config(layout.run_config(args.training_run))))
     return _launch_and_wait(layout, spec, args)
 
 

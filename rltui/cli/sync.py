@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from rltui.archive.flags import EPILOG, add_arguments, check_args
+from rltui.archive.sizes import parse_size
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     try:
         store = RemoteStore(make_client(settings), settings)
+        if args.bandwidth:
+            store.max_bandwidth = parse_size(args.bandwidth, "--bandwidth")
         if args.action == "backup":
             backup.backup_run(layout, store, args.training_run, cleanup=args.cleanup,
                               keep_latest=args.keep_latest, dry_run=args.dry_run)
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps([b.to_json() for b in infos], indent=2))
             else:
                 sys.stdout.write(report.format_backups(infos, store.url(settings.prefix)))
+        elif args.action == "follow":
+            _follow(layout, store, args)
         elif args.action == "restore":
             restore.restore_run(layout, store, args.training_run, force=args.force)
         else:
@@ -64,3 +69,16 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:
         raise translate(e, settings, args.action) from None
     return 0
+
+
+def _follow(layout: Any, store: Any, args: argparse.Namespace) -> None:
+    """The live archive of one run until its training job ends (rltui.archive.follow)."""
+    from rltui.archive.follow import DEFAULT_INTERVAL_S, Follower, Retention
+
+    budget = parse_size(args.local_budget, "--local-budget") if args.local_budget else None
+    retention = Retention(keep_latest=args.keep_latest, keep_every=args.keep_every, local_budget=budget)
+    sys.stdout.write(f"{args.training_run}: live archive to {store.url(store.run_prefix(args.training_run))}"
+                     + (f", until job {args.follow_job} ends" if args.follow_job else "") + "\n")
+    sys.stdout.flush()
+    Follower(layout, store, args.training_run, job=args.follow_job,
+             interval_s=args.interval or DEFAULT_INTERVAL_S, retention=retention).run_until_job_ends()

@@ -21,6 +21,7 @@ from rltui.archive.flags import check_flags as check_sync_flags
 from rltui.jobs import gpu_assign
 from rltui.errors import UsageError
 from rltui.jobs.records import (
+    ArchivePlan,
     FollowUp,
     JobKind,
     JobSpec,
@@ -131,11 +132,17 @@ def eval_job(
 
 def sync_job(
     layout: Layout, action: str, run: str | None = None, cleanup: bool = False,
-    keep_latest: bool = False,
+    keep_latest: bool = False, follow_job: str | None = None, archive: ArchivePlan | None = None,
 ) -> JobSpec:
-    """An S3 archive action (rltui.sync_to_s3); needs no GPU."""
+    """An S3 archive action (rltui.sync_to_s3); needs no GPU. `action` follow: the live archive
+    of `run` until `follow_job` ends, with `archive`'s interval, retention and bandwidth."""
+    plan = archive or ArchivePlan()
+    if archive is not None:
+        keep_latest = keep_latest or plan.keep_latest
     # The archive's own flag rules, so a job is never created that the archive would refuse.
-    check_sync_flags(action, training_run=run, cleanup=cleanup, keep_latest=keep_latest)
+    check_sync_flags(action, training_run=run, cleanup=cleanup, keep_latest=keep_latest,
+                     follow_job=follow_job, interval=plan.interval_s, keep_every=plan.keep_every,
+                     local_budget=plan.local_budget, bandwidth=plan.bandwidth)
     argv = [PY, "-m", "rltui.sync_to_s3", "--action", action]
     if run:
         argv += ["--training-run", validate_name(run, "run name")]
@@ -143,6 +150,11 @@ def sync_job(
         argv += ["--cleanup"]
     if keep_latest:
         argv += ["--keep-latest"]
+    for flag, value in (("--follow-job", follow_job), ("--interval", plan.interval_s),
+                        ("--keep-every", plan.keep_every), ("--local-budget", plan.local_budget),
+                        ("--bandwidth", plan.bandwidth)):
+        if value is not None:
+            argv += [flag, str(value)]
     argv += ["--root", str(layout.root)]
     return JobSpec(
         id=new_job_id(JobKind.SYNC), kind=JobKind.SYNC, argv=tuple(argv), run=run,

@@ -1,19 +1,24 @@
 """The records of a job on disk: `jobs/JOB_ID/job.json` (what to run) and `state.json` (what is
 happening), as typed dataclasses with their JSON forms (docs/ARCHITECTURE.md, "File schemas").
 
-job.json is written once by rltui.jobs; state.json is written atomically by the launcher (queued,
-starting), then by the job's keeper, by reconcile once the keeper is gone (lost), and, on jobs no
-keeper owns, by stop/kill of a queued job and by supervise's note on a lost one.
+job.json is written once, with the first state.json, into a folder that appears whole
+(`create_job`). Every change of state.json after that goes through one function, `update_state`:
+it holds the job's lock (flock on `jobs/JOB_ID/.state.lock`) while it reads the record, applies
+the change and writes the result atomically, so two transitions at once never lose one. The
+writers: the launcher (queued, starting), the job's keeper, reconcile once the keeper is gone
+(lost), stop/kill of a queued job and supervise's note on a lost one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rltui.runs.localfs import DamagedFile, Layout, read_json, write_json_atomic
 from rltui.jobs.backends.slurm_spec import SlurmSpec
@@ -25,6 +30,7 @@ class JobKind(str, Enum):
     RESUME = "resume"
     EVAL = "eval"
     SYNC = "sync"
+    FETCH = "fetch"  # a model or dataset from the Hugging Face Hub (rltui.jobs.fetch_jobs)
 
     @property
     def trains(self) -> bool:
@@ -72,6 +78,31 @@ class FollowUp:
 
 
 @dataclass(frozen=True)
+class ArchivePlan:
+    """A training job's live archive (`--archive`): the keeper starts a `sync --action follow`
+    job beside it with these settings (rltui.archive.follow)."""
+
+    interval_s: float | None = None
+    keep_latest: bool = False
+    keep_every: int | None = None
+    local_budget: str | None = None  # as given: '50G'
+    bandwidth: str | None = None  # bytes/s as given: '20M'
+
+    def to_json(self) -> dict[str, Any]:
+        return {"interval_s": self.interval_s, "keep_latest": self.keep_latest,
+                "keep_every": self.keep_every, "local_budget": self.local_budget,
+                "bandwidth": self.bandwidth}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "ArchivePlan | None":
+        if not isinstance(d, dict):
+            return None
+        return cls(interval_s=d.get("interval_s"), keep_latest=bool(d.get("keep_latest")),
+                   keep_every=d.get("keep_every"), local_budget=d.get("local_budget"),
+                   bandwidth=d.get("bandwidth"))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """job.json: what to run. `argv` is a list, never a shell string."""
 
@@ -91,6 +122,7 @@ class JobSpec:
     parent_job: str | None = None  # the job that started this one (a follow-up, a supervise resume)
     created: float = field(default_factory=time.time)
     slurm: SlurmSpec | None = None  # set: the job runs under Slurm (sbatch), not a local keeper
+    archive: ArchivePlan | None = None  # a training job archived live (its keeper starts it)
 
     @property
     def backend(self) -> str:
@@ -106,6 +138,7 @@ class JobSpec:
             "followups": [f.to_json() for f in self.followups],
             "parent_job": self.parent_job, "created": self.created, "backend": self.backend,
             "slurm": self.slurm.to_json() if self.slurm is not None else None,
+            "archive": self.archive.to_json() if self.archive is not None else None,
         }
 
     @classmethod
@@ -120,6 +153,7 @@ class JobSpec:
             followups=tuple(FollowUp.from_json(f) for f in d.get("followups") or ()),
             parent_job=d.get("parent_job"), created=float(d.get("created") or 0.0),
             slurm=SlurmSpec.from_json(d["slurm"]) if isinstance(d.get("slurm"), dict) else None,
+            archive=ArchivePlan.from_json(d.get("archive")),
         )
 
     def with_changes(self, **changes: Any) -> "JobSpec":
@@ -241,9 +275,53 @@ def read_spec(layout: Layout, job_id: str) -> JobSpec:
         raise DamagedFile(layout.job_spec(job_id), f"not a job spec: {e}") from None
 
 
+STATE_LOCK = ".state.lock"
+
+
+def update_state(layout: Layout, job_id: str, change: Callable[[StateFile | None], StateFile | None],
+                 *, durable: bool = True) -> StateFile | None:
+    """The one writer of a job's state.json after its creation.
+
+    Holds the job's lock while it reads the current record (None when missing or damaged), calls
+    `change` with it and writes what `change` returns (None: leave the record as it is). Returns
+    the record written, or None.
+    """
+    fd = os.open(layout.job_dir(job_id) / STATE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = read_state(layout, job_id)
+        except (FileNotFoundError, DamagedFile):
+            current = None
+        new = change(current)
+        if new is not None:
+            new.updated_at = time.time()
+            write_json_atomic(layout.job_state(job_id), new.to_json(), durable=durable)
+        return new
+    finally:
+        os.close(fd)
+
+
 def write_state(layout: Layout, job_id: str, state: StateFile, *, durable: bool = True) -> None:
-    state.updated_at = time.time()
-    write_json_atomic(layout.job_state(job_id), state.to_json(), durable=durable)
+    """Replace the record whole, through `update_state` (for a record only its caller changes)."""
+    update_state(layout, job_id, lambda _current: state, durable=durable)
+
+
+def create_job(layout: Layout, spec: JobSpec, state: StateFile) -> None:
+    """jobs/JOB_ID with its job.json and first state.json, appearing whole: built under a hidden
+    temporary name and renamed, so a full disk or a crash never leaves a job folder without
+    job.json (the temporary is removed on failure)."""
+    final = layout.job_dir(spec.id)
+    tmp = layout.jobs / f".tmp-{spec.id}"
+    tmp.mkdir(parents=True)
+    try:
+        write_json_atomic(tmp / layout.job_spec(spec.id).name, spec.to_json())
+        state.updated_at = time.time()
+        write_json_atomic(tmp / layout.job_state(spec.id).name, state.to_json())
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_state(layout: Layout, job_id: str) -> StateFile:
@@ -288,7 +366,7 @@ def read_job(layout: Layout, job_id: str) -> Job:
     return Job(job_id, layout.job_dir(job_id), spec, state, "; ".join(errors) or None)
 
 
-CODE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding rltui/, trainer/, evaluator/
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding rltui/, trainer/, evaluator/
 
 
 def with_code_root(env: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,138 @@
+"""The live archive (follow), its retention, and the bucket catalog, against moto's real endpoint."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from rltui.archive import catalog
+from rltui.archive.backup import backup_run
+from rltui.archive.follow import Follower, Retention, apply_retention, read_status
+from rltui.archive.sizes import parse_size
+from rltui.errors import UsageError
+from rltui.runs import checkpoints
+from rltui.runs.localfs import Layout
+
+
+def _steps(layout: Layout, run: str) -> list[int]:
+    return [s for s, p in checkpoints.list_step_dirs(layout.training_state(run))
+            if not checkpoints.checkpoint_problems(p)]
+
+
+def test_a_pass_uploads_complete_checkpoints_only_and_records_the_lag(s3, make_run):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2), big=50_000)
+    staging = checkpoints.staging_dir(layout.training_state(run.name), 3)  # a save in progress
+    (staging / "half.bin").write_bytes(b"x" * 100)
+    store = s3.store()
+    follower = Follower(layout, store, run.name, out=io.StringIO(), sleep=lambda s: None)
+
+    assert follower.one_pass() is True
+    manifest = store.get_manifest(run.name)
+    assert not [p for p in manifest.files if ".tmp_" in p]
+    status = read_status(layout, run.name)
+    assert status["newest_archived_step"] == 2 and status["newest_local_step"] == 2
+    assert status["pending_files"] == 0 and status["last_error"] is None
+
+    s3.log.reset()
+    assert follower.one_pass() is False  # nothing changed: no request at all
+    assert sum(s3.log.ops.values()) == 0
+
+
+def test_a_new_checkpoint_is_uploaded_on_the_next_pass(s3, make_run, add_checkpoint):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1,), big=50_000)
+    store = s3.store()
+    follower = Follower(layout, store, run.name, out=io.StringIO(), sleep=lambda s: None)
+    follower.one_pass()
+    add_checkpoint(run.name, 2, big=200_000)
+    checkpoints.update_step_latest(layout.training_state(run.name), 2)
+    assert follower.one_pass() is True
+    assert read_status(layout, run.name)["newest_archived_step"] == 2
+
+
+def test_the_loop_ends_with_a_final_pass_after_the_watched_job_ends(s3, make_run, add_checkpoint, monkeypatch):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1,), big=50_000)
+    follower = Follower(layout, s3.store(), run.name, job="job_x", out=io.StringIO(),
+                        sleep=lambda s: add_checkpoint(run.name, 2, big=1000))
+    ends = iter([False, True])
+    monkeypatch.setattr(follower, "job_ended", lambda: next(ends))
+    status = follower.run_until_job_ends()
+    assert status.state == "done" and status.newest_archived_step == 2
+
+
+def test_retention_deletes_only_verified_checkpoints_and_keeps_the_newest(s3, make_run, add_checkpoint):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2, 3, 4), big=50_000)
+    store = s3.store()
+    result = backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
+    add_checkpoint(run.name, 5, big=1000)  # newer than the backup: not in the manifest
+    checkpoints.update_step_latest(layout.training_state(run.name), 5)
+
+    deleted = apply_retention(layout, store, result.manifest, Retention(keep_latest=True, keep_every=2),
+                              io.StringIO())
+    assert deleted == [1, 3]
+    assert _steps(layout, run.name) == [2, 4, 5]  # keep-every 2, and the newest (not yet archived)
+
+
+def test_retention_refuses_a_checkpoint_whose_objects_are_gone_from_the_bucket(s3, make_run):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2), big=50_000)
+    store = s3.store()
+    result = backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
+    victim = next(e for p, e in result.manifest.files.items() if "/step_1/" in p)
+    s3.raw_client().delete_object(Bucket=s3.bucket, Key=store.object_key(run.name, victim.sha256))
+    out = io.StringIO()
+    assert apply_retention(layout, store, result.manifest, Retention(keep_latest=True), out) == []
+    assert "not confirmed in the bucket" in out.getvalue()
+    assert _steps(layout, run.name) == [1, 2]
+
+
+def test_a_local_budget_deletes_the_oldest_verified_checkpoints_until_under_it(s3, make_run):
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2, 3), big=50_000)
+    store = s3.store()
+    result = backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
+    one = sum(f.stat().st_size for f in layout.step_dir(run.name, 1).rglob("*") if f.is_file())
+    deleted = apply_retention(layout, store, result.manifest, Retention(local_budget=int(one * 2.5)),
+                              io.StringIO())
+    assert deleted == [1]
+    assert _steps(layout, run.name) == [2, 3]
+
+
+@pytest.mark.parametrize("text,value", [("500M", 500 << 20), ("2G", 2 << 30), ("1.5GiB", int(1.5 * (1 << 30))),
+                                        ("1024", 1024)])
+def test_sizes_parse(text, value):
+    assert parse_size(text, "--local-budget") == value
+
+
+@pytest.mark.parametrize("text", ["lots", "-1G", "0"])
+def test_a_bad_size_names_the_flag_and_the_value(text):
+    with pytest.raises(UsageError, match=f"--local-budget: {text!r}"):
+        parse_size(text, "--local-budget")
+
+
+def test_the_catalog_lists_bucket_runs_and_refetches_only_changed_manifests(s3, make_run, add_checkpoint):
+    layout = Layout(s3.root)
+    a, b = make_run(run="run_2026-01-01_00-00-01", steps=(1,), big=10_000), make_run(run="run_2026-01-01_00-00-02", steps=(1, 2), big=10_000)
+    store = s3.store()
+    for r in (a, b):
+        backup_run(layout, store, r.name, out=io.StringIO(), err=io.StringIO())
+
+    first = catalog.refresh(layout, store)
+    assert set(first.runs) == {a.name, b.name} and first.fetched == 2
+    assert first.runs[b.name].newest_step == 2 and first.runs[b.name].size > 0
+
+    add_checkpoint(b.name, 3, big=1000)
+    backup_run(layout, store, b.name, out=io.StringIO(), err=io.StringIO())
+    s3.log.reset()
+    second = catalog.refresh(layout, store)
+    assert second.fetched == 1 and second.runs[b.name].newest_step == 3
+    assert s3.log.ops["GetObject"] == 1 and s3.log.ops["ListObjectsV2"] == 1
+
+    cached = catalog.read_catalog(layout)
+    assert cached is not None and cached.runs[b.name].steps == (1, 2, 3)
+    only = catalog.bucket_only(cached, local_runs={a.name})
+    assert [r.run for r in only] == [b.name]
