@@ -32,7 +32,6 @@ COMMAND_MODULES = [
     "rltui.cli.runs",  # runs, compare, export: the metrics store
     "rltui.cli.compare",
     "rltui.cli.export",
-    "rltui.cli.fetch",  # fetch model|dataset, models
 ]
 
 
