@@ -159,6 +159,7 @@ def run_to_json(r: RunRecord) -> dict[str, Any]:
         "updated": r.updated,
         "error": r.error,
         "parent": r.parent,
+        "provenance": _provenance_json(r),
         "config": _flat(r.config_summary),
         "last_metrics": r.last_metrics,
         "checkpoints": [
@@ -231,7 +232,7 @@ def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = F
     if snap.runs:
         _table(out, ["STATUS", "RUN", "STEP", "CHECKPOINT", "LAST EVAL", "MODEL", "DATASET"],
                [_run_row(r, colour) for r in snap.runs.values()],
-               notes=[_run_note(r) for r in snap.runs.values()])
+               notes=[_with_start(r, _run_note(r)) for r in snap.runs.values()])
     else:
         out.write("  (none)\n")
     incomplete = [(r, c) for r in snap.runs.values() for c in r.incomplete_checkpoints]
@@ -376,7 +377,27 @@ def _visible(text: str) -> str:
 
 
 def _short(model: str | None) -> str:
-    return "-" if not model else model.rstrip("/").rsplit("/", 1)[-1]
+    """The model's last path part; a pinned Hub commit shortened: 'Qwen2.5-1.5B-Instruct@a09a354'."""
+    if not model:
+        return "-"
+    name, at, revision = model.rstrip("/").partition("@")
+    return name.rsplit("/", 1)[-1] + (f"@{revision[:7]}" if at else "")
+
+
+def _provenance_json(r: RunRecord) -> dict[str, Any] | None:
+    p = r.provenance
+    if p is None:
+        return None
+    return {"base": p.base, "base_repo": p.base_repo, "base_commit": p.base_commit,
+            "start_adapter": None if p.adapter_path is None else {
+                "path": p.adapter_path, "label": p.adapter_label, "weights_sha256": p.adapter_sha256,
+                "global_step": p.adapter_step}}
+
+
+def _with_start(r: RunRecord, note: str | None) -> str | None:
+    """The row's note led by where the run started ('from checkpoint-156'), when it says."""
+    start = r.provenance.started_from if r.provenance else ""
+    return "; ".join(x for x in (start, note) if x) or None
 
 
 def _n(count: int, what: str) -> str:

@@ -50,6 +50,7 @@ from rltui.runs.records import (
     FileError,
     JobRecord,
     JobState,
+    Provenance,
     RunRecord,
     RunStatus,
     classify_run,
@@ -256,6 +257,7 @@ class Index:
             started=json_number(sj.get("started")) or time_from_run_name(name),
             updated=json_number(sj.get("time")),
             parent=sj.get("parent") if isinstance(sj.get("parent"), dict) else None,
+            provenance=_provenance(self._load_object(base + "/provenance.json", damaged)),
             pid=json_int(sj.get("pid")),
             host=sj.get("host") if isinstance(sj.get("host"), str) else None,
             damaged=damaged,
@@ -469,6 +471,10 @@ def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) 
         gpu_seconds=sum(j.usage.get("gpu_seconds") or 0.0 for j in jobs),
         cost=_total_cost(jobs),
     )
+
+
+def _provenance(data: dict[str, Any] | None) -> Provenance | None:
+    return Provenance.from_json(data) if data is not None else None
 
 
 def _total_cost(jobs: list[JobRecord]) -> float | None:

@@ -166,6 +166,47 @@ class ConfigSummary:
     max_steps: int | None = None
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a run started (provenance.json, written by the trainer when the run begins)."""
+
+    base: str | None = None  # the base model as named in the config
+    base_repo: str | None = None  # its Hub repo id, when it came from the Hub
+    base_commit: str | None = None  # the Hub commit loaded
+    adapter_path: str | None = None  # the starting adapter (--ckpt / model.init_adapter)
+    adapter_label: str | None = None  # e.g. checkpoint-156
+    adapter_sha256: str | None = None  # of its weights file
+    adapter_step: int | None = None  # an HF Trainer / TRL checkpoint's global_step
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Provenance":
+        base = data.get("base") if isinstance(data.get("base"), dict) else {}
+        start = data.get("start_adapter") if isinstance(data.get("start_adapter"), dict) else {}
+        step = start.get("global_step")
+        return cls(
+            base=_text(base.get("spec")), base_repo=_text(base.get("repo_id")),
+            base_commit=_text(base.get("commit")), adapter_path=_text(start.get("path")),
+            adapter_label=_text(start.get("label")), adapter_sha256=_text(start.get("weights_sha256")),
+            adapter_step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+        )
+
+    @property
+    def started_from(self) -> str:
+        """'from checkpoint-156' (the starting adapter), or '' for a fresh LoRA."""
+        return f"from {self.adapter_label}" if self.adapter_label else ""
+
+    @property
+    def base_text(self) -> str:
+        """'Qwen/Qwen2.5-1.5B-Instruct@a09a354' for a Hub model, else the base as named."""
+        if self.base_repo and self.base_commit:
+            return f"{self.base_repo}@{self.base_commit[:7]}"
+        return self.base or ""
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 @dataclass
 class RunRecord:
     name: str
@@ -184,6 +225,7 @@ class RunRecord:
     error: str | None = None  # the run's own error (status.json) or the first damaged file
     evals: dict[str, EvalRecord] = field(default_factory=dict)
     parent: dict[str, Any] | None = None  # {"run", "step"} it was resumed or branched from
+    provenance: Provenance | None = None  # provenance.json: base model commit, starting adapter
     legacy: bool = False
     restarts: int = 0
     gpu_seconds: float = 0.0

@@ -88,12 +88,20 @@ def checkpoint_cells(ckpt: CheckpointRecord, run: RunRecord) -> list[object]:
     return [str(ckpt.step), state, cells.size(ckpt.size_bytes), ", ".join(evals) or "–"]
 
 
+def _model_text(model: str | None) -> str:
+    """A Hub model pinned to its commit ('org/name@COMMIT') with the commit shortened to 7."""
+    name, at, revision = (model or "").partition("@")
+    return f"{name}@{revision[:7]}" if at and len(revision) == 40 else (model or "")
+
+
 def summary_text(run: RunRecord) -> Text:
     cfg = run.config_summary
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{run.name} ", style="bold")
     text.append(f"{run.status.symbol} {run.status.value}: {run.status_reason}")
-    bits = [f"model {cfg.model}" if cfg.model else "", f"data {cfg.dataset}" if cfg.dataset else "",
+    model = _model_text(cfg.model)
+    start = run.provenance.started_from if run.provenance else ""
+    bits = [f"model {model}" if model else "", start, f"data {cfg.dataset}" if cfg.dataset else "",
             f"lr {cfg.learning_rate:g}" if cfg.learning_rate else "",
             f"from {run.parent.get('run')}@{run.parent.get('step')}" if run.parent else ""]
     extra = "  ".join(b for b in bits if b)
