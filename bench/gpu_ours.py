@@ -147,8 +147,7 @@ def generation_profile(model, tokenizer, prompts: list[str], work: Workload, gen
     ids, mask = fast_generation._tokenize_left(tokenizer, repeated, work.prompt_tokens)
     starts, inverse = fast_generation._unique_rows(ids)
     ids, mask, rows = ids.cuda(), mask.cuda(), torch.tensor(inverse, device="cuda")
-    found["prefill_ms"] = _event_ms(lambda: fast_generation.prefill(engine.weights, engine.state, ids[starts],
-                                                                    mask[starts], rows), 5)
+    found["prefill_ms"] = _event_ms(lambda: engine.prefill(ids[starts], mask[starts], rows), 5)
     examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]
 
     def rollout():

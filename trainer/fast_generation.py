@@ -73,8 +73,20 @@ class DecodeEngine:
         ref = self.weights.layers[0].qkv
         self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
+        # Prefill sees a different token count per rollout: compiled once for any count.
+        self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
         self.attention = Attention(os.environ.get(ATTENTION_ENV, Attention.SDPA.value))
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.prefill_fns is not None:
+            try:
+                return prefill(self.weights, self.state, input_ids, attention_mask, rows, self.prefill_fns)
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the rollout
+                warnings.warn(f"torch.compile of the prefill failed ({exc!r:.300}); continuing uncompiled",
+                              stacklevel=2)
+                self.prefill_fns = None
+        return prefill(self.weights, self.state, input_ids, attention_mask, rows)
 
     def step(self, kv_len: int) -> torch.Tensor:
         if not self.key.graphs:
@@ -117,29 +129,29 @@ class DecodeEngine:
 
 
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()
-_COMPILED: dict[tuple[ModelDims, str | None], tuple[Callable, Callable]] = {}
+_COMPILED: dict[tuple[ModelDims, str | None, bool], tuple[Callable, Callable]] = {}
 
 
 def _compile_mode() -> str | None:
     return "max-autotune-no-cudagraphs" if os.environ.get(COMPILE_ENV) == "max-autotune" else None
 
 
-def _compiled_layer_fns(dims: ModelDims, mode: str | None = None) -> tuple[Callable, Callable]:
+def _compiled_layer_fns(dims: ModelDims, mode: str | None = None, dynamic: bool = False) -> tuple[Callable, Callable]:
     """torch.compile fuses each layer's norms, RoPE, SiLU and residual adds into a few kernels.
 
     Compiled once per model shape as two small functions (attention is left out, so the
     attention-length buckets do not recompile them); every layer reuses the same code.
     """
-    if (dims, mode) not in _COMPILED:
+    if (dims, mode, dynamic) not in _COMPILED:
         def pre(*args: torch.Tensor | None):
             return attention_inputs(dims, *args)
 
         def post(*args: torch.Tensor):
             return attention_output_and_mlp(dims, *args)
 
-        options = {"fullgraph": True, "dynamic": False} | ({"mode": mode} if mode else {})
-        _COMPILED[dims, mode] = (torch.compile(pre, **options), torch.compile(post, **options))
-    return _COMPILED[dims, mode]
+        options = {"fullgraph": True, "dynamic": dynamic} | ({"mode": mode} if mode else {})
+        _COMPILED[dims, mode, dynamic] = (torch.compile(pre, **options), torch.compile(post, **options))
+    return _COMPILED[dims, mode, dynamic]
 
 
 def release_engines() -> None:
@@ -308,8 +320,7 @@ def generate(
     capacity = engine.state.capacity
     starts, inverse = _unique_rows(prompt_ids)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    logits = prefill(engine.weights, engine.state, prompt_ids[starts], prompt_mask[starts],
-                     torch.tensor(inverse, device=device))
+    logits = engine.prefill(prompt_ids[starts], prompt_mask[starts], torch.tensor(inverse, device=device))
 
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive = torch.zeros((batch, max_new_tokens), dtype=torch.bool, device=device)
@@ -363,7 +374,7 @@ def forced_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch
     capacity = -(-(length + steps) // BUCKET) * BUCKET
     engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
     capacity = engine.state.capacity
-    logits = prefill(engine.weights, engine.state, prompt_ids, prompt_mask, torch.arange(batch, device=device))
+    logits = engine.prefill(prompt_ids, prompt_mask, torch.arange(batch, device=device))
     found = [logits.to(torch.float32, copy=True)]
     for i in range(steps - 1):
         engine.state.tokens.copy_(completion_ids[:, i])

@@ -94,8 +94,9 @@ def _fused(name: str, fn):
 class _HeadLogprobs(torch.autograd.Function):
     """hidden [M, H] @ weight[V, H].T -> log_softmax(. / T)[targets] [M] float32, `chunk` rows at a time.
 
-    Neither pass keeps a [M, V] tensor: the backward recomputes each chunk's logits (one more
-    product of the forward's size) instead of saving them.
+    Neither pass keeps a [M, V] tensor. When only `hidden` needs a gradient (a frozen LM head,
+    the LoRA case) the forward also forms d logp / d hidden per chunk and the backward only scales
+    it; otherwise the backward recomputes each chunk's logits.
     """
 
     @staticmethod
@@ -105,16 +106,28 @@ class _HeadLogprobs(torch.autograd.Function):
         out = torch.empty(m, dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         pick = _fused("pick", _pick_and_lse) if hidden.is_cuda else _pick_and_lse
+        dlogits = _fused("grad", _logits_grad) if hidden.is_cuda else _logits_grad
+        # With only `hidden` needing a gradient, d logp / d hidden (a [M, H] tensor) is formed here
+        # while each chunk's logits exist, so the backward pass only scales it: no second product.
+        early = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1]
+        dhidden = torch.empty_like(hidden) if early else None
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
-            out[start:stop], lse[start:stop] = pick(hidden[start:stop] @ weight.T, targets[start:stop], temperature)
-        ctx.save_for_backward(hidden, weight, targets, lse)
+            logits = hidden[start:stop] @ weight.T
+            out[start:stop], lse[start:stop] = pick(logits, targets[start:stop], temperature)
+            if dhidden is not None:
+                ones = torch.ones(stop - start, dtype=torch.float32, device=hidden.device)
+                dhidden[start:stop] = dlogits(logits, targets[start:stop], lse[start:stop], ones, temperature) @ weight
+            del logits
+        ctx.save_for_backward(hidden, weight, targets, lse, dhidden)
         ctx.temperature, ctx.chunk = temperature, chunk
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, targets, lse = ctx.saved_tensors
+        hidden, weight, targets, lse, dhidden = ctx.saved_tensors
+        if dhidden is not None:
+            return (dhidden.float() * grad[:, None]).to(hidden.dtype), None, None, None, None
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         dlogits = _fused("grad", _logits_grad) if hidden.is_cuda else _logits_grad
