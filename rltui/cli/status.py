@@ -24,6 +24,7 @@ from rltui.errors import UsageError
 from rltui.runs.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
 SCHEMA_VERSION = 1
+STORE_BUDGET_S = 0.5  # status spends at most this long (after its output) updating the metrics store
 RECENT_ENDED_JOBS = 20  # the plain text lists these many ended jobs; --json lists all
 
 _COLOURS = {
@@ -71,7 +72,17 @@ def handle(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # `rltui --batch status | head`: the reader left; that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    update_store(root, snap, args.run)
     return 0
+
+
+def update_store(root: Path, snap: Snapshot, run: str | None) -> None:
+    """Keep the metrics store (rltui.runs.store) current on the side, after the output, with the
+    index's statuses: at most STORE_BUDGET_S here; the next reader of the localfs goes on."""
+    from rltui.runs.ingest import ingest_quietly
+
+    statuses = {name: r.status.value for name, r in snap.runs.items()}
+    ingest_quietly(root, runs=[run] if run else None, statuses=statuses, budget_s=STORE_BUDGET_S)
 
 
 def _only_run(snap: Snapshot, name: str) -> Snapshot:
