@@ -103,12 +103,15 @@ def ingest(store: Store, layout: localfs.Layout, *, runs: Iterable[str] | None =
         sigs = {p: _sig(p) for p in paths}
         changed = (any(_differs(known.get(p), s) for p, s in sigs.items())
                    or not known_by_run.get(name, set()) <= sigs.keys())  # a file or folder gone
-        status_due = (stored_status.get(name) == "running"
-                      or (name in ctx.statuses and ctx.statuses[name] != stored_status.get(name)))
-        if changed or status_due or name not in stored_status:
-            with store.write() as conn:
-                report.points += _ingest_run(conn, ctx, name, on_disk[name], evals.get(name, {}), sigs)
-            report.runs_read += 1
+        if not changed and name in stored_status:
+            # nothing new on disk; a running run's status can still change (its process ends)
+            if name not in ctx.statuses and stored_status[name] != "running":
+                continue
+            if ctx.status_of(name, _read_json(os.path.join(on_disk[name], "status.json"))) == stored_status[name]:
+                continue
+        with store.write() as conn:
+            report.points += _ingest_run(conn, ctx, name, on_disk[name], evals.get(name, {}), sigs)
+        report.runs_read += 1
     if runs is None and report.complete:
         report.jobs_read = _ingest_jobs(store, layout, known)
         gone = set(stored_status) - set(on_disk)
@@ -127,6 +130,10 @@ class _Context:
     now: float
     host: str
     statuses: dict[str, str]
+
+    def status_of(self, name: str, status_json: Any) -> str:
+        """The index's status when the caller has one, else the rule on status.json alone."""
+        return self.statuses.get(name) or diagnose_run(status_json, self.now, self.host).status.value
 
 
 def _run_folders(layout: localfs.Layout) -> list[tuple[str, str]]:
@@ -221,7 +228,7 @@ def _read_json(path: str) -> Any:
 
 
 def _write_status(conn: sqlite3.Connection, ctx: _Context, run_id: int, name: str, sj: Any) -> None:
-    status = ctx.statuses.get(name) or diagnose_run(sj, ctx.now, ctx.host).status.value
+    status = ctx.status_of(name, sj)
     d = sj if isinstance(sj, dict) else {}
     parent = d.get("parent")
     parent_name = parent.get("run") if isinstance(parent, dict) else None

@@ -109,3 +109,14 @@ def test_export_without_pyarrow_says_so_in_one_line(root: Path, tmp_path: Path) 
                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
     assert "needs pyarrow" in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_status_keeps_the_store_current_with_the_index_statuses(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rltui.runs.store import Store, store_path
+
+    assert not store_path(root).exists()
+    assert main(["--root", str(root), "--batch", "status", "--json"]) == 0
+    capsys.readouterr()
+    with Store.open(root) as store:
+        assert store.run_names() == [RUN_A, RUN_B, RUN_C]
+        assert store.summary("reward_mean")[RUN_B].last == 0.5
