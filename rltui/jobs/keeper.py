@@ -552,7 +552,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         keeper.state.ended_at = time.time()
         keeper.transition(JobState.FAILED, f"keeper error: {type(e).__name__}: {e}")
         raise
+    update_store(keeper)
     return 0 if final is JobState.SUCCEEDED else 1
+
+
+def update_store(keeper: Keeper) -> None:
+    """The job's run and usage into the metrics store (rltui.runs.store) once the job's end is
+    recorded and its follow-ups started; a store that cannot be written only logs a line."""
+    from rltui.runs.ingest import ingest_quietly
+
+    runs = [keeper.spec.run] if keeper.spec.run else []
+    ingest_quietly(keeper.layout.root, runs=runs, jobs=[keeper.job_id])
 
 
 if __name__ == "__main__":
