@@ -80,9 +80,10 @@ def ingest_quietly(root: str | os.PathLike[str], **kwargs: Any) -> IngestReport 
 
 
 def ingest(store: Store, layout: localfs.Layout, *, runs: Iterable[str] | None = None,
-           statuses: dict[str, str] | None = None, budget_s: float | None = None,
-           now: float | None = None) -> IngestReport:
-    """Bring the store up to date with the files (or with `runs` only); see the module doc."""
+           jobs: Iterable[str] | None = None, statuses: dict[str, str] | None = None,
+           budget_s: float | None = None, now: float | None = None) -> IngestReport:
+    """Bring the store up to date with the files (or with `runs` and `jobs` only); see the
+    module doc."""
     t0 = time.monotonic()
     report = IngestReport()
     ctx = _Context(layout, now if now is not None else time.time(), this_host(), statuses or {})
@@ -112,6 +113,8 @@ def ingest(store: Store, layout: localfs.Layout, *, runs: Iterable[str] | None =
         with store.write() as conn:
             report.points += _ingest_run(conn, ctx, name, on_disk[name], evals.get(name, {}), sigs)
         report.runs_read += 1
+    if jobs is not None:
+        report.jobs_read = _ingest_jobs(store, layout, known, list(jobs))
     if runs is None and report.complete:
         report.jobs_read = _ingest_jobs(store, layout, known)
         gone = set(stored_status) - set(on_disk)
@@ -426,17 +429,21 @@ def _write_evals(conn: sqlite3.Connection, run_id: int, evals: dict[str, str],
             put_summary(conn, run_id, f"eval_{column}@{dataset}", steps, vals)
 
 
-def _ingest_jobs(store: Store, layout: localfs.Layout, known: dict[str, tuple[Any, ...]]) -> int:
-    try:
-        entries = [e for e in os.scandir(layout.jobs) if e.is_dir()]
-    except OSError:
-        return 0
+def _ingest_jobs(store: Store, layout: localfs.Layout, known: dict[str, tuple[Any, ...]],
+                 only: list[str] | None = None) -> int:
+    if only is None:
+        try:
+            folders = [(e.name, e.path) for e in os.scandir(layout.jobs) if e.is_dir()]
+        except OSError:
+            return 0
+    else:
+        folders = [(j, str(layout.job_dir(j))) for j in only]
     changed = []
-    for e in entries:
-        path = os.path.join(e.path, "state.json")
+    for job_id, folder in folders:
+        path = os.path.join(folder, "state.json")
         sig = _sig(path)
         if sig is not None and _differs(known.get(path), sig):
-            changed.append((e.name, e.path, path, sig))
+            changed.append((job_id, folder, path, sig))
     if not changed:
         return 0
     with store.write() as conn:
