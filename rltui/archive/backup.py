@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-from rltui.runs import checkpoints, localfs
+from rltui.runs import checkpoints, folders, localfs
 from rltui.archive.lock import run_lock
 from rltui.archive.manifest import (
-    FileEntry, HashCache, LocalFile, Manifest, run_eval_dirs, scan_run, stat_local,
+    FileEntry, HashCache, LocalFile, Manifest, eval_folder_of_path, foreign_eval_folders,
+    run_eval_dirs, scan_run, stat_local,
 )
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running, running_runs
@@ -41,6 +41,7 @@ class CleanupResult:
     deleted_bytes: int = 0
     kept: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    foreign: dict[str, str] = field(default_factory=dict)  # eval folder -> whose it is instead
 
 
 @dataclass
@@ -259,8 +260,13 @@ def cleanup_run(
     res = CleanupResult()
     keep = keep_paths(layout, run)
     cache = HashCache(layout, run)
+    res.foreign = foreign_eval_folders(layout, run, manifest.files)
+    for folder, whose in res.foreign.items():
+        out.write(f"  kept eval_runs/{folder}/: not {run}'s ({whose})\n")
     candidates: list[tuple[LocalFile, FileEntry]] = []
     for path, entry in sorted(manifest.files.items()):
+        if eval_folder_of_path(path) in res.foreign:
+            continue
         f = stat_local(layout.root, path)
         if f is None:
             continue
@@ -349,7 +355,7 @@ def backup_all(
     out = out or sys.stdout
     results: list[BackupResult] = []
     failed: list[str] = []
-    runs = sorted(p.name for p in _run_dirs(layout.training_runs))
+    runs = [name for name, _path in folders.run_folders(layout)]  # the index's rule: links count
     if not runs:
         out.write(f"no runs in {layout.training_runs}\n")
     busy = running_runs(layout)
@@ -366,20 +372,3 @@ def backup_all(
     if failed:
         raise WorkFailed(f"backup failed for {len(failed)} run(s): {', '.join(failed)}")
     return results
-
-
-def _run_dirs(folder: Path) -> list[Path]:
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    out = []
-    for e in entries:
-        if not e.is_dir(follow_symlinks=False):
-            continue
-        try:
-            localfs.validate_run_name(e.name)
-        except localfs.BadName:
-            continue
-        out.append(Path(e.path))
-    return out

@@ -20,9 +20,9 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from rltui.runs import checkpoints, localfs, machine
+from rltui.runs import checkpoints, folders, localfs, machine
 from rltui.runs.localfs import Layout
 
 MANIFEST_FORMAT = 1
@@ -224,14 +224,32 @@ def recorded_hashes(root: Path, step_dir: Path) -> dict[str, str]:
 
 
 def run_eval_dirs(layout: Layout, run: str) -> list[Path]:
-    try:
-        entries = sorted(os.scandir(layout.eval_runs), key=lambda e: e.name)
-    except OSError:
-        return []
-    return [
-        Path(e.path) for e in entries
-        if localfs.eval_dir_dataset(run, e.name) is not None and e.is_dir(follow_symlinks=False)
-    ]
+    """The eval folders `run` owns (rltui.runs.folders: what their eval_config.yaml records, never
+    a name prefix); links are left out, the archive never reads or deletes through them."""
+    return [path for _dataset, path in folders.eval_folders_of(layout, run, follow_links=False)]
+
+
+def eval_folder_of_path(path: str) -> str | None:
+    """The eval_runs/ folder name of a manifest path, None for a path of the run folder."""
+    parts = path.split("/", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "eval_runs" else None
+
+
+def foreign_eval_folders(layout: Layout, run: str, paths: Iterable[str]) -> dict[str, str]:
+    """Eval folders among `paths` (manifest paths of `run`) that `run` does not own, with why.
+
+    An older backup may list another run's evaluations (they were once taken by name prefix);
+    cleanup and restore leave those folders alone."""
+    names = sorted({f for p in paths if (f := eval_folder_of_path(p)) is not None})
+    if not names:
+        return {}
+    runs = folders.run_names(layout) | {run}
+    out = {}
+    for name in names:
+        owner = folders.eval_owner(layout, name, runs)
+        if owner.run != run:
+            out[name] = f"owned by run {owner.run}" if owner.run else owner.how
+    return out
 
 
 def scan_run(layout: Layout, run: str) -> LocalRun:
@@ -242,8 +260,10 @@ def scan_run(layout: Layout, run: str) -> LocalRun:
                 for _step, folder in checkpoints.list_step_dirs(layout.training_state(run))}
     skipped: list[tuple[str, str]] = []
     files: list[LocalFile] = []
+    # The run folder may be a link (a run moved to another disk: the index lists it too);
+    # links inside it, and linked eval folders, are not followed.
     for top in [run_dir, *run_eval_dirs(layout, run)]:
-        if top.is_dir() and not top.is_symlink():
+        if top.is_dir() and (top == run_dir or not top.is_symlink()):
             files.extend(_walk(layout.root, top, skipped, problems))
     recorded: dict[str, str] = {}
     for name, found in problems.items():

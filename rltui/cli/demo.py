@@ -28,6 +28,7 @@ from rltui.errors import UsageError, WorkFailed
 from rltui.jobs.records import Job, JobState, read_state
 from rltui.runs.localfs import Layout, read_json, read_last_jsonl, write_yaml_atomic
 from rltui.runs.checkpoints import latest_complete_step
+from rltui.runs.folders import eval_folders_of
 from rltui.jobs.policy import RestartSettings
 
 CONFIG_SOURCE = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
@@ -182,7 +183,9 @@ class Demo:
 
     def show_metrics(self, run: str) -> None:
         self.stage("consolidated metrics (every evaluated step, one row each)")
-        for path in sorted(self.layout.eval_runs.glob(f"{run}_*/consolidated_metrics.csv")):
+        for path in [f / "consolidated_metrics.csv" for _d, f in eval_folders_of(self.layout, run)]:
+            if not path.is_file():
+                continue
             self.say(str(path))
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))

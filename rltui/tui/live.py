@@ -20,7 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from rltui.runs.localfs import BadName, Layout, validate_name
+from rltui.runs.folders import run_folders
+from rltui.runs.localfs import BadName, Layout
 from rltui.runs.machine import this_host
 from rltui.runs.records import RunRecord, diagnose_run, json_int, json_number
 from rltui.tui.watcher import Change
@@ -62,7 +63,7 @@ def quick_runs(layout: Layout, now: float, host: str | None = None) -> list[RunR
     host = host or this_host()
     folder = layout.training_runs
     out = []
-    for name, path in _run_dirs(str(folder)):
+    for name, path in run_folders(layout):
         status = _read_status(os.path.join(path, "status.json"))
         sj = status if isinstance(status, dict) else {}
         d = diagnose_run(status, now, host)
@@ -100,28 +101,6 @@ class QuickRead(threading.Thread):
             self.runs = quick_runs(self.layout, self.now)
         except Exception:  # the full scan follows and says what is wrong
             self.runs = None
-
-
-def _run_dirs(folder: str) -> list[tuple[str, str]]:
-    """The run folders the full scan lists (index._subdirs: a linked run counts, a bad name
-    does not), as strings: Path objects for 1,000 runs cost as much as reading their files."""
-    try:
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except OSError:
-        return []
-    return sorted((e.name, e.path) for e in entries
-                  if not e.name.startswith(".") and e.is_dir() and _valid(e.name))
-
-
-def _valid(name: str) -> bool:
-    try:
-        validate_name(name)
-    except BadName:
-        return False
-    return True
-
-
 
 
 class LiveIndex:

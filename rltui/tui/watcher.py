@@ -28,6 +28,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rltui.runs.folders import is_run_folder_name, list_run_folders
+
 WATCHED = ("training_runs", "eval_runs", "jobs")
 KIND_OF_FOLDER = {"training_runs": "run", "eval_runs": "eval", "jobs": "job"}
 # fstype values (from /proc/mounts) where inotify misses changes made by other hosts or daemons.
@@ -62,8 +64,8 @@ def change_for_path(root: Path, path: str | os.PathLike[str]) -> Change | None:
     except ValueError:
         return None
     parts = rel.parts
-    if len(parts) < 2 or parts[0] not in KIND_OF_FOLDER or parts[1].startswith("."):
-        return None
+    if len(parts) < 2 or parts[0] not in KIND_OF_FOLDER or not is_run_folder_name(parts[1]):
+        return None  # the index lists no such folder (rltui.runs.folders)
     return Change(KIND_OF_FOLDER[parts[0]], parts[1])
 
 
@@ -124,14 +126,8 @@ def poll_signatures(root: Path) -> dict[Change, tuple]:
     """Signature of every run, eval folder and job under root."""
     out: dict[Change, tuple] = {}
     for folder_name, kind in KIND_OF_FOLDER.items():
-        try:
-            entries = list(os.scandir(root / folder_name))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            out[Change(kind, entry.name)] = _signature(kind, Path(entry.path))
+        for name, path in list_run_folders(root / folder_name):  # the index's rule
+            out[Change(kind, name)] = _signature(kind, Path(path))
     return out
 
 
