@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from rltui.runs import checkpoints, localfs, machine
+from rltui.runs import checkpoints, folders, localfs, machine
 from rltui.runs.readers import (
     FileCache,
     last_metrics,
@@ -156,8 +156,10 @@ class Index:
     def scan(self) -> Snapshot:
         """Read every run, legacy run, eval folder and job. Unchanged files come from the cache."""
         with self._lock, _no_gc():
-            self._runs = {n: self._read_run(n, p) for n, p in _subdirs(self.layout.training_runs)}
-            self._legacy = {n: self._read_legacy(n, p) for n, p in _subdirs(self.layout.rl_runs)}
+            self._runs = {n: self._read_run(n, Path(p)) for n, p in folders.run_folders(self.layout)}
+            self._legacy = {
+                n: self._read_legacy(n, Path(p)) for n, p in folders.legacy_run_folders(self.layout)
+            }
             self._evals, self._evals_by_run = {}, {}
             self._eval_listing = None
             for folder in self._eval_folders():
@@ -211,7 +213,7 @@ class Index:
             old = self._drop_eval(folder)
             if (self.layout.eval_runs / folder).is_dir():
                 self._put_eval(folder, self._read_eval(folder))
-            runs = {e.run for e in (old, self._evals.get(folder)) if e is not None}
+            runs = {_owner_key(e) for e in (old, self._evals.get(folder)) if e is not None}
             return self._publish_runs(sorted(runs), resort=False)
 
     def refresh_job(self, job_id: str) -> Snapshot:
@@ -306,24 +308,24 @@ class Index:
         )
 
     def _read_eval(self, folder: str) -> EvalRecord:
-        run, dataset = self._eval_owner(folder)
-        return read_eval(self._cache, str(self.layout.eval_runs / folder), run, dataset)
+        owner = self._eval_owner(folder)
+        path = str(self.layout.eval_runs / folder)
+        if owner.run is not None:
+            return read_eval(self._cache, path, owner.run, owner.dataset)
+        run, dataset = _guess_split(folder)
+        rec = read_eval(self._cache, path, run, dataset)
+        rec.owner_note = owner.how
+        return rec
 
-    def _eval_owner(self, folder: str) -> tuple[str, str]:
-        """Split `RUN_DATASET` at the last '_' that leaves a known run name and a dataset that
-        starts with a letter (the longest run name wins); for an unknown run, guess the split
-        that leaves a `run_...` name, else the first."""
-        known = guess = None
-        i = folder.find("_")
-        while i != -1:
-            run, dataset = folder[:i], folder[i + 1:]
-            if dataset[:1].isalpha():
-                if self._known(run):
-                    known = (run, dataset)
-                elif guess is None or localfs.is_run_name(run):
-                    guess = (run, dataset)
-            i = folder.find("_", i + 1)
-        return known or guess or (folder, "")
+    def _eval_owner(self, folder: str) -> folders.EvalOwner:
+        """The one rule (rltui.runs.folders): the run its eval_config.yaml names, else the one
+        existing run whose name alone fits; nobody's when two fit."""
+        path = str(self.layout.eval_runs / folder / folders.EVAL_CONFIG)
+        try:
+            recorded = self._cache.load(path, _parse_eval_record)
+        except (FileNotFoundError, localfs.DamagedFile):
+            recorded = None
+        return folders.decide_eval_owner(folder, recorded, _RunNames(self))
 
     def _eval_folders(self) -> list[str]:
         """Names under eval_runs/, re-listed only when the folder changed (its mtime)."""
@@ -335,7 +337,7 @@ class Index:
             return []
         if self._eval_listing is not None and self._eval_listing[0] == mtime:
             return self._eval_listing[1]
-        names = [n for n, _p in _subdirs(self.layout.eval_runs)]
+        names = [n for n, _p in folders.eval_folders(self.layout)]
         # A folder made within the timestamp granularity of the last one leaves the mtime as it
         # was: a listing younger than 2 s is not trusted next time.
         fresh = time.time() - mtime / 1e9 < 2.0
@@ -358,18 +360,19 @@ class Index:
 
     def _put_eval(self, folder: str, rec: EvalRecord) -> None:
         self._evals[folder] = rec
-        self._evals_by_run.setdefault(rec.run, set()).add(folder)
-        self._eval_owners_touched.add(rec.run)
+        self._evals_by_run.setdefault(_owner_key(rec), set()).add(folder)
+        self._eval_owners_touched.add(_owner_key(rec))
 
     def _drop_eval(self, folder: str) -> EvalRecord | None:
         rec = self._evals.pop(folder, None)
         if rec is not None:
-            self._eval_owners_touched.add(rec.run)
-            owned = self._evals_by_run.get(rec.run)
+            key = _owner_key(rec)
+            self._eval_owners_touched.add(key)
+            owned = self._evals_by_run.get(key)
             if owned is not None:
                 owned.discard(folder)
                 if not owned:
-                    del self._evals_by_run[rec.run]
+                    del self._evals_by_run[key]
         return rec
 
     def _known(self, run: str) -> bool:
@@ -398,7 +401,7 @@ class Index:
         evals_by_run: dict[str, dict[str, EvalRecord]] = {}
         orphans: dict[str, EvalRecord] = {}
         for folder, ev in self._evals.items():
-            if self._known(ev.run):
+            if self._known(_owner_key(ev)):
                 evals_by_run.setdefault(ev.run, {})[ev.dataset] = ev
             else:
                 orphans[folder] = ev
@@ -427,7 +430,11 @@ class Index:
         old = self._snapshot
         runs = dict(old.runs)
         legacy = dict(old.legacy_runs)
-        for name in names:
+        # A re-read eval folder may have changed hands (a run whose name fits it came or went):
+        # its old and new owners are rebuilt too.
+        touched = set(names) | self._eval_owners_touched
+        self._eval_owners_touched = set()
+        for name in sorted(touched - {""}):
             if name in self._runs:
                 runs[name] = self._assemble(self._runs[name].record)
             else:
@@ -438,9 +445,7 @@ class Index:
             runs = dict(sorted(runs.items()))
         # Only eval folders re-read now, or of the named runs, can have become (or stopped being)
         # orphans; the rest keep their old standing.
-        touched = set(names) | self._eval_owners_touched
-        self._eval_owners_touched = set()
-        orphans = {f: e for f, e in old.orphan_evals.items() if e.run not in touched}
+        orphans = {f: e for f, e in old.orphan_evals.items() if _owner_key(e) not in touched}
         for name in touched:
             if not self._known(name):
                 orphans.update((f, self._evals[f]) for f in self._evals_by_run.get(name, ()))
@@ -553,3 +558,44 @@ def _size(path: Path) -> int:
         return 0
 
 
+
+
+def _owner_key(rec: EvalRecord) -> str:
+    """The run an eval record is filed under: its owner, or "" (no run) when nobody owns it."""
+    return "" if rec.owner_note else rec.run
+
+
+def _parse_eval_record(data: bytes, path: str) -> tuple[str | None, str | None] | None:
+    try:
+        return folders.parse_eval_record(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _guess_split(folder: str) -> tuple[str, str]:
+    """A display name for a folder no run owns: the split leaving a `run_...` name, else the
+    first that leaves a dataset starting with a letter."""
+    guess = None
+    i = folder.find("_")
+    while i != -1:
+        run, dataset = folder[:i], folder[i + 1:]
+        if dataset[:1].isalpha() and (guess is None or localfs.is_run_name(run)):
+            guess = (run, dataset)
+        i = folder.find("_", i + 1)
+    return guess or (folder, "")
+
+
+class _RunNames:
+    """The index's run names (training and legacy) as a collection, without copying them."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._index._known(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._index._runs, *self._index._legacy])
+
+    def __len__(self) -> int:
+        return len(self._index._runs) + len(self._index._legacy)

@@ -128,6 +128,8 @@ class EvalRecord:
     error: str | None = None
     progress: dict[str, Any] | None = None  # eval_status.json of an evaluation under way
     damaged: list[FileError] = field(default_factory=list)
+    #: why no run owns this folder (rltui.runs.folders); None when `run` owns it
+    owner_note: str | None = None
 
 
 @dataclass
