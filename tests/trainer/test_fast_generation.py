@@ -345,3 +345,17 @@ def test_bmm_decode_attention_generates_the_transformers_tokens(tokenizer, monke
     assert _ENGINES[model].attention.value == "bmm"
     assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 70))
     release_engines()
+
+
+def test_decode_texts_equal_decoding_each_row(tokenizer):
+    from trainer.fast_generation import decode_texts
+
+    gen = torch.Generator().manual_seed(3)
+    eos = tokenizer.eos_token_id
+    rows = [torch.randint(0, len(tokenizer), (n,), generator=gen).tolist() + [eos] for n in (0, 3, 17, 40)]
+    assert decode_texts(tokenizer, rows) == [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    tokenizer.clean_up_tokenization_spaces = not tokenizer.clean_up_tokenization_spaces  # the other branch
+    try:
+        assert decode_texts(tokenizer, rows) == [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    finally:
+        tokenizer.clean_up_tokenization_spaces = not tokenizer.clean_up_tokenization_spaces
