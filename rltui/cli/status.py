@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from rltui.runs import localfs, machine, writer_lock
 from rltui.errors import UsageError
+from rltui.text import clean, clean_lines
 from rltui.runs.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
 SCHEMA_VERSION = 1
@@ -67,7 +69,8 @@ def handle(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(snapshot_to_json(snap, gpus), indent=indent) + "\n")
         else:
             colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-            write_text(snap, gpus, sys.stdout, colour=colour)
+            out = CleanWriter(sys.stdout)  # text from files: no escape sequences reach the terminal
+            write_text(snap, gpus, out, colour=colour)
         sys.stdout.flush()
     except BrokenPipeError:
         # `rltui --batch status | head`: the reader left; that is not an error of ours.
@@ -236,7 +239,7 @@ def _device_json(d: Any) -> dict[str, Any]:
 def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = False) -> None:
     active = len(snap.active_jobs)
     out.write(
-        f"localfs {snap.root}: {_n(len(snap.runs), 'run')}, "
+        f"localfs {clean(str(snap.root))}: {_n(len(snap.runs), 'run')}, "
         f"{_n(len(snap.legacy_runs), 'legacy run')}, {_n(len(snap.jobs), 'job')} ({active} active)\n"
     )
     out.write("\nRUNS\n")
@@ -263,9 +266,9 @@ def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = F
     out.write("\nGPUS\n")
     if gpus.available:
         for d in gpus.devices:
-            out.write(f"  {_gpu_line(d)}\n")
+            out.write(f"  {clean(_gpu_line(d))}\n")
     else:
-        out.write(f"  GPU: not available ({gpus.reason or 'no reason given'})\n")
+        out.write(f"  GPU: not available ({clean(gpus.reason or 'no reason given')})\n")
     if snap.legacy_runs:
         out.write("\nLEGACY RUNS (rl_runs/, read-only)\n")
         _table(out, ["RUN", "STEPS", "LAST EVAL"], [
@@ -280,7 +283,7 @@ def write_text(snap: Snapshot, gpus: GpuReport, out: TextIO, *, colour: bool = F
     if snap.errors:
         out.write("\nDAMAGED FILES (skipped)\n")
         for err in snap.errors:
-            out.write(f"  {err.path}: {err.reason}\n")
+            out.write(f"  {clean(str(err.path))}: {clean(err.reason)}\n")
 
 
 def _run_row(r: RunRecord, colour: bool) -> list[str]:
@@ -368,6 +371,7 @@ def _gpu_line(g: Any) -> str:
 
 def _table(out: TextIO, header: list[str], rows: list[list[str]],
            notes: list[str | None] | None = None) -> None:
+    rows = [[_cell(c) for c in row] for row in rows]
     widths = [max(len(_visible(x)) for x in col) for col in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:
@@ -378,7 +382,32 @@ def _table(out: TextIO, header: list[str], rows: list[list[str]],
     for i, row in enumerate(rows):
         out.write(line(row))
         if notes and notes[i]:
-            out.write(f"      ↳ {notes[i]}\n")
+            out.write(f"      ↳ {clean(notes[i])}\n")
+
+
+def _cell(text: str) -> str:
+    """A table cell as shown: one line, nothing from a file able to drive the terminal; a status
+    word in our own colour stays coloured."""
+    if text.endswith(_RESET) and text.startswith(tuple(_COLOURS.values())):
+        return text[:text.index("m") + 1] + clean(_visible(text)) + _RESET
+    return clean(text)
+
+
+class CleanWriter:
+    """A text stream that removes escape sequences and controls from what is written, except
+    rltui's own status colours."""
+
+    _OURS = re.compile("(" + "|".join(re.escape(c) for c in (*_COLOURS.values(), _RESET)) + ")")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        parts = self._OURS.split(text)
+        return self.stream.write("".join(p if i % 2 else clean_lines(p) for i, p in enumerate(parts)))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _visible(text: str) -> str:

@@ -111,6 +111,7 @@ class _RunSource:
 
     record: RunRecord
     status_json: dict[str, Any] | None
+    status_damage: str | None = None  # why status.json could not be read, when it exists
 
 
 class Index:
@@ -268,15 +269,18 @@ class Index:
             record.error = str(sj["error"])
         elif damaged:
             record.error = str(damaged[0])
-        src = _RunSource(record, status_json)
+        status_file = base + "/status.json"
+        damage = next((e.reason for e in damaged if str(e.path) == status_file), None)
+        src = _RunSource(record, status_json, damage)
         self._classify(src)
         return src
 
     def _classify(self, src: _RunSource) -> None:
         d = diagnose_run(src.status_json, self._now(), self._host, self._stale_after, alive=self._alive)
         rec = src.record
+        reason = f"damaged status.json: {src.status_damage}" if src.status_damage else d.reason
         rec.status, rec.status_reason, rec.stalled, rec.process_alive = (
-            d.status, d.reason, d.stalled, d.process_alive)
+            d.status, reason, d.stalled, d.process_alive)
 
     def _read_legacy(self, name: str, path: Path) -> RunRecord:
         """An older run under rl_runs/: step_N adapter folders, listed read-only."""

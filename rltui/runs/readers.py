@@ -546,8 +546,19 @@ def keeper_gone(job: JobRecord, boot: float | None) -> bool:
     pid = job.keeper_pid
     if pid is None:
         return False  # not started yet (queued): the launcher or the supervisor decides
+    # A state.json without times (hand-written, or from an older writer) is dated by its mtime:
+    # a process that started after the file was last written is not its keeper.
     last_write = job.updated_at or job.started_at
+    if last_write is None and job.path is not None:
+        last_write = _mtime(os.path.join(job.path, "state.json"))
     return not (trainer_alive(pid, last_write) if last_write is not None else machine.pid_alive(pid))
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------- small things
