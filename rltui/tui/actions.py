@@ -1,4 +1,6 @@
 """The app's actions: open a form, confirm, and hand the result to rltui.jobs in a worker.
+Nothing here reads a file on the UI thread: a form checks its input in a worker (form_base),
+the run and checkpoint chosen come from the index's records.
 
 Mixed into RlTuiApp (rltui.tui.app), which provides `layout`, `launcher`, `sampler`,
 `selected_run()`, `selected_job()` and the widgets. Every action is bound to a key (shown in
@@ -21,15 +23,23 @@ DEFAULT_CONFIGS = ("configs/tiny.yaml", "configs/default.yaml")
 
 
 class ActionsMixin:
+    default_cfg = ""  # the first of DEFAULT_CONFIGS that exists, found off the UI thread
+
+    def on_mount(self: "RlTuiApp") -> None:  # Textual calls each class's on_mount in the MRO
+        self.find_default_config()
+
+    @work(thread=True, group="default-config")
+    def find_default_config(self: "RlTuiApp") -> None:
+        from pathlib import Path
+
+        self.default_cfg = next((c for c in DEFAULT_CONFIGS if Path(c).is_file()), "")
+
     # ------------------------------------------------------------ forms that launch jobs
 
     def action_new_training(self: "RlTuiApp") -> None:
-        from pathlib import Path
-
         from rltui.tui.form_train import TrainForm
 
-        cfg = next((c for c in DEFAULT_CONFIGS if Path(c).is_file()), "")
-        self.push_screen(TrainForm(self.layout, default_cfg=cfg), self.launch_spec)
+        self.push_screen(TrainForm(self.layout, default_cfg=self.default_cfg), self.launch_spec)
 
     def action_resume(self: "RlTuiApp") -> None:
         run = self.need_run("resume")
