@@ -2,6 +2,7 @@
 
 Usage:
     python -m trainer.tiny [--root ROOT] [--eval N]    build (if missing) and report accuracy
+    python -m trainer.tiny [--root ROOT] --eval 0       build (if missing) only
 
 `ensure_tiny(root)` builds on first use, under ROOT/models/tiny/:
 
@@ -273,14 +274,15 @@ def measure_accuracy(root: Path, n: int, *, do_sample: bool, seed: int = 0) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=None)
-    parser.add_argument("--eval", type=int, default=200, metavar="N", help="test questions to score")
+    parser.add_argument("--eval", type=int, default=200, metavar="N",
+                        help="test questions to score (0: build only, as `rltui --batch demo` does)")
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
     started = time.monotonic()
     paths = ensure_tiny(root)
     print(f"tiny model ready in {time.monotonic() - started:.1f}s: {paths.base} {paths.warmstart}")
     print(f"build info: {read_json_or_none(paths.base.parent / 'tiny_info.json')}")
-    for sample in (False, True):
+    for sample in (False, True) if args.eval > 0 else ():
         m = measure_accuracy(root, args.eval, do_sample=sample)
         print(f"{'sampled' if sample else 'greedy'}: accuracy {m['accuracy']:.3f} "
               f"format {m['format_rate']:.3f} on {args.eval} test questions")

@@ -16,22 +16,23 @@ import argparse
 import csv
 import os
 import signal
+import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from rltui.jobs import builders, control
 from rltui.errors import UsageError, WorkFailed
-from rltui.jobs.records import Job, JobState, read_state
+from rltui.jobs.records import Job, JobState, read_state, with_code_root
 from rltui.runs.localfs import Layout, read_json, read_last_jsonl, write_yaml_atomic
 from rltui.runs.checkpoints import latest_complete_step
+from rltui.text import clean
 from rltui.runs.folders import eval_folders_of
 from rltui.jobs.policy import RestartSettings
 
-CONFIG_SOURCE = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+CONFIG_SOURCE = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 STAGE_TIMEOUT_S = 900.0
 POLL_S = 0.2
 
@@ -108,18 +109,38 @@ class Demo:
 
     def build_model(self) -> Path:
         self.stage("build the tiny model and its warm-start adapter")
-        from trainer.tiny import ensure_tiny  # torch: only now, not when `rltui` starts
-
         t0 = time.monotonic()
-        if not (self.layout.models / "tiny" / "tiny_info.json").exists():
+        tiny = self.layout.models / "tiny"
+        if not (tiny / "tiny_info.json").exists():
             self.say("building under models/tiny/ (first time only; a few minutes on a free CPU) ...")
-        with warnings.catch_warnings():  # library deprecation notes would drown the story
-            warnings.simplefilter("ignore")
-            paths = ensure_tiny(self.layout.root)
-        self.say(f"tiny model ready ({time.monotonic() - t0:.0f}s): base {paths.base}")
-        self.say(f"warm-start adapter (a short supervised fine-tune): {paths.warmstart}")
-        self.warmstart = paths.warmstart
+        # torch runs in a child process: the manager never imports it
+        self.run_child([sys.executable, "-m", "trainer.tiny", "--root", str(self.layout.root),
+                        "--eval", "0"], "building the tiny model")
+        base, self.warmstart = tiny / "base", tiny / "warmstart"
+        if not (self.warmstart / "adapter_config.json").is_file():
+            raise WorkFailed(f"demo: no warm-start adapter in {self.warmstart} after building the tiny model")
+        self.say(f"tiny model ready ({time.monotonic() - t0:.0f}s): base {base}")
+        self.say(f"warm-start adapter (a short supervised fine-tune): {self.warmstart}")
         return self.write_config()
+
+    def run_child(self, argv: list[str], what: str) -> None:
+        """Run `argv` to its end, its output shown indented (library warnings left out)."""
+        env = with_code_root({**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = clean(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                if "Warning" not in line and "warnings.warn" not in line:
+                    self.say(f"    {line}")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # Ctrl-C: the child has its own SIGINT; make sure it ends
+                proc.kill()
+                proc.wait()
+        if code != 0:
+            raise WorkFailed(f"demo: {what} failed (exit {code}): {' '.join(argv)}")
 
     def write_config(self) -> Path:
         import yaml

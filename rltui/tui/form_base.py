@@ -9,12 +9,17 @@ Usage (a subclass):
 `build` validates through the rltui.jobs builders. Whatever it raises (a UsageError naming the
 bad value, a BadName, a ValueError) is shown under the fields and the form stays open: nothing
 is launched. On success the form is dismissed with the JobSpec, and the app launches it.
+
+The builders read files (a config, a checkpoint's manifest), so `build` runs in a thread worker,
+never on the UI thread: on submit the UI thread only copies the fields' values, which `value`
+and `checked` then read.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -50,6 +55,8 @@ class JobForm(ModalScreen[Any]):
         super().__init__()
         self.fs_layout = layout
         self.context = context
+        self.values: dict[str, str | bool] = {}  # the fields as submitted (read on the UI thread)
+        self.building = False
 
     # ------------------------------------------------------------ for subclasses
 
@@ -70,14 +77,26 @@ class JobForm(ModalScreen[Any]):
                                   id=f"f-{key}", compact=True))
 
     def value(self, key: str) -> str:
-        """A text field's value, stripped; '' when empty."""
-        widget = self.query_one(f"#f-{key}")
-        if isinstance(widget, Select):
-            return str(widget.value)
-        return widget.value.strip()  # type: ignore[attr-defined]
+        """A text field's value as submitted, stripped; '' when empty."""
+        return str(self.values[key])
 
     def checked(self, key: str) -> bool:
-        return bool(self.query_one(f"#f-{key}", Checkbox).value)
+        return bool(self.values[key])
+
+    def read_fields(self) -> dict[str, str | bool]:
+        """Every field's value now (UI thread): text stripped, a choice as text, a tick as bool."""
+        values: dict[str, str | bool] = {}
+        for widget in self.query("Input, Select, Checkbox"):
+            if not (widget.id or "").startswith("f-"):
+                continue
+            key = widget.id[2:]  # type: ignore[index]
+            if isinstance(widget, Checkbox):
+                values[key] = bool(widget.value)
+            elif isinstance(widget, Select):
+                values[key] = str(widget.value)
+            else:
+                values[key] = widget.value.strip()  # type: ignore[attr-defined]
+        return values
 
     def optional_int(self, key: str, flag: str) -> int | None:
         raw = self.value(key)
@@ -124,12 +143,27 @@ class JobForm(ModalScreen[Any]):
         self.action_submit()
 
     def action_submit(self) -> None:
+        if self.building:  # a second Enter while the first is being checked
+            return
+        self.building = True
+        self.values = self.read_fields()
+        self.build_worker()
+
+    @work(thread=True, exclusive=True, group="form-build")
+    def build_worker(self) -> None:
         try:
             spec = self.build()
         except Exception as e:  # every builder error is the user's to read, in place
-            self.show_error(str(e) or type(e).__name__)
+            self.app.call_from_thread(self.build_failed, str(e) or type(e).__name__)
             return
-        self.dismiss(spec)
+        self.app.call_from_thread(self.built, spec)
+
+    def built(self, spec: Any) -> None:
+        self.dismiss(spec)  # not awaited: the worker that called this belongs to this screen
+
+    def build_failed(self, message: str) -> None:
+        self.building = False
+        self.show_error(message)
 
     def show_error(self, message: str) -> None:
         error = self.query_one("#form-error", Static)
