@@ -21,7 +21,7 @@ class WorkFailed(Exception):
 
 def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
     """Run `work` and return its exit code; errors become one line on stderr, no traceback:
-    bad input 2, failed work 1, Ctrl-C 130. A reader that left (`... | head -1`) is no error."""
+    bad input 2, failed work 1 (a full disk too, naming it), Ctrl-C 130. A reader that left (`... | head -1`) is no error."""
     from rltui.runs.localfs import BadName
 
     try:
@@ -41,3 +41,11 @@ def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: stopped\n")
         return 130
+    except OSError as e:
+        from rltui.runs import disk
+
+        if not disk.is_full(e):
+            raise
+        where = e.filename if isinstance(e.filename, str) else "."
+        sys.stderr.write(f"{prog}: {disk.describe(where)}\n")  # a full disk: one line, no traceback
+        return 1

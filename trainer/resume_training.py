@@ -113,10 +113,12 @@ def _plan_locked(args: argparse.Namespace, root: Path, layout: localfs.Layout, r
 def resolve_from_step(state: Path, run: str, spec: str) -> int:
     if not (spec == "latest" or spec.isdigit()):
         raise ConfigError(f"bad --from-step {spec!r} (use 'latest' or a step number)")
-    # 'latest' is the newest complete checkpoint, even where a crash left step_latest behind it
-    step = checkpoints.latest_complete_step(state) if spec == "latest" else int(spec)
-    if step is None:
-        raise ConfigError(f"run {run} has no complete checkpoint to resume from")
+    # the one rule for 'latest' (rltui.runs.checkpoints.resolve_step): the newest complete
+    # checkpoint, even where a crash left step_latest behind it
+    try:
+        step = checkpoints.resolve_step(state, spec)
+    except FileNotFoundError:
+        raise ConfigError(f"run {run} has no complete checkpoint to resume from") from None
     if not (state / localfs.step_dir_name(step)).is_dir():
         have = [s for s, _ in checkpoints.list_step_dirs(state)]
         raise ConfigError(f"run {run} has no checkpoint step_{step} (steps: "

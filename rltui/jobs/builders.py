@@ -28,6 +28,7 @@ from rltui.jobs.records import (
 )
 from rltui.runs.localfs import (
     BadName,
+    DamagedFile,
     Layout,
     read_json,
     validate_dataset_name,
@@ -51,7 +52,7 @@ def train_job(
     """A new training run. `launch` creates the run folder and adds `--run-name RUN`."""
     cfg_path = _existing(cfg, "--cfg", want_dir=False)
     nproc = _positive(nproc, "--nproc")
-    argv = _trainer_head(nproc, "trainer.rl_runner") + ["--cfg", cfg_path]
+    argv = trainer_command(nproc, "trainer.rl_runner") + ["--cfg", cfg_path]
     if ckpt is not None:
         argv += ["--ckpt", _existing(ckpt, "--ckpt", want_dir=True)]
     if steps is not None:
@@ -72,16 +73,18 @@ def resume_job(
     no_torchrun: bool = False, gpus: int | Sequence[int] | None = None, auto_resume: bool = False,
     eval_after: str | None = None, restart: RestartSettings | None = None,
 ) -> JobSpec:
-    """Resume `run` from a complete checkpoint, to its target or `additional_steps` further."""
+    """Resume `run` from a complete checkpoint, to its target or `additional_steps` further.
+
+    "latest" is resolved here, once (rltui.runs.checkpoints.resolve_step: the newest complete
+    checkpoint), and the job runs `--from-step N` with that number: its title names the step
+    it resumes."""
     step = _checkpoint_step(layout, run, from_step)
     info = _checkpoint_info(layout, run, step)
     world = 1 if no_torchrun else max(1, int(info.get("world_size") or 1))
-    argv = [PY, "-m", "trainer.resume_training", "--training-run", run, "--from-step", str(from_step)]
     if additional_steps is not None:
-        argv += ["--additional-steps", str(_positive(additional_steps, "--additional-steps"))]
-    if no_torchrun or world == 1:
-        argv += ["--no-torchrun"]
-    argv += ["--root", str(layout.root)]
+        _positive(additional_steps, "--additional-steps")
+    template = resume_argv(layout, run, world)
+    argv = resume_command(layout, template, run, step, additional_steps=additional_steps)
     gpu_list, gpu_count = gpu_assign.parse_request(gpus, world)
     settings = _with_auto_resume(restart, auto_resume)
     return JobSpec(
@@ -89,7 +92,7 @@ def resume_job(
         title=f"resume {run} from step {step}"
         + (f" +{additional_steps}" if additional_steps else ""),
         env=_distributed_env(world, settings), cwd=os.getcwd(), gpus=gpu_list, gpu_count=gpu_count,
-        nproc=world, restart=settings, resume_argv=tuple(resume_argv(layout, run, world)),
+        nproc=world, restart=settings, resume_argv=tuple(template),
         followups=_eval_followups(eval_after),
     )
 
@@ -163,14 +166,59 @@ def sync_job(
 
 
 def resume_argv(layout: Layout, run: str, nproc: int) -> list[str]:
-    """What a restart of a training job runs: resume from the latest complete checkpoint.
-
-    The keeper appends `--additional-steps K` when the run's target lies beyond the checkpoint's.
-    """
+    """A training job's resume template (job.json `resume_argv`): `--from-step latest`, which
+    `resume_command` turns into the step resolved when a resume is built."""
     argv = [PY, "-m", "trainer.resume_training", "--training-run", run, "--from-step", "latest"]
     if nproc == 1:
         argv += ["--no-torchrun"]
     return argv + ["--root", str(layout.root)]
+
+
+def resume_command(layout: Layout, template: Sequence[str], run: str, step: int,
+                   additional_steps: int | None = None) -> list[str]:
+    """The one resume command line: `template` (a job's resume_argv) resuming from checkpoint
+    `step`, a number resolved by the caller (resume_job, the keeper's restart, supervise).
+
+    `--additional-steps K`: K when given, else when the run's target (status.json) lies beyond
+    the target saved in that checkpoint (a resume that was asked for more)."""
+    argv = list(template)
+    if "--from-step" in argv[:-1]:
+        argv[argv.index("--from-step") + 1] = str(step)
+    else:
+        argv += ["--from-step", str(step)]
+    if additional_steps is None:
+        target = run_target(layout, run)
+        saved = _int(_read_dict(layout.step_dir(run, step) / "training_info.json").get("target_step"))
+        if target is not None and target > step and saved is not None and saved != target:
+            additional_steps = target - step
+    if additional_steps is not None:
+        argv += ["--additional-steps", str(additional_steps)]
+    return argv
+
+
+def run_target(layout: Layout, run: str) -> int | None:
+    """The run's target step, from its status.json; None when unknown."""
+    return _int(_read_dict(layout.run_status(run)).get("target_step"))
+
+
+def latest_step(layout: Layout, run: str) -> int | None:
+    """The one rule for "latest": the run's newest complete checkpoint (resolve_step), or None."""
+    try:
+        return resolve_step(layout.training_state(run), "latest")
+    except FileNotFoundError:
+        return None
+
+
+def _read_dict(path: Path) -> dict:
+    try:
+        d = read_json(path)
+    except (OSError, DamagedFile):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _int(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def parse_steps(steps: str | Sequence[int]) -> list[int]:
@@ -193,7 +241,9 @@ def new_job_id(kind: JobKind) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind.value}-{secrets.token_hex(2)}"
 
 
-def _trainer_head(nproc: int, module: str) -> list[str]:
+def trainer_command(nproc: int, module: str) -> list[str]:
+    """The one torchrun command line of the manager: `python -m MODULE`, under torchrun when
+    nproc > 1 (trainer.resume_training builds the trainer's own from a checkpoint's world size)."""
     if nproc == 1:
         return [PY, "-m", module]
     return [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -28,10 +28,11 @@ from rltui.jobs.records import (
     StateFile,
     auto_resume_override_path,
     effective_auto_resume,
+    create_job,
     read_job,
     read_state,
+    update_state,
     with_code_root,
-    write_spec,
     write_state,
 )
 from rltui.runs.localfs import (
@@ -43,6 +44,7 @@ from rltui.runs.localfs import (
     validate_name,
     write_json_atomic,
 )
+from rltui.runs import disk
 from rltui.runs.machine import boot_time, pid_alive, this_host
 
 from rltui.jobs.builders import PY, resume_argv
@@ -65,21 +67,30 @@ def launch(
     snapshot = gpu_assign.snapshot_for(spec, sampler)
     gpu_assign.check_possible(spec, snapshot)
     layout.ensure()
+    made_run = None
     if spec.kind is JobKind.TRAIN and spec.run is None:
-        run = create_run_dir(layout)
+        made_run = run = create_run_dir(layout)
         spec = spec.with_changes(
             run=run, argv=spec.argv + ("--run-name", run),
             resume_argv=tuple(resume_argv(layout, run, spec.nproc)),
         )
-    layout.job_dir(spec.id).mkdir(parents=True)
-    write_spec(layout, spec)
-    with gpu_assign.lock(layout):
-        state = StateFile(JobState.QUEUED, run=spec.run, host=this_host(), boot_time=boot_time())
-        state.note("queued: waiting for GPUs")
-        write_state(layout, spec.id, state)
-        gpus = gpu_assign.try_assign(layout, spec, snapshot, check_usage=check_usage)
-        if gpus is not None:
-            _start(layout, spec, state, gpus)
+    try:
+        with gpu_assign.lock(layout):
+            state = StateFile(JobState.QUEUED, run=spec.run, host=this_host(), boot_time=boot_time())
+            state.note("queued: waiting for GPUs")
+            create_job(layout, spec, state)  # job.json and state.json appear together, or not at all
+            gpus = gpu_assign.try_assign(layout, spec, snapshot, check_usage=check_usage)
+            if gpus is not None:
+                _start(layout, spec, state, gpus)
+    except OSError as e:
+        if made_run is not None and not layout.job_dir(spec.id).exists():
+            try:
+                layout.run_dir(made_run).rmdir()  # no job for it: no empty run folder left behind
+            except OSError:
+                pass
+        if disk.is_full(e):
+            raise WorkFailed(f"job not started: {disk.describe(layout.jobs)}") from None
+        raise
     return read_job(layout, spec.id)
 
 
@@ -165,14 +176,18 @@ def kill(layout: Layout, job_id: str) -> Job:
 
 def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -> Job:
     job = get_job(layout, job_id)
+    def stop_queued(current: StateFile | None) -> StateFile | None:
+        if current is None or current.state is not JobState.QUEUED:
+            return None
+        current.state = JobState.STOPPED
+        current.ended_at = time.time()
+        current.note(f"{why} while queued")
+        return current
+
     with gpu_assign.lock(layout):
-        state = read_state(layout, job_id)
-        if state.state is JobState.QUEUED:
-            state.state = JobState.STOPPED
-            state.ended_at = time.time()
-            state.note(f"{why} while queued")
-            write_state(layout, job_id, state)
+        if update_state(layout, job_id, stop_queued) is not None:
             return read_job(layout, job_id)
+        state = read_state(layout, job_id)
     # Just launched: the keeper has not written its pid yet. A signal needs it, so wait for it.
     deadline = time.monotonic() + KEEPER_PID_WAIT_S
     while (not state.state.final and not state.keeper_pid and keeper_gone(state) is None
@@ -260,23 +275,29 @@ def reconcile(layout: Layout, *, leftovers: bool = False) -> list[str]:
             state = StateFile.from_json(raw)  # the file just read, not a second read
         except (FileNotFoundError, DamagedFile, BadName, KeyError, TypeError, ValueError):
             continue
-        why = keeper_gone(state, job_id=name)
-        if why is None:
+        if keeper_gone(state, job_id=name) is None:
             continue
         try:
-            state = read_state(layout, name)  # a keeper that just ended wrote its final state
-        except Exception:
+            marked = update_state(layout, name, lambda current, name=name: _mark_lost(current, name))
+        except OSError:
             continue
-        if not state.state.active:
-            continue
-        if leftovers and state.pgid:  # leftovers of a job nobody supervises any more
-            kill_leftovers(name, state)
-        state.state = JobState.LOST
-        state.ended_at = time.time()
-        state.note(f"lost: {why}")
-        write_state(layout, name, state)
+        if marked is None:
+            continue  # a keeper that just ended wrote its final state
+        if leftovers and marked.pgid:  # leftovers of a job nobody supervises any more
+            kill_leftovers(name, marked)
         lost.append(name)
     return lost
+
+
+def _mark_lost(current: StateFile | None, job_id: str) -> StateFile | None:
+    """The transition to lost, checked again under the job's lock on the record as it is now."""
+    why = keeper_gone(current, job_id=job_id) if current is not None and current.state.active else None
+    if why is None:
+        return None
+    current.state = JobState.LOST
+    current.ended_at = time.time()
+    current.note(f"lost: {why}")
+    return current
 
 
 def reconcile_at_start(root: Path) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
-from rltui.jobs import ownership
+from rltui.jobs import builders, ownership
 from rltui.jobs.records import (
     JobKind,
     JobSpec,
@@ -37,13 +37,12 @@ from rltui.jobs.records import (
     effective_auto_resume,
     read_spec,
     read_state,
+    update_state,
     with_code_root,
-    write_state,
 )
-from rltui.runs import writer_lock
+from rltui.runs import disk, writer_lock
 from rltui.runs.localfs import DamagedFile, Layout, eval_dir_dataset, read_json
 from rltui.runs.machine import boot_time, this_host
-from rltui.runs.checkpoints import latest_complete_step
 from rltui.jobs.policy import Action, Ending, RestartPolicy
 from rltui.jobs.usage import UsageMeter, price_from_env, tree_pids
 
@@ -332,7 +331,7 @@ class Keeper:
                 self.sample_usage(child.pid, now - last_usage)
                 last_usage, next_usage = now, now + USAGE_SAMPLE_S
                 if now >= next_write:
-                    write_state(self.layout, self.job_id, self.state, durable=False)
+                    self.save_state(durable=False)
                     next_write = now + USAGE_WRITE_S
             self.sleep(self.poll_s)
         child.signal_group(signal.SIGKILL)  # leftovers of the group (workers, helpers)
@@ -394,15 +393,15 @@ class Keeper:
         """Resume from the latest complete checkpoint; a job that cannot resume runs again."""
         if latest is None or not self.spec.resume_argv:
             return list(self.spec.argv)
-        return resume_command(self.layout, self.spec, latest)
+        return builders.resume_command(self.layout, self.spec.resume_argv, self.spec.run, latest)
 
     # ------------------------------------------------------------ the run's files
 
     def latest_checkpoint(self) -> int | None:
-        return latest_complete_step(self.layout.training_state(self.spec.run)) if self.spec.run else None
+        return builders.latest_step(self.layout, self.spec.run) if self.spec.run else None
 
     def target_step(self) -> int | None:
-        return run_target(self.layout, self.spec.run) if self.spec.run else None
+        return builders.run_target(self.layout, self.spec.run) if self.spec.run else None
 
     def remove_unused_run_folder(self) -> None:
         """A new run refused at once (bad config) leaves the empty folder `launch` made: remove
@@ -435,7 +434,38 @@ class Keeper:
         if reason:
             self.state.note(reason)
             self.log(f"{new.value}: {reason}")
-        write_state(self.layout, self.job_id, self.state)
+        self.save_state(final=new.final)
+
+    def save_state(self, *, durable: bool = True, final: bool = False) -> None:
+        """The keeper's record, through records.update_state; what others added meanwhile (a
+        supervise note: resumed_by) is kept. When the disk is full a passing state is skipped,
+        and a final one is tried again until it is written: the job's end is recorded truthfully
+        once space returns, never left as running with its keeper gone."""
+        def merge(current: StateFile | None) -> StateFile:
+            if current is not None and current.resumed_by and not self.state.resumed_by:
+                self.state.resumed_by = current.resumed_by
+            return self.state
+
+        delay, told = 1.0, False
+        while True:
+            try:
+                update_state(self.layout, self.job_id, merge, durable=durable)
+                return
+            except OSError as e:
+                if not final:
+                    return
+                if not told:
+                    where = self.layout.job_state(self.job_id)
+                    problem = disk.describe(where) if disk.is_full(e) else f"{e.strerror or e} ({where})"
+                    try:
+                        sys.stderr.write(f"rltui keeper: cannot record the job's end: {problem}; "
+                                         "trying again until it can\n")
+                        sys.stderr.flush()
+                    except OSError:
+                        pass
+                    told = True
+                self.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def finish(self, final: JobState, reason: str) -> JobState:
         self.state.ended_at = time.time()
@@ -447,43 +477,21 @@ class Keeper:
 
     def log(self, message: str) -> None:
         line = f"[rltui keeper {time.strftime('%H:%M:%S')}] {message}\n".encode("utf-8", "replace")
-        fd = os.open(str(self.layout.job_log(self.job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(str(self.layout.job_log(self.job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            return  # a full disk: the state file, retried, says what matters
         try:
             os.write(fd, line)
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
 
-def resume_command(layout: Layout, spec: JobSpec, latest: int) -> list[str]:
-    """The job's resume command, with `--additional-steps` when the run's target (status.json)
-    lies beyond the target saved in its latest checkpoint (a resume that was asked for more)."""
-    argv = list(spec.resume_argv or ())
-    target = run_target(layout, spec.run)
-    saved_target = _int(_read_dict(layout.step_dir(spec.run, latest) / "training_info.json").get("target_step"))
-    if target is not None and target > latest and saved_target is not None and saved_target != target:
-        argv += ["--additional-steps", str(target - latest)]
-    return argv
-
-
-def run_target(layout: Layout, run: str) -> int | None:
-    return _int(_read_dict(layout.run_status(run)).get("target_step"))
-
-
-def _read_dict(path: Path) -> dict:
-    try:
-        d = read_json(path)
-    except (OSError, DamagedFile):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
-def _int(v: object) -> int | None:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def after_end(keeper: Keeper) -> None:
     """Start follow-ups of a job that succeeded, then queued jobs that its GPUs may now serve."""
-    from rltui.jobs import builders, control
+    from rltui.jobs import control
 
     layout, spec, state = keeper.layout, keeper.spec, keeper.state
     if state.state is JobState.SUCCEEDED and spec.run:
@@ -499,7 +507,7 @@ def after_end(keeper: Keeper) -> None:
                 continue
             state.followup_jobs.append(fjob.id)
             keeper.log(f"started follow-up job {fjob.id}: {fspec.title}")
-        write_state(layout, keeper.job_id, state)
+        keeper.save_state()
     try:
         started = control.start_queued(layout)
     except Exception as e:

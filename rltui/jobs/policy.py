@@ -10,8 +10,9 @@ Rules (docs/ARCHITECTURE.md, section jobs):
   signal, or hung (no progress for the hang timeout);
 - with auto-resume on, an abnormal end restarts the run from its latest complete checkpoint, after
   a backoff that doubles each time (capped), at most `max_restarts` times;
-- exit code 2 means bad input (flags, config, paths): a restart would fail the same way, so it is
-  not recovered unless the user lists it in `recover_exit_codes`;
+- exit code 2 means bad input (flags, config, paths), and exit code 28 a full disk (the trainer
+  said which one and how much it needs): a restart would fail the same way, so neither is
+  recovered unless the user lists it in `recover_exit_codes`;
 - an exit code in `recover_exit_codes` always means "recover", and such restarts do not count
   against `max_restarts` (SkyPilot's recover_on_exit_codes; e.g. a known NCCL error code);
 - the policy gives up when two restarts in a row produced no new checkpoint;
@@ -26,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
+
+from rltui.runs.disk import DISK_FULL_EXIT  # the trainer's exit on a full disk
 
 BAD_INPUT_EXIT = 2
 STOPPED_EXIT = 130
@@ -94,6 +97,8 @@ class Ending:
             return f"killed by {signal_name(self.signal)}"
         if self.exit_code == BAD_INPUT_EXIT:
             return "exit code 2 (bad input: flags, config or paths)"
+        if self.exit_code == DISK_FULL_EXIT:
+            return f"exit code {DISK_FULL_EXIT} (disk full)"
         return f"exit code {self.exit_code}"
 
 
@@ -148,7 +153,7 @@ class RestartPolicy:
             return Decision(Action.FAIL, f"{what}; auto-resume is off")
         if ending.start_error is not None:
             return Decision(Action.FAIL, what)
-        if ending.exit_code == BAD_INPUT_EXIT and not always:
+        if ending.exit_code in (BAD_INPUT_EXIT, DISK_FULL_EXIT) and not always:
             return Decision(Action.FAIL, f"{what}; a restart would fail the same way")
         if self.restarts:
             if latest is None or (self._checkpoint_at_last_restart is not None

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field, replace
 from rltui.jobs import builders, control
 from rltui.errors import UsageError
 from rltui.gpu import Sampler
-from rltui.jobs.records import Job, JobKind, JobState, effective_auto_resume, read_state, write_state
-from rltui.jobs.keeper import resume_command
+from rltui.jobs.records import Job, JobKind, JobState, StateFile, effective_auto_resume, update_state
 from rltui.runs import writer_lock
 from rltui.runs.localfs import DamagedFile, Layout, read_json
-from rltui.runs.checkpoints import latest_complete_step
 
 
 @dataclass
@@ -56,9 +54,10 @@ def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
             continue  # a trainer nobody launched through rltui writes it: never a second writer
         try:
             new = resume_lost(layout, job, sampler)
-        except UsageError as e:
+        except Claimed:
+            continue
+        except UsageError as e:  # noted "not resumed" on the lost job
             result.problems.append(f"job {job.id}: cannot resume: {e}")
-            _mark_resumed(layout, job.id, f"not resumed: {e}", None)
             continue
         busy_runs.add(job.spec.run)
         result.resumed.append((job.id, new.id))
@@ -82,31 +81,55 @@ def _wants_resume(layout: Layout, job: Job) -> bool:
 
 
 def resume_lost(layout: Layout, job: Job, sampler: Sampler | None = None) -> Job:
-    """Start a job that carries on the lost training job `job`, and note it on the lost one."""
+    """Start a job that carries on the lost training job `job`, and note it on the lost one.
+
+    The lost job is claimed first, under its lock (records.update_state): of two supervise
+    passes at once only one resumes it."""
     spec = job.spec
     assert spec is not None and spec.run is not None
-    latest = latest_complete_step(layout.training_state(spec.run))
+    latest = builders.latest_step(layout, spec.run)
     if latest is None or not spec.resume_argv:
+        _mark_resumed(layout, job.id, "not resumed: no complete checkpoint to resume from", None)
         raise UsageError("no complete checkpoint to resume from")
     new_spec = spec.with_changes(
         id=builders.new_job_id(JobKind.RESUME), kind=JobKind.RESUME,
-        argv=tuple(resume_command(layout, spec, latest)), parent_job=spec.id, created=time.time(),
-        restart=replace(spec.restart, auto_resume=True),
+        argv=tuple(builders.resume_command(layout, spec.resume_argv, spec.run, latest)),
+        parent_job=spec.id, created=time.time(), restart=replace(spec.restart, auto_resume=True),
         title=f"resume {spec.run} from step {latest} (job {spec.id} was lost)",
     )
-    new = control.launch(layout, new_spec, sampler)
-    _mark_resumed(layout, job.id, f"resumed by supervise as job {new.id}", new.id)
-    return new
+
+    def claim(current: StateFile | None) -> StateFile | None:
+        if current is None or current.state is not JobState.LOST or current.resumed_by:
+            return None
+        current.resumed_by = new_spec.id
+        current.note(f"resumed by supervise as job {new_spec.id}")
+        return current
+
+    if update_state(layout, job.id, claim) is None:
+        raise Claimed(f"job {job.id} was resumed by another supervise meanwhile")
+    try:
+        return control.launch(layout, new_spec, sampler)
+    except UsageError as e:  # it would fail the same way next time
+        _mark_resumed(layout, job.id, f"not resumed: {e}", None)
+        raise
+    except BaseException as e:  # e.g. a full disk: the next pass tries again
+        _mark_resumed(layout, job.id, f"resume failed, to be tried again: {e}", None)
+        raise
+
+
+class Claimed(Exception):
+    """Another supervise pass resumed the lost job first."""
 
 
 def _mark_resumed(layout: Layout, job_id: str, reason: str, new_id: str | None) -> None:
-    try:
-        state = read_state(layout, job_id)
-    except (FileNotFoundError, DamagedFile):
-        return
-    state.resumed_by = new_id
-    state.note(reason)
-    write_state(layout, job_id, state)
+    def note(current: StateFile | None) -> StateFile | None:
+        if current is None:
+            return None
+        current.resumed_by = new_id
+        current.note(reason)
+        return current
+
+    update_state(layout, job_id, note)
 
 
 def supervise(layout: Layout, interval_s: float = 10.0, once: bool = False,

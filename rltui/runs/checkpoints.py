@@ -196,6 +196,8 @@ def list_staging_dirs(training_state: Path) -> list[Path]:
 
 
 def latest_complete_step(training_state: Path) -> int | None:
+    """The one rule for "latest": the newest complete checkpoint, whatever `step_latest` names
+    (a kill between a save's rename and the link's update leaves the link one behind)."""
     for step, path in reversed(list_step_dirs(training_state)):
         if is_complete(path):
             return step
@@ -226,14 +228,13 @@ def update_step_latest(training_state: Path, step: int) -> None:
 
 
 def resolve_step(training_state: Path, spec: str | int) -> int:
-    """'latest' -> the newest complete step (following step_latest when it is complete); N -> N."""
+    """'latest' -> the newest complete checkpoint (latest_complete_step; `step_latest` is only a
+    hint, never followed past a newer complete step); N -> N. Every reader of "latest" (jobs,
+    the keeper, supervise, the trainer's resume, the archive) resolves it here."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         return int(spec)
     if spec != "latest":
         raise BadName(f"bad step: {spec!r} (use 'latest' or a step number)")
-    linked = read_step_latest(training_state)
-    if linked is not None and is_complete(Path(training_state) / step_dir_name(linked)):
-        return linked
     found = latest_complete_step(training_state)
     if found is None:
         raise FileNotFoundError(f"no complete checkpoint in {training_state}")

@@ -98,7 +98,7 @@ def test_a_crash_resumes_from_the_latest_checkpoint_after_the_backoff(layout):
     checkpoint(layout, spec.run, 4)
     keeper, spawner, clock = make_keeper(layout, spec, [FakeChild(1, -9, 2), FakeChild(2, 0, 2)])
     assert keeper.run() is JobState.SUCCEEDED
-    assert spawner.argvs[1] == list(spec.resume_argv)
+    assert spawner.argvs[1] == [*spec.resume_argv[:-1], "4"]  # --from-step latest, resolved once: 4
     assert clock.now >= 30  # the backoff was waited out, on the injected clock
     state = read_state(layout, spec.id)
     assert state.restarts == 1
@@ -127,7 +127,7 @@ def test_a_resume_past_the_checkpoints_target_gets_additional_steps(layout):
     status(layout, spec.run, 5, target=15)  # the session was asked to go further than step 10
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -9, 1), FakeChild(2, 0, 1)])
     keeper.run()
-    assert spawner.argvs[1] == list(spec.resume_argv) + ["--additional-steps", "11"]
+    assert spawner.argvs[1] == [*spec.resume_argv[:-1], "4", "--additional-steps", "11"]
 
 
 def test_a_crash_after_the_final_checkpoint_counts_as_success(layout):

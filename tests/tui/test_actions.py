@@ -108,7 +108,8 @@ async def test_resume_from_palette_defaults_to_latest(tui_root: Path) -> None:
         assert await wait_until(pilot, lambda: type(app.screen).__name__ == "ResumeForm")
         await pilot.press("enter")
         job = await launched(pilot, recorded)
-    assert job["argv"][3:7] == ["--training-run", RUNS["crashed"], "--from-step", "latest"]
+    assert job["argv"][3:6] == ["--training-run", RUNS["crashed"], "--from-step"]
+    assert job["argv"][6].isdigit()  # "latest" resolved once where the job is built
 
 
 @pilot_test
