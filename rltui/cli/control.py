@@ -42,6 +42,8 @@ def _control(args: argparse.Namespace, action: Callable[[Layout, str], Job], wha
         return 0
     while not (job.phase is None or job.phase.final):
         time.sleep(POLL_S)
+        if job.state is not None and job.state.slurm_job_id:
+            control.reconcile(layout)  # a Slurm job's state comes from Slurm (one call, cached)
         job = control.read_job(layout, args.job)
     print(summary_line(job))
     return 0

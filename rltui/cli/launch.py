@@ -19,6 +19,7 @@ import json
 import sys
 from typing import Any
 
+from rltui.cli.backend_flags import add_backend_flags, apply_backend
 from rltui.cli.follow import summary_line, wait_and_stream
 from rltui.cli.live_archive import add_archive_flags, archive_plan, read_config, restore_for_resume
 from rltui.cli.jobs import job_json
@@ -74,6 +75,7 @@ def _launch_flags(p: argparse.ArgumentParser, *, training: bool) -> None:
                        help="on stop, wait S seconds for the trainer to save before signals (default 300)")
         p.add_argument("--eval-after", metavar="DATASET", help="when training succeeds, evaluate on DATASET")
         add_archive_flags(p, resume=p.prog.endswith(" resume"))
+    add_backend_flags(p, training=training)
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
@@ -129,6 +131,7 @@ def _restart(args: argparse.Namespace) -> RestartSettings:
 
 
 def _launch_and_wait(layout: Layout, spec: Any, args: argparse.Namespace) -> int:
+    spec = apply_backend(layout, spec, args)
     job = control.launch(layout, spec)
     if args.detach:
         if args.json:

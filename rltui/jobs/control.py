@@ -63,7 +63,12 @@ def launch(
 
     A train job without a run gets a fresh run folder here (`--run-name RUN`). `check_usage`
     False trusts the job records alone (a follow-up on GPUs its parent just released).
+    A job with `spec.slurm` is submitted to Slurm instead (rltui.jobs.backends.slurm).
     """
+    if spec.slurm is not None:
+        from rltui.jobs.backends import slurm
+
+        return slurm.submit(layout, spec)
     snapshot = gpu_assign.snapshot_for(spec, sampler)
     gpu_assign.check_possible(spec, snapshot)
     layout.ensure()
@@ -97,7 +102,7 @@ def launch(
 def start_queued(layout: Layout, sampler: Sampler | None = None) -> list[str]:
     """Start every queued job whose GPUs are free now, oldest first; returns their ids."""
     started = []
-    queued = [j for j in list_jobs(layout) if j.phase is JobState.QUEUED and j.spec]
+    queued = [j for j in list_jobs(layout) if j.phase is JobState.QUEUED and j.spec and j.spec.slurm is None]
     if not queued:
         return started
     snapshot = None
@@ -176,6 +181,10 @@ def kill(layout: Layout, job_id: str) -> Job:
 
 def _signal_keeper(layout: Layout, job_id: str, sig: signal.Signals, why: str) -> Job:
     job = get_job(layout, job_id)
+    if job.spec is not None and job.spec.slurm is not None:
+        from rltui.jobs.backends import slurm
+
+        return (slurm.stop if sig == signal.SIGTERM else slurm.kill)(layout, job)
     def stop_queued(current: StateFile | None) -> StateFile | None:
         if current is None or current.state is not JobState.QUEUED:
             return None
@@ -266,12 +275,13 @@ def reconcile(layout: Layout, *, leftovers: bool = False) -> list[str]:
         names = [e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith(".")]
     except FileNotFoundError:
         return lost
+    _refresh_slurm(layout)
     active = {s.value for s in JobState if s.active}
     for name in names:
         try:
             raw = read_json(layout.job_state(name))
-            if not isinstance(raw, dict) or raw.get("state") not in active:
-                continue  # most jobs have ended: skip building their records
+            if not isinstance(raw, dict) or raw.get("state") not in active or raw.get("slurm_job_id"):
+                continue  # most jobs have ended: skip building their records; Slurm owns its jobs
             state = StateFile.from_json(raw)  # the file just read, not a second read
         except (FileNotFoundError, DamagedFile, BadName, KeyError, TypeError, ValueError):
             continue
@@ -298,6 +308,13 @@ def _mark_lost(current: StateFile | None, job_id: str) -> StateFile | None:
     current.ended_at = time.time()
     current.note(f"lost: {why}")
     return current
+
+
+def _refresh_slurm(layout: Layout) -> None:
+    """Slurm jobs have no keeper: their state.json follows Slurm's answer (one call, cached)."""
+    from rltui.jobs.backends import slurm
+
+    slurm.refresh(layout)
 
 
 def reconcile_at_start(root: Path) -> list[str]:

@@ -1,0 +1,122 @@
+"""Training under a real Slurm: completes; requeued mid-run it resumes exactly; stop saves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def job_record(root: Path, job_id: str) -> tuple[dict, dict]:
+    d = root / "jobs" / job_id
+    return json.loads((d / "job.json").read_text()), json.loads((d / "state.json").read_text())
+
+
+def test_a_training_job_on_slurm_completes(slurm_cluster, slurm_root, slurm_cfg):
+    done = run_cli(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg(training__total_steps=2)),
+                   "--backend", "slurm", "--gpus", "none")
+    assert done.returncode == 0, done.stderr + done.stdout
+    (job_id,) = [p.name for p in (slurm_root / "jobs").iterdir()]
+    spec, state = job_record(slurm_root, job_id)
+    assert spec["backend"] == "slurm" and spec["slurm"]["job_id"].isdigit()
+    assert state["state"] == "succeeded" and state["slurm_state"].startswith("COMPLETED")
+    script = (slurm_root / "jobs" / job_id / "slurm.sh").read_text()
+    assert "--rdzv-backend=c10d" in script and "#SBATCH --requeue" in script
+    status = json.loads((slurm_root / "training_runs" / spec["run"] / "status.json").read_text())
+    assert status["phase"] == "completed" and status["step"] == 2
+
+
+def adapter(step_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(step_dir / "model" / "adapter_model.safetensors"))
+
+
+def submit(cluster, root: Path, *args: str, env: dict | None = None) -> tuple[str, str]:
+    done = run_cli(cluster, root, *args, "--backend", "slurm", "--gpus", "none", "--detach", env=env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    spec, _ = job_record(root, job_id)
+    return job_id, spec["slurm"]["job_id"]
+
+
+def run_status(root: Path, job_id: str) -> dict:
+    spec, _ = job_record(root, job_id)
+    try:
+        return json.loads((root / "training_runs" / spec["run"] / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def refreshed_state(cluster, root: Path, job_id: str) -> dict:
+    """state.json after a `jobs` command has asked Slurm (what every reader sees)."""
+    assert run_cli(cluster, root, "jobs").returncode == 0
+    return job_record(root, job_id)[1]
+
+
+def test_requeue_mid_run_resumes_from_step_latest_and_ends_bitwise_identical(
+        slurm_cluster, slurm_root, slurm_cfg, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    cfg = slurm_cfg(training__total_steps=4)
+    # the same run, never interrupted, as a plain process
+    ref_root = tmp_path / "ref"
+    (ref_root / "training_runs" / "ref").mkdir(parents=True)
+    (ref_root / "models").symlink_to(slurm_root / "models")
+    subprocess.run([sys.executable, "-m", "trainer.rl_runner", "--cfg", str(cfg), "--root", str(ref_root),
+                    "--run-name", "ref"], check=True, capture_output=True, cwd=Path(__file__).parents[2])
+
+    job_id, slurm_id = submit(slurm_cluster, slurm_root, "train", "--cfg", str(cfg),
+                              env={"RLTUI_TEST_STEP_SLEEP": "1.5"})
+    wait_for(lambda: (run_status(slurm_root, job_id).get("step") or 0) >= 2, 240, "step 2 under Slurm")
+    slurm_cluster.run(["scontrol", "requeue", slurm_id])
+    # Slurm holds a requeued job ~2 minutes (BeginTime); an admin may release it at once
+    wait_for(lambda: "PENDING" in slurm_cluster.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"]).stdout,
+             60, "the requeued job pending")
+    assert refreshed_state(slurm_cluster, slurm_root, job_id)["state"] == "restarting"
+    slurm_cluster.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"])
+    state = wait_for(lambda: (s := refreshed_state(slurm_cluster, slurm_root, job_id))["state"]
+                     in ("succeeded", "failed", "stopped", "lost") and s, 300, "the job's end")
+    assert state["state"] == "succeeded", state
+    assert state["restarts"] == 1
+    attempts = [json.loads(line) for line in (slurm_root / "jobs" / job_id / "attempts.jsonl").read_text().splitlines()]
+    begins = [a for a in attempts if a["event"] == "begin"]
+    assert [b["restart"] for b in begins] == [0, 1]
+    assert begins[0]["resume_step"] is None and begins[1]["resume_step"] >= 2
+    run = job_record(slurm_root, job_id)[0]["run"]
+    got = adapter(slurm_root / "training_runs" / run / "training_state" / "step_4")
+    want = adapter(ref_root / "training_runs" / "ref" / "training_state" / "step_4")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_stop_saves_at_a_step_boundary_and_the_job_ends_stopped(slurm_cluster, slurm_root, slurm_cfg):
+    job_id, _ = submit(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg(training__total_steps=50)),
+                       env={"RLTUI_TEST_STEP_SLEEP": "1"})
+    wait_for(lambda: (run_status(slurm_root, job_id).get("step") or 0) >= 1, 240, "step 1 under Slurm")
+    done = run_cli(slurm_cluster, slurm_root, "stop", job_id, "--wait")
+    assert done.returncode == 0, done.stderr
+    state = job_record(slurm_root, job_id)[1]
+    assert state["state"] == "stopped", state
+    status = run_status(slurm_root, job_id)
+    assert status["phase"] == "stopped" and 1 <= status["step"] < 50
+    run = job_record(slurm_root, job_id)[0]["run"]
+    latest = slurm_root / "training_runs" / run / "training_state" / "step_latest"
+    assert latest.resolve().name == f"step_{status['step']}"
+
+
+def test_a_bad_partition_is_exit_2_with_slurms_reason_in_one_line(slurm_cluster, slurm_root, slurm_cfg):
+    done = run_cli(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg()), "--backend", "slurm",
+                   "--partition", "nosuch")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "invalid partition" in done.stderr.lower(), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any((slurm_root / "jobs").iterdir()) and not any((slurm_root / "training_runs").iterdir())
