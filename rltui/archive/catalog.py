@@ -10,9 +10,10 @@ with no network call at all, and a refresh costs one listing plus the manifests 
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,9 @@ class BucketRun:
     host: str
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["steps"] = list(self.steps)
-        return d
+        return {"run": self.run, "etag": self.etag, "size": self.size, "files": self.files,
+                "newest_step": self.newest_step, "step_latest": self.step_latest,
+                "steps": list(self.steps), "backed_up_at": self.backed_up_at, "host": self.host}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "BucketRun":
@@ -96,10 +97,11 @@ def read_catalog(layout: Layout, where: str | None = None) -> Catalog | None:
 
 
 def _save(layout: Layout, catalog: Catalog) -> None:
-    localfs.write_json_atomic(catalog_path(layout), {
-        "format": CATALOG_FORMAT, "where": catalog.where, "listed_at": catalog.listed_at,
-        "runs": [r.to_json() for _, r in sorted(catalog.runs.items())],
-    }, durable=False)
+    doc = {"format": CATALOG_FORMAT, "where": catalog.where, "listed_at": catalog.listed_at,
+           "runs": [r.to_json() for _, r in sorted(catalog.runs.items())]}
+    # compact: the C encoder (an indent would take the pure-Python one, ~0.4 s at 1,000 runs)
+    localfs.write_bytes_atomic(catalog_path(layout), json.dumps(doc, separators=(",", ":")).encode(),
+                               durable=False)
 
 
 def refresh(layout: Layout, store: RemoteStore) -> Catalog:

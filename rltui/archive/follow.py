@@ -122,16 +122,25 @@ class Follower:
         self.sleep = sleep
         self.status = ArchiveStatus(run, job=job)
         self._seen: tuple | None = None
+        self.stop_requested = False
         self._manifest: Manifest | None = None  # the last one this follower uploaded or found
 
+    def request_stop(self, *_: object) -> None:
+        """SIGTERM (a user's stop): make the last pass now, then end."""
+        self.stop_requested = True
+
     def run_until_job_ends(self) -> ArchiveStatus:
-        """Pass after pass until the watched job has ended, then one last pass."""
+        """Pass after pass until the watched job has ended (or a stop is asked), then one last pass."""
         while True:
-            ended = self.job_ended()
+            ended = self.stop_requested or self.job_ended()
             self.one_pass()
             if ended:
                 break
-            self.sleep(self.interval_s)
+            waited = 0.0
+            while waited < self.interval_s and not self.stop_requested:
+                step = min(0.2, self.interval_s - waited)
+                self.sleep(step)
+                waited += step
         self.status.state = "done" if self.status.last_error is None else "failed"
         self._write_status()
         if self.status.last_error is not None:

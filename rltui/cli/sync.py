@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
@@ -80,5 +81,7 @@ def _follow(layout: Any, store: Any, args: argparse.Namespace) -> None:
     sys.stdout.write(f"{args.training_run}: live archive to {store.url(store.run_prefix(args.training_run))}"
                      + (f", until job {args.follow_job} ends" if args.follow_job else "") + "\n")
     sys.stdout.flush()
-    Follower(layout, store, args.training_run, job=args.follow_job,
-             interval_s=args.interval or DEFAULT_INTERVAL_S, retention=retention).run_until_job_ends()
+    follower = Follower(layout, store, args.training_run, job=args.follow_job,
+                        interval_s=args.interval or DEFAULT_INTERVAL_S, retention=retention)
+    signal.signal(signal.SIGTERM, follower.request_stop)  # a stop: one last pass, then exit 0
+    follower.run_until_job_ends()

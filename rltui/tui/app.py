@@ -28,6 +28,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from rltui.runs.localfs import Layout
 from rltui.runs.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
+from rltui.tui.archive_actions import ArchiveMixin
 from rltui.tui.commands import COMMANDS
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
@@ -39,6 +40,7 @@ from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
 if TYPE_CHECKING:  # imported where first used, after the first frame, which needs none of them
     from rltui.gpu import GpuSnapshot, Sampler
     from rltui.runs.index import Index, Snapshot
+    from rltui.tui.bucket_pane import BucketPane
     from rltui.tui.gpu_pane import GpuPane
     from rltui.tui.jobs_pane import JobsPane
 
@@ -47,7 +49,7 @@ RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status r
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
 
-class RlTuiApp(ActionsMixin, App[str]):
+class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     TITLE = "rltui"
     ENABLE_COMMAND_PALETTE = True
@@ -88,6 +90,7 @@ class RlTuiApp(ActionsMixin, App[str]):
         self.quick_posted = False
         self.jobs_pane: JobsPane | None = None  # made by mount_hidden
         self.gpu_pane: GpuPane | None = None
+        self.bucket_pane: BucketPane | None = None
         self.hidden_mounted = False  # mount_hidden has run
 
     def make_index(self) -> Index:
@@ -105,7 +108,8 @@ class RlTuiApp(ActionsMixin, App[str]):
     # ------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
-        yield Tabs(Tab("1 Runs", id="runs"), Tab("2 Jobs", id="jobs"), Tab("3 GPUs", id="gpus"), id="tabs")
+        yield Tabs(Tab("1 Runs", id="runs"), Tab("2 Jobs", id="jobs"), Tab("3 GPUs", id="gpus"),
+                   Tab("4 Bucket", id="bucket"), id="tabs")
         # the Jobs and GPUs panes, hidden at start, join the switcher in mount_hidden
         with ContentSwitcher(initial="runs-view", id="views"):
             with RunsView(id="runs-view"):
@@ -139,16 +143,19 @@ class RlTuiApp(ActionsMixin, App[str]):
     async def mount_hidden(self) -> None:
         """What the first frame does not show: the Jobs and GPUs tabs, the run detail's tabs."""
         from rltui.tui.gpu_pane import GpuPane
+        from rltui.tui.bucket_pane import BucketPane
         from rltui.tui.jobs_pane import JobsPane
 
         self.jobs_pane = JobsPane(self.clock, id="jobs-view")
         self.gpu_pane = GpuPane(id="gpus-view")
-        self.jobs_pane.display = self.gpu_pane.display = False
+        self.bucket_pane = BucketPane(id="bucket-view")
+        self.jobs_pane.display = self.gpu_pane.display = self.bucket_pane.display = False
         if self.snapshot is not None:  # arrived before the panes
             self.jobs_pane.set_jobs(list(self.snapshot.jobs.values()))
         if self.gpu_snapshot is not None:
             self.gpu_pane.show(self.gpu_snapshot)
-        await self.query_one("#views").mount(self.jobs_pane, self.gpu_pane)
+        await self.query_one("#views").mount(self.jobs_pane, self.gpu_pane, self.bucket_pane)
+        self.read_archive_view()
         await self.query_one(RunDetail).mount_hidden()
         self.hidden_mounted = True
 
@@ -314,7 +321,8 @@ class RlTuiApp(ActionsMixin, App[str]):
             self.call_after_refresh(self.switch_view, view)
             return
         self.query_one("#views", ContentSwitcher).current = view
-        target = {"runs-view": "#runs-table", "jobs-view": "#jobs-table"}.get(view)
+        target = {"runs-view": "#runs-table", "jobs-view": "#jobs-table",
+                  "bucket-view": "#bucket-table"}.get(view)
         if target is not None:
             self.query_one(target).focus()
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from textual.widget import Widget
 
+from rltui.tui.archive_actions import with_live_archive
 from rltui.tui.form_base import JobForm
 
 
@@ -24,14 +25,16 @@ class ResumeForm(JobForm):
                         "latest or a step number")
         yield self.text("additional_steps", "more steps", "", "optional: steps beyond the checkpoint")
         yield self.check("auto_resume", "auto-resume after a crash", False)
+        yield self.check("archive", "archive live to S3 while it trains", False)
 
     def build(self) -> Any:
         from rltui.jobs import builders
 
         from_step: str | int = self.value("from_step") or "latest"
-        return builders.resume_job(
+        spec = builders.resume_job(
             self.fs_layout, self.context["run"],
             from_step=from_step,
             additional_steps=self.optional_int("additional_steps", "--additional-steps"),
             auto_resume=self.checked("auto_resume"),
         )
+        return with_live_archive(spec, self.checked("archive"))

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from textual.widget import Widget
 
 from rltui.errors import UsageError
+from rltui.tui.archive_actions import with_live_archive
 from rltui.tui.form_base import JobForm
 
 
@@ -39,6 +40,7 @@ class TrainForm(JobForm):
         yield self.text("gpus", "GPUs", "", "optional: 0,1 (empty: any free)")
         yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith")
         yield self.check("auto_resume", "auto-resume after a crash", False)
+        yield self.check("archive", "archive live to S3 while it trains", False)
 
     def build(self) -> Any:
         from rltui.jobs import builders
@@ -46,7 +48,7 @@ class TrainForm(JobForm):
         cfg = self.value("cfg")
         if not cfg:
             raise UsageError("bad --cfg: '' (give a config file)")
-        return builders.train_job(
+        spec = builders.train_job(
             self.fs_layout, cfg,
             ckpt=self.optional_text("ckpt"),
             steps=self.optional_int("steps", "--steps"),
@@ -55,3 +57,4 @@ class TrainForm(JobForm):
             auto_resume=self.checked("auto_resume"),
             eval_after=self.optional_text("eval_after"),
         )
+        return with_live_archive(spec, self.checked("archive"))

@@ -54,3 +54,15 @@ class WatchModeChanged(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, WatchModeChanged)
+
+
+class ArchiveViewReady(Message):
+    """The live archives' lag and the bucket-only runs (rltui.archive.view.ArchiveView)."""
+
+    def __init__(self, view: object, newest_local: dict[str, int | None]) -> None:
+        super().__init__()
+        self.view = view
+        self.newest_local = newest_local
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ArchiveViewReady)

@@ -55,7 +55,7 @@ def test_a_new_checkpoint_is_uploaded_on_the_next_pass(s3, make_run, add_checkpo
 def test_the_loop_ends_with_a_final_pass_after_the_watched_job_ends(s3, make_run, add_checkpoint, monkeypatch):
     layout = Layout(s3.root)
     run = make_run(steps=(1,), big=50_000)
-    follower = Follower(layout, s3.store(), run.name, job="job_x", out=io.StringIO(),
+    follower = Follower(layout, s3.store(), run.name, job="job_x", out=io.StringIO(), interval_s=0.1,
                         sleep=lambda s: add_checkpoint(run.name, 2, big=1000))
     ends = iter([False, True])
     monkeypatch.setattr(follower, "job_ended", lambda: next(ends))
