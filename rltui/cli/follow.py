@@ -17,25 +17,29 @@ from typing import Callable, TextIO
 
 from rltui.errors import UsageError
 from rltui.jobs import control
+from rltui.jobs.output import shown
 from rltui.jobs.records import Job, JobState
 from rltui.runs.localfs import Layout
 
 POLL_S = 0.2
+MAX_READ = 16 * 1024 * 1024  # per poll: a burst of output is copied in pieces, not at once
 QUEUE_RETRY_S = 5.0
 
 
 def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bool = False,
-                    offset: int = 0, sleep: Callable[[float], None] = time.sleep) -> Job:
+                    offset: int = 0, sleep: Callable[[float], None] = time.sleep,
+                    raw: bool = False) -> Job:
     """Copy the job's output to `out` until the job has ended; Ctrl-C asks it to stop, a second
-    Ctrl-C returns at once (KeyboardInterrupt) and leaves the job to its keeper."""
+    Ctrl-C returns at once (KeyboardInterrupt) and leaves the job to its keeper. The output is
+    made safe to show (rltui.text) unless `raw`."""
     interrupted = False
     next_queue_try = time.monotonic() + QUEUE_RETRY_S
     while True:
         try:
             job = control.read_job(layout, job_id)
-            offset = _copy_new(layout, job_id, offset, out)
+            offset = _copy_new(layout, job_id, offset, out, raw=raw)
             if job.phase is None or job.phase.final:
-                _copy_new(layout, job_id, offset, out, final=True)
+                _copy_new(layout, job_id, offset, out, final=True, raw=raw)
                 return job
             if job.phase is JobState.QUEUED and time.monotonic() >= next_queue_try:
                 control.start_queued(layout)
@@ -58,18 +62,23 @@ def wait_and_stream(layout: Layout, job_id: str, out: TextIO, *, follow_only: bo
                 pass
 
 
-def _copy_new(layout: Layout, job_id: str, offset: int, out: TextIO, *, final: bool = False) -> int:
+def _copy_new(layout: Layout, job_id: str, offset: int, out: TextIO, *, final: bool = False,
+              raw: bool = False) -> int:
     """Copy whole lines written since `offset` (everything once the job has ended)."""
     try:
         with open(layout.job_log(job_id), "rb") as f:
             f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
+            data = f.read() if final else f.read(MAX_READ)
+    except (FileNotFoundError, IsADirectoryError):
         return offset
     if not final:
         data = data[:max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]
-    if data:
-        out.write(data.decode("utf-8", "replace"))
+    if data and raw and hasattr(out, "buffer"):  # --raw: the bytes as written
+        out.flush()
+        out.buffer.write(data)
+        out.buffer.flush()
+    elif data:
+        out.write(shown(data, raw=raw))
         out.flush()
     return offset + len(data)
 

@@ -15,6 +15,7 @@ from rltui.jobs import control
 from rltui.jobs.records import Job
 from rltui.jobs.usage import TreeStats, tree_stats
 from rltui.runs.localfs import Layout
+from rltui.text import clean
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -59,7 +60,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         reason = (s.last_reason if s else j.error) or ""
         if s and s.restarts and s.last_restart_cause and s.last_restart_cause not in reason:
             reason += f" (last restart: {s.last_restart_cause})"
-        run = (j.spec.run if j.spec else None) or "-"
+        run = clean((j.spec.run if j.spec else None) or "-")  # from files: shown made safe
         print(f"{j.id:<28} {(s.state.value if s else 'damaged'):<10} {run:<26} "
-              f"{(s.restarts if s else 0):>8} {gpus:<6} {gpu_h:>6} {cpu:>5} {rss:>7}  {reason}")
+              f"{(s.restarts if s else 0):>8} {gpus:<6} {gpu_h:>6} {cpu:>5} {rss:>7}  {clean(reason)}")
     return 0

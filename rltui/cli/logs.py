@@ -1,7 +1,11 @@
-"""`rltui --batch logs JOB [-f] [--tail N]`: print a job's output (stdout and stderr, keeper notes).
+"""`rltui --batch logs JOB [-f] [--tail N] [--raw]`: print a job's output (stdout and stderr,
+keeper notes).
 
-With -f it keeps printing until the job ends (rltui.cli.follow), then prints the summary line
-on stderr.
+The output is shown without escape sequences or control characters (rltui.text): a child
+process cannot retitle or clear the terminal through it. `--raw` passes the bytes through as
+written. `--tail N` reads the file backwards from its end (rltui.jobs.output), so a large log
+costs no more than the lines shown. With -f it keeps printing until the job ends
+(rltui.cli.follow), then prints the summary line on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 from rltui.cli.follow import summary_line, wait_and_stream
 from rltui.errors import UsageError
 from rltui.jobs import control
+from rltui.jobs.output import iter_chunks, open_output, shown, tail_bytes
 from rltui.runs.localfs import Layout
 
 
@@ -22,6 +27,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("job", metavar="JOB")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--raw", action="store_true",
+                   help="the bytes as written, escape sequences included (default: made safe to show)")
     p.set_defaults(func=cmd_logs)
 
 
@@ -29,18 +36,26 @@ def cmd_logs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"bad --tail: {args.tail!r} (must be >= 0)")
-    text = control.read_log(layout, args.job, tail_lines=args.tail)
-    sys.stdout.write(text)
+    control.get_job(layout, args.job)  # one line for an unknown job
+    with open_output(layout, args.job) as f:
+        if args.tail is not None:
+            _write(tail_bytes(f, args.tail), args.raw)
+            end = f.seek(0, 2)
+        else:
+            end = 0
+            for piece in iter_chunks(f):
+                _write(piece, args.raw)
+                end += len(piece)
     sys.stdout.flush()
     if args.follow:
-        job = wait_and_stream(layout, args.job, sys.stdout, follow_only=True,
-                              offset=len(text.encode("utf-8")) if args.tail is None else _log_size(layout, args.job))
+        job = wait_and_stream(layout, args.job, sys.stdout, follow_only=True, offset=end, raw=args.raw)
         sys.stderr.write(summary_line(job) + "\n")
     return 0
 
 
-def _log_size(layout: Layout, job_id: str) -> int:
-    try:
-        return layout.job_log(job_id).stat().st_size
-    except FileNotFoundError:
-        return 0
+def _write(data: bytes, raw: bool) -> None:
+    if raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(shown(data))

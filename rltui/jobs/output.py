@@ -1,0 +1,121 @@
+"""Reading a job's output.log: the last N lines from the end, or all of it in bounded pieces.
+
+Usage:
+    from rltui.jobs.output import open_output, tail_bytes, iter_chunks
+    with open_output(layout, job_id) as f:      # UsageError (one line) if it is not a file
+        data = tail_bytes(f, 100)                # the last 100 lines, read backwards in blocks
+        for piece in iter_chunks(f): ...         # or everything, a piece at a time
+
+A log can be hundreds of megabytes; reading it whole to print its end took 4x its size in memory.
+`tail_bytes` reads backwards block by block until it has N newlines, so memory follows the size
+of the lines asked for, not of the file. What is printed goes through rltui.text unless the user
+asked for the raw bytes (`logs --raw`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO, Iterator
+
+from rltui.errors import UsageError
+from rltui.runs.localfs import Layout
+from rltui.text import clean_lines
+
+BLOCK = 64 * 1024
+CHUNK = 1024 * 1024
+
+
+class _NoOutput:
+    """Stands in for an output.log that does not exist yet: empty."""
+
+    def __enter__(self) -> "_NoOutput":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+
+def open_output(layout: Layout, job_id: str) -> BinaryIO | _NoOutput:
+    """The job's output.log opened for reading; empty when the job has written none yet.
+
+    A folder, a device or an unreadable file in its place is one clear line (UsageError)."""
+    path = layout.job_log(job_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return _NoOutput()
+    except OSError as e:
+        raise UsageError(f"cannot read the output of job {job_id}: {path}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"cannot read the output of job {job_id}: {path} is {what}")
+    return os.fdopen(fd, "rb")
+
+
+def tail_bytes(f: BinaryIO | _NoOutput, lines: int, block: int = BLOCK) -> bytes:
+    """The last `lines` lines of `f` (a last line without its newline counts), read backwards."""
+    if lines <= 0:
+        return b""
+    end = f.seek(0, os.SEEK_END)
+    pos, pieces, newlines = end, [], 0
+    # a final newline ends the last line; it does not start one more
+    wanted = lines + 1 if end and _last_byte(f, end) == b"\n" else lines
+    while pos > 0 and newlines < wanted:
+        size = min(block, pos)
+        pos -= size
+        f.seek(pos)
+        piece = f.read(size)
+        pieces.append(piece)
+        newlines += piece.count(b"\n")
+    data = b"".join(reversed(pieces))
+    if newlines >= wanted:
+        cut = len(data)
+        for _ in range(wanted):
+            cut = data.rindex(b"\n", 0, cut)
+        data = data[cut + 1:]
+    return data
+
+
+def _last_byte(f: BinaryIO | _NoOutput, end: int) -> bytes:
+    f.seek(end - 1)
+    return f.read(1)
+
+
+def iter_chunks(f: BinaryIO | _NoOutput, start: int = 0, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The file from `start` to its current end, in pieces that end at a newline where one is
+    found (so a sequence is rarely cut in two; `shown` makes each piece safe on its own)."""
+    f.seek(start)
+    rest = b""
+    while True:
+        piece = f.read(chunk)
+        if not piece:
+            break
+        data = rest + piece
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < 4 * chunk:
+            rest = data
+            continue
+        cut = cut or len(data)
+        rest = data[cut:]
+        yield data[:cut]
+    if rest:
+        yield rest
+
+
+def shown(data: bytes, *, raw: bool = False) -> str:
+    """Output bytes as text for a terminal: decoded, escape sequences and controls removed
+    (newlines and tabs kept); `raw` keeps them, for `logs --raw`."""
+    text = data.decode("utf-8", "replace")
+    return text if raw else clean_lines(text)
