@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from rltui.runs import checkpoints, folders, localfs, machine
+from rltui.runs import writer_lock
 from rltui.runs.readers import (
     FileCache,
     last_metrics,
@@ -269,6 +270,7 @@ class Index:
             record.error = str(sj["error"])
         elif damaged:
             record.error = str(damaged[0])
+        record.writer = writer_lock.holder(path)  # who writes it now (the trainer's lock)
         status_file = base + "/status.json"
         damage = next((e.reason for e in damaged if str(e.path) == status_file), None)
         src = _RunSource(record, status_json, damage)

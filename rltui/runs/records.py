@@ -236,6 +236,7 @@ class RunRecord:
     host: str | None = None
     stalled: bool = False
     process_alive: bool = False  # its trainer pid was checked alive on this host
+    writer: Any = None  # runs.writer_lock.Holder of its writer lock when read, else None
     job_ids: list[str] = field(default_factory=list)
     damaged: list[FileError] = field(default_factory=list)
 

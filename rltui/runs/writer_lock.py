@@ -162,11 +162,18 @@ def handed_off(run_dir: Path) -> WriterLock | None:
     return WriterLock(run_dir, int(fd), found)
 
 
+def _printable(value: object) -> str:
+    """A record's text without control characters (it is shown on terminals)."""
+    return "".join(c for c in str(value) if c.isprintable())
+
+
 def _read_holder(run_dir: Path) -> Holder | None:
     try:
         d = read_json(run_dir / HOLDER_NAME)
-        return Holder(pid=int(d["pid"]), host=str(d["host"]), since=float(d["since"]),
-                      run=str(d.get("run") or run_dir.name), job=d.get("job"),
+        job = d.get("job")
+        return Holder(pid=int(d["pid"]), host=_printable(d["host"]), since=float(d["since"]),
+                      run=_printable(d.get("run") or run_dir.name),
+                      job=_printable(job) if job is not None else None,
                       start=d.get("start") if isinstance(d.get("start"), int) else None)
     except (OSError, DamagedFile, KeyError, TypeError, ValueError, json.JSONDecodeError):
         return None

@@ -109,6 +109,8 @@ def summary_text(run: RunRecord) -> Text:
         text.append("\n" + extra, style="dim")
     if run.error:
         text.append(f"\n{run.error}", style="red")
+    if run.writer is not None and run.status.value == "running":
+        text.append(f"\nwritten by {run.writer.describe()}", style="dim")
     return text
 
 
