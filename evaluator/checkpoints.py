@@ -157,8 +157,10 @@ def _attach_adapter_base(source: RunSource) -> None:
 
 def resolve_base(source: RunSource, root: Path) -> Path:
     """The base model folder for this source (see module docstring for the order)."""
-    from trainer.hub import parse_hub_id
-    from trainer.modeling import resolve_base_model
+    from trainer.hub import parse_hub_id, resolve_model
+
+    def resolve_base_model(spec: str, root: Path) -> Path:
+        return resolve_model(spec, root).path
 
     if source.config is not None:
         return resolve_base_model(source.config.model.base, root)

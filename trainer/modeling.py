@@ -3,7 +3,8 @@
 One copy for the trainer and the evaluator. A base model name (a Hub id, a folder, a localfs
 model or `tiny`) is turned into a local folder by trainer.hub first (a Hub id through the Hugging
 Face cache, downloading once when it is not there); every load here reads that folder and passes
-`local_files_only`, so no load looks anything up on the Hub.
+`local_files_only`, so no load looks anything up on the Hub. This module does not import
+trainer.hub (which builds `tiny` with trainer.tiny, which loads through here).
 """
 
 from __future__ import annotations
@@ -18,13 +19,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "fp32": "float32", "float32": "float32"}
-
-
-def resolve_base_model(spec: str, root: Path) -> Path:
-    """The local folder of a base model name (trainer.hub.resolve_model has the rules)."""
-    from trainer.hub import resolve_model
-
-    return resolve_model(spec, root).path
 
 
 def torch_dtype(dtype: Any):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from trainer.errors import ConfigError
+from trainer.hub import resolve_model
 from trainer.modeling import (
     check_adapter_fits,
     load_adapter,
     load_model_and_tokenizer,
-    resolve_base_model,
     unload_adapter,
 )
 
@@ -35,10 +35,10 @@ def _other_adapter(tmp_path: Path, **config) -> Path:
 
 def test_resolve_base_model_refuses_a_missing_folder_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=str(tmp_path / "nope")):
-        resolve_base_model(str(tmp_path / "nope"), tmp_path)
+        resolve_model(str(tmp_path / "nope"), tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
-        resolve_base_model(str(tmp_path / "empty"), tmp_path)
+        resolve_model(str(tmp_path / "empty"), tmp_path)
 
 
 def test_warmstart_adapter_fits_the_tiny_base(tiny_paths) -> None:

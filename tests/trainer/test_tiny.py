@@ -10,7 +10,8 @@ import torch
 
 from trainer.data import arith_split, build_prompt
 from trainer.generation import generate
-from trainer.modeling import load_adapter, load_model_and_tokenizer, resolve_base_model
+from trainer.hub import resolve_model
+from trainer.modeling import load_adapter, load_model_and_tokenizer
 from trainer.rewards import is_correct, is_strict_format
 from trainer.tiny import ensure_tiny
 
@@ -58,7 +59,7 @@ def test_ensure_tiny_reuses_an_existing_build(tiny_root: Path) -> None:
     paths = ensure_tiny(tiny_root)
     assert paths.base == tiny_root / "models" / "tiny" / "base"
     assert info.stat().st_mtime_ns == before
-    assert resolve_base_model("tiny", tiny_root) == paths.base
+    assert resolve_model("tiny", tiny_root).path == paths.base
 
 
 BUILD_SMALL = """
