@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rltui.archive.manifest import Manifest
+from rltui.archive.manifest import Manifest, archived_steps
 from rltui.archive.store import RemoteStore
 from rltui.runs import localfs
 from rltui.runs.localfs import Layout
@@ -56,8 +56,6 @@ class BucketRun:
 
     @classmethod
     def of(cls, manifest: Manifest, etag: str) -> "BucketRun":
-        from rltui.archive.follow import archived_steps
-
         steps = archived_steps(manifest)
         return cls(manifest.run, etag, manifest.total_size, len(manifest.files),
                    steps[-1] if steps else None, manifest.step_latest, tuple(steps),

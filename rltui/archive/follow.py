@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from rltui.archive.backup import backup_run
-from rltui.archive.manifest import LocalRun, Manifest, scan_run
+from rltui.archive.manifest import LocalRun, Manifest, archived_steps, scan_run
 from rltui.archive.progress import human_bytes
 from rltui.archive.store import RemoteStore, describe_error
 from rltui.errors import UsageError, WorkFailed
@@ -219,18 +219,6 @@ def _newest_complete(layout: Layout, run: str) -> int | None:
         return checkpoints.latest_complete_step(layout.training_state(run))
     except FileNotFoundError:
         return None
-
-
-def archived_steps(manifest: Manifest) -> list[int]:
-    """Steps whose checkpoint record is in the manifest (a backup takes complete ones only)."""
-    found = []
-    for path in manifest.files:
-        parts = path.split("/")
-        if len(parts) == 5 and parts[2] == "training_state" and parts[4] == localfs.CHECKPOINT_INFO:
-            step = localfs.parse_step_dir(parts[3])
-            if step is not None:
-                found.append(step)
-    return sorted(found)
 
 
 def newest_archived_step(manifest: Manifest) -> int | None:

@@ -333,3 +333,15 @@ def stat_local(root: Path, path: str) -> LocalFile | None:
     if not stat.S_ISREG(st.st_mode):  # lstat: a link is not a regular file
         return None
     return LocalFile(path, full, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def archived_steps(manifest: Manifest) -> list[int]:
+    """Steps whose checkpoint record is in the manifest (a backup takes complete ones only)."""
+    found = []
+    for path in manifest.files:
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "training_state" and parts[4] == localfs.CHECKPOINT_INFO:
+            step = localfs.parse_step_dir(parts[3])
+            if step is not None:
+                found.append(step)
+    return sorted(found)

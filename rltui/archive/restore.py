@@ -25,8 +25,8 @@ from typing import TextIO
 from rltui.runs import checkpoints, localfs
 from rltui.archive.lock import run_lock
 from rltui.archive.manifest import (
-    FileEntry, HashCache, Manifest, UnsafePath, check_run_path, eval_folder_of_path, foreign_eval_folders,
-    stat_local,
+    FileEntry, HashCache, Manifest, UnsafePath, archived_steps, check_run_path, eval_folder_of_path,
+    foreign_eval_folders, stat_local,
 )
 from rltui.archive.progress import Progress, human_bytes
 from rltui.archive.running import run_is_running
@@ -103,8 +103,6 @@ def restore_run(
 def resume_files(manifest: Manifest, step: str | int) -> tuple[int, set[str]]:
     """(step, paths) of what resuming `manifest`'s run from `step` needs; UsageError if the
     backup holds no such checkpoint."""
-    from rltui.archive.follow import archived_steps
-
     steps = archived_steps(manifest)
     if step == "latest":
         if not steps:
