@@ -33,6 +33,8 @@ from rltui.tui.commands import COMMANDS
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
+from rltui.tui.runs_table_store import StoreRunsTable
+from rltui.tui.store_link import StoreLink
 from rltui.tui.runs_table import RunsTable
 from rltui.tui.status_bar import StatusBar
 from rltui.tui.watcher import Change, RootWatcher, WatchMode, poll_signatures
@@ -49,7 +51,7 @@ RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status r
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
 
-class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
+class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     TITLE = "rltui"
     ENABLE_COMMAND_PALETTE = True
@@ -67,6 +69,7 @@ class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
         force_polling: bool = False,
         gpu_interval_s: float = GPU_INTERVAL_S,
         quick_first: bool | None = None,
+        store: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -92,6 +95,7 @@ class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
         self.gpu_pane: GpuPane | None = None
         self.bucket_pane: BucketPane | None = None
         self.hidden_mounted = False  # mount_hidden has run
+        self.store_enabled = store  # the metrics store: kept current, best-reward column
 
     def make_index(self) -> Index:
         from rltui.runs.index import Index
@@ -115,7 +119,7 @@ class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
             with RunsView(id="runs-view"):
                 yield Input(placeholder="filter: words in name, status or dataset; enter to apply",
                             id="filter", compact=True)
-                yield RunsTable(self.clock, id="runs-table")
+                yield StoreRunsTable(self.clock, id="runs-table", store_columns=self.store_enabled)
                 yield RunDetail(id="detail")
         yield StatusBar(self.root, self.clock, id="status")
         yield Footer(compact=True)
@@ -238,6 +242,7 @@ class RlTuiApp(ArchiveMixin, ActionsMixin, App[str]):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = message.snapshot
+        self.store_changed(message.runs)  # the metrics store follows the index, in a worker
         table = self.query_one(RunsTable)
         jobs = self.jobs_pane  # None before mount_hidden, which gives it self.snapshot's jobs
         many = message.runs is not None and len(message.runs) > MANY_CHANGES

@@ -179,6 +179,7 @@ def make_test_app(root: Path, *, gpus: GpuSnapshot | None = None, watch: bool = 
     """The app as the CLI builds it, with a fake GPU sampler and (by default) a fixed clock."""
     from rltui.tui.app import make_app
 
+    kwargs.setdefault("store", False)  # the metrics store's column and worker: tests/tui/test_compare.py
     if fixed:
         kwargs.setdefault("index", fixed_index(root))
         kwargs.setdefault("clock", lambda: NOW)
