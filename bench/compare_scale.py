@@ -211,6 +211,18 @@ def best_of(fn, repeat: int = 5) -> tuple[float, object]:  # noqa: ANN001
     return statistics.median(times), result
 
 
+def mlflow_runs(client, exp_id: str) -> dict[str, str]:  # noqa: ANN001
+    """run name -> MLflow run id of the runs whose load finished (set_terminated comes last)."""
+    out, token = {}, None
+    while True:
+        page = client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token)
+        out.update({r.info.run_name: r.info.run_id for r in page})
+        token = page.token
+        if not token:
+            return out
+
+
 def measure(work: Path, steps: int) -> dict[str, float]:
     import mlflow
 
@@ -224,8 +236,12 @@ def measure(work: Path, steps: int) -> dict[str, float]:
     client = mlflow_client(work)
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("bench").experiment_id
-    ids = json.loads((work / "mlflow_ids.json").read_text())
-    names = sorted(ids)
+    ids = mlflow_runs(client, exp_id)
+    names = sorted(ids)  # the runs MLflow holds (all of them, unless its load was stopped early)
+    out["mlflow_runs_held"] = len(names)
+    times = [(r.info.start_time, r.info.end_time) for r in
+             client.search_runs([exp_id], "attributes.status = 'FINISHED'", max_results=5000)]
+    out["mlflow_load_s_of_held"] = (max(t[1] for t in times) - min(t[0] for t in times)) / 1000
     out: dict[str, float] = {}
     store = Store.open(root)
     ingest(store, layout)
@@ -235,8 +251,10 @@ def measure(work: Path, steps: int) -> dict[str, float]:
     out["ours_query_s"], (_h, rows) = best_of(lambda: select_runs(store, WHERE, SORT, cols))
     out["mlflow_query_s"], frame = best_of(lambda: mlflow.search_runs(
         experiment_ids=[exp_id], filter_string=MLFLOW_FILTER, order_by=MLFLOW_ORDER, max_results=5000), 3)
-    ours_names = [r[0] for r in rows]
-    theirs = list(frame["tags.mlflow.runName"])
+    held = set(names)
+    ours_names = [r[0] for r in rows if r[0] in held]  # ours searched every run: compare on MLflow's
+    theirs = [n for n in frame["tags.mlflow.runName"] if n in held]
+    out["query_runs_ours"] = len(rows)
     out["query_runs"] = len(ours_names)
     out["query_same_answer"] = float(ours_names == theirs)
     python = REPO / ".venv" / "bin" / "python"  # the project's own environment, as a user runs it
@@ -245,11 +263,14 @@ def measure(work: Path, steps: int) -> dict[str, float]:
     out["ours_query_cli_s"], _ = best_of(lambda: subprocess.run(cli, check=True, capture_output=True,
                                                                  cwd=REPO), 3)
 
-    # 1,000 reward curves
-    out["ours_curves_s"], series = best_of(lambda: store.series(names, "reward_mean"), 3)
+    # every run's reward curve: ours for all runs of the localfs, MLflow's for the runs it holds
+    every = store.run_names()
+    out["curves_runs_ours"] = len(every)
+    out["ours_curves_s"], series = best_of(lambda: store.series(every, "reward_mean"), 3)
     out["mlflow_curves_s"], hist = best_of(
         lambda: [client.get_metric_history(ids[n], "reward_mean") for n in names], 1)
     out["curves_points_ours"] = sum(len(s[0]) for s in series.values())
+    out["curves_runs_mlflow"] = len(hist)
     out["curves_points_mlflow"] = sum(len(h) for h in hist)
 
     # incremental: one run logs one step

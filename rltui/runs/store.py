@@ -18,6 +18,7 @@ processes that already read the localfs keep it current (status, the TUI's refre
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -205,12 +206,15 @@ class Store:
         return out
 
     def summary(self, metric: str, names: Iterable[str] | None = None) -> dict[str, SummaryRow]:
-        rows = self.conn.execute(
-            "SELECT r.name, s.n, s.first, s.first_step, s.last, s.last_step, s.min, s.min_step,"
-            " s.max, s.max_step, s.best, s.best_step FROM summary s JOIN runs r ON r.id = s.run_id"
-            " WHERE s.metric = ?", (metric,))
-        wanted = None if names is None else set(names)
-        return {r[0]: SummaryRow(*r[1:]) for r in rows if wanted is None or r[0] in wanted}
+        sql = ("SELECT r.name, s.n, s.first, s.first_step, s.last, s.last_step, s.min, s.min_step,"
+               " s.max, s.max_step, s.best, s.best_step FROM summary s JOIN runs r ON r.id = s.run_id"
+               " WHERE s.metric = ?")
+        if names is None:
+            rows = self.conn.execute(sql, (metric,))
+        else:
+            rows = self.conn.execute(sql + " AND r.name IN (SELECT value FROM json_each(?))",
+                                     (metric, json.dumps(list(names))))
+        return {r[0]: SummaryRow(*r[1:]) for r in rows}
 
     def series(self, names: Iterable[str], metric: str) -> dict[str, tuple[list[int], list[float]]]:
         """Each run's points of `metric` by step (a step logged twice, e.g. again after a resume,
