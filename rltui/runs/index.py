@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from rltui.runs import checkpoints, folders, localfs, machine
+from rltui.text import clean
 from rltui.runs import writer_lock
 from rltui.runs.readers import (
     FileCache,
@@ -267,9 +268,9 @@ class Index:
             damaged=damaged,
         )
         if sj.get("error"):
-            record.error = str(sj["error"])
+            record.error = clean(str(sj["error"]))
         elif damaged:
-            record.error = str(damaged[0])
+            record.error = clean(str(damaged[0]))
         record.writer = writer_lock.holder(path)  # who writes it now (the trainer's lock)
         status_file = base + "/status.json"
         damage = next((e.reason for e in damaged if str(e.path) == status_file), None)
@@ -280,7 +281,7 @@ class Index:
     def _classify(self, src: _RunSource) -> None:
         d = diagnose_run(src.status_json, self._now(), self._host, self._stale_after, alive=self._alive)
         rec = src.record
-        reason = f"damaged status.json: {src.status_damage}" if src.status_damage else d.reason
+        reason = clean(f"damaged status.json: {src.status_damage}" if src.status_damage else d.reason)
         rec.status, rec.status_reason, rec.stalled, rec.process_alive = (
             d.status, reason, d.stalled, d.process_alive)
 

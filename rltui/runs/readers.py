@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from rltui.runs import checkpoints, localfs, machine
+from rltui.text import clean
 from rltui.runs.records import (
     CheckpointRecord,
     ConfigSummary,
@@ -279,7 +280,7 @@ _YAML_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 def _as_str(v: Any) -> str | None:
     if v is None or isinstance(v, (list, dict)) or v in _YAML_NULLS:
         return None
-    return str(v)
+    return clean(str(v))  # shown in tables: nothing from a file may drive the terminal
 
 
 def _as_int(v: Any) -> int | None:
@@ -483,7 +484,7 @@ def _step_from_summary(step: int, s: dict[str, Any]) -> EvalStepRecord:
         format_rate=_as_float(s.get("format_rate")),
         mean_reward=_as_float(s.get("mean_reward")),
         n=_as_int(s.get("n")),
-        error=str(s["error"]) if s.get("error") else None,
+        error=clean(str(s["error"])) if s.get("error") else None,
     )
 
 
@@ -514,13 +515,13 @@ def read_job(cache: FileCache, path: str, job_id: str, boot: float | None) -> Jo
     gpus = state.get("gpus") if state.get("gpus") is not None else spec.get("gpus")
     rec = JobRecord(
         id=job_id,
-        kind=spec.get("kind"),
+        kind=clean(spec["kind"]) if spec.get("kind") else None,
         run=state.get("run") or spec.get("run"),
         state=js,
         argv=[str(a) for a in spec.get("argv") or []],
         gpus=[g for g in gpus if isinstance(g, int)] if isinstance(gpus, list) else None,
         restarts=_as_int(state.get("restarts")) or 0,
-        last_reason=state.get("last_reason"),
+        last_reason=clean(state["last_reason"]) if state.get("last_reason") else None,
         created=_as_float(spec.get("created")),
         started_at=_as_float(state.get("started_at")),
         ended_at=_as_float(state.get("ended_at")),
@@ -573,7 +574,8 @@ def last_metrics(train_log: str) -> dict[str, Any]:
     line = localfs.read_last_jsonl(Path(train_log), max_bytes=4096)
     if line is None and size > 4096:  # a long last line: look further back, still only the tail
         line = localfs.read_last_jsonl(Path(train_log), max_bytes=65536)
-    return line or {}
+    # keys and text values are shown (runs table columns, plots' labels): made safe here
+    return {clean(k): clean(v) if isinstance(v, str) else v for k, v in (line or {}).items()}
 
 
 def time_from_run_name(name: str) -> float | None:

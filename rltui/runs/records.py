@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rltui.runs import machine
+from rltui.text import clean
 
 #: A run whose status.json `time` is older than this, though its process lives, is "stalled":
 #: still shown as running (its process may yet save), with the reason saying so.
@@ -206,7 +207,7 @@ class Provenance:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return clean(value) if isinstance(value, str) and value else None  # shown: made safe
 
 
 @dataclass

@@ -26,6 +26,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 
 from rltui.runs.localfs import Layout
+from rltui.text import clean_lines
 from rltui.runs.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
 from rltui.tui.archive_actions import ArchiveMixin
@@ -56,6 +57,10 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     TITLE = "rltui"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [Binding(c.key, c.action, c.label, show=c.footer, tooltip=c.help) for c in COMMANDS]
+
+    def notify(self, message: str, **kwargs: Any) -> None:  # type: ignore[override]
+        """Every notification shown made safe: messages may quote a file or an error."""
+        super().notify(clean_lines(message), **kwargs)
 
     def __init__(
         self,

@@ -12,6 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from rltui.text import clean, clean_lines
+
 
 class Confirm(ModalScreen[bool]):
     BINDINGS = [
@@ -27,9 +29,10 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm", classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            # the text may quote a run's or job's reason: shown made safe, and not as markup
+            yield Label(clean(self.question), classes="dialog-title", markup=False)
             if self.detail:
-                yield Static(self.detail)
+                yield Static(clean_lines(self.detail), markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes", compact=True)
                 yield Button("No (n)", id="no", compact=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 from textual import work
 from textual.widgets import Log
 
+from rltui.text import clean_lines
+
 START_BYTES = 64 * 1024
 CHUNK_BYTES = 256 * 1024
 
@@ -116,7 +118,7 @@ class LogPane(Log):
     def _read(self, reader: TailReader) -> None:
         lines = reader.read_new_lines()
         if lines and reader is self.reader:
-            pretty = [pretty_jsonl(line) for line in lines]
+            pretty = [clean_lines(pretty_jsonl(line)) for line in lines]  # no escape sequences
             self.app.call_from_thread(self._append, reader, pretty)
 
     def _append(self, reader: TailReader, lines: list[str]) -> None:

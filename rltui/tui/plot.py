@@ -18,6 +18,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from rltui.text import clean
+
 _BRAILLE_BASE = 0x2800
 # dot bit for (column 0..1, row 0..3) inside one braille cell
 _DOT = {(0, 0): 0x01, (0, 1): 0x02, (0, 2): 0x04, (0, 3): 0x40,
@@ -90,13 +92,14 @@ def render_plot(series: Series, width: int, height: int) -> Text:
     """Title line, the chart with y labels on the left, and the step range below."""
     text = Text(no_wrap=True, overflow="crop")
     points = sorted(_finite(series.points))
+    name = clean(series.name)  # a metric's name comes from the train log
     if not points:
-        text.append(f"{series.name}: no data yet", style="dim")
+        text.append(f"{name}: no data yet", style="dim")
         return text
     ys = [p[1] for p in points]
     lo, hi = min(ys), max(ys)
     last = points[-1]
-    text.append(f"{series.name}", style="bold")
+    text.append(name, style="bold")
     text.append(f"  last {_label(last[1])} @ step {int(last[0])}  min {_label(lo)}  max {_label(hi)}\n")
     gutter = max(len(_label(lo)), len(_label(hi))) + 1
     chart_h = max(1, height - 2)

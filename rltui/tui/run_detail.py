@@ -25,6 +25,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from rltui.runs.records import CheckpointRecord, RunRecord
+from rltui.text import clean
 from rltui.tui import cells
 
 if TYPE_CHECKING:  # imported with the tabs, after the first frame
@@ -65,7 +66,7 @@ class MetricsHistory:
             for key, value in obj.items():
                 if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                self.points.setdefault(key, []).append((float(step), float(value)))
+                self.points.setdefault(clean(key), []).append((float(step), float(value)))
                 changed = True
         return changed
 
