@@ -13,6 +13,7 @@ detached, so quitting leaves them running (and says so).
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # imported where first used, after the first frame, which nee
 
 GPU_INTERVAL_S = 2.0  # NVML at most twice a second (issue 7); nvitop's default is 2 s
 RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status rule now and then
+SLURM_POLL_S = 3.0  # how often the TUI asks Slurm about unfinished Slurm jobs
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
 
@@ -148,6 +150,7 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
             self.post_quick_list()
         self.initial_scan()
         self.set_interval(RECLASSIFY_S, self.reclassify)
+        self.set_interval(SLURM_POLL_S, self.poll_slurm)
 
     async def mount_hidden(self) -> None:
         """What the first frame does not show: the Jobs and GPUs tabs, the run detail's tabs."""
@@ -226,6 +229,16 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
         if self.snapshot is not None:
             update = self.live.reclassify()
             self.post_message(SnapshotReady(update.snapshot, update.runs, update.jobs))
+
+    @work(thread=True, exclusive=True, group="slurm")
+    def poll_slurm(self) -> None:
+        """Slurm jobs have no keeper: while a job has not ended, ask Slurm (one call for all, in
+        rltui.jobs.backends.slurm); the state.json files it changes arrive through the watcher."""
+        snapshot = self.snapshot
+        if snapshot is not None and any(not job.state.ended for job in snapshot.jobs.values()):
+            from rltui.jobs.backends.slurm import refresh
+
+            refresh(self.layout)
 
     @work(thread=True, exclusive=True, group="gpu")
     def sample_gpus(self) -> None:
@@ -403,8 +416,11 @@ def make_app(root: Path, **kwargs: Any) -> RlTuiApp:
     return RlTuiApp(Path(root), **kwargs)
 
 
+WATCH_ENV = "RLTUI_WATCH"  # "poll": poll the localfs every 2 s instead of inotify (auto on NFS & co)
+
+
 def run_tui(root: Path) -> int:
-    app = make_app(root)
+    app = make_app(root, force_polling=os.environ.get(WATCH_ENV, "").strip().lower() == "poll")
     message = app.run()
     if message:
         print(message)

@@ -24,18 +24,21 @@ from __future__ import annotations
 import shlex
 
 from rltui.jobs.backends.slurm_spec import SlurmSpec
-from rltui.jobs.records import JobSpec, with_code_root
+from rltui.jobs.records import JobKind, JobSpec, with_code_root
 from rltui.runs.localfs import Layout
 
 BEGIN_NOTHING_TO_DO = 100  # `slurm_attempt begin`: the run is done or stopped; end the job (success)
 
 
 def procs_per_node(spec: JobSpec) -> int:
-    """torchrun's --nproc-per-node: one process per GPU asked for, else the job's --nproc."""
+    """torchrun's --nproc-per-node: one process per GPU asked for; else a resume splits the
+    checkpoint's world size over the nodes, and a new run takes --nproc per node."""
     s = spec.slurm
     assert s is not None
     if spec.kind.trains and s.gpus_per_node:
         return s.gpus_per_node
+    if spec.kind is JobKind.RESUME:
+        return max(1, spec.nproc // s.nodes)
     return max(1, spec.nproc)
 
 
