@@ -69,6 +69,8 @@ def _wants_resume(layout: Layout, job: Job) -> bool:
     spec, state = job.spec, job.state
     if spec is None or state is None or state.state is not JobState.LOST or state.resumed_by:
         return False
+    if spec.slurm is not None:
+        return False  # Slurm requeues its own jobs (rltui.jobs.backends.slurm_attempt)
     if not (spec.kind.trains and spec.run and effective_auto_resume(layout, spec)):
         return False
     if any(r.startswith("not resumed:") for r in state.reasons):
