@@ -31,9 +31,13 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 @dataclass
 class ModelConfig:
-    base: str = "tiny"  # "tiny" (built on first use under ROOT/models/tiny) or a local HF folder
-    # the adapter to start from: a peft folder, "warmstart" (the tiny model's built-in SFT
-    # adapter), or null for a fresh LoRA; --ckpt overrides it
+    # "tiny" (built on first use under ROOT/models/tiny), a Hub id org/name[@revision] (through
+    # the Hugging Face cache), a local HF folder, a ROOT/models/NAME, or "from_adapter" (the base
+    # the starting adapter names); config_resolved.yaml pins a Hub id to its commit
+    base: str = "tiny"
+    # the adapter to start from: a peft folder, an HF Trainer / TRL checkpoint-N folder,
+    # "warmstart" (the tiny model's built-in SFT adapter), or null for a fresh LoRA; --ckpt
+    # overrides it
     init_adapter: Optional[str] = None
     precision: str = field(default="auto", metadata=_range(choices=PRECISIONS))
     gradient_checkpointing: bool = False
@@ -158,6 +162,9 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as e:
         raise ConfigError(f"config file unreadable: {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -12,6 +12,7 @@ class ConfigError(Exception):
 class DownloadFailed(Exception):
     """A download from the Hub failed midway (the network, the disk): one line, exit code 1.
 
-    Nothing partial is left where a reader looks; running the same command again resumes."""
+    Nothing partial is left where a reader looks; running the same command again continues,
+    keeping the files already downloaded whole."""
 
     exit_code = 1

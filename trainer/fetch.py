@@ -7,11 +7,11 @@ Usage:
 
 A model goes into the Hugging Face cache (HF_HOME / HF_HUB_CACHE), where `model.base: REPO_ID`
 finds it with no network call; with `--as NAME` into ROOT/models/NAME/ instead (downloaded into
-ROOT/models/.tmp_fetch_NAME/, which a rerun resumes, then renamed into place with a
+ROOT/models/.tmp_fetch_NAME/, whose whole files a rerun keeps, then renamed into place with a
 fetch_info.json naming the repo and commit). A dataset is downloaded into the cache and written
 to ROOT/datasets/NAME/{train,test}.jsonl in GSM8K form (trainer.hub_datasets).
 Progress is printed as whole lines. Exit codes: 0 done; 1 the download failed midway (nothing
-partial is left in place; run the same command again to resume); 2 bad input, one line.
+partial is left in place; the same command again continues); 2 bad input, one line.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fetch: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fetch: stopped (run the same command again to resume)", file=sys.stderr)
+        print("fetch: stopped (the same command again continues)", file=sys.stderr)
         return 130
     return 0
 
@@ -86,7 +86,7 @@ def fetch_model(layout: localfs.Layout, repo_id: str, revision: str | None, as_n
     if hub.hub_offline():
         raise ConfigError(f"{what} --as {as_name}: HF_HUB_OFFLINE is set; nothing can be downloaded")
     commit = hub.probe_repo(repo_id, revision, "model", what=what, fetch=fetch)
-    staging = layout.models / f".tmp_fetch_{as_name}"  # kept after a failure: the rerun resumes
+    staging = layout.models / f".tmp_fetch_{as_name}"  # kept after a failure: a rerun keeps its whole files
     hub.download_snapshot(repo_id, revision, "model", hub.MODEL_FILES, what=what,
                           fetch=fetch + f" --as {as_name}", local_dir=staging)
     _check_model(staging, repo_id)

@@ -241,9 +241,10 @@ def download_snapshot(repo_id: str, revision: str | None, repo_type: str, patter
                       say: Callable[[str], None] | None = None) -> Path:
     """Download one snapshot (into the cache, or into `local_dir`), progress as whole lines.
 
-    huggingface_hub writes each file as `*.incomplete` and renames it into place when its size is
-    right, and resumes an `.incomplete` file on the next call: an interrupted download leaves no
-    partial file where a reader looks. Failures are ConfigError (bad id, gated, not found) or
+    huggingface_hub writes each file to a temporary `*.incomplete` name and renames it into place
+    when its size is right (a dropped connection is retried within the call): an interrupted
+    download leaves no partial file where a reader looks, and a rerun keeps the files already
+    whole. Failures are ConfigError (bad id, gated, not found) or
     DownloadFailed (the network, the disk)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
@@ -263,10 +264,10 @@ def download_snapshot(repo_id: str, revision: str | None, repo_type: str, patter
                                          endpoint=constants.ENDPOINT, fetch=fetch)) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise DownloadFailed(f"{what}: download from {constants.ENDPOINT} failed ({_first_line(e)}); "
-                             f"run it again to resume: {fetch}") from None
+                             f"run it again to continue: {fetch}") from None
     except Exception as e:  # httpx errors that escape the client's own retries
         raise DownloadFailed(f"{what}: download from {constants.ENDPOINT} failed ({_first_line(e)}); "
-                             f"run it again to resume: {fetch}") from None
+                             f"run it again to continue: {fetch}") from None
     size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and ".cache" not in p.parts)
     say(f"downloaded {repo_id} ({_size(size)}) in {time.monotonic() - started:.1f} s: {folder}")
     return Path(folder)

@@ -46,14 +46,19 @@ def list_local_models(layout: Layout) -> tuple[list[LocalModel], list[str]]:
 
 
 def hub_cache_dir() -> str:
-    from huggingface_hub import constants
-
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "(huggingface_hub not installed)"
     return str(constants.HF_HUB_CACHE)
 
 
 def _cache_models() -> tuple[list[LocalModel], list[str]]:
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
+    try:  # installed with transformers (the train extra); a manager-only install may lack it
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+    except ImportError:
+        return [], ["huggingface_hub is not installed here: the Hugging Face cache is not listed"]
 
     try:
         info = scan_cache_dir()

@@ -66,6 +66,11 @@ class ActionsMixin:
         run = self.selected_run()
         self.push_screen(ArchiveForm(self.layout, run=run.name if run else None), self.launch_spec)
 
+    def action_fetch(self: "RlTuiApp") -> None:
+        from rltui.tui.form_fetch import FetchForm
+
+        self.push_screen(FetchForm(self.layout), self.launch_spec)
+
     def need_run(self: "RlTuiApp", what: str) -> Any:
         run = self.selected_run()
         if run is None:

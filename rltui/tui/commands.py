@@ -57,6 +57,8 @@ COMMANDS: list[Command] = [
     Command("3", "show_tab('gpus')", "GPUs", "Show GPUs", "Show the GPUs", footer=False),
     Command("4", "show_tab('bucket')", "Bucket", "Show the bucket",
             "Live archives and the runs only the S3 bucket holds", footer=False),
+    Command("f", "fetch", "Fetch", "Fetch from the Hub",
+            "Download a model or a dataset (GSM8K) from the Hugging Face Hub, as a job", footer=False),
     Command("question_mark", "help", "Help", "Help", "Keys, symbols and what each action does"),
     Command("q", "quit_app", "Quit", "Quit rltui", "Quit; running jobs keep running"),
 ]

@@ -8,7 +8,8 @@ points at it):
 with the Hub's headers (X-Repo-Commit, ETag, X-Linked-Etag/Size, X-Error-Code for 404s).
 Every request is recorded (`requests`), so a test can assert that none was made.
 `cut(path, after_bytes)`: the next GET of that file sends `after_bytes` bytes and drops the
-connection, and every later request for it gets 503 until `heal()` (a network gone mid-file).
+connection, and every later request for it gets 503 until `heal()` (a network gone mid-file);
+with `then_down=False` only that one connection drops.
 
 `make_hub_cache(cache, repo_id, files)` lays out HF_HUB_CACHE as the Hub's client does:
 models--ORG--NAME/{blobs/SHA256, snapshots/COMMIT/PATH -> ../../blobs/SHA256, refs/main}.
@@ -63,6 +64,7 @@ class FakeHub:
         self.ranged: list[str] = []  # "METHOD /path bytes=N-" of requests that asked for a range
         self._cuts: dict[str, int] = {}
         self._down: set[str] = set()
+        self._then_down: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -86,9 +88,12 @@ class FakeHub:
         self.repos[(repo_type, repo_id)] = repo
         return repo
 
-    def cut(self, path: str, after_bytes: int) -> None:
+    def cut(self, path: str, after_bytes: int, *, then_down: bool = True) -> None:
+        """The next GET of `path` drops the connection after `after_bytes`; with `then_down`
+        every later request for it gets 503 until heal() (else the next one is served)."""
         with self._lock:
             self._cuts[path] = after_bytes
+            self._then_down[path] = then_down
 
     def heal(self) -> None:
         with self._lock:
@@ -161,7 +166,7 @@ class FakeHub:
             if filename in self._down and method == "GET":
                 return _send(h, 503, b"service unavailable", {})
             cut_after = self._cuts.pop(filename, None) if method == "GET" else None
-            if cut_after is not None:
+            if cut_after is not None and self._then_down.get(filename, True):
                 self._down.add(filename)
         if method == "HEAD":
             return _send(h, 200, b"", dict(headers, **{"Content-Length": str(len(data))}), head=True)

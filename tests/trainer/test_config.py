@@ -17,6 +17,7 @@ def test_shipped_configs_load_and_use_trl_names():
     assert tiny.model.base == "tiny" and tiny.grpo.loss_type in ("grpo", "dr_grpo", "dapo")
     real = load_config(REPO / "configs" / "qwen2_5_1_5b_gsm8k.yaml")
     assert real.data.dataset == "gsm8k_r1_template"
+    assert real.model.base == "Qwen/Qwen2.5-1.5B-Instruct"
     assert real.model.precision in ("auto", "bf16")
     assert real.grpo.num_generations == 8
 
