@@ -12,7 +12,8 @@ Rules, by package (not by today's file names):
     rltui/runs/ that, with everything they import, use the standard library (and PyYAML) alone.
 
 Imports under `if TYPE_CHECKING:` are annotations, never run, and are not counted.
-`importlib.import_module("a.b")` with a literal name counts as an import.
+`importlib.import_module("a.b")` with a literal name counts as an import, and so does each name in
+a `NAME_MODULES = ["a.b", ...]` registry (rltui.cli.main's COMMAND_MODULES).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class Graph:
                     add(base, node.lineno, not in_function, alias=a.name)
             elif isinstance(node, ast.Call) and _is_import_module(node):
                 add(node.args[0].value, node.lineno, not in_function)  # type: ignore[attr-defined]
+            elif isinstance(node, ast.Assign) and _is_module_list(node):
+                for item in node.value.elts:  # type: ignore[attr-defined]
+                    add(item.value, item.lineno, False)  # imported by name later (COMMAND_MODULES)
             inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             for child in ast.iter_child_nodes(node):
                 visit(child, inner)
@@ -171,7 +175,7 @@ class Graph:
 
     def circle_imports(self, group: list[str]) -> list[str]:
         members = set(group)
-        return [i.where() for m in group for i in self.internal(m) if i.target in members]
+        return list(dict.fromkeys(i.where() for m in group for i in self.internal(m) if i.target in members))
 
 
 def _absolute(module: str, is_package: bool, name: str | None, level: int) -> str:
@@ -195,6 +199,14 @@ def _is_import_module(call: ast.Call) -> bool:
         isinstance(f, ast.Name) and f.id == "import_module")
     return named and bool(call.args) and isinstance(call.args[0], ast.Constant) and isinstance(
         call.args[0].value, str)
+
+
+def _is_module_list(assign: ast.Assign) -> bool:
+    """`NAME_MODULES = ["pkg.mod", ...]`: a registry of modules imported by name."""
+    names = [t.id for t in assign.targets if isinstance(t, ast.Name)]
+    items = getattr(assign.value, "elts", None)
+    return bool(names) and names[0].endswith("_MODULES") and bool(items) and all(
+        isinstance(i, ast.Constant) and isinstance(i.value, str) for i in items)
 
 
 def _parents(module: str) -> list[str]:
@@ -279,6 +291,7 @@ def test_the_reader_sees_function_level_and_dynamic_imports(graph: Graph) -> Non
     main = {(i.target, i.at_import_time) for i in graph.internal("rltui.cli.main")}
     assert ("rltui.tui.app", False) in main  # inside main(): the TUI, only when opened
     assert ("rltui.cli.parser", True) in main
+    assert ("rltui.cli.launch", False) in main  # COMMAND_MODULES, imported by name
     keeper = graph.loaded_with("rltui.jobs.keeper", import_time_only=True)
     assert "rltui.runs.localfs" in keeper and "rltui" in keeper  # parents count
     archive = [i for m in graph.files if _in(m, "rltui.archive") for i in graph.imports[m] if i.target == "boto3"]
@@ -306,6 +319,8 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
         "rltui/jobs/b.py": "def f():\n    from rltui.cli import cmd\n",
         "rltui/cli/__init__.py": "",
         "rltui/cli/cmd.py": "import importlib\nimportlib.import_module('rltui.jobs.a')\n",
+        "rltui/cli/main.py": "COMMAND_MODULES = ['rltui.cli.reg']\n",  # a registry closes a circle too
+        "rltui/cli/reg.py": "def f():\n    from rltui.cli.main import COMMAND_MODULES\n",
         "rltui/runs/__init__.py": "",
         "rltui/runs/heavy.py": "from . import light\nimport textual\n",
         "rltui/runs/light.py": "import json\n",
@@ -318,6 +333,7 @@ def test_each_rule_catches_what_it_forbids(tmp_path: Path) -> None:
     })
     found = "\n".join(problems(graph))
     assert "import circle ['rltui.cli.cmd', 'rltui.jobs.a', 'rltui.jobs.b']" in found
+    assert "import circle ['rltui.cli.main', 'rltui.cli.reg']" in found
     assert "core imports a front end: rltui.jobs.b:2 -> rltui.cli.cmd (in a function)" in found
     assert "importing rltui.runs.heavy imports textual" in found
     assert "boto3 outside a function of rltui/archive: rltui.archive.s3:1" in found
