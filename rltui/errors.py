@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable
@@ -44,6 +45,11 @@ def run_reporting(prog: str, work: Callable[[], int | None]) -> int:
     except OSError as e:
         from rltui.runs import disk
 
+        if e.errno == errno.ENAMETOOLONG:  # a name or path from the user past the filesystem's limit
+            where = str(e.filename)
+            where = where if len(where) <= 80 else where[:60] + "…" + where[-10:]
+            sys.stderr.write(f"{prog}: error: name too long for the filesystem: {where!r}\n")
+            return 2
         if not disk.is_full(e):
             raise
         where = e.filename if isinstance(e.filename, str) else "."

@@ -10,6 +10,7 @@ input (UsageError naming the bad value) and return a JobSpec; nothing touches th
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sys
@@ -50,7 +51,7 @@ def train_job(
     auto_resume: bool = False, eval_after: str | None = None, restart: RestartSettings | None = None,
 ) -> JobSpec:
     """A new training run. `launch` creates the run folder and adds `--run-name RUN`."""
-    cfg_path = _existing(cfg, "--cfg", want_dir=False)
+    cfg_path = _utf8_text(_existing(cfg, "--cfg", want_dir=False), cfg, "--cfg")
     nproc = _positive(nproc, "--nproc")
     argv = trainer_command(nproc, "trainer.rl_runner") + ["--cfg", cfg_path]
     if ckpt is not None:
@@ -115,6 +116,7 @@ def eval_job(
     argv = [PY, "-m", "evaluator.eval_batch", "--training-run", run]
     if dataset is not None:
         argv += ["--eval-dataset", _dataset(dataset, "--eval-dataset")]
+        layout.eval_dir(run, dataset)  # BadName now, not in the job, if the folder name is too long
     if steps is not None:
         argv += ["--steps", ",".join(str(s) for s in parse_steps(steps))]
     if subset_frac is not None:
@@ -280,11 +282,29 @@ def _dataset(name: str, flag: str) -> str:
 
 def _existing(path: str | os.PathLike[str], flag: str, *, want_dir: bool) -> str:
     p = Path(os.path.expanduser(str(path))).absolute()
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise UsageError(f"bad {flag}: path too long ({e.strerror}): {str(path)[:60]!r}…") from None
     if want_dir and not p.is_dir():
         raise UsageError(f"bad {flag}: {str(path)!r} is not a folder")
     if not want_dir and not p.is_file():
         raise UsageError(f"bad {flag}: {str(path)!r} is not a file")
     return str(p)
+
+
+def _utf8_text(path: str, given: str | os.PathLike[str], flag: str) -> str:
+    """`path` if it reads as UTF-8 text; else one line naming it (before any job is made)."""
+    try:
+        with open(path, "rb") as f:
+            f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"bad {flag}: {str(given)!r} is not UTF-8 text "
+                         f"(byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"bad {flag}: {str(given)!r} cannot be read ({e.strerror})") from None
+    return path
 
 
 def _positive(n: int, flag: str) -> int:

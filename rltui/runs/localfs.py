@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 _RUN_NAME = re.compile(r"^run_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?$")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_MAX = 255  # bytes in one folder name on Linux filesystems (ext4, xfs, btrfs, tmpfs)
 
 
 class BadName(ValueError):
@@ -64,9 +65,21 @@ def validate_name(name: str, what: str = "name") -> str:
         raise BadName(f"bad {what}: {name!r} (must be a single folder name inside the root)")
     if ".." in name or not _SAFE_NAME.match(name):
         raise BadName(
-            f"bad {what}: {name!r} (use letters, digits, '.', '_' and '-'; no leading dot or '..')"
+            f"bad {what}: {_short(name)!r} (use letters, digits, '.', '_' and '-'; no leading dot or '..')"
         )
+    _fits_name_max(name, what)
     return name
+
+
+def _fits_name_max(name: str, what: str) -> None:
+    if len(name.encode("utf-8")) > NAME_MAX:
+        raise BadName(f"bad {what}: {_short(name)!r} is {len(name.encode('utf-8'))} bytes long; "
+                      f"a folder name may have at most {NAME_MAX}")
+
+
+def _short(name: str) -> str:
+    """A name as quoted in one line: a very long one is cut (it is still recognisable)."""
+    return name if len(name) <= 80 else name[:60] + "…" + name[-10:]
 
 
 def validate_dataset_name(name: str) -> str:
@@ -190,7 +203,10 @@ class Layout:
 
     # evaluation results
     def eval_dir(self, run: str, dataset: str) -> Path:
-        return self.eval_runs / f"{validate_name(run, 'run name')}_{validate_dataset_name(dataset)}"
+        folder = f"{validate_name(run, 'run name')}_{validate_dataset_name(dataset)}"
+        _fits_name_max(f"step_{10**9}_{dataset}", "dataset name (in its step folders)")
+        _fits_name_max(folder, "run and dataset names (together, as an eval folder)")
+        return self.eval_runs / folder
 
     def eval_config(self, run: str, dataset: str) -> Path:
         return self.eval_dir(run, dataset) / "eval_config.yaml"
