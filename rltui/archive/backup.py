@@ -33,6 +33,9 @@ from rltui.errors import UsageError, WorkFailed
 from rltui.runs.localfs import Layout
 
 MAX_CHANGE_ROUNDS = 3
+#: a multipart upload of this run unfinished for this long was left by an interrupted backup
+#: (a kill, a cut connection): the next backup of the run aborts it, so the bucket keeps no parts
+STALE_UPLOAD_S = float(os.environ.get("RLTUI_S3_STALE_UPLOAD_S", "3600"))
 
 
 @dataclass
@@ -100,6 +103,8 @@ def _backup_run(
     if not local.files and previous is None:
         raise UsageError(f"bad --training-run: {run!r} (no such run in {layout.training_runs} and no backup)")
     remote = store.list_objects(run)
+    if not dry_run and (aborted := store.abort_stale_uploads(run, STALE_UPLOAD_S)):
+        out.write(f"  aborted {aborted} unfinished upload(s) an interrupted backup left in the bucket\n")
     result = BackupResult(run, previous or Manifest(run), skipped=local.skipped)
     for path, why in local.skipped:
         out.write(f"  not backed up: {path} ({why})\n")

@@ -56,6 +56,17 @@ def _when(t: float | None) -> str:
     return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_unfinished(uploads: list[tuple[str, str, float]], prefix: str, now: float) -> str:
+    """A note on multipart uploads that interrupted backups left (they hold storage until
+    aborted; the next backup of their run aborts those older than an hour)."""
+    if not uploads:
+        return ""
+    runs = sorted({key[len(prefix):].split("/", 1)[0] for key, _id, _t in uploads})
+    oldest = now - min(t for _k, _i, t in uploads)
+    return (f"{len(uploads)} unfinished upload(s) left by interrupted backups of {', '.join(runs)} "
+            f"(oldest {oldest / 3600:.1f} h); the next backup of the run aborts them\n")
+
+
 def format_backups(infos: list[BackupInfo], where: str) -> str:
     if not infos:
         return f"no backups in {where}\n"

@@ -10,11 +10,14 @@ of every message: `S3Settings.redact` masks them in any text before it is printe
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, TextIO
 
 from rltui.errors import UsageError
 
@@ -60,11 +63,52 @@ class S3Settings:
     warnings: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
-        """`text` with every secret value replaced by '***'."""
-        for secret in (self.secret_access_key, self.session_token, self.access_key_id):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
+        """`text` with every secret value replaced by '***', in every form a message may quote
+        it: as is, escaped (repr, JSON), URL-quoted, with its whitespace folded, and each line
+        of a secret that holds a newline."""
+        for form in _secret_forms((self.secret_access_key, self.session_token, self.access_key_id)):
+            text = text.replace(form, "***")
         return text
+
+
+def _secret_forms(secrets: tuple[str | None, ...]) -> list[str]:
+    from urllib.parse import quote, quote_plus
+
+    forms: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        escaped = secret.encode("unicode_escape").decode("ascii")
+        for form in (secret, escaped, json.dumps(secret)[1:-1], quote(secret, safe=""),
+                     quote_plus(secret), " ".join(secret.split())):
+            forms.add(form)
+        forms.update(secret.split())  # each piece a message may print on a line of its own
+    return sorted((f for f in forms if len(f.strip()) >= 4), key=len, reverse=True)
+
+
+class RedactingStream:
+    """A text stream that masks the configured secrets in everything written through it."""
+
+    def __init__(self, stream: TextIO, settings: "S3Settings") -> None:
+        self.stream = stream
+        self.settings = settings
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.settings.redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def redacted_output(settings: "S3Settings") -> Iterator[None]:
+    """stdout and stderr with the secrets masked, for the length of an archive command."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out, settings), RedactingStream(err, settings)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def parse_env_file(text: str, path: Path) -> dict[str, str]:

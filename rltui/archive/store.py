@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import IO, Any, Callable, Iterable
 
 from rltui.archive.manifest import LocalFile, Manifest
@@ -46,7 +47,7 @@ def translate(e: BaseException, settings: S3Settings, doing: str) -> Exception:
     from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
 
     if isinstance(e, (UsageError, WorkFailed)):
-        return e
+        return type(e)(settings.redact(str(e)))
     if isinstance(e, NoCredentialsError):
         return UsageError(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the settings "
@@ -207,6 +208,30 @@ class RemoteStore:
             self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True}
             )
+
+    # unfinished multipart uploads (a backup killed mid-file, a connection cut)
+    def unfinished_uploads(self, run: str | None = None) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated epoch seconds) of every multipart upload begun under the
+        run's prefix (every run's when None) and neither completed nor aborted."""
+        prefix = self.run_prefix(run) if run else f"{self.settings.prefix}runs/"
+        out = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for u in page.get("Uploads", []):
+                started = u.get("Initiated")
+                out.append((u["Key"], u["UploadId"], started.timestamp() if started else 0.0))
+        return out
+
+    def abort_stale_uploads(self, run: str, older_than_s: float, now: float | None = None) -> int:
+        """Abort the run's unfinished uploads begun more than `older_than_s` ago; how many.
+        Called under the run's archive lock, so none of them is this host's upload in flight."""
+        now = time.time() if now is None else now
+        aborted = 0
+        for key, upload_id, started in self.unfinished_uploads(run):
+            if now - started >= older_than_s:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                aborted += 1
+        return aborted
 
     # transfers
     def _manager(self) -> Any:

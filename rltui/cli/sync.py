@@ -8,10 +8,12 @@ entry point, which calls `run` here). The flags and their rules are the archive'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from rltui.archive.flags import EPILOG, add_arguments, check_args
 from rltui.archive.sizes import parse_size
@@ -29,9 +31,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Do the archive action the parsed flags ask for; the exit status."""
-    from rltui.archive import backup, report, restore
-    from rltui.archive.settings import load_settings, make_client
-    from rltui.archive.store import RemoteStore, translate
+    from rltui.archive.settings import load_settings, redacted_output
     from rltui.runs.localfs import Layout, validate_run_name
 
     check_args(args)
@@ -41,6 +41,38 @@ def run(args: argparse.Namespace) -> int:
     for warning in settings.warnings:
         sys.stderr.write(warning + "\n")
     layout = Layout(args.root)
+    with redacted_output(settings), _term_interrupts(args.action):
+        return _run(args, layout, settings)
+
+
+@contextlib.contextmanager
+def _term_interrupts(action: str) -> Iterator[None]:
+    """SIGTERM (a job's stop, a plain `kill`) ends a transfer as Ctrl-C does: uploads in flight
+    are cancelled and their multipart uploads aborted, not left in the bucket. (`follow` keeps
+    its own handler: a stop there is one last pass.)"""
+    if action == "follow":
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _run(args: argparse.Namespace, layout: Any, settings: Any) -> int:
+    from rltui.archive import backup, report, restore
+    from rltui.archive.settings import make_client
+    from rltui.archive.store import RemoteStore, translate
+
     try:
         store = RemoteStore(make_client(settings), settings)
         if args.bandwidth:
@@ -57,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps([b.to_json() for b in infos], indent=2))
             else:
                 sys.stdout.write(report.format_backups(infos, store.url(settings.prefix)))
+                sys.stdout.write(report.format_unfinished(
+                    store.unfinished_uploads(), f"{settings.prefix}runs/", time.time()))
         elif args.action == "follow":
             _follow(layout, store, args)
         elif args.action == "restore":
