@@ -29,7 +29,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from rltui.runs import localfs
+from rltui.runs import folders, localfs
 from rltui.runs.machine import this_host
 from rltui.runs.readers import FileCache, RESOLVED_CONFIG, _flatten, _load_yaml, read_eval
 from rltui.runs.records import diagnose_run, json_int, json_number
@@ -140,29 +140,19 @@ class _Context:
 
 
 def _run_folders(layout: localfs.Layout) -> list[tuple[str, str]]:
-    try:
-        entries = list(os.scandir(layout.training_runs))
-    except OSError:
-        return []
-    return [(e.name, e.path) for e in entries if localfs.is_run_name(e.name) and e.is_dir()]
+    """The index's rule for run folders (rltui.runs.folders): linked runs count, bad names not."""
+    return folders.run_folders(layout)
 
 
 def _eval_folders(layout: localfs.Layout, runs: dict[str, str]) -> dict[str, dict[str, str]]:
-    """run -> {dataset: folder path}: `RUN_DATASET` goes to the longest run name that fits."""
-    try:
-        entries = [e for e in os.scandir(layout.eval_runs) if e.is_dir()]
-    except OSError:
-        return {}
+    """run -> {dataset: folder path}, by the one ownership rule (rltui.runs.folders): what the
+    folder's eval_config.yaml records, else the one existing run whose name fits."""
+    names = set(runs) | {n for n, _p in folders.legacy_run_folders(layout)}
     out: dict[str, dict[str, str]] = {}
-    for e in entries:
-        cut = len(e.name)
-        while (cut := e.name.rfind("_", 0, cut)) > 0:
-            run = e.name[:cut]
-            if run in runs:
-                dataset = localfs.eval_dir_dataset(run, e.name)
-                if dataset:
-                    out.setdefault(run, {})[dataset] = e.path
-                break
+    for name, path in folders.eval_folders(layout):
+        owner = folders.eval_owner(layout, name, names)
+        if owner.run in runs:
+            out.setdefault(owner.run, {})[owner.dataset] = path
     return out
 
 

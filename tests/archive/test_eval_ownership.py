@@ -93,13 +93,17 @@ def test_cleanup_and_restore_leave_alone_another_runs_folder_an_older_backup_lis
     assert (layout.eval_runs / "exp_gsm8k" / "consolidated_metrics.csv").is_file()
 
 
-def test_the_index_files_each_eval_folder_under_the_run_it_records(tmp_path):
+def test_the_index_and_the_metrics_store_file_each_eval_folder_under_the_run_it_records(tmp_path):
+    from rltui.runs.ingest import _eval_folders
+
     layout = Layout(tmp_path).ensure()
     _two_runs(layout)
     snap = Index(layout).scan()
     assert sorted(snap.runs["exp"].evals) == ["gsm8k"]
     assert sorted(snap.runs["exp_v2"].evals) == ["arith_r1_template", "gsm8k"]
     assert not snap.orphan_evals
+    stored = _eval_folders(layout, {"exp": "", "exp_v2": ""})
+    assert sorted(stored["exp"]) == ["gsm8k"] and sorted(stored["exp_v2"]) == ["arith_r1_template", "gsm8k"]
 
 
 def test_a_folder_two_run_names_fit_and_that_records_nothing_belongs_to_neither(tmp_path):

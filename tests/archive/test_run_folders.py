@@ -1,5 +1,5 @@
 """One rule for "what is a run folder" (issue 15): the index, the TUI's quick list and watcher,
-and the archive's backup-all list the same runs of a tricky tree."""
+the metrics store's ingestion and the archive's backup-all list the same runs of a tricky tree."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def test_index_watcher_quick_list_and_backup_all_agree_on_the_run_folders(s3, tm
         assert change_for_path(layout.root, layout.training_runs / name / "status.json") is None
     assert change_for_path(layout.root, layout.training_runs / expected[1] / "status.json") == \
         Change("run", expected[1])
+
+    from rltui.runs.ingest import ingest
+    from rltui.runs.store import Store
+
+    with Store.open(layout.root) as store:  # the metrics store's ingestion
+        ingest(store, layout)
+        assert store.run_names() == expected
 
     out = io.StringIO()
     results = backup_all(layout, s3.store(), out=out, err=io.StringIO())
