@@ -136,3 +136,55 @@ def test_the_catalog_lists_bucket_runs_and_refetches_only_changed_manifests(s3, 
     assert cached is not None and cached.runs[b.name].steps == (1, 2, 3)
     only = catalog.bucket_only(cached, local_runs={a.name})
     assert [r.run for r in only] == [b.name]
+
+
+def test_status_lists_bucket_only_runs_and_the_live_lag_without_the_network(s3, make_run):
+    import json
+    import subprocess
+    import sys
+
+    layout = Layout(s3.root)
+    gone = make_run(run="run_2026-01-01_00-00-09", steps=(1, 2), big=10_000)
+    here = make_run(run="run_2026-01-01_00-00-10", steps=(1,), big=10_000)
+    store = s3.store()
+    for r in (gone, here):
+        backup_run(layout, store, r.name, out=io.StringIO(), err=io.StringIO())
+    Follower(layout, store, here.name, out=io.StringIO()).one_pass()
+    import shutil
+
+    shutil.rmtree(layout.run_dir(gone.name))
+    shutil.rmtree(layout.eval_runs)
+    argv = [sys.executable, "-m", "rltui.cli", "--root", str(s3.root), "--batch", "status"]
+    listed = subprocess.run(argv + ["--remote"], env=s3.env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "IN THE BUCKET ONLY" in listed.stdout and gone.name in listed.stdout
+    assert f"{here.name}  archived step 1 of local 1" in listed.stdout
+
+    offline = {**s3.env, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}  # nothing listens: the cache answers
+    doc = json.loads(subprocess.run(argv + ["--json"], env=offline, capture_output=True, text=True,
+                                    timeout=120).stdout)
+    assert [r["run"] for r in doc["archive"]["bucket_only_runs"]] == [gone.name]
+    assert doc["archive"]["bucket_only_runs"][0]["newest_step"] == 2
+    assert doc["archive"]["live"][here.name]["newest_archived_step"] == 1
+
+
+def test_archive_flags_without_a_bucket_are_one_line_and_launch_nothing(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    Layout(root).ensure()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("training: {total_steps: 2}\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("RLTUI_S3", "AWS_"))}
+    env["RLTUI_S3_ENV"] = str(tmp_path / "none.env")
+    (tmp_path / "none.env").write_text("# no bucket\n")
+    out = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", "train",
+                          "--cfg", str(cfg), "--archive", "--gpus", "none"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "RLTUI_S3_BUCKET" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not list(Layout(root).jobs.glob("*")) and not list(Layout(root).training_runs.glob("*"))
+    bad = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", "train",
+                          "--cfg", str(cfg), "--archive-budget", "lots", "--gpus", "none"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--archive" in bad.stderr and "Traceback" not in bad.stderr
