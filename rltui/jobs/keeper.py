@@ -41,7 +41,8 @@ from rltui.jobs.records import (
     with_code_root,
 )
 from rltui.runs import disk, writer_lock
-from rltui.runs.localfs import DamagedFile, Layout, eval_dir_dataset, read_json
+from rltui.runs.folders import eval_folders_of
+from rltui.runs.localfs import DamagedFile, Layout, read_json
 from rltui.runs.machine import boot_time, this_host
 from rltui.jobs.policy import Action, Ending, RestartPolicy
 from rltui.jobs.usage import UsageMeter, price_from_env, tree_pids
@@ -135,16 +136,11 @@ def eval_progress(layout: Layout, run: str, pid: int) -> Callable[[], tuple[dict
     def read() -> tuple[dict, float] | None:
         if known:
             return ours(known[0])
-        try:
-            names = [e.name for e in os.scandir(layout.eval_runs) if e.is_dir()]
-        except OSError:
-            return None
-        for name in names:
-            if eval_dir_dataset(run, name) is not None:
-                path = layout.eval_runs / name / "eval_status.json"
-                if (found := ours(path)) is not None:
-                    known.append(path)
-                    return found
+        for _dataset, folder in eval_folders_of(layout, run):  # the one ownership rule
+            path = folder / "eval_status.json"
+            if (found := ours(path)) is not None:
+                known.append(path)
+                return found
         return None
     return read
 
