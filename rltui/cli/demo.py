@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from rltui.jobs import builders, control
+from rltui.jobs import builders, control, ownership
 from rltui.errors import UsageError, WorkFailed
 from rltui.jobs.records import Job, JobState, read_state, with_code_root
 from rltui.runs.localfs import Layout, read_json, read_last_jsonl, write_yaml_atomic
@@ -193,6 +193,8 @@ class Demo:
         if pid is None:
             raise WorkFailed(f"demo: job {job.id} has no running trainer to kill")
         self.say(f"past step {kill_after}: kill -9 {pid} (the trainer, as the OOM killer would)")
+        if not ownership.has_token(pid, job.id):  # only the job's own process (issue 13)
+            raise WorkFailed(f"demo: process {pid} is no longer job {job.id}'s; nothing was signalled")
         os.kill(pid, signal.SIGKILL)
         final = self.follow(job.id, run)
         self.expect(final, JobState.SUCCEEDED)

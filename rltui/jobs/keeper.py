@@ -448,11 +448,13 @@ class Keeper:
                 update_state(self.layout, self.job_id, merge, durable=durable)
                 return
             except OSError as e:
+                if not disk.is_full(e):
+                    raise
                 if not final:
-                    return
+                    return  # a passing state: the next one, or the final one, says more
                 if not told:
                     where = self.layout.job_state(self.job_id)
-                    problem = disk.describe(where) if disk.is_full(e) else f"{e.strerror or e} ({where})"
+                    problem = disk.describe(where)
                     try:
                         sys.stderr.write(f"rltui keeper: cannot record the job's end: {problem}; "
                                          "trying again until it can\n")

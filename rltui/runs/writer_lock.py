@@ -66,9 +66,17 @@ class WriterLock:
     run_dir: Path
     fd: int | None
     holder: Holder
+    inode: int | None = None  # of the locked file: a descriptor number reused since is not ours
 
     def release(self) -> None:
         if self.fd is None:
+            return
+        try:
+            ours = self.inode is None or os.fstat(self.fd).st_ino == self.inode
+        except OSError:
+            ours = False
+        if not ours:  # released already through another handle (a hand-off in one process)
+            self.fd = None
             return
         for name in (HOLDER_NAME, LOCK_NAME):  # removed while still held, then let go
             try:
@@ -136,7 +144,7 @@ def acquire(run_dir: Path, *, job: str | None = None, wait: bool = False,
         write_json_atomic(run_dir / HOLDER_NAME, who.to_json(), durable=False)
     except OSError:
         pass  # a full disk: the lock is held all the same; readers see no record
-    return WriterLock(run_dir, fd, who)
+    return WriterLock(run_dir, fd, who, os.fstat(fd).st_ino)
 
 
 def handed_off(run_dir: Path) -> WriterLock | None:
@@ -159,7 +167,7 @@ def handed_off(run_dir: Path) -> WriterLock | None:
     if not same:
         return None
     os.set_inheritable(int(fd), False)
-    return WriterLock(run_dir, int(fd), found)
+    return WriterLock(run_dir, int(fd), found, os.fstat(int(fd)).st_ino)
 
 
 def _printable(value: object) -> str:
