@@ -168,6 +168,15 @@ def generation_profile(model, tokenizer, prompts: list[str], work: Workload, gen
     banned = torch.tensor([0], device="cuda")
     found["sampling_ms"] = _event_ms(lambda: fast_generation.sample_tokens(
         sampling, do_sample=True, temperature=1.0, top_p=1.0, generator=None, banned=banned), 20)
+    import os
+
+    from trainer import triton_sampling
+
+    os.environ[triton_sampling.ENV] = "0"
+    found["sampling_ms_torch_race"] = _event_ms(lambda: fast_generation.sample_tokens(
+        sampling, do_sample=True, temperature=1.0, top_p=1.0, generator=None, banned=banned), 20)
+    os.environ[triton_sampling.ENV] = "1"
+    found["triton_sampling_failed"] = bool(fast_generation._TRITON_FAILED)
     k = kernel_breakdown(rollout, lambda: None, top=12)
     found["rollout_gpu_busy_ms"] = k["kernel_ms_total"]
     found["rollout_kernels"] = k

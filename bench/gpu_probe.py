@@ -89,6 +89,25 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
         found["fast_vs_model_forward"] = compare_paths(model, batch.slice(0, m), work)
     except Exception as exc:  # noqa: BLE001
         found["fast_vs_model_forward"] = {"error": repr(exc)[:300]}
+    try:  # the whole training phase: m-sequence micro-batches, clipping, the optimizer step
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-12, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+        def update() -> None:
+            grpo.policy_update(model, optimizer, scheduler, [batch], loss_type=work.loss_type, epsilon=work.epsilon,
+                               epsilon_high=work.epsilon, beta=work.beta, temperature=work.temperature,
+                               max_completion_length=work.completion_tokens, forward_batch_size=m,
+                               max_grad_norm=work.max_grad_norm)
+        found["policy_update_ms"] = _wall_ms(update, 2)
+        if batch.input_ids.device.type == "cuda":
+            k = kernel_breakdown(update, lambda: None, top=8)
+            found["policy_update_gpu_busy_ms"] = k["kernel_ms_total"]
+            found["policy_update_kernels"] = k["kernels"]
+        del optimizer, scheduler
+    except Exception as exc:  # noqa: BLE001
+        found["policy_update_ms"] = {"error": repr(exc)[:300]}
+    model.zero_grad(set_to_none=True)
     try:
         if batch.input_ids.device.type == "cuda":
             found["kernels_fwd_bwd"] = kernel_breakdown(variants[f"fwd_bwd_micro{m}_fast"], lambda: None, top=25)

@@ -15,6 +15,7 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   ours     our step (bench/gpu_ours.py), then a decode profile and a training profile
   trl      TRL's step (bench/gpu_trl.py)
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
+  ours_mb64  optional: our step with 64 sequences per training micro-batch
   decode_modes  optional: decode attention-length buckets 64/32/16, side by side (bench/gpu_probe.py)
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
@@ -45,9 +46,9 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "trl", "ours16", "decode_modes", "autotune")
+SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb64", "decode_modes", "autotune")
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
-SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "decode_modes": 150,
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb64": 150, "decode_modes": 150,
                 "autotune": 240}
 DECODE_MODES = {"decode_modes": [("sdpa", "1", "64"), ("sdpa", "1", "32"), ("sdpa", "1", "16")],
                 "autotune": [("sdpa", "1", "64"), ("sdpa", "max-autotune", "64")]}
@@ -95,12 +96,14 @@ def child(args: argparse.Namespace) -> int:
             from gpu_check import run_check
 
             result = run_check(folder, work, device, new_tokens=min(32, work.completion_tokens))
-        elif args.child in ("ours", "ours16"):
+        elif args.child in ("ours", "ours16", "ours_mb64"):
             from gpu_ours import run_ours
 
             if args.child == "ours16":
                 work = replace(work, generations=2 * work.generations)
-            result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 2),
+            if args.child == "ours_mb64":
+                work = replace(work, micro_batch=2 * work.micro_batch)
+            result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 3),
                               device, profile=args.child == "ours", plain_generation=args.plain_generation)
         elif args.child in DECODE_MODES:
             from gpu_probe import run_decode_modes
@@ -155,7 +158,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     if check is not None:
         lines.append("check: " + ", ".join(_fmt(k, v) for k, v in check.items() if k not in ("workload", "wall_s")))
     lines.append(header)
-    for side in ("ours", "ours16", "trl"):
+    for side in ("ours", "ours_mb64", "ours16", "trl"):
         r = results.get(side)
         if r is None:
             continue
@@ -207,6 +210,10 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
     lines = []
     train = ours.get("training_profile")
     if train:
+        if isinstance(train.get("policy_update_ms"), float):
+            lines.append(f"training phase (policy_update, {train['sequences_per_micro_batch']} per micro-batch): "
+                         f"{train['policy_update_ms']:.0f} ms wall, {train.get('policy_update_gpu_busy_ms', 0):.0f} ms "
+                         f"GPU busy, {train.get('policy_update_kernels', 0)} kernels")
         lines.append("training micro-batch: " + "; ".join(
             f"{k} {v['ms']:.0f} ms ({v['ms_per_sequence']:.1f}/seq)" if "ms" in v else f"{k} {v.get('error', '')[:80]}"
             for k, v in train.items() if isinstance(v, dict) and k.startswith("fwd")))

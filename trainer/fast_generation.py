@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from trainer import triton_sampling
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
@@ -189,6 +190,7 @@ def _race_argmax(logits: torch.Tensor, race: torch.Tensor, inv_temperature: floa
 
 
 _COMPILED_RACE: list[Callable] = []
+_TRITON_FAILED: list[bool] = []
 
 
 def _race(logits: torch.Tensor, race: torch.Tensor, inv_temperature: float) -> torch.Tensor:
@@ -225,6 +227,12 @@ def sample_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, 
         sorted_probs = sorted_logits.softmax(dim=-1)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         logits, temperature, banned = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf"))), 1.0, None
+    if logits.is_cuda and triton_sampling.available(logits.device) and not _TRITON_FAILED:
+        try:  # one kernel, noise drawn in-kernel (trainer/triton_sampling.py)
+            return triton_sampling.race_sample(logits, 1.0 / max(temperature, 1e-6), generator, banned)
+        except Exception as exc:  # noqa: BLE001 - the torch race below is the same distribution
+            warnings.warn(f"Triton sampling failed ({exc!r:.300}); using the torch race", stacklevel=2)
+            _TRITON_FAILED.append(True)
     race = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(generator=generator)
     if banned is not None:
         race.index_fill_(1, banned, float("inf"))  # an infinite wait never wins
