@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from textual.widget import Widget
 
+from rltui.tui.form_backend import backend_fields, with_backend
 from rltui.tui.form_base import JobForm
 
 
@@ -22,13 +23,14 @@ class EvalForm(JobForm):
         yield self.text("dataset", "dataset", self.context.get("dataset") or "", "the run's dataset")
         yield self.text("steps", "steps", self.context.get("steps") or "", "optional: 1,5,10 (empty: all)")
         yield self.text("subset_frac", "subset", "", "optional: fraction of the test set, 0-1")
+        yield from backend_fields(self)
 
     def build(self) -> Any:
         from rltui.jobs import builders
 
-        return builders.eval_job(
+        return with_backend(self, builders.eval_job(
             self.fs_layout, self.context["run"],
             dataset=self.optional_text("dataset"),
             steps=self.optional_text("steps"),
             subset_frac=self.optional_float("subset_frac", "--subset-frac"),
-        )
+        ))

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from textual.widget import Widget
 
 from rltui.tui.archive_actions import with_live_archive
+from rltui.tui.form_backend import backend_fields, with_backend
 from rltui.tui.form_base import JobForm
 
 
@@ -26,6 +27,7 @@ class ResumeForm(JobForm):
         yield self.text("additional_steps", "more steps", "", "optional: steps beyond the checkpoint")
         yield self.check("auto_resume", "auto-resume after a crash", False)
         yield self.check("archive", "archive live to S3 while it trains", False)
+        yield from backend_fields(self)
 
     def build(self) -> Any:
         from rltui.jobs import builders
@@ -37,4 +39,4 @@ class ResumeForm(JobForm):
             additional_steps=self.optional_int("additional_steps", "--additional-steps"),
             auto_resume=self.checked("auto_resume"),
         )
-        return with_live_archive(spec, self.checked("archive"))
+        return with_live_archive(with_backend(self, spec), self.checked("archive"))

@@ -13,6 +13,7 @@ from textual.widget import Widget
 
 from rltui.errors import UsageError
 from rltui.tui.archive_actions import with_live_archive
+from rltui.tui.form_backend import backend_fields, with_backend
 from rltui.tui.form_base import JobForm
 
 
@@ -41,6 +42,7 @@ class TrainForm(JobForm):
         yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith")
         yield self.check("auto_resume", "auto-resume after a crash", False)
         yield self.check("archive", "archive live to S3 while it trains", False)
+        yield from backend_fields(self)
 
     def build(self) -> Any:
         from rltui.jobs import builders
@@ -57,4 +59,4 @@ class TrainForm(JobForm):
             auto_resume=self.checked("auto_resume"),
             eval_after=self.optional_text("eval_after"),
         )
-        return with_live_archive(spec, self.checked("archive"))
+        return with_live_archive(with_backend(self, spec), self.checked("archive"))
