@@ -291,7 +291,7 @@ def measure(work: Path, steps: int) -> dict[str, float]:
     return out
 
 
-def tui(work: Path, repeat: int = 5) -> dict[str, float]:
+def tui(work: Path, repeat: int = 15) -> dict[str, float]:
     """Compare screen with 20 runs vs the run detail's plot of one run, in a headless app."""
     import asyncio
 

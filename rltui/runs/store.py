@@ -189,6 +189,13 @@ class Store:
     def metrics(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT metric FROM summary ORDER BY metric")]
 
+    def metrics_of(self, names: Iterable[str]) -> list[str]:
+        """The metrics any of these runs has values of."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT s.metric FROM summary s JOIN runs r ON r.id = s.run_id"
+            " WHERE r.name IN (SELECT value FROM json_each(?)) ORDER BY s.metric",
+            (json.dumps(list(names)),))]
+
     def summary_metrics(self, name: str) -> list[str]:
         """The metrics one run has values of."""
         return [r[0] for r in self.conn.execute(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 from rich.text import Text
@@ -27,7 +28,8 @@ from textual.screen import Screen
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from rltui.tui.overlay_plot import OverlayPlot, colour_of, marker_of
+from rltui.runs.store import Store
+from rltui.tui.overlay_plot import OverlayPlot, colour_of, marker_of, render_overlay
 from rltui.tui.plot import Series
 
 MAX_KEY_COLUMNS = 6  # differing config keys shown as columns; the title says how many more
@@ -58,9 +60,11 @@ class CompareScreen(Screen):
     """
 
     class Loaded(Message):
-        def __init__(self, metric: str, metrics: list[str], comparison: object, error: str | None) -> None:
+        def __init__(self, metric: str, metrics: list[str], comparison: object, error: str | None,
+                     drawn: tuple[tuple[int, int], Text] | None = None) -> None:
             super().__init__()
             self.metric, self.metrics, self.comparison, self.error = metric, metrics, comparison, error
+            self.drawn = drawn
 
     def __init__(self, root: Path, runs: list[str], metric: str | None = None) -> None:
         super().__init__()
@@ -69,6 +73,8 @@ class CompareScreen(Screen):
         self.metric = metric
         self.metrics: list[str] = []
         self.drawn_metric: str | None = None  # what the plot shows (tests and the bench wait on it)
+        self._store: Store | None = None  # kept open between comparisons (one load at a time)
+        self._store_lock = threading.Lock()
         self.legend_header: list[str] = []
         self.legend_rows: list[list[str]] = []  # per run: name, best, @step, min, max, last, @step, keys
 
@@ -86,25 +92,39 @@ class CompareScreen(Screen):
         self.runs, self.metric, self.drawn_metric = list(runs), metric, None
         if self.is_mounted:
             self.query_one("#compare-title", Static).update(f"Compare {len(self.runs)} runs: loading…")
+            self.query_one(OverlayPlot).show("", [])  # not the last comparison's curves meanwhile
             self.load(metric)
 
     @work(thread=True, exclusive=True, group="compare")
     def load(self, metric: str | None) -> None:
         from rltui.runs.compare import DEFAULT_METRICS as DEFAULTS, compare
-        from rltui.runs.store import Store
 
         try:
-            with Store.open(self.root) as store:
-                have = set()
-                for run in self.runs:
-                    have.update(store.summary_metrics(run))
-                metrics = sorted(have)
+            with self._store_lock:
+                if self._store is not None and self._store.gone():  # deleted: rebuilt by ingestion
+                    self._store.close()
+                    self._store = None
+                store = self._store = self._store or Store.open(self.root)
+                metrics = store.metrics_of(self.runs)
+                have = set(metrics)
                 chosen = metric if metric in have else next(
                     (m for m in (*DEFAULTS, *metrics) if m in have), None)
                 result = compare(store, self.runs, [chosen]) if chosen else None
-            self.post_message(self.Loaded(chosen or "", metrics, result, None))
+            drawn = None
+            if result is not None:  # the chart too, here rather than on the UI thread
+                series = self._series(result, chosen)
+                plot = self.query_one(OverlayPlot)
+                size = (plot.content_size.width, plot.content_size.height)
+                if size[0] > 0 and size[1] > 0:
+                    drawn = (size, render_overlay(chosen, series, *size))
+            self.post_message(self.Loaded(chosen or "", metrics, result, None, drawn))
         except (sqlite3.Error, OSError) as e:
+            self._store = None
             self.post_message(self.Loaded(metric or "", [], None, f"metrics store: {e}"))
+
+    def on_unmount(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     def on_compare_screen_loaded(self, message: Loaded) -> None:
         title = self.query_one("#compare-title", Static)
@@ -113,8 +133,8 @@ class CompareScreen(Screen):
             return
         self.metric, self.metrics = message.metric, message.metrics
         c = message.comparison
-        series = [Series(run, list(zip(*c.series[self.metric].get(run, ([], []))))) for run in self.runs]
-        self.query_one(OverlayPlot).show(self.metric, series)
+        size, drawn = message.drawn or (None, None)
+        self.query_one(OverlayPlot).show(self.metric, self._series(c, self.metric), drawn, size)
         keys = list(c.differing)
         more = f", {len(keys) - MAX_KEY_COLUMNS} more config keys differ" if len(keys) > MAX_KEY_COLUMNS else ""
         position = f"{self.metrics.index(self.metric) + 1}/{len(self.metrics)}" if self.metric in self.metrics else ""
@@ -122,6 +142,9 @@ class CompareScreen(Screen):
                           f"{len(keys)} config keys differ{more} · m/M metric, esc back", no_wrap=True))
         self._fill_table(c, keys[:MAX_KEY_COLUMNS])
         self.call_after_refresh(self._mark_drawn, self.metric)
+
+    def _series(self, c: object, metric: str) -> list[Series]:
+        return [Series(run, list(zip(*c.series[metric].get(run, ([], []))))) for run in self.runs]
 
     def _mark_drawn(self, metric: str) -> None:
         self.drawn_metric = metric

@@ -16,6 +16,8 @@ parsed back from ANSI text into a widget. docs/ARCHITECTURE.md ("Compare runs") 
 from __future__ import annotations
 
 import math
+import operator
+from itertools import islice, repeat
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -39,12 +41,25 @@ def colour_of(i: int) -> str:
     return COLOURS[i % len(COLOURS)]
 
 
-def _clean(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Finite points in step order (the store's series already are: then no sort)."""
-    out = [(x, y) for x, y in points if math.isfinite(y) and math.isfinite(x)]
-    if any(a[0] > b[0] for a, b in zip(out, out[1:])):
-        out.sort()
-    return out
+def _clean(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """xs and ys of the finite points in step order (the store's series already are: then no
+    copy or sort; C-level map/all rather than a Python loop per point)."""
+    if not points:
+        return [], []
+    xs, ys = (list(v) for v in zip(*points))
+    if not (all(map(math.isfinite, ys)) and all(map(math.isfinite, xs))):
+        kept = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+        xs, ys = [p[0] for p in kept], [p[1] for p in kept]
+    if not all(map(operator.le, xs, islice(xs, 1, None))):
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        xs, ys = [xs[k] for k in order], [ys[k] for k in order]
+    return xs, ys
+
+
+def _scaled(values: list[float], lo: float, scale: float, flip: int | None = None) -> list[int]:
+    """round((v - lo) * scale) for each value (flip - that, when given), with C-level maps."""
+    out = map(round, map(operator.mul, map(operator.sub, values, repeat(lo)), repeat(scale)))
+    return list(map(operator.sub, repeat(flip), out)) if flip is not None else list(out)
 
 
 # _SPAN[p][a][b]: the dot bits of column half p (0 left, 1 right) from dot row a to b of a cell
@@ -80,18 +95,34 @@ def _plot_curve(bits: list[list[int]], owner: list[list[int]], i: int,
         prev = (x, y_last)
 
 
+def _columns(dxs: list[int], dys: list[int]) -> dict[int, list[int]]:
+    """Per dot column (dxs ascending): [lowest y, highest y, first y, last y] of its points."""
+    columns: dict[int, list[int]] = {}
+    start = 0
+    n = len(dxs)
+    while start < n:  # one slice per column: min/max run in C over it
+        x = dxs[start]
+        end = start + 1
+        while end < n and dxs[end] == x:
+            end += 1
+        part = dys[start:end]
+        columns[x] = [min(part), max(part), part[0], part[-1]]
+        start = end
+    return columns
+
+
 def render_overlay(title: str, series: list[Series], width: int, height: int) -> Text:
     """Title line, the chart with y labels on the left, and the step range below."""
     text = Text(no_wrap=True, overflow="crop")
     curves = [_clean(s.points) for s in series]
-    ys = [y for c in curves for _x, y in c]
-    if not ys:
+    present = [c for c in curves if c[0]]
+    if not present:
         text.append(f"{title}: no data for these runs", style="dim")
         return text
-    lo, hi = min(ys), max(ys)
-    x_lo, x_hi = min(c[0][0] for c in curves if c), max(c[-1][0] for c in curves if c)
+    lo, hi = min(min(c[1]) for c in present), max(max(c[1]) for c in present)
+    x_lo, x_hi = min(c[0][0] for c in present), max(c[0][-1] for c in present)
     text.append(title, style="bold")
-    text.append(f"  {len([c for c in curves if c])} of {len(series)} runs  min {_label(lo)}  max {_label(hi)}\n")
+    text.append(f"  {len(present)} of {len(series)} runs  min {_label(lo)}  max {_label(hi)}\n")
     gutter = max(len(_label(lo)), len(_label(hi))) + 1
     w, h = max(1, width - gutter), max(1, height - 2)
     bits = [[0] * w for _ in range(h)]
@@ -100,18 +131,12 @@ def render_overlay(title: str, series: list[Series], width: int, height: int) ->
     max_x, max_y = w * 2 - 1, h * 4 - 1
     x_scale = max_x / ((x_hi - x_lo) or 1.0)
     y_scale = max_y / ((hi - lo) or 1.0)
-    for i, curve in enumerate(curves):
-        if not curve:
+    for i, (xs, ys) in enumerate(curves):
+        if not xs:
             continue
-        columns: dict[int, list[int]] = {}
-        for x, y in curve:  # x ascending, so the dict's order is the columns' order
-            dx = round((x - x_lo) * x_scale) if x_hi != x_lo else max_x // 2
-            dy = max_y - round((y - lo) * y_scale) if hi != lo else max_y // 2
-            c = columns.get(dx)
-            if c is None:
-                columns[dx] = [dy, dy, dy, dy]
-            else:
-                c[0], c[1], c[3] = min(c[0], dy), max(c[1], dy), dy
+        dxs = _scaled(xs, x_lo, x_scale) if x_hi != x_lo else [max_x // 2] * len(xs)
+        dys = _scaled(ys, lo, y_scale, flip=max_y) if hi != lo else [max_y // 2] * len(ys)
+        columns = _columns(dxs, dys)
         _plot_curve(bits, owner, i, columns)
         xs = list(columns)
         for k in range(MARKS_PER_CURVE):  # spread along the curve, shifted per series
@@ -149,9 +174,21 @@ class OverlayPlot(Widget):
 
     data: reactive[tuple[str, tuple[Series, ...]]] = reactive(("", ()), layout=False)
 
-    def show(self, title: str, series: list[Series]) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._drawn: tuple[tuple[int, int], Text] | None = None  # drawn ahead, for that size
+
+    def show(self, title: str, series: list[Series], drawn: Text | None = None,
+             size: tuple[int, int] | None = None) -> None:
+        """Draw these series; `drawn` is the chart already rendered at `size` (by a worker)."""
+        self._drawn = (size, drawn) if drawn is not None and size is not None else None
         self.data = (title, tuple(series))
 
     def render(self) -> Text:
         title, series = self.data
-        return render_overlay(title, list(series), self.content_size.width, self.content_size.height)
+        size = (self.content_size.width, self.content_size.height)
+        if self._drawn is not None and self._drawn[0] == size:
+            return self._drawn[1]
+        if not series:
+            return Text(title or "loading…", style="dim")
+        return render_overlay(title, list(series), *size)
