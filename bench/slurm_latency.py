@@ -43,6 +43,17 @@ CONFIG = {
 }
 
 
+def tiny_cache() -> Path:
+    """The test suite's tiny-model cache (tests/conftest.py): same folder, same key."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ("trainer/tiny.py", "trainer/data.py"):
+        h.update((REPO / rel).read_bytes())
+    base = os.environ.get("RLTUI_TEST_MODEL_CACHE") or os.path.join(tempfile.gettempdir(), "rltui-tiny-cache")
+    return Path(base) / h.hexdigest()[:12]
+
+
 def wait(pred, timeout: float = 600.0, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,8 +119,8 @@ def main() -> int:
     root = work / "localfs"
     from trainer.tiny import ensure_tiny
 
-    cache = Path(tempfile.gettempdir()) / "rltui-bench-tiny"
-    ensure_tiny(cache)
+    cache = tiny_cache()
+    ensure_tiny(cache)  # built once, shared with the test suite's cache
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / "tiny").exists():
         shutil.copytree(cache / "models" / "tiny", root / "models" / "tiny")

@@ -30,6 +30,14 @@ def test_a_training_job_on_slurm_completes(slurm_cluster, slurm_root, slurm_cfg)
     status = json.loads((slurm_root / "training_runs" / spec["run"] / "status.json").read_text())
     assert status["phase"] == "completed" and status["step"] == 2
 
+    # an evaluation is a one-task allocation, no torchrun
+    done = run_cli(slurm_cluster, slurm_root, "eval", "--training-run", spec["run"], "--steps", "2",
+                   "--subset-frac", "0.01", "--backend", "slurm", "--gpus", "none")
+    assert done.returncode == 0, done.stderr + done.stdout
+    (eval_dir,) = (slurm_root / "eval_runs").iterdir()
+    (summary,) = eval_dir.glob("step_2_*/summary.json")
+    assert json.loads(summary.read_text())["error"] is None
+
 
 def adapter(step_dir: Path) -> dict:
     from safetensors.torch import load_file
@@ -120,3 +128,12 @@ def test_a_bad_partition_is_exit_2_with_slurms_reason_in_one_line(slurm_cluster,
     assert done.stderr.count("\n") == 1 and "invalid partition" in done.stderr.lower(), done.stderr
     assert "Traceback" not in done.stderr
     assert not any((slurm_root / "jobs").iterdir()) and not any((slurm_root / "training_runs").iterdir())
+
+
+def test_kill_of_a_held_job_cancels_it_in_slurm(slurm_cluster, slurm_root, slurm_cfg):
+    job_id, slurm_id = submit(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg()), "--sbatch-arg=--hold")
+    done = run_cli(slurm_cluster, slurm_root, "kill", job_id, "--wait")
+    assert done.returncode == 0, done.stderr
+    state = job_record(slurm_root, job_id)[1]
+    assert state["state"] == "stopped" and state["last_reason"] == "killed by the user", state
+    assert "CANCELLED" in slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T"]).stdout

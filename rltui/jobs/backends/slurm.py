@@ -187,7 +187,8 @@ def submit(layout: Layout, spec: JobSpec) -> Job:
         slurm_id = done.stdout.strip().split(";")[0]
         if done.returncode != 0 or not slurm_id.isdigit():
             why = one_line(done.stderr or done.stdout)
-            error = WorkFailed if "contact" in why or "timed out" in why else UsageError
+            unreachable = ("contact", "timed out", "configuration source", "Connection refused")
+            error = WorkFailed if any(w in why for w in unreachable) else UsageError
             raise error(f"sbatch refused the job: {why}")
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)

@@ -74,7 +74,7 @@ class SlurmSpec:
                 merged[key] = list(defaults.get("sbatch_args") or ()) + list(value or ())
             elif value is not None:
                 merged[key] = value
-        return cls(**_validated(merged, "flag"))
+        return cls(**_validated(merged, ""))
 
 
 def read_settings(layout: Layout) -> dict[str, Any]:
@@ -104,28 +104,31 @@ def _validated(d: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check(key: str, value: Any, where: str) -> Any:
-    flag = key.replace("_", "-")
+    """`where` names the settings file, or is "" for command-line flags (then named --flag)."""
+    flag = key.replace("_", "-") if where else "--" + {"signal_before_s": "signal-before",
+                                                         "sbatch_args": "sbatch-arg"}.get(key, key.replace("_", "-"))
+    where = where + " " if where else ""
     if key in ("nodes", "gpus_per_node", "signal_before_s", "rdzv_port"):
         low = 0 if key == "signal_before_s" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (
                 key == "rdzv_port" and value > 64535):
-            raise UsageError(f"{where} bad {flag}: {value!r} (must be a whole number >= {low})")
+            raise UsageError(f"{where}bad {flag}: {value!r} (must be a whole number >= {low})")
         return value
     if key in ("partition", "account"):
         if not isinstance(value, str) or not _SIMPLE.match(value):
-            raise UsageError(f"{where} bad {flag}: {value!r} (a Slurm {key} name)")
+            raise UsageError(f"{where}bad {flag}: {value!r} (a Slurm {key} name)")
         return value
     if key == "time":
         if not isinstance(value, str) or not _TIME.match(value.strip()):
-            raise UsageError(f"{where} bad time: {value!r} (Slurm forms: MINUTES, HH:MM:SS, D-HH[:MM[:SS]])")
+            raise UsageError(f"{where}bad {flag}: {value!r} (Slurm forms: MINUTES, HH:MM:SS, D-HH[:MM[:SS]])")
         return value.strip()
     if key == "python":
         if not isinstance(value, str) or not value.startswith("/"):
-            raise UsageError(f"{where} bad python: {value!r} (an absolute path on the compute nodes)")
+            raise UsageError(f"{where}bad {flag}: {value!r} (an absolute path on the compute nodes)")
         return value
     if key == "sbatch_args":
         if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
                 isinstance(a, str) and a.startswith("-") and "\n" not in a for a in value):
-            raise UsageError(f"{where} bad sbatch-arg: {value!r} (options like --qos=high, one each)")
+            raise UsageError(f"{where}bad {flag}: {value!r} (options like --qos=high, one each)")
         return tuple(value)
     raise AssertionError(key)  # pragma: no cover - _validated checks the names
