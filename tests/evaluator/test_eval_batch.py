@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluator.eval_batch import main
-from rltui.runs import checkpoints, localfs
+from rltui.runs import checkpoints, folders, localfs
 
 DATASET = "arith_r1_template"
 
@@ -55,6 +55,9 @@ def test_writes_the_seed_layout_with_consistent_metrics(tiny_root, make_run, eva
     assert metrics.loc[0, "accuracy"] == table.loc[1, "accuracy"]
     config = localfs.read_yaml(folder / "eval_config.yaml")
     assert config["settings"]["subset_seed"] == 1234 and config["settings"]["questions"] == 30
+    # the folder says whose it is: the one ownership rule (rltui.runs.folders) reads it
+    assert (config["run"], config["dataset"]) == (run, DATASET)
+    assert folders.read_eval_record(folder) == (run, DATASET)
     status = localfs.read_json(folder / "eval_status.json")
     assert status["phase"] == "completed" and status["done"] == [0, 1, 2, 3]
     out = capsys.readouterr().out
