@@ -70,7 +70,8 @@ def make_plan(args: argparse.Namespace) -> EvalPlan:
     dataset = args.eval_dataset or (source.config.data.dataset if source.config else None)
     if not dataset:
         raise ConfigError(f"--eval-dataset is needed: no run config found for {source.name}")
-    template = parse_dataset_name(dataset).template
+    parsed = parse_dataset_name(dataset)  # a short name (arith) becomes its full one here
+    dataset, template = parsed.name, parsed.template
     examples = load_split(root, dataset, EVAL_SPLIT)
     questions = subset_indices(len(examples), args.subset_frac)
     base_path = resolve_base(source, root)

@@ -1,6 +1,7 @@
 """Datasets by name and the prompt templates of the trainer and the evaluator.
 
-A dataset name is `SOURCE_TEMPLATE`, e.g. `gsm8k_r1_template` or `arith_r1_template`:
+A dataset name is `SOURCE_TEMPLATE`, e.g. `gsm8k_r1_template` or `arith_r1_template`, or SOURCE
+alone (`arith`) while there is one template (the rule: rltui.runs.datasets):
 
 - `arith` is built in: synthetic one-step arithmetic word problems in GSM8K format
   ({"question", "answer": "... #### 42"}), generated deterministically from a fixed seed, with
@@ -21,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rltui.runs.localfs import BadName, Layout, validate_dataset_name
+from rltui.runs.datasets import TEMPLATES, dataset_files as _dataset_files, resolve_dataset_name
+from rltui.runs.localfs import BadName, Layout
 from trainer.errors import ConfigError
 from trainer.rewards import gold_answer
 
-TEMPLATES = ("r1_template",)
 SPLITS = ("train", "test")
 ARITH_SEED = 1234
 ARITH_TEST_SIZE = 300
@@ -56,9 +57,9 @@ class DatasetName:
 
 
 def parse_dataset_name(name: str) -> DatasetName:
-    """Split `SOURCE_TEMPLATE`; ConfigError naming the bad name otherwise."""
+    """Split `SOURCE_TEMPLATE` (a short name resolved first); ConfigError naming the bad name."""
     try:
-        validate_dataset_name(name)
+        name = resolve_dataset_name(name)
     except BadName as e:
         raise ConfigError(str(e)) from None
     for template in TEMPLATES:
@@ -87,10 +88,7 @@ def load_split(root: Path, dataset: str, split: str) -> list[Example]:
 
 
 def dataset_files(root: Path, parsed: DatasetName, split: str) -> list[Path]:
-    layout = Layout(root)
-    folders = [layout.dataset_dir(parsed.source), layout.dataset_dir(parsed.name),
-               root / "rlp_datasets" / "processed" / parsed.name]
-    return [folder / f"{split}.jsonl" for folder in folders]
+    return _dataset_files(Layout(root), parsed.name, split)
 
 
 def read_gsm8k_jsonl(path: Path) -> list[Example]:

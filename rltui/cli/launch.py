@@ -137,7 +137,10 @@ def _launch_and_wait(layout: Layout, spec: Any, args: argparse.Namespace) -> int
         if args.json:
             print(json.dumps(job_json(job), indent=2))
         else:
-            print(job.id)
+            print(job.id)  # alone on stdout, for JOB=$(rltui --batch ... --detach)
+            sys.stderr.write(f"job {job.id} ({spec.title})"
+                             + (f", run {job.spec.run}" if job.spec.run else "")
+                             + f"; follow it with: rltui --batch logs {job.id} -f\n")
         return 0
     sys.stderr.write(f"job {job.id} ({spec.title})" + (f", run {job.spec.run}" if job.spec.run else "")
                      + f": {job.phase.value if job.phase else 'unknown'}; "

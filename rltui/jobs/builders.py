@@ -32,7 +32,6 @@ from rltui.runs.localfs import (
     DamagedFile,
     Layout,
     read_json,
-    validate_dataset_name,
     validate_name,
 )
 from rltui.runs.checkpoints import checkpoint_problems, resolve_step
@@ -65,7 +64,7 @@ def train_job(
         title=f"train {Path(cfg_path).name}" + (f" {steps} steps" if steps else ""),
         env=_distributed_env(nproc, restart or RestartSettings()), cwd=os.getcwd(),
         gpus=gpu_list, gpu_count=gpu_count, nproc=nproc,
-        restart=_with_auto_resume(restart, auto_resume), followups=_eval_followups(eval_after),
+        restart=_with_auto_resume(restart, auto_resume), followups=_eval_followups(eval_after, layout),
     )
 
 
@@ -94,7 +93,7 @@ def resume_job(
         + (f" +{additional_steps}" if additional_steps else ""),
         env=_distributed_env(world, settings), cwd=os.getcwd(), gpus=gpu_list, gpu_count=gpu_count,
         nproc=world, restart=settings, resume_argv=tuple(template),
-        followups=_eval_followups(eval_after),
+        followups=_eval_followups(eval_after, layout),
     )
 
 
@@ -115,10 +114,14 @@ def eval_job(
         raise UsageError(f"no such training run: {run!r} (not in {layout.training_runs})")
     argv = [PY, "-m", "evaluator.eval_batch", "--training-run", run]
     if dataset is not None:
-        argv += ["--eval-dataset", _dataset(dataset, "--eval-dataset")]
+        dataset = _dataset(dataset, "--eval-dataset", layout)
+        argv += ["--eval-dataset", dataset]
         layout.eval_dir(run, dataset)  # BadName now, not in the job, if the folder name is too long
     if steps is not None:
-        argv += ["--steps", ",".join(str(s) for s in parse_steps(steps))]
+        wanted = parse_steps(steps)
+        if ckpt_path is None and layout.run_dir(run).is_dir():
+            _check_steps(layout, run, wanted)
+        argv += ["--steps", ",".join(str(s) for s in wanted)]
     if subset_frac is not None:
         if not 0 < float(subset_frac) <= 1:
             raise UsageError(f"bad --subset-frac: {subset_frac!r} (must be in (0, 1])")
@@ -267,17 +270,37 @@ def _with_auto_resume(restart: RestartSettings | None, auto_resume: bool) -> Res
     return base
 
 
-def _eval_followups(dataset: str | None) -> tuple[FollowUp, ...]:
+def _check_steps(layout: Layout, run: str, steps: Sequence[int]) -> None:
+    """Every asked-for step has a checkpoint folder in the run (whether it is complete, the
+    evaluator says per step); one line naming the missing ones and what there is otherwise."""
+    from rltui.runs.checkpoints import list_step_dirs
+
+    have = [s for s, _path in list_step_dirs(layout.training_state(run))]
+    missing = [s for s in steps if s not in have]
+    if missing:
+        raise UsageError(f"bad --steps: no checkpoint at step {', '.join(map(str, missing))} in {run} "
+                         f"(it has {', '.join(map(str, have)) or 'none'})")
+
+
+def _eval_followups(dataset: str | None, layout: Layout) -> tuple[FollowUp, ...]:
     if dataset is None:
         return ()
-    return (FollowUp(JobKind.EVAL, _dataset(dataset, "--eval-after")),)
+    return (FollowUp(JobKind.EVAL, _dataset(dataset, "--eval-after", layout)),)
 
 
-def _dataset(name: str, flag: str) -> str:
+def _dataset(name: str, flag: str, layout: Layout | None = None) -> str:
+    """The full name a dataset flag stands for (`arith` -> `arith_r1_template`); with `layout`, its
+    test split must be readable there. One line naming the value otherwise, before any job exists."""
+    from rltui.runs.datasets import missing_split, resolve_dataset_name
+
     try:
-        return validate_dataset_name(name)
+        full = resolve_dataset_name(name)
     except BadName as e:
         raise UsageError(f"bad {flag}: {e}") from None
+    problem = missing_split(layout, full, "test") if layout is not None else None
+    if problem:
+        raise UsageError(f"bad {flag}: {problem}")
+    return full
 
 
 def _existing(path: str | os.PathLike[str], flag: str, *, want_dir: bool) -> str:

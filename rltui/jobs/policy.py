@@ -150,7 +150,10 @@ class RestartPolicy:
         s = self.settings
         always = ending.exit_code is not None and ending.exit_code in s.recover_exit_codes
         if not s.auto_resume:
-            return Decision(Action.FAIL, f"{what}; auto-resume is off")
+            # the cause first; the policy's part only where a restart could have helped (a
+            # training job, input it did not refuse): not on an eval, not after exit code 2
+            could_restart = needs_checkpoint and ending.exit_code != BAD_INPUT_EXIT
+            return Decision(Action.FAIL, f"{what} (auto-resume is off)" if could_restart else what)
         if ending.start_error is not None:
             return Decision(Action.FAIL, what)
         if ending.exit_code in (BAD_INPUT_EXIT, DISK_FULL_EXIT) and not always:

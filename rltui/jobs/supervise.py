@@ -143,7 +143,8 @@ def supervise(layout: Layout, interval_s: float = 10.0, once: bool = False,
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
-    print(f"supervising jobs in {layout.jobs} every {interval_s:g}s", flush=True)
+    every = "one pass" if once else f"every {interval_s:g}s"
+    print(f"supervising jobs in {layout.jobs}: {every}", flush=True)
     while not stopping:
         for line in supervise_once(layout, sampler).lines():
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)

@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from rltui.runs.records import JobRecord
+from rltui.text import clean
 from rltui.tui import cells
 from rltui.tui.log_pane import LogPane
 
@@ -141,4 +142,9 @@ class JobsPane(Vertical):
         if job is None or job.path is None:
             log.follow(None, "no job selected")
         else:
-            log.follow(job.path / "output.log", f"job {job.id} output")
+            title = f"job {job.id} output"
+            why = job.error or job.last_reason
+            if job.state.ended and why:  # the whole reason, which the table's column cuts short
+                title += f" — {job.state.value}: {clean(why)}"
+            log.follow(job.path / "output.log", title)
+            log.border_title = title  # follow() keeps an unchanged path's title

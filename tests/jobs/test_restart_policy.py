@@ -112,8 +112,16 @@ def test_hang_is_a_crash():
 
 def test_without_auto_resume_an_abnormal_end_fails_with_what_happened():
     p = RestartPolicy(RestartSettings(auto_resume=False), clock=Clock())
-    d = p.decide(Ending(exit_code=1), 3)
-    assert d.action is Action.FAIL and "exit code 1" in d.reason and "auto-resume is off" in d.reason
+    d = p.decide(Ending(exit_code=1), 3, needs_checkpoint=True)
+    assert d.action is Action.FAIL and d.reason.startswith("exit code 1") and "auto-resume is off" in d.reason
+
+
+def test_a_job_that_cannot_resume_fails_with_the_cause_alone():
+    p = RestartPolicy(RestartSettings(auto_resume=False), clock=Clock())
+    d = p.decide(Ending(exit_code=1), None, needs_checkpoint=False)  # an eval: nothing to resume
+    assert d.action is Action.FAIL and "auto-resume" not in d.reason and d.reason.startswith("exit code 1")
+    d = p.decide(Ending(exit_code=2), 3, needs_checkpoint=True)  # bad input: a restart would not help
+    assert "auto-resume" not in d.reason
 
 
 def test_exit_zero_with_phase_failed_is_abnormal():

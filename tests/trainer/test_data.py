@@ -25,7 +25,13 @@ def test_dataset_name_splits_into_source_and_template() -> None:
     assert parse_dataset_name("my_math_r1_template").source == "my_math"
 
 
-@pytest.mark.parametrize("name", ["gsm8k", "r1_template", "_r1_template", "../x_r1_template",
+def test_a_short_dataset_name_stands_for_its_one_template() -> None:
+    parsed = parse_dataset_name("arith")
+    assert (parsed.name, parsed.source, parsed.template) == ("arith_r1_template", "arith", "r1_template")
+    assert load_split(Path("/nonexistent"), "arith", "test") == arith_split("test")
+
+
+@pytest.mark.parametrize("name", ["r1_template", "_r1_template", "../x_r1_template",
                                   "9gsm_r1_template", "gsm8k_chat_template"])
 def test_bad_dataset_name_is_a_config_error_naming_it(name: str) -> None:
     with pytest.raises(ConfigError, match="bad dataset name"):

@@ -55,7 +55,7 @@ async def test_evaluate_key_writes_an_eval_job_with_the_form_values(tui_root: Pa
         job = await launched(pilot, recorded)
     assert job["kind"] == "eval" and job["run"] == run
     assert job["argv"] == [PY, "-m", "evaluator.eval_batch", "--training-run", run,
-                           "--eval-dataset", "arith", "--steps", "10,30", "--subset-frac", "0.5",
+                           "--eval-dataset", "arith_r1_template", "--steps", "10,30", "--subset-frac", "0.5",
                            "--root", str(tui_root)]
 
 
@@ -72,7 +72,7 @@ async def test_evaluate_from_the_command_palette(tui_root: Path) -> None:
         assert await wait_until(pilot, lambda: type(app.screen).__name__ == "EvalForm")
         await pilot.press("enter")
         job = await launched(pilot, recorded)
-    assert job["argv"][3:7] == ["--training-run", RUNS["stopped"], "--eval-dataset", "arith"]
+    assert job["argv"][3:7] == ["--training-run", RUNS["stopped"], "--eval-dataset", "arith_r1_template"]
 
 
 @pilot_test
@@ -131,7 +131,7 @@ async def test_new_training_form_writes_train_job_with_auto_resume_and_eval_afte
     assert job["argv"] == [PY, "-m", "trainer.rl_runner", "--cfg", str(cfg), "--steps", "7",
                            "--root", str(tui_root)]
     assert job["restart"]["auto_resume"] is True
-    assert job["followups"] == [{"kind": "eval", "dataset": "arith"}]
+    assert job["followups"] == [{"kind": "eval", "dataset": "arith_r1_template"}]  # short name resolved
 
 
 @pilot_test
