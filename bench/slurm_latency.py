@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -128,8 +129,10 @@ def main() -> int:
     cfg.write_text(yaml.safe_dump(CONFIG))
     results: dict[str, list[dict[str, float]]] = {"local": [], "slurm": []}
     (work / "slurm").mkdir(exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the daemons on TERM too
     with SlurmCluster(work / "slurm", nodes=1) as cluster:
         env = {**cluster.env, "PYTHONPATH": str(REPO)}
+        os.environ["SLURM_CONF"] = str(cluster.conf)  # this process asks Slurm too (refresh)
         time.sleep(4)  # slurmctld's first scheduling pass comes a few seconds after its start
         for i in range(args.repeats):
             for backend in ("local", "slurm") if i % 2 == 0 else ("slurm", "local"):
