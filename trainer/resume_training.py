@@ -6,8 +6,11 @@ Usage:
 
 Checks that the checkpoint is complete (naming every missing or wrong-size file), then runs
 `trainer.rl_runner` from it: under torchrun with the run's world size (`--nproc` to say it
-explicitly), or in this process's place with `--no-torchrun`. Without `--additional-steps` the
-run continues to its original target; with it, to the checkpoint's step + K.
+explicitly), or in this process's place with `--no-torchrun`. Targets: a plain resume continues
+to the run's target (as the checkpoint recorded it: the original, or the last extension);
+`--additional-steps K` extends that target by K (from the step resumed, if it is already past it),
+so a run stopped at 58 of 150 and resumed with K=3 ends at 153. The run keeps every target it had
+(`target_history` in status.json and training_info.json: the original first, then each extension).
 
 Resuming from a step older than the run's newest complete checkpoint never touches that run: a
 new run is forked (its own folder, a copy of the chosen checkpoint, `parent: {run, step}` in its
@@ -103,7 +106,7 @@ def _plan_locked(args: argparse.Namespace, root: Path, layout: localfs.Layout, r
               "--resume-step", str(step), "--target-step", str(target)]
     if args.allow_world_size_change:
         runner.append("--allow-world-size-change")
-    print(f"run: {run}", flush=True)
+    # `run: RUN` is printed by trainer.rl_runner, once, whether or not the run was forked
     if args.no_torchrun:
         return [sys.executable, *runner], lock
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
@@ -127,11 +130,11 @@ def resolve_from_step(state: Path, run: str, spec: str) -> int:
 
 
 def target_step(info: dict, step: int, additional: int | None, run: str) -> int:
+    target = int(info.get("target_step", step))
     if additional is not None:
         if additional < 1:
             raise ConfigError(f"--additional-steps {additional}: must be >= 1")
-        return step + additional
-    target = int(info.get("target_step", step))
+        return max(target, step) + additional
     if target <= step:
         raise ConfigError(f"run {run} already reached its target step {target} at step {step}; "
                           "pass --additional-steps K to train further")

@@ -140,7 +140,7 @@ def train(s: Session, d: Dist, stop: StopRequest) -> int:
         raise
     stop.file = s.layout.stop_request(run)
     status = RunStatus(run=run, target_step=s.target_step, world_size=d.world_size,
-                       parent=s.parent, session=uuid.uuid4().hex[:12])
+                       parent=s.parent, session=uuid.uuid4().hex[:12], target_history=target_history(s))
     log = RunLog(s.layout, status, enabled=d.is_main)
     start = s.resume.step if s.resume else 0
     log.phase(Phase.LOADING, step=start, latest_checkpoint=s.resume.step if s.resume else None)
@@ -155,6 +155,15 @@ def train(s: Session, d: Dist, stop: StopRequest) -> int:
         return 1
     finally:
         log.close()
+
+
+def target_history(s: Session) -> list[int]:
+    """The run's targets: the original, then each extension (--additional-steps) up to this one."""
+    if s.resume is None:
+        return [s.target_step]
+    info = s.resume.info
+    before = [int(t) for t in info.get("target_history") or [info.get("target_step", s.target_step)]]
+    return before if before[-1] == s.target_step else [*before, s.target_step]
 
 
 def open_run(s: Session, d: Dist) -> str:
@@ -270,7 +279,8 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
 def save(t: Trainer, step: int) -> float:
     cfg = t.cfg
     t.log.phase(Phase.SAVING, step=step)
-    info = {"target_step": t.s.target_step, "schedule_steps": t.s.schedule_steps,
+    info = {"target_step": t.s.target_step, "target_history": t.log.status.target_history,
+            "schedule_steps": t.s.schedule_steps,
             "config_hash": cfg.hash(), "data_position": t.position, "run": t.log.run,
             "parent": t.s.parent, "metrics": t.log.last_metrics, "provenance": t.s.provenance}
     result = checkpoint.save_checkpoint(

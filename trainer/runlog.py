@@ -40,6 +40,7 @@ class RunStatus:
     error: str | None = None
     started: float = field(default_factory=time.time)
     session: str = ""
+    target_history: list[int] = field(default_factory=list)  # the original target, then extensions
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class RunStatus:
             "time": time.time(), "started": self.started, "world_size": self.world_size,
             "latest_checkpoint": self.latest_checkpoint, "error": self.error,
             "parent": self.parent, "session": self.session,
+            "target_history": self.target_history or [self.target_step],
         }
 
 

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from rltui.runs import localfs, machine, writer_lock
 from rltui.errors import UsageError
 from rltui.text import clean, clean_lines
+from rltui.runs.records import target_note
 from rltui.runs.index import EvalRecord, Index, JobRecord, RunRecord, RunStatus, Snapshot
 
 SCHEMA_VERSION = 1
@@ -165,6 +166,7 @@ def run_to_json(r: RunRecord) -> dict[str, Any]:
         "stalled": r.stalled,
         "step": r.step,
         "target_step": r.target_step,
+        "target_history": r.target_history,
         "phase": r.phase,
         "latest_complete_step": r.latest_complete,
         "pid": r.pid,
@@ -292,7 +294,7 @@ def _run_row(r: RunRecord, colour: bool) -> list[str]:
         word = _COLOURS[r.status] + word + _RESET
     step = "-" if r.step is None else str(r.step)
     if r.target_step is not None:
-        step += f"/{r.target_step}"
+        step += f"/{r.target_step}" + target_note(r.target_history)
     ckpt = "-" if r.latest_complete is None else f"step_{r.latest_complete}"
     cfg = r.config_summary
     return [word, r.name, step, ckpt, _eval_cell(r), _short(cfg.model), cfg.dataset or "-"]

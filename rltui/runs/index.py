@@ -254,6 +254,8 @@ class Index:
             status=RunStatus.UNKNOWN,
             step=step,
             target_step=json_int(sj.get("target_step")) or summary.max_steps,
+            target_history=[t for t in sj.get("target_history") or [] if json_int(t) is not None]
+            if isinstance(sj.get("target_history"), list) else [],
             phase=sj.get("phase") if isinstance(sj.get("phase"), str) else None,
             latest_complete=complete[-1] if complete else None,
             checkpoints=checkpoints,
@@ -509,6 +511,9 @@ def _with_job(
         return RunStatus.CRASHED, f"job {job.id} lost (its keeper is gone)"
     if job.state.active and status in (RunStatus.CRASHED, RunStatus.UNKNOWN):
         return RunStatus.RUNNING, f"job {job.id} is {job.state.value}"
+    if job.state is JobState.STOPPED and status is RunStatus.CRASHED and not process_alive:
+        # the user stopped or killed it: its trainer died mid-step, but nothing went wrong
+        return RunStatus.STOPPED, f"{job.last_reason or 'stopped by the user'} (job {job.id})"
     if job.state is JobState.FAILED and status is RunStatus.UNKNOWN:
         code = f" (exit code {job.exit_code})" if job.exit_code is not None else ""
         return RunStatus.CRASHED, f"job {job.id} failed{code}"

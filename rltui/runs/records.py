@@ -218,6 +218,7 @@ class RunRecord:
     status_reason: str = ""
     step: int | None = None
     target_step: int | None = None
+    target_history: list[int] = field(default_factory=list)  # original target, then extensions
     phase: str | None = None
     latest_complete: int | None = None  # newest complete checkpoint step
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
@@ -354,6 +355,13 @@ def process_start_time(pid: int) -> float | None:
     if boot is None:
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def target_note(history: list[int]) -> str:
+    """' (150+3)' for a run whose original target 150 was extended by 3; '' when never extended."""
+    if len(history) < 2:
+        return ""
+    return f" ({history[0]}" + "".join(f"+{b - a}" for a, b in zip(history, history[1:])) + ")"
 
 
 def json_int(v: Any) -> int | None:

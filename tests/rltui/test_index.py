@@ -456,3 +456,18 @@ def test_legacy_eval_folder_goes_to_the_longest_matching_legacy_name(lfs):
     snap = scan(lfs)
     assert snap.legacy_runs["old_gsm8k_run"].evals["gsm8k"].last_accuracy == 0.7
     assert not snap.legacy_runs["old"].evals
+
+
+def test_a_run_whose_job_the_user_killed_is_stopped_not_crashed(lfs, dead_pid):
+    import json
+
+    run = "run_2026-01-01_00-00-01"
+    lfs.run(run, phase="training", step=3, target=10, checkpoints=(2,), pid=dead_pid)
+    lfs.job("20260101-000001-train-aaaa", run, "stopped")
+    path = lfs.layout.job_state("20260101-000001-train-aaaa")
+    state = json.loads(path.read_text())
+    state["last_reason"] = "killed by the user (SIGKILL to the group)"
+    path.write_text(json.dumps(state))
+    rec = Index(lfs.layout).scan().runs[run]
+    assert rec.status is RunStatus.STOPPED
+    assert rec.status_reason.startswith("killed by the user")

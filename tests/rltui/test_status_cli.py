@@ -25,6 +25,7 @@ RUN_KEYS = {
     "name", "path", "legacy", "status", "status_reason", "stalled", "step", "target_step", "phase",
     "latest_complete_step", "pid", "host", "started", "updated", "error", "parent", "config",
     "last_metrics", "checkpoints", "evals", "job_ids", "restarts", "gpu_seconds", "cost", "writer",
+    "target_history",
 }
 CHECKPOINT_KEYS = {"step", "path", "complete", "problems", "size_bytes", "is_latest", "created"}
 EVAL_KEYS = {"run", "dataset", "path", "best_accuracy", "best_step", "last_accuracy", "last_step",
@@ -245,3 +246,17 @@ def test_a_finished_evaluation_is_not_in_progress(lfs):
     evals = json.loads(proc.stdout)["runs"][0]["evals"]
     assert evals["arith"]["in_progress"] is None
     assert evals["gsm8k"]["in_progress"]["phase"] == "evaluating"
+
+
+def test_an_extended_target_shows_the_original_and_each_extension(lfs):
+    from rltui.runs.records import target_note
+
+    run = "run_2026-01-01_00-00-01"
+    lfs.run(run, phase="stopped", step=61, target=153)
+    status = json.loads(lfs.layout.run_status(run).read_text())
+    localfs.write_json_atomic(lfs.layout.run_status(run), dict(status, target_history=[150, 153]))
+    proc = rltui("--batch", "status", "--json", "--root", str(lfs.root))
+    assert json.loads(proc.stdout)["runs"][0]["target_history"] == [150, 153]
+    text = rltui("--batch", "status", "--root", str(lfs.root)).stdout
+    assert "61/153 (150+3)" in text
+    assert target_note([150]) == "" and target_note([6, 7, 9]) == " (6+1+2)"

@@ -91,16 +91,38 @@ def test_resume_from_an_older_step_forks_and_matches_the_straight_run_bitwise(si
     assert checkpoints.read_checkpoint_info(child_state / "step_6")["parent"] == {"run": run, "step": 3}
 
 
-def test_additional_steps_continue_a_finished_run_in_place(six_steps, kit):
+def test_additional_steps_continue_a_finished_run_in_place(six_steps, kit, capsys):
     root, run, _ = six_steps
     argv = ["--training-run", run, "--from-step", "latest", "--additional-steps", "1",
             "--no-torchrun", "--root", str(root)]
     command = resume_training.plan(resume_training.parse_args(argv))
+    assert "run: " not in capsys.readouterr().out  # the trainer says it, once
     code, same, err = kit.run_inprocess(command[3:])
     assert code == 0 and same == run, err
+    assert kit.last_stdout.count("run: ") == 1
     state = localfs.Layout(root).training_state(run)
     assert checkpoints.read_step_latest(state) == 7 and checkpoints.is_complete(state / "step_7")
-    assert json.loads(localfs.Layout(root).run_status(run).read_text())["target_step"] == 7
+    status = json.loads(localfs.Layout(root).run_status(run).read_text())
+    assert status["target_step"] == 7 and status["target_history"] == [6, 7]
+    assert checkpoints.read_checkpoint_info(state / "step_7")["target_history"] == [6, 7]
+
+
+@pytest.mark.parametrize("step, target, additional, expected", [
+    (58, 150, None, 150),   # a plain resume continues to the target
+    (58, 150, 3, 153),      # --additional-steps extends the target, not the step resumed
+    (150, 150, 3, 153),     # a finished run: K more steps
+    (40, 30, 5, 45),        # a checkpoint already past its target: K past the checkpoint
+])
+def test_the_resume_target_rule(step, target, additional, expected):
+    info = {"target_step": target}
+    assert resume_training.target_step(info, step, additional, "run_x") == expected
+
+
+def test_a_plain_resume_of_a_finished_run_says_how_to_extend_it():
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--additional-steps"):
+        resume_training.target_step({"target_step": 61}, 61, None, "run_x")
 
 
 def test_run_name_uses_a_precreated_empty_folder_and_refuses_a_used_one(tiny_root, cfg_file, kit):
