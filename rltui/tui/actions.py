@@ -105,7 +105,7 @@ class ActionsMixin:
         job = self.need_active_job("stop")
         if job is not None:
             self.push_screen(
-                Confirm(f"Stop job {job.id}?",
+                Confirm(f"Stop job {job.id}{_of_run(job)}?",
                         "A training run saves at its next step boundary, then exits.", "Stop"),
                 lambda yes: self.control_worker("stop", job.id) if yes else None,
             )
@@ -116,7 +116,7 @@ class ActionsMixin:
         job = self.need_active_job("kill")
         if job is not None:
             self.push_screen(
-                Confirm(f"Kill job {job.id}?",
+                Confirm(f"Kill job {job.id}{_of_run(job)}?",
                         "Its processes die at once; work since the last checkpoint is lost.", "Kill"),
                 lambda yes: self.control_worker("kill", job.id) if yes else None,
             )
@@ -193,3 +193,8 @@ class ActionsMixin:
         from rltui.tui.help_screen import HelpScreen
 
         self.push_screen(HelpScreen(COMMANDS))
+
+
+def _of_run(job: Any) -> str:
+    """ " (run NAME)" for a confirmation: the user sees which run the job belongs to."""
+    return f" ({job.kind or 'job'} of run {job.run})" if job.run else ""

@@ -32,6 +32,7 @@ from rltui.runs.records import JobRecord, RunRecord
 from rltui.tui.actions import ActionsMixin
 from rltui.tui.archive_actions import ArchiveMixin
 from rltui.tui.commands import COMMANDS
+from rltui.tui.filter_box import FilterBox
 from rltui.tui.live import LiveIndex, QuickRead
 from rltui.tui.messages import GpuSampled, QuickListReady, SnapshotReady, WatchModeChanged
 from rltui.tui.run_detail import RunDetail
@@ -53,6 +54,7 @@ RECLASSIFY_S = 10.0  # a trainer that dies writes nothing: re-apply the status r
 SLURM_POLL_S = 3.0  # how often the TUI asks Slurm about unfinished Slurm jobs
 QUICK_WAIT_S = 0.3  # the first frame waits this long at most for the runs' status.json files
 MANY_CHANGES = 20  # more changed runs than this: redraw the table once rather than row by row
+TEXTUAL_DUPLICATES = {"Keys", "Quit"}  # Textual's palette entries that ours replace
 
 class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
@@ -124,8 +126,7 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
         # the Jobs and GPUs panes, hidden at start, join the switcher in mount_hidden
         with ContentSwitcher(initial="runs-view", id="views"):
             with RunsView(id="runs-view"):
-                yield Input(placeholder="filter: words in name, status or dataset; enter to apply",
-                            id="filter", compact=True)
+                yield FilterBox(id="filter")
                 yield StoreRunsTable(self.clock, id="runs-table", store_columns=self.store_enabled)
                 yield RunDetail(id="detail")
         yield StatusBar(self.root, self.clock, id="status")
@@ -366,16 +367,35 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     def filter_submitted(self) -> None:
         self.query_one(RunsTable).focus()
 
-    def action_cycle_metric(self) -> None:
-        name = self.query_one(RunDetail).cycle_metric()
+    @on(FilterBox.Closed)
+    def filter_closed(self) -> None:
+        self.query_one(RunsTable).focus()
+
+    def action_cycle_metric(self, by: int = 1) -> None:
+        name = self.query_one(RunDetail).cycle_metric(by)
         self.notify(f"plotting {name}", timeout=2)
+
+    def action_pick_metric(self) -> None:
+        from rltui.tui.metric_picker import MetricPicker
+
+        detail = self.query_one(RunDetail)
+        self.push_screen(MetricPicker(detail.series_names(), detail.metric), self.metric_picked)
+
+    def metric_picked(self, name: str | None) -> None:
+        if name is not None:
+            self.query_one(RunDetail).show_metric(name)
+            self.query_one("#detail-tabs").active = "tab-plot"
 
     # ------------------------------------------------------------ palette and quitting
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for command in COMMANDS:
             yield SystemCommand(command.title, command.help, _palette_callback(self, command.action))
-        yield from super().get_system_commands(screen)
+        # Textual's own Keys and Quit would list Help and Quit twice (ours quit saying which jobs
+        # keep running, and our help names every key)
+        for command in super().get_system_commands(screen):
+            if command.title not in TEXTUAL_DUPLICATES:
+                yield command
 
     def action_quit_app(self) -> None:
         self.exit(quit_message(self.snapshot))

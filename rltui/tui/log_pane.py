@@ -7,7 +7,9 @@ Usage:
 `TailReader` starts at most `start_bytes` before the end of the file and then reads only what
 was appended, at most `chunk_bytes` per poll (a runaway log skips ahead rather than stalling the
 UI). Reads happen in a thread worker; the pane keeps at most `max_lines` lines. JSONL train logs
-are shown as `step 5  reward=0.31  loss=0.02 ...` rather than raw JSON.
+are shown as `step 5  reward 0.310  loss 0.0213  kl 0.0012  lr 1.00e-05  3.21s │ clip_high=0 ...`:
+the fields people read first, then the rest (the pane scrolls sideways). A step logged again (a
+resume that repeats steps after a crash) replaces its earlier line: the latest entry per step.
 """
 
 from __future__ import annotations
@@ -62,22 +64,47 @@ class TailReader:
         return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
 
 
-def pretty_jsonl(line: str) -> str:
-    """One train-log JSON line as `step N  key=value ...`; other lines unchanged."""
+# (key, label, format) of what is read first; the trainer's progress lines use the same order
+FIRST_FIELDS = (("reward_mean", "reward", "{:.3f}"), ("loss", "loss", "{:.4g}"), ("kl", "kl", "{:.3g}"),
+                ("learning_rate", "lr", "{:.2e}"))
+STEP_TIMES = ("time_generation", "time_scoring", "time_training", "time_saving")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def step_line(line: str) -> tuple[int | None, str]:
+    """(its step, how it reads) of one log line: a train-log JSON line becomes `step N  reward ...
+    │ the rest`; any other line is shown unchanged, with no step."""
     if not line.startswith("{"):
-        return line
+        return None, line
     try:
         obj = json.loads(line)
     except ValueError:
-        return line
+        return None, line
     if not isinstance(obj, dict):
-        return line
-    parts = [f"step {obj['step']}"] if "step" in obj else []
+        return None, line
+    step = obj.get("step") if isinstance(obj.get("step"), int) else None
+    first = [f"step {step}"] if step is not None else []
+    shown = {"step"}
+    for key, label, fmt in FIRST_FIELDS:
+        if _number(obj.get(key)):
+            first.append(f"{label} {fmt.format(obj[key])}")
+            shown.add(key)
+    if all(_number(obj.get(k)) for k in STEP_TIMES[:3]):
+        first.append(f"{sum(obj.get(k) or 0.0 for k in STEP_TIMES):.2f}s")
+    rest = []
     for key, value in obj.items():
-        if key == "step" or isinstance(value, (dict, list)):
+        if key in shown or isinstance(value, (dict, list)):
             continue
-        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return "  ".join(parts)
+        rest.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return step, "  ".join(first) + ("  │ " + "  ".join(rest) if rest else "")
+
+
+def pretty_jsonl(line: str) -> str:
+    """One train-log JSON line as it reads in the pane; other lines unchanged."""
+    return step_line(line)[1]
 
 
 class LogPane(Log):
@@ -91,6 +118,8 @@ class LogPane(Log):
         super().__init__(max_lines=max_lines, highlight=False, **kwargs)  # type: ignore[arg-type]
         self.poll_s = poll_s
         self.reader: TailReader | None = None
+        self.entries: list[tuple[int | None, str]] = []  # what is shown: (step, text) per line
+        self.step_rows: dict[int, int] = {}  # step -> its line in `entries`
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_s, self.poll)
@@ -106,6 +135,7 @@ class LogPane(Log):
             return
         if self.is_mounted:
             self.clear()
+        self.entries, self.step_rows = [], {}
         self.border_title = title or (str(path) if path else "no log")
         self.reader = TailReader(Path(path)) if path else None
         self.poll()
@@ -118,9 +148,27 @@ class LogPane(Log):
     def _read(self, reader: TailReader) -> None:
         lines = reader.read_new_lines()
         if lines and reader is self.reader:
-            pretty = [clean_lines(pretty_jsonl(line)) for line in lines]  # no escape sequences
-            self.app.call_from_thread(self._append, reader, pretty)
+            shown = [(step, clean_lines(text)) for step, text in map(step_line, lines)]  # no escapes
+            self.app.call_from_thread(self._append, reader, shown)
 
-    def _append(self, reader: TailReader, lines: list[str]) -> None:
-        if reader is self.reader:
-            self.write_lines(lines)
+    def _append(self, reader: TailReader, lines: list[tuple[int | None, str]]) -> None:
+        if reader is not self.reader:
+            return
+        replaced = False
+        for step, text in lines:
+            if step is not None and step in self.step_rows:
+                self.entries[self.step_rows[step]] = (step, text)  # logged again: the latest wins
+                replaced = True
+                continue
+            if step is not None:
+                self.step_rows[step] = len(self.entries)
+            self.entries.append((step, text))
+        limit = self.max_lines or len(self.entries)
+        if len(self.entries) > limit:
+            del self.entries[: len(self.entries) - limit]
+            self.step_rows = {s: i for i, (s, _t) in enumerate(self.entries) if s is not None}
+        if replaced:
+            self.clear()
+            self.write_lines([text for _step, text in self.entries])
+        else:
+            self.write_lines([text for _step, text in lines])

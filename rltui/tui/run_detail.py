@@ -24,7 +24,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from rltui.runs.records import CheckpointRecord, RunRecord
+from rltui.runs.records import CheckpointRecord, RunRecord, target_note
 from rltui.text import clean
 from rltui.tui import cells
 
@@ -104,7 +104,8 @@ def summary_text(run: RunRecord) -> Text:
     start = run.provenance.started_from if run.provenance else ""
     bits = [f"model {model}" if model else "", start, f"data {cfg.dataset}" if cfg.dataset else "",
             f"lr {cfg.learning_rate:g}" if cfg.learning_rate else "",
-            f"from {run.parent.get('run')}@{run.parent.get('step')}" if run.parent else ""]
+            f"from {run.parent.get('run')}@{run.parent.get('step')}" if run.parent else "",
+            f"target {run.target_step}{target_note(run.target_history)}" if len(run.target_history) > 1 else ""]
     extra = "  ".join(b for b in bits if b)
     if extra:
         text.append("\n" + extra, style="dim")
@@ -207,11 +208,23 @@ class RunDetail(Vertical):
             names += [f"eval accuracy {d}" for d in sorted(self.run.evals)]
         return names or ["reward"]
 
-    def cycle_metric(self) -> str:
-        self.metric_index += 1
+    def cycle_metric(self, by: int = 1) -> str:
+        """Plot the next metric (`by` -1: the previous one); return its name."""
+        names = self.series_names()
+        self.metric_index = (self.metric_index + by) % len(names)
         self._draw_plot()
+        return names[self.metric_index]
+
+    @property
+    def metric(self) -> str:
         names = self.series_names()
         return names[self.metric_index % len(names)]
+
+    def show_metric(self, name: str) -> None:
+        names = self.series_names()
+        if name in names:
+            self.metric_index = names.index(name)
+            self._draw_plot()
 
     def _draw_plot(self) -> None:
         from rltui.tui.plot import MetricsPlot, Series

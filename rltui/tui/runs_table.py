@@ -7,7 +7,10 @@ Usage:
     table.filter_text = "crashed arith"   # every word must match name, status or dataset
     table.cycle_sort()                    # next column; `reverse_sort()` flips the order
 
-The row key is the run name, so the cursor stays on the same run when rows move.
+The row key is the run name, so the cursor stays on the same run when rows move. The run the user
+chose is remembered while a filter hides it, and selected again when it shows. The sort column's
+header carries ▲ (ascending) or ▼. Below WIDE_MIN columns the table shows NARROW_COLUMNS only,
+so that at 80x24 it fits without scrolling sideways.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ COLUMNS = [
     Column("age", "age", lambda r: -(r.updated or r.started or 0.0), 5),
 ]
 COLUMN_KEYS = [c.key for c in COLUMNS]
+# what fits in 80 columns, even beside a scrollbar: the columns shown there, and narrower widths
+NARROW_COLUMNS = {"status": None, "name": None, "step": None, "reward": None, "eval": 12, "age": None}
+WIDE_MIN = 120  # table widths from here on show every column
 
 
 def run_matches(run: RunRecord, query: str) -> bool:
@@ -135,10 +141,43 @@ class RunsTable(DataTable):
         self.sort_key = "age"
         self.sort_reverse = False
         self.shown: list[str] = []
+        self.column_keys: list[str] = []  # the columns shown, in COLUMNS order
+        self.chosen: str | None = None  # the run the user chose, kept while a filter hides it
+        self._fallback: str | None = None  # selected only because `chosen` was hidden
 
     def on_mount(self) -> None:
+        self.set_columns(self._columns_for(self.size.width or WIDE_MIN))
+
+    def on_resize(self) -> None:
+        wanted = self._columns_for(self.size.width)
+        if wanted != self.column_keys:
+            self.rebuild(columns=wanted)
+
+    @staticmethod
+    def _columns_for(width: int) -> list[str]:
+        return COLUMN_KEYS if width >= WIDE_MIN else [k for k in COLUMN_KEYS if k in NARROW_COLUMNS]
+
+    def set_columns(self, keys: list[str]) -> None:
+        """(Re)create the header: the columns in `keys`, the sort column marked ▲ or ▼."""
+        self.clear(columns=True)
+        self.column_keys = keys
         for column in COLUMNS:
-            self.add_column(column.label, key=column.key, width=column.width)
+            if column.key in keys:
+                label = column.label
+                if column.key == self.sort_key:
+                    label += "▼" if self.sort_reverse else "▲"
+                width = column.width
+                if len(keys) < len(COLUMN_KEYS):
+                    width = NARROW_COLUMNS.get(column.key) or width
+                width = None if width is None else max(width, len(label))
+                self.add_column(label, key=column.key, width=width)
+
+    def cells_of(self, run: RunRecord, now: float, partial: bool = False) -> list[Text]:
+        """The shown columns' cells of `run`."""
+        every = row_cells(run, now, partial)
+        if len(self.column_keys) == len(COLUMN_KEYS):
+            return every
+        return [cell for key, cell in zip(COLUMN_KEYS, every) if key in self.column_keys]
 
     @property
     def selected(self) -> str | None:
@@ -165,7 +204,7 @@ class RunsTable(DataTable):
         )
         if in_place:
             try:
-                for key, value in zip(COLUMN_KEYS, row_cells(run, self.clock())):
+                for key, value in zip(self.column_keys, self.cells_of(run, self.clock())):
                     self.update_cell(name, key, value)
             except (CellDoesNotExist, KeyError):  # its row is still to be added after this frame
                 in_place = False
@@ -195,37 +234,46 @@ class RunsTable(DataTable):
         self.rebuild()
 
     def action_cycle_sort(self) -> None:
-        i = COLUMN_KEYS.index(self.sort_key)
-        self.sort_key = COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)]
-        self.rebuild()
+        """Sort by the next shown column."""
+        keys = self.column_keys or COLUMN_KEYS
+        i = keys.index(self.sort_key) if self.sort_key in keys else -1
+        self.sort_key = keys[(i + 1) % len(keys)]
+        self.rebuild(columns=self.column_keys)
         self.notify(f"sorted by {self.sort_key}", timeout=2)
 
     def action_reverse_sort(self) -> None:
         self.sort_reverse = not self.sort_reverse
-        self.rebuild()
+        self.rebuild(columns=self.column_keys)
 
     def _sort_value(self, run: RunRecord) -> object:
         return next(c for c in COLUMNS if c.key == self.sort_key).sort_key(run)
 
-    def rebuild(self) -> None:
-        keep = self.selected
+    def rebuild(self, columns: list[str] | None = None) -> None:
+        """Every row again (and the header, given `columns`), the chosen run selected."""
+        current = self.selected  # before anything is cleared
+        if current is not None and current != self._fallback:
+            self.chosen = current  # the user's own choice, not one made for them below
+        if columns is not None:
+            self.set_columns(columns)
         visible = [r for r in self.runs.values() if run_matches(r, self.filter_text)]
         ordered = sort_runs(visible, self.sort_key, self.sort_reverse)
         now = self.clock()
         self.clear()
         self.generation += 1
         names = [r.name for r in ordered]
+        keep = self.chosen if self.chosen in names else current
         # A screenful first, the rest right after that frame is drawn: measuring 1,000 rows
         # would otherwise hold back the first picture by a few tenths of a second.
         first = len(ordered) if keep in names[FIRST_ROWS:] else FIRST_ROWS
         for r in ordered[:first]:
-            self.add_row(*row_cells(r, now, self.partial), key=r.name)
+            self.add_row(*self.cells_of(r, now, self.partial), key=r.name)
         if ordered[first:]:
             self.call_after_refresh(self._add_rest, self.generation, ordered[first:], now)
         self.shown = names
         if keep in self.shown:
             self.move_cursor(row=self.shown.index(keep))
-        if self.selected != keep:
+        self._fallback = self.selected if self.selected != self.chosen else None
+        if self.selected != current:
             self.post_message(self.RunChosen(self.selected))
 
     def _add_rest(self, generation: int, rest: list[RunRecord], now: float) -> None:
@@ -237,7 +285,7 @@ class RunsTable(DataTable):
     def _add_rows(self, generation: int, rest: list[RunRecord], now: float) -> None:
         if generation == self.generation:  # else a newer rebuild has replaced these rows
             for r in rest:
-                self.add_row(*row_cells(r, now, self.partial), key=r.name)
+                self.add_row(*self.cells_of(r, now, self.partial), key=r.name)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
