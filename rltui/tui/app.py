@@ -63,7 +63,9 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     BINDINGS = [Binding(c.key, c.action, c.label, show=c.footer, tooltip=c.help) for c in COMMANDS]
 
     def notify(self, message: str, **kwargs: Any) -> None:  # type: ignore[override]
-        """Every notification shown made safe: messages may quote a file or an error."""
+        """Every notification shown made safe: messages may quote a file or an error, so they
+        are plain text (no markup: a '[' in a reason is shown, not parsed) without escapes."""
+        kwargs.setdefault("markup", False)
         super().notify(clean_lines(message), **kwargs)
 
     def __init__(
