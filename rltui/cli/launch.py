@@ -51,7 +51,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("eval", parents=parents, help="evaluate a run's checkpoints as a job",
                               description="Evaluate checkpoints of a run in one process.")
     p.add_argument("--training-run", required=True, metavar="RUN")
-    p.add_argument("--eval-dataset", metavar="D", help="dataset name under datasets/")
+    p.add_argument("--eval-dataset", metavar="D",
+                   help="SOURCE_TEMPLATE or SOURCE alone (arith, gsm8k: arith is built in, others "
+                        "are read from ROOT/datasets/SOURCE/test.jsonl); default: the run's dataset")
     p.add_argument("--steps", help="checkpoint steps, e.g. 1,5,10 (default: all)")
     p.add_argument("--subset-frac", type=float, metavar="F", help="evaluate this fraction of the test set")
     p.add_argument("--ckpt-path", metavar="DIR", help="evaluate the checkpoints under this folder")
@@ -63,8 +65,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _launch_flags(p: argparse.ArgumentParser, *, training: bool) -> None:
-    p.add_argument("--gpus", help="GPU indexes, e.g. 0,1 (default: free ones, one per process); "
-                                  "'none' runs on the CPU")
+    p.add_argument("--gpus", metavar="0,1|none",
+                   help="GPU indexes, e.g. 0,1 (default: free ones, one per process); "
+                        "'none' runs on the CPU")
     if training:
         p.add_argument("--auto-resume", action="store_true",
                        help="after a crash or hang, resume from the latest checkpoint")

@@ -50,8 +50,8 @@ class ActionsMixin:
 
         step = self.query_one(RunDetail).selected_step
         chosen = next((c for c in run.checkpoints if c.step == step and c.complete), None)
-        self.push_screen(ResumeForm(self.layout, run=run.name, step=chosen.step if chosen else None),
-                         self.launch_spec)
+        self.push_screen(ResumeForm(self.layout, run=run.name, step=chosen.step if chosen else None,
+                                    newest=run.latest_complete), self.launch_spec)
 
     def action_evaluate(self: "RlTuiApp") -> None:
         from rltui.tui.form_eval import EvalForm

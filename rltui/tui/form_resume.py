@@ -18,7 +18,11 @@ from rltui.tui.form_base import JobForm
 class ResumeForm(JobForm):
     @property
     def heading(self) -> str:
-        return f"Resume {self.context['run']}"
+        run, step, newest = self.context["run"], self.context.get("step"), self.context.get("newest")
+        if step is not None and newest is not None and step < newest:
+            # an older step never touches the run: trainer.resume_training forks a new one
+            return f"Resume {run} from step {step}: makes a NEW run (newest is step {newest})"
+        return f"Resume {run}"
 
     def fields(self) -> Iterable[Widget]:
         step = self.context.get("step")

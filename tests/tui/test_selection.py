@@ -133,3 +133,21 @@ async def test_the_palette_lists_help_and_quit_once_each(tui_root: Path) -> None
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Keys" not in titles and "Quit" not in titles
         assert titles.count("Help") == 1 and titles.count("Quit rltui") == 1
+
+
+@pilot_test
+async def test_resuming_an_older_checkpoint_says_it_makes_a_new_run(tui_root: Path) -> None:
+    app = make_test_app(tui_root, launcher=record_only_launcher(Recorded([])))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        await pick(pilot, RUNS["completed"])
+        detail = app.query_one("RunDetail")
+        assert await wait_until(pilot, lambda: detail.run is not None and detail.run.name == RUNS["completed"])
+        await pilot.press("r")
+        assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ResumeForm")
+        assert "NEW run" not in app.screen.heading  # the newest checkpoint: the run itself goes on
+        await pilot.press("escape")
+        app.query_one("#checkpoints").focus()
+        await pilot.press("down", "r")  # step 20 of 10, 20, 30
+        assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ResumeForm")
+        assert "from step 20: makes a NEW run" in app.screen.heading
