@@ -137,3 +137,36 @@ def test_kill_of_a_held_job_cancels_it_in_slurm(slurm_cluster, slurm_root, slurm
     state = job_record(slurm_root, job_id)[1]
     assert state["state"] == "stopped" and state["last_reason"] == "killed by the user", state
     assert "CANCELLED" in slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T"]).stdout
+
+
+def test_a_crash_is_requeued_within_the_restart_budget_and_not_past_it(slurm_cluster, slurm_root, slurm_cfg):
+    import os
+    import signal
+
+    job_id, slurm_id = submit(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg(training__total_steps=50)),
+                              "--auto-resume", "--max-restarts", "1", env={"RLTUI_TEST_STEP_SLEEP": "1"})
+
+    def crash_at(step: int) -> None:
+        status = wait_for(lambda: (s := run_status(slurm_root, job_id)).get("step", 0) >= step
+                          and s.get("phase") not in ("completed", "stopped") and s, 240, f"step {step}")
+        os.kill(status["pid"], signal.SIGKILL)  # the trainer (rank 0) dies; torchrun and srun fail
+
+    crash_at(1)
+    # the script requeues its own job (Slurm then holds it ~2 min; released at once here)
+    wait_for(lambda: "BeginTime" in slurm_cluster.run(["squeue", "-h", "-j", slurm_id, "-o", "%r"]).stdout,
+             120, "the requeued job pending")
+    slurm_cluster.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"])
+    wait_for(lambda: refreshed_state(slurm_cluster, slurm_root, job_id)["state"] == "running"
+             and len([a for a in attempts(slurm_root, job_id) if a["event"] == "begin"]) == 2, 120, "the restart")
+    crash_at(run_status(slurm_root, job_id)["step"] + 1)
+    state = wait_for(lambda: (s := refreshed_state(slurm_cluster, slurm_root, job_id))["state"]
+                     in ("failed", "succeeded", "stopped", "lost") and s, 120, "the job's end")
+    assert state["state"] == "failed" and state["restarts"] == 1, state
+    ends = [a for a in attempts(slurm_root, job_id) if a["event"] == "end"]
+    assert [e["outcome"] for e in ends] == ["requeued", "failed"]
+    assert "requeued (restart 1/1)" in ends[0]["reason"]
+
+
+def attempts(root: Path, job_id: str) -> list[dict]:
+    path = root / "jobs" / job_id / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -326,8 +326,9 @@ def map_state(old: StateFile, row: SlurmRow | None, attempts: list[dict], job_di
         if user_kill:
             return _final(new, JobState.STOPPED, "killed by the user", now, code, row.words)
         if user_stop:
-            return _final(new, JobState.STOPPED, "stopped by the user (cancelled after the grace)"
-                          if outcome != "stopped" else reason, now, code, row.words)
+            why = (reason if outcome == "stopped" else "stopped by the user while queued" if not begins
+                   else "stopped by the user (cancelled after the grace)")
+            return _final(new, JobState.STOPPED, why, now, code, row.words)
         return _final(new, JobState.STOPPED, reason if outcome == "stopped" else
                       f"cancelled in Slurm ({row.words})", now, code, row.words)
     if st == "TIMEOUT":
@@ -407,7 +408,7 @@ def _ask(layout: Layout, job: Job, mark: str, why: str) -> Job:
         done = _slurm(["scancel", "--batch", "--signal=TERM", sid])
     else:
         done = _slurm(["scancel", sid])
-    if done.returncode != 0 and "already completed" not in done.stderr:
+    if done.returncode != 0 and "complet" not in done.stderr:  # "already completing or completed"
         raise WorkFailed(f"scancel {sid} failed: {one_line(done.stderr)}")
     def stopping(current: StateFile | None) -> StateFile | None:
         if current is None or current.state.final:
