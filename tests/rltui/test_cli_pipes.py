@@ -24,7 +24,7 @@ def busy_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["jobs", "--json"], ["jobs"], ["status", "--json"],
-                                     ["status"]])
+                                     ["status"], ["eval", "--help"]])
 def test_a_closed_pipe_ends_the_command_quietly(busy_root, command):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "rltui.cli", "--root", str(busy_root), "--batch",
