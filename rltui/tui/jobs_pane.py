@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
@@ -40,14 +41,15 @@ def job_cells(job: JobRecord, now: float) -> list[object]:
     reason = job.error or job.last_reason or ""
     if job.orphaned:
         reason = "keeper gone: " + reason if reason else "keeper gone"
+    # plain Text, not markup: a reason from a file may hold '[' (and a '[/]' would not parse)
     return [
         cells.job_state_cell(job.state),
         job.id,
-        cells.dash(job.kind),
-        cells.dash(job.run),
+        Text(cells.dash(job.kind), end=""),
+        Text(cells.dash(job.run), end=""),
         cells.gpus(job.gpus),
         str(job.restarts),
-        reason[:60] or "–",
+        Text(reason[:60] or "–", end=""),
         cells.duration(elapsed(job, now)),
     ]
 

@@ -26,7 +26,7 @@ def _poison(root: Path) -> str:
         "training": {"max_steps": 40}})
     localfs.append_jsonl(layout.train_log(run), {"step": 8, f"evil{ESC}key": 1.5, "reward_mean": 0.3})
     write_job(layout, "20261125-110000-train-eeee", "train", run, "failed",
-              reason=f"crashed {ESC}here", created=NOW - 100,
+              reason=f"crashed {ESC}here [/] [bold]", created=NOW - 100,
               log=f"plain line\nbad {ESC}line\n10%\r100%\n")
     return run
 
@@ -61,6 +61,8 @@ async def test_no_escape_sequence_from_any_file_reaches_the_screen(tui_root: Pat
         for row_key in pane.table.rows:
             for cell in pane.table.get_row(row_key):
                 assert not has_controls(str(cell)), repr(cell)
+        reason = str(pane.table.get_row("20261125-110000-train-eeee")[6])
+        assert reason.startswith("crashed here [/] [bold]")  # shown as written, not parsed as markup
         log = pane.query_one("LogPane")
         log.follow(tui_root / "jobs" / "20261125-110000-train-eeee" / "output.log", "job output")
         assert await wait_until(pilot, lambda: any("bad line" in line for line in log.lines))
