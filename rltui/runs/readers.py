@@ -348,6 +348,9 @@ def read_checkpoints(
                 )
             )
     out.sort(key=lambda c: (c.step, not c.complete, str(c.path)))
+    for c in out:  # a problem may quote a file name from training_info.json: shown made safe
+        if c.problems:
+            c.problems = [clean(p) for p in c.problems]
     if latest is not None:
         for c in out:
             c.is_latest = c.step == latest and c.path.name == localfs.step_dir_name(latest)

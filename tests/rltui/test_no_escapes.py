@@ -23,6 +23,10 @@ def _nasty_tree(lfs) -> None:
                     "training": {"max_steps": 2}},
             train_log=[{"step": 1, f"loss{NASTY}": 1.0, "reward_mean": 0.5}])
     lfs.evaluation("run_2026-01-01_00-00-01", "gsm8k", {1: 0.5}, failed={2: f"fail {NASTY}"})
+    # a checkpoint whose record lists a file, named with escapes, that is not there
+    info = lfs.layout.step_dir("run_2026-01-01_00-00-01", 5) / "training_info.json"
+    info.parent.mkdir(parents=True)
+    localfs.write_json_atomic(info, {"step": 5, "files": {f"model/x{NASTY}.bin": {"size": 3, "sha256": "0" * 64}}})
     job = lfs.job("job_1", "run_2026-01-01_00-00-01", "failed", exit_code=1)
     state = json.loads((job / "state.json").read_text())
     state["last_reason"] = f"crashed {NASTY} here"
@@ -41,6 +45,7 @@ def test_status_text_holds_no_escape_or_control_from_any_file(lfs):
     assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out and "\u202e" not in out
     assert not has_controls(out.replace("\n", ""))
     words = " ".join(out.split())  # the text itself stays readable
+    assert "INCOMPLETE CHECKPOINTS" in out and "step_5" in out
     assert "boom bad end" in words and "crashed bad here" in words
 
 
