@@ -15,8 +15,8 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   ours     our step (bench/gpu_ours.py), then a decode profile and a training profile
   trl      TRL's step (bench/gpu_trl.py)
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
-  ours_mb64  optional: our step with 64 sequences per training micro-batch
-  decode_modes  optional: decode attention-length buckets 64/32/16, side by side (bench/gpu_probe.py)
+  ours_mb  optional: our step with --alt-micro-batch sequences per training micro-batch (default 48)
+  decode_modes  optional: decode attention SDPA vs Triton, buckets 64/16, side by side (bench/gpu_probe.py)
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
@@ -46,11 +46,11 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb64", "decode_modes", "autotune")
+SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes", "autotune")
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
-SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb64": 150, "decode_modes": 150,
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150,
                 "autotune": 240}
-DECODE_MODES = {"decode_modes": [("sdpa", "1", "64"), ("sdpa", "1", "32"), ("sdpa", "1", "16")],
+DECODE_MODES = {"decode_modes": [("sdpa", "1", "64"), ("triton", "1", "64"), ("triton", "1", "16")],
                 "autotune": [("sdpa", "1", "64"), ("sdpa", "max-autotune", "64")]}
 
 
@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--folder", type=Path, default=None, help="model folder (built if missing)")
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default $OUT/gpu_step.json)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU dry run)")
+    p.add_argument("--alt-micro-batch", type=int, default=48, help="sequences per micro-batch of the ours_mb side")
     p.add_argument("--plain-generation", action="store_true", help="ours with trainer.generation.generate")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -96,13 +97,13 @@ def child(args: argparse.Namespace) -> int:
             from gpu_check import run_check
 
             result = run_check(folder, work, device, new_tokens=min(32, work.completion_tokens))
-        elif args.child in ("ours", "ours16", "ours_mb64"):
+        elif args.child in ("ours", "ours16", "ours_mb"):
             from gpu_ours import run_ours
 
             if args.child == "ours16":
                 work = replace(work, generations=2 * work.generations)
-            if args.child == "ours_mb64":
-                work = replace(work, micro_batch=2 * work.micro_batch)
+            if args.child == "ours_mb":
+                work = replace(work, micro_batch=args.alt_micro_batch)
             result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 3),
                               device, profile=args.child == "ours", plain_generation=args.plain_generation)
         elif args.child in DECODE_MODES:
@@ -125,7 +126,8 @@ def child(args: argparse.Namespace) -> int:
 def run_side(side: str, args: argparse.Namespace, limit: float, scratch: Path) -> dict[str, Any]:
     result_path = scratch / f"{side}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--result", str(result_path),
-           "--steps", str(args.steps), "--trl-steps", str(args.trl_steps)]
+           "--steps", str(args.steps), "--trl-steps", str(args.trl_steps),
+           "--alt-micro-batch", str(args.alt_micro_batch)]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--plain-generation"] if args.plain_generation else []
     cmd += ["--folder", str(args.folder)] if args.folder else []
@@ -158,7 +160,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     if check is not None:
         lines.append("check: " + ", ".join(_fmt(k, v) for k, v in check.items() if k not in ("workload", "wall_s")))
     lines.append(header)
-    for side in ("ours", "ours_mb64", "ours16", "trl"):
+    for side in ("ours", "ours_mb", "ours16", "trl"):
         r = results.get(side)
         if r is None:
             continue
@@ -166,7 +168,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"{side:8} FAILED: {r['error'][:300]}")
             continue
         s = r["split_s"]
-        lines.append(f"{side:8} {r['step_s']:7.2f} {s.get('generation', 0):7.2f} "
+        lines.append(f"{side:9} {r['step_s']:7.2f} {s.get('generation', 0):7.2f} "
                      f"{s.get('reference_logprobs', 0):7.2f} {s.get('training', 0):8.2f} "
                      f"{s.get('scoring', 0):8.3f} {r['generation_tokens_per_s']:10.0f} "
                      f"{r['step_tokens_per_s']:10.0f} {r['peak_gib']:9.1f}")

@@ -76,7 +76,7 @@ class DecodeEngine:
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
         # Prefill sees a different token count per rollout: compiled once for any count.
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
-        self.attention = Attention(os.environ.get(ATTENTION_ENV, Attention.SDPA.value))
+        self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -116,6 +116,11 @@ class DecodeEngine:
         try:
             self._warm_up(kv_len)
         except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the rollout
+            if self.attention is Attention.TRITON:
+                warnings.warn(f"Triton decode attention failed ({exc!r:.300}); using SDPA", stacklevel=2)
+                torch.cuda.synchronize()
+                self.attention = Attention.SDPA
+                return self._capture(kv_len)
             if self.layer_fns is None:
                 raise
             warnings.warn(f"torch.compile of the decode layers failed ({exc!r:.300}); "
@@ -127,6 +132,50 @@ class DecodeEngine:
         with torch.cuda.graph(graph):
             logits = decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
         return graph, logits
+
+
+_ATTENTION_CHECKED: dict[tuple, Attention] = {}
+
+
+def _attention_choice(dims: ModelDims, device: torch.device, dtype: torch.dtype) -> Attention:
+    """RLTUI_DECODE_ATTENTION if set; else the Triton kernel on CUDA when Triton is there and the
+    kernel agrees with SDPA on random data (checked once per shape), else SDPA."""
+    if os.environ.get(ATTENTION_ENV):
+        return Attention(os.environ[ATTENTION_ENV])
+    from trainer import triton_decode
+
+    if device.type != "cuda" or not triton_decode.available(device):
+        return Attention.SDPA
+    key = (dims, str(device), dtype)
+    if key not in _ATTENTION_CHECKED:
+        _ATTENTION_CHECKED[key] = Attention.SDPA
+        try:
+            error = _attention_error(dims, device, dtype)
+            if error < 0.02:
+                _ATTENTION_CHECKED[key] = Attention.TRITON
+            else:
+                warnings.warn(f"Triton decode attention differs from SDPA (relative error {error:.3g}); using SDPA",
+                              stacklevel=3)
+        except Exception as exc:  # noqa: BLE001 - SDPA stays
+            warnings.warn(f"Triton decode attention failed its check ({exc!r:.300}); using SDPA", stacklevel=3)
+    return _ATTENTION_CHECKED[key]
+
+
+@torch.no_grad()
+def _attention_error(dims: ModelDims, device: torch.device, dtype: torch.dtype) -> float:
+    from trainer.qwen2_decode import _attend
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    batch, length = 4, 200
+    q = torch.randn(batch, dims.heads, dims.head_dim, device=device, dtype=dtype, generator=gen)
+    live = torch.randn(batch, dims.kv_heads, length + 56, 2 * dims.head_dim, device=device, dtype=dtype,
+                       generator=gen)[:, :, :length]
+    valid = torch.rand(batch, length, device=device, generator=gen) > 0.3
+    valid[:, 0] = True
+    bias = torch.zeros(batch, 1, length, device=device, dtype=dtype).masked_fill_(~valid[:, None], float("-inf"))
+    want = _attend(dims, q, live, bias[:, None], Attention.SDPA).float()
+    got = _attend(dims, q, live, bias[:, None], Attention.TRITON).float()
+    return float((got - want).norm() / want.norm())
 
 
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()

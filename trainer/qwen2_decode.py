@@ -335,12 +335,17 @@ def prefill(weights: DecodeWeights, state: DecodeState, input_ids: torch.Tensor,
 class Attention(str, Enum):
     SDPA = "sdpa"  # F.scaled_dot_product_attention with enable_gqa: one fused kernel on CUDA
     BMM = "bmm"    # baddbmm (scale, mask) + softmax + bmm: three kernels, ~0.2 ms slower per step
+    TRITON = "triton"  # trainer/triton_decode.py: one kernel per KV head, the cache read in place
 
 
 def _attend(dims: ModelDims, q: torch.Tensor, live: torch.Tensor, bias: torch.Tensor,
             attention: Attention) -> torch.Tensor:
     """One query per row against the live cache slots [B, kv_heads, L, 2 D] (key | value)."""
     batch, d = q.shape[0], dims.head_dim
+    if attention is Attention.TRITON:
+        from trainer.triton_decode import decode_attention
+
+        return decode_attention(q, live, bias, d ** -0.5)
     if attention is Attention.SDPA:
         return F.scaled_dot_product_attention(q[:, :, None], live[..., :d], live[..., d:], attn_mask=bias,
                                               scale=d ** -0.5, enable_gqa=True).reshape(batch, dims.q_size)
