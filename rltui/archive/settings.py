@@ -87,14 +87,21 @@ def _secret_forms(secrets: tuple[str | None, ...]) -> list[str]:
 
 
 class RedactingStream:
-    """A text stream that masks the configured secrets in everything written through it."""
+    """A text stream that masks the configured secrets in everything written through it, and
+    removes escape sequences and controls (a file name may hold them) but the progress line's
+    own "carriage return, erase line"."""
+
+    OWN = "\r\x1b[K"
 
     def __init__(self, stream: TextIO, settings: "S3Settings") -> None:
         self.stream = stream
         self.settings = settings
 
     def write(self, text: str) -> int:
-        return self.stream.write(self.settings.redact(text))
+        from rltui.text import clean_lines
+
+        masked = self.settings.redact(text)  # first: a secret may hold a control character
+        return self.stream.write(self.OWN.join(clean_lines(p) for p in masked.split(self.OWN)))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)

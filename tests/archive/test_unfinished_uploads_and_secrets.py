@@ -67,3 +67,15 @@ def test_a_credential_holding_a_newline_never_appears_in_any_message(s3, make_ru
         for piece in (*key.split(), *secret.split(), key.encode("unicode_escape").decode(),
                       secret.encode("unicode_escape").decode()):
             assert piece not in text, text
+
+
+def test_archive_output_shows_no_escape_sequence_from_a_file_name(s3, make_run):
+    import os
+
+    run = make_run(steps=(1,), big=10_000)
+    layout = Layout(s3.root)
+    os.symlink("/nowhere", layout.run_dir(run.name) / "x\x1b]0;pwned\x07\x1b[2Jname")  # not backed up: named
+    proc = s3.cli("--action", "backup", "--training-run", run.name, "--root", str(s3.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "not backed up" in proc.stdout and "xname" in proc.stdout
+    assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout + proc.stderr
