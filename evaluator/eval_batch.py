@@ -133,6 +133,8 @@ class Evaluation:
             print(f"eval_batch: {line}", flush=True)
         todo = [c for c in plan.checkpoints if plan.force or not self.files.is_done(
             c.step, settings_hash, c.fingerprint)]
+        kept = {} if plan.force else self._larger_results(todo)
+        todo = [c for c in todo if c.step not in kept]
         print(f"eval_batch: {plan.run} on {plan.settings.dataset} ({len(plan.prompts_examples)} "
               f"questions x {plan.settings.num_samples}), {len(plan.checkpoints)} steps, "
               f"{len(plan.checkpoints) - len(todo)} already evaluated, device {plan.device}",
@@ -143,8 +145,10 @@ class Evaluation:
         for index, ckpt in enumerate(plan.checkpoints, 1):
             if ckpt not in todo:
                 self.status.skipped.append(ckpt.step)
-                print(f"[{index}/{len(plan.checkpoints)}] step {ckpt.step}: already evaluated "
-                      "with these settings, skipped", flush=True)
+                why = (f"kept its result on {kept[ckpt.step]} questions (this evaluation has "
+                       f"{len(plan.prompts_examples)}; --force replaces it)" if ckpt.step in kept
+                       else "already evaluated with these settings")
+                print(f"[{index}/{len(plan.checkpoints)}] step {ckpt.step}: {why}, skipped", flush=True)
                 continue
             eta = self._eta(index, todo)
             self.status.write("evaluating", current_step=ckpt.step, eta_s=eta)
@@ -161,6 +165,18 @@ class Evaluation:
         print(f"eval_batch: done: {len(self.status.done)} evaluated, {len(self.status.skipped)} "
               f"skipped, {len(failed)} failed; results in {self.files.folder}", flush=True)
         return 1 if failed else 0
+
+    def _larger_results(self, todo: list[Checkpoint]) -> dict[int, int]:
+        """Steps whose present result is on more questions than this evaluation would use: a
+        smaller subset never silently replaces a larger one's number. {step: its question count}"""
+        ours = len(self.plan.prompts_examples)
+        kept = {}
+        for c in todo:
+            s = self.files.read_summary(c.step) or {}
+            n = s.get("n")
+            if s.get("error") is None and isinstance(n, int) and n > ours:
+                kept[c.step] = n
+        return kept
 
     # ------------------------------------------------------------ one step
 

@@ -325,7 +325,8 @@ def _eval_cell(r: RunRecord) -> str:
     e = r.last_eval
     if e is None:
         return "-"
-    return f"{e.dataset} {_acc(e.last_accuracy, e.last_step)}"
+    n = next((s.n for s in e.steps if s.step == e.last_step and s.n), None)
+    return f"{e.dataset} {_acc(e.last_accuracy, e.last_step)}" + (f" (n={n})" if n else "")
 
 
 def _acc(acc: float | None, step: int | None) -> str:

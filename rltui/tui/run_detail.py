@@ -84,7 +84,8 @@ def checkpoint_cells(ckpt: CheckpointRecord, run: RunRecord) -> list[object]:
     for ev in run.evals.values():
         for s in ev.steps:
             if s.step == ckpt.step:
-                evals.append(f"{ev.dataset} {cells.percent(s.accuracy)}" if s.error is None
+                of = f" of {s.n}" if s.n else ""  # how many questions the number is from
+                evals.append(f"{ev.dataset} {cells.percent(s.accuracy)}{of}" if s.error is None
                              else f"{ev.dataset} failed")
     return [str(ckpt.step), state, cells.size(ckpt.size_bytes), ", ".join(evals) or "–"]
 

@@ -263,3 +263,17 @@ def test_a_killed_evaluation_resumes_where_it_stopped(tiny_root, make_run, capsy
     assert _summary(tiny_root, run, 1)["evaluated_at"] == stamp
     table = pd.read_csv(_eval_dir(tiny_root, run) / "consolidated_metrics.csv")
     assert list(table["step"]) == [1, 2, 3]
+
+
+def test_a_smaller_subset_does_not_replace_a_larger_result_unless_forced(
+        tiny_root, make_run, eval_args, capsys) -> None:
+    run = make_run(tiny_root, steps=(1,))
+    assert main(eval_args(tiny_root, run)) == 0  # 0.1 of 300: 30 questions
+    before = _summary(tiny_root, run, 1)
+    assert before["n"] == 30
+    capsys.readouterr()
+    assert main(eval_args(tiny_root, run, "--subset-frac", "0.05")) == 0  # 15 questions
+    assert "kept its result on 30 questions (this evaluation has 15" in capsys.readouterr().out
+    assert _summary(tiny_root, run, 1) == before
+    assert main(eval_args(tiny_root, run, "--subset-frac", "0.05", "--force")) == 0
+    assert _summary(tiny_root, run, 1)["n"] == 15

@@ -260,3 +260,16 @@ def test_an_extended_target_shows_the_original_and_each_extension(lfs):
     text = rltui("--batch", "status", "--root", str(lfs.root)).stdout
     assert "61/153 (150+3)" in text
     assert target_note([150]) == "" and target_note([6, 7, 9]) == " (6+1+2)"
+
+
+def test_an_eval_result_says_how_many_questions_it_is_from(lfs):
+    from rltui.runs.index import Index
+    from rltui.tui.run_detail import checkpoint_cells
+
+    run = "run_2026-01-01_00-00-01"
+    lfs.run(run)
+    lfs.evaluation(run, "arith", {2: 0.5})  # n = 10 questions
+    assert "arith 0.500 @2 (n=10)" in rltui("--batch", "status", "--root", str(lfs.root)).stdout
+    rec = Index(lfs.layout).scan().runs[run]
+    (ckpt,) = [c for c in rec.checkpoints if c.step == 2]
+    assert checkpoint_cells(ckpt, rec)[-1] == "arith 50.0% of 10"
