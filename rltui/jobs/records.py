@@ -31,7 +31,6 @@ class JobKind(str, Enum):
     EVAL = "eval"
     SYNC = "sync"
     FETCH = "fetch"  # a model or dataset from the Hugging Face Hub (rltui.jobs.fetch_jobs)
-    FETCH = "fetch"  # a model or dataset from the Hugging Face Hub (rltui.jobs.fetch_jobs)
 
     @property
     def trains(self) -> bool:
