@@ -151,3 +151,17 @@ async def test_resuming_an_older_checkpoint_says_it_makes_a_new_run(tui_root: Pa
         await pilot.press("down", "r")  # step 20 of 10, 20, 30
         assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "ResumeForm")
         assert "from step 20: makes a NEW run" in app.screen.heading
+
+
+@pilot_test
+async def test_a_refresh_that_reorders_the_rows_keeps_the_selected_run(tui_root: Path) -> None:
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        table = await pick(pilot, RUNS["stopped"])
+        await pilot.press("s", "s")  # sorted by run name
+        runs = list(table.runs.values())
+        table.set_runs(list(reversed(runs)))  # what a refresh hands the table
+        await pilot.pause()
+        assert table.selected == RUNS["stopped"]
+        assert await resume_form_run(pilot) == RUNS["stopped"]
