@@ -185,7 +185,8 @@ def resume_command(layout: Layout, template: Sequence[str], run: str, step: int,
     `step`, a number resolved by the caller (resume_job, the keeper's restart, supervise).
 
     `--additional-steps K`: K when given, else when the run's target (status.json) lies beyond
-    the target saved in that checkpoint (a resume that was asked for more)."""
+    the target saved in that checkpoint (a resume that was asked for more): the K that makes
+    trainer.resume_training end at the run's target (max(checkpoint's target, step) + K)."""
     argv = list(template)
     if "--from-step" in argv[:-1]:
         argv[argv.index("--from-step") + 1] = str(step)
@@ -194,8 +195,9 @@ def resume_command(layout: Layout, template: Sequence[str], run: str, step: int,
     if additional_steps is None:
         target = run_target(layout, run)
         saved = _int(_read_dict(layout.step_dir(run, step) / "training_info.json").get("target_step"))
-        if target is not None and target > step and saved is not None and saved != target:
-            additional_steps = target - step
+        # resume_training's rule: --additional-steps K ends at max(checkpoint's target, step) + K
+        if target is not None and saved is not None and target > max(saved, step):
+            additional_steps = target - max(saved, step)
     if additional_steps is not None:
         argv += ["--additional-steps", str(additional_steps)]
     return argv

@@ -68,7 +68,8 @@ def main() -> int:
     if resumed:
         start = checkpoints.resolve_step(layout.training_state(run), a.from_step)
         info = checkpoints.read_checkpoint_info(layout.step_dir(run, start))
-        target = start + a.additional_steps if a.additional_steps else info["target_step"]
+        # as trainer.resume_training: K more past max(the checkpoint's target, the step)
+        target = max(info["target_step"], start) + a.additional_steps if a.additional_steps else info["target_step"]
     else:
         start, target = 0, a.steps
     every = int(os.environ.get("FAKE_SAVE_EVERY", "1"))

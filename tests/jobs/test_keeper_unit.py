@@ -127,7 +127,8 @@ def test_a_resume_past_the_checkpoints_target_gets_additional_steps(layout):
     status(layout, spec.run, 5, target=15)  # the session was asked to go further than step 10
     keeper, spawner, _ = make_keeper(layout, spec, [FakeChild(1, -9, 1), FakeChild(2, 0, 1)])
     keeper.run()
-    assert spawner.argvs[1] == [*spec.resume_argv[:-1], "4", "--additional-steps", "11"]
+    # resume_training ends at max(checkpoint's target 10, step 4) + K: K = 5 reaches 15
+    assert spawner.argvs[1] == [*spec.resume_argv[:-1], "4", "--additional-steps", "5"]
 
 
 def test_a_crash_after_the_final_checkpoint_counts_as_success(layout):
