@@ -54,7 +54,7 @@ from rltui.runs import checkpoints
 from rltui.runs.localfs import BadName, DamagedFile, Layout, create_run_dir, read_json, write_json_atomic, write_text_atomic
 
 CACHE_S = 2.0
-TIMEOUT_S = 30.0
+TIMEOUT_S = 10.0  # a query; status and the TUI's start must not hang on a stuck controller
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,RestartCnt:|,NodeList:|,StartTime:|,EndTime:|"
 ACTIVE = {JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.RESTARTING}
 
