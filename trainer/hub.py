@@ -23,15 +23,18 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable
 
 from trainer.errors import ConfigError, DownloadFailed
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 PROBE_TIMEOUT_S = 3.0  # the whole probe, DNS included: an unreachable Hub is an answer within 5 s
 PROGRESS_EVERY_S = 2.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -122,18 +125,40 @@ def hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def cached_snapshot(repo_id: str, revision: str | None, *, repo_type: str = "model",
-                    allow_patterns: list[str] | None = None) -> Path | None:
-    """The cached snapshot folder of this revision, or None; never touches the network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+def cached_snapshot(repo_id: str, revision: str | None, *, repo_type: str = "model") -> Path | None:
+    """The cached snapshot folder of this revision, or None; never touches the network.
 
+    Read in huggingface_hub's cache layout (HF_HUB_CACHE as huggingface_hub.constants resolves
+    it): `{type}s--ORG--NAME/refs/REV` holds the commit a branch or tag named when it was
+    fetched, `snapshots/COMMIT/` the files. Done by hand rather than with
+    `snapshot_download(local_files_only=True)`, whose first call imports huggingface_hub's API
+    client (~0.4 s on this project's CPU box: bench/hub_startup.py) for two small reads.
+    When huggingface_hub recorded the commit's file listing (`trees/COMMIT.json`), every model
+    file in it must be present, as snapshot_download itself checks."""
+    from huggingface_hub import constants
+
+    storage = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    revision = revision or constants.DEFAULT_REVISION
+    if _COMMIT.match(revision):
+        commit = revision
+    else:
+        try:
+            commit = (storage / "refs" / revision).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+    snapshot = storage / "snapshots" / commit
+    if not commit or not snapshot.is_dir() or _listed_files_missing(storage, commit, snapshot):
+        return None
+    return snapshot
+
+
+def _listed_files_missing(storage: Path, commit: str, snapshot: Path) -> bool:
     try:
-        folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                                   local_files_only=True, allow_patterns=allow_patterns)
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-        return None  # IncompleteSnapshotError is a LocalEntryNotFoundError
-    return Path(folder)
+        listed = json.loads((storage / "trees" / f"{commit}.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no listing recorded (a cache laid out by hand or by an older client)
+    wanted = [p for p in listed if any(fnmatch(p, pattern) for pattern in MODEL_FILES)]
+    return any(not (snapshot / p).is_file() for p in wanted)
 
 
 def resolve_hub_model(repo_id: str, revision: str | None, *, spec: str | None = None,
@@ -141,7 +166,7 @@ def resolve_hub_model(repo_id: str, revision: str | None, *, spec: str | None = 
                       say: Callable[[str], None] | None = None) -> ResolvedModel:
     """A Hub model from the cache when complete there, else downloaded (see module docstring)."""
     spec = spec or repo_id + (f"@{revision}" if revision else "")
-    folder = cached_snapshot(repo_id, revision, allow_patterns=MODEL_FILES)
+    folder = cached_snapshot(repo_id, revision)
     if folder is not None and not model_files_missing(folder):
         return ResolvedModel(spec, folder, "hub", repo_id, revision, folder.name)
     where = f"the Hugging Face cache ({hub_cache_dir()})"
@@ -173,9 +198,12 @@ def model_files_missing(folder: Path) -> str:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return "readable model.safetensors.index.json"
         missing = sorted(s for s in shards if not (folder / s).is_file())
-        return ", ".join(missing)
-    if not (folder / "model.safetensors").is_file():
+        if missing:
+            return ", ".join(missing)
+    elif not (folder / "model.safetensors").is_file():
         return "model.safetensors"
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return "tokenizer files"
     return ""
 
 
