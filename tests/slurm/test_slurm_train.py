@@ -170,3 +170,17 @@ def test_a_crash_is_requeued_within_the_restart_budget_and_not_past_it(slurm_clu
 def attempts(root: Path, job_id: str) -> list[dict]:
     path = root / "jobs" / job_id / "attempts.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_signal_before_the_time_limit_saves_and_the_job_ends_stopped(slurm_cluster, slurm_root, slurm_cfg):
+    # a 1-minute limit, TERM 40 s before it (Slurm checks limits every ~30 s)
+    done = run_cli(slurm_cluster, slurm_root, "train", "--cfg", str(slurm_cfg(training__total_steps=500)),
+                   "--backend", "slurm", "--gpus", "none", "--time", "1", "--signal-before", "40",
+                   env={"RLTUI_TEST_STEP_SLEEP": "1"})
+    assert done.returncode == 130, done.stderr  # stopped
+    (job_id,) = [p.name for p in (slurm_root / "jobs").iterdir()]
+    state = job_record(slurm_root, job_id)[1]
+    assert state["state"] == "stopped" and "on Slurm's TERM (time limit)" in state["last_reason"], state
+    status = run_status(slurm_root, job_id)
+    assert status["phase"] == "stopped" and status["step"] < 500
+    assert "#SBATCH --signal=B:TERM@40" in (slurm_root / "jobs" / job_id / "slurm.sh").read_text()
