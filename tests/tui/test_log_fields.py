@@ -74,3 +74,20 @@ async def test_the_live_log_shows_the_trainers_step_line_with_reward_and_loss(tu
         assert await wait_until(pilot, lambda: any(x.startswith("step 13/40") for x in lines_of(pane)))
         shown = next(x for x in lines_of(pane) if x.startswith("step 13/40"))
         assert "reward 0.412" in shown and "loss 0.02134" in shown
+
+
+@pilot_test
+async def test_the_jobs_log_title_gives_an_ended_jobs_whole_reason(tui_root: Path) -> None:
+    from tui_kit import write_job
+
+    reason = "exit code 1: " + "a reason longer than the jobs table's column " * 3
+    write_job(Layout(tui_root), "20261124-100000-eval-dddd", "eval", RUNS["completed"], "failed",
+              reason=reason, created=1_795_608_000.0 - 10)  # the newest ended job: second row
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        await pilot.press("2")
+        await pilot.press("down")  # past the running job, which comes first
+        pane = app.query_one("#job-log", LogPane)
+        assert await wait_until(pilot, lambda: "20261124-100000-eval-dddd" in str(pane.border_title))
+        assert f"failed: {reason}" in str(pane.border_title)
