@@ -25,6 +25,7 @@ RUN_KEYS = {
     "name", "path", "legacy", "status", "status_reason", "stalled", "step", "target_step", "phase",
     "latest_complete_step", "pid", "host", "started", "updated", "error", "parent", "config",
     "last_metrics", "checkpoints", "evals", "job_ids", "restarts", "gpu_seconds", "cost", "writer",
+    "provenance",
     "target_history",
 }
 CHECKPOINT_KEYS = {"step", "path", "complete", "problems", "size_bytes", "is_latest", "created"}
