@@ -196,3 +196,19 @@ def test_model_names_tiny_folder_localfs_and_hub_ids_resolve_without_the_network
     assert named.pinned == "qwen-small"
     with pytest.raises(ConfigError, match="base model not found: no such thing"):
         resolve_model("no such thing", tiny_root)
+
+
+def test_download_progress_is_whole_lines_of_bytes_done(monkeypatch) -> None:
+    from trainer import hub
+
+    said: list[str] = []
+    monkeypatch.setattr(hub, "PROGRESS_EVERY_S", 0.0)
+    bar = hub.line_progress(REPO_ID, said.append)(total=3_000_000, unit="B", desc="Downloading bytes")
+    bar.update(1_500_000)
+    quiet = hub.line_progress(REPO_ID, said.append)(total=10, unit="it", desc="Fetching 3 files")
+    quiet.update(3)
+    bar.close()
+    quiet.close()
+    assert len(said) == 1  # the files bar says nothing; the bytes bar one line per interval
+    assert said[0].startswith(f"download {REPO_ID}: 1.5 MB of 3.0 MB (50%)")
+    assert "\r" not in said[0] and "\n" not in said[0]
