@@ -72,6 +72,10 @@ def fetch_model(layout: localfs.Layout, repo_id: str, revision: str | None, as_n
     what, fetch = f"model {repo_id}", hub.fetch_command(repo_id, revision)
     if as_name is None:
         if hub.hub_offline():  # what the cache holds is all there is
+            folder = hub.cached_snapshot(repo_id, revision)
+            if folder is None or hub.model_files_missing(folder):
+                raise ConfigError(f"{what} is not (complete) in the Hugging Face cache "
+                                  f"({hub.hub_cache_dir()}) and HF_HUB_OFFLINE is set: unset it to download")
             resolved = hub.resolve_hub_model(repo_id, revision, allow_download=False)
             print(f"model {repo_id} is in the cache (HF_HUB_OFFLINE is set, nothing checked): "
                   f"commit {resolved.commit}: {resolved.path}", flush=True)
