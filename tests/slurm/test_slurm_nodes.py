@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from slurm_kit import run_cli
 
 pytestmark = pytest.mark.slow
 

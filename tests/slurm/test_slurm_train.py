@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, wait_for
+from slurm_kit import run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

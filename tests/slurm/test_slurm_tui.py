@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from slurm_kit import run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tui"))
 from tui_kit import make_test_app, no_gpus, pilot_test, started, wait_until  # noqa: E402
