@@ -29,10 +29,10 @@ COMMAND_MODULES = [
     "rltui.cli.jobs",
     "rltui.cli.supervise",
     "rltui.cli.demo",
-    "rltui.cli.fetch",  # fetch model|dataset, models
     "rltui.cli.runs",  # runs, compare, export: the metrics store
     "rltui.cli.compare",
     "rltui.cli.export",
+    "rltui.cli.fetch",  # fetch model|dataset, models
 ]
 
 

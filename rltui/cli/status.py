@@ -47,6 +47,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON document (schema in README.md)")
     p.add_argument("--run", metavar="RUN", help="only this run (and its jobs)")
+    p.add_argument("--remote", action="store_true",
+                   help="list the S3 bucket now (else the cached listing) for runs only it holds")
     p.set_defaults(func=handle)
 
 
@@ -62,16 +64,25 @@ def handle(args: argparse.Namespace) -> int:
             raise UsageError(f"no run named {args.run!r} under {root}")
         snap = _only_run(snap, args.run)
     gpus = sample_gpus(snap)
+    from rltui.archive import view as archive
+
+    live = archive.archive_view(localfs.Layout(root), set(snap.runs) | set(snap.legacy_runs),
+                                refresh=args.remote)
+    if args.run is not None:
+        live.lags = {k: v for k, v in live.lags.items() if k == args.run}
+        live.bucket_only = []
     try:
         if args.json:
             # built whole, then written once: json.dump writes token by token (~281,000 writes
             # at 1,000 runs), and indent= forces the pure-Python encoder, so scripts get it compact
             indent = 2 if sys.stdout.isatty() else None
-            sys.stdout.write(json.dumps(snapshot_to_json(snap, gpus), indent=indent) + "\n")
+            doc = snapshot_to_json(snap, gpus) | live.to_json()
+            sys.stdout.write(json.dumps(doc, indent=indent) + "\n")
         else:
             colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
             out = CleanWriter(sys.stdout)  # text from files: no escape sequences reach the terminal
             write_text(snap, gpus, out, colour=colour)
+            archive.write_text(live, {n: r.latest_complete for n, r in snap.runs.items()}, out)
         sys.stdout.flush()
     except BrokenPipeError:
         # `rltui --batch status | head`: the reader left; that is not an error of ours.

@@ -213,7 +213,8 @@ def test_under_torchrun_only_rank_zero_evaluates_and_no_group_forms(
     (["--steps", "one"], "--steps 'one'"),
     (["--subset-frac", "0"], "--subset-frac 0.0"),
     (["--eval-dataset", "gsm8k_r1_template"], "gsm8k"),
-    (["--eval-dataset", "gsm8k"], "bad dataset name"),
+    (["--eval-dataset", "gsm8k_template"], "bad dataset name: 'gsm8k_template'"),
+    (["--eval-dataset", "../gsm8k"], "bad dataset name: '../gsm8k'"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--timeout-per-step", "-1"], "--timeout-per-step"),
 ])

@@ -72,7 +72,7 @@ def test_processes_starting_runs_in_the_same_second_get_different_names(tmp_path
     code = textwrap.dedent(f"""
         import datetime, sys
         sys.path.insert(0, {str(REPO)!r})
-        from rltui import localfs
+        from rltui.runs import localfs
         print(localfs.create_run_dir(localfs.Layout({str(tmp_path)!r}), datetime.datetime(2026, 1, 1)))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -228,7 +228,7 @@ WRITER = textwrap.dedent("""
     import hashlib, sys
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from rltui import localfs
+    from rltui.runs import localfs
     kind, path = sys.argv[1], Path(sys.argv[2])
     body = "x" * 200_000
     print("ready", flush=True)

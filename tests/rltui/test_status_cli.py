@@ -79,7 +79,7 @@ def test_json_status_follows_schema_1(every_kind):
     doc = json.loads(proc.stdout)
     assert doc["schema"] == 1
     assert set(doc) == {"schema", "root", "generated_at", "host", "runs", "legacy_runs", "jobs",
-                        "orphan_evals", "gpus", "errors"}
+                        "orphan_evals", "gpus", "errors", "archive"}
     assert doc["root"] == str(every_kind.root)
     runs = {r["name"]: r for r in doc["runs"]}
     for r in doc["runs"] + doc["legacy_runs"]:

@@ -22,15 +22,14 @@ def latest_shown(app, run: str):
 @pilot_test
 async def test_a_checkpoint_written_by_the_test_appears_in_the_open_app(tui_root: Path) -> None:
     app = make_test_app(tui_root, watch=True)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(160, 30)) as pilot:  # wide: the ckpt column is shown
         await started(pilot)
         assert await wait_until(pilot, lambda: app.watcher is not None and app.watcher.mode.value == "inotify")
         run = RUNS["running"]
         assert latest_shown(app, run) == 10
         write_checkpoint(Layout(tui_root), run, 11, 40)
         assert await wait_until(pilot, lambda: latest_shown(app, run) == 11)
-        row = app.query_one(RunsTable).get_row(run)
-        assert "11" in [str(c) for c in row]
+        assert str(app.query_one(RunsTable).get_cell(run, "ckpt")) == "11"
 
 
 @pilot_test
@@ -193,7 +192,7 @@ async def test_a_new_status_of_the_top_run_redraws_its_row_not_the_table(tui_roo
         rebuilds = table.generation
         table.update_run(dataclasses.replace(run, step=(run.step or 0) + 1, updated=run.updated + 5), run.name)
         assert table.generation == rebuilds and table.shown[0] == run.name
-        assert str(table.get_row(run.name)[3]).startswith(str((run.step or 0) + 1))
+        assert str(table.get_cell(run.name, "step")).startswith(str((run.step or 0) + 1))
         older = table.runs[table.shown[1]]  # it moves to the top: the table is sorted again
         table.update_run(dataclasses.replace(older, updated=run.updated + 10), older.name)
         assert table.generation == rebuilds + 1 and table.shown[0] == older.name
