@@ -156,8 +156,9 @@ def test_a_crash_is_requeued_within_the_restart_budget_and_not_past_it(slurm_clu
     wait_for(lambda: "BeginTime" in slurm_cluster.run(["squeue", "-h", "-j", slurm_id, "-o", "%r"]).stdout,
              120, "the requeued job pending")
     slurm_cluster.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"])
+    # a loaded CI box takes its time to start torchrun and the trainer again
     wait_for(lambda: refreshed_state(slurm_cluster, slurm_root, job_id)["state"] == "running"
-             and len([a for a in attempts(slurm_root, job_id) if a["event"] == "begin"]) == 2, 300, "the restart")  # a loaded CI box restarts slowly
+             and len([a for a in attempts(slurm_root, job_id) if a["event"] == "begin"]) == 2, 300, "the restart")
     crash_at(run_status(slurm_root, job_id)["step"] + 1)
     state = wait_for(lambda: (s := refreshed_state(slurm_cluster, slurm_root, job_id))["state"]
                      in ("failed", "succeeded", "stopped", "lost") and s, 120, "the job's end")
