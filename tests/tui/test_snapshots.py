@@ -37,6 +37,11 @@ def ready(*keys: str, log: str | None = None):
         if log is not None:
             await wait_until(pilot, lambda: app.screen.query_one(log).line_count > 0)
         await pilot.pause(0.3)
+        from textual.widgets import Input
+
+        for box in app.screen.query(Input):  # a blinking cursor would be caught on or off by chance
+            box.cursor_blink = False
+        await pilot.pause()
 
     return run_before
 
