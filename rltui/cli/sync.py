@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -118,4 +119,23 @@ def _follow(layout: Any, store: Any, args: argparse.Namespace) -> None:
     follower = Follower(layout, store, args.training_run, job=args.follow_job,
                         interval_s=args.interval or DEFAULT_INTERVAL_S, retention=retention)
     signal.signal(signal.SIGTERM, follower.request_stop)  # a stop: one last pass, then exit 0
+    _yield_to_training()
     follower.run_until_job_ends()
+
+
+def _yield_to_training() -> None:
+    """The live archive is background work: it runs at a lower CPU and I/O priority than the
+    trainer beside it (nice 10; the idle-ish best-effort I/O class 7 where Linux allows it)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    try:  # ioprio_set(IOPRIO_WHO_PROCESS, self, best-effort class 2, level 7): no stdlib wrapper
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        nr = {"x86_64": 251, "aarch64": 30}.get(os.uname().machine)
+        if nr is not None:
+            libc.syscall(nr, 1, 0, (2 << 13) | 7)
+    except (OSError, AttributeError):
+        pass

@@ -188,3 +188,15 @@ def test_archive_flags_without_a_bucket_are_one_line_and_launch_nothing(tmp_path
                           "--cfg", str(cfg), "--archive-budget", "lots", "--gpus", "none"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--archive" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_live_archive_yields_the_cpu_and_disk_to_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import os; from rltui.cli.sync import _yield_to_training; _yield_to_training(); "
+            "print(os.getpriority(os.PRIO_PROCESS, 0)); print(open('/proc/self/stat').read().split()[18])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    priority, nice_field = done.stdout.split()
+    assert int(priority) >= 10 and int(nice_field) >= 10
