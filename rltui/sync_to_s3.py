@@ -9,12 +9,14 @@ Usage:
     (the same flags as `rltui --batch sync ...`; `--root DIR` picks the localfs root)
 
 Settings come from ~/.lambda_s3.env (or the file named by $RLTUI_S3_ENV) and the environment:
-RLTUI_S3_BUCKET (required), RLTUI_S3_PREFIX, AWS_* credentials, region and endpoint,
-RLTUI_S3_CHECKSUMS=when_required for stores that refuse boto3's default checksums.
+RLTUI_S3_BUCKET (required; a --dry-run without it compares with no bucket), RLTUI_S3_PREFIX,
+AWS_* credentials, region and endpoint, RLTUI_S3_CHECKSUMS=when_required for stores that refuse
+boto3's default checksums.
 Exit codes: 0 done (verify: in sync); 1 the work failed (verify: not in sync); 2 bad input.
 
 A thin entry point: the flags and their rules are rltui.archive.flags, the work is
-rltui.cli.sync.run (the same as `rltui --batch sync`).
+rltui.cli.sync.run, in this process. `rltui --batch sync` runs this module as a job (kind sync,
+under a keeper) and follows it.
 """
 
 from __future__ import annotations

@@ -131,6 +131,9 @@ def _backup_run(
     manifest = _merge(run, previous, plan.entries, local.step_latest, remote, out)
     result.manifest = manifest
     if dry_run:
+        for path in result.uploaded:
+            if (f := plan.files.get(path)) is not None:  # not a file deleted while it was read
+                out.write(f"  would upload {path} ({human_bytes(f.size)})\n")
         out.write(f"{run}: dry run: would upload {len(result.uploaded)} file(s), "
                   f"{human_bytes(result.uploaded_bytes)}; nothing uploaded or deleted\n")
     elif manifest.same_content(previous):
@@ -374,6 +377,10 @@ def backup_all(
         except Exception as e:  # one line per run; the summary below fails the command
             out.write(f"{run}: failed: {translate(e, store.settings, 'backup')}\n")
             failed.append(run)
+    if dry_run and results:
+        out.write(f"dry run: would upload {sum(len(r.uploaded) for r in results)} file(s), "
+                  f"{human_bytes(sum(r.uploaded_bytes for r in results))} in all, "
+                  f"from {len(results)} run(s)\n")
     if failed:
         raise WorkFailed(f"backup failed for {len(failed)} run(s): {', '.join(failed)}")
     return results

@@ -205,8 +205,11 @@ def _bucket(raw: str | None, source: Path) -> str:
     return bucket
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
-    """Read the settings file (if any) and the environment; validate; never touch the network."""
+def load_settings(environ: Mapping[str, str] | None = None, *, need_bucket: bool = True) -> S3Settings:
+    """Read the settings file (if any) and the environment; validate; never touch the network.
+
+    `need_bucket` False (a dry run): no bucket set is no error; the settings' bucket is then "".
+    """
     environ = os.environ if environ is None else environ
     path, named = _settings_file(environ)
     file_values: dict[str, str] = {}
@@ -228,11 +231,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
     values: dict[str, str] = {k: v for k, v in file_values.items() if k in _KNOWN_KEYS}
     values.update({k: environ[k] for k in _KNOWN_KEYS if environ.get(k)})
 
+    given_bucket = bool(values.get(BUCKET_VAR, "").strip())
     both = _choice(values, CHECKSUMS_VAR, CHECKSUM_MODES)
     request = _choice(values, REQUEST_CHECKSUM_VAR, CHECKSUM_MODES) or both
     response = _choice(values, RESPONSE_CHECKSUM_VAR, CHECKSUM_MODES) or both
     return S3Settings(
-        bucket=_bucket(values.get(BUCKET_VAR), path),
+        bucket=_bucket(values.get(BUCKET_VAR), path) if need_bucket or given_bucket else "",
         prefix=_prefix(values.get(PREFIX_VAR, "")),
         endpoint_url=values.get("AWS_ENDPOINT_URL_S3") or values.get("AWS_ENDPOINT_URL") or None,
         region=values.get("AWS_REGION") or values.get("AWS_DEFAULT_REGION") or None,
@@ -250,8 +254,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
     )
 
 
-def make_client(settings: S3Settings) -> Any:
+def make_client(settings: S3Settings, *, quick: bool = False) -> Any:
     """A boto3 S3 client: standard retries, the configured checksum modes, a pool for the threads.
+    `quick`: one attempt and short timeouts (is the endpoint there at all?).
 
     Endpoint precedence: the settings' AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL (file or
     environment), then boto3's own configuration.
@@ -260,10 +265,10 @@ def make_client(settings: S3Settings) -> Any:
     from botocore.config import Config
 
     config_args: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": 5},
+        "retries": {"mode": "standard", "total_max_attempts": 1} if quick else {"mode": "standard", "max_attempts": 5},
         "max_pool_connections": max(10, settings.max_concurrency + 4),
-        "connect_timeout": 20,
-        "read_timeout": 120,
+        "connect_timeout": 3 if quick else 20,
+        "read_timeout": 5 if quick else 120,
     }
     if settings.request_checksum:
         config_args["request_checksum_calculation"] = settings.request_checksum

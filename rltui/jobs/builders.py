@@ -141,23 +141,26 @@ def eval_job(
 def sync_job(
     layout: Layout, action: str, run: str | None = None, cleanup: bool = False,
     keep_latest: bool = False, follow_job: str | None = None, archive: ArchivePlan | None = None,
+    dry_run: bool = False, force: bool = False, json: bool = False,
 ) -> JobSpec:
     """An S3 archive action (rltui.sync_to_s3); needs no GPU. `action` follow: the live archive
-    of `run` until `follow_job` ends, with `archive`'s interval, retention and bandwidth."""
+    of `run` until `follow_job` ends, with `archive`'s interval, retention and bandwidth (which
+    `backup` and `backup-all` take too). `dry_run`, `force`, `json`: the archive's flags."""
     plan = archive or ArchivePlan()
     if archive is not None:
         keep_latest = keep_latest or plan.keep_latest
     # The archive's own flag rules, so a job is never created that the archive would refuse.
     check_sync_flags(action, training_run=run, cleanup=cleanup, keep_latest=keep_latest,
+                     dry_run=dry_run, force=force, json=json,
                      follow_job=follow_job, interval=plan.interval_s, keep_every=plan.keep_every,
                      local_budget=plan.local_budget, bandwidth=plan.bandwidth)
     argv = [PY, "-m", "rltui.sync_to_s3", "--action", action]
     if run:
         argv += ["--training-run", validate_name(run, "run name")]
-    if cleanup:
-        argv += ["--cleanup"]
-    if keep_latest:
-        argv += ["--keep-latest"]
+    for flag, given in (("--cleanup", cleanup), ("--keep-latest", keep_latest),
+                        ("--dry-run", dry_run), ("--force", force), ("--json", json)):
+        if given:
+            argv += [flag]
     for flag, value in (("--follow-job", follow_job), ("--interval", plan.interval_s),
                         ("--keep-every", plan.keep_every), ("--local-budget", plan.local_budget),
                         ("--bandwidth", plan.bandwidth)):
@@ -166,7 +169,8 @@ def sync_job(
     argv += ["--root", str(layout.root)]
     return JobSpec(
         id=new_job_id(JobKind.SYNC), kind=JobKind.SYNC, argv=tuple(argv), run=run,
-        title=f"sync {action}" + (f" {run}" if run else ""), cwd=os.getcwd(), gpu_count=0,
+        title=f"sync {action}" + (f" {run}" if run else "") + (" (dry run)" if dry_run else ""),
+        cwd=os.getcwd(), gpu_count=0,
     )
 
 
