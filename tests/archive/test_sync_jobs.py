@@ -188,6 +188,14 @@ def test_bad_input_is_one_line_exit_2_and_no_job(s3, tmp_path, argv, named, buck
     assert proc.stdout == "" and _jobs(s3) == []
 
 
+def test_cleanup_of_a_running_run_is_refused_before_any_job(s3, make_run):
+    run = make_run(steps=(1,), pid=os.getpid(), phase="training")  # this process: alive
+    before = sorted(p.relative_to(s3.root) for p in s3.root.rglob("*"))
+    proc = s3.cli("--action", "backup", "--training-run", run.name, "--cleanup", module=False)
+    assert proc.returncode == 2 and "is running" in proc.stderr and proc.stderr.count("\n") == 1
+    assert sorted(p.relative_to(s3.root) for p in s3.root.rglob("*")) == before
+
+
 def test_cleanup_of_a_crashed_run_is_not_refused_as_running_because_of_its_own_sync_job(s3, make_run):
     run = make_run(steps=(1, 2), phase="training")  # its trainer's pid is gone: crashed
     proc = s3.cli("--action", "backup", "--training-run", run.name, "--cleanup", "--keep-latest",
