@@ -101,7 +101,8 @@ class SlurmCluster:
             f"SlurmdPort={node_ports[0]}",
             "SlurmUser=root", "SlurmdUser=root",
             "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo=socket={d}/munge/munge.socket",
+            # cred_expire also sets how long a requeued job waits (default 120 s; 5 s at least)
+            f"AuthInfo=socket={d}/munge/munge.socket,cred_expire=10",
             f"StateSaveLocation={d}/state",
             f"SlurmdSpoolDir={d}/spool/%n",
             f"SlurmctldPidFile={d}/slurmctld.pid",

@@ -86,11 +86,10 @@ def test_requeue_mid_run_resumes_from_step_latest_and_ends_bitwise_identical(
                               env={"RLTUI_TEST_STEP_SLEEP": "1.5"})
     wait_for(lambda: (run_status(slurm_root, job_id).get("step") or 0) >= 2, 240, "step 2 under Slurm")
     slurm_cluster.run(["scontrol", "requeue", slurm_id])
-    # Slurm holds a requeued job ~2 minutes (BeginTime); an admin may release it at once
+    # Slurm holds a requeued job for the credential lifetime (BeginTime; cred_expire=10 s here)
     wait_for(lambda: "PENDING" in slurm_cluster.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"]).stdout,
              60, "the requeued job pending")
     assert refreshed_state(slurm_cluster, slurm_root, job_id)["state"] == "restarting"
-    slurm_cluster.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"])
     state = wait_for(lambda: (s := refreshed_state(slurm_cluster, slurm_root, job_id))["state"]
                      in ("succeeded", "failed", "stopped", "lost") and s, 300, "the job's end")
     assert state["state"] == "succeeded", state
@@ -152,11 +151,11 @@ def test_a_crash_is_requeued_within_the_restart_budget_and_not_past_it(slurm_clu
         os.kill(status["pid"], signal.SIGKILL)  # the trainer (rank 0) dies; torchrun and srun fail
 
     crash_at(1)
-    # the script requeues its own job (Slurm then holds it ~2 min; released at once here)
+    # the script requeues its own job; Slurm holds it for the credential lifetime (cred_expire: 10 s
+    # here, 120 s by default) and then starts it again by itself. (Releasing it sooner with
+    # `scontrol update StartTime=now` gets it killed: "Job credential revoked".)
     wait_for(lambda: "BeginTime" in slurm_cluster.run(["squeue", "-h", "-j", slurm_id, "-o", "%r"]).stdout,
              120, "the requeued job pending")
-    slurm_cluster.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"])
-    # a loaded CI box takes its time to start torchrun and the trainer again
     wait_for(lambda: refreshed_state(slurm_cluster, slurm_root, job_id)["state"] == "running"
              and len([a for a in attempts(slurm_root, job_id) if a["event"] == "begin"]) == 2, 300, "the restart")
     crash_at(run_status(slurm_root, job_id)["step"] + 1)
