@@ -20,6 +20,7 @@ The base weights must be bitwise unchanged after folding the adapter.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,24 @@ def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 32) -
     candidates = {
         "fast_graphed": fast_generation.forced_logits(model, out.prompt_ids, out.prompt_mask, out.completion_ids),
     }
-    compiled = bool(fast_generation._ENGINES[model].layer_fns is not None) if device == "cuda" else False
+    engine = fast_generation._ENGINES[model]
+    compiled = bool(engine.layer_fns is not None) if device == "cuda" else False
+    graphed_step = {"fused": engine.fused, "timing": engine.fused_timing}
+    del engine
     fast_generation.release_engines()
-    candidates["fast_eager"] = fast_generation.forced_logits(
-        model, out.prompt_ids, out.prompt_mask, out.completion_ids, use_graphs=False, compile_layers=False)
-    fast_generation.release_engines()
+    # Both decode steps ungraphed: the fused one (trainer/fused_decode.py, when its own check
+    # passes) and the plain one, whichever the graphed engine chose.
+    saved = os.environ.get(fast_generation.FUSED_ENV)
+    for name, mode in (("fast_eager", "1"), ("fast_eager_plain", "0")):
+        os.environ[fast_generation.FUSED_ENV] = mode
+        candidates[name] = fast_generation.forced_logits(
+            model, out.prompt_ids, out.prompt_mask, out.completion_ids, use_graphs=False, compile_layers=False)
+        graphed_step[name + "_fused"] = fast_generation._ENGINES[model].fused
+        fast_generation.release_engines()
+    if saved is None:
+        os.environ.pop(fast_generation.FUSED_ENV)
+    else:
+        os.environ[fast_generation.FUSED_ENV] = saved
     unchanged = all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
     del base
     candidates["transformers_bf16"] = _transformers_logits(model, ids, mask, new_tokens)
@@ -117,7 +131,7 @@ def run_check(folder: Path, work: Workload, device: str, new_tokens: int = 32) -
     found["fast_graphed_vs_fast_eager_rel_error"] = float(
         (candidates["fast_graphed"] - candidates["fast_eager"]).norm() / candidates["fast_eager"].norm())
     found.update(base_weights_bitwise_unchanged=unchanged, new_tokens=new_tokens, rows=len(prompts),
-                 graphed_engine_compiled=compiled)
-    found["ok"] = bool(unchanged and verdict(found, "transformers_bf16", ["fast_graphed", "fast_eager"]))
+                 graphed_engine_compiled=compiled, decode_step=graphed_step)
+    found["ok"] = bool(unchanged and verdict(found, "transformers_bf16", ["fast_graphed", "fast_eager", "fast_eager_plain"]))
     print(f"[check] {found}", flush=True)
     return found

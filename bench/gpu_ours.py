@@ -202,8 +202,7 @@ def _event_ms(fn, reps: int, before=None) -> float:
 def decode_profile(model, work: Workload, prompt_length: int, generation_s: float) -> dict[str, Any]:
     import torch
 
-    from trainer import fast_generation
-    from trainer.qwen2_decode import decode_step
+    from trainer import fast_generation, fused_decode
 
     engine = fast_generation._ENGINES[model]
     state, dims = engine.state, engine.weights.dims
@@ -224,7 +223,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         logits, do_sample=True, temperature=work.temperature, top_p=work.top_p, generator=gen,
         banned=None), 30)
     probe = max(k for k in per_bucket if k <= max(visits))
-    eager_ms = _event_ms(lambda: decode_step(engine.weights, state, probe, engine.layer_fns, engine.attention), 5, at(probe))
+    eager_ms = _event_ms(lambda: engine.run_step(probe), 5, at(probe))
     uncompiled = fast_generation.DecodeEngine(model, fast_generation.EngineKey(
         state.tokens.shape[0], capacity, "cuda", engine.key.dtype, graphs=True, compiled=False))
     uncompiled.state.valid.fill_(True)
@@ -235,7 +234,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
     del uncompiled
     torch.cuda.empty_cache()
     kernels = {}
-    for name, fn in (("eager_step", lambda: decode_step(engine.weights, state, probe, engine.layer_fns, engine.attention)),
+    for name, fn in (("eager_step", lambda: engine.run_step(probe)),
                      ("graph_replay", engine.graphs[probe][0].replay)):
         try:
             kernels[name] = kernel_breakdown(fn, at(probe))
@@ -251,6 +250,8 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         "eager_step_ms_at_probe": eager_ms, "uncompiled_graph_ms_at_probe": uncompiled_ms,
         "compiled_graph_ms_at_probe": per_bucket[probe], "probe_kv_len": probe,
         "compiled": engine.layer_fns is not None, "kernels_at_probe": kernels,
+        "fused_step": engine.fused, "fused_choice_timing": engine.fused_timing,
+        "attention_configs": fused_decode.tuned_configs(),
     }
 
 

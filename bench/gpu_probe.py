@@ -156,8 +156,9 @@ def compare_paths(model, chunk, work: Workload) -> dict[str, Any]:
 
 
 def run_decode_modes(folder: Path, work: Workload, device: str,
-                     modes: list[tuple[str, str]]) -> dict[str, Any]:
-    """`modes`: (attention, compile, bucket) triples, e.g. ("sdpa", "1", "64"), ("bmm", "max-autotune", "16")."""
+                     modes: list[tuple[str, str, str, str]]) -> dict[str, Any]:
+    """`modes`: (attention, compile, bucket, fused) tuples, e.g. ("sdpa", "1", "64", "0"),
+    ("triton", "1", "64", "1") (fused: RLTUI_DECODE_FUSED, the fused decode step or the plain)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -173,8 +174,9 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
     prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
     found: dict[str, Any] = {}
     fixed = reference = None  # one token sequence, teacher-forced through every variant
-    for attention, compile_mode, bucket in modes:
-        name = f"{attention}/{compile_mode}/bucket{bucket}"
+    for attention, compile_mode, bucket, fused in modes:
+        name = f"{attention}/{compile_mode}/bucket{bucket}/fused{fused}"
+        os.environ[fast_generation.FUSED_ENV] = fused
         os.environ[fast_generation.ATTENTION_ENV] = attention
         os.environ[fast_generation.COMPILE_ENV] = compile_mode
         os.environ[fast_generation.ATTENTION_BUCKET_ENV] = bucket
@@ -199,12 +201,15 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
                 entry["graph_replay_ms_by_bucket"] = {
                     kv: _event_ms(graph.replay, 20, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
             entry["compiled"] = engine.layer_fns is not None
+            entry["fused_step"] = engine.fused
             if fixed is None:
                 fixed = out.prompt_ids, out.prompt_mask, out.completion_ids[:, :32]
             logits = fast_generation.forced_logits(model, *fixed)
             if reference is None:
                 fast_generation.release_engines()
+                os.environ[fast_generation.FUSED_ENV] = "0"  # the plain eager step is the yardstick
                 reference = fast_generation.forced_logits(model, *fixed, use_graphs=False, compile_layers=False)
+                os.environ[fast_generation.FUSED_ENV] = fused
             entry["forced_logits_rel_error_vs_eager_bmm"] = float((logits - reference).norm() / reference.norm())
             entry["forced_argmax_agreement_vs_eager_bmm"] = float(
                 (logits.argmax(-1) == reference.argmax(-1)).float().mean())

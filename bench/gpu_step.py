@@ -16,7 +16,8 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   trl      TRL's step (bench/gpu_trl.py)
   ours16   our step with 16 generations per prompt (256 sequences): the memory check
   ours_mb  optional: our step with --alt-micro-batch sequences per training micro-batch (default 48)
-  decode_modes  optional: decode attention SDPA vs Triton, buckets 64/16, side by side (bench/gpu_probe.py)
+  decode_modes  optional: the plain decode step vs the fused one (trainer/fused_decode.py), side by side
+                (bench/gpu_probe.py)
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
@@ -50,8 +51,8 @@ SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes",
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
 SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150,
                 "autotune": 240}
-DECODE_MODES = {"decode_modes": [("sdpa", "1", "64"), ("triton", "1", "64"), ("triton", "1", "16")],
-                "autotune": [("sdpa", "1", "64"), ("sdpa", "max-autotune", "64")]}
+DECODE_MODES = {"decode_modes": [("triton", "1", "64", "0"), ("triton", "1", "64", "1")],
+                "autotune": [("sdpa", "1", "64", "0"), ("sdpa", "max-autotune", "64", "0")]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -195,6 +196,8 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{decode['compiled_graph_ms_at_probe']:.3f} ms, uncompiled graph {decode['uncompiled_graph_ms_at_probe']:.3f} ms, "
             f"eager {decode['eager_step_ms_at_probe']:.3f} ms, sampling {decode['sampling_ms']:.3f} ms, "
             f"KV read {decode['kv_bytes_read_per_step_mean'] / 1e9:.2f} GB/step; compiled={decode['compiled']}")
+        lines.append(f"decode step: fused={decode.get('fused_step')} (choice timing {decode.get('fused_choice_timing')}); "
+                     f"attention configs {decode.get('attention_configs')}")
         for name, k in decode.get("kernels_at_probe", {}).items():
             if "error" in k:
                 lines.append(f"kernels ({name}): profile failed: {k['error'][:200]}")

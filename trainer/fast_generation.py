@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from trainer import triton_sampling
+from trainer.fused_decode import fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
@@ -43,6 +44,9 @@ SYNC_EVERY = 16  # tokens between "has every row finished?" checks
 # the projection matmul kernels by timing candidates (slower first capture).
 COMPILE_ENV = "RLTUI_COMPILE_DECODE"
 ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "sdpa" (default) or "bmm": see qwen2_decode.Attention
+# The fused decode step (trainer/fused_decode.py): "0" never, "1" whenever its check passes,
+# "auto" (default) when its check passes and its graph replays faster than the plain step's.
+FUSED_ENV = "RLTUI_DECODE_FUSED"
 
 
 def supports_fast_generation(model: nn.Module) -> bool:
@@ -78,6 +82,18 @@ class DecodeEngine:
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
         self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # True / False, or None: decided by timing both graphs at the first capture.
+        self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV)
+        self.fused_timing: dict[str, float] = {}
+
+    def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
+        """One ungraphed decode step (the fused or the plain one)."""
+        if self.fused if fused is None else fused:
+            from trainer.fused_decode import element_fns, fused_decode_step
+
+            return fused_decode_step(self.weights, self.state, kv_len,
+                                     element_fns(self.weights.dims, self.layer_fns is not None))
+        return decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.prefill_fns is not None:
@@ -91,13 +107,41 @@ class DecodeEngine:
 
     def step(self, kv_len: int) -> torch.Tensor:
         if not self.key.graphs:
-            return decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
+            return self.run_step(kv_len)
         with torch.cuda.device(self.state.tokens.device):  # the rank's GPU under torchrun
             if kv_len not in self.graphs:
-                self.graphs[kv_len] = self._capture(kv_len)
+                self.graphs[kv_len] = self._choose(kv_len) if self.fused is None else self._capture(kv_len)
             graph, logits = self.graphs[kv_len]
             graph.replay()
         return logits
+
+    def _choose(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the fused and the plain step for this bucket, keep the faster (replays timed
+        with the position and slot put back after each, so the real step comes next)."""
+        self.fused = True
+        fused = self._capture(kv_len)
+        if not self.fused:  # the fused capture failed and fell back
+            return fused
+        self.fused = False
+        plain = self._capture(kv_len)
+        saved = self.state.positions.clone(), self.state.write_index.clone()
+
+        def timed(graph: torch.cuda.CUDAGraph) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for rep in range(12):
+                if rep == 2:
+                    start.record()
+                graph.replay()
+                self.state.positions.copy_(saved[0])
+                self.state.write_index.copy_(saved[1])
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 10
+
+        self.fused_timing = {"kv_len": kv_len, "fused_ms": timed(fused[0]), "plain_ms": timed(plain[0])}
+        self.fused_timing["fused_ms_again"] = timed(fused[0])
+        self.fused = min(self.fused_timing["fused_ms"], self.fused_timing["fused_ms_again"]) < self.fused_timing["plain_ms"]
+        return fused if self.fused else plain
 
     def _warm_up(self, kv_len: int) -> None:
         saved = self.state.positions.clone(), self.state.write_index.clone()
@@ -105,7 +149,7 @@ class DecodeEngine:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
+                self.run_step(kv_len)
                 self.state.positions.copy_(saved[0])
                 self.state.write_index.copy_(saved[1])
         torch.cuda.current_stream().wait_stream(side)
@@ -116,6 +160,11 @@ class DecodeEngine:
         try:
             self._warm_up(kv_len)
         except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the rollout
+            if self.fused:
+                warnings.warn(f"fused decode step failed ({exc!r:.300}); using the plain step", stacklevel=2)
+                torch.cuda.synchronize()
+                self.fused = False
+                return self._capture(kv_len)
             if self.attention is Attention.TRITON:
                 warnings.warn(f"Triton decode attention failed ({exc!r:.300}); using SDPA", stacklevel=2)
                 torch.cuda.synchronize()
@@ -130,7 +179,7 @@ class DecodeEngine:
             self._warm_up(kv_len)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
+            logits = self.run_step(kv_len)
         return graph, logits
 
 
@@ -150,7 +199,7 @@ def _attention_choice(dims: ModelDims, device: torch.device, dtype: torch.dtype)
     if key not in _ATTENTION_CHECKED:
         _ATTENTION_CHECKED[key] = Attention.SDPA
         try:
-            error = _attention_error(dims, device, dtype)
+            error = triton_decode.check_error(dims, device, dtype)
             if error < 0.02:
                 _ATTENTION_CHECKED[key] = Attention.TRITON
             else:
@@ -159,23 +208,6 @@ def _attention_choice(dims: ModelDims, device: torch.device, dtype: torch.dtype)
         except Exception as exc:  # noqa: BLE001 - SDPA stays
             warnings.warn(f"Triton decode attention failed its check ({exc!r:.300}); using SDPA", stacklevel=3)
     return _ATTENTION_CHECKED[key]
-
-
-@torch.no_grad()
-def _attention_error(dims: ModelDims, device: torch.device, dtype: torch.dtype) -> float:
-    from trainer.qwen2_decode import _attend
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    batch, length = 4, 200
-    q = torch.randn(batch, dims.heads, dims.head_dim, device=device, dtype=dtype, generator=gen)
-    live = torch.randn(batch, dims.kv_heads, length + 56, 2 * dims.head_dim, device=device, dtype=dtype,
-                       generator=gen)[:, :, :length]
-    valid = torch.rand(batch, length, device=device, generator=gen) > 0.3
-    valid[:, 0] = True
-    bias = torch.zeros(batch, 1, length, device=device, dtype=dtype).masked_fill_(~valid[:, None], float("-inf"))
-    want = _attend(dims, q, live, bias[:, None], Attention.SDPA).float()
-    got = _attend(dims, q, live, bias[:, None], Attention.TRITON).float()
-    return float((got - want).norm() / want.norm())
 
 
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()

@@ -93,3 +93,21 @@ def decode_attention(q: torch.Tensor, live: torch.Tensor, bias: torch.Tensor, sc
         bias.stride(0), out.stride(0), kv_len=length, F32_DOT=q.device.type != "cuda", GROUPS=groups, D=d, BLOCK_M=max(16, triton.next_power_of_2(groups)), BLOCK=BLOCK_N,
         num_warps=4, num_stages=3)
     return out
+
+
+@torch.no_grad()
+def check_error(dims, device: torch.device, dtype: torch.dtype) -> float:
+    """Relative error of this kernel against SDPA on random data of the model's attention shape."""
+    from trainer.qwen2_decode import Attention, _attend
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    batch, length = 4, 200
+    q = torch.randn(batch, dims.heads, dims.head_dim, device=device, dtype=dtype, generator=gen)
+    live = torch.randn(batch, dims.kv_heads, length + 56, 2 * dims.head_dim, device=device, dtype=dtype,
+                       generator=gen)[:, :, :length]
+    valid = torch.rand(batch, length, device=device, generator=gen) > 0.3
+    valid[:, 0] = True
+    bias = torch.zeros(batch, 1, length, device=device, dtype=dtype).masked_fill_(~valid[:, None], float("-inf"))
+    want = _attend(dims, q, live, bias[:, None], Attention.SDPA).float()
+    got = _attend(dims, q, live, bias[:, None], Attention.TRITON).float()
+    return float((got - want).norm() / want.norm())

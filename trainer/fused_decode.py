@@ -1,0 +1,329 @@
+"""A decode step with fewer kernels: RoPE, the cache write and attention in one Triton kernel, the
+residual add fused with the next RMSNorm, SiLU x up on its own.
+
+    from trainer.fused_decode import fused_decode_step, element_fns, check_error
+    logits = fused_decode_step(weights, state, kv_len, element_fns(dims))  # as qwen2_decode.decode_step
+
+The plain step (trainer/qwen2_decode.py) runs 14 kernels per layer on an H200 at batch 128, six
+of them element-wise (two RMSNorms, two RoPE halves, the cache's index_copy, SiLU x up) plus the
+two copies cuBLAS makes to add the residual in its epilogue; each costs 1.3-3 us, mostly
+start-up, not bytes. Here a layer is: q/k/v product, `rope_attention` (RoPE on q and the new key
+from the product's output, the new key and value written to the cache slot, attention over the
+cached slots plus the new one), o product, residual + RMSNorm (one kernel writing both), gate/up
+product, SiLU x up, down product, residual + the next layer's RMSNorm: 9 kernels (10 with the
+down product's split-K reduce). Same arithmetic as the plain step up to bf16 rounding order:
+the RoPE'd q and key are rounded to bf16 once (as the compiled plain step does), the products
+and sums are unchanged.
+
+Optional: trainer/fast_generation.py uses it on CUDA only after `check_error` agrees with the
+plain step on the model's own weights, and (by default) only when its captured graph replays
+faster than the plain one; any failure keeps the plain step. Triton's interpreter runs the
+kernel on a CPU for the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
+
+BLOCK_N = 64
+# Slots per block, warps and pipeline stages of the attention loop: timed per (attention length,
+# batch) by Triton's autotuner at the first call on CUDA (a warm-up, before any graph capture);
+# the kernel's cache write is idempotent, so the repeated runs leave the same cache. "0": the
+# fixed (64, 4, 3).
+TUNE_ENV = "RLTUI_DECODE_TUNE"
+CONFIGS = ((64, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 2), (64, 8, 3), (128, 8, 2))
+
+try:  # Triton is optional
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where Triton is missing
+    triton = None
+
+
+def available(device: torch.device) -> bool:
+    if triton is None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+    @triton.jit
+    def _rope_half(x1, x2, cos1, sin1, cos2, sin2):
+        # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1): in float32, as one expression
+        return x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
+
+    @triton.jit
+    def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, cache_ptr, bias_ptr, out_ptr,
+                               scale, batch, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
+                               bias_stride_b, out_stride_b, kv_len: tl.constexpr, F32_DOT: tl.constexpr,
+                               HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr,
+                               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr):
+        HALF: tl.constexpr = D // 2
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        rows = tl.arange(0, BLOCK_M)
+        halves = tl.arange(0, HALF)
+        dims = tl.arange(0, D)
+        heads = h * GROUPS + rows
+        live_rows = rows < GROUPS
+        pos = tl.load(pos_ptr + b)
+        slot = tl.load(write_ptr)
+        cos1 = tl.load(cos_ptr + pos * D + halves).to(tl.float32)
+        cos2 = tl.load(cos_ptr + pos * D + HALF + halves).to(tl.float32)
+        sin1 = tl.load(sin_ptr + pos * D + halves).to(tl.float32)
+        sin2 = tl.load(sin_ptr + pos * D + HALF + halves).to(tl.float32)
+        row = qkv_ptr + b * qkv_stride_b
+        q_at = row + heads[:, None] * D + halves[None, :]
+        q1 = tl.load(q_at, mask=live_rows[:, None], other=0.0).to(tl.float32)
+        q2 = tl.load(q_at + HALF, mask=live_rows[:, None], other=0.0).to(tl.float32)
+        q1, q2 = _rope_half(q1, q2, cos1[None, :], sin1[None, :], cos2[None, :], sin2[None, :])
+        q1 = q1.to(qkv_ptr.dtype.element_ty)
+        q2 = q2.to(qkv_ptr.dtype.element_ty)
+        k_at = row + HEADS * D + h * D
+        k1, k2 = _rope_half(tl.load(k_at + halves).to(tl.float32), tl.load(k_at + HALF + halves).to(tl.float32),
+                            cos1, sin1, cos2, sin2)
+        k1 = k1.to(qkv_ptr.dtype.element_ty)
+        k2 = k2.to(qkv_ptr.dtype.element_ty)
+        v_new = tl.load(row + (HEADS + KV_HEADS) * D + h * D + dims)
+        base = cache_ptr + b * cache_stride_b + h * cache_stride_h
+        entry = base + slot * cache_stride_n
+        tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
+        # The new token first (always visible): the running max starts finite, no empty rows.
+        m_i = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32)[None, :], 1)
+               + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
+        l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
+        for start in range(0, kv_len, BLOCK):
+            slots = start + tl.arange(0, BLOCK)
+            inside = (slots < kv_len) & (slots != slot)  # the slot written above is not read back
+            at = base + slots[:, None] * cache_stride_n
+            c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
+            c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
+            v = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
+            bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=slots < kv_len, other=float("-inf")).to(tl.float32)
+            bias = tl.where(inside, bias, float("-inf"))
+            if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
+                s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
+            else:
+                s = tl.dot(q1, tl.trans(c1)) + tl.dot(q2, tl.trans(c2))
+            s = s * scale + bias[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if F32_DOT:
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=live_rows[:, None])
+
+
+_TUNED: list = []
+
+
+def _tuned():
+    if not _TUNED:
+        configs = [triton.Config({"BLOCK": b}, num_warps=w, num_stages=st) for b, w, st in CONFIGS]
+        _TUNED.append(triton.autotune(configs=configs, key=["kv_len", "batch"])(_rope_attention_kernel))
+    return _TUNED[0]
+
+
+def tuned_configs() -> dict[str, str]:
+    """The configuration the autotuner picked per (attention length, batch, ...), for the notes."""
+    return {str(key): str(config) for key, config in (_TUNED[0].cache.items() if _TUNED else ())}
+
+
+def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
+                   bias: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
+
+    Applies RoPE at `state.positions` to q and the new key, writes key | value into `cache`
+    [B, kv_heads, capacity, 2D] at `state.write_index`, and attends over the first `kv_len` slots
+    under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot always included."""
+    batch, d = qkv.shape[0], dims.head_dim
+    qkv = qkv if qkv.stride(1) == 1 else qkv.contiguous()
+    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=qkv.dtype)
+    groups = dims.heads // dims.kv_heads
+    args = (qkv, state.cos, state.sin, state.positions, state.write_index, cache, bias, out, float(d ** -0.5), batch,
+            qkv.stride(0), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0))
+    shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
+             "BLOCK_M": max(16, triton.next_power_of_2(groups))}
+    if qkv.device.type == "cuda" and os.environ.get(TUNE_ENV, "1") != "0":
+        _tuned()[(batch, dims.kv_heads)](*args, F32_DOT=False, **shape)
+    else:
+        _rope_attention_kernel[(batch, dims.kv_heads)](*args, F32_DOT=qkv.device.type != "cuda", BLOCK=BLOCK_N,
+                                                       num_warps=4, num_stages=3, **shape)
+    return out
+
+
+ElementFns = tuple[Callable, Callable, Callable]
+_COMPILED: dict[tuple[float, bool], ElementFns] = {}
+
+
+def element_fns(dims: ModelDims, compiled: bool) -> ElementFns:
+    """(norm, add_norm, silu_mul); compiled once per eps on CUDA (one kernel each)."""
+    eps = dims.eps
+
+    def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, weight, eps)
+
+    def add_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + y
+        return x, rms_norm(x, weight, eps)
+
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    key = (eps, compiled)
+    if key not in _COMPILED:
+        fns: ElementFns = (norm, add_norm, silu_mul)
+        if compiled:
+            fns = tuple(torch.compile(fn, fullgraph=True, dynamic=False) for fn in fns)
+        _COMPILED[key] = fns
+    return _COMPILED[key]
+
+
+def step_bias(state: DecodeState, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Mark the slot being written valid; the additive mask [B, kv_len] every layer shares."""
+    state.valid.index_fill_(1, state.write_index, True)
+    bias = torch.zeros(state.valid.shape[0], kv_len, device=state.valid.device, dtype=dtype)
+    return bias.masked_fill_(~state.valid[:, :kv_len], float("-inf"))
+
+
+def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, fns: ElementFns) -> torch.Tensor:
+    """Same contract as qwen2_decode.decode_step: feed `state.tokens`, return next-token logits."""
+    dims = weights.dims
+    norm, add_norm, silu_mul = fns
+    x = F.embedding(state.tokens, weights.embed)
+    bias = step_bias(state, kv_len, x.dtype)
+    h = norm(x, weights.layers[0].input_norm)
+    last = len(weights.layers) - 1
+    for index, layer in enumerate(weights.layers):
+        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len)
+        x, h = add_norm(x, F.linear(attn, layer.o), layer.post_norm)
+        up = silu_mul(F.linear(h, layer.gate_up))
+        following = weights.norm if index == last else weights.layers[index + 1].input_norm
+        x, h = add_norm(x, F.linear(up, layer.down), following)
+    logits = F.linear(h, weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
+
+
+@torch.no_grad()
+def check_error(weights: DecodeWeights, attention, seed: int = 0) -> dict[str, float]:
+    """The fused step against the plain eager one on the model's own weights, from the same random
+    cache: relative error of the attention layer's output and of the step's logits, and the
+    largest difference in the cache slot each wrote. Small batch, two attention buckets' worth of
+    slots, some of them masked."""
+    from trainer.qwen2_decode import _attend, attention_inputs, decode_step
+
+    dims, ref = weights.dims, weights.layers[0].qkv
+    device, dtype = ref.device, ref.dtype
+    gen = torch.Generator(device=device).manual_seed(seed)
+    batch, capacity, written = 3, 2 * BLOCK_N + 16, BLOCK_N + 37
+    states = []
+    for _ in range(2):
+        s = DecodeState.allocate(dims, batch, capacity, device, dtype)
+        states.append(s)
+    cache = torch.randn(states[0].kv_cache.shape, device=device, generator=gen, dtype=torch.float32).to(dtype)
+    valid = torch.rand(batch, capacity, device=device, generator=gen) > 0.3
+    valid[:, written:] = False
+    valid[0, :40] = False  # left padding
+    tokens = torch.randint(0, dims.vocab, (batch,), device=device, generator=gen)
+    for s in states:
+        s.kv_cache.copy_(cache)
+        s.valid.copy_(valid)
+        s.tokens.copy_(tokens)
+        s.positions.copy_(torch.tensor([written - 40, written, written - 3], device=device))
+        s.write_index.fill_(written)
+    kv_len = capacity
+    # One layer's attention alone, on a random hidden state.
+    x = torch.randn(batch, dims.hidden, device=device, generator=gen, dtype=torch.float32).to(dtype)
+    layer = weights.layers[0]
+    plain, fused = states
+    cos = plain.cos.index_select(0, plain.positions)
+    sin = plain.sin.index_select(0, plain.positions)
+    q, entry = attention_inputs(dims, x, layer.input_norm, layer.qkv, layer.qkv_bias, cos, sin)
+    plain_cache = plain.kv_cache[0].clone()
+    plain_cache.index_copy_(2, plain.write_index, entry[:, :, None])
+    plain.valid.index_fill_(1, plain.write_index, True)
+    bias = torch.zeros(batch, 1, kv_len, device=device, dtype=dtype).masked_fill_(
+        ~plain.valid[:, None, :kv_len], float("-inf"))
+    want = _attend(dims, q, plain_cache[:, :, :kv_len], bias[:, None], attention).float()
+    fused_cache = fused.kv_cache[0].clone()
+    qkv = F.linear(rms_norm(x, layer.input_norm, dims.eps), layer.qkv, layer.qkv_bias)
+    got = rope_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len).float()
+    slot = int(written)
+    found = {
+        "attention_rel_error": float((got - want).norm() / want.norm()),
+        "cache_slot_rel_max_diff": float((fused_cache[:, :, slot].float() - plain_cache[:, :, slot].float()).abs().max()
+                                         / plain_cache[:, :, slot].float().abs().max()),
+        "cache_other_slots_equal": bool(torch.equal(
+            torch.cat((fused_cache[:, :, :slot], fused_cache[:, :, slot + 1:]), 2),
+            torch.cat((plain_cache[:, :, :slot], plain_cache[:, :, slot + 1:]), 2))),
+    }
+    plain.valid.copy_(valid)
+    fused.valid.copy_(valid)
+    want = decode_step(weights, plain, kv_len, None, attention).float()
+    got = fused_decode_step(weights, fused, kv_len, element_fns(dims, compiled=False)).float()
+    found["logits_rel_error"] = float((got - want).norm() / want.norm())
+    found["cache_rel_error"] = float((fused.kv_cache.float() - plain.kv_cache.float()).norm()
+                                     / plain.kv_cache.float().norm())
+    found["positions_equal"] = bool(torch.equal(fused.positions, plain.positions)
+                                    and torch.equal(fused.write_index, plain.write_index))
+    return found
+
+
+def check_passes(found: dict[str, float]) -> bool:
+    """bf16 rounding-order differences only: attention output as the Triton/SDPA check (2%), the
+    new cache entry within a few bf16 steps (relative to its largest value), the step's logits within
+    a few times transformers' own bf16 error on random weights (~3.5%); a wrong index, sign or
+    weight is off by tens of percent (the CPU tests check the same code to float32 rounding)."""
+    return (found["attention_rel_error"] < 0.02 and found["cache_other_slots_equal"]
+            and found["cache_slot_rel_max_diff"] < 0.02 and found["logits_rel_error"] < 0.1
+            and found["cache_rel_error"] < 0.02 and found["positions_equal"])
+
+
+_FUSED_CHECKED: dict[tuple, bool] = {}
+
+
+def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str) -> bool | None:
+    """False unless the variable `env` (RLTUI_DECODE_FUSED) allows the fused step, Triton runs here and the step agrees
+    with the plain one on these weights (checked once per model shape and dtype); then True, or
+    None (decide by timing) when graphs are on and the variable is "auto" or unset."""
+    mode = os.environ.get(env, "auto")
+    ref = weights.layers[0].qkv
+    if mode == "0" or not available(ref.device):
+        return False
+    if ref.device.type != "cuda" and mode != "1":
+        return False  # the interpreter is for tests that ask for it
+    key = (weights.dims, str(ref.device), ref.dtype, attention)
+    if key not in _FUSED_CHECKED:
+        _FUSED_CHECKED[key] = False
+        try:
+            found = check_error(weights, attention)
+            if check_passes(found):
+                _FUSED_CHECKED[key] = True
+            else:
+                warnings.warn(f"fused decode step differs from the plain one ({found}); using the plain step",
+                              stacklevel=3)
+        except Exception as exc:  # noqa: BLE001 - the plain step stays
+            warnings.warn(f"fused decode step failed its check ({exc!r:.300}); using the plain step", stacklevel=3)
+    if not _FUSED_CHECKED[key]:
+        return False
+    return True if mode == "1" or not graphs else None
