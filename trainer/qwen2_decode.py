@@ -144,6 +144,7 @@ class DecodeWeights:
     layers: list[LayerWeights]
     norm: torch.Tensor
     lm_head: torch.Tensor
+    fold: bool | None = None  # trainer/triton_fold.py folds the adapters (decided at the first refresh)
 
     @classmethod
     def allocate(cls, model: nn.Module) -> DecodeWeights:
@@ -179,19 +180,21 @@ class DecodeWeights:
         """Copy the model's current effective weights into the fused buffers, in place."""
         lm = causal_lm(model)
         q, kv = self.dims.q_size, self.dims.kv_size
+        if self.fold is None:
+            self.fold = _fold_choice(self.layers[0].qkv)
+        put = partial(_put, self.fold)
         for fused, layer in zip(self.layers, lm.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             for (start, stop), proj in (((0, q), attn.q_proj), ((q, q + kv), attn.k_proj),
                                          ((q + kv, q + 2 * kv), attn.v_proj)):
-                weight, bias = effective_linear(proj)
-                fused.qkv[start:stop].copy_(weight)
+                put(fused.qkv[start:stop], proj)
                 if fused.qkv_bias is not None:
-                    fused.qkv_bias[start:stop].copy_(bias)
-            fused.o.copy_(effective_linear(attn.o_proj)[0])
+                    fused.qkv_bias[start:stop].copy_(_linear_bias(proj))
+            put(fused.o, attn.o_proj)
             inter = self.dims.intermediate
-            fused.gate_up[:inter].copy_(effective_linear(mlp.gate_proj)[0])
-            fused.gate_up[inter:].copy_(effective_linear(mlp.up_proj)[0])
-            fused.down.copy_(effective_linear(mlp.down_proj)[0])
+            put(fused.gate_up[:inter], mlp.gate_proj)
+            put(fused.gate_up[inter:], mlp.up_proj)
+            put(fused.down, mlp.down_proj)
         head = lm.get_output_embeddings()
         if hasattr(head, "base_layer"):
             self.lm_head.copy_(effective_linear(head)[0])
@@ -201,6 +204,41 @@ class DecodeWeights:
         per_layer = sum(t.numel() * t.element_size() for t in (
             self.layers[0].qkv, self.layers[0].o, self.layers[0].gate_up, self.layers[0].down))
         return per_layer * len(self.layers) + self.lm_head.numel() * self.lm_head.element_size()
+
+
+def _put(fold: bool, dest: torch.Tensor, module: nn.Module) -> None:
+    """dest <- the module's effective weight: by the one-pass Triton fold when chosen and the
+    module has one plain adapter, else effective_linear's torch sum."""
+    if fold:
+        from trainer.triton_fold import fold_into, single_adapter
+
+        adapter = single_adapter(module)
+        if adapter is not None:
+            fold_into(dest, module.base_layer.weight, *adapter)
+            return
+    dest.copy_(effective_linear(module)[0])
+
+
+def _fold_choice(weight: torch.Tensor) -> bool:
+    """The Triton fold on CUDA (RLTUI_TRITON_FOLD=1 also in Triton's interpreter, for the tests)
+    when it matches the torch sum on random adapters for this weight's shape; else the torch path."""
+    import os
+    import warnings
+
+    from trainer import triton_fold
+
+    if not triton_fold.available(weight.device) or (
+            weight.device.type != "cuda" and os.environ.get("RLTUI_TRITON_FOLD") != "1"):
+        return False
+    try:
+        found = triton_fold.check(weight)
+    except Exception as exc:  # noqa: BLE001 - the torch path stays
+        warnings.warn(f"Triton adapter fold failed its check ({exc!r:.300}); folding with torch", stacklevel=3)
+        return False
+    if not triton_fold.passes(found):
+        warnings.warn(f"Triton adapter fold differs from torch's ({found}); folding with torch", stacklevel=3)
+        return False
+    return True
 
 
 def _linear_bias(module: nn.Module) -> torch.Tensor | None:
