@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -200,12 +201,37 @@ def grpo_loss(
     n_sequences: int | None = None,
     n_tokens: int | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
+    """The clipped GRPO surrogate (+ beta * KL) over one chunk, and its statistics (read back from
+    the GPU now: see grpo_loss_lazy)."""
+    loss, stats = grpo_loss_lazy(
+        logps, old_logps, ref_logps, advantages, mask, loss_type=loss_type, epsilon=epsilon,
+        epsilon_high=epsilon_high, beta=beta, max_completion_length=max_completion_length,
+        n_sequences=n_sequences, n_tokens=n_tokens)
+    return loss, stats()
+
+
+def grpo_loss_lazy(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float,
+    max_completion_length: int,
+    n_sequences: int | None = None,
+    n_tokens: int | None = None,
+) -> tuple[torch.Tensor, Callable[[], LossStats]]:
     """The clipped GRPO surrogate (+ beta * KL) over one chunk of sequences.
 
     Normalisation (as TRL): grpo = mean over sequences of each sequence's token mean; dr_grpo =
     token sum / (sequences * max_completion_length); dapo = token sum / token count. When the
     batch is split into chunks, pass the whole batch's `n_sequences` and `n_tokens` so that the
-    chunks' losses add up to the batch's loss.
+    chunks' losses add up to the batch's loss. The statistics come as a function to call later:
+    reading them waits for the GPU, which is best left until after the backward passes.
     """
     mask = mask.to(logps.dtype)
     ratio = torch.exp(logps - old_logps)
@@ -226,7 +252,7 @@ def grpo_loss(
         loss = (per_token * mask).sum() / max(n_tok, 1)
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}")
-    return loss, _stats(loss, ratio, adv, kl, mask, epsilon, epsilon_high)
+    return loss, partial(_stats, loss.detach(), ratio.detach(), adv, kl.detach(), mask, epsilon, epsilon_high)
 
 
 @torch.no_grad()
@@ -285,6 +311,7 @@ def policy_update(
     parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     found: list[LossStats] = []
+    pending: list[Callable[[], LossStats]] = []
     loss_total = 0.0
     for i, (b, chunk) in enumerate(parts):
         with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
@@ -292,13 +319,16 @@ def policy_update(
                                 chunk.prompt_length, temperature)
             # num_iterations == 1: the sampling policy is the current one, so the ratio is exactly 1
             old = chunk.old_logps if chunk.old_logps is not None else logps.detach()
-            loss, st = grpo_loss(
+            loss, stats = grpo_loss_lazy(
                 logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
                 loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
                 max_completion_length=max_completion_length, n_sequences=batches[b].size,
                 n_tokens=tokens[b],
             )
             (loss / len(batches)).backward()
+        pending.append(stats)  # read after every backward: no GPU sync between micro-batches
+    for stats in pending:
+        st = stats()
         loss_total += st.loss / len(batches)  # st.loss is float(loss)
         found.append(st)
     params = [p for p in model.parameters() if p.requires_grad]
