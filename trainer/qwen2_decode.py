@@ -231,7 +231,7 @@ def _fold_choice(weight: torch.Tensor) -> bool:
             weight.device.type != "cuda" and os.environ.get("RLTUI_TRITON_FOLD") != "1"):
         return False
     try:
-        found = triton_fold.check(weight)
+        found = triton_fold.check(torch.randn_like(weight))  # the buffer itself is not filled yet
     except Exception as exc:  # noqa: BLE001 - the torch path stays
         warnings.warn(f"Triton adapter fold failed its check ({exc!r:.300}); folding with torch", stacklevel=3)
         return False
