@@ -1,22 +1,23 @@
 """Benchmark: does the live archive slow training? Steps with and without it, same machine, same call.
 
 Usage:
-    .venv/bin/python bench/archive_overhead.py [--steps 12] [--save-every 2] [--rounds 2]
+    .venv/bin/python bench/archive_overhead.py [--steps 40] [--save-every 4] [--rounds 4]
 
-Starts moto's server on 127.0.0.1 and runs the built-in tiny model's training as real jobs
-(`rltui --batch train --gpus none`), alternating plain and `--archive --archive-interval 1`
-runs (plain, archived, plain, archived, ...), each on a fresh localfs. A step's time is what the
-trainer records in train_log.jsonl (generation + scoring + training + saving); the first step
-(warm-up) is left out. Prints the median step of each side, their ratio, and the live archive's
-lag as its archive/status/RUN.json saw it: steps behind at the end and seconds from each
-checkpoint's completion to the archive's next pass that holds it.
+Starts moto's server on 127.0.0.1 in its own process at nice 10 (it stands for S3, which is not
+on the training box), and runs the built-in tiny model's training as real jobs (`rltui --batch
+train --gpus none`), alternating plain and `--archive --archive-interval 1` runs (plain, archived,
+archived, plain, ...), each on a fresh localfs. A step's time is what the trainer records in
+train_log.jsonl (generation + scoring + training + saving); the first step (warm-up) is left out.
+Prints the median step of each side and their ratio, and the live archive's lag: for every
+checkpoint, seconds from its completion (its training_info.json's mtime, written last) to the
+first moment archive/status/RUN.json, polled every 0.1 s, says the bucket holds it; and steps
+behind at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -49,7 +50,7 @@ def _step_times(root: Path, run: str) -> list[float]:
     return [sum(float(r.get(k) or 0) for k in keys) for r in rows if r.get("step", 0) > 1]
 
 
-def _one(tiny: Path, work: Path, cfg: Path, env: dict[str, str], archived: bool) -> tuple[list[float], dict]:
+def _one(tiny: Path, work: Path, cfg: Path, env: dict[str, str], archived: bool) -> tuple[list[float], dict, list[float]]:
     root = work / ("archived" if archived else "plain")
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(tiny / "models" / "tiny", root / "models" / "tiny")
@@ -57,37 +58,78 @@ def _one(tiny: Path, work: Path, cfg: Path, env: dict[str, str], archived: bool)
             "--gpus", "none", "--json"]
     if archived:
         argv += ["--archive", "--archive-interval", "1"]
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"training failed:\n{done.stderr[-3000:]}")
-    run = json.loads(done.stdout)["spec"]["run"]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    archived_at: dict[int, float] = {}  # step -> when the archive's status first said the bucket has it
+    while proc.poll() is None:
+        if archived:
+            for status_path in (root / "archive" / "status").glob("*.json"):
+                _note_archived(status_path, archived_at)
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed:\n{err[-3000:]}")
+    run = json.loads(out)["spec"]["run"]
     lag: dict = {}
     if archived:
         status_path = root / "archive" / "status" / f"{run}.json"
         deadline = time.time() + 120
         while time.time() < deadline:  # the archive's last pass after the job ended
+            _note_archived(status_path, archived_at)
             lag = json.loads(status_path.read_text()) if status_path.exists() else {}
             if lag.get("state") in ("done", "failed"):
                 break
-            time.sleep(0.5)
-    return _step_times(root, run), lag
+            time.sleep(0.1)
+    delays = []
+    for info in (root / "training_runs" / run / "training_state").glob("step_*/training_info.json"):
+        name = info.parent.name.split("_")[1]
+        if info.parent.is_symlink() or not name.isdigit():  # step_latest names one of them
+            continue
+        step = int(name)
+        if step in archived_at:
+            delays.append(archived_at[step] - info.stat().st_mtime)
+    return _step_times(root, run), lag, delays
+
+
+def _note_archived(status_path: Path, archived_at: dict[int, float]) -> None:
+    try:
+        newest = json.loads(status_path.read_text()).get("newest_archived_step")
+    except (OSError, ValueError):
+        return
+    now = time.time()
+    for step in range(1, (newest or 0) + 1):
+        archived_at.setdefault(step, now)
+
+
+def _moto() -> tuple[subprocess.Popen, str]:
+    """moto's server in its own process, at nice 10: S3 is not on the training box."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("moto's server did not start")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--save-every", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--save-every", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-
-    from moto.server import ThreadedMotoServer
 
     from trainer.tiny import ensure_tiny
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server, endpoint = _moto()
     work = Path(tempfile.mkdtemp(prefix="rltui-archive-bench-"))
     tiny = Path(tempfile.gettempdir()) / "rltui-bench-tiny"  # built once, kept between runs
     built = sorted(Path(tempfile.gettempdir()).glob("rltui-tiny-cache/*/models/tiny"),
@@ -97,10 +139,10 @@ def main() -> int:
     ensure_tiny(tiny)
     settings = work / "s3.env"
     settings.write_text(f"RLTUI_S3_BUCKET=bench\nAWS_ACCESS_KEY_ID=x\nAWS_SECRET_ACCESS_KEY=y\n"
-                        f"AWS_REGION=us-east-1\nAWS_ENDPOINT_URL_S3=http://{host}:{port}\n")
+                        f"AWS_REGION=us-east-1\nAWS_ENDPOINT_URL_S3={endpoint}\n")
     import boto3
 
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                  aws_access_key_id="x", aws_secret_access_key="y").create_bucket(Bucket="bench")
     env = {**os.environ, "RLTUI_S3_ENV": str(settings), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cfg = work / "cfg.yaml"
@@ -109,18 +151,29 @@ def main() -> int:
     plain: list[float] = []
     archived: list[float] = []
     lags: list[dict] = []
-    for _ in range(args.rounds):
-        plain += _one(tiny, work, cfg, env, archived=False)[0]
-        times, lag = _one(tiny, work, cfg, env, archived=True)
-        archived += times
-        lags.append(lag)
-    server.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    delays: list[float] = []
+    try:
+        for i in range(args.rounds):
+            order = (False, True) if i % 2 == 0 else (True, False)  # neither side always goes first
+            for with_archive in order:
+                times, lag, waited = _one(tiny, work, cfg, env, archived=with_archive)
+                (archived if with_archive else plain).extend(times)
+                if with_archive:
+                    lags.append(lag)
+                    delays += waited
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
     p, a = statistics.median(plain), statistics.median(archived)
     print(f"tiny model, CPU, {args.steps} steps, a checkpoint every {args.save_every}, {args.rounds} round(s) each")
     print(f"  median step without the live archive  {p * 1000:8.1f} ms   1.000")
     print(f"  median step with the live archive     {a * 1000:8.1f} ms   {a / p:5.3f}  ({(a / p - 1) * 100:+.1f}%)")
+    if delays:
+        delays.sort()
+        print(f"  lag, checkpoint complete -> in the bucket: median {statistics.median(delays):.2f} s, "
+              f"max {delays[-1]:.2f} s over {len(delays)} checkpoints (passes every 1 s)")
     for i, lag in enumerate(lags):
         print(f"  round {i + 1}: archived step {lag.get('newest_archived_step')} of local "
               f"{lag.get('newest_local_step')} at the end, state {lag.get('state')}, "

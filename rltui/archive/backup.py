@@ -73,16 +73,21 @@ def backup_run(
     cleanup: bool = False,
     keep_latest: bool = False,
     dry_run: bool = False,
+    live: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> BackupResult:
-    """Back up one run (and clean it up if asked), holding the run's archive lock."""
+    """Back up one run (and clean it up if asked), holding the run's archive lock.
+
+    `live` (the live archive's passes over a running run): files that are still changing after
+    the re-reads (a log the trainer appends to every step) are left for the next pass, keeping
+    the previous backup's version in the manifest, instead of failing the whole pass."""
     localfs.validate_run_name(run)
     if not layout.root.is_dir():
         raise UsageError(f"bad --root: {str(layout.root)!r} (no such folder)")
     with run_lock(layout, run):
         return _backup_run(layout, store, run, cleanup=cleanup, keep_latest=keep_latest,
-                           dry_run=dry_run, out=out or sys.stdout, err=err or sys.stderr)
+                           dry_run=dry_run, live=live, out=out or sys.stdout, err=err or sys.stderr)
 
 
 def _backup_run(
@@ -93,6 +98,7 @@ def _backup_run(
     cleanup: bool,
     keep_latest: bool,
     dry_run: bool,
+    live: bool,
     out: TextIO,
     err: TextIO,
 ) -> BackupResult:
@@ -124,7 +130,12 @@ def _backup_run(
             plan.entries.update(again.entries)
             plan.files.update(again.files)
         else:
-            raise WorkFailed(f"files of {run} keep changing during the backup (is it running?); run it again")
+            if not live:
+                raise WorkFailed(f"files of {run} keep changing during the backup (is it running?); run it again")
+            for f in changed:  # the previous backup's version stays listed (_merge), if there is one
+                plan.entries.pop(f.path, None)
+                plan.files.pop(f.path, None)
+            out.write(f"  {len(changed)} file(s) still being written: left for the next pass\n")
     finally:
         cache.save()
 

@@ -170,7 +170,7 @@ class Follower:
         self._note_pending(local, self._manifest)
         self._write_status()
         try:
-            result = backup_run(self.layout, self.store, self.run, out=self.out, err=io.StringIO())
+            result = backup_run(self.layout, self.store, self.run, live=True, out=self.out, err=io.StringIO())
         except (UsageError, WorkFailed) as e:
             self._failed(str(e))
             return False

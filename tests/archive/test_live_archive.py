@@ -52,6 +52,40 @@ def test_a_new_checkpoint_is_uploaded_on_the_next_pass(s3, make_run, add_checkpo
     assert read_status(layout, run.name)["newest_archived_step"] == 2
 
 
+def test_a_log_written_every_step_does_not_fail_the_pass_it_is_left_for_the_next(s3, make_run, monkeypatch):
+    from rltui.archive import backup
+    from rltui.errors import WorkFailed
+
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2), big=50_000)
+    log = layout.run_dir(run.name) / "logs" / "train_log.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text('{"step": 1}\n')
+    real_stat = backup.stat_local
+
+    def trainer_writes_meanwhile(root, path):  # the trainer appends a line before every re-read
+        with log.open("a") as f:
+            f.write('{"step": 2}\n')
+        return real_stat(root, path)
+
+    monkeypatch.setattr(backup, "stat_local", trainer_writes_meanwhile)
+    store = s3.store()
+    with pytest.raises(WorkFailed, match="keep changing"):  # a plain backup of a running run
+        backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
+    out = io.StringIO()
+    follower = Follower(layout, store, run.name, out=out, sleep=lambda s: None)
+    assert follower.one_pass() is True
+    manifest = store.get_manifest(run.name)
+    assert "file(s) still being written: left for the next pass" in out.getvalue()
+    assert not [p for p in manifest.files if p.endswith("train_log.jsonl")]
+    assert read_status(layout, run.name)["newest_archived_step"] == 2
+
+    monkeypatch.setattr(backup, "stat_local", real_stat)  # the trainer ended: the last pass has it
+    assert follower.one_pass() is True
+    entry = [e for p, e in store.get_manifest(run.name).files.items() if p.endswith("train_log.jsonl")]
+    assert entry and entry[0].size == log.stat().st_size
+
+
 def test_the_loop_ends_with_a_final_pass_after_the_watched_job_ends(s3, make_run, add_checkpoint, monkeypatch):
     layout = Layout(s3.root)
     run = make_run(steps=(1,), big=50_000)
