@@ -123,7 +123,13 @@ class DecodeEngine:
         if not self.fused:  # the fused capture failed and fell back
             return fused
         self.fused = False
-        plain = self._capture(kv_len)
+        try:
+            plain = self._capture(kv_len)
+        except Exception as exc:  # noqa: BLE001 - the fused graph, captured and checked, serves
+            warnings.warn(f"plain decode step failed to capture ({exc!r:.300}); using the fused step", stacklevel=2)
+            torch.cuda.synchronize()
+            self.fused = True
+            return fused
         saved = self.state.positions.clone(), self.state.write_index.clone()
 
         def timed(graph: torch.cuda.CUDAGraph) -> float:

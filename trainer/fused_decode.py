@@ -304,8 +304,8 @@ _FUSED_CHECKED: dict[tuple, bool] = {}
 
 def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str) -> bool | None:
     """False unless the variable `env` (RLTUI_DECODE_FUSED) allows the fused step, Triton runs here and the step agrees
-    with the plain one on these weights (checked once per model shape and dtype); then True, or
-    None (decide by timing) when graphs are on and the variable is "auto" or unset."""
+    with the plain one on these weights (checked once per model shape and dtype); then True for
+    "1", else None (decide by timing) when graphs are on and False when they are off."""
     mode = os.environ.get(env, "auto")
     ref = weights.layers[0].qkv
     if mode == "0" or not available(ref.device):
@@ -326,4 +326,6 @@ def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str) -> b
             warnings.warn(f"fused decode step failed its check ({exc!r:.300}); using the plain step", stacklevel=3)
     if not _FUSED_CHECKED[key]:
         return False
-    return True if mode == "1" or not graphs else None
+    if mode == "1":
+        return True
+    return None if graphs else False  # ungraphed, the plain step is faster (fewer host launches)
