@@ -107,8 +107,13 @@ def _moto() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # ThreadedMotoServer, as the tests use (`python -m moto.server` left a PutObject unanswered)
+    serve = ("import logging, sys, time; from moto.server import ThreadedMotoServer; "
+             "logging.getLogger('werkzeug').setLevel(logging.ERROR); "
+             "ThreadedMotoServer(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False).start(); "
+             "time.sleep(86400)")
+    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", serve, str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

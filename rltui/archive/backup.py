@@ -203,8 +203,10 @@ def _hash_and_upload(
             if remote.get(sha) == f.size:
                 progress.total -= f.size
                 continue
+            if not up.submit(f, sha):  # changed since it was hashed: the re-read below has it
+                progress.total -= f.size
+                continue
             remote[sha] = f.size
-            up.submit(f, sha)
             result.uploaded.append(f.path)
             result.uploaded_bytes += f.size
     progress.finish()

@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, Iterable
 
 from rltui.archive.manifest import LocalFile, Manifest
 from rltui.archive.settings import BUCKET_VAR, S3Settings
+from rltui.archive.snapshot import open_as_hashed
 from rltui.errors import UsageError, WorkFailed
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -284,29 +285,41 @@ class Uploader:
         self.subscribers = [_Progress(on_bytes)]
         self.manager: Any = None
         self.futures: list[Any] = []
+        self.bodies: list[IO[bytes]] = []
 
     def __enter__(self) -> "Uploader":
         self.manager = self.store._manager()
         return self
 
-    def submit(self, f: LocalFile, sha256: str) -> None:
+    def submit(self, f: LocalFile, sha256: str) -> bool:
+        """Start uploading `f` as it was hashed; False (nothing started) when its content is not
+        the hashed one any more (replaced or rewritten meanwhile: rltui.archive.snapshot)."""
+        body = open_as_hashed(f, sha256, small=self.store.settings.part_size_mb * 1024 * 1024)
+        if body is None:
+            return False
+        self.bodies.append(body)
         self.futures.append(self.manager.upload(
-            str(f.full), self.store.bucket, self.store.object_key(self.run, sha256),
+            body, self.store.bucket, self.store.object_key(self.run, sha256),
             extra_args={"Metadata": {"rltui-path": _ascii(f.path)}},
             subscribers=self.subscribers,
         ))
+        return True
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            _cancel(self.manager, self.futures)
-            return
         try:
-            for fut in self.futures:
-                fut.result()
-        except BaseException:
-            _cancel(self.manager, self.futures)
-            raise
-        self.manager.shutdown()
+            if exc_type is not None:
+                _cancel(self.manager, self.futures)
+                return
+            try:
+                for fut in self.futures:
+                    fut.result()
+            except BaseException:
+                _cancel(self.manager, self.futures)
+                raise
+            self.manager.shutdown()
+        finally:
+            for body in self.bodies:
+                body.close()
 
 
 def _listing_pairs(pairs: list[tuple[str, str]]) -> Callable[..., None]:

@@ -86,6 +86,38 @@ def test_a_log_written_every_step_does_not_fail_the_pass_it_is_left_for_the_next
     assert entry and entry[0].size == log.stat().st_size
 
 
+def test_a_file_replaced_between_its_hash_and_its_upload_is_sent_as_it_is_now(s3, make_run, monkeypatch):
+    # status.json is replaced (atomically, smaller) after it was hashed: uploading by name would
+    # send other bytes than its key says, or fewer than the Content-Length (a hung upload)
+    import hashlib
+
+    from rltui.archive import manifest as manifest_module
+    from rltui.runs import localfs
+
+    layout = Layout(s3.root)
+    run = make_run(steps=(1,), big=50_000)
+    status = layout.run_status(run.name)
+    localfs.write_json_atomic(status, {"step": 1, "padding": "x" * 5000})
+    real_sha = manifest_module.HashCache.sha256
+    replaced = []
+
+    def hash_then_replace(cache, f):
+        digest = real_sha(cache, f)
+        if f.full == status and not replaced:
+            localfs.write_json_atomic(status, {"step": 2})
+            replaced.append(f.path)
+        return digest
+
+    monkeypatch.setattr(manifest_module.HashCache, "sha256", hash_then_replace)
+    out = io.StringIO()
+    store = s3.store()
+    backup_run(layout, store, run.name, out=out, err=io.StringIO())
+    assert replaced and "changed while being read" in out.getvalue()
+    entry = store.get_manifest(run.name).files[replaced[0]]
+    body = store.client.get_object(Bucket=s3.bucket, Key=store.object_key(run.name, entry.sha256))["Body"].read()
+    assert body == status.read_bytes() and hashlib.sha256(body).hexdigest() == entry.sha256
+
+
 def test_the_loop_ends_with_a_final_pass_after_the_watched_job_ends(s3, make_run, add_checkpoint, monkeypatch):
     layout = Layout(s3.root)
     run = make_run(steps=(1,), big=50_000)
