@@ -1,11 +1,11 @@
 """Benchmark: does the live archive slow training? Steps with and without it, same machine, same call.
 
 Usage:
-    .venv/bin/python bench/archive_overhead.py [--steps 40] [--save-every 4] [--rounds 4]
+    .venv/bin/python bench/archive_overhead.py [--steps 40] [--save-every 4] [--rounds 4] [--interval 1]
 
 Starts moto's server on 127.0.0.1 in its own process at nice 10 (it stands for S3, which is not
 on the training box), and runs the built-in tiny model's training as real jobs (`rltui --batch
-train --gpus none`), alternating plain and `--archive --archive-interval 1` runs (plain, archived,
+train --gpus none`), alternating plain and `--archive --archive-interval S` runs (1 s unless --interval) (plain, archived,
 archived, plain, ...), each on a fresh localfs. A step's time is what the trainer records in
 train_log.jsonl (generation + scoring + training + saving); the first step (warm-up) is left out.
 Prints the median step of each side and their ratio, and the live archive's lag: for every
@@ -44,20 +44,24 @@ def _config(steps: int, save_every: int) -> dict:
     }
 
 
-def _step_times(root: Path, run: str) -> list[float]:
+PHASES = ("time_generation", "time_scoring", "time_training", "time_saving")
+
+
+def _step_times(root: Path, run: str) -> list[dict[str, float]]:
+    """Each step's phase times after the first (warm-up), from the trainer's train_log.jsonl."""
     rows = [json.loads(ln) for ln in (root / "training_runs" / run / "logs" / "train_log.jsonl").read_text().splitlines()]
-    keys = ("time_generation", "time_scoring", "time_training", "time_saving")
-    return [sum(float(r.get(k) or 0) for k in keys) for r in rows if r.get("step", 0) > 1]
+    return [{k: float(r.get(k) or 0) for k in PHASES} for r in rows if r.get("step", 0) > 1]
 
 
-def _one(tiny: Path, work: Path, cfg: Path, env: dict[str, str], archived: bool) -> tuple[list[float], dict, list[float]]:
+def _one(tiny: Path, work: Path, cfg: Path, env: dict[str, str], archived: bool,
+         interval: float = 1.0) -> tuple[list[dict], dict, list[float]]:
     root = work / ("archived" if archived else "plain")
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(tiny / "models" / "tiny", root / "models" / "tiny")
     argv = [sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", "train", "--cfg", str(cfg),
             "--gpus", "none", "--json"]
     if archived:
-        argv += ["--archive", "--archive-interval", "1"]
+        argv += ["--archive", "--archive-interval", f"{interval:g}"]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     archived_at: dict[int, float] = {}  # step -> when the archive's status first said the bucket has it
     while proc.poll() is None:
@@ -130,6 +134,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--save-every", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--interval", type=float, default=1.0, help="the live archive's seconds between passes")
     args = ap.parse_args()
 
     from trainer.tiny import ensure_tiny
@@ -153,15 +158,15 @@ def main() -> int:
     cfg = work / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(_config(args.steps, args.save_every)))
 
-    plain: list[float] = []
-    archived: list[float] = []
+    plain: list[dict[str, float]] = []
+    archived: list[dict[str, float]] = []
     lags: list[dict] = []
     delays: list[float] = []
     try:
         for i in range(args.rounds):
             order = (False, True) if i % 2 == 0 else (True, False)  # neither side always goes first
             for with_archive in order:
-                times, lag, waited = _one(tiny, work, cfg, env, archived=with_archive)
+                times, lag, waited = _one(tiny, work, cfg, env, archived=with_archive, interval=args.interval)
                 (archived if with_archive else plain).extend(times)
                 if with_archive:
                     lags.append(lag)
@@ -171,14 +176,17 @@ def main() -> int:
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
 
-    p, a = statistics.median(plain), statistics.median(archived)
+    p, a = (statistics.median(sum(r.values()) for r in side) for side in (plain, archived))
     print(f"tiny model, CPU, {args.steps} steps, a checkpoint every {args.save_every}, {args.rounds} round(s) each")
     print(f"  median step without the live archive  {p * 1000:8.1f} ms   1.000")
     print(f"  median step with the live archive     {a * 1000:8.1f} ms   {a / p:5.3f}  ({(a / p - 1) * 100:+.1f}%)")
+    for k in PHASES:
+        pk, ak = (statistics.median(r[k] for r in side) for side in (plain, archived))
+        print(f"    {k[5:]:<12} {pk * 1000:8.1f} ms -> {ak * 1000:8.1f} ms")
     if delays:
         delays.sort()
         print(f"  lag, checkpoint complete -> in the bucket: median {statistics.median(delays):.2f} s, "
-              f"max {delays[-1]:.2f} s over {len(delays)} checkpoints (passes every 1 s)")
+              f"max {delays[-1]:.2f} s over {len(delays)} checkpoints (passes every {args.interval:g} s)")
     for i, lag in enumerate(lags):
         print(f"  round {i + 1}: archived step {lag.get('newest_archived_step')} of local "
               f"{lag.get('newest_local_step')} at the end, state {lag.get('state')}, "

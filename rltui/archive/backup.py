@@ -79,9 +79,9 @@ def backup_run(
 ) -> BackupResult:
     """Back up one run (and clean it up if asked), holding the run's archive lock.
 
-    `live` (the live archive's passes over a running run): files that are still changing after
-    the re-reads (a log the trainer appends to every step) are left for the next pass, keeping
-    the previous backup's version in the manifest, instead of failing the whole pass."""
+    `live` (the live archive's passes over a running run): files that changed while the pass read
+    them (a log the trainer appends to every step) are left for the next pass, keeping the
+    previous backup's version in the manifest, instead of being read again or failing the pass."""
     localfs.validate_run_name(run)
     if not layout.root.is_dir():
         raise UsageError(f"bad --root: {str(layout.root)!r} (no such folder)")
@@ -118,24 +118,25 @@ def _backup_run(
     cache = HashCache(layout, run)
     try:
         plan = _hash_and_upload(store, run, local.files, cache, remote, result, dry_run, err, local.recorded)
-        for _ in range(MAX_CHANGE_ROUNDS):
+        for reread in range(MAX_CHANGE_ROUNDS + 1):
             now = {p: stat_local(layout.root, p) for p in plan.files}
             changed = [f for p, f in now.items() if f is not None and f != plan.files[p]]
             for gone in [p for p, f in now.items() if f is None]:  # deleted meanwhile: not backed up
                 del plan.files[gone], plan.entries[gone]
             if not changed or dry_run:
                 break
+            if live:  # a running run: what changed is left for the next pass, not read again now
+                for f in changed:  # the previous backup's version stays listed (_merge), if any
+                    plan.entries.pop(f.path, None)
+                    plan.files.pop(f.path, None)
+                out.write(f"  {len(changed)} file(s) still being written: left for the next pass\n")
+                break
+            if reread == MAX_CHANGE_ROUNDS:
+                raise WorkFailed(f"files of {run} keep changing during the backup (is it running?); run it again")
             out.write(f"  {len(changed)} file(s) changed while being read; reading them again\n")
             again = _hash_and_upload(store, run, changed, cache, remote, result, dry_run, err)
             plan.entries.update(again.entries)
             plan.files.update(again.files)
-        else:
-            if not live:
-                raise WorkFailed(f"files of {run} keep changing during the backup (is it running?); run it again")
-            for f in changed:  # the previous backup's version stays listed (_merge), if there is one
-                plan.entries.pop(f.path, None)
-                plan.files.pop(f.path, None)
-            out.write(f"  {len(changed)} file(s) still being written: left for the next pass\n")
     finally:
         cache.save()
 
