@@ -98,7 +98,7 @@ def decode_attention(q: torch.Tensor, live: torch.Tensor, bias: torch.Tensor, sc
 @torch.no_grad()
 def check_error(dims, device: torch.device, dtype: torch.dtype) -> float:
     """Relative error of this kernel against SDPA on random data of the model's attention shape."""
-    from trainer.qwen2_decode import Attention, _attend
+    import torch.nn.functional as F
 
     gen = torch.Generator(device=device).manual_seed(0)
     batch, length = 4, 200
@@ -108,6 +108,8 @@ def check_error(dims, device: torch.device, dtype: torch.dtype) -> float:
     valid = torch.rand(batch, length, device=device, generator=gen) > 0.3
     valid[:, 0] = True
     bias = torch.zeros(batch, 1, length, device=device, dtype=dtype).masked_fill_(~valid[:, None], float("-inf"))
-    want = _attend(dims, q, live, bias[:, None], Attention.SDPA).float()
-    got = _attend(dims, q, live, bias[:, None], Attention.TRITON).float()
+    d = dims.head_dim  # the reference: qwen2_decode's SDPA step (not imported: it imports this file)
+    want = F.scaled_dot_product_attention(q[:, :, None], live[..., :d], live[..., d:], attn_mask=bias[:, None],
+                                          scale=d ** -0.5, enable_gqa=True).reshape(batch, dims.q_size).float()
+    got = decode_attention(q, live, bias[:, None], d ** -0.5).float()
     return float((got - want).norm() / want.norm())
