@@ -28,6 +28,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
+from trainer.triton_base import runs_on, tl, triton
 import torch.nn.functional as F
 
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
@@ -40,17 +42,9 @@ BLOCK_N = 64
 TUNE_ENV = "RLTUI_DECODE_TUNE"
 CONFIGS = ((64, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 2), (64, 8, 3), (128, 8, 2))
 
-try:  # Triton is optional
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    triton = None
-
 
 def available(device: torch.device) -> bool:
-    if triton is None:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(device)
 
 
 if triton is not None:

@@ -18,23 +18,15 @@ failure at graph capture falls back to SDPA.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from trainer.triton_base import runs_on, tl, triton
 
 BLOCK_N = 64
 
-try:  # Triton is optional
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    triton = None
-
 
 def available(device: torch.device) -> bool:
-    if triton is None:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(device)
 
 
 if triton is not None:

@@ -17,23 +17,15 @@ else (and on a CPU) the torch path. Triton's interpreter runs it on a CPU for th
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from trainer.triton_base import runs_on, tl, triton
 
 BLOCK_N, BLOCK_K = 32, 128
 
-try:  # Triton is optional
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    triton = None
-
 
 def available(device: torch.device) -> bool:
-    if triton is None or os.environ.get("RLTUI_TRITON_FOLD") == "0":
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(device, "RLTUI_TRITON_FOLD")
 
 
 if triton is not None:

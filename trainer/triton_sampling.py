@@ -17,25 +17,17 @@ race is used. Triton's interpreter (TRITON_INTERPRET=1) runs it on a CPU for the
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from trainer.triton_base import runs_on, tl, triton
 
 ENV = "RLTUI_TRITON_SAMPLING"
 COLUMNS_PER_PROGRAM = 8192
 BLOCK = 1024
 
-try:  # Triton is optional: the CUDA image has it, the CPU test environment may not
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    triton = None
-
 
 def available(device: torch.device) -> bool:
-    if triton is None or os.environ.get(ENV, "1") == "0":
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(device, ENV)
 
 
 if triton is not None:
