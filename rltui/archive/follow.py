@@ -32,6 +32,7 @@ from rltui.archive.progress import human_bytes
 from rltui.archive.store import RemoteStore, describe_error
 from rltui.errors import UsageError, WorkFailed
 from rltui.runs import checkpoints, localfs
+from rltui.runs.disk import tree_size
 from rltui.runs.localfs import Layout
 
 DEFAULT_INTERVAL_S = 10.0
@@ -251,7 +252,7 @@ def apply_retention(
         protected |= {s for s, _ in complete if s % policy.keep_every == 0}
     candidates = [(s, p) for s, p in complete if s not in protected]
     if not policy.keep_latest:  # only the budget deletes: oldest first while over it
-        sizes = {s: _tree_size(p) for s, p in complete}
+        sizes = {s: tree_size(p) for s, p in complete}
         over = sum(sizes.values()) - (policy.local_budget or 0)
         chosen = []
         for s, p in candidates:
@@ -299,15 +300,6 @@ def _delete_checkpoint(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _tree_size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, names in os.walk(folder):
-        for n in names:
-            try:
-                total += os.lstat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def describe_lag(status: dict[str, Any] | None, newest_local: int | None) -> str:

@@ -87,19 +87,24 @@ class RemoteStore:
         return f"s3://{self.bucket}/{key}"
 
     # manifests
-    def get_manifest_raw(self, run: str) -> tuple[Any, float] | None:
-        """(parsed JSON, LastModified) of the run's manifest, or None when there is none."""
+    def _get_manifest_object(self, run: str) -> dict[str, Any] | None:
+        """GetObject's answer for the run's manifest, or None when there is none."""
         from botocore.exceptions import ClientError
 
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(run))
+            return self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(run))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
-        body = resp["Body"].read()
+
+    def get_manifest_raw(self, run: str) -> tuple[Any, float] | None:
+        """(parsed JSON, LastModified) of the run's manifest, or None when there is none."""
+        resp = self._get_manifest_object(run)
+        if resp is None:
+            return None
         try:
-            return json.loads(body), resp["LastModified"].timestamp()
+            return json.loads(resp["Body"].read()), resp["LastModified"].timestamp()
         except ValueError:
             return {"damaged": True}, resp["LastModified"].timestamp()
 
@@ -159,14 +164,9 @@ class RemoteStore:
 
     def get_manifest_with_etag(self, run: str) -> tuple[Any, str] | None:
         """(parsed JSON, ETag) of the run's manifest; None when there is none or it is not JSON."""
-        from botocore.exceptions import ClientError
-
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key(run))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
+        resp = self._get_manifest_object(run)
+        if resp is None:
+            return None
         try:
             return json.loads(resp["Body"].read()), str(resp.get("ETag") or "")
         except ValueError:

@@ -81,12 +81,15 @@ def describe(path: Path, needed: int | None = None, what: str = "") -> str:
     return f"disk full: {mount_point(path)} (for {path}): {need}{human(free_bytes(path))} free"
 
 
-def tree_size(folder: Path) -> int:
+def tree_size(folder: str | Path, *, follow_links: bool = False) -> int:
+    """Bytes of the files under `folder` (a link counts as itself unless `follow_links`: the
+    Hugging Face cache's snapshots are links to its blobs); files that vanish meanwhile count 0."""
+    stat = os.stat if follow_links else os.lstat
     total = 0
     for dirpath, _dirs, files in os.walk(folder):
         for name in files:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                total += stat(os.path.join(dirpath, name)).st_size
             except OSError:
                 pass
     return total

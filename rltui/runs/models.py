@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rltui.runs.disk import tree_size
 from rltui.runs.localfs import Layout
 
 FETCH_INFO = "fetch_info.json"
@@ -95,7 +96,7 @@ def _localfs_models(layout: Layout) -> list[LocalModel]:
             continue
         info = _read_fetch_info(folder)
         out.append(LocalModel(
-            name=entry.name, source="localfs", path=model_dir, size=_folder_size(model_dir),
+            name=entry.name, source="localfs", path=model_dir, size=tree_size(model_dir, follow_links=True),
             revision=str(info.get("revision") or ""), commit=info.get("commit"),
             repo_id=info.get("repo_id"), complete=_has_model_files(model_dir)))
     return out
@@ -115,15 +116,6 @@ def _has_model_files(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
 
 
-def _folder_size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def human_size(n: float) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from rltui.runs import checkpoints, localfs, machine
+from rltui.runs.disk import tree_size
 from rltui.text import clean
 from rltui.runs.records import (
     CheckpointRecord,
@@ -344,7 +345,7 @@ def read_checkpoints(
                     path=path,
                     complete=False,
                     problems=checkpoints.checkpoint_problems(path),
-                    size_bytes=_disk_usage(e.path),
+                    size_bytes=tree_size(e.path),
                 )
             )
     out.sort(key=lambda c: (c.step, not c.complete, str(c.path)))
@@ -374,14 +375,14 @@ def _read_checkpoint(
         if isinstance(e, localfs.DamagedFile):
             damaged.append(FileError(Path(info_path), e.reason))
         problems = checkpoints.checkpoint_problems(step_path)
-        return CheckpointRecord(step, step_path, False, problems, _disk_usage(path))
+        return CheckpointRecord(step, step_path, False, problems, tree_size(path))
     finally:
         os.close(dir_fd)
     if problems:
         damage = next((p for p in problems if p.startswith("damaged")), None)
         if damage is not None:
             damaged.append(FileError(Path(info_path), damage))
-        size = _disk_usage(path)
+        size = tree_size(path)
     else:
         size = info["total"]
     created = info.get("created")
@@ -391,15 +392,6 @@ def _read_checkpoint(
     )
 
 
-def _disk_usage(path: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 # ---------------------------------------------------------------- evaluations
