@@ -18,6 +18,8 @@ processes that already read the localfs keep it current (status, the TUI's refre
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -126,6 +128,17 @@ def unpack_steps(blob: bytes) -> array:
     return a
 
 
+@contextlib.contextmanager
+def _setup_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on PATH.lock beside the database while a connection sets it up."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Store:
     """One connection to the store. Not shared between threads: open one per worker call."""
 
@@ -143,11 +156,14 @@ class Store:
                                check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once per database file
+            # Switching to WAL answers "database is locked" at once, without the busy timeout,
+            # while another process opens the same new file: the first opening is serialised.
+            with _setup_lock(path):
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")  # persistent: once per database file
+                _ensure_schema(conn)
             conn.execute("PRAGMA synchronous = NORMAL")  # derived data: a lost tail is re-read
             conn.create_function("REGEXP", 2, _regexp, deterministic=True)
-            _ensure_schema(conn)
         except BaseException:
             conn.close()
             raise
