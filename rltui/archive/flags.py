@@ -18,8 +18,8 @@ from rltui.errors import UsageError
 ACTIONS = ("backup", "backup-all", "list-backups", "restore", "verify", "follow")
 EPILOG = (
     "settings: ~/.lambda_s3.env or $RLTUI_S3_ENV (KEY=VALUE), the environment overriding it: "
-    "RLTUI_S3_BUCKET (required, but by --dry-run), RLTUI_S3_PREFIX, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-    "AWS_REGION, AWS_ENDPOINT_URL_S3, RLTUI_S3_CHECKSUMS=when_required (R2 and other "
+    "RLTUI_S3_BUCKET (required, except by --dry-run), RLTUI_S3_PREFIX, AWS_ACCESS_KEY_ID, "
+    "AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3, RLTUI_S3_CHECKSUMS=when_required (R2 and other "
     "S3-compatible stores). Exit: 0 done, 1 failed (verify: not in sync), 2 bad input."
 )
 NEEDS_RUN = ("backup", "restore", "verify", "follow")
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after the backup, delete local files confirmed in the bucket")
     p.add_argument("--keep-latest", action="store_true",
                    help="with --cleanup: keep the latest checkpoint, config.yaml, status.json and logs")
-    p.add_argument("--dry-run", action="store_true", help="say what would be uploaded (each file, its size, the total) and deleted; change "
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be uploaded (each file, its size, the total) and deleted; change "
                         "nothing. Compares with the bucket when it answers; without bucket settings, "
                         "or with the endpoint out of reach, every file counts as not yet uploaded")
     p.add_argument("--force", action="store_true", help="restore: overwrite local files that differ from the backup")

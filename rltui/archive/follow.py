@@ -300,8 +300,6 @@ def _delete_checkpoint(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-
-
 def describe_lag(status: dict[str, Any] | None, newest_local: int | None) -> str:
     """One line for `status` and the TUI: how far behind the bucket is."""
     if not status:

@@ -265,7 +265,7 @@ def make_client(settings: S3Settings, *, quick: bool = False) -> Any:
     from botocore.config import Config
 
     config_args: dict[str, Any] = {
-        "retries": {"mode": "standard", "total_max_attempts": 1} if quick else {"mode": "standard", "max_attempts": 5},
+        "retries": {"mode": "standard", **({"total_max_attempts": 1} if quick else {"max_attempts": 5})},
         "max_pool_connections": max(10, settings.max_concurrency + 4),
         "connect_timeout": 3 if quick else 20,
         "read_timeout": 5 if quick else 120,

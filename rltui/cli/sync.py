@@ -80,7 +80,7 @@ def _checked_job(layout: Any, args: argparse.Namespace) -> Any:
     run = args.training_run
     if run:
         validate_run_name(run)
-    if args.action != "restore" and args.action != "list-backups" and not layout.root.is_dir():
+    if args.action not in ("restore", "list-backups") and not layout.root.is_dir():
         raise UsageError(f"bad --root: {str(layout.root)!r} (no such folder)")
     settings = load_settings(need_bucket=not args.dry_run)
     if args.json:  # the job's output is the JSON document: its warnings are said here
