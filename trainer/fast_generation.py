@@ -315,8 +315,8 @@ def sample_tokens(logits: torch.Tensor, *, do_sample: bool, temperature: float, 
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         logits, temperature, banned = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf"))), 1.0, None
     if logits.is_cuda and triton_sampling.available(logits.device) and not _TRITON_FAILED:
-        try:  # one kernel, noise drawn in-kernel (trainer/triton_sampling.py)
-            return triton_sampling.race_sample(logits, 1.0 / max(temperature, 1e-6), generator, banned)
+        try:  # the race with in-kernel noise, or the inverse CDF (trainer/triton_sampling.py)
+            return triton_sampling.sampler()(logits, 1.0 / max(temperature, 1e-6), generator, banned)
         except Exception as exc:  # noqa: BLE001 - the torch race below is the same distribution
             warnings.warn(f"Triton sampling failed ({exc!r:.300}); using the torch race", stacklevel=2)
             _TRITON_FAILED.append(True)
