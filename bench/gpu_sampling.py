@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import environment, write_json
 
 # (columns per slice, block, warps of the first kernel) for cdf_sample; the first is the default.
-CDF_CONFIGS = [(4096, 1024, 4), (2048, 1024, 4), (8192, 1024, 8), (4096, 2048, 8), (2048, 2048, 4), (1024, 1024, 4)]
+CDF_CONFIGS = [(4096, 1024, 4), (2048, 1024, 4), (8192, 1024, 8), (4096, 2048, 8), (4096, 4096, 8), (2048, 2048, 4),
+               (1024, 1024, 4)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

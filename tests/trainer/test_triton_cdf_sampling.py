@@ -133,3 +133,15 @@ def test_cdf_sample_draws_from_the_softmax_and_never_a_banned_or_infinite_id(fou
 def test_cdf_sample_is_reproducible_for_a_generator_seed(found):
     first, again, other = found["same_seed"]
     assert first == again and first != other
+
+
+@pytest.mark.parametrize(("value", "kernel"), [("cdf", "cdf_sample"), ("race", "race_sample"), ("1", "race_sample"),
+                                               (None, "race_sample")])
+def test_rltui_triton_sampling_picks_the_kernel(monkeypatch, value, kernel):
+    from trainer import triton_sampling
+
+    if value is None:
+        monkeypatch.delenv(triton_sampling.ENV, raising=False)
+    else:
+        monkeypatch.setenv(triton_sampling.ENV, value)
+    assert triton_sampling.sampler() is getattr(triton_sampling, kernel)
