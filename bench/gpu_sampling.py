@@ -4,8 +4,9 @@
     TRITON_INTERPRET=1 python bench/gpu_sampling.py --tiny   # CPU dry run of the same code
 
 Timing: each method (and cdf_sample at a few slice sizes) is warmed up, then called `--calls`
-times; CUDA events around every call give the median and mean per call, and one pair around all
-calls back to back the throughput. "torch" is fast_generation.sample_tokens with
+times behind a GPU sleep (so the host has queued them and the events time the device, not the
+launches); CUDA events around every call give the median and mean per call, one pair around all
+calls back to back the throughput; then the host's wall clock per call with nothing queued ahead. "torch" is fast_generation.sample_tokens with
 RLTUI_TRITON_SAMPLING=0 (the exponential noise as a float32 tensor, then the compiled race).
 Ratios are against cdf_sample at the module's default slice size.
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_common import environment, write_json
 
+SLEEP_CYCLES = 200_000_000  # ~0.1 s of GPU clock: time for the host to queue the timed calls
 # (columns per slice, block, warps of the first kernel) for cdf_sample; the first is the default.
 CDF_CONFIGS = [(4096, 1024, 4), (2048, 1024, 4), (8192, 1024, 8), (4096, 2048, 8), (4096, 4096, 8), (2048, 2048, 4),
                (1024, 1024, 4)]
@@ -96,7 +98,12 @@ class Methods:
 
 
 def _time(fn: Callable[[], Any], calls: int, warmup: int, cuda: bool) -> dict[str, float]:
-    """Microseconds per call: median and mean of per-call CUDA events, and back to back."""
+    """Microseconds per call. median/mean: CUDA events around every call; back_to_back: one pair
+    around all calls. Both behind a GPU sleep that lets the host queue the calls first, so they
+    are device time, not launch latency, as long as the host queues faster than the device runs
+    (the queue holds a few hundred calls; past it a host-bound method shows its launch gaps, and
+    min is the cleanest device time). wall: the host's clock per call, to the last sync, with
+    nothing queued ahead (what an eager loop doing only this would see)."""
     import torch
 
     for _ in range(warmup):
@@ -107,10 +114,11 @@ def _time(fn: Callable[[], Any], calls: int, warmup: int, cuda: bool) -> dict[st
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e6)
-        return {"median_us": statistics.median(times), "mean_us": statistics.mean(times),
-                "back_to_back_us": statistics.mean(times)}
+        return {"median_us": statistics.median(times), "mean_us": statistics.mean(times), "min_us": min(times),
+                "back_to_back_us": statistics.mean(times), "wall_us": statistics.mean(times)}
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
     torch.cuda.synchronize()
+    torch.cuda._sleep(SLEEP_CYCLES)
     for start, end in events:
         start.record()
         fn()
@@ -118,13 +126,19 @@ def _time(fn: Callable[[], Any], calls: int, warmup: int, cuda: bool) -> dict[st
     torch.cuda.synchronize()
     times = [start.elapsed_time(end) * 1e3 for start, end in events]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(SLEEP_CYCLES)
     start.record()
     for _ in range(calls):
         fn()
     end.record()
     torch.cuda.synchronize()
-    return {"median_us": statistics.median(times), "mean_us": statistics.mean(times),
-            "back_to_back_us": start.elapsed_time(end) * 1e3 / calls}
+    back_to_back = start.elapsed_time(end) * 1e3 / calls
+    began = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return {"median_us": statistics.median(times), "mean_us": statistics.mean(times), "min_us": min(times),
+            "back_to_back_us": back_to_back, "wall_us": (time.perf_counter() - began) * 1e6 / calls}
 
 
 def timing(methods: Methods, args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in result["timing"].items():
         if "median_us" in row:
             print(f"{name:>20}: median {row['median_us']:8.1f} us  mean {row['mean_us']:8.1f} us  "
-                  f"back-to-back {row['back_to_back_us']:8.1f} us  {result['timing']['ratio_to_cdf_median'][name]:.2f}x cdf's median")
+                  f"back-to-back {row['back_to_back_us']:8.1f} us  wall {row['wall_us']:8.1f} us  {result['timing']['ratio_to_cdf_median'][name]:.2f}x cdf's median")
     for name, row in result["distribution"].items():
         if isinstance(row, dict):
             print(f"{name:>28}: TV {row['tv']:.4f}  bad draws {row['bad_draws']}"
