@@ -151,14 +151,25 @@ def timing(methods: Methods, args: argparse.Namespace, cuda: bool) -> dict[str, 
     found: dict[str, Any] = {}
     for name in ("torch", "race"):
         fn = getattr(methods, name)
-        found[name] = _time(lambda fn=fn: fn(logits, inv_t, gen, banned), args.calls, args.warmup, cuda)
+        found[name] = _guarded(lambda fn=fn: _time(lambda: fn(logits, inv_t, gen, banned), args.calls, args.warmup,
+                                                   cuda))
     for config in CDF_CONFIGS:
         key = "cdf" if config == methods.default_cdf else "cdf_{}x{}_w{}".format(*config)
-        found[key] = _time(lambda config=config: methods.cdf(logits, inv_t, gen, banned, config), args.calls,
-                           args.warmup, cuda)
-    base = found["cdf"]["median_us"]
-    found["ratio_to_cdf_median"] = {name: row["median_us"] / base for name, row in found.items() if "median_us" in row}
+        found[key] = _guarded(lambda config=config: _time(lambda: methods.cdf(logits, inv_t, gen, banned, config),
+                                                          args.calls, args.warmup, cuda))
+    base = found["cdf"].get("median_us")
+    for row in found.values():
+        if base and "median_us" in row:
+            row["ratio_to_cdf_median"] = row["median_us"] / base
     return found
+
+
+def _guarded(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One method's numbers, or the error that stopped it (the other methods still run)."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - reported in the result
+        return {"error": f"{exc!r:.500}"}
 
 
 def _tv(tokens, p, bad) -> dict[str, float]:
@@ -185,7 +196,7 @@ def distribution(methods: Methods, args: argparse.Namespace, cuda: bool) -> dict
     found["multinomial_reference"] = _tv(torch.multinomial(p.float(), args.draws, replacement=True, generator=gen),
                                          p, bad)
     for name in ("torch", "race", "cdf"):
-        found[name] = _tv(getattr(methods, name)(logits, inv_t, gen, banned), p, bad)
+        found[name] = _guarded(lambda name=name: _tv(getattr(methods, name)(logits, inv_t, gen, banned), p, bad))
 
     # Full width: 24 hot columns spread over the slices (one banned, one -inf), the rest cold.
     hot = torch.linspace(7, args.vocab - 1, 24, device=dev).long()
@@ -200,11 +211,14 @@ def distribution(methods: Methods, args: argparse.Namespace, cuda: bool) -> dict
     p_cat = torch.cat([p_wide[hot], (1 - p_wide[hot].sum()).reshape(1)])
     rows = args.wide_rows
     logits = wide[None].repeat(rows, 1)
-    for name in ("torch", "race", "cdf"):
+    def wide_check(name: str) -> dict[str, Any]:
         drawn = torch.cat([getattr(methods, name)(logits, inv_t, gen, wide_banned) for _ in range(4)])
         where = (drawn[:, None] == hot[None]).float()
         cat = torch.where(where.any(1), where.argmax(1), torch.full_like(drawn, 24))
-        found[f"wide_{name}"] = _tv(cat, p_cat, torch.tensor([5, 11], device=dev))
+        return _tv(cat, p_cat, torch.tensor([5, 11], device=dev))
+
+    for name in ("torch", "race", "cdf"):
+        found[f"wide_{name}"] = _guarded(lambda name=name: wide_check(name))
     found["wide_draws"] = 4 * rows
     found["wide_multinomial_reference"] = _tv(torch.multinomial(p_cat.float(), 4 * rows, replacement=True,
                                                                 generator=gen), p_cat, torch.tensor([5, 11], device=dev))
@@ -237,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.perf_counter() - started
     result["environment"] = environment()
     for name, row in result["timing"].items():
-        if "median_us" in row:
-            print(f"{name:>20}: median {row['median_us']:8.1f} us  mean {row['mean_us']:8.1f} us  "
-                  f"back-to-back {row['back_to_back_us']:8.1f} us  wall {row['wall_us']:8.1f} us  {result['timing']['ratio_to_cdf_median'][name]:.2f}x cdf's median")
+        if "error" in row:
+            print(f"{name:>20}: FAILED {row['error']}")
+        else:
+            print(f"{name:>20}: median {row['median_us']:8.1f} us  mean {row['mean_us']:8.1f} us  min "
+                  f"{row['min_us']:8.1f} us  back-to-back {row['back_to_back_us']:8.1f} us  wall {row['wall_us']:8.1f} us"
+                  + (f"  {row['ratio_to_cdf_median']:.2f}x cdf's median" if "ratio_to_cdf_median" in row else ""))
     for name, row in result["distribution"].items():
-        if isinstance(row, dict):
+        if isinstance(row, dict) and "error" in row:
+            print(f"{name:>28}: FAILED {row['error']}")
+        elif isinstance(row, dict):
             print(f"{name:>28}: TV {row['tv']:.4f}  bad draws {row['bad_draws']}"
                   + (f"  fell back {row['fell_back']}" if "fell_back" in row else ""))
     out = args.out or (Path(os.environ["OUT"]) / "gpu_sampling.json" if os.environ.get("OUT") else None)
