@@ -51,7 +51,7 @@ SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes",
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
 SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150,
                 "autotune": 240}
-DECODE_MODES = {"decode_modes": [("triton", "1", "64", "0"), ("triton", "1", "64", "1")],
+DECODE_MODES = {"decode_modes": [("triton", "1", "64", "1", "0"), ("triton", "1", "64", "1", "1")],
                 "autotune": [("sdpa", "1", "64", "0"), ("sdpa", "max-autotune", "64", "0")]}
 
 
@@ -197,7 +197,11 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
             f"eager {decode['eager_step_ms_at_probe']:.3f} ms, sampling {decode['sampling_ms']:.3f} ms, "
             f"KV read {decode['kv_bytes_read_per_step_mean'] / 1e9:.2f} GB/step; compiled={decode['compiled']}")
         lines.append(f"decode step: fused={decode.get('fused_step')} (choice timing {decode.get('fused_choice_timing')}); "
-                     f"attention configs {decode.get('attention_configs')}")
+                     f"attention configs {decode.get('attention_configs')}; products {decode.get('products')}")
+        for kind, timing in (decode.get("products_timing_ms") or {}).items():
+            best = sorted(timing.items(), key=lambda item: item[1])[:3]
+            lines.append(f"products {kind}: cublas {timing.get('cublas', float('nan')):.4f} ms for all layers; best "
+                         + ", ".join(f"{name} {ms:.4f}" for name, ms in best))
         for name, k in decode.get("kernels_at_probe", {}).items():
             if "error" in k:
                 lines.append(f"kernels ({name}): profile failed: {k['error'][:200]}")
@@ -218,7 +222,10 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
         if isinstance(train.get("policy_update_ms"), float):
             lines.append(f"training phase (policy_update, {train['sequences_per_micro_batch']} per micro-batch): "
                          f"{train['policy_update_ms']:.0f} ms wall, {train.get('policy_update_gpu_busy_ms', 0):.0f} ms "
-                         f"GPU busy, {train.get('policy_update_kernels', 0)} kernels")
+                         f"GPU busy, {train.get('policy_update_kernels', 0)} kernels; every micro-batch eager: "
+                         f"{train.get('policy_update_ms_eager', float('nan')):.0f} ms wall")
+        if train.get("graph_vs_eager"):
+            lines.append(f"training micro-batches as CUDA graphs vs eager: {train['graph_vs_eager']}")
         lines.append("training micro-batch: " + "; ".join(
             f"{k} {v['ms']:.0f} ms ({v['ms_per_sequence']:.1f}/seq)" if "ms" in v else f"{k} {v.get('error', '')[:80]}"
             for k, v in train.items() if isinstance(v, dict) and k.startswith("fwd")))

@@ -26,13 +26,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from trainer import triton_sampling
+from trainer import triton_products, triton_sampling
 from trainer.fused_decode import fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
     attention_output_and_mlp, decode_step, model_dims, prefill,
 )
+from trainer.triton_products import DecodeProducts
 
 BUCKET = 64  # cache capacity is rounded up to a multiple of this
 # Cache slots per attention-length bucket (one graph each): attention reads the slots up to the
@@ -82,8 +83,15 @@ class DecodeEngine:
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
         self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Which projections of the fused step run as split-K Triton kernels: timed per kind here.
+        self.products = DecodeProducts()
+        if key.graphs and os.environ.get(FUSED_ENV, "auto") != "0" and triton_products.enabled():
+            try:
+                self.products = DecodeProducts.tuned(self.weights, key.batch)
+            except Exception as exc:  # noqa: BLE001 - cuBLAS serves every product
+                warnings.warn(f"timing the Triton products failed ({exc!r:.300}); using cuBLAS", stacklevel=2)
         # True / False, or None: decided by timing both graphs at the first capture.
-        self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV)
+        self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
 
     def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
@@ -92,7 +100,7 @@ class DecodeEngine:
             from trainer.fused_decode import element_fns, fused_decode_step
 
             return fused_decode_step(self.weights, self.state, kv_len,
-                                     element_fns(self.weights.dims, self.layer_fns is not None))
+                                     element_fns(self.weights.dims, self.layer_fns is not None), self.products)
         return decode_step(self.weights, self.state, kv_len, self.layer_fns, self.attention)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -116,20 +124,14 @@ class DecodeEngine:
         return logits
 
     def _choose(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the fused and the plain step for this bucket, keep the faster (replays timed
+        """Capture the fused step with its Triton products (if any were chosen), the fused step
+        with cuBLAS products and the plain step for this bucket; keep the fastest (replays timed
         with the position and slot put back after each, so the real step comes next)."""
-        self.fused = True
-        fused = self._capture(kv_len)
-        if not self.fused:  # the fused capture failed and fell back
-            return fused
-        self.fused = False
-        try:
-            plain = self._capture(kv_len)
-        except Exception as exc:  # noqa: BLE001 - the fused graph, captured and checked, serves
-            warnings.warn(f"plain decode step failed to capture ({exc!r:.300}); using the fused step", stacklevel=2)
-            torch.cuda.synchronize()
-            self.fused = True
-            return fused
+        tuned = self.products
+        variants: list[tuple[str, bool, DecodeProducts]] = [("fused", True, DecodeProducts())]
+        if any(tuned.chosen.values()):
+            variants.insert(0, ("fused_products", True, tuned))
+        variants.append(("plain", False, DecodeProducts()))
         saved = self.state.positions.clone(), self.state.write_index.clone()
 
         def timed(graph: torch.cuda.CUDAGraph) -> float:
@@ -144,10 +146,27 @@ class DecodeEngine:
             end.synchronize()
             return start.elapsed_time(end) / 10
 
-        self.fused_timing = {"kv_len": kv_len, "fused_ms": timed(fused[0]), "plain_ms": timed(plain[0])}
-        self.fused_timing["fused_ms_again"] = timed(fused[0])
-        self.fused = min(self.fused_timing["fused_ms"], self.fused_timing["fused_ms_again"]) < self.fused_timing["plain_ms"]
-        return fused if self.fused else plain
+        captured = {}
+        for name, fused, products in variants:
+            self.fused, self.products = fused, products
+            try:
+                graph = self._capture(kv_len)
+            except Exception as exc:  # noqa: BLE001 - the other variants serve
+                warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=2)
+                torch.cuda.synchronize()
+                continue
+            if self.fused != fused:  # the fused capture failed and fell back to the plain step
+                name = "plain"
+            captured[name] = (graph, self.fused, self.products)
+        if not captured:
+            raise RuntimeError("no decode step could be captured")
+        self.fused_timing = {"kv_len": kv_len} | {f"{name}_ms": timed(graph[0]) for name, (graph, _, _) in captured.items()}
+        for name, (graph, _, _) in captured.items():  # a second look at each: the first replays warm the clocks
+            self.fused_timing[f"{name}_ms"] = min(self.fused_timing[f"{name}_ms"], timed(graph[0]))
+        best = min(captured, key=lambda name: self.fused_timing[f"{name}_ms"])
+        graph, self.fused, self.products = captured[best]
+        self.fused_timing["chosen"] = best
+        return graph
 
     def _warm_up(self, kv_len: int) -> None:
         saved = self.state.positions.clone(), self.state.write_index.clone()

@@ -28,11 +28,12 @@ import warnings
 from collections.abc import Callable
 
 import torch
-
-from trainer.triton_base import runs_on, tl, triton
 import torch.nn.functional as F
 
+from trainer import triton_products
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
+from trainer.triton_base import runs_on, tl, triton
+from trainer.triton_products import DecodeProducts
 
 BLOCK_N = 64
 # Slots per block, warps and pipeline stages of the attention loop: timed per (attention length,
@@ -54,11 +55,25 @@ if triton is not None:
         return x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
 
     @triton.jit
+    def _qkv_load(row, cols, mask, part_stride, qkv_bias_ptr, dtype, PARTS: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # The product's output at `cols` of this row: bf16 as written (PARTS 0), or the sum of
+        # PARTS float32 partials in a fixed order, plus the bias, rounded as the product's output.
+        if PARTS == 0:
+            return tl.load(row + cols, mask=mask, other=0.0)
+        acc = tl.load(row + cols, mask=mask, other=0.0)
+        for s in tl.static_range(1, PARTS):
+            acc += tl.load(row + s * part_stride + cols, mask=mask, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(qkv_bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        return acc.to(dtype)
+
+    @triton.jit
     def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, cache_ptr, bias_ptr, out_ptr,
                                scale, batch, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
-                               bias_stride_b, out_stride_b, kv_len: tl.constexpr, F32_DOT: tl.constexpr,
-                               HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr,
-                               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr):
+                               bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
+                               F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                               GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr):
         HALF: tl.constexpr = D // 2
         b = tl.program_id(0)
         h = tl.program_id(1)
@@ -74,18 +89,24 @@ if triton is not None:
         sin1 = tl.load(sin_ptr + pos * D + halves).to(tl.float32)
         sin2 = tl.load(sin_ptr + pos * D + HALF + halves).to(tl.float32)
         row = qkv_ptr + b * qkv_stride_b
-        q_at = row + heads[:, None] * D + halves[None, :]
-        q1 = tl.load(q_at, mask=live_rows[:, None], other=0.0).to(tl.float32)
-        q2 = tl.load(q_at + HALF, mask=live_rows[:, None], other=0.0).to(tl.float32)
+        dtype = out_ptr.dtype.element_ty
+        q_cols = heads[:, None] * D + halves[None, :]
+        q_live = live_rows[:, None] & (halves < HALF)[None, :]
+        q1 = _qkv_load(row, q_cols, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
+        q2 = _qkv_load(row, q_cols + HALF, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
         q1, q2 = _rope_half(q1, q2, cos1[None, :], sin1[None, :], cos2[None, :], sin2[None, :])
-        q1 = q1.to(qkv_ptr.dtype.element_ty)
-        q2 = q2.to(qkv_ptr.dtype.element_ty)
-        k_at = row + HEADS * D + h * D
-        k1, k2 = _rope_half(tl.load(k_at + halves).to(tl.float32), tl.load(k_at + HALF + halves).to(tl.float32),
-                            cos1, sin1, cos2, sin2)
-        k1 = k1.to(qkv_ptr.dtype.element_ty)
-        k2 = k2.to(qkv_ptr.dtype.element_ty)
-        v_new = tl.load(row + (HEADS + KV_HEADS) * D + h * D + dims)
+        q1 = q1.to(dtype)
+        q2 = q2.to(dtype)
+        k_cols = HEADS * D + h * D + halves
+        every = halves < HALF
+        k1, k2 = _rope_half(
+            _qkv_load(row, k_cols, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
+            _qkv_load(row, k_cols + HALF, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
+            cos1, sin1, cos2, sin2)
+        k1 = k1.to(dtype)
+        k2 = k2.to(dtype)
+        v_new = _qkv_load(row, (HEADS + KV_HEADS) * D + h * D + dims, dims < D, part_stride, qkv_bias_ptr, dtype,
+                          PARTS, HAS_BIAS)
         base = cache_ptr + b * cache_stride_b + h * cache_stride_h
         entry = base + slot * cache_stride_n
         tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
@@ -140,20 +161,25 @@ def tuned_configs() -> dict[str, str]:
 
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
-                   bias: torch.Tensor, kv_len: int) -> torch.Tensor:
+                   bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
+    Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
+    with its `qkv_bias` not yet added: the kernel adds both.
 
     Applies RoPE at `state.positions` to q and the new key, writes key | value into `cache`
     [B, kv_heads, capacity, 2D] at `state.write_index`, and attends over the first `kv_len` slots
     under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot always included."""
-    batch, d = qkv.shape[0], dims.head_dim
-    qkv = qkv if qkv.stride(1) == 1 else qkv.contiguous()
-    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=qkv.dtype)
+    parts = qkv.shape[0] if qkv.dim() == 3 else 0
+    batch, d = qkv.shape[-2], dims.head_dim
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
     groups = dims.heads // dims.kv_heads
+    has_bias = parts > 0 and qkv_bias is not None
     args = (qkv, state.cos, state.sin, state.positions, state.write_index, cache, bias, out, float(d ** -0.5), batch,
-            qkv.stride(0), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0))
+            qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
+            qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
-             "BLOCK_M": max(16, triton.next_power_of_2(groups))}
+             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias}
     if qkv.device.type == "cuda" and os.environ.get(TUNE_ENV, "1") != "0":
         _tuned()[(batch, dims.kv_heads)](*args, F32_DOT=False, **shape)
     else:
@@ -197,21 +223,29 @@ def step_bias(state: DecodeState, kv_len: int, dtype: torch.dtype) -> torch.Tens
     return bias.masked_fill_(~state.valid[:, :kv_len], float("-inf"))
 
 
-def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, fns: ElementFns) -> torch.Tensor:
-    """Same contract as qwen2_decode.decode_step: feed `state.tokens`, return next-token logits."""
+def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, fns: ElementFns,
+                      products: DecodeProducts | None = None) -> torch.Tensor:
+    """Same contract as qwen2_decode.decode_step: feed `state.tokens`, return next-token logits.
+    `products` (trainer/triton_products.py) may run some projections as split-K Triton kernels
+    whose partial sums the attention kernel and residual + RMSNorm kernel add up."""
     dims = weights.dims
     norm, add_norm, silu_mul = fns
+    products = products or DecodeProducts()
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
     h = norm(x, weights.layers[0].input_norm)
     last = len(weights.layers) - 1
+
+    def add_product_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
+        return triton_products.add_norm(y, x, weight, dims.eps) if y.dim() == 3 else add_norm(x, y, weight)
+
     for index, layer in enumerate(weights.layers):
-        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
-        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len)
-        x, h = add_norm(x, F.linear(attn, layer.o), layer.post_norm)
-        up = silu_mul(F.linear(h, layer.gate_up))
+        qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias)
+        x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
+        up = silu_mul(products.apply("gate_up", h, layer.gate_up))
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
-        x, h = add_norm(x, F.linear(up, layer.down), following)
+        x, h = add_product_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
     state.positions.add_(1)
     state.write_index.add_(1)
@@ -219,7 +253,8 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
 
 
 @torch.no_grad()
-def check_error(weights: DecodeWeights, attention, seed: int = 0) -> dict[str, float]:
+def check_error(weights: DecodeWeights, attention, seed: int = 0,
+                products: DecodeProducts | None = None) -> dict[str, float]:
     """The fused step against the plain eager one on the model's own weights, from the same random
     cache: relative error of the attention layer's output and of the step's logits, and the
     largest difference in the cache slot each wrote. Small batch, two attention buckets' worth of
@@ -260,8 +295,10 @@ def check_error(weights: DecodeWeights, attention, seed: int = 0) -> dict[str, f
         ~plain.valid[:, None, :kv_len], float("-inf"))
     want = _attend(dims, q, plain_cache[:, :, :kv_len], bias[:, None], attention).float()
     fused_cache = fused.kv_cache[0].clone()
-    qkv = F.linear(rms_norm(x, layer.input_norm, dims.eps), layer.qkv, layer.qkv_bias)
-    got = rope_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len).float()
+    qkv = (products or DecodeProducts()).apply("qkv", rms_norm(x, layer.input_norm, dims.eps), layer.qkv,
+                                               layer.qkv_bias)
+    got = rope_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len,
+                         layer.qkv_bias).float()
     slot = int(written)
     found = {
         "attention_rel_error": float((got - want).norm() / want.norm()),
@@ -274,7 +311,7 @@ def check_error(weights: DecodeWeights, attention, seed: int = 0) -> dict[str, f
     plain.valid.copy_(valid)
     fused.valid.copy_(valid)
     want = decode_step(weights, plain, kv_len, None, attention).float()
-    got = fused_decode_step(weights, fused, kv_len, element_fns(dims, compiled=False)).float()
+    got = fused_decode_step(weights, fused, kv_len, element_fns(dims, compiled=False), products).float()
     found["logits_rel_error"] = float((got - want).norm() / want.norm())
     found["cache_rel_error"] = float((fused.kv_cache.float() - plain.kv_cache.float()).norm()
                                      / plain.kv_cache.float().norm())
@@ -296,30 +333,43 @@ def check_passes(found: dict[str, float]) -> bool:
 _FUSED_CHECKED: dict[tuple, bool] = {}
 
 
-def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str) -> bool | None:
+def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str,
+                 products: DecodeProducts | None = None) -> bool | None:
     """False unless the variable `env` (RLTUI_DECODE_FUSED) allows the fused step, Triton runs here and the step agrees
-    with the plain one on these weights (checked once per model shape and dtype); then True for
-    "1", else None (decide by timing) when graphs are on and False when they are off."""
+    with the plain one on these weights (checked once per model shape, dtype and product choice);
+    then True for "1", else None (decide by timing) when graphs are on and False when they are off.
+    When the step fails its check with Triton `products`, they are dropped (cuBLAS for every
+    product, mutated in place) and the step is checked again."""
     mode = os.environ.get(env, "auto")
     ref = weights.layers[0].qkv
     if mode == "0" or not available(ref.device):
         return False
     if ref.device.type != "cuda" and mode != "1":
         return False  # the interpreter is for tests that ask for it
-    key = (weights.dims, str(ref.device), ref.dtype, attention)
-    if key not in _FUSED_CHECKED:
-        _FUSED_CHECKED[key] = False
-        try:
-            found = check_error(weights, attention)
-            if check_passes(found):
-                _FUSED_CHECKED[key] = True
-            else:
-                warnings.warn(f"fused decode step differs from the plain one ({found}); using the plain step",
-                              stacklevel=3)
-        except Exception as exc:  # noqa: BLE001 - the plain step stays
-            warnings.warn(f"fused decode step failed its check ({exc!r:.300}); using the plain step", stacklevel=3)
-    if not _FUSED_CHECKED[key]:
+    ok = _checked(weights, attention, products)
+    if not ok and products is not None and any(products.chosen.values()):
+        products.chosen.clear()
+        ok = _checked(weights, attention, products)
+    if not ok:
         return False
     if mode == "1":
         return True
     return None if graphs else False  # ungraphed, the plain step is faster (fewer host launches)
+
+
+def _checked(weights: DecodeWeights, attention, products: DecodeProducts | None) -> bool:
+    ref = weights.layers[0].qkv
+    chosen = tuple(sorted((k, v) for k, v in (products.chosen.items() if products else ()) if v is not None))
+    key = (weights.dims, str(ref.device), ref.dtype, attention, chosen)
+    if key not in _FUSED_CHECKED:
+        _FUSED_CHECKED[key] = False
+        what = f"fused decode step (Triton products {dict(chosen)})" if chosen else "fused decode step"
+        try:
+            found = check_error(weights, attention, products=products)
+            if check_passes(found):
+                _FUSED_CHECKED[key] = True
+            else:
+                warnings.warn(f"{what} differs from the plain one ({found}); not used", stacklevel=4)
+        except Exception as exc:  # noqa: BLE001 - the plain step stays
+            warnings.warn(f"{what} failed its check ({exc!r:.300}); not used", stacklevel=4)
+    return _FUSED_CHECKED[key]

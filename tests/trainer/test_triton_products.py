@@ -1,0 +1,74 @@
+"""trainer/triton_products.py in Triton's interpreter (CPU): the split-K product equals F.linear
+(one split: bf16-style output with the bias; several: float32 partials that add up to it), the
+residual + RMSNorm kernel equals fused_decode's add_norm, and the fused decode step with every
+projection split (q/k/v partials added inside the attention kernel, o and down partials in the
+norm kernel) equals the plain step on a tiny random Qwen2 to float32 rounding.
+Skipped where Triton is not installed. A child process: TRITON_INTERPRET is set before import."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.trainer.test_triton_kernels import _interpreted
+
+pytest.importorskip("triton")
+
+CHILD = r"""
+import json, torch, torch.nn.functional as F
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from trainer import triton_products as tp
+from trainer.fused_decode import check_error, check_passes, element_fns
+from trainer.qwen2_decode import Attention, DecodeWeights
+torch.manual_seed(0)
+found = {}
+x, w, b = torch.randn(5, 64), torch.randn(96, 64), torch.randn(96)
+want = F.linear(x, w, b)
+one = tp.product(x, w, b, tp.Split(32, 16, 1))
+parts = tp.product(x, w, b, tp.Split(16, 16, 4))
+found["one_shape"] = list(one.shape)
+found["one_err"] = float((one - want).abs().max())
+found["parts_shape"] = list(parts.shape)
+found["parts_err"] = float((parts.sum(0) + b - want).abs().max())
+try:
+    tp.product(x, w, b, tp.Split(64, 16, 1))
+    found["refused"] = False
+except ValueError:
+    found["refused"] = True
+# residual + RMSNorm over partials, against the compiled-or-eager add_norm on the summed product
+resid, norm_w, partials = torch.randn(5, 96), 1 + 0.3 * torch.randn(96), torch.randn(3, 5, 96)
+_, add_norm, _ = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
+want_x, want_h = add_norm(resid, partials.sum(0), norm_w)
+got_x, got_h = tp.add_norm(partials, resid, norm_w, 1e-6)
+found["add_norm_err"] = max(float((got_x - want_x).abs().max()), float((got_h - want_h).abs().max()))
+config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                     rope_theta=1e4, rms_norm_eps=1e-6, use_sliding_window=False)
+model = Qwen2ForCausalLM(config)
+with torch.no_grad():  # norms and biases off their init (ones, zeros): a wrong one shows
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.copy_(1 + 0.3 * torch.randn_like(param))
+        elif name.endswith("bias"):
+            param.normal_(0, 0.2)
+weights = DecodeWeights.allocate(model.eval())
+split = tp.Split(16, 16, 2)
+for name, products in (("split", tp.DecodeProducts.fixed(qkv=split, o=split, gate_up=tp.Split(16, 16, 1), down=split)),
+                       ("one", tp.DecodeProducts.fixed(qkv=tp.Split(16, 16, 1), o=tp.Split(16, 16, 1)))):
+    result = check_error(weights, Attention.SDPA, products=products)
+    result["passes"] = check_passes(result)
+    found[name] = result
+print(json.dumps(found))
+"""
+
+
+def test_split_products_equal_linear_and_the_plain_decode_step():
+    found = _interpreted(CHILD)
+    assert found["one_shape"] == [5, 96] and found["one_err"] < 1e-4
+    assert found["parts_shape"] == [4, 5, 96] and found["parts_err"] < 1e-4
+    assert found["refused"] is True  # 96 columns are not a multiple of 64
+    assert found["add_norm_err"] < 1e-5
+    for name in ("split", "one"):
+        result = found[name]
+        assert result["passes"], result
+        assert result["attention_rel_error"] < 1e-5 and result["logits_rel_error"] < 1e-5, result
+        assert result["cache_slot_rel_max_diff"] < 1e-5 and result["cache_other_slots_equal"], result

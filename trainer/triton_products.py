@@ -1,0 +1,249 @@
+"""The decode step's skinny products (a batch of rows times a weight) as split-K Triton kernels.
+
+    from trainer.triton_products import DecodeProducts
+    products = DecodeProducts.tuned(weights, batch)      # CUDA: times cuBLAS and candidates per kind
+    y = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
+    # bf16 [B, N] (cuBLAS, or one split), or float32 partial sums [S, B, N] for the consumer to add
+
+At batch 128 an H200 runs the q/k/v and o products of Qwen2.5-1.5B (6.3 and 4.7 MB of weights)
+at 0.8-1.0 TB/s with cuBLAS: a 128 x 64 output tile per block gives 24-32 blocks for 132
+multiprocessors, and each kernel's start-up is most of its time. Split along K, the same product
+runs on ~128 blocks, each writing a float32 partial sum of its slice; the kernel that reads the
+product anyway (the attention kernel for q/k/v, residual + RMSNorm for o and down: see
+trainer/fused_decode.py) adds the partials in a fixed order, so there is no reduction kernel and
+no atomic, and the result is the same on every run.
+
+Which kind uses which kernel is measured, not assumed: `tuned` captures each candidate (cuBLAS
+and a few tile / split shapes) for all layers' weights of a kind in a CUDA graph and keeps the
+fastest. `RLTUI_DECODE_PRODUCTS=0` keeps cuBLAS everywhere. Triton's interpreter runs the kernels
+on a CPU for the tests (float32 tiles: it multiplies bf16 tiles wrongly).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from trainer.triton_base import runs_on, tl, triton
+
+ENV = "RLTUI_DECODE_PRODUCTS"
+KINDS = ("qkv", "o", "gate_up", "down")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One kernel shape: output columns and K per block step, K slices, warps, pipeline stages."""
+
+    block_n: int
+    block_k: int
+    splits: int
+    warps: int = 4
+    stages: int = 3
+
+    def fits(self, n: int, k: int) -> bool:
+        return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
+
+
+def available(device: torch.device) -> bool:
+    return runs_on(device, ENV)
+
+
+if triton is not None:
+    @triton.jit
+    def _product_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows, x_stride, w_stride, out_split_stride,
+                        out_stride, K_CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, F32_DOT: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # x [rows, K] @ w[N, K]^T for one BLOCK_N slice of the columns and one K slice.
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        split = tl.program_id(1)
+        m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+        ks = tl.arange(0, BLOCK_K)
+        live = m < rows
+        first = split * K_CHUNK
+        x_at = x_ptr + m[:, None] * x_stride + first + ks[None, :]
+        w_at = w_ptr + cols[:, None] * w_stride + first + ks[None, :]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k in range(0, K_CHUNK, BLOCK_K):
+            x = tl.load(x_at + k, mask=live[:, None], other=0.0)
+            w = tl.load(w_at + k)
+            if F32_DOT:
+                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+            else:
+                acc += tl.dot(x, tl.trans(w))
+        if PARTIAL:
+            tl.store(out_ptr + split * out_split_stride + m[:, None] * out_stride + cols[None, :], acc,
+                     mask=live[:, None])
+        else:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=live[:, None])
+
+    @triton.jit
+    def _add_norm_kernel(part_ptr, part_stride, x_ptr, w_ptr, x_out_ptr, h_out_ptr, n, eps,
+                         PARTS: tl.constexpr, BLOCK: tl.constexpr):
+        # One row: y = sum of the partials, rounded as the product's output would be; x + y; RMSNorm.
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        inside = cols < n
+        y = tl.zeros([BLOCK], tl.float32)
+        for s in tl.static_range(PARTS):
+            y += tl.load(part_ptr + s * part_stride + row * n + cols, mask=inside, other=0.0)
+        dtype = x_out_ptr.dtype.element_ty
+        x = (tl.load(x_ptr + row * n + cols, mask=inside, other=0.0).to(tl.float32)
+             + y.to(dtype).to(tl.float32)).to(dtype)
+        tl.store(x_out_ptr + row * n + cols, x, mask=inside)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n + eps)
+        normed = (xf * rstd).to(dtype).to(tl.float32)
+        weight = tl.load(w_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+        tl.store(h_out_ptr + row * n + cols, (weight * normed).to(dtype), mask=inside)
+
+
+def block_m(rows: int) -> int:
+    return min(128, max(16, triton.next_power_of_2(rows)))
+
+
+def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: Split) -> torch.Tensor:
+    """x [B, K] @ weight[N, K]^T (+ bias): bf16 [B, N] for one split, else float32 partials [S, B, N]
+    (the bias, if any, is left to the consumer: see `bias_of`)."""
+    rows, k = x.shape
+    n = weight.shape[0]
+    if not split.fits(n, k):
+        raise ValueError(f"{split} does not tile a {n} x {k} weight")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    partial = split.splits > 1
+    if partial:
+        out = torch.empty(split.splits, rows, n, device=x.device, dtype=torch.float32)
+    else:
+        out = torch.empty(rows, n, device=x.device, dtype=x.dtype)
+    bm = block_m(rows)
+    grid = (n // split.block_n, split.splits, triton.cdiv(rows, bm))
+    _product_kernel[grid](x, weight, bias if bias is not None else weight, out, rows, x.stride(0), weight.stride(0), out.stride(0) if partial else 0, out.stride(-2),
+                          K_CHUNK=k // split.splits, HAS_BIAS=bias is not None and not partial, PARTIAL=partial,
+                          F32_DOT=x.device.type != "cuda", BLOCK_M=bm, BLOCK_N=split.block_n,
+                          BLOCK_K=split.block_k, num_warps=split.warps, num_stages=split.stages)
+    return out
+
+
+def add_norm(partials: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + sum of partials, RMSNorm of that) in one kernel; as fused_decode's add_norm on the
+    bf16 product."""
+    parts, rows, n = partials.shape
+    x_out, h_out = torch.empty_like(x), torch.empty_like(x)
+    _add_norm_kernel[(rows,)](partials, partials.stride(0), x, weight, x_out, h_out, n, float(eps), PARTS=parts,
+                              BLOCK=triton.next_power_of_2(n), num_warps=8 if n > 2048 else 4)
+    return x_out, h_out
+
+
+def candidates(n: int, k: int, rows: int, sms: int) -> list[Split]:
+    """A few shapes per product: for each tile width and K step, the K splits that fill the
+    multiprocessors once or twice (or none, if the tiles already do), as deep a pipeline as fits."""
+    found = []
+    for block_n in (64, 128):
+        if n % block_n:
+            continue
+        tiles = (n // block_n) * triton.cdiv(rows, block_m(rows))
+        for block_k in (64, 128):
+            fitting = [s for s in range(1, 17) if Split(block_n, block_k, s).fits(n, k) and tiles * s <= 2 * sms]
+            picked = {min(fitting, key=lambda s: abs(tiles * s - waves * sms)) for waves in (1, 2)} if fitting else set()
+            stage_bytes = (block_m(rows) + block_n) * block_k * 2
+            for splits in sorted(picked):
+                steps = k // (splits * block_k)
+                found.append(Split(block_n, block_k, splits, stages=max(2, min(4, steps, 200_000 // stage_bytes))))
+    return found
+
+
+@dataclass
+class DecodeProducts:
+    """Per kind of product: None (cuBLAS) or the Split that ran fastest; `timing` for the notes."""
+
+    chosen: dict[str, Split | None] = field(default_factory=dict)
+    timing: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        split = self.chosen.get(kind)
+        if split is None:
+            return F.linear(x, weight, bias)
+        return product(x, weight, bias, split)
+
+    @classmethod
+    def fixed(cls, **chosen: Split | None) -> DecodeProducts:
+        """Given choices (the tests, the interpreter); kinds left out use cuBLAS."""
+        return cls(chosen=dict(chosen))
+
+    @classmethod
+    def tuned(cls, weights, batch: int) -> DecodeProducts:
+        """Time cuBLAS and each candidate over every layer's weight of each kind, in a CUDA graph
+        (no host launches in the figure), and keep the fastest per kind."""
+        found = cls()
+        ref = weights.layers[0].qkv
+        if not available(ref.device) or ref.device.type != "cuda":
+            return found
+        key = (weights.dims, batch, ref.dtype, str(ref.device), weights.layers[0].qkv_bias is not None)
+        if key in _TUNED:
+            return cls(chosen=dict(_TUNED[key].chosen), timing=_TUNED[key].timing)
+        sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
+        for kind in KINDS:
+            mats = [getattr(layer, kind) for layer in weights.layers]
+            biases = [layer.qkv_bias if kind == "qkv" else None for layer in weights.layers]
+            n, k = mats[0].shape
+            x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
+            timing = {"cublas": _graph_ms(partial(_each, F.linear, x, mats, biases))}
+            best, best_ms = None, timing["cublas"]
+            for split in candidates(n, k, batch, sms):
+                if split.splits > 1 and kind == "gate_up":
+                    continue  # its consumer (SiLU x up) reads the bf16 product
+                try:
+                    ms = _graph_ms(partial(_each, partial(product, split=split), x, mats, biases))
+                except Exception as exc:  # noqa: BLE001 - that candidate is out
+                    warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=2)
+                    continue
+                timing[str(split)] = ms
+                if ms < best_ms:
+                    best, best_ms = split, ms
+            found.chosen[kind] = best
+            found.timing[kind] = timing
+        _TUNED[key] = found
+        return cls(chosen=dict(found.chosen), timing=found.timing)
+
+    def describe(self) -> dict[str, str]:
+        return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()}
+
+
+_TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once
+
+
+def _each(fn, x: torch.Tensor, mats: list[torch.Tensor], biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    return [fn(x, w, b) for w, b in zip(mats, biases)]
+
+
+def _graph_ms(run, replays: int = 10) -> float:
+    """Milliseconds per replay of `run` captured in a CUDA graph (after a warm-up run)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / replays
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
