@@ -100,6 +100,10 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
                                max_completion_length=work.completion_tokens, forward_batch_size=m,
                                max_grad_norm=work.max_grad_norm)
         found["policy_update_ms"] = _wall_ms(update, 2)
+        previous = os.environ.get("RLTUI_TRAIN_GRAPHS")
+        os.environ["RLTUI_TRAIN_GRAPHS"] = "0"  # the same update, every micro-batch eager
+        found["policy_update_ms_eager"] = _wall_ms(update, 2)
+        os.environ["RLTUI_TRAIN_GRAPHS"] = previous or "1"
         if batch.input_ids.device.type == "cuda":
             k = kernel_breakdown(update, lambda: None, top=8)
             found["policy_update_gpu_busy_ms"] = k["kernel_ms_total"]
@@ -107,6 +111,11 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
         del optimizer, scheduler
     except Exception as exc:  # noqa: BLE001
         found["policy_update_ms"] = {"error": repr(exc)[:300]}
+    model.zero_grad(set_to_none=True)
+    try:
+        found["graph_vs_eager"] = compare_update_graphs(model, batch, work)
+    except Exception as exc:  # noqa: BLE001
+        found["graph_vs_eager"] = {"error": repr(exc)[:300]}
     model.zero_grad(set_to_none=True)
     try:
         if batch.input_ids.device.type == "cuda":
@@ -117,6 +126,39 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
     model.zero_grad(set_to_none=True)
     model.eval()
     return found
+
+
+def compare_update_graphs(model, batch, work: Workload) -> dict[str, Any]:
+    """policy_update with its micro-batches replayed from CUDA graphs (trainer/train_graph.py)
+    against the same update run eagerly, from the same weights (an SGD step of size 0 leaves
+    them unchanged): the accumulated LoRA gradients, the loss, the gradient norm; and a second
+    replayed update against the first (replays repeat bitwise)."""
+    import torch
+
+    from trainer import grpo
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    results, grads = {}, {}
+    model.train()
+    for name, graphs in (("eager", "0"), ("graph", "1"), ("graph_again", "1")):
+        os.environ["RLTUI_TRAIN_GRAPHS"] = graphs
+        stats = grpo.policy_update(model, optimizer, scheduler, [batch], loss_type=work.loss_type, epsilon=work.epsilon,
+                                   epsilon_high=work.epsilon, beta=work.beta, temperature=work.temperature,
+                                   max_completion_length=work.completion_tokens, forward_batch_size=work.micro_batch,
+                                   max_grad_norm=work.max_grad_norm)
+        results[name] = {"loss": stats.loss, "grad_norm": stats.grad_norm, "kl": stats.kl}
+        grads[name] = torch.cat([p.grad.flatten().float() for p in params])
+    os.environ["RLTUI_TRAIN_GRAPHS"] = "1"
+    eager, graph = grads["eager"], grads["graph"]
+    return results | {
+        "grad_rel_diff": float((graph - eager).norm() / eager.norm()),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(graph, eager, dim=0)),
+        "replays_bitwise_equal": bool(torch.equal(grads["graph"], grads["graph_again"])),
+        "graphs_captured": len(getattr(grpo.MicroBatchGraphs.of(model), "graphs", {})),
+        "graphs_failed": grpo.MicroBatchGraphs.of(model).failed,
+    }
 
 
 def compare_paths(model, chunk, work: Workload) -> dict[str, Any]:
@@ -156,9 +198,10 @@ def compare_paths(model, chunk, work: Workload) -> dict[str, Any]:
 
 
 def run_decode_modes(folder: Path, work: Workload, device: str,
-                     modes: list[tuple[str, str, str, str]]) -> dict[str, Any]:
-    """`modes`: (attention, compile, bucket, fused) tuples, e.g. ("sdpa", "1", "64", "0"),
-    ("triton", "1", "64", "1") (fused: RLTUI_DECODE_FUSED, the fused decode step or the plain)."""
+                     modes: list[tuple[str, ...]]) -> dict[str, Any]:
+    """`modes`: (attention, compile, bucket, fused[, products]) tuples, e.g. ("sdpa", "1", "64", "0"),
+    ("triton", "1", "64", "1", "0") (fused: RLTUI_DECODE_FUSED, the fused decode step or the plain;
+    products: RLTUI_DECODE_PRODUCTS, split-K Triton projections where they time faster, default 1)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -174,8 +217,9 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
     prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
     found: dict[str, Any] = {}
     fixed = reference = None  # one token sequence, teacher-forced through every variant
-    for attention, compile_mode, bucket, fused in modes:
-        name = f"{attention}/{compile_mode}/bucket{bucket}/fused{fused}"
+    for attention, compile_mode, bucket, fused, products in (tuple(m) + ("1",) * (5 - len(m)) for m in modes):
+        name = f"{attention}/{compile_mode}/bucket{bucket}/fused{fused}/products{products}"
+        os.environ["RLTUI_DECODE_PRODUCTS"] = products
         os.environ[fast_generation.FUSED_ENV] = fused
         os.environ[fast_generation.ATTENTION_ENV] = attention
         os.environ[fast_generation.COMPILE_ENV] = compile_mode
@@ -202,6 +246,7 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
                     kv: _event_ms(graph.replay, 20, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
             entry["compiled"] = engine.layer_fns is not None
             entry["fused_step"] = engine.fused
+            entry["products"] = engine.products.describe()
             if fixed is None:
                 fixed = out.prompt_ids, out.prompt_mask, out.completion_ids[:, :32]
             logits = fast_generation.forced_logits(model, *fixed)

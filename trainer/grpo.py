@@ -20,10 +20,12 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from trainer import train_graph
 from trainer.data import Example
 from trainer.fast_generation import fast_or_plain
 from trainer.logprobs import completion_logprobs
-from trainer.qwen2_train import fast_or_plain_logprobs
+from trainer.qwen2_train import fast_or_plain_logprobs, held_weights, prefix_shared_logprobs, prompt_groups
+from trainer.train_graph import MicroBatchGraphs
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 NO_GRAD_CHUNK_FACTOR = 4  # frozen_logps on the CUDA fast path: sequences per forward, x forward_batch_size
@@ -81,6 +83,12 @@ class LossStats:
     ratio_min: float
     ratio_max: float
     tokens: int
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> LossStats:
+        """From `stats_tensor`'s eight values (one read from the GPU)."""
+        loss, kl, low, high, mean, lowest, highest, tokens = values.tolist()
+        return cls(loss, kl, low, high, mean, lowest, highest, int(tokens))
 
 
 # ---------------------------------------------------------------- rollout and rewards
@@ -207,7 +215,7 @@ def grpo_loss(
         logps, old_logps, ref_logps, advantages, mask, loss_type=loss_type, epsilon=epsilon,
         epsilon_high=epsilon_high, beta=beta, max_completion_length=max_completion_length,
         n_sequences=n_sequences, n_tokens=n_tokens)
-    return loss, stats()
+    return loss, LossStats.of(stats())
 
 
 def grpo_loss_lazy(
@@ -223,15 +231,17 @@ def grpo_loss_lazy(
     beta: float,
     max_completion_length: int,
     n_sequences: int | None = None,
-    n_tokens: int | None = None,
-) -> tuple[torch.Tensor, Callable[[], LossStats]]:
+    n_tokens: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
     """The clipped GRPO surrogate (+ beta * KL) over one chunk of sequences.
 
     Normalisation (as TRL): grpo = mean over sequences of each sequence's token mean; dr_grpo =
     token sum / (sequences * max_completion_length); dapo = token sum / token count. When the
     batch is split into chunks, pass the whole batch's `n_sequences` and `n_tokens` so that the
-    chunks' losses add up to the batch's loss. The statistics come as a function to call later:
-    reading them waits for the GPU, which is best left until after the backward passes.
+    chunks' losses add up to the batch's loss (`n_tokens` may be a float32 tensor holding the
+    count, as a captured micro-batch has it). The statistics come as a function returning
+    `stats_tensor` (LossStats.of reads it): reading them waits for the GPU, which is best left
+    until after the backward passes.
     """
     mask = mask.to(logps.dtype)
     ratio = torch.exp(logps - old_logps)
@@ -249,25 +259,29 @@ def grpo_loss_lazy(
     elif loss_type == "dr_grpo":
         loss = (per_token * mask).sum() / (n_seq * max_completion_length)
     elif loss_type == "dapo":
-        loss = (per_token * mask).sum() / max(n_tok, 1)
+        loss = (per_token * mask).sum() / (n_tok.clamp(min=1) if isinstance(n_tok, torch.Tensor) else max(n_tok, 1))
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}")
-    return loss, partial(_stats, loss.detach(), ratio.detach(), adv, kl.detach(), mask, epsilon, epsilon_high)
+    return loss, partial(stats_tensor, loss.detach(), ratio.detach(), adv, kl.detach(), mask, epsilon, epsilon_high)
 
 
 @torch.no_grad()
-def _stats(loss, ratio, adv, kl, mask, epsilon, epsilon_high) -> LossStats:
-    count = mask.sum().clamp(min=1)
+def stats_tensor(loss, ratio, adv, kl, mask, epsilon, epsilon_high) -> torch.Tensor:
+    """LossStats' eight values as one float32 tensor, without waiting for the GPU: loss, mean KL,
+    clipped fractions, ratio mean / min / max over completion tokens (1 when there are none),
+    token count."""
+    total = mask.sum()
+    count = total.clamp(min=1)
     low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
     high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
     on = mask.bool()
-    r = ratio[on] if on.any() else torch.ones(1)
-    return LossStats(
-        loss=float(loss), kl=float((kl * mask).sum() / count),
-        clip_low=float((low * mask).sum() / count), clip_high=float((high * mask).sum() / count),
-        ratio_mean=float(r.mean()), ratio_min=float(r.min()), ratio_max=float(r.max()),
-        tokens=int(mask.sum()),
-    )
+    one = torch.ones((), dtype=ratio.dtype, device=ratio.device)
+    some = on.any()
+    values = (loss, (kl * mask).sum() / count, (low * mask).sum() / count, (high * mask).sum() / count,
+              torch.where(some, (ratio * mask).sum() / count, one),
+              torch.where(some, ratio.masked_fill(~on, float("inf")).min(), one),
+              torch.where(some, ratio.masked_fill(~on, float("-inf")).max(), one), total)
+    return torch.stack([v.to(torch.float32) for v in values])
 
 
 # ---------------------------------------------------------------- the update
@@ -307,30 +321,31 @@ def policy_update(
     `model` is what the gradients flow through (the DDP wrapper under torchrun); `no_sync`
     skips DDP's all-reduce on every backward but the last.
     """
-    optimizer.zero_grad(set_to_none=True)
+    graphs = MicroBatchGraphs.of(model) if train_graph.usable(model) and fast_or_plain_logprobs(model) else None
+    # A captured micro-batch accumulates into the gradient tensors it was captured with.
+    optimizer.zero_grad(set_to_none=graphs is None)
     parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
-    found: list[LossStats] = []
-    pending: list[Callable[[], LossStats]] = []
-    loss_total = 0.0
+    pending: list[Callable[[], torch.Tensor]] = []
     for i, (b, chunk) in enumerate(parts):
+        settings = {"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
+                    "max_completion_length": max_completion_length, "n_sequences": batches[b].size}
+        if graphs is not None:
+            replayed = _replayed(graphs, model, chunk, temperature, settings, tokens[b], len(batches))
+            if replayed is not None:
+                pending.append(partial(_identity, replayed))
+                continue
         with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
             logps = token_logps(model, chunk.input_ids, chunk.attention_mask,
                                 chunk.prompt_length, temperature)
             # num_iterations == 1: the sampling policy is the current one, so the ratio is exactly 1
             old = chunk.old_logps if chunk.old_logps is not None else logps.detach()
-            loss, stats = grpo_loss_lazy(
-                logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
-                loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
-                max_completion_length=max_completion_length, n_sequences=batches[b].size,
-                n_tokens=tokens[b],
-            )
+            loss, stats = grpo_loss_lazy(logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
+                                         n_tokens=tokens[b], **settings)
             (loss / len(batches)).backward()
         pending.append(stats)  # read after every backward: no GPU sync between micro-batches
-    for stats in pending:
-        st = stats()
-        loss_total += st.loss / len(batches)  # st.loss is float(loss)
-        found.append(st)
+    found = [LossStats.of(stats()) for stats in pending]
+    loss_total = sum(st.loss / len(batches) for st in found)  # st.loss is float(loss)
     params = [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
@@ -338,6 +353,39 @@ def policy_update(
     optimizer.step()
     scheduler.step()
     return _merge(found, loss_total, grad_norm, learning_rate)
+
+
+def _identity(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def _replayed(graphs: MicroBatchGraphs, model: torch.nn.Module, chunk: Batch, temperature: float,
+              settings: dict, n_tokens: int, n_batches: int) -> torch.Tensor | None:
+    """One micro-batch's forward, loss and backward as a CUDA graph replay (trainer/train_graph.py):
+    its stats_tensor, or None when no graph serves it (old log-probs from an earlier iteration)."""
+    if chunk.old_logps is not None:
+        return None
+    prompt_length = chunk.prompt_length
+    starts, group = prompt_groups(chunk.input_ids, chunk.attention_mask, prompt_length)
+    device = chunk.input_ids.device
+    inputs = {"input_ids": chunk.input_ids, "attention_mask": chunk.attention_mask,
+              "completion_mask": chunk.completion_mask, "advantages": chunk.advantages, "starts": starts,
+              "group": group, "n_tokens": torch.tensor(float(n_tokens), device=device),
+              "batches": torch.tensor(float(n_batches), device=device)}
+    if chunk.ref_logps is not None:
+        inputs["ref_logps"] = chunk.ref_logps
+    key = (tuple(chunk.input_ids.shape), prompt_length, int(starts.numel()), "ref_logps" in inputs, temperature,
+           tuple(sorted(settings.items())))
+
+    def body(static: dict[str, torch.Tensor]) -> torch.Tensor:
+        logps = prefix_shared_logprobs(model, static["input_ids"], static["attention_mask"], prompt_length,
+                                       temperature, groups=(static["starts"], static["group"]))
+        loss, stats = grpo_loss_lazy(logps, logps.detach(), static.get("ref_logps"), static["advantages"],
+                                     static["completion_mask"], n_tokens=static["n_tokens"], **settings)
+        (loss / static["batches"]).backward()
+        return stats()
+
+    return graphs.run(key, body, inputs, held_weights)
 
 
 def _merge(found: list[LossStats], loss: float, grad_norm: float, lr: float) -> UpdateStats:

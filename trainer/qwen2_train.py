@@ -258,20 +258,21 @@ def _checkpointing(lm: nn.Module) -> bool:
 
 
 def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           prompt_length: int, temperature: float = 1.0, *, chunk_tokens: int = 2048
-                           ) -> torch.Tensor:
+                           prompt_length: int, temperature: float = 1.0, *, chunk_tokens: int = 2048,
+                           groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Log-probability of each completion token (positions from `prompt_length` on): [N, C] float32.
 
     Positions follow the attention mask (left padding), as in trainer.grpo.token_logps. With
     gradient checkpointing enabled on the model (and gradients on), each layer is recomputed in
-    the backward pass instead of keeping its activations.
+    the backward pass instead of keeping its activations. `groups`: prompt_groups' result computed
+    beforehand (its device sync cannot happen inside a CUDA graph capture: trainer/train_graph.py).
     """
     lm = causal_lm(model)
     dims = model_dims(model)
     body = lm.model
     n, length = input_ids.shape
     c, p = length - prompt_length, prompt_length
-    starts, group = prompt_groups(input_ids, attention_mask, p)
+    starts, group = groups if groups is not None else prompt_groups(input_ids, attention_mask, p)
     u = int(starts.numel())
     prompt_ids, prompt_mask = input_ids[starts, :p], attention_mask[starts, :p]
     completion_ids, completion_mask = input_ids[:, p:], attention_mask[:, p:]
@@ -301,6 +302,11 @@ def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_
     head = lm.get_output_embeddings().weight
     return head_logprobs(hidden.reshape(n * c, -1), head, completion_ids.reshape(-1), temperature,
                          chunk_tokens).view(n, c)
+
+
+def held_weights() -> tuple:
+    """The cached stacked base weights (a captured graph reads them: it keeps them alive)."""
+    return tuple(_FUSED_BASE.values())
 
 
 def fast_or_plain_logprobs(model: nn.Module) -> Callable[..., torch.Tensor] | None:

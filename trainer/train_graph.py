@@ -1,0 +1,148 @@
+"""Training micro-batches replayed from CUDA graphs: forward, loss and backward as one replay.
+
+    from trainer.train_graph import MicroBatchGraphs, usable
+    graphs = MicroBatchGraphs.of(model)           # cached per model
+    stats = graphs.run(key, body, inputs)         # body(inputs) runs forward + backward, returns a tensor
+
+On an H200 one GRPO micro-batch of the benchmark (32 sequences through the fast path of
+trainer/qwen2_train.py) launches ~4,300 kernels in 180 ms of wall time for 142 ms of GPU work:
+the host, not the GPU, sets the pace (docs/benchmarks.md, issue 18). Captured once per input
+shape, the same work is one graph launch: the host copies the micro-batch into the graph's input
+buffers and replays it.
+
+What the replay relies on, checked before each one (a mismatch captures again):
+- the trainable parameters and their `.grad` tensors stay where they were at capture (the
+  optimizer steps them in place; gradients are accumulated in place into the same tensors, so
+  `optimizer.zero_grad(set_to_none=False)` between updates);
+- the frozen parameters are the same tensors, unchanged (`_version`), which also keeps the fast
+  path's cached stacked base weights valid (the graph holds a reference to them).
+The warm-up that precedes a capture runs the body once eagerly on a side stream with the real
+inputs and then puts the gradients back, so every micro-batch's gradient, the first included,
+comes from a replay: the result does not depend on when the graph was captured (a resumed run
+replays the same kernels as one never stopped).
+
+Not used (the eager path runs): off CUDA, with `RLTUI_TRAIN_GRAPHS=0`, with LoRA dropout
+(random masks in a replay are not checked here yet), with gradient checkpointing, or past
+`LIMIT` distinct shapes per model.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ENV = "RLTUI_TRAIN_GRAPHS"
+LIMIT = 4  # distinct micro-batch shapes captured per model (each holds its activations' memory)
+
+
+def usable(model: nn.Module) -> bool:
+    """CUDA, not switched off, in training mode without dropout or gradient checkpointing."""
+    if os.environ.get(ENV, "1") == "0" or isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    first = next(model.parameters(), None)
+    if first is None or first.device.type != "cuda":
+        return False
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p > 0 and module.training:
+            return False
+        if getattr(module, "is_gradient_checkpointing", False) is True:
+            return False
+    return True
+
+
+def _stamp(model: nn.Module, params: list[nn.Parameter]) -> tuple:
+    frozen = tuple((p.data_ptr(), p._version) for p in model.parameters() if not p.requires_grad)
+    trained = tuple((p.data_ptr(), p.grad.data_ptr() if p.grad is not None else None) for p in params)
+    return frozen, trained
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    output: torch.Tensor
+    stamp: tuple
+    held: tuple  # tensors the graph reads that nothing else may keep alive (cached stacked weights)
+
+
+class MicroBatchGraphs:
+    """The captured micro-batches of one model, by key (shapes and loss settings)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = weakref.ref(model)
+        self.graphs: dict[tuple, _Captured] = {}
+        self.failed = False
+
+    @classmethod
+    def of(cls, model: nn.Module) -> MicroBatchGraphs:
+        found = _GRAPHS.get(model)
+        if found is None:
+            found = _GRAPHS[model] = cls(model)
+        return found
+
+    def run(self, key: tuple, body: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+            inputs: dict[str, torch.Tensor], held: Callable[[], tuple] = tuple) -> torch.Tensor | None:
+        """Replay the graph of `key` on `inputs` (captured first if needed) and return a copy of
+        `body`'s output; None when no graph serves (the caller runs `body` eagerly)."""
+        model = self.model()
+        if model is None or self.failed:
+            return None
+        params = [p for p in model.parameters() if p.requires_grad]
+        captured = self.graphs.get(key)
+        if captured is not None and captured.stamp != _stamp(model, params):
+            del self.graphs[key]
+            captured = None
+        if captured is None:
+            if len(self.graphs) >= LIMIT:
+                return None
+            try:
+                captured = self._capture(model, params, body, inputs, held)
+            except Exception as exc:  # noqa: BLE001 - the eager path serves from now on
+                warnings.warn(f"capturing the training micro-batch failed ({exc!r:.300}); running it eagerly",
+                              stacklevel=2)
+                torch.cuda.synchronize()
+                self.failed = True
+                self.graphs.clear()
+                return None
+            self.graphs[key] = captured
+        for name, tensor in inputs.items():
+            captured.inputs[name].copy_(tensor)
+        captured.graph.replay()
+        return captured.output.clone()
+
+    def _capture(self, model: nn.Module, params: list[nn.Parameter], body, inputs: dict[str, torch.Tensor],
+                 held: Callable[[], tuple]) -> _Captured:
+        static = {name: tensor.clone() for name, tensor in inputs.items()}
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        saved = [p.grad.clone() for p in params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compiles, autotunes, creates handles: not during capture
+            body(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = body(static)
+        with torch.no_grad():
+            for p, grad in zip(params, saved):
+                p.grad.copy_(grad)
+        return _Captured(graph, static, output, _stamp(model, params), held())
+
+
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, MicroBatchGraphs] = weakref.WeakKeyDictionary()
+
+
+def release(model: nn.Module | None = None) -> None:
+    """Drop the captured graphs (of `model`, or all), freeing their memory."""
+    if model is None:
+        _GRAPHS.clear()
+    else:
+        _GRAPHS.pop(model, None)
