@@ -252,7 +252,8 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         "compiled": engine.layer_fns is not None, "kernels_at_probe": kernels,
         "fused_step": engine.fused, "fused_choice_timing": engine.fused_timing,
         "attention_configs": fused_decode.tuned_configs(),
-        "products": engine.products.describe(), "products_timing_ms": engine.products.timing,
+        "products": engine.products.describe(), "products_tuned": engine.tuned_products.describe(),
+        "products_timing_ms": engine.tuned_products.timing,
     }
 
 

@@ -247,6 +247,8 @@ def run_decode_modes(folder: Path, work: Workload, device: str,
             entry["compiled"] = engine.layer_fns is not None
             entry["fused_step"] = engine.fused
             entry["products"] = engine.products.describe()
+            entry["products_tuned"] = engine.tuned_products.describe()
+            entry["choice_timing"] = engine.fused_timing
             if fixed is None:
                 fixed = out.prompt_ids, out.prompt_mask, out.completion_ids[:, :32]
             logits = fast_generation.forced_logits(model, *fixed)

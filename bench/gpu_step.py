@@ -197,7 +197,8 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
             f"eager {decode['eager_step_ms_at_probe']:.3f} ms, sampling {decode['sampling_ms']:.3f} ms, "
             f"KV read {decode['kv_bytes_read_per_step_mean'] / 1e9:.2f} GB/step; compiled={decode['compiled']}")
         lines.append(f"decode step: fused={decode.get('fused_step')} (choice timing {decode.get('fused_choice_timing')}); "
-                     f"attention configs {decode.get('attention_configs')}; products {decode.get('products')}")
+                     f"attention configs {decode.get('attention_configs')}; products used {decode.get('products')}, "
+                     f"tuned {decode.get('products_tuned')}")
         for kind, timing in (decode.get("products_timing_ms") or {}).items():
             best = sorted(timing.items(), key=lambda item: item[1])[:3]
             lines.append(f"products {kind}: cublas {timing.get('cublas', float('nan')):.4f} ms for all layers; best "

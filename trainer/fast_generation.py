@@ -83,13 +83,15 @@ class DecodeEngine:
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
         self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # Which projections of the fused step run as split-K Triton kernels: timed per kind here.
+        # Which projections of the fused step run as split-K Triton kernels: timed per kind here
+        # (`tuned_products`, kept for the notes); `products` is what the captured step uses.
         self.products = DecodeProducts()
         if key.graphs and os.environ.get(FUSED_ENV, "auto") != "0" and triton_products.enabled():
             try:
                 self.products = DecodeProducts.tuned(self.weights, key.batch)
             except Exception as exc:  # noqa: BLE001 - cuBLAS serves every product
                 warnings.warn(f"timing the Triton products failed ({exc!r:.300}); using cuBLAS", stacklevel=2)
+        self.tuned_products = self.products
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
