@@ -186,6 +186,13 @@ def peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
 
 
+def peak_reserved_gib() -> float:
+    """The most memory the caching allocator held from the card (CUDA graphs' pools included)."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+
+
 def copy_bandwidth(gib: float = 2.0, repeats: int = 20) -> float:
     """Device-to-device copy bandwidth in bytes/s (bytes read + written), median of `repeats`."""
     import torch

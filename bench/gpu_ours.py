@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_common import (
-    PhaseTimer, Workload, length_reward, load_tokenizer, make_prompts, median_split, peak_gib, sync,
+    PhaseTimer, Workload, length_reward, load_tokenizer, make_prompts, median_split, peak_gib, peak_reserved_gib, sync,
 )
 
 
@@ -104,7 +104,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         "step_times_s": step_times, "step_s": step_s, "split_s": split, "generated_tokens": tokens,
         "mean_completion_length": tokens / work.sequences,
         "generation_tokens_per_s": tokens / split["generation"], "step_tokens_per_s": tokens / step_s,
-        "peak_gib": peak_gib(), "prompt_length": batch.prompt_length,
+        "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(), "prompt_length": batch.prompt_length,
         "generation_path": "plain" if plain_generation else "fast", "generate_calls": len(calls),
         "logprobs_path": "completion_logprobs",  # grpo.token_logps on CUDA
     }

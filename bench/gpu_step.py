@@ -177,6 +177,11 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     if "step_s" in ours and "step_s" in trl:
         lines.append(f"step throughput ratio ours/TRL: {trl['step_s'] / ours['step_s']:.2f}x "
                      f"(generation {trl['split_s']['generation'] / ours['split_s']['generation']:.1f}x)")
+    reserved = {side: r["peak_reserved_gib"] for side, r in results.items()
+                if isinstance(r, dict) and isinstance(r.get("peak_reserved_gib"), float)}
+    if reserved:
+        lines.append("peak memory reserved by the allocator (GiB): "
+                     + ", ".join(f"{side} {gib:.1f}" for side, gib in reserved.items()))
     bandwidth = results.get("prepare", {}).get("copy_bandwidth_bytes_per_s")
     decode = ours.get("decode")
     if bandwidth:

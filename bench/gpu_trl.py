@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gpu_common import (
-    PhaseTimer, Workload, length_reward, load_tokenizer, make_prompts, median_split, peak_gib, sync,
+    PhaseTimer, Workload, length_reward, load_tokenizer, make_prompts, median_split, peak_gib, peak_reserved_gib, sync,
 )
 
 
@@ -111,6 +111,6 @@ def run_trl(folder: Path, work: Workload, steps: int, device: str) -> dict[str, 
         "step_times_s": step_times, "step_s": step, "split_s": split,
         "generated_tokens": tokens, "mean_completion_length": lengths[-1] if lengths else None,
         "generation_tokens_per_s": tokens / split["generation"] if split.get("generation") else None,
-        "step_tokens_per_s": tokens / step, "peak_gib": peak_gib(),
+        "step_tokens_per_s": tokens / step, "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(),
         "trl_logs_last": log_rows[-1] if log_rows else {},
     }

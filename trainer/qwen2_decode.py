@@ -249,7 +249,7 @@ def rope_tables(dims: ModelDims, length: int, device: torch.device, dtype: torch
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [length, head_dim], computed in float32 and cast as transformers does."""
     inv_freq = 1.0 / (dims.rope_theta ** (
-        torch.arange(0, dims.head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dims.head_dim))
+        torch.arange(0, dims.head_dim, 2, dtype=torch.int64, device=device).to(torch.float) / dims.head_dim))
     freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)

@@ -15,7 +15,13 @@ no atomic, and the result is the same on every run.
 
 Which kind uses which kernel is measured, not assumed: `tuned` captures each candidate (cuBLAS
 and a few tile / split shapes) for all layers' weights of a kind in a CUDA graph and keeps the
-fastest. `RLTUI_DECODE_PRODUCTS=0` keeps cuBLAS everywhere. Triton's interpreter runs the kernels
+fastest, and the engine then times the whole step with and without them.
+
+Off unless `RLTUI_DECODE_PRODUCTS=1`: on an H200 (docs/benchmarks.md, issue 18) the split
+products were no faster than cuBLAS's (q/k/v 0.175 against 0.178 ms for 28 layers, down 0.361
+against 0.370; o and gate/up slower), and the whole step with them replayed in 1.958 ms against
+1.929 ms without. Each of these kernels, cuBLAS's too, spends ~5-6 us however few bytes it reads:
+what is left to win is in fewer kernels, not in faster ones. Triton's interpreter runs the kernels
 on a CPU for the tests (float32 tiles: it multiplies bf16 tiles wrongly).
 """
 
@@ -246,4 +252,4 @@ def _graph_ms(run, replays: int = 10) -> float:
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1") != "0"
+    return os.environ.get(ENV) == "1"

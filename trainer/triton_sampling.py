@@ -25,9 +25,10 @@ whose probability is below ~1e-7 of the row's mass is drawn with that relative e
 A row with no finite column (all -inf or banned) gives token 0, as race_sample does; NaN or +inf
 logits are not supported (race_sample's answer for them is arbitrary too).
 
-`sampler()` picks the kernel by `RLTUI_TRITON_SAMPLING`: "cdf" the inverse CDF, anything else
-(unset, "race", "1") the race. With "0", or without Triton, `available()` is False and the torch
-race is used. Triton's interpreter (TRITON_INTERPRET=1) runs both on a CPU for the tests.
+`sampler()` picks the kernel by `RLTUI_TRITON_SAMPLING`: "race" the race, anything else (unset,
+"cdf", "1") the inverse CDF, which an H200 runs in ~28-31 us per 128 x 151,936 draw against the
+race's ~84 us (bench/gpu_sampling.py, docs/benchmarks.md). With "0", or without Triton,
+`available()` is False and the torch race is used. Triton's interpreter (TRITON_INTERPRET=1) runs both on a CPU for the tests.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from trainer.triton_base import runs_on, tl, triton
 ENV = "RLTUI_TRITON_SAMPLING"
 COLUMNS_PER_PROGRAM = 8192
 BLOCK = 1024
-CDF_COLUMNS_PER_PROGRAM = 4096  # a slice: one program of the first kernel, the second's walk (powers of 2)
+CDF_COLUMNS_PER_PROGRAM = 2048  # a slice: one program of the first kernel, the second's walk (powers of 2)
 CDF_BLOCK = 1024
 CDF_WARPS = 4
 
@@ -52,8 +53,8 @@ def available(device: torch.device) -> bool:
 
 
 def sampler() -> Callable[..., torch.Tensor]:
-    """The kernel `RLTUI_TRITON_SAMPLING` asks for: cdf_sample for "cdf", race_sample otherwise."""
-    return cdf_sample if os.environ.get(ENV) == "cdf" else race_sample
+    """The kernel `RLTUI_TRITON_SAMPLING` asks for: race_sample for "race", cdf_sample otherwise."""
+    return race_sample if os.environ.get(ENV) == "race" else cdf_sample
 
 
 if triton is not None:

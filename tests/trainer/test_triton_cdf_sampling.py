@@ -135,8 +135,8 @@ def test_cdf_sample_is_reproducible_for_a_generator_seed(found):
     assert first == again and first != other
 
 
-@pytest.mark.parametrize(("value", "kernel"), [("cdf", "cdf_sample"), ("race", "race_sample"), ("1", "race_sample"),
-                                               (None, "race_sample")])
+@pytest.mark.parametrize(("value", "kernel"), [("cdf", "cdf_sample"), ("race", "race_sample"), ("1", "cdf_sample"),
+                                               (None, "cdf_sample")])
 def test_rltui_triton_sampling_picks_the_kernel(monkeypatch, value, kernel):
     from trainer import triton_sampling
 
