@@ -158,6 +158,7 @@ def compare_update_graphs(model, batch, work: Workload) -> dict[str, Any]:
         "replays_bitwise_equal": bool(torch.equal(grads["graph"], grads["graph_again"])),
         "graphs_captured": len(getattr(grpo.MicroBatchGraphs.of(model), "graphs", {})),
         "graphs_failed": grpo.MicroBatchGraphs.of(model).failed,
+        "graphs_error": grpo.MicroBatchGraphs.of(model).error,
     }
 
 

@@ -29,6 +29,7 @@ Not used (the eager path runs): off CUDA, with `RLTUI_TRAIN_GRAPHS=0`, with LoRA
 from __future__ import annotations
 
 import os
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -78,6 +79,7 @@ class MicroBatchGraphs:
         self.model = weakref.ref(model)
         self.graphs: dict[tuple, _Captured] = {}
         self.failed = False
+        self.error = ""  # the failed capture's traceback, for the notes
 
     @classmethod
     def of(cls, model: nn.Module) -> MicroBatchGraphs:
@@ -107,6 +109,7 @@ class MicroBatchGraphs:
                 warnings.warn(f"capturing the training micro-batch failed ({exc!r:.300}); running it eagerly",
                               stacklevel=2)
                 torch.cuda.synchronize()
+                self.error = traceback.format_exc()[-3000:]
                 self.failed = True
                 self.graphs.clear()
                 return None
