@@ -100,14 +100,17 @@ def training_profile(model, batch, work: Workload, reps: int = 3) -> dict[str, A
                                max_completion_length=work.completion_tokens, forward_batch_size=m,
                                max_grad_norm=work.max_grad_norm)
         found["policy_update_ms"] = _wall_ms(update, 2)
-        previous = os.environ.get("RLTUI_TRAIN_GRAPHS")
-        os.environ["RLTUI_TRAIN_GRAPHS"] = "0"  # the same update, every micro-batch eager
-        found["policy_update_ms_eager"] = _wall_ms(update, 2)
-        os.environ["RLTUI_TRAIN_GRAPHS"] = previous or "1"
-        if batch.input_ids.device.type == "cuda":
+        if batch.input_ids.device.type == "cuda":  # the graphs captured above are replayed
             k = kernel_breakdown(update, lambda: None, top=8)
             found["policy_update_gpu_busy_ms"] = k["kernel_ms_total"]
             found["policy_update_kernels"] = k["kernels"]
+        previous = os.environ.get("RLTUI_TRAIN_GRAPHS")
+        os.environ["RLTUI_TRAIN_GRAPHS"] = "0"  # the same update, every micro-batch eager
+        found["policy_update_ms_eager"] = _wall_ms(update, 2)
+        if batch.input_ids.device.type == "cuda":
+            k = kernel_breakdown(update, lambda: None, top=8)
+            found["policy_update_gpu_busy_ms_eager"] = k["kernel_ms_total"]
+        os.environ["RLTUI_TRAIN_GRAPHS"] = previous or "1"
         del optimizer, scheduler
     except Exception as exc:  # noqa: BLE001
         found["policy_update_ms"] = {"error": repr(exc)[:300]}

@@ -229,7 +229,8 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
             lines.append(f"training phase (policy_update, {train['sequences_per_micro_batch']} per micro-batch): "
                          f"{train['policy_update_ms']:.0f} ms wall, {train.get('policy_update_gpu_busy_ms', 0):.0f} ms "
                          f"GPU busy, {train.get('policy_update_kernels', 0)} kernels; every micro-batch eager: "
-                         f"{train.get('policy_update_ms_eager', float('nan')):.0f} ms wall")
+                         f"{train.get('policy_update_ms_eager', float('nan')):.0f} ms wall, "
+                         f"{train.get('policy_update_gpu_busy_ms_eager', float('nan')):.0f} ms GPU busy")
         if train.get("graph_vs_eager"):
             lines.append(f"training micro-batches as CUDA graphs vs eager: {train['graph_vs_eager']}")
         lines.append("training micro-batch: " + "; ".join(

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from trainer import triton_products, triton_sampling
+from trainer.decode_graphs import PrefillGraphs, RefreshGraph, choose_step
 from trainer.fused_decode import fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
@@ -95,6 +96,8 @@ class DecodeEngine:
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
+        self.prefill_graphs = PrefillGraphs()
+        self.refresh_graph = RefreshGraph()  # the adapter fold of later rollouts, replayed
 
     def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
         """One ungraphed decode step (the fused or the plain one)."""
@@ -108,6 +111,10 @@ class DecodeEngine:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.prefill_fns is not None:
             try:
+                if self.key.graphs:  # one graph per prompt shape, replayed (trainer/decode_graphs.py)
+                    logits = self.prefill_graphs.run(self, input_ids, attention_mask, rows)
+                    if logits is not None:
+                        return logits
                 return prefill(self.weights, self.state, input_ids, attention_mask, rows, self.prefill_fns)
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the rollout
                 warnings.warn(f"torch.compile of the prefill failed ({exc!r:.300}); continuing uncompiled",
@@ -120,55 +127,10 @@ class DecodeEngine:
             return self.run_step(kv_len)
         with torch.cuda.device(self.state.tokens.device):  # the rank's GPU under torchrun
             if kv_len not in self.graphs:
-                self.graphs[kv_len] = self._choose(kv_len) if self.fused is None else self._capture(kv_len)
+                self.graphs[kv_len] = choose_step(self, kv_len) if self.fused is None else self._capture(kv_len)
             graph, logits = self.graphs[kv_len]
             graph.replay()
         return logits
-
-    def _choose(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the fused step with its Triton products (if any were chosen), the fused step
-        with cuBLAS products and the plain step for this bucket; keep the fastest (replays timed
-        with the position and slot put back after each, so the real step comes next)."""
-        tuned = self.products
-        variants: list[tuple[str, bool, DecodeProducts]] = [("fused", True, DecodeProducts())]
-        if any(tuned.chosen.values()):
-            variants.insert(0, ("fused_products", True, tuned))
-        variants.append(("plain", False, DecodeProducts()))
-        saved = self.state.positions.clone(), self.state.write_index.clone()
-
-        def timed(graph: torch.cuda.CUDAGraph) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for rep in range(12):
-                if rep == 2:
-                    start.record()
-                graph.replay()
-                self.state.positions.copy_(saved[0])
-                self.state.write_index.copy_(saved[1])
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 10
-
-        captured = {}
-        for name, fused, products in variants:
-            self.fused, self.products = fused, products
-            try:
-                graph = self._capture(kv_len)
-            except Exception as exc:  # noqa: BLE001 - the other variants serve
-                warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=2)
-                torch.cuda.synchronize()
-                continue
-            if self.fused != fused:  # the fused capture failed and fell back to the plain step
-                name = "plain"
-            captured[name] = (graph, self.fused, self.products)
-        if not captured:
-            raise RuntimeError("no decode step could be captured")
-        self.fused_timing = {"kv_len": kv_len} | {f"{name}_ms": timed(graph[0]) for name, (graph, _, _) in captured.items()}
-        for name, (graph, _, _) in captured.items():  # a second look at each: the first replays warm the clocks
-            self.fused_timing[f"{name}_ms"] = min(self.fused_timing[f"{name}_ms"], timed(graph[0]))
-        best = min(captured, key=lambda name: self.fused_timing[f"{name}_ms"])
-        graph, self.fused, self.products = captured[best]
-        self.fused_timing["chosen"] = best
-        return graph
 
     def _warm_up(self, kv_len: int) -> None:
         saved = self.state.positions.clone(), self.state.write_index.clone()
@@ -280,7 +242,8 @@ def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, com
     key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
     engine = _ENGINES.get(model)
     if engine is not None and replace(engine.key, capacity=capacity) == key and engine.key.capacity >= capacity:
-        engine.weights.refresh(model)
+        if not (key.graphs and engine.weights.fold and engine.refresh_graph.run(engine.weights, model)):
+            engine.weights.refresh(model)
         return engine
     if engine is not None:
         del _ENGINES[model]

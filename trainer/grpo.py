@@ -326,12 +326,16 @@ def policy_update(
     optimizer.zero_grad(set_to_none=graphs is None)
     parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
+    settings = [{"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
+                 "max_completion_length": max_completion_length, "n_sequences": batches[b].size} for b, _ in parts]
+    # Every replay's inputs first (their device syncs while the GPU is idle anyway), so that the
+    # replays are queued back to back.
+    replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches))
+               if graphs is not None else None for i, (b, chunk) in enumerate(parts)]
     pending: list[Callable[[], torch.Tensor]] = []
     for i, (b, chunk) in enumerate(parts):
-        settings = {"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
-                    "max_completion_length": max_completion_length, "n_sequences": batches[b].size}
-        if graphs is not None:
-            replayed = _replayed(graphs, model, chunk, temperature, settings, tokens[b], len(batches))
+        if replays[i] is not None:
+            replayed = graphs.run(*replays[i], held_weights)
             if replayed is not None:
                 pending.append(partial(_identity, replayed))
                 continue
@@ -341,7 +345,7 @@ def policy_update(
             # num_iterations == 1: the sampling policy is the current one, so the ratio is exactly 1
             old = chunk.old_logps if chunk.old_logps is not None else logps.detach()
             loss, stats = grpo_loss_lazy(logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
-                                         n_tokens=tokens[b], **settings)
+                                         n_tokens=tokens[b], **settings[i])
             (loss / len(batches)).backward()
         pending.append(stats)  # read after every backward: no GPU sync between micro-batches
     found = [LossStats.of(stats()) for stats in pending]
@@ -359,10 +363,10 @@ def _identity(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _replayed(graphs: MicroBatchGraphs, model: torch.nn.Module, chunk: Batch, temperature: float,
-              settings: dict, n_tokens: int, n_batches: int) -> torch.Tensor | None:
-    """One micro-batch's forward, loss and backward as a CUDA graph replay (trainer/train_graph.py):
-    its stats_tensor, or None when no graph serves it (old log-probs from an earlier iteration)."""
+def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, settings: dict, n_tokens: int,
+                  n_batches: int) -> tuple[tuple, Callable, dict[str, torch.Tensor]] | None:
+    """(key, body, inputs) for replaying one micro-batch's forward, loss and backward from a CUDA
+    graph (trainer/train_graph.py); None for old log-probs from an earlier iteration (eager)."""
     if chunk.old_logps is not None:
         return None
     prompt_length = chunk.prompt_length
@@ -385,7 +389,7 @@ def _replayed(graphs: MicroBatchGraphs, model: torch.nn.Module, chunk: Batch, te
         (loss / static["batches"]).backward()
         return stats()
 
-    return graphs.run(key, body, inputs, held_weights)
+    return key, body, inputs
 
 
 def _merge(found: list[LossStats], loss: float, grad_norm: float, lr: float) -> UpdateStats:

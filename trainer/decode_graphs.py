@@ -1,0 +1,162 @@
+"""The decode engine's CUDA graphs beyond one step's capture: which step to capture, the prefill
+replayed per prompt shape, and the adapter fold replayed per rollout.
+
+    from trainer.decode_graphs import PrefillGraphs, RefreshGraph, choose_step
+    graph, logits = choose_step(engine, kv_len)          # first bucket: time the variants, keep the fastest
+    logits = engine.prefill_graphs.run(engine, ids, mask, rows)   # None: run the prefill eagerly
+    engine.refresh_graph.run(engine.weights, model)      # False: refresh eagerly
+
+`engine` is a trainer.fast_generation.DecodeEngine (used through its attributes: state, products,
+fused, fused_timing, prefill_fns, weights, _capture).
+
+The prefill of the benchmark's rollout (16 distinct prompts x 128 tokens through 28 layers) is
+~10 ms of GPU work that took 34-39 ms of wall time on an H200, the host launching its kernels
+one by one (docs/benchmarks.md, issue 18). Replayed from a graph captured for that prompt shape
+it is one launch. A rollout whose prompts have another shape captures another graph, up to
+`PREFILL_LIMIT` shapes per engine; past that, and when a capture fails, the prefill runs eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from trainer.qwen2_decode import prefill
+from trainer.triton_products import DecodeProducts
+
+PREFILL_LIMIT = 8
+
+
+def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture the fused step with its Triton products (if any were chosen), the fused step with
+    cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
+    position and slot put back after each, so the real step comes next)."""
+    tuned, state = engine.products, engine.state
+    variants: list[tuple[str, bool, DecodeProducts]] = [("fused", True, DecodeProducts())]
+    if any(tuned.chosen.values()):
+        variants.insert(0, ("fused_products", True, tuned))
+    variants.append(("plain", False, DecodeProducts()))
+    saved = state.positions.clone(), state.write_index.clone()
+
+    def timed(graph: torch.cuda.CUDAGraph) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for rep in range(12):
+            if rep == 2:
+                start.record()
+            graph.replay()
+            state.positions.copy_(saved[0])
+            state.write_index.copy_(saved[1])
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 10
+
+    captured = {}
+    for name, fused, products in variants:
+        engine.fused, engine.products = fused, products
+        try:
+            graph = engine._capture(kv_len)
+        except Exception as exc:  # noqa: BLE001 - the other variants serve
+            warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=2)
+            torch.cuda.synchronize()
+            continue
+        if engine.fused != fused:  # the fused capture failed and fell back to the plain step
+            name = "plain"
+        captured[name] = (graph, engine.fused, engine.products)
+    if not captured:
+        raise RuntimeError("no decode step could be captured")
+    timing: dict = {"kv_len": kv_len}
+    for look in range(2):  # a second look at each: the first replays warm the clocks
+        for name, (graph, _, _) in captured.items():
+            ms = timed(graph[0])
+            timing[f"{name}_ms"] = ms if look == 0 else min(ms, timing[f"{name}_ms"])
+    best = min(captured, key=lambda name: timing[f"{name}_ms"])
+    graph, engine.fused, engine.products = captured[best]
+    engine.fused_timing = timing | {"chosen": best}
+    return graph
+
+
+class PrefillGraphs:
+    """The prefill captured per (prompts, length) shape; inputs copied in, the graph replayed.
+
+    The replay writes the same cache slots, masks, positions and slot index as the eager prefill
+    (all of them the engine's static buffers) and returns the same logits buffer each time."""
+
+    def __init__(self) -> None:
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        self.failed = False
+
+    def run(self, engine, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            rows: torch.Tensor) -> torch.Tensor | None:
+        key = (tuple(input_ids.shape), rows.shape[0])
+        found = self.graphs.get(key)
+        if found is None:
+            if self.failed or len(self.graphs) >= PREFILL_LIMIT:
+                return None
+            try:
+                found = self._capture(engine, input_ids, attention_mask, rows)
+            except Exception as exc:  # noqa: BLE001 - the eager prefill serves from now on
+                warnings.warn(f"capturing the prefill failed ({exc!r:.300}); running it eagerly", stacklevel=3)
+                torch.cuda.synchronize()
+                self.failed = True
+                return None
+            self.graphs[key] = found
+        graph, static, logits = found
+        for buffer, value in zip(static, (input_ids, attention_mask, rows)):
+            buffer.copy_(value)
+        graph.replay()
+        return logits
+
+    @staticmethod
+    def _capture(engine, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor):
+        static = (input_ids.clone(), attention_mask.clone(), rows.clone())
+
+        def run() -> torch.Tensor:
+            return prefill(engine.weights, engine.state, *static, engine.prefill_fns)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compiles for this shape; its writes are redone by the replay
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = run()
+        return graph, static, logits
+
+
+class RefreshGraph:
+    """The adapter fold into the fused decode weights (DecodeWeights.refresh) as one graph replay.
+
+    With the Triton fold a refresh is ~200 small launches: 6 ms of GPU time in 10-17 ms of wall
+    time on an H200. The graph reads the model's tensors where they were at capture (the optimizer
+    updates the adapter in place), so it is captured again whenever a parameter moved."""
+
+    def __init__(self) -> None:
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.stamp: tuple = ()
+        self.failed = False
+
+    def run(self, weights, model: torch.nn.Module) -> bool:
+        """Refresh `weights` from `model` by a replay; False when no graph serves (refresh eagerly)."""
+        if self.failed:
+            return False
+        stamp = tuple(p.data_ptr() for p in model.parameters())
+        if self.graph is None or stamp != self.stamp:
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    weights.refresh(model)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    weights.refresh(model)
+            except Exception as exc:  # noqa: BLE001 - the eager refresh serves from now on
+                warnings.warn(f"capturing the adapter fold failed ({exc!r:.300}); folding eagerly", stacklevel=3)
+                torch.cuda.synchronize()
+                self.failed, self.graph = True, None
+                return False
+            self.graph, self.stamp = graph, stamp
+        self.graph.replay()
+        return True
