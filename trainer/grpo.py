@@ -156,16 +156,17 @@ def group_advantages(reward: torch.Tensor, num_generations: int, scale_rewards: 
 
 def token_logps(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-    prompt_length: int, temperature: float,
+    prompt_length: int, temperature: float, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Log-probability of each completion token under `model`: [N, C] (float32)."""
+    """Log-probability of each completion token under `model`: [N, C] (float32). `groups`: the
+    prompt groups of the CUDA fast path, found beforehand (qwen2_train.prompt_groups)."""
     if input_ids.is_cuda:
         # Qwen2 (+ LoRA), one process: each prompt once per group, fused layers, chunked head
         # (trainer/qwen2_train.py). Otherwise the model's own forward without a float32
         # [N, T, vocab] tensor (151,936 columns for Qwen2.5).
         fast = fast_or_plain_logprobs(model)
         if fast is not None:
-            return fast(model, input_ids, attention_mask, prompt_length, temperature)
+            return fast(model, input_ids, attention_mask, prompt_length, temperature, groups=groups)
         return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -328,9 +329,11 @@ def policy_update(
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     settings = [{"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
                  "max_completion_length": max_completion_length, "n_sequences": batches[b].size} for b, _ in parts]
-    # Every replay's inputs first (their device syncs while the GPU is idle anyway), so that the
-    # replays are queued back to back.
-    replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches))
+    # Every micro-batch's prompt groups first (a device sync each, while the GPU is idle anyway),
+    # so that the micro-batches (or their replays) are queued back to back.
+    fast = parts[0][1].input_ids.is_cuda and fast_or_plain_logprobs(model) is prefix_shared_logprobs
+    groups = [prompt_groups(c.input_ids, c.attention_mask, c.prompt_length) if fast else None for _, c in parts]
+    replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches), groups[i])
                if graphs is not None else None for i, (b, chunk) in enumerate(parts)]
     pending: list[Callable[[], torch.Tensor]] = []
     for i, (b, chunk) in enumerate(parts):
@@ -341,7 +344,7 @@ def policy_update(
                 continue
         with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
             logps = token_logps(model, chunk.input_ids, chunk.attention_mask,
-                                chunk.prompt_length, temperature)
+                                chunk.prompt_length, temperature, groups=groups[i])
             # num_iterations == 1: the sampling policy is the current one, so the ratio is exactly 1
             old = chunk.old_logps if chunk.old_logps is not None else logps.detach()
             loss, stats = grpo_loss_lazy(logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
@@ -364,13 +367,14 @@ def _identity(value: torch.Tensor) -> torch.Tensor:
 
 
 def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, settings: dict, n_tokens: int,
-                  n_batches: int) -> tuple[tuple, Callable, dict[str, torch.Tensor]] | None:
+                  n_batches: int, groups: tuple[torch.Tensor, torch.Tensor]
+                  ) -> tuple[tuple, Callable, dict[str, torch.Tensor]] | None:
     """(key, body, inputs) for replaying one micro-batch's forward, loss and backward from a CUDA
     graph (trainer/train_graph.py); None for old log-probs from an earlier iteration (eager)."""
     if chunk.old_logps is not None:
         return None
     prompt_length = chunk.prompt_length
-    starts, group = prompt_groups(chunk.input_ids, chunk.attention_mask, prompt_length)
+    starts, group = groups
     device = chunk.input_ids.device
     inputs = {"input_ids": chunk.input_ids, "attention_mask": chunk.attention_mask,
               "completion_mask": chunk.completion_mask, "advantages": chunk.advantages, "starts": starts,
