@@ -342,13 +342,20 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
 
 def _tokenize_left(tokenizer: Any, prompts: Sequence[str], max_prompt_length: int | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    # Each distinct prompt tokenized once (a GRPO rollout repeats every prompt G times): the same
+    # rows, since every row is padded to the longest prompt either way.
+    distinct: dict[str, int] = {}
+    index = [distinct.setdefault(prompt, len(distinct)) for prompt in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(list(distinct), return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    if len(distinct) < len(index):
+        rows = torch.tensor(index)
+        ids, mask = ids[rows], mask[rows]
     if max_prompt_length is not None and ids.shape[1] > max_prompt_length:
         ids, mask = ids[:, -max_prompt_length:], mask[:, -max_prompt_length:]
     return ids, mask

@@ -359,3 +359,19 @@ def test_decode_texts_equal_decoding_each_row(tokenizer):
         assert decode_texts(tokenizer, rows) == [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
     finally:
         tokenizer.clean_up_tokenization_spaces = not tokenizer.clean_up_tokenization_spaces
+
+
+def test_repeated_prompts_are_tokenized_once_into_the_same_rows(tokenizer):
+    from trainer.fast_generation import _tokenize_left
+
+    prompts = ["What is 2 + 2?", "Name a colour.", "What is 2 + 2?", "x", "Name a colour.", "x"]
+    ids, mask = _tokenize_left(tokenizer, prompts, None)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        want = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+    cut_ids, cut_mask = _tokenize_left(tokenizer, prompts, 3)
+    assert torch.equal(cut_ids, want["input_ids"][:, -3:]) and torch.equal(cut_mask, want["attention_mask"][:, -3:])
