@@ -432,7 +432,8 @@ def generate(
         finished |= torch.isin(token, stop_ids)
         if i == max_new_tokens - 1:
             break
-        if (i + 1) % SYNC_EVERY == 0 and bool(finished.all()):
+        # Before min_new_tokens no row can finish (EOS is banned): no sync to ask.
+        if (i + 1) % SYNC_EVERY == 0 and i + 1 >= min_new_tokens and bool(finished.all()):
             break
         if deadline is not None and time.monotonic() > deadline:
             timed_out = True
