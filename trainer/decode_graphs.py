@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from trainer.qwen2_decode import prefill
+from trainer.qwen2_decode import adapter_state, prefill
 from trainer.triton_products import DecodeProducts
 
 PREFILL_LIMIT = 8
@@ -130,7 +130,8 @@ class RefreshGraph:
 
     With the Triton fold a refresh is ~200 small launches: 6 ms of GPU time in 10-17 ms of wall
     time on an H200. The graph reads the model's tensors where they were at capture (the optimizer
-    updates the adapter in place), so it is captured again whenever a parameter moved."""
+    updates the adapter in place), so it is captured again whenever a parameter moved or an adapter
+    was switched (disabled, merged, another one made active)."""
 
     def __init__(self) -> None:
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -141,7 +142,7 @@ class RefreshGraph:
         """Refresh `weights` from `model` by a replay; False when no graph serves (refresh eagerly)."""
         if self.failed:
             return False
-        stamp = tuple(p.data_ptr() for p in model.parameters())
+        stamp = (tuple(p.data_ptr() for p in model.parameters()), adapter_state(model))
         if self.graph is None or stamp != self.stamp:
             try:
                 side = torch.cuda.Stream()

@@ -109,6 +109,15 @@ def effective_linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     return total.to(weight.dtype), bias
 
 
+def adapter_state(model: nn.Module) -> tuple:
+    """What decides each LoRA layer's effective weight besides its tensors (enabled, merged, active
+    adapters, scalings): a captured graph that folded or applied the adapters is valid only while
+    this is unchanged."""
+    return tuple((module.disable_adapters, module.merged, tuple(module.active_adapters),
+                  tuple(sorted(module.scaling.items())))
+                 for module in model.modules() if hasattr(module, "lora_A"))
+
+
 def check_foldable(model: nn.Module) -> None:
     """Raise UnsupportedModel for adapters `effective_linear` cannot fold (checked without copying)."""
     lm = causal_lm(model)

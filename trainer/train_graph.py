@@ -15,7 +15,9 @@ What the replay relies on, checked before each one (a mismatch captures again):
   optimizer steps them in place; gradients are accumulated in place into the same tensors, so
   `optimizer.zero_grad(set_to_none=False)` between updates);
 - the frozen parameters are the same tensors, unchanged (`_version`), which also keeps the fast
-  path's cached stacked base weights valid (the graph holds a reference to them).
+  path's cached stacked base weights valid (the graph holds a reference to them);
+- the adapters are switched the same way (enabled, merged, active: qwen2_decode.adapter_state)
+  and the model is in the same mode.
 The warm-up that precedes a capture runs the body once eagerly on a side stream with the real
 inputs and then puts the gradients back, so every micro-batch's gradient, the first included,
 comes from a replay: the result does not depend on when the graph was captured (a resumed run
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from trainer.qwen2_decode import adapter_state
 
 ENV = "RLTUI_TRAIN_GRAPHS"
 LIMIT = 4  # distinct micro-batch shapes captured per model (each holds its activations' memory)
@@ -60,7 +64,7 @@ def usable(model: nn.Module) -> bool:
 def _stamp(model: nn.Module, params: list[nn.Parameter]) -> tuple:
     frozen = tuple((p.data_ptr(), p._version) for p in model.parameters() if not p.requires_grad)
     trained = tuple((p.data_ptr(), p.grad.data_ptr() if p.grad is not None else None) for p in params)
-    return frozen, trained
+    return frozen, trained, adapter_state(model), model.training
 
 
 @dataclass

@@ -375,3 +375,16 @@ def test_repeated_prompts_are_tokenized_once_into_the_same_rows(tokenizer):
     assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
     cut_ids, cut_mask = _tokenize_left(tokenizer, prompts, 3)
     assert torch.equal(cut_ids, want["input_ids"][:, -3:]) and torch.equal(cut_mask, want["attention_mask"][:, -3:])
+
+
+def test_adapter_state_tells_a_switched_adapter_apart(tokenizer):
+    # What the decode fold's and the training micro-batch's CUDA graphs compare before a replay.
+    from trainer.qwen2_decode import adapter_state
+
+    model = _lora(_model(tokenizer))
+    on = adapter_state(model)
+    assert on and on == adapter_state(model)
+    with model.disable_adapter():
+        assert adapter_state(model) != on
+    assert adapter_state(model) == on
+    assert adapter_state(_model(tokenizer)) == ()
