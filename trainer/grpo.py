@@ -28,6 +28,7 @@ from trainer.qwen2_train import fast_or_plain_logprobs, held_weights, prefix_sha
 from trainer.train_graph import MicroBatchGraphs
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
+GRAPH_WIDTH = 64  # a captured training micro-batch's completion width is a multiple of this
 NO_GRAD_CHUNK_FACTOR = 4  # frozen_logps on the CUDA fast path: sequences per forward, x forward_batch_size
 
 
@@ -376,14 +377,22 @@ def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, sett
     prompt_length = chunk.prompt_length
     starts, group = groups
     device = chunk.input_ids.device
-    inputs = {"input_ids": chunk.input_ids, "attention_mask": chunk.attention_mask,
-              "completion_mask": chunk.completion_mask, "advantages": chunk.advantages, "starts": starts,
+    # Completions padded to a multiple of GRAPH_WIDTH masked-out tokens: a few shapes serve rollouts
+    # whose longest completion varies (the masked tokens add nothing to the loss or the gradients).
+    width = chunk.completion_mask.shape[1]
+    pad = -(-width // GRAPH_WIDTH) * GRAPH_WIDTH - width
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, pad)) if pad else t
+
+    inputs = {"input_ids": padded(chunk.input_ids), "attention_mask": padded(chunk.attention_mask),
+              "completion_mask": padded(chunk.completion_mask), "advantages": chunk.advantages, "starts": starts,
               "group": group, "n_tokens": torch.tensor(float(n_tokens), device=device),
               "batches": torch.tensor(float(n_batches), device=device)}
     if chunk.ref_logps is not None:
-        inputs["ref_logps"] = chunk.ref_logps
-    key = (tuple(chunk.input_ids.shape), prompt_length, int(starts.numel()), "ref_logps" in inputs, temperature,
-           tuple(sorted(settings.items())))
+        inputs["ref_logps"] = padded(chunk.ref_logps)
+    key = (tuple(inputs["input_ids"].shape), prompt_length, int(starts.numel()), "ref_logps" in inputs,
+           temperature, tuple(sorted(settings.items())))
 
     def body(static: dict[str, torch.Tensor]) -> torch.Tensor:
         logps = prefix_shared_logprobs(model, static["input_ids"], static["attention_mask"], prompt_length,
