@@ -74,13 +74,9 @@ def test_triton_decode_attention_equals_sdpa():
     assert found["error"] < 0.01  # bf16 output rounding
 
 
-FUSED = r"""
-import json, os, torch
+# A tiny random Qwen2 for the child processes: `random_model(dtype)`.
+RANDOM_QWEN2 = r"""
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from trainer import fast_generation
-from trainer.qwen2_decode import Attention, DecodeWeights
-from trainer.fused_decode import check_error, check_passes
-torch.manual_seed(0)
 config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                      rope_theta=1e4, rms_norm_eps=1e-6, use_sliding_window=False)
@@ -93,6 +89,15 @@ def random_model(dtype):
             elif name.endswith("bias"):
                 param.normal_(0, 0.2)
     return model.to(dtype).eval()
+"""
+
+FUSED = r"""
+import json, os, torch
+from trainer import fast_generation
+from trainer.qwen2_decode import Attention, DecodeWeights
+from trainer.fused_decode import check_error, check_passes
+torch.manual_seed(0)
+""" + RANDOM_QWEN2 + r"""
 found = {}
 for dtype in (torch.float32, torch.bfloat16):
     model = random_model(dtype)

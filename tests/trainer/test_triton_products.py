@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.trainer.test_triton_kernels import _interpreted
+from tests.trainer.test_triton_kernels import RANDOM_QWEN2, _interpreted
 
 pytest.importorskip("triton")
 
 CHILD = r"""
 import json, torch, torch.nn.functional as F
-from transformers import Qwen2Config, Qwen2ForCausalLM
 from trainer import triton_products as tp
 from trainer.fused_decode import check_error, check_passes, element_fns
 from trainer.qwen2_decode import Attention, DecodeWeights
@@ -40,17 +39,8 @@ _, add_norm, _ = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
 want_x, want_h = add_norm(resid, partials.sum(0), norm_w)
 got_x, got_h = tp.add_norm(partials, resid, norm_w, 1e-6)
 found["add_norm_err"] = max(float((got_x - want_x).abs().max()), float((got_h - want_h).abs().max()))
-config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                     rope_theta=1e4, rms_norm_eps=1e-6, use_sliding_window=False)
-model = Qwen2ForCausalLM(config)
-with torch.no_grad():  # norms and biases off their init (ones, zeros): a wrong one shows
-    for name, param in model.named_parameters():
-        if "norm" in name:
-            param.copy_(1 + 0.3 * torch.randn_like(param))
-        elif name.endswith("bias"):
-            param.normal_(0, 0.2)
-weights = DecodeWeights.allocate(model.eval())
+""" + RANDOM_QWEN2 + r"""
+weights = DecodeWeights.allocate(random_model(torch.float32))
 split = tp.Split(16, 16, 2)
 for name, products in (("split", tp.DecodeProducts.fixed(qkv=split, o=split, gate_up=tp.Split(16, 16, 1), down=split)),
                        ("one", tp.DecodeProducts.fixed(qkv=tp.Split(16, 16, 1), o=tp.Split(16, 16, 1)))):
