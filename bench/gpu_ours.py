@@ -142,8 +142,7 @@ def generation_profile(model, tokenizer, prompts: list[str], work: Workload, gen
     from trainer.data import Example
 
     engine = fast_generation._ENGINES[model]
-    found: dict[str, Any] = {"refresh_ms": _event_ms(lambda: engine.weights.refresh(model), 5),
-                             "refresh_graph_ms": _event_ms(lambda: engine.refresh_graph.run(engine.weights, model), 5)}
+    found: dict[str, Any] = {"refresh_ms": _event_ms(lambda: engine.weights.refresh(model), 5)}
     repeated = [p for p in prompts for _ in range(work.generations)]
     ids, mask = fast_generation._tokenize_left(tokenizer, repeated, work.prompt_tokens)
     starts, inverse = fast_generation._unique_rows(ids)

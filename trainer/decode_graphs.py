@@ -1,10 +1,9 @@
-"""The decode engine's CUDA graphs beyond one step's capture: which step to capture, the prefill
-replayed per prompt shape, and the adapter fold replayed per rollout.
+"""The decode engine's CUDA graphs beyond one step's capture: which step to capture, and the
+prefill replayed per prompt shape.
 
-    from trainer.decode_graphs import PrefillGraphs, RefreshGraph, choose_step
+    from trainer.decode_graphs import PrefillGraphs, choose_step
     graph, logits = choose_step(engine, kv_len)          # first bucket: time the variants, keep the fastest
     logits = engine.prefill_graphs.run(engine, ids, mask, rows)   # None: run the prefill eagerly
-    engine.refresh_graph.run(engine.weights, model)      # False: refresh eagerly
 
 `engine` is a trainer.fast_generation.DecodeEngine (used through its attributes: state, products,
 fused, fused_timing, prefill_fns, weights, _capture).
@@ -12,7 +11,7 @@ fused, fused_timing, prefill_fns, weights, _capture).
 The prefill of the benchmark's rollout (16 distinct prompts x 128 tokens through 28 layers) is
 ~10 ms of GPU work that took 34-39 ms of wall time on an H200, the host launching its kernels
 one by one (docs/benchmarks.md, issue 18). Replayed from a graph captured for that prompt shape
-it is one launch. A rollout whose prompts have another shape captures another graph, up to
+it is one launch (13.9 ms measured). A rollout whose prompts have another shape captures another graph, up to
 `PREFILL_LIMIT` shapes per engine; past that, and when a capture fails, the prefill runs eagerly.
 """
 
@@ -22,7 +21,7 @@ import warnings
 
 import torch
 
-from trainer.qwen2_decode import adapter_state, prefill
+from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
 
 PREFILL_LIMIT = 8
@@ -124,40 +123,3 @@ class PrefillGraphs:
             logits = run()
         return graph, static, logits
 
-
-class RefreshGraph:
-    """The adapter fold into the fused decode weights (DecodeWeights.refresh) as one graph replay.
-
-    With the Triton fold a refresh is ~200 small launches: 6 ms of GPU time in 10-17 ms of wall
-    time on an H200. The graph reads the model's tensors where they were at capture (the optimizer
-    updates the adapter in place), so it is captured again whenever a parameter moved or an adapter
-    was switched (disabled, merged, another one made active)."""
-
-    def __init__(self) -> None:
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.stamp: tuple = ()
-        self.failed = False
-
-    def run(self, weights, model: torch.nn.Module) -> bool:
-        """Refresh `weights` from `model` by a replay; False when no graph serves (refresh eagerly)."""
-        if self.failed:
-            return False
-        stamp = (tuple(p.data_ptr() for p in model.parameters()), adapter_state(model))
-        if self.graph is None or stamp != self.stamp:
-            try:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    weights.refresh(model)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    weights.refresh(model)
-            except Exception as exc:  # noqa: BLE001 - the eager refresh serves from now on
-                warnings.warn(f"capturing the adapter fold failed ({exc!r:.300}); folding eagerly", stacklevel=3)
-                torch.cuda.synchronize()
-                self.failed, self.graph = True, None
-                return False
-            self.graph, self.stamp = graph, stamp
-        self.graph.replay()
-        return True

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from trainer import triton_products, triton_sampling
-from trainer.decode_graphs import PrefillGraphs, RefreshGraph, choose_step
+from trainer.decode_graphs import PrefillGraphs, choose_step
 from trainer.fused_decode import fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
@@ -97,7 +97,6 @@ class DecodeEngine:
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
         self.prefill_graphs = PrefillGraphs()
-        self.refresh_graph = RefreshGraph()  # the adapter fold of later rollouts, replayed
 
     def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
         """One ungraphed decode step (the fused or the plain one)."""
@@ -242,8 +241,7 @@ def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, com
     key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
     engine = _ENGINES.get(model)
     if engine is not None and replace(engine.key, capacity=capacity) == key and engine.key.capacity >= capacity:
-        if not (key.graphs and engine.weights.fold and engine.refresh_graph.run(engine.weights, model)):
-            engine.weights.refresh(model)
+        engine.weights.refresh(model)
         return engine
     if engine is not None:
         del _ENGINES[model]
