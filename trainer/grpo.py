@@ -25,7 +25,6 @@ from trainer.data import Example
 from trainer.fast_generation import fast_or_plain
 from trainer.logprobs import completion_logprobs
 from trainer.qwen2_train import fast_or_plain_logprobs, held_weights, prefix_shared_logprobs, prompt_groups
-from trainer.train_graph import MicroBatchGraphs
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 GRAPH_WIDTH = 64  # a captured training micro-batch's completion width is a multiple of this
@@ -323,25 +322,25 @@ def policy_update(
     `model` is what the gradients flow through (the DDP wrapper under torchrun); `no_sync`
     skips DDP's all-reduce on every backward but the last.
     """
-    graphs = MicroBatchGraphs.of(model) if train_graph.usable(model) and fast_or_plain_logprobs(model) else None
+    parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
+    fast = parts[0][1].input_ids.is_cuda and fast_or_plain_logprobs(model) is prefix_shared_logprobs
+    graphs = train_graph.MicroBatchGraphs.of(model) if fast and train_graph.usable(model) else None
     # A captured micro-batch accumulates into the gradient tensors it was captured with.
     optimizer.zero_grad(set_to_none=graphs is None)
-    parts = [(i, c) for i, b in enumerate(batches) for c in b.chunks(forward_batch_size)]
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     settings = [{"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
                  "max_completion_length": max_completion_length, "n_sequences": batches[b].size} for b, _ in parts]
     # Every micro-batch's prompt groups first (a device sync each, while the GPU is idle anyway),
     # so that the micro-batches (or their replays) are queued back to back.
-    fast = parts[0][1].input_ids.is_cuda and fast_or_plain_logprobs(model) is prefix_shared_logprobs
     groups = [prompt_groups(c.input_ids, c.attention_mask, c.prompt_length) if fast else None for _, c in parts]
     replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches), groups[i])
                if graphs is not None else None for i, (b, chunk) in enumerate(parts)]
-    pending: list[Callable[[], torch.Tensor]] = []
+    pending: list[torch.Tensor] = []  # stats_tensor per micro-batch, read after every backward
     for i, (b, chunk) in enumerate(parts):
         if replays[i] is not None:
             replayed = graphs.run(*replays[i], held_weights)
             if replayed is not None:
-                pending.append(partial(_identity, replayed))
+                pending.append(replayed)
                 continue
         with contextlib.nullcontext() if i == len(parts) - 1 else no_sync():
             logps = token_logps(model, chunk.input_ids, chunk.attention_mask,
@@ -351,8 +350,8 @@ def policy_update(
             loss, stats = grpo_loss_lazy(logps, old, chunk.ref_logps, chunk.advantages, chunk.completion_mask,
                                          n_tokens=tokens[b], **settings[i])
             (loss / len(batches)).backward()
-        pending.append(stats)  # read after every backward: no GPU sync between micro-batches
-    found = [LossStats.of(stats()) for stats in pending]
+        pending.append(stats())  # no GPU sync: the values are read after every backward
+    found = [LossStats.of(stats) for stats in pending]
     loss_total = sum(st.loss / len(batches) for st in found)  # st.loss is float(loss)
     params = [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
@@ -361,10 +360,6 @@ def policy_update(
     optimizer.step()
     scheduler.step()
     return _merge(found, loss_total, grad_norm, learning_rate)
-
-
-def _identity(value: torch.Tensor) -> torch.Tensor:
-    return value
 
 
 def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, settings: dict, n_tokens: int,

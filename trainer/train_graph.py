@@ -146,10 +146,3 @@ class MicroBatchGraphs:
 
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, MicroBatchGraphs] = weakref.WeakKeyDictionary()
 
-
-def release(model: nn.Module | None = None) -> None:
-    """Drop the captured graphs (of `model`, or all), freeing their memory."""
-    if model is None:
-        _GRAPHS.clear()
-    else:
-        _GRAPHS.pop(model, None)
