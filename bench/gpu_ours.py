@@ -26,6 +26,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
              plain_generation: bool = False) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
+    from torch.profiler import record_function
 
     from trainer import fast_generation, grpo
     from trainer.data import Example
@@ -68,20 +69,19 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
     step_times, splits, tokens = [], [], 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for step in range(steps):
-        sync()
-        start = time.perf_counter()
-        with timer.phase("generation"):
+
+    def one_step():
+        with timer.phase("generation"), record_function("phase:generation"):
             batch = grpo.rollout(model, tokenizer, examples, prompts, num_generations=work.generations,
                                  max_prompt_length=work.prompt_tokens,
                                  max_completion_length=work.completion_tokens,
                                  temperature=work.temperature, top_p=work.top_p, generator=generator)
-        with timer.phase("scoring"):
+        with timer.phase("scoring"), record_function("phase:scoring"):
             grpo.score(batch, [length_reward], [1.0])
             batch.advantages = grpo.group_advantages(batch.reward, work.generations, "group").to(device)
-        with timer.phase("reference_logprobs"):
+        with timer.phase("reference_logprobs"), record_function("phase:reference"):
             batch.ref_logps = grpo.frozen_logps(model, batch, work.temperature, work.micro_batch, reference=True)
-        with timer.phase("training"):
+        with timer.phase("training"), record_function("phase:training"):
             model.train()
             stats = grpo.policy_update(
                 model, optimizer, scheduler, [batch], loss_type=work.loss_type, epsilon=work.epsilon,
@@ -89,6 +89,12 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
                 max_completion_length=work.completion_tokens, forward_batch_size=work.micro_batch,
                 max_grad_norm=work.max_grad_norm)
             model.eval()
+        return batch, stats
+
+    for step in range(steps):
+        sync()
+        start = time.perf_counter()
+        batch, stats = one_step()
         sync()
         step_times.append(time.perf_counter() - start)
         splits.append(timer.take())
@@ -108,6 +114,14 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         "generation_path": "plain" if plain_generation else "fast", "generate_calls": len(calls),
         "logprobs_path": "completion_logprobs",  # grpo.token_logps on CUDA
     }
+    if profile and device == "cuda":
+        from gpu_probe import step_gaps
+
+        try:  # one more step, under the profiler: where the GPU waits for the host
+            result["step_gaps"] = step_gaps(one_step)
+            timer.take()
+        except Exception as exc:  # noqa: BLE001 - the step numbers above must survive
+            result["step_gaps_error"] = repr(exc)[:500]
     if profile and device == "cuda" and not plain_generation:
         try:
             result["decode"] = decode_profile(model, work, batch.prompt_length, split["generation"])
@@ -162,7 +176,7 @@ def generation_profile(model, tokenizer, prompts: list[str], work: Workload, gen
     found["rollout_wall_ms"] = (time.perf_counter() - start) * 1e3
     ids_list = out.input_ids[:, out.prompt_length:].tolist()
     start = time.perf_counter()
-    [tokenizer.decode(row, skip_special_tokens=True) for row in ids_list]
+    fast_generation.decode_texts(tokenizer, ids_list)  # as generate does it
     found["detokenise_ms"] = (time.perf_counter() - start) * 1e3
     sampling = torch.randn(len(repeated), engine.weights.dims.vocab, device="cuda", dtype=torch.bfloat16)
     banned = torch.tensor([0], device="cuda")
@@ -216,7 +230,24 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
 
     per_bucket = {kv: _event_ms(graph.replay, 30, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
     visits = [fast_generation.kv_length(prompt_length + i + 1, capacity) for i in range(work.completion_tokens - 1)]
-    replay_ms = statistics.mean(per_bucket[kv] for kv in visits)
+    # The attention reads the slots filled so far, not the whole bucket: the mean replay is timed
+    # through the rollout's own sequence of slots (each replay advances the slot and position).
+    def replays() -> float:
+        state.write_index.fill_(prompt_length)
+        state.positions.fill_(prompt_length)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for kv in visits:
+            engine.graphs[kv][0].replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / len(visits)
+
+    saved = state.positions.clone(), state.write_index.clone()
+    replays()  # warm clocks
+    replay_ms = statistics.median(replays() for _ in range(3))
+    state.positions.copy_(saved[0])
+    state.write_index.copy_(saved[1])
     logits = torch.randn(state.tokens.shape[0], dims.vocab, device="cuda", dtype=torch.bfloat16)
     gen = torch.Generator(device="cuda").manual_seed(0)
     sampling_ms = _event_ms(lambda: fast_generation.sample_tokens(
@@ -240,8 +271,12 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
             kernels[name] = kernel_breakdown(fn, at(probe))
         except Exception as exc:  # noqa: BLE001 - the profile is extra detail
             kernels[name] = {"error": repr(exc)[:300]}
-    kv_bytes = statistics.mean(2 * dims.layers * state.tokens.shape[0] * dims.kv_heads * kv * dims.head_dim * 2
-                               for kv in visits)
+    # Keys and values read from memory per step: the prompt's slots once per group (the fused
+    # step reads them from the group's first row), the completion's once per row.
+    groups = len(set(state.leaders.tolist())) if engine.fused else state.tokens.shape[0]
+    per_slot = 2 * dims.layers * dims.kv_heads * dims.head_dim * 2
+    kv_bytes = statistics.mean(per_slot * (groups * prompt_length + state.tokens.shape[0] * i)
+                               for i in range(len(visits)))
     return {
         "batch": state.tokens.shape[0], "capacity": capacity, "weights_bytes": engine.weights.nbytes(),
         "kv_bytes_read_per_step_mean": kv_bytes, "graph_replay_ms_by_bucket": per_bucket,

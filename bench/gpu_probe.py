@@ -12,6 +12,7 @@ Used by bench/gpu_step.py (not a command of its own):
 
 from __future__ import annotations
 
+import bisect
 import os
 import statistics
 import time
@@ -138,7 +139,7 @@ def compare_update_graphs(model, batch, work: Workload) -> dict[str, Any]:
     replayed update against the first (replays repeat bitwise)."""
     import torch
 
-    from trainer import grpo
+    from trainer import grpo, train_graph
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)
@@ -159,9 +160,9 @@ def compare_update_graphs(model, batch, work: Workload) -> dict[str, Any]:
         "grad_rel_diff": float((graph - eager).norm() / eager.norm()),
         "grad_cosine": float(torch.nn.functional.cosine_similarity(graph, eager, dim=0)),
         "replays_bitwise_equal": bool(torch.equal(grads["graph"], grads["graph_again"])),
-        "graphs_captured": len(getattr(grpo.MicroBatchGraphs.of(model), "graphs", {})),
-        "graphs_failed": grpo.MicroBatchGraphs.of(model).failed,
-        "graphs_error": grpo.MicroBatchGraphs.of(model).error,
+        "graphs_captured": len(getattr(train_graph.MicroBatchGraphs.of(model), "graphs", {})),
+        "graphs_failed": train_graph.MicroBatchGraphs.of(model).failed,
+        "graphs_error": train_graph.MicroBatchGraphs.of(model).error,
     }
 
 
@@ -295,3 +296,67 @@ def matmul_table(dims, bandwidth_rows: tuple[int, ...] = (128,)) -> dict[str, An
             found[f"{name}_m{rows}"] = {"ms": ms, "weight_gb_per_s": weight.numel() * 2 / ms / 1e6}
         del weight
     return found
+
+
+def step_gaps(fn: Callable[[], Any], *, min_gap_ms: float = 0.05, top: int = 25) -> dict[str, Any]:
+    """Where the GPU waits in one call of `fn` (a whole step): torch.profiler's kernel intervals
+    merged, every idle stretch between them (and before the first) attributed to what the host
+    was doing at its middle: the innermost CPU op then, with its parents up to the step's
+    `record_function` labels. The profiler's own host overhead lengthens the stretches, so read
+    the sites' ranking, not their milliseconds."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function("gaps:call"):
+            fn()
+        torch.cuda.synchronize()
+    events = list(prof.events())
+    gpu = sorted((e.time_range.start, e.time_range.end) for e in events
+                 if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    call = next(e for e in cpu if e.name == "gaps:call")
+    busy, merged = 0.0, []
+    for start, end in gpu:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    busy = sum(end - start for start, end in merged)
+    idle = [(call.time_range.start, merged[0][0])] if merged else []
+    idle += [(a[1], b[0]) for a, b in zip(merged, merged[1:])]
+    if merged:
+        idle.append((merged[-1][1], call.time_range.end))
+
+    cpu.sort(key=lambda e: e.time_range.start)
+    starts = [e.time_range.start for e in cpu]
+
+    def site(at: float) -> str:
+        # The op that started last among those still running at `at` is the innermost one.
+        inner = None
+        for k in range(bisect.bisect_right(starts, at) - 1, max(-1, bisect.bisect_right(starts, at) - 20000), -1):
+            if cpu[k].time_range.end >= at and cpu[k] is not call:
+                inner = cpu[k]
+                break
+        if inner is None:
+            return "(no host op)"
+        chain, seen = [inner.name], inner.cpu_parent
+        while seen is not None and seen is not call and len(chain) < 6:
+            chain.append(seen.name)
+            seen = seen.cpu_parent
+        return " < ".join(chain)[:240]
+
+    sites: dict[str, list[float]] = {}
+    for start, end in idle:
+        ms = (end - start) / 1e3
+        if ms >= min_gap_ms:
+            entry = sites.setdefault(site((start + end) / 2), [0.0, 0])
+            entry[0] += ms
+            entry[1] += 1
+    ranked = sorted(sites.items(), key=lambda kv: -kv[1][0])
+    wall = (call.time_range.end - call.time_range.start) / 1e3
+    return {"wall_ms": wall, "gpu_busy_ms": busy / 1e3, "gpu_idle_ms": wall - busy / 1e3,
+            "idle_in_gaps_over_min_ms": sum(v[0] for v in sites.values()), "min_gap_ms": min_gap_ms,
+            "sites": [{"site": k, "ms": round(v[0], 2), "gaps": v[1]} for k, v in ranked[:top]]}

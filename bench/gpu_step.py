@@ -259,6 +259,14 @@ def _probe_lines(ours: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
                                                          for t in k["top"][:10]))
     elif "generation_profile_error" in ours:
         lines.append(f"generation profile failed: {ours['generation_profile_error'][:300]}")
+    gaps = ours.get("step_gaps")
+    if gaps:
+        lines.append(f"one step under the profiler: {gaps['wall_ms']:.0f} ms wall, GPU busy {gaps['gpu_busy_ms']:.0f} ms, "
+                     f"idle {gaps['gpu_idle_ms']:.0f} ms ({gaps['idle_in_gaps_over_min_ms']:.0f} ms in stretches of "
+                     f">= {gaps['min_gap_ms']} ms); idle by what the host was doing: "
+                     + "; ".join(f"{g['ms']:.1f} ms x{g['gaps']} {g['site']}" for g in gaps["sites"][:15]))
+    elif "step_gaps_error" in ours:
+        lines.append(f"step gap profile failed: {ours['step_gaps_error'][:300]}")
     table = ours.get("matmul_table")
     if table:
         lines.append("decode projections alone (F.linear, ms / GB/s of weights): " + "; ".join(

@@ -469,7 +469,9 @@ def forced_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch
     capacity = -(-(length + steps) // BUCKET) * BUCKET
     engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
     capacity = engine.state.capacity
-    logits = engine.prefill(prompt_ids, prompt_mask, torch.arange(batch, device=device))
+    starts, inverse = _unique_rows(prompt_ids)  # repeated prompts computed once, as in generate
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    logits = engine.prefill(prompt_ids[starts], prompt_mask[starts], torch.tensor(inverse, device=device))
     found = [logits.to(torch.float32, copy=True)]
     for i in range(steps - 1):
         engine.state.tokens.copy_(completion_ids[:, i])

@@ -68,8 +68,8 @@ if triton is not None:
         return acc.to(dtype)
 
     @triton.jit
-    def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, cache_ptr, bias_ptr, out_ptr,
-                               scale, batch, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
+    def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
+                               bias_ptr, out_ptr, scale, batch, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
@@ -109,6 +109,15 @@ if triton is not None:
                           PARTS, HAS_BIAS)
         base = cache_ptr + b * cache_stride_b + h * cache_stride_h
         entry = base + slot * cache_stride_n
+        # The first `shared` slots (the prompt, written by the prefill) are the same in every row
+        # of a group: read them from the group's first row, so the group's other rows find them
+        # in L2 instead of reading their own copies from memory.
+        shared = tl.load(shared_ptr)
+        leader = tl.load(leader_ptr + b) * cache_stride_b + h * cache_stride_h
+        own = b * cache_stride_b + h * cache_stride_h
+        # Slots at or past this step's are not filled yet (the new one is handled here): the loop
+        # stops at the last filled slot, not at the end of the attention bucket.
+        filled = tl.minimum(slot, kv_len)
         tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
         tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
         tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
@@ -117,15 +126,15 @@ if triton is not None:
                + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
-        for start in range(0, kv_len, BLOCK):
+        # (Triton's interpreter cannot bound a loop by a loaded value: there, masks alone stop it.)
+        for start in range(0, kv_len if F32_DOT else filled, BLOCK):
             slots = start + tl.arange(0, BLOCK)
-            inside = (slots < kv_len) & (slots != slot)  # the slot written above is not read back
-            at = base + slots[:, None] * cache_stride_n
+            inside = slots < filled  # the slot written above is not read back
+            at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
             c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
             c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
             v = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
-            bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=slots < kv_len, other=float("-inf")).to(tl.float32)
-            bias = tl.where(inside, bias, float("-inf"))
+            bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
             if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
                 s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
             else:
@@ -167,15 +176,18 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     with its `qkv_bias` not yet added: the kernel adds both.
 
     Applies RoPE at `state.positions` to q and the new key, writes key | value into `cache`
-    [B, kv_heads, capacity, 2D] at `state.write_index`, and attends over the first `kv_len` slots
-    under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot always included."""
+    [B, kv_heads, capacity, 2D] at `state.write_index`, and attends over the slots before it
+    (at most `kv_len`) under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot
+    always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
+    prompt a group's rows share; each row also holds a copy, which the plain step reads)."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     batch, d = qkv.shape[-2], dims.head_dim
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
     groups = dims.heads // dims.kv_heads
     has_bias = parts > 0 and qkv_bias is not None
-    args = (qkv, state.cos, state.sin, state.positions, state.write_index, cache, bias, out, float(d ** -0.5), batch,
+    args = (qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
+            out, float(d ** -0.5), batch,
             qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
             qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,

@@ -316,6 +316,11 @@ class DecodeState:
     write_index: torch.Tensor  # [1] the cache slot it is written to (same for all rows)
     cos: torch.Tensor          # [capacity, head_dim]
     sin: torch.Tensor
+    # The fused step's attention reads the first `shared` [1] slots (the prompt) of row b from row
+    # leaders[b] [batch], the first row of its group, so they come from L2 for the others
+    # (trainer/fused_decode.py). The prefill sets both; every row still holds its own copy.
+    leaders: torch.Tensor
+    shared: torch.Tensor
 
     @classmethod
     def allocate(cls, dims: ModelDims, batch: int, capacity: int, device: torch.device,
@@ -329,6 +334,7 @@ class DecodeState:
             positions=torch.zeros(batch, device=device, dtype=torch.long),
             write_index=torch.zeros(1, device=device, dtype=torch.long),
             cos=cos, sin=sin,
+            leaders=torch.arange(batch, device=device), shared=torch.zeros(1, device=device, dtype=torch.long),
         )
 
     @property
@@ -376,6 +382,11 @@ def prefill(weights: DecodeWeights, state: DecodeState, input_ids: torch.Tensor,
     state.valid[:, :length] = mask.index_select(0, rows)
     state.positions.copy_(positions[:, -1].index_select(0, rows) + 1)
     state.write_index.fill_(length)
+    batch = rows.shape[0]
+    first = torch.full((n,), batch, device=rows.device, dtype=torch.long).scatter_reduce_(
+        0, rows, torch.arange(batch, device=rows.device), reduce="amin")
+    state.leaders.copy_(first.index_select(0, rows))
+    state.shared.fill_(length)
     return F.linear(last, weights.lm_head).index_select(0, rows)
 
 

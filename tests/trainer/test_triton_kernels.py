@@ -107,10 +107,11 @@ for dtype in (torch.float32, torch.bfloat16):
 # Through the engine: teacher-forced logits of the fused step against the plain one (float32).
 model = random_model(torch.float32)
 gen = torch.Generator().manual_seed(1)
-prompt = torch.randint(1, 128, (3, 20), generator=gen)
+prompt = torch.randint(1, 128, (4, 20), generator=gen)
+prompt[2] = prompt[1]  # a group of two rows: the fused step reads row 2's prompt slots from row 1
 mask = torch.ones_like(prompt)
 mask[0, :7] = 0  # left padding
-completion = torch.randint(1, 128, (3, 48), generator=gen)  # 20 + 48 slots: two attention buckets
+completion = torch.randint(1, 128, (4, 48), generator=gen)  # 20 + 48 slots: two attention buckets
 logits = {}
 for mode in ("0", "1"):
     os.environ[fast_generation.FUSED_ENV] = mode
@@ -121,6 +122,44 @@ for mode in ("0", "1"):
 found["engine_rel_error"] = float((logits["1"] - logits["0"]).norm() / logits["0"].norm())
 print(json.dumps(found))
 """
+
+
+SHARED = r'''
+import json, torch
+from trainer.fused_decode import rope_attention
+from trainer.qwen2_decode import DecodeState, ModelDims
+dims = ModelDims(layers=1, hidden=96, heads=6, kv_heads=2, head_dim=16, intermediate=8, vocab=8, eps=1e-6,
+                 rope_theta=1e4)
+gen = torch.Generator().manual_seed(0)
+batch, capacity, prompt, slot, kv_len = 4, 256, 70, 150, 192
+state = DecodeState.allocate(dims, batch, capacity, torch.device("cpu"), torch.float32)
+cache = torch.randn(state.kv_cache[0].shape, generator=gen)
+cache[1, :, :prompt] = cache[0, :, :prompt]  # rows 0-1 share a prompt, rows 2-3 another
+cache[3, :, :prompt] = cache[2, :, :prompt]
+state.valid[:, :slot] = True
+state.valid[2:, :5] = False  # left padding of the second prompt
+state.positions.copy_(torch.tensor([slot, slot, slot - 5, slot - 5]))
+state.write_index.fill_(slot)
+bias = torch.zeros(batch, kv_len).masked_fill_(~state.valid[:, :kv_len], float("-inf"))
+qkv = torch.randn(batch, (dims.heads + 2 * dims.kv_heads) * dims.head_dim, generator=gen)
+plain_cache = cache.clone()
+want = rope_attention(dims, qkv, state, plain_cache, bias, kv_len)
+shared_cache = cache.clone()
+shared_cache[1, :, :prompt] = float("nan")  # a follower's own copy of the prompt is never read
+shared_cache[3, :, :prompt] = float("nan")
+shared_cache[:, :, slot + 1:] = float("nan")  # nor the unfilled slots past this step's
+state.leaders.copy_(torch.tensor([0, 0, 2, 2]))
+state.shared.fill_(prompt)
+got = rope_attention(dims, qkv, state, shared_cache, bias, kv_len)
+print(json.dumps({"finite": bool(got.isfinite().all()), "max_abs_diff": float((got - want).abs().max()),
+                  "slot_written": bool(torch.equal(shared_cache[:, :, slot], plain_cache[:, :, slot]))}))
+'''
+
+
+def test_fused_attention_reads_the_groups_prompt_from_its_first_row_and_stops_at_the_slot():
+    found = _interpreted(SHARED)
+    assert found["finite"] and found["slot_written"]
+    assert found["max_abs_diff"] < 1e-5  # float32 in the interpreter: the same sums
 
 
 def test_fused_decode_step_equals_the_plain_step():
