@@ -199,6 +199,12 @@ def compare_paths(model, chunk, work: Workload) -> dict[str, Any]:
         ref_model = completion_logprobs(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_length,
                                         work.temperature)
     found["reference_logp_max_abs_diff"] = float((ref_fast - ref_model)[mask].abs().max())
+    # grpo.frozen_logps skips the adapters inside the fast path (qwen2_train.adapters_off), not
+    # through peft: the same reference log-probs, bitwise.
+    from trainer.grpo import frozen_logps
+
+    found["frozen_reference_bitwise_peft_disabled"] = bool(torch.equal(
+        frozen_logps(model, chunk, work.temperature, chunk.size, reference=True), ref_fast))
     return found
 
 

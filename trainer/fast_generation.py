@@ -32,7 +32,7 @@ from trainer.fused_decode import fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
-    attention_output_and_mlp, decode_step, model_dims, prefill,
+    attention_output_and_mlp, checked_once, decode_step, model_dims, prefill,
 )
 from trainer.triton_products import DecodeProducts
 
@@ -53,12 +53,15 @@ FUSED_ENV = "RLTUI_DECODE_FUSED"
 
 def supports_fast_generation(model: nn.Module) -> bool:
     """True when `generate` here reproduces the model (Qwen2 architecture, plain LoRA or none)."""
-    try:
-        model_dims(model)
-        check_foldable(model)
-    except UnsupportedModel:
-        return False
-    return True
+    def check() -> bool:
+        try:
+            model_dims(model)
+            check_foldable(model)
+        except UnsupportedModel:
+            return False
+        return True
+
+    return checked_once(model, "fast_generation", check)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ from trainer import train_graph
 from trainer.data import Example
 from trainer.fast_generation import fast_or_plain
 from trainer.logprobs import completion_logprobs
-from trainer.qwen2_train import fast_or_plain_logprobs, held_weights, prefix_shared_logprobs, prompt_groups
+from trainer.qwen2_decode import UnsupportedModel
+from trainer.qwen2_train import (
+    adapters_off, fast_or_plain_logprobs, held_weights, prefix_shared_logprobs, prompt_groups,
+)
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 GRAPH_WIDTH = 64  # a captured training micro-batch's completion width is a multiple of this
@@ -181,18 +184,27 @@ def frozen_logps(
     model: torch.nn.Module, batch: Batch, temperature: float, chunk: int, *, reference: bool
 ) -> torch.Tensor:
     """Log-probs without gradients: the current policy, or the reference (adapter disabled)."""
-    # Disable the adapter: the reference policy is the base model, with no second copy in memory.
-    ctx = model.disable_adapter() if reference else contextlib.nullcontext()
-    parts = []
-    if batch.input_ids.is_cuda and fast_or_plain_logprobs(model) is not None:
+    fast = batch.input_ids.is_cuda and fast_or_plain_logprobs(model) is not None
+    if fast:
         # Without gradients the fast path keeps no activations: 4x the sequences per forward
         # costs little memory and launches a quarter of the kernels.
         chunk *= NO_GRAD_CHUNK_FACTOR
-    with ctx:
-        for part in batch.chunks(chunk):
-            parts.append(token_logps(model, part.input_ids, part.attention_mask,
-                                     part.prompt_length, temperature))
-    return torch.cat(parts, dim=0)
+
+    def run(ctx: contextlib.AbstractContextManager, logps: Callable = token_logps) -> torch.Tensor:
+        with ctx:
+            return torch.cat([logps(model, part.input_ids, part.attention_mask, part.prompt_length, temperature)
+                              for part in batch.chunks(chunk)], dim=0)
+
+    if not reference:
+        return run(contextlib.nullcontext())
+    # The reference policy is the base model, with no second copy in memory: the fast path skips
+    # the adapters itself; otherwise peft disables them.
+    if fast:
+        try:
+            return run(adapters_off(), prefix_shared_logprobs)
+        except UnsupportedModel:  # a merged adapter: only peft can take it out
+            pass
+    return run(model.disable_adapter())
 
 
 def grpo_loss(
@@ -335,10 +347,12 @@ def policy_update(
     groups = [prompt_groups(c.input_ids, c.attention_mask, c.prompt_length) if fast else None for _, c in parts]
     replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches), groups[i])
                if graphs is not None else None for i, (b, chunk) in enumerate(parts)]
+    # What every replay relies on, read once: nothing between the replays changes it.
+    current = graphs.current() if graphs is not None else None
     pending: list[torch.Tensor] = []  # stats_tensor per micro-batch, read after every backward
     for i, (b, chunk) in enumerate(parts):
         if replays[i] is not None:
-            replayed = graphs.run(*replays[i], held_weights)
+            replayed = graphs.run(*replays[i], held_weights, current=current)
             if replayed is not None:
                 pending.append(replayed)
                 continue
@@ -353,7 +367,7 @@ def policy_update(
         pending.append(stats())  # no GPU sync: the values are read after every backward
     found = [LossStats.of(stats) for stats in pending]
     loss_total = sum(st.loss / len(batches) for st in found)  # st.loss is float(loss)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = current[0] if current is not None else [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
     learning_rate = optimizer.param_groups[0]["lr"]

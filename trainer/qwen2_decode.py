@@ -13,6 +13,7 @@ can be captured in a CUDA graph and replayed per token (trainer/fast_generation.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -116,6 +117,25 @@ def adapter_state(model: nn.Module) -> tuple:
     return tuple((module.disable_adapters, module.merged, tuple(module.active_adapters),
                   tuple(sorted(module.scaling.items())))
                  for module in model.modules() if hasattr(module, "lora_A"))
+
+
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, bool]]] = weakref.WeakKeyDictionary()
+
+
+def checked_once(model: nn.Module, what: str, check: Callable[[], bool], *extra: object) -> bool:
+    """`check()`, run once per model, adapter set and `extra` values and remembered: the fast
+    paths' support checks walk every module of the model (~4-8 ms of host time on the box here),
+    several times a training step, with the GPU idle. Adapters are added, removed and switched
+    through peft, which records them in `peft_config` and the active adapter: both are part of
+    the key."""
+    config = getattr(model, "peft_config", None)
+    adapters = tuple(sorted(config)) if isinstance(config, dict) else ()
+    active = str(getattr(getattr(model, "base_model", None), "active_adapter", None)) if adapters else ""
+    key = (adapters, active, *extra)
+    found = _CHECKED.setdefault(model, {}).get(what)
+    if found is None or found[0] != key:
+        found = _CHECKED[model][what] = (key, bool(check()))
+    return found[1]
 
 
 def check_foldable(model: nn.Module) -> None:

@@ -31,6 +31,8 @@ the CPU in float32 against the plain path, values and gradients.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -42,7 +44,8 @@ from torch import nn
 
 from trainer.logprobs import head_logprobs
 from trainer.qwen2_decode import (
-    ModelDims, UnsupportedModel, apply_rope, causal_lm, check_foldable, model_dims, rms_norm, rope_tables,
+    ModelDims, UnsupportedModel, apply_rope, causal_lm, check_foldable, checked_once, model_dims, rms_norm,
+    rope_tables,
 )
 
 COMPILE_ENV = "RLTUI_COMPILE_TRAIN"  # "0": run the layer pieces uncompiled on CUDA too
@@ -53,9 +56,15 @@ Lora = tuple[torch.Tensor, torch.Tensor, float, float] | None  # (A, B, scaling,
 
 def fast_logprobs_supported(model: nn.Module) -> bool:
     """True for a plain (non-DDP) Qwen2 model, optionally with plain LoRA adapters on its linear
-    layers, none on the embedding or LM head, and no attention dropout."""
+    layers, none on the embedding or LM head, and no attention dropout (checked once per model
+    and adapter set: qwen2_decode.checked_once)."""
     if os.environ.get(FAST_ENV, "1") == "0" or isinstance(model, nn.parallel.DistributedDataParallel):
         return False
+    return checked_once(model, "fast_logprobs", partial(_supported, model),
+                        getattr(getattr(model, "config", None), "attention_dropout", None))
+
+
+def _supported(model: nn.Module) -> bool:
     try:
         model_dims(model)
         check_foldable(model)
@@ -70,11 +79,31 @@ def fast_logprobs_supported(model: nn.Module) -> bool:
     return True
 
 
+_ADAPTERS_OFF = contextvars.ContextVar("rltui_adapters_off", default=False)
+
+
+@contextlib.contextmanager
+def adapters_off():
+    """The base model through `prefix_shared_logprobs`, every adapter skipped, without switching
+    them off module by module: peft's `disable_adapter()` walks the whole model on entry and exit,
+    ~30 ms of host time with the GPU idle before each reference pass. Inside, a merged adapter
+    (whose base weights are not at hand) raises UnsupportedModel."""
+    token = _ADAPTERS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _ADAPTERS_OFF.reset(token)
+
+
 def _linear(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Lora]:
     """(base weight, base bias, the active adapter or None) of a Linear or a peft LoRA Linear."""
     base = getattr(module, "base_layer", None)
     if base is None:
         return module.weight, module.bias, None
+    if _ADAPTERS_OFF.get():
+        if module.merged:
+            raise UnsupportedModel("a merged adapter: its base weights are not at hand")
+        return base.weight, base.bias, None
     if module.disable_adapters or module.merged:
         return base.weight, base.bias, None
     active = [name for name in module.active_adapters if name in module.lora_A]

@@ -92,16 +92,30 @@ class MicroBatchGraphs:
             found = _GRAPHS[model] = cls(model)
         return found
 
+    def current(self) -> tuple[list[nn.Parameter], tuple] | None:
+        """(trainable parameters, stamp) of the model now: what `run` checks a graph against. A
+        module walk (milliseconds of host time): an update reads it once for all its replays."""
+        model = self.model()
+        if model is None:
+            return None
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:  # a capture accumulates into these: they exist before it, as after
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return params, _stamp(model, params)
+
     def run(self, key: tuple, body: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-            inputs: dict[str, torch.Tensor], held: Callable[[], tuple] = tuple) -> torch.Tensor | None:
+            inputs: dict[str, torch.Tensor], held: Callable[[], tuple] = tuple,
+            current: tuple[list[nn.Parameter], tuple] | None = None) -> torch.Tensor | None:
         """Replay the graph of `key` on `inputs` (captured first if needed) and return a copy of
-        `body`'s output; None when no graph serves (the caller runs `body` eagerly)."""
+        `body`'s output; None when no graph serves (the caller runs `body` eagerly). `current`:
+        `self.current()` read by the caller since the model last changed (default: read here)."""
         model = self.model()
         if model is None or self.failed:
             return None
-        params = [p for p in model.parameters() if p.requires_grad]
+        params, stamp = current if current is not None else self.current()
         captured = self.graphs.get(key)
-        if captured is not None and captured.stamp != _stamp(model, params):
+        if captured is not None and captured.stamp != stamp:
             del self.graphs[key]
             captured = None
         if captured is None:

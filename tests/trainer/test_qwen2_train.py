@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from trainer.grpo import token_logps
 from trainer.logprobs import head_logprobs
-from trainer.qwen2_train import fast_logprobs_supported, prefix_shared_logprobs, prompt_groups
+from trainer.qwen2_decode import UnsupportedModel
+from trainer.qwen2_train import adapters_off, fast_logprobs_supported, prefix_shared_logprobs, prompt_groups
 
 
 def _lora_model(dropout: float = 0.0):
@@ -90,6 +91,40 @@ def test_prefix_shared_logprobs_with_the_adapter_disabled_are_the_base_model():
         policy = prefix_shared_logprobs(model, ids, mask, p, 1.0)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(policy, fast, atol=1e-4), "the adapter must change the policy"
+
+
+def test_adapters_off_is_peft_disable_adapter_bitwise_and_refuses_a_merged_adapter():
+    model = _lora_model()
+    ids, mask, p = _grouped_batch(3)
+    with torch.no_grad(), model.disable_adapter():
+        want = prefix_shared_logprobs(model, ids, mask, p, 1.0)
+    with torch.no_grad(), adapters_off():
+        got = prefix_shared_logprobs(model, ids, mask, p, 1.0)
+    with torch.no_grad():
+        policy = prefix_shared_logprobs(model, ids, mask, p, 1.0)  # the switch is gone afterwards
+    assert torch.equal(got, want)
+    assert not torch.allclose(policy, want, atol=1e-4)
+    model.merge_adapter()  # the base weights now hold the adapter: only peft can take it out
+    with torch.no_grad(), adapters_off(), pytest.raises(UnsupportedModel, match="merged"):
+        prefix_shared_logprobs(model, ids, mask, p, 1.0)
+
+
+def test_support_checks_are_remembered_per_adapter_set():
+    from trainer import qwen2_decode
+    from trainer.fast_generation import supports_fast_generation
+
+    model = _lora_model()
+    calls = []
+    for _ in range(3):
+        assert qwen2_decode.checked_once(model, "probe", lambda: calls.append(1) or True)
+    assert len(calls) == 1  # remembered
+    model.add_adapter("second", model.peft_config["default"])
+    assert qwen2_decode.checked_once(model, "probe", lambda: calls.append(1) or False) is False
+    assert len(calls) == 2  # a new adapter set is checked again
+    model.set_adapter("second")
+    qwen2_decode.checked_once(model, "probe", lambda: calls.append(1) or True)
+    assert len(calls) == 3  # and so is another active adapter
+    assert fast_logprobs_supported(model) and supports_fast_generation(model)
 
 
 def test_lora_dropout_is_applied_in_training_only():
