@@ -156,12 +156,31 @@ def sync() -> None:
 
 @dataclass
 class PhaseTimer:
-    """Wall time per named phase, with a device sync at both ends of each phase."""
+    """Time per named phase: wall time with a device sync at both ends of each phase, or with
+    `events`, CUDA events at its ends and no sync, so that the host's work at a phase's start
+    overlaps the GPU's work of the one before, as in the trainer (trainer/rl_runner.py syncs
+    nowhere between the reference pass and the update). A phase then lasts from the moment the GPU
+    finished the previous one (or reached this one, if it was idle) to its own last kernel;
+    `take` syncs once."""
 
     totals: dict[str, float] = field(default_factory=dict)
+    events: bool = False
+    pending: list = field(default_factory=list)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        if self.events:
+            import torch
+
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self.pending.append((name, start, end))
+            return
         sync()
         start = time.perf_counter()
         try:
@@ -171,6 +190,11 @@ class PhaseTimer:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
 
     def take(self) -> dict[str, float]:
+        if self.pending:
+            self.pending[-1][2].synchronize()
+            for name, start, end in self.pending:
+                self.totals[name] = self.totals.get(name, 0.0) + start.elapsed_time(end) / 1e3
+            self.pending = []
         found, self.totals = self.totals, {}
         return found
 

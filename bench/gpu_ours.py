@@ -65,7 +65,7 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
     prompts = make_prompts(work, model.config.vocab_size)
     examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]
     generator = torch.Generator(device=device).manual_seed(work.seed)
-    timer = PhaseTimer()
+    timer = PhaseTimer(events=device == "cuda")  # no syncs between phases: the step as rl_runner runs it
     step_times, splits, tokens = [], [], 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -339,6 +339,9 @@ def policy_update(
     graphs = train_graph.MicroBatchGraphs.of(model) if fast and train_graph.usable(model) else None
     # A captured micro-batch accumulates into the gradient tensors it was captured with.
     optimizer.zero_grad(set_to_none=graphs is None)
+    # What every replay relies on, read once (a walk over the model's modules: host time that
+    # overlaps whatever the GPU still runs, e.g. the reference pass, as it comes before any sync).
+    current = graphs.current() if graphs is not None else None
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     settings = [{"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
                  "max_completion_length": max_completion_length, "n_sequences": batches[b].size} for b, _ in parts]
@@ -347,8 +350,6 @@ def policy_update(
     groups = [prompt_groups(c.input_ids, c.attention_mask, c.prompt_length) if fast else None for _, c in parts]
     replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches), groups[i])
                if graphs is not None else None for i, (b, chunk) in enumerate(parts)]
-    # What every replay relies on, read once: nothing between the replays changes it.
-    current = graphs.current() if graphs is not None else None
     pending: list[torch.Tensor] = []  # stats_tensor per micro-batch, read after every backward
     for i, (b, chunk) in enumerate(parts):
         if replays[i] is not None:
@@ -365,15 +366,17 @@ def policy_update(
                                          n_tokens=tokens[b], **settings[i])
             (loss / len(batches)).backward()
         pending.append(stats())  # no GPU sync: the values are read after every backward
-    found = [LossStats.of(stats) for stats in pending]
-    loss_total = sum(st.loss / len(batches) for st in found)  # st.loss is float(loss)
     params = current[0] if current is not None else [p for p in model.parameters() if p.requires_grad]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
     learning_rate = optimizer.param_groups[0]["lr"]
+    # The clip and the optimizer step are queued behind the backward passes; only then are the
+    # statistics and the norm read (one wait for the GPU, with the step's launches already done).
     optimizer.step()
     scheduler.step()
-    return _merge(found, loss_total, grad_norm, learning_rate)
+    found = [LossStats.of(stats) for stats in pending]
+    loss_total = sum(st.loss / len(batches) for st in found)  # st.loss is float(loss)
+    return _merge(found, loss_total, float(grad_norm), learning_rate)
 
 
 def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, settings: dict, n_tokens: int,
