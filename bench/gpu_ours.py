@@ -159,7 +159,7 @@ def generation_profile(model, tokenizer, prompts: list[str], work: Workload, gen
     found: dict[str, Any] = {"refresh_ms": _event_ms(lambda: engine.weights.refresh(model), 5)}
     repeated = [p for p in prompts for _ in range(work.generations)]
     ids, mask = fast_generation._tokenize_left(tokenizer, repeated, work.prompt_tokens)
-    starts, inverse = fast_generation._unique_rows(ids)
+    starts, inverse = fast_generation._unique_rows(ids, mask)
     ids, mask, rows = ids.cuda(), mask.cuda(), torch.tensor(inverse, device="cuda")
     found["prefill_ms"] = _event_ms(lambda: engine.prefill(ids[starts], mask[starts], rows), 5)
     examples = [Example(question=p, answer="#### 0", gold="0") for p in prompts]

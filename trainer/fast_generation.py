@@ -362,12 +362,14 @@ def _tokenize_left(tokenizer: Any, prompts: Sequence[str], max_prompt_length: in
     return ids, mask
 
 
-def _unique_rows(ids: torch.Tensor) -> tuple[list[int], list[int]]:
-    """(first row of each distinct prompt, for each row the index of its distinct prompt)."""
+def _unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(first row of each distinct prompt, for each row the index of its distinct prompt). Rows are
+    the same prompt when their ids and their attention masks are (a pad id can also be a real
+    token, e.g. EOS as pad)."""
     group_of: dict[tuple[int, ...], int] = {}
     starts: list[int] = []
     inverse: list[int] = []
-    for row, values in enumerate(ids.tolist()):
+    for row, values in enumerate(torch.cat([ids, mask.to(ids.dtype)], dim=1).tolist()):
         key = tuple(values)
         if key not in group_of:
             group_of[key] = len(starts)
@@ -416,7 +418,7 @@ def generate(
     capacity = -(-(length + max_new_tokens) // BUCKET) * BUCKET
     engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
     capacity = engine.state.capacity
-    starts, inverse = _unique_rows(prompt_ids)
+    starts, inverse = _unique_rows(prompt_ids, prompt_mask)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     logits = engine.prefill(prompt_ids[starts], prompt_mask[starts], torch.tensor(inverse, device=device))
 
@@ -472,7 +474,7 @@ def forced_logits(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch
     capacity = -(-(length + steps) // BUCKET) * BUCKET
     engine = engine_for(model, batch, capacity, graphs=graphs, compiled=compiled)
     capacity = engine.state.capacity
-    starts, inverse = _unique_rows(prompt_ids)  # repeated prompts computed once, as in generate
+    starts, inverse = _unique_rows(prompt_ids, prompt_mask)  # repeated prompts computed once, as in generate
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     logits = engine.prefill(prompt_ids[starts], prompt_mask[starts], torch.tensor(inverse, device=device))
     found = [logits.to(torch.float32, copy=True)]

@@ -388,3 +388,12 @@ def test_adapter_state_tells_a_switched_adapter_apart(tokenizer):
         assert adapter_state(model) != on
     assert adapter_state(model) == on
     assert adapter_state(_model(tokenizer)) == ()
+
+
+def test_rows_are_one_prompt_only_when_ids_and_masks_agree():
+    from trainer.fast_generation import _unique_rows
+
+    eos = 7  # the pad id, and also a real first token of the second prompt
+    ids = torch.tensor([[eos, 3, 4], [eos, 3, 4], [eos, 3, 4], [5, 3, 4]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    assert _unique_rows(ids, mask) == ([0, 2, 3], [0, 0, 1, 2])
