@@ -324,7 +324,7 @@ def step_gaps(fn: Callable[[], Any], *, min_gap_ms: float = 0.05, top: int = 25)
                  if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
     cpu = [e for e in events if e.device_type == DeviceType.CPU]
     call = next(e for e in cpu if e.name == "gaps:call")
-    busy, merged = 0.0, []
+    merged: list[list[float]] = []
     for start, end in gpu:
         if merged and start <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], end)
@@ -341,8 +341,8 @@ def step_gaps(fn: Callable[[], Any], *, min_gap_ms: float = 0.05, top: int = 25)
 
     def site(at: float) -> str:
         # The op that started last among those still running at `at` is the innermost one.
-        inner = None
-        for k in range(bisect.bisect_right(starts, at) - 1, max(-1, bisect.bisect_right(starts, at) - 20000), -1):
+        inner, last = None, bisect.bisect_right(starts, at)
+        for k in range(last - 1, max(-1, last - 20000), -1):
             if cpu[k].time_range.end >= at and cpu[k] is not call:
                 inner = cpu[k]
                 break

@@ -345,8 +345,8 @@ def policy_update(
     tokens = [int(b.completion_mask.sum()) for b in batches]  # once per batch: a GPU sync each
     settings = [{"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
                  "max_completion_length": max_completion_length, "n_sequences": batches[b].size} for b, _ in parts]
-    # Every micro-batch's prompt groups first (a device sync each, while the GPU is idle anyway),
-    # so that the micro-batches (or their replays) are queued back to back.
+    # Every micro-batch's prompt groups first (a device sync each), so that the micro-batches (or
+    # their replays) are queued back to back.
     groups = [prompt_groups(c.input_ids, c.attention_mask, c.prompt_length) if fast else None for _, c in parts]
     replays = [_graph_inputs(model, chunk, temperature, settings[i], tokens[b], len(batches), groups[i])
                if graphs is not None else None for i, (b, chunk) in enumerate(parts)]

@@ -10,7 +10,8 @@ the host, not the GPU, sets the pace (docs/benchmarks.md, issue 18). Captured on
 shape, the same work is one graph launch: the host copies the micro-batch into the graph's input
 buffers and replays it.
 
-What the replay relies on, checked before each one (a mismatch captures again):
+What the replay relies on, read once per update (`current`) and checked before each replay (a
+mismatch captures again):
 - the trainable parameters and their `.grad` tensors stay where they were at capture (the
   optimizer steps them in place; gradients are accumulated in place into the same tensors, so
   `optimizer.zero_grad(set_to_none=False)` between updates);
@@ -140,10 +141,7 @@ class MicroBatchGraphs:
     def _capture(self, model: nn.Module, params: list[nn.Parameter], body, inputs: dict[str, torch.Tensor],
                  held: Callable[[], tuple]) -> _Captured:
         static = {name: tensor.clone() for name, tensor in inputs.items()}
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        saved = [p.grad.clone() for p in params]
+        saved = [p.grad.clone() for p in params]  # `current()` made every gradient exist
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # compiles, autotunes, creates handles: not during capture
