@@ -289,6 +289,8 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         "attention_configs": fused_decode.tuned_configs(),
         "products": engine.products.describe(), "products_tuned": engine.tuned_products.describe(),
         "products_timing_ms": engine.tuned_products.timing,
+        "chain_products": engine.chain.describe() if engine.chain else None,
+        "chain_timing_ms": engine.chain.timing if engine.chain else None,
     }
 
 

@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from trainer.fused_decode import fused_checked
 from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
 
@@ -28,13 +29,17 @@ PREFILL_LIMIT = 8
 
 
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Capture the fused step with its Triton products (if any were chosen), the fused step with
+    """Capture the chained step (if the engine timed its products and it passes the fused step's
+    check), the fused step with its Triton products (if any were chosen), the fused step with
     cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
     position and slot put back after each, so the real step comes next)."""
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [("fused", True, DecodeProducts())]
     if any(tuned.chosen.values()):
         variants.insert(0, ("fused_products", True, tuned))
+    chain = getattr(engine, "chain", None)
+    if chain is not None and fused_checked(engine.weights, engine.attention, chain):
+        variants.insert(0, ("chained", True, chain))
     variants.append(("plain", False, DecodeProducts()))
     saved = state.positions.clone(), state.write_index.clone()
 

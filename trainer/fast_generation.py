@@ -49,6 +49,10 @@ ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "sdpa" (default) or "bmm": see qwen2
 # The fused decode step (trainer/fused_decode.py): "0" never, "1" whenever its check passes,
 # "auto" (default) when its check passes and its graph replays faster than the plain step's.
 FUSED_ENV = "RLTUI_DECODE_FUSED"
+# The chained step (the fused step's kernels all Triton, launched with programmatic dependent
+# launch; trainer/fused_decode.py): "0" never; else on a Hopper-or-newer GPU with graphs, its
+# products timed at the engine's creation and the step kept when its graph replays fastest.
+CHAIN_ENV = "RLTUI_DECODE_CHAIN"
 
 
 def supports_fast_generation(model: nn.Module) -> bool:
@@ -96,6 +100,7 @@ class DecodeEngine:
             except Exception as exc:  # noqa: BLE001 - cuBLAS serves every product
                 warnings.warn(f"timing the Triton products failed ({exc!r:.300}); using cuBLAS", stacklevel=2)
         self.tuned_products = self.products
+        self.chain = _chain_products(self.weights, key)
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
@@ -172,6 +177,20 @@ class DecodeEngine:
         with torch.cuda.graph(graph):
             logits = self.run_step(kv_len)
         return graph, logits
+
+
+def _chain_products(weights: DecodeWeights, key: EngineKey) -> DecodeProducts | None:
+    """The chained step's products (timed here), or None where it cannot run or is switched off."""
+    ref = weights.layers[0].qkv
+    if (not key.graphs or ref.device.type != "cuda" or os.environ.get(CHAIN_ENV) == "0"
+            or os.environ.get(FUSED_ENV) == "0" or not triton_products.available(ref.device)
+            or torch.cuda.get_device_capability(ref.device) < (9, 0)):
+        return None
+    try:
+        return DecodeProducts.chained(weights, key.batch)
+    except Exception as exc:  # noqa: BLE001 - the fused and plain steps serve
+        warnings.warn(f"timing the chained step's products failed ({exc!r:.300}); not used", stacklevel=3)
+        return None
 
 
 _ATTENTION_CHECKED: dict[tuple, Attention] = {}

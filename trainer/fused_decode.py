@@ -49,6 +49,8 @@ def available(device: torch.device) -> bool:
 
 
 if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
     @triton.jit
     def _rope_half(x1, x2, cos1, sin1, cos2, sin2):
         # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1): in float32, as one expression
@@ -73,8 +75,11 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
         HALF: tl.constexpr = D // 2
+        if PDL:  # the chained step: everything read below may come from the kernel before
+            gdc_wait()
+            gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -170,7 +175,8 @@ def tuned_configs() -> dict[str, str]:
 
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
-                   bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None) -> torch.Tensor:
+                   bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None, *,
+                   pdl: bool = False) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
     Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
     with its `qkv_bias` not yet added: the kernel adds both.
@@ -179,8 +185,10 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     [B, kv_heads, capacity, 2D] at `state.write_index`, and attends over the slots before it
     (at most `kv_len`) under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
-    prompt a group's rows share; each row also holds a copy, which the plain step reads)."""
+    prompt a group's rows share; each row also holds a copy, which the plain step reads).
+    `pdl`: launched with programmatic dependent launch (the chained step)."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
+    pdl = pdl and qkv.device.type == "cuda"
     batch, d = qkv.shape[-2], dims.head_dim
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
@@ -193,10 +201,10 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
              "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias}
     if qkv.device.type == "cuda" and os.environ.get(TUNE_ENV, "1") != "0":
-        _tuned()[(batch, dims.kv_heads)](*args, F32_DOT=False, **shape)
+        _tuned()[(batch, dims.kv_heads)](*args, F32_DOT=False, PDL=pdl, launch_pdl=pdl, **shape)
     else:
         _rope_attention_kernel[(batch, dims.kv_heads)](*args, F32_DOT=qkv.device.type != "cuda", BLOCK=BLOCK_N,
-                                                       num_warps=4, num_stages=3, **shape)
+                                                       num_warps=4, num_stages=3, PDL=pdl, launch_pdl=pdl, **shape)
     return out
 
 
@@ -243,6 +251,8 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     dims = weights.dims
     norm, add_norm, silu_mul = fns
     products = products or DecodeProducts()
+    if products.pdl:
+        return _chained_step(weights, state, kv_len, norm, products)
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
     h = norm(x, weights.layers[0].input_norm)
@@ -258,6 +268,36 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
         up = silu_mul(products.apply("gate_up", h, layer.gate_up))
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         x, h = add_product_norm(x, products.apply("down", up, layer.down), following)
+    logits = F.linear(h, weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
+
+
+def _chained_step(weights: DecodeWeights, state: DecodeState, kv_len: int, norm: Callable,
+                  products: DecodeProducts) -> torch.Tensor:
+    """The fused step as a chain of Triton kernels launched with programmatic dependent launch:
+    per layer q/k/v product, attention, o product, residual + RMSNorm, gate/up product with SiLU x
+    up in its epilogue, down product, residual + the next RMSNorm (7 kernels). Each kernel's blocks
+    start while the kernel before is still running, fetch their weights into L2 (the weights are
+    not written during a step), and wait for it only before reading what it wrote; the gap
+    between two kernels and each product's start-up overlap the kernel before."""
+    dims = weights.dims
+    x = F.embedding(state.tokens, weights.embed)
+    bias = step_bias(state, kv_len, x.dtype)
+    h = norm(x, weights.layers[0].input_norm)
+    last = len(weights.layers) - 1
+
+    def add_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return triton_products.add_norm(y if y.dim() == 3 else y[None], x, weight, dims.eps, pdl=True)
+
+    for index, layer in enumerate(weights.layers):
+        qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, pdl=True)
+        x, h = add_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
+        up = products.apply("gate_up", h, layer.gate_up)
+        following = weights.norm if index == last else weights.layers[index + 1].input_norm
+        x, h = add_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
     state.positions.add_(1)
     state.write_index.add_(1)
@@ -358,10 +398,10 @@ def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str,
         return False
     if ref.device.type != "cuda" and mode != "1":
         return False  # the interpreter is for tests that ask for it
-    ok = _checked(weights, attention, products)
+    ok = fused_checked(weights, attention, products)
     if not ok and products is not None and any(products.chosen.values()):
         products.chosen.clear()
-        ok = _checked(weights, attention, products)
+        ok = fused_checked(weights, attention, products)
     if not ok:
         return False
     if mode == "1":
@@ -369,13 +409,16 @@ def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str,
     return None if graphs else False  # ungraphed, the plain step is faster (fewer host launches)
 
 
-def _checked(weights: DecodeWeights, attention, products: DecodeProducts | None) -> bool:
+def fused_checked(weights: DecodeWeights, attention, products: DecodeProducts | None) -> bool:
+    """Whether the fused step with these products agrees with the plain one (checked once per
+    model shape, device, dtype, attention and products)."""
     ref = weights.layers[0].qkv
     chosen = tuple(sorted((k, v) for k, v in (products.chosen.items() if products else ()) if v is not None))
-    key = (weights.dims, str(ref.device), ref.dtype, attention, chosen)
+    key = (weights.dims, str(ref.device), ref.dtype, attention, chosen, bool(products and products.pdl))
     if key not in _FUSED_CHECKED:
         _FUSED_CHECKED[key] = False
         what = f"fused decode step (Triton products {dict(chosen)})" if chosen else "fused decode step"
+        what = f"chained {what}" if products and products.pdl else what
         try:
             found = check_error(weights, attention, products=products)
             if check_passes(found):

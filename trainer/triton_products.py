@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -50,6 +50,9 @@ class Split:
     splits: int
     warps: int = 4
     stages: int = 3
+    # Chained step only (launched with PDL): K columns of each weight row this block asks the L2
+    # to fetch before it waits for the kernel before it; 0 for none.
+    prefetch: int = 0
 
     def fits(self, n: int, k: int) -> bool:
         return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
@@ -60,20 +63,45 @@ def available(device: torch.device) -> bool:
 
 
 if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    @triton.jit
+    def _prefetch_l2(rows_at, PREFETCH: tl.constexpr, LINES: tl.constexpr):
+        # Ask the L2 for the first PREFETCH (2-byte) elements of each row: one 128-byte line per
+        # element of the tile; lines past PREFETCH repeat its last line (a no-op, not a mask).
+        lines = tl.minimum(tl.arange(0, LINES) * 64, PREFETCH - 64)
+        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; // dummy $0", "=r,l",
+                                  [rows_at[:, None] + lines[None, :]], dtype=tl.int32, is_pure=False, pack=1)
+
     @triton.jit
     def _product_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, rows, x_stride, w_stride, out_split_stride,
-                        out_stride, K_CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, F32_DOT: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # x [rows, K] @ w[N, K]^T for one BLOCK_N slice of the columns and one K slice.
+                        out_stride, up_rows, K_CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+                        F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINES: tl.constexpr = 1,
+                        SWIGLU: tl.constexpr = False):
+        # x [rows, K] @ w[N, K]^T for one BLOCK_N slice of the columns and one K slice. SWIGLU:
+        # w is gate | up stacked (up from row `up_rows`): SiLU(x @ gate^T) * (x @ up^T), each
+        # product rounded to the output's dtype first, as the plain step's two kernels do.
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         split = tl.program_id(1)
         m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
         ks = tl.arange(0, BLOCK_K)
         live = m < rows
         first = split * K_CHUNK
+        w_rows = w_ptr + cols * w_stride + first
+        if PDL:
+            # The weights are not written during a step: fetch them while the kernel before this
+            # one still runs, then wait for it (its output is x), then let the next one start.
+            if PREFETCH > 0:
+                _prefetch_l2(w_rows, PREFETCH, LINES)
+                if SWIGLU:
+                    _prefetch_l2(w_rows + up_rows * w_stride, PREFETCH, LINES)
+            gdc_wait()
+            gdc_launch_dependents()
         x_at = x_ptr + m[:, None] * x_stride + first + ks[None, :]
-        w_at = w_ptr + cols[:, None] * w_stride + first + ks[None, :]
+        w_at = w_rows[:, None] + ks[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k in range(0, K_CHUNK, BLOCK_K):
             x = tl.load(x_at + k, mask=live[:, None], other=0.0)
             w = tl.load(w_at + k)
@@ -81,19 +109,33 @@ if triton is not None:
                 acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
             else:
                 acc += tl.dot(x, tl.trans(w))
+            if SWIGLU:
+                u = tl.load(w_at + up_rows * w_stride + k)
+                if F32_DOT:
+                    acc_up += tl.dot(x.to(tl.float32), tl.trans(u.to(tl.float32)))
+                else:
+                    acc_up += tl.dot(x, tl.trans(u))
+        dtype = out_ptr.dtype.element_ty
         if PARTIAL:
             tl.store(out_ptr + split * out_split_stride + m[:, None] * out_stride + cols[None, :], acc,
                      mask=live[:, None])
+        elif SWIGLU:
+            gate = acc.to(dtype).to(tl.float32)
+            silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :],
+                     (silu * acc_up.to(dtype).to(tl.float32)).to(dtype), mask=live[:, None])
         else:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
-            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                     mask=live[:, None])
+            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :], acc.to(dtype), mask=live[:, None])
 
     @triton.jit
     def _add_norm_kernel(part_ptr, part_stride, x_ptr, w_ptr, x_out_ptr, h_out_ptr, n, eps,
-                         PARTS: tl.constexpr, BLOCK: tl.constexpr):
+                         PARTS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
         # One row: y = sum of the partials, rounded as the product's output would be; x + y; RMSNorm.
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         inside = cols < n
@@ -115,13 +157,20 @@ def block_m(rows: int) -> int:
     return min(128, max(16, triton.next_power_of_2(rows)))
 
 
-def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: Split) -> torch.Tensor:
+def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: Split, *,
+            pdl: bool = False, swiglu: bool = False) -> torch.Tensor:
     """x [B, K] @ weight[N, K]^T (+ bias): bf16 [B, N] for one split, else float32 partials [S, B, N]
-    (the bias, if any, is left to the consumer: see `bias_of`)."""
+    (the bias, if any, is left to the consumer: see `bias_of`).
+
+    `swiglu`: weight is gate | up stacked [2I, K] and the result SiLU(gate) * up, bf16 [B, I] (one
+    split only). `pdl`: launched with programmatic dependent launch (CUDA, Hopper on): the kernel
+    fetches `split.prefetch` columns of its weights into L2, waits for the kernel before it, and
+    lets the next one start; without PDL support the wait is a no-op."""
     rows, k = x.shape
-    n = weight.shape[0]
-    if not split.fits(n, k):
-        raise ValueError(f"{split} does not tile a {n} x {k} weight")
+    pdl = pdl and x.device.type == "cuda"  # Triton's interpreter has no grid dependency control
+    n = weight.shape[0] // 2 if swiglu else weight.shape[0]
+    if not split.fits(n, k) or (swiglu and split.splits > 1):
+        raise ValueError(f"{split} does not tile a {n} x {k} weight{' (SiLU x up: one split)' if swiglu else ''}")
     x = x if x.stride(1) == 1 else x.contiguous()
     partial = split.splits > 1
     if partial:
@@ -130,21 +179,28 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
         out = torch.empty(rows, n, device=x.device, dtype=x.dtype)
     bm = block_m(rows)
     grid = (n // split.block_n, split.splits, triton.cdiv(rows, bm))
-    _product_kernel[grid](x, weight, bias if bias is not None else weight, out, rows, x.stride(0), weight.stride(0), out.stride(0) if partial else 0, out.stride(-2),
-                          K_CHUNK=k // split.splits, HAS_BIAS=bias is not None and not partial, PARTIAL=partial,
+    chunk = k // split.splits
+    prefetch = min(split.prefetch, chunk) if pdl else 0
+    _product_kernel[grid](x, weight, bias if bias is not None else weight, out, rows, x.stride(0), weight.stride(0),
+                          out.stride(0) if partial else 0, out.stride(-2), n if swiglu else 0,
+                          K_CHUNK=chunk, HAS_BIAS=bias is not None and not partial and not swiglu, PARTIAL=partial,
                           F32_DOT=x.device.type != "cuda", BLOCK_M=bm, BLOCK_N=split.block_n,
-                          BLOCK_K=split.block_k, num_warps=split.warps, num_stages=split.stages)
+                          BLOCK_K=split.block_k, PDL=pdl, PREFETCH=prefetch,
+                          LINES=triton.next_power_of_2(max(1, prefetch // 64)), SWIGLU=swiglu,
+                          num_warps=split.warps, num_stages=split.stages, launch_pdl=pdl)
     return out
 
 
-def add_norm(partials: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float
+def add_norm(partials: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float, *, pdl: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + sum of partials, RMSNorm of that) in one kernel; as fused_decode's add_norm on the
-    bf16 product."""
+    bf16 product (partials [S, B, N] float32, or the bf16 product itself as [1, B, N])."""
     parts, rows, n = partials.shape
+    pdl = pdl and x.device.type == "cuda"
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
     _add_norm_kernel[(rows,)](partials, partials.stride(0), x, weight, x_out, h_out, n, float(eps), PARTS=parts,
-                              BLOCK=triton.next_power_of_2(n), num_warps=8 if n > 2048 else 4)
+                              BLOCK=triton.next_power_of_2(n), PDL=pdl, num_warps=8 if n > 2048 else 4,
+                              launch_pdl=pdl)
     return x_out, h_out
 
 
@@ -166,19 +222,76 @@ def candidates(n: int, k: int, rows: int, sms: int) -> list[Split]:
     return found
 
 
+def chain_candidates(kind: str, n: int, k: int, rows: int, sms: int) -> list[Split]:
+    """The chained step's shapes per kind, before prefetching is tried on the fastest: gate/up
+    (n: the SiLU x up width) in one split with a few tile widths, the others as `candidates`."""
+    if kind != "gate_up":
+        return candidates(n, k, rows, sms)
+    shapes = ((64, 64, 4, 3), (32, 64, 4, 4), (64, 64, 8, 4), (128, 64, 8, 3))
+    return [Split(bn, bk, 1, warps, stages) for bn, bk, warps, stages in shapes if Split(bn, bk, 1).fits(n, k)]
+
+
 @dataclass
 class DecodeProducts:
-    """Per kind of product: None (cuBLAS) or the Split that ran fastest; `timing` for the notes."""
+    """Per kind of product: None (cuBLAS) or the Split that ran fastest; `timing` for the notes.
+
+    `pdl`: the chained step (trainer/fused_decode.py): every product a Triton kernel launched with
+    programmatic dependent launch, gate/up with SiLU x up in its epilogue."""
 
     chosen: dict[str, Split | None] = field(default_factory=dict)
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
+    pdl: bool = False
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
         split = self.chosen.get(kind)
         if split is None:
+            if self.pdl:
+                raise ValueError(f"the chained step has no Triton product for {kind}")
             return F.linear(x, weight, bias)
-        return product(x, weight, bias, split)
+        return product(x, weight, bias, split, pdl=self.pdl, swiglu=self.pdl and kind == "gate_up")
+
+    @classmethod
+    def chained(cls, weights, batch: int) -> DecodeProducts:
+        """The chained step's products: per kind, each candidate timed over every layer's weight in
+        a CUDA graph (launched with PDL, so one product overlaps the next as in the step), then the
+        fastest again with part or all of its weights prefetched into L2. Raises if a kind has no
+        working candidate."""
+        ref = weights.layers[0].qkv
+        key = ("chained", weights.dims, batch, ref.dtype, str(ref.device), weights.layers[0].qkv_bias is not None)
+        if key in _TUNED:
+            return cls(chosen=dict(_TUNED[key].chosen), timing=_TUNED[key].timing, pdl=True)
+        sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
+        found = cls(pdl=True)
+        for kind in KINDS:
+            mats = [getattr(layer, kind) for layer in weights.layers]
+            biases = [layer.qkv_bias if kind == "qkv" else None for layer in weights.layers]
+            n, k = mats[0].shape
+            n = n // 2 if kind == "gate_up" else n
+            x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
+            timing: dict[str, float] = {}
+
+            def timed(split: Split) -> None:
+                try:
+                    timing[str(split)] = _graph_ms(partial(_each, partial(
+                        product, split=split, pdl=True, swiglu=kind == "gate_up"), x, mats, biases))
+                except Exception as exc:  # noqa: BLE001 - that candidate is out
+                    warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=3)
+
+            shapes = chain_candidates(kind, n, k, batch, sms)
+            for split in shapes:
+                timed(split)
+            if not timing:
+                raise RuntimeError(f"no Triton product ran for {kind}")
+            best = min((s for s in shapes if str(s) in timing), key=lambda s: timing[str(s)])
+            chunk = k // best.splits
+            prefetched = [replace(best, prefetch=p) for p in sorted({chunk, max(64, chunk // 4 // 64 * 64)})]
+            for split in prefetched:
+                timed(split)
+            found.chosen[kind] = min((s for s in shapes + prefetched if str(s) in timing), key=lambda s: timing[str(s)])
+            found.timing[kind] = timing
+        _TUNED[key] = found
+        return cls(chosen=dict(found.chosen), timing=found.timing, pdl=True)
 
     @classmethod
     def fixed(cls, **chosen: Split | None) -> DecodeProducts:
@@ -221,7 +334,8 @@ class DecodeProducts:
         return cls(chosen=dict(found.chosen), timing=found.timing)
 
     def describe(self) -> dict[str, str]:
-        return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()}
+        return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()} | (
+            {"pdl": "chained"} if self.pdl else {})
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once

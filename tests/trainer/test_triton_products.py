@@ -2,7 +2,9 @@
 (one split: bf16-style output with the bias; several: float32 partials that add up to it), the
 residual + RMSNorm kernel equals fused_decode's add_norm, and the fused decode step with every
 projection split (q/k/v partials added inside the attention kernel, o and down partials in the
-norm kernel) equals the plain step on a tiny random Qwen2 to float32 rounding.
+norm kernel) equals the plain step on a tiny random Qwen2 to float32 rounding; so does the chained
+step (every product a Triton kernel, SiLU x up in the gate/up product's epilogue, residual + RMSNorm
+in the Triton kernel after a one-split product too; its PDL launch is CUDA-only).
 Skipped where Triton is not installed. A child process: TRITON_INTERPRET is set before import."""
 
 from __future__ import annotations
@@ -39,11 +41,24 @@ _, add_norm, _ = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
 want_x, want_h = add_norm(resid, partials.sum(0), norm_w)
 got_x, got_h = tp.add_norm(partials, resid, norm_w, 1e-6)
 found["add_norm_err"] = max(float((got_x - want_x).abs().max()), float((got_h - want_h).abs().max()))
+# the chained step's gate/up: SiLU(gate) * up from the stacked weight, in the product's epilogue
+gate_up = torch.randn(64, 64)
+swiglu = tp.product(x, gate_up, None, tp.Split(16, 16, 1), pdl=True, swiglu=True)
+found["swiglu_shape"] = list(swiglu.shape)
+found["swiglu_err"] = float((swiglu - F.silu(x @ gate_up[:32].T) * (x @ gate_up[32:].T)).abs().max())
+try:
+    tp.product(x, gate_up, None, tp.Split(16, 16, 2), swiglu=True)
+    found["swiglu_split_refused"] = False
+except ValueError:
+    found["swiglu_split_refused"] = True
 """ + RANDOM_QWEN2 + r"""
 weights = DecodeWeights.allocate(random_model(torch.float32))
 split = tp.Split(16, 16, 2)
-for name, products in (("split", tp.DecodeProducts.fixed(qkv=split, o=split, gate_up=tp.Split(16, 16, 1), down=split)),
-                       ("one", tp.DecodeProducts.fixed(qkv=tp.Split(16, 16, 1), o=tp.Split(16, 16, 1)))):
+one = tp.Split(16, 16, 1)
+for name, products in (("split", tp.DecodeProducts.fixed(qkv=split, o=split, gate_up=one, down=split)),
+                       ("one", tp.DecodeProducts.fixed(qkv=one, o=one)),
+                       ("chained", tp.DecodeProducts(chosen=dict(qkv=split, o=split, gate_up=one, down=split), pdl=True)),
+                       ("chained_one", tp.DecodeProducts(chosen=dict(qkv=one, o=one, gate_up=one, down=one), pdl=True))):
     result = check_error(weights, Attention.SDPA, products=products)
     result["passes"] = check_passes(result)
     found[name] = result
@@ -57,7 +72,9 @@ def test_split_products_equal_linear_and_the_plain_decode_step():
     assert found["parts_shape"] == [4, 5, 96] and found["parts_err"] < 1e-4
     assert found["refused"] is True  # 96 columns are not a multiple of 64
     assert found["add_norm_err"] < 1e-5
-    for name in ("split", "one"):
+    assert found["swiglu_shape"] == [5, 32] and found["swiglu_err"] < 1e-4
+    assert found["swiglu_split_refused"] is True
+    for name in ("split", "one", "chained", "chained_one"):
         result = found[name]
         assert result["passes"], result
         assert result["attention_rel_error"] < 1e-5 and result["logits_rel_error"] < 1e-5, result
