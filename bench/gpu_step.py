@@ -19,6 +19,8 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   decode_modes  optional: the plain decode step vs the fused one (trainer/fused_decode.py), side by side
                 (bench/gpu_probe.py)
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
+  decode_variants  optional: the fused and chained decode steps' graph replays through the rollout's
+                slots, their kernels and checks, side by side (bench/gpu_decode_variants.py)
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
 with RLTUI_DECODE_ATTENTION (bmm|sdpa), RLTUI_COMPILE_DECODE (0|1|max-autotune) and
@@ -47,9 +49,9 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes", "autotune")
+SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes", "autotune", "decode_variants")
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
-SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150,
+SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150, "decode_variants": 460,
                 "autotune": 240}
 DECODE_MODES = {"decode_modes": [("triton", "1", "64", "1", "0"), ("triton", "1", "64", "1", "1")],
                 "autotune": [("sdpa", "1", "64", "0"), ("sdpa", "max-autotune", "64", "0")]}
@@ -107,6 +109,10 @@ def child(args: argparse.Namespace) -> int:
                 work = replace(work, micro_batch=args.alt_micro_batch)
             result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 3),
                               device, profile=args.child == "ours", plain_generation=args.plain_generation)
+        elif args.child == "decode_variants":
+            from gpu_decode_variants import run_decode_variants
+
+            result = run_decode_variants(folder, work, device)
         elif args.child in DECODE_MODES:
             from gpu_probe import run_decode_modes
 

@@ -38,8 +38,10 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     if any(tuned.chosen.values()):
         variants.insert(0, ("fused_products", True, tuned))
     chain = getattr(engine, "chain", None)
-    if chain is not None and fused_checked(engine.weights, engine.attention, chain):
-        variants.insert(0, ("chained", True, chain))
+    if chain is not None:
+        for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):
+            if fused_checked(engine.weights, engine.attention, products):
+                variants.insert(0, (name, True, products))
     variants.append(("plain", False, DecodeProducts()))
     saved = state.positions.clone(), state.write_index.clone()
 

@@ -208,6 +208,18 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     return out
 
 
+def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor, bias: torch.Tensor,
+              kv_len: int, qkv_bias: torch.Tensor | None, products: DecodeProducts) -> torch.Tensor:
+    """rope_attention, or its split-over-slots form when `products.attention_splits` asks for it;
+    launched with PDL in the chained step."""
+    if products.attention_splits:
+        from trainer.split_attention import rope_attention_split
+
+        return rope_attention_split(dims, qkv, state, cache, bias, kv_len, qkv_bias,
+                                    splits=products.attention_splits, pdl=products.pdl)
+    return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl)
+
+
 ElementFns = tuple[Callable, Callable, Callable]
 _COMPILED: dict[tuple[float, bool], ElementFns] = {}
 
@@ -252,7 +264,7 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     norm, add_norm, silu_mul = fns
     products = products or DecodeProducts()
     if products.pdl:
-        return _chained_step(weights, state, kv_len, norm, products)
+        return _chained_step(weights, state, kv_len, norm, silu_mul, products)
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
     h = norm(x, weights.layers[0].input_norm)
@@ -263,7 +275,7 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
 
     for index, layer in enumerate(weights.layers):
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
-        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias)
+        attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
         up = silu_mul(products.apply("gate_up", h, layer.gate_up))
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
@@ -274,14 +286,15 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     return logits
 
 
-def _chained_step(weights: DecodeWeights, state: DecodeState, kv_len: int, norm: Callable,
+def _chained_step(weights: DecodeWeights, state: DecodeState, kv_len: int, norm: Callable, silu_mul: Callable,
                   products: DecodeProducts) -> torch.Tensor:
     """The fused step as a chain of Triton kernels launched with programmatic dependent launch:
     per layer q/k/v product, attention, o product, residual + RMSNorm, gate/up product with SiLU x
     up in its epilogue, down product, residual + the next RMSNorm (7 kernels). Each kernel's blocks
     start while the kernel before is still running, fetch their weights into L2 (the weights are
     not written during a step), and wait for it only before reading what it wrote; the gap
-    between two kernels and each product's start-up overlap the kernel before."""
+    between two kernels and each product's start-up overlap the kernel before. A product without
+    a Triton choice is cuBLAS's (gate/up then followed by SiLU x up), the rest unchanged."""
     dims = weights.dims
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
@@ -293,9 +306,10 @@ def _chained_step(weights: DecodeWeights, state: DecodeState, kv_len: int, norm:
 
     for index, layer in enumerate(weights.layers):
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
-        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, pdl=True)
+        attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
         x, h = add_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
         up = products.apply("gate_up", h, layer.gate_up)
+        up = up if products.chosen.get("gate_up") else silu_mul(up)
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         x, h = add_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
@@ -349,8 +363,8 @@ def check_error(weights: DecodeWeights, attention, seed: int = 0,
     fused_cache = fused.kv_cache[0].clone()
     qkv = (products or DecodeProducts()).apply("qkv", rms_norm(x, layer.input_norm, dims.eps), layer.qkv,
                                                layer.qkv_bias)
-    got = rope_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len,
-                         layer.qkv_bias).float()
+    got = decode_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len, layer.qkv_bias,
+                    products or DecodeProducts()).float()
     slot = int(written)
     found = {
         "attention_rel_error": float((got - want).norm() / want.norm()),
@@ -414,7 +428,8 @@ def fused_checked(weights: DecodeWeights, attention, products: DecodeProducts | 
     model shape, device, dtype, attention and products)."""
     ref = weights.layers[0].qkv
     chosen = tuple(sorted((k, v) for k, v in (products.chosen.items() if products else ()) if v is not None))
-    key = (weights.dims, str(ref.device), ref.dtype, attention, chosen, bool(products and products.pdl))
+    key = (weights.dims, str(ref.device), ref.dtype, attention, chosen, bool(products and products.pdl),
+           products.attention_splits if products else 0)
     if key not in _FUSED_CHECKED:
         _FUSED_CHECKED[key] = False
         what = f"fused decode step (Triton products {dict(chosen)})" if chosen else "fused decode step"

@@ -53,6 +53,7 @@ class Split:
     # Chained step only (launched with PDL): K columns of each weight row this block asks the L2
     # to fetch before it waits for the kernel before it; 0 for none.
     prefetch: int = 0
+    tma: bool = False  # x and the weight read through tensor descriptors (_product_tma_kernel)
 
     def fits(self, n: int, k: int) -> bool:
         return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
@@ -115,6 +116,54 @@ if triton is not None:
                     acc_up += tl.dot(x.to(tl.float32), tl.trans(u.to(tl.float32)))
                 else:
                     acc_up += tl.dot(x, tl.trans(u))
+        _store_product(acc, acc_up, bias_ptr, out_ptr, m, cols, live, split, out_split_stride, out_stride,
+                       HAS_BIAS, PARTIAL, SWIGLU)
+
+    @triton.jit
+    def _product_tma_kernel(x_desc, w_desc, w_ptr, bias_ptr, out_ptr, rows, w_stride, out_split_stride,
+                            out_stride, up_rows, K_CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            PARTIAL: tl.constexpr, F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+                            PREFETCH: tl.constexpr = 0, LINES: tl.constexpr = 1, SWIGLU: tl.constexpr = False):
+        # As _product_kernel, with x and w read through tensor descriptors (the copy engine of
+        # Hopper's multiprocessors, TMA: one request per tile instead of one per thread).
+        first_col = tl.program_id(0) * BLOCK_N
+        cols = first_col + tl.arange(0, BLOCK_N)
+        split = tl.program_id(1)
+        first_row = tl.program_id(2) * BLOCK_M
+        m = first_row + tl.arange(0, BLOCK_M)
+        live = m < rows
+        first = split * K_CHUNK
+        if PDL:
+            if PREFETCH > 0:
+                w_rows = w_ptr + cols * w_stride + first
+                _prefetch_l2(w_rows, PREFETCH, LINES)
+                if SWIGLU:
+                    _prefetch_l2(w_rows + up_rows * w_stride, PREFETCH, LINES)
+            gdc_wait()
+            gdc_launch_dependents()
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k in range(0, K_CHUNK, BLOCK_K):
+            x = x_desc.load([first_row, first + k])
+            w = w_desc.load([first_col, first + k])
+            if F32_DOT:
+                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+            if SWIGLU:
+                u = w_desc.load([up_rows + first_col, first + k])
+                if F32_DOT:
+                    acc_up += tl.dot(x.to(tl.float32), tl.trans(u.to(tl.float32)))
+                else:
+                    acc_up = tl.dot(x, tl.trans(u), acc_up)
+        _store_product(acc, acc_up, bias_ptr, out_ptr, m, cols, live, split, out_split_stride, out_stride,
+                       HAS_BIAS, PARTIAL, SWIGLU)
+
+    @triton.jit
+    def _store_product(acc, acc_up, bias_ptr, out_ptr, m, cols, live, split, out_split_stride, out_stride,
+                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, SWIGLU: tl.constexpr):
+        # float32 partials [S, B, N]; or SiLU(gate) * up; or the product (+ bias), in out's dtype.
         dtype = out_ptr.dtype.element_ty
         if PARTIAL:
             tl.store(out_ptr + split * out_split_stride + m[:, None] * out_stride + cols[None, :], acc,
@@ -181,13 +230,20 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     grid = (n // split.block_n, split.splits, triton.cdiv(rows, bm))
     chunk = k // split.splits
     prefetch = min(split.prefetch, chunk) if pdl else 0
-    _product_kernel[grid](x, weight, bias if bias is not None else weight, out, rows, x.stride(0), weight.stride(0),
-                          out.stride(0) if partial else 0, out.stride(-2), n if swiglu else 0,
-                          K_CHUNK=chunk, HAS_BIAS=bias is not None and not partial and not swiglu, PARTIAL=partial,
-                          F32_DOT=x.device.type != "cuda", BLOCK_M=bm, BLOCK_N=split.block_n,
-                          BLOCK_K=split.block_k, PDL=pdl, PREFETCH=prefetch,
-                          LINES=triton.next_power_of_2(max(1, prefetch // 64)), SWIGLU=swiglu,
-                          num_warps=split.warps, num_stages=split.stages, launch_pdl=pdl)
+    shared = dict(K_CHUNK=chunk, HAS_BIAS=bias is not None and not partial and not swiglu, PARTIAL=partial,
+                  F32_DOT=x.device.type != "cuda", BLOCK_M=bm, BLOCK_N=split.block_n, BLOCK_K=split.block_k, PDL=pdl,
+                  PREFETCH=prefetch, LINES=triton.next_power_of_2(max(1, prefetch // 64)), SWIGLU=swiglu,
+                  num_warps=split.warps, num_stages=split.stages, launch_pdl=pdl)
+    strides = (out.stride(0) if partial else 0, out.stride(-2), n if swiglu else 0)
+    bias_arg = bias if bias is not None else weight
+    if split.tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        x_desc = TensorDescriptor(x, [rows, k], [x.stride(0), 1], [bm, split.block_k])
+        w_desc = TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [split.block_n, split.block_k])
+        _product_tma_kernel[grid](x_desc, w_desc, weight, bias_arg, out, rows, weight.stride(0), *strides, **shared)
+    else:
+        _product_kernel[grid](x, weight, bias_arg, out, rows, x.stride(0), weight.stride(0), *strides, **shared)
     return out
 
 
@@ -235,19 +291,21 @@ def chain_candidates(kind: str, n: int, k: int, rows: int, sms: int) -> list[Spl
 class DecodeProducts:
     """Per kind of product: None (cuBLAS) or the Split that ran fastest; `timing` for the notes.
 
-    `pdl`: the chained step (trainer/fused_decode.py): every product a Triton kernel launched with
-    programmatic dependent launch, gate/up with SiLU x up in its epilogue."""
+    `pdl`: the chained step (trainer/fused_decode.py): the products with a Split are Triton kernels
+    launched with programmatic dependent launch, gate/up's with SiLU x up in its epilogue; those
+    without (None) stay cuBLAS's, as in the fused step."""
 
     chosen: dict[str, Split | None] = field(default_factory=dict)
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
     pdl: bool = False
+    # Decode attention split over this many programs per (row, kv head) (trainer/split_attention.py);
+    # 0: one program each (fused_decode.rope_attention).
+    attention_splits: int = 0
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
         split = self.chosen.get(kind)
-        if split is None:
-            if self.pdl:
-                raise ValueError(f"the chained step has no Triton product for {kind}")
+        if split is None:  # (in the chained step, gate/up's caller then applies SiLU x up)
             return F.linear(x, weight, bias)
         return product(x, weight, bias, split, pdl=self.pdl, swiglu=self.pdl and kind == "gate_up")
 
@@ -279,6 +337,7 @@ class DecodeProducts:
                     warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=3)
 
             shapes = chain_candidates(kind, n, k, batch, sms)
+            shapes += [replace(s, tma=True) for s in shapes]
             for split in shapes:
                 timed(split)
             if not timing:
@@ -333,9 +392,14 @@ class DecodeProducts:
         _TUNED[key] = found
         return cls(chosen=dict(found.chosen), timing=found.timing)
 
+    def without(self, *kinds: str) -> DecodeProducts:
+        """The same choice with `kinds` back on cuBLAS."""
+        return replace(self, chosen={k: (None if k in kinds else v) for k, v in self.chosen.items()})
+
     def describe(self) -> dict[str, str]:
         return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()} | (
-            {"pdl": "chained"} if self.pdl else {})
+            {"pdl": "chained"} if self.pdl else {}) | (
+            {"attention_splits": str(self.attention_splits)} if self.attention_splits else {})
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once

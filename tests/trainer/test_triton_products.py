@@ -46,6 +46,11 @@ gate_up = torch.randn(64, 64)
 swiglu = tp.product(x, gate_up, None, tp.Split(16, 16, 1), pdl=True, swiglu=True)
 found["swiglu_shape"] = list(swiglu.shape)
 found["swiglu_err"] = float((swiglu - F.silu(x @ gate_up[:32].T) * (x @ gate_up[32:].T)).abs().max())
+# the same products through tensor descriptors (the TMA kernel)
+tma = tp.Split(32, 16, 1, tma=True)
+found["tma_errs"] = [float((tp.product(x, w, b, tma) - want).abs().max()),
+                     float((tp.product(x, w, b, tp.Split(16, 16, 4, tma=True)).sum(0) + b - want).abs().max()),
+                     float((tp.product(x, gate_up, None, tp.Split(16, 16, 1, tma=True), swiglu=True) - swiglu).abs().max())]
 try:
     tp.product(x, gate_up, None, tp.Split(16, 16, 2), swiglu=True)
     found["swiglu_split_refused"] = False
@@ -58,7 +63,15 @@ one = tp.Split(16, 16, 1)
 for name, products in (("split", tp.DecodeProducts.fixed(qkv=split, o=split, gate_up=one, down=split)),
                        ("one", tp.DecodeProducts.fixed(qkv=one, o=one)),
                        ("chained", tp.DecodeProducts(chosen=dict(qkv=split, o=split, gate_up=one, down=split), pdl=True)),
-                       ("chained_one", tp.DecodeProducts(chosen=dict(qkv=one, o=one, gate_up=one, down=one), pdl=True))):
+                       ("chained_one", tp.DecodeProducts(chosen=dict(qkv=one, o=one, gate_up=one, down=one), pdl=True)),
+                       ("chained_tma", tp.DecodeProducts(chosen=dict(qkv=tp.Split(16, 16, 2, tma=True), o=one,
+                                                                    gate_up=tp.Split(16, 16, 1, tma=True),
+                                                                    down=tp.Split(16, 16, 2, tma=True)), pdl=True)),
+                       ("chained_split_attention", tp.DecodeProducts(chosen=dict(qkv=split, o=split, gate_up=one, down=split),
+                                                                     pdl=True, attention_splits=3)),
+                       ("split_attention", tp.DecodeProducts(attention_splits=2)),
+                       ("chained_mlp_cublas", tp.DecodeProducts(chosen=dict(qkv=split, o=split, gate_up=one, down=split),
+                                                                pdl=True).without("gate_up", "down"))):
     result = check_error(weights, Attention.SDPA, products=products)
     result["passes"] = check_passes(result)
     found[name] = result
@@ -74,7 +87,9 @@ def test_split_products_equal_linear_and_the_plain_decode_step():
     assert found["add_norm_err"] < 1e-5
     assert found["swiglu_shape"] == [5, 32] and found["swiglu_err"] < 1e-4
     assert found["swiglu_split_refused"] is True
-    for name in ("split", "one", "chained", "chained_one"):
+    assert max(found["tma_errs"]) < 1e-4, found["tma_errs"]
+    for name in ("split", "one", "chained", "chained_one", "chained_tma", "chained_split_attention", "split_attention",
+                 "chained_mlp_cublas"):
         result = found[name]
         assert result["passes"], result
         assert result["attention_rel_error"] < 1e-5 and result["logits_rel_error"] < 1e-5, result

@@ -1,0 +1,134 @@
+"""The decode step's variants side by side in one process: the `decode_variants` side of
+bench/gpu_step.py (not a command of its own).
+
+    result = run_decode_variants(folder, work, device)
+
+One rollout-shaped generation builds the engine (its own choice at the first bucket is kept in
+the result), then each variant (the fused step with cuBLAS products, the chained step with every
+product Triton's, the chained step with cuBLAS's gate/up and down, and whatever else the engine
+offers) is captured for every attention bucket the rollout visits and timed through the
+rollout's own sequence of slots, with its kernels by GPU time at the last bucket and its check
+against the plain step (trainer/fused_decode.check_error) on the model's weights.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gpu_common import Workload, load_tokenizer, make_prompts, sync
+
+
+def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer import fast_generation, fused_decode
+    from trainer.modeling import load_model_and_tokenizer
+    from trainer.triton_products import DecodeProducts
+
+    from gpu_ours import kernel_breakdown
+
+    model, _ = load_model_and_tokenizer(folder, device, "bf16")
+    tokenizer = load_tokenizer(folder)
+    model = get_peft_model(model, LoraConfig(r=work.lora_r, lora_alpha=work.lora_alpha, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM")).eval()
+    prompts = [p for p in make_prompts(work, model.config.vocab_size) for _ in range(work.generations)]
+    out = fast_generation.generate(model, tokenizer, prompts, max_new_tokens=work.completion_tokens, do_sample=True,
+                                   generator=torch.Generator(device=device).manual_seed(0),
+                                   min_new_tokens=work.completion_tokens)
+    sync()
+    engine = fast_generation._ENGINES[model]
+    state = engine.state
+    prompt_length = out.prompt_ids.shape[1]
+    visits = [fast_generation.kv_length(prompt_length + i + 1, state.capacity) for i in range(work.completion_tokens - 1)]
+    found: dict[str, Any] = {"engine_choice": engine.fused_timing, "prompt_length": prompt_length,
+                             "chain": engine.chain.describe() if engine.chain else None,
+                             "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
+    variants = {"fused": DecodeProducts(), "fused_split2": DecodeProducts(attention_splits=2),
+                "fused_split4": DecodeProducts(attention_splits=4)}
+    if engine.chain is not None:
+        chain = engine.chain
+        variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
+                     "chained_mlp_cublas": chain.without("gate_up", "down"),
+                     "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
+                     "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
+    found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
+    print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
+    saved = state.positions.clone(), state.write_index.clone()
+
+    def replays() -> float:
+        state.write_index.fill_(prompt_length)
+        state.positions.fill_(prompt_length)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for kv in visits:
+            engine.graphs[kv][0].replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / len(visits)
+
+    for name, products in variants.items():
+        entry: dict[str, Any] = {"products": products.describe()}
+        try:
+            check = fused_decode.check_error(engine.weights, engine.attention, products=products)
+            entry["check"] = check | {"passes": fused_decode.check_passes(check)}
+            engine.fused, engine.products = True, products
+            engine.graphs.clear()
+            for kv in sorted(set(visits)):
+                engine.graphs[kv] = engine._capture(kv)
+            entry["fused_after_capture"] = engine.fused
+            replays()
+            entry["replay_ms_mean"] = statistics.median(replays() for _ in range(3))
+            last = max(visits)
+
+            def at_last() -> None:
+                state.write_index.fill_(last - 1)
+                state.positions.fill_(last - 1)
+            entry["kernels_at_last_bucket"] = kernel_breakdown(engine.graphs[last][0].replay, at_last, top=14)
+        except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
+            entry["error"] = repr(exc)[:500]
+            torch.cuda.synchronize()
+        state.positions.copy_(saved[0])
+        state.write_index.copy_(saved[1])
+        found["variants"][name] = entry
+        print(f"[decode_variants] {name}: replay {entry.get('replay_ms_mean')} ms "
+              f"{entry.get('error', '')} check {entry.get('check')}", flush=True)
+        kernels = entry.get("kernels_at_last_bucket", {})
+        for row in kernels.get("top", []):
+            print(f"    {row['ms']:.4f} ms x{row['count']} {row['kernel']}", flush=True)
+    engine.graphs.clear()
+    fast_generation.release_engines()
+    return found
+
+
+def split_attention_repeats(engine, kv_len: int, calls: int = 200) -> dict[str, Any]:
+    """The split attention kernel called many times on the same inputs (one layer's cache, the
+    engine's state at slot kv_len - 1): every output bitwise the first (a partial read before it
+    was written, or a ticket left over, would show here), and its difference from the one-program
+    kernel, per split count."""
+    import torch
+
+    from trainer.fused_decode import rope_attention, step_bias
+    from trainer.split_attention import rope_attention_split
+
+    state, dims = engine.state, engine.weights.dims
+    state.write_index.fill_(kv_len - 1)
+    state.positions.fill_(kv_len - 1)
+    bias = step_bias(state, kv_len, state.kv_cache.dtype)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(state.tokens.shape[0], dims.q_size + 2 * dims.kv_size, device="cuda", generator=gen,
+                      dtype=torch.float32).to(state.kv_cache.dtype)
+    cache = state.kv_cache[0]
+    want = rope_attention(dims, qkv, state, cache, bias, kv_len).float()
+    found = {}
+    for splits in (2, 4, 8):
+        first = rope_attention_split(dims, qkv, state, cache, bias, kv_len, splits=splits, pdl=True)
+        same = all(torch.equal(rope_attention_split(dims, qkv, state, cache, bias, kv_len, splits=splits, pdl=True),
+                               first) for _ in range(calls))
+        found[f"splits{splits}"] = {"repeats_bitwise_equal": same,
+                                    "rel_diff_vs_one_program": float((first.float() - want).norm() / want.norm())}
+    torch.cuda.synchronize()
+    return found
