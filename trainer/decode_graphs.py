@@ -34,7 +34,8 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
     position and slot put back after each, so the real step comes next)."""
     tuned, state = engine.products, engine.state
-    variants: list[tuple[str, bool, DecodeProducts]] = [("fused", True, DecodeProducts())]
+    variants: list[tuple[str, bool, DecodeProducts]] = [
+        ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
     if any(tuned.chosen.values()):
         variants.insert(0, ("fused_products", True, tuned))
     chain = getattr(engine, "chain", None)

@@ -28,7 +28,7 @@ from torch import nn
 
 from trainer import triton_products, triton_sampling
 from trainer.decode_graphs import PrefillGraphs, choose_step
-from trainer.fused_decode import fused_choice
+from trainer.fused_decode import attention_splits, fused_choice
 from trainer.generation import GenerationOutput, eos_token_ids
 from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
@@ -49,9 +49,10 @@ ATTENTION_ENV = "RLTUI_DECODE_ATTENTION"  # "sdpa" (default) or "bmm": see qwen2
 # The fused decode step (trainer/fused_decode.py): "0" never, "1" whenever its check passes,
 # "auto" (default) when its check passes and its graph replays faster than the plain step's.
 FUSED_ENV = "RLTUI_DECODE_FUSED"
-# The chained step (the fused step's kernels all Triton, launched with programmatic dependent
-# launch; trainer/fused_decode.py): "0" never; else on a Hopper-or-newer GPU with graphs, its
-# products timed at the engine's creation and the step kept when its graph replays fastest.
+# The chained step (the fused step's products as Triton kernels launched with programmatic
+# dependent launch; trainer/fused_decode.py): "1" on a Hopper-or-newer GPU with graphs, its
+# products timed at the engine's creation (about a minute) and the step kept when its graph
+# replays fastest; unset or "0", never (on an H200 it replayed no faster than the fused step).
 CHAIN_ENV = "RLTUI_DECODE_CHAIN"
 
 
@@ -99,8 +100,11 @@ class DecodeEngine:
                 self.products = DecodeProducts.tuned(self.weights, key.batch)
             except Exception as exc:  # noqa: BLE001 - cuBLAS serves every product
                 warnings.warn(f"timing the Triton products failed ({exc!r:.300}); using cuBLAS", stacklevel=2)
+        splits = attention_splits()
+        self.products = replace(self.products, attention_splits=splits)
         self.tuned_products = self.products
         self.chain = _chain_products(self.weights, key)
+        self.chain = replace(self.chain, attention_splits=splits) if self.chain else None
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
@@ -182,7 +186,7 @@ class DecodeEngine:
 def _chain_products(weights: DecodeWeights, key: EngineKey) -> DecodeProducts | None:
     """The chained step's products (timed here), or None where it cannot run or is switched off."""
     ref = weights.layers[0].qkv
-    if (not key.graphs or ref.device.type != "cuda" or os.environ.get(CHAIN_ENV) == "0"
+    if (not key.graphs or ref.device.type != "cuda" or os.environ.get(CHAIN_ENV) != "1"
             or os.environ.get(FUSED_ENV) == "0" or not triton_products.available(ref.device)
             or torch.cuda.get_device_capability(ref.device) < (9, 0)):
         return None

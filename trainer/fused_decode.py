@@ -42,6 +42,7 @@ BLOCK_N = 64
 # fixed (64, 4, 3).
 TUNE_ENV = "RLTUI_DECODE_TUNE"
 CONFIGS = ((64, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 2), (64, 8, 3), (128, 8, 2))
+SPLITS_ENV = "RLTUI_DECODE_ATTENTION_SPLITS"
 
 
 def available(device: torch.device) -> bool:
@@ -206,6 +207,17 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
         _rope_attention_kernel[(batch, dims.kv_heads)](*args, F32_DOT=qkv.device.type != "cuda", BLOCK=BLOCK_N,
                                                        num_warps=4, num_stages=3, PDL=pdl, launch_pdl=pdl, **shape)
     return out
+
+
+def attention_splits() -> int:
+    """RLTUI_DECODE_ATTENTION_SPLITS: programs per (row, kv head) of the fused step's attention
+    (trainer/split_attention.py); 0 (default) or unset: one (rope_attention), which was faster on
+    an H200 at the benchmark's lengths."""
+    value = os.environ.get(SPLITS_ENV, "0").strip() or "0"
+    if not value.isdigit() or int(value) > 16:
+        warnings.warn(f"{SPLITS_ENV} must be a whole number from 0 to 16, not {value!r}; using 0", stacklevel=2)
+        return 0
+    return int(value)
 
 
 def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor, bias: torch.Tensor,

@@ -94,3 +94,16 @@ def test_split_products_equal_linear_and_the_plain_decode_step():
         assert result["passes"], result
         assert result["attention_rel_error"] < 1e-5 and result["logits_rel_error"] < 1e-5, result
         assert result["cache_slot_rel_max_diff"] < 1e-5 and result["cache_other_slots_equal"], result
+
+
+def test_attention_splits_switch(monkeypatch):
+    from trainer.fused_decode import SPLITS_ENV, attention_splits
+
+    monkeypatch.delenv(SPLITS_ENV, raising=False)
+    assert attention_splits() == 0
+    monkeypatch.setenv(SPLITS_ENV, "4")
+    assert attention_splits() == 4
+    for bad in ("-1", "four", "17"):
+        monkeypatch.setenv(SPLITS_ENV, bad)
+        with pytest.warns(UserWarning, match=SPLITS_ENV):
+            assert attention_splits() == 0
