@@ -13,7 +13,6 @@ against the plain step (trainer/fused_decode.check_error) on the model's weights
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,12 @@ from gpu_common import Workload, load_tokenizer, make_prompts, sync
 
 def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, Any]:
     import torch
+    from gpu_ours import kernel_breakdown, mean_replay_ms
     from peft import LoraConfig, get_peft_model
 
     from trainer import fast_generation, fused_decode
     from trainer.modeling import load_model_and_tokenizer
     from trainer.triton_products import DecodeProducts
-
-    from gpu_ours import kernel_breakdown
 
     model, _ = load_model_and_tokenizer(folder, device, "bf16")
     tokenizer = load_tokenizer(folder)
@@ -59,17 +57,6 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()
 
-    def replays() -> float:
-        state.write_index.fill_(prompt_length)
-        state.positions.fill_(prompt_length)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for kv in visits:
-            engine.graphs[kv][0].replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / len(visits)
-
     for name, products in variants.items():
         entry: dict[str, Any] = {"products": products.describe()}
         try:
@@ -80,11 +67,10 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
             for kv in sorted(set(visits)):
                 engine.graphs[kv] = engine._capture(kv)
             entry["fused_after_capture"] = engine.fused
-            replays()
-            entry["replay_ms_mean"] = statistics.median(replays() for _ in range(3))
+            entry["replay_ms_mean"] = mean_replay_ms(engine, prompt_length, visits)
             last = max(visits)
 
-            def at_last() -> None:
+            def at_last(last: int = last) -> None:
                 state.write_index.fill_(last - 1)
                 state.positions.fill_(last - 1)
             entry["kernels_at_last_bucket"] = kernel_breakdown(engine.graphs[last][0].replay, at_last, top=14)

@@ -230,24 +230,7 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
 
     per_bucket = {kv: _event_ms(graph.replay, 30, at(kv)) for kv, (graph, _) in sorted(engine.graphs.items())}
     visits = [fast_generation.kv_length(prompt_length + i + 1, capacity) for i in range(work.completion_tokens - 1)]
-    # The attention reads the slots filled so far, not the whole bucket: the mean replay is timed
-    # through the rollout's own sequence of slots (each replay advances the slot and position).
-    def replays() -> float:
-        state.write_index.fill_(prompt_length)
-        state.positions.fill_(prompt_length)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for kv in visits:
-            engine.graphs[kv][0].replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / len(visits)
-
-    saved = state.positions.clone(), state.write_index.clone()
-    replays()  # warm clocks
-    replay_ms = statistics.median(replays() for _ in range(3))
-    state.positions.copy_(saved[0])
-    state.write_index.copy_(saved[1])
+    replay_ms = mean_replay_ms(engine, prompt_length, visits)
     logits = torch.randn(state.tokens.shape[0], dims.vocab, device="cuda", dtype=torch.bfloat16)
     gen = torch.Generator(device="cuda").manual_seed(0)
     sampling_ms = _event_ms(lambda: fast_generation.sample_tokens(
@@ -292,6 +275,34 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
         "chain_products": engine.chain.describe() if engine.chain else None,
         "chain_timing_ms": engine.chain.timing if engine.chain else None,
     }
+
+
+def mean_replay_ms(engine, prompt_length: int, visits: list[int]) -> float:
+    """The engine's decode graphs replayed through a rollout's own sequence of slots (each replay
+    advances the slot and position; `visits`: the bucket of each step), median of three passes
+    after a warm one; milliseconds per replay. The attention reads the slots filled so far, not
+    the whole bucket, so the time depends on the slot. The engine's position and slot are put back."""
+    import torch
+
+    state = engine.state
+
+    def replays() -> float:
+        state.write_index.fill_(prompt_length)
+        state.positions.fill_(prompt_length)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for kv in visits:
+            engine.graphs[kv][0].replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / len(visits)
+
+    saved = state.positions.clone(), state.write_index.clone()
+    replays()  # warm clocks
+    ms = statistics.median(replays() for _ in range(3))
+    state.positions.copy_(saved[0])
+    state.write_index.copy_(saved[1])
+    return ms
 
 
 def kernel_breakdown(fn, before, top: int = 20) -> dict[str, Any]:

@@ -71,6 +71,63 @@ if triton is not None:
         return acc.to(dtype)
 
     @triton.jit
+    def _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride, qkv_bias_ptr, dtype,
+                   HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, PARTS: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # Row b's new token for KV head h: q of its GROUPS query heads (as halves [BLOCK_M, D/2],
+        # rows past GROUPS zero) and the key, both with RoPE at the row's position in float32 and
+        # rounded once to `dtype`, and the value [D].
+        HALF: tl.constexpr = D // 2
+        rows = tl.arange(0, BLOCK_M)
+        halves = tl.arange(0, HALF)
+        dims = tl.arange(0, D)
+        heads = h * GROUPS + rows
+        pos = tl.load(pos_ptr + b)
+        cos1 = tl.load(cos_ptr + pos * D + halves).to(tl.float32)
+        cos2 = tl.load(cos_ptr + pos * D + HALF + halves).to(tl.float32)
+        sin1 = tl.load(sin_ptr + pos * D + halves).to(tl.float32)
+        sin2 = tl.load(sin_ptr + pos * D + HALF + halves).to(tl.float32)
+        row = qkv_ptr + b * qkv_stride_b
+        q_cols = heads[:, None] * D + halves[None, :]
+        q_live = (rows < GROUPS)[:, None] & (halves < HALF)[None, :]
+        q1 = _qkv_load(row, q_cols, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
+        q2 = _qkv_load(row, q_cols + HALF, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
+        q1, q2 = _rope_half(q1, q2, cos1[None, :], sin1[None, :], cos2[None, :], sin2[None, :])
+        k_cols = HEADS * D + h * D + halves
+        every = halves < HALF
+        k1, k2 = _rope_half(
+            _qkv_load(row, k_cols, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
+            _qkv_load(row, k_cols + HALF, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
+            cos1, sin1, cos2, sin2)
+        v_new = _qkv_load(row, (HEADS + KV_HEADS) * D + h * D + dims, dims < D, part_stride, qkv_bias_ptr, dtype,
+                          PARTS, HAS_BIAS)
+        return q1.to(dtype), q2.to(dtype), k1.to(dtype), k2.to(dtype), v_new
+
+    @triton.jit
+    def _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D: tl.constexpr, F32_DOT: tl.constexpr):
+        # One block of cached slots (key | value rows at `at`, those outside `inside` not read)
+        # into the online softmax's running max, sum and unnormalised output.
+        HALF: tl.constexpr = D // 2
+        halves = tl.arange(0, HALF)
+        c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
+        c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(at + D + tl.arange(0, D)[None, :], mask=inside[:, None], other=0.0)
+        if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
+            s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
+        else:
+            s = tl.dot(q1, tl.trans(c1)) + tl.dot(q2, tl.trans(c2))
+        s = s * scale + bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
                                bias_ptr, out_ptr, scale, batch, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
@@ -88,31 +145,10 @@ if triton is not None:
         dims = tl.arange(0, D)
         heads = h * GROUPS + rows
         live_rows = rows < GROUPS
-        pos = tl.load(pos_ptr + b)
         slot = tl.load(write_ptr)
-        cos1 = tl.load(cos_ptr + pos * D + halves).to(tl.float32)
-        cos2 = tl.load(cos_ptr + pos * D + HALF + halves).to(tl.float32)
-        sin1 = tl.load(sin_ptr + pos * D + halves).to(tl.float32)
-        sin2 = tl.load(sin_ptr + pos * D + HALF + halves).to(tl.float32)
-        row = qkv_ptr + b * qkv_stride_b
-        dtype = out_ptr.dtype.element_ty
-        q_cols = heads[:, None] * D + halves[None, :]
-        q_live = live_rows[:, None] & (halves < HALF)[None, :]
-        q1 = _qkv_load(row, q_cols, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
-        q2 = _qkv_load(row, q_cols + HALF, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
-        q1, q2 = _rope_half(q1, q2, cos1[None, :], sin1[None, :], cos2[None, :], sin2[None, :])
-        q1 = q1.to(dtype)
-        q2 = q2.to(dtype)
-        k_cols = HEADS * D + h * D + halves
-        every = halves < HALF
-        k1, k2 = _rope_half(
-            _qkv_load(row, k_cols, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
-            _qkv_load(row, k_cols + HALF, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
-            cos1, sin1, cos2, sin2)
-        k1 = k1.to(dtype)
-        k2 = k2.to(dtype)
-        v_new = _qkv_load(row, (HEADS + KV_HEADS) * D + h * D + dims, dims < D, part_stride, qkv_bias_ptr, dtype,
-                          PARTS, HAS_BIAS)
+        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
+                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
+                                           BLOCK_M, PARTS, HAS_BIAS)
         base = cache_ptr + b * cache_stride_b + h * cache_stride_h
         entry = base + slot * cache_stride_n
         # The first `shared` slots (the prompt, written by the prefill) are the same in every row
@@ -137,24 +173,8 @@ if triton is not None:
             slots = start + tl.arange(0, BLOCK)
             inside = slots < filled  # the slot written above is not read back
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
-            c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
-            c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
-            v = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
             bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
-            if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
-                s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
-            else:
-                s = tl.dot(q1, tl.trans(c1)) + tl.dot(q2, tl.trans(c2))
-            s = s * scale + bias[None, :]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if F32_DOT:
-                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=live_rows[:, None])
@@ -271,59 +291,36 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
                       products: DecodeProducts | None = None) -> torch.Tensor:
     """Same contract as qwen2_decode.decode_step: feed `state.tokens`, return next-token logits.
     `products` (trainer/triton_products.py) may run some projections as split-K Triton kernels
-    whose partial sums the attention kernel and residual + RMSNorm kernel add up."""
+    whose partial sums the attention kernel and residual + RMSNorm kernel add up.
+
+    `products.pdl`, the chained step: every kernel of the layers that we launch (the Triton
+    products, attention, residual + RMSNorm, gate/up with SiLU x up in its epilogue) is launched
+    with programmatic dependent launch, 7 kernels a layer. Each one's blocks start while the
+    kernel before still runs, fetch their weights into L2 (the weights are not written during a
+    step), and wait for it only before reading what it wrote; a product left to cuBLAS (None)
+    runs as in the fused step, gate/up's then followed by SiLU x up."""
     dims = weights.dims
     norm, add_norm, silu_mul = fns
     products = products or DecodeProducts()
-    if products.pdl:
-        return _chained_step(weights, state, kv_len, norm, silu_mul, products)
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
     h = norm(x, weights.layers[0].input_norm)
     last = len(weights.layers) - 1
+    swiglu_in_product = products.pdl and products.chosen.get("gate_up") is not None
 
     def add_product_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
-        return triton_products.add_norm(y, x, weight, dims.eps) if y.dim() == 3 else add_norm(x, y, weight)
+        if products.pdl or y.dim() == 3:
+            return triton_products.add_norm(y if y.dim() == 3 else y[None], x, weight, dims.eps, pdl=products.pdl)
+        return add_norm(x, y, weight)
 
     for index, layer in enumerate(weights.layers):
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
         attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
-        up = silu_mul(products.apply("gate_up", h, layer.gate_up))
+        up = products.apply("gate_up", h, layer.gate_up)
+        up = up if swiglu_in_product else silu_mul(up)
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         x, h = add_product_norm(x, products.apply("down", up, layer.down), following)
-    logits = F.linear(h, weights.lm_head)
-    state.positions.add_(1)
-    state.write_index.add_(1)
-    return logits
-
-
-def _chained_step(weights: DecodeWeights, state: DecodeState, kv_len: int, norm: Callable, silu_mul: Callable,
-                  products: DecodeProducts) -> torch.Tensor:
-    """The fused step as a chain of Triton kernels launched with programmatic dependent launch:
-    per layer q/k/v product, attention, o product, residual + RMSNorm, gate/up product with SiLU x
-    up in its epilogue, down product, residual + the next RMSNorm (7 kernels). Each kernel's blocks
-    start while the kernel before is still running, fetch their weights into L2 (the weights are
-    not written during a step), and wait for it only before reading what it wrote; the gap
-    between two kernels and each product's start-up overlap the kernel before. A product without
-    a Triton choice is cuBLAS's (gate/up then followed by SiLU x up), the rest unchanged."""
-    dims = weights.dims
-    x = F.embedding(state.tokens, weights.embed)
-    bias = step_bias(state, kv_len, x.dtype)
-    h = norm(x, weights.layers[0].input_norm)
-    last = len(weights.layers) - 1
-
-    def add_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return triton_products.add_norm(y if y.dim() == 3 else y[None], x, weight, dims.eps, pdl=True)
-
-    for index, layer in enumerate(weights.layers):
-        qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
-        attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
-        x, h = add_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
-        up = products.apply("gate_up", h, layer.gate_up)
-        up = up if products.chosen.get("gate_up") else silu_mul(up)
-        following = weights.norm if index == last else weights.layers[index + 1].input_norm
-        x, h = add_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
     state.positions.add_(1)
     state.write_index.add_(1)

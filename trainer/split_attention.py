@@ -38,7 +38,7 @@ if triton is not None:
 
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-    from trainer.fused_decode import _qkv_load, _rope_half
+    from trainer.fused_decode import _attend_block, _new_token
 
     @triton.jit
     def _split_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
@@ -62,31 +62,11 @@ if triton is not None:
         dims = tl.arange(0, D)
         heads = h * GROUPS + rows
         live_rows = rows < GROUPS
-        pos = tl.load(pos_ptr + b)
-        slot = tl.load(write_ptr)
-        cos1 = tl.load(cos_ptr + pos * D + halves).to(tl.float32)
-        cos2 = tl.load(cos_ptr + pos * D + HALF + halves).to(tl.float32)
-        sin1 = tl.load(sin_ptr + pos * D + halves).to(tl.float32)
-        sin2 = tl.load(sin_ptr + pos * D + HALF + halves).to(tl.float32)
-        row = qkv_ptr + b * qkv_stride_b
-        dtype = out_ptr.dtype.element_ty
-        q_cols = heads[:, None] * D + halves[None, :]
-        q_live = live_rows[:, None] & (halves < HALF)[None, :]
-        q1 = _qkv_load(row, q_cols, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
-        q2 = _qkv_load(row, q_cols + HALF, q_live, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32)
-        q1, q2 = _rope_half(q1, q2, cos1[None, :], sin1[None, :], cos2[None, :], sin2[None, :])
-        q1 = q1.to(dtype)
-        q2 = q2.to(dtype)
-        k_cols = HEADS * D + h * D + halves
         every = halves < HALF
-        k1, k2 = _rope_half(
-            _qkv_load(row, k_cols, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
-            _qkv_load(row, k_cols + HALF, every, part_stride, qkv_bias_ptr, dtype, PARTS, HAS_BIAS).to(tl.float32),
-            cos1, sin1, cos2, sin2)
-        k1 = k1.to(dtype)
-        k2 = k2.to(dtype)
-        v_new = _qkv_load(row, (HEADS + KV_HEADS) * D + h * D + dims, dims < D, part_stride, qkv_bias_ptr, dtype,
-                          PARTS, HAS_BIAS)
+        slot = tl.load(write_ptr)
+        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
+                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
+                                           BLOCK_M, PARTS, HAS_BIAS)
         entry = cache_ptr + b * cache_stride_b + h * cache_stride_h + slot * cache_stride_n
         # The group's prompt slots from its first row (see fused_decode), the new slot by split 0.
         shared = tl.load(shared_ptr)
@@ -110,24 +90,8 @@ if triton is not None:
             slots = start + tl.arange(0, BLOCK)
             inside = (slots >= lo) & (slots < hi)
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
-            c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
-            c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
-            v = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
             bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
-            if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
-                s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
-            else:
-                s = tl.dot(q1, tl.trans(c1)) + tl.dot(q2, tl.trans(c2))
-            s = s * scale + bias[None, :]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if F32_DOT:
-                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
         # The partial of (b, h, split): acc [GROUPS, D], then m and l [GROUPS] each.
         pair = b * KV_HEADS + h
         part_acc = part_acc_ptr + pair * SPLITS * GROUPS * D + rows[:, None] * D + dims[None, :]

@@ -230,10 +230,10 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     grid = (n // split.block_n, split.splits, triton.cdiv(rows, bm))
     chunk = k // split.splits
     prefetch = min(split.prefetch, chunk) if pdl else 0
-    shared = dict(K_CHUNK=chunk, HAS_BIAS=bias is not None and not partial and not swiglu, PARTIAL=partial,
-                  F32_DOT=x.device.type != "cuda", BLOCK_M=bm, BLOCK_N=split.block_n, BLOCK_K=split.block_k, PDL=pdl,
-                  PREFETCH=prefetch, LINES=triton.next_power_of_2(max(1, prefetch // 64)), SWIGLU=swiglu,
-                  num_warps=split.warps, num_stages=split.stages, launch_pdl=pdl)
+    shared = {"K_CHUNK": chunk, "HAS_BIAS": bias is not None and not partial and not swiglu, "PARTIAL": partial,
+              "F32_DOT": x.device.type != "cuda", "BLOCK_M": bm, "BLOCK_N": split.block_n, "BLOCK_K": split.block_k,
+              "PDL": pdl, "PREFETCH": prefetch, "LINES": triton.next_power_of_2(max(1, prefetch // 64)),
+              "SWIGLU": swiglu, "num_warps": split.warps, "num_stages": split.stages, "launch_pdl": pdl}
     strides = (out.stride(0) if partial else 0, out.stride(-2), n if swiglu else 0)
     bias_arg = bias if bias is not None else weight
     if split.tma:
@@ -327,26 +327,16 @@ class DecodeProducts:
             n, k = mats[0].shape
             n = n // 2 if kind == "gate_up" else n
             x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
-            timing: dict[str, float] = {}
-
-            def timed(split: Split) -> None:
-                try:
-                    timing[str(split)] = _graph_ms(partial(_each, partial(
-                        product, split=split, pdl=True, swiglu=kind == "gate_up"), x, mats, biases))
-                except Exception as exc:  # noqa: BLE001 - that candidate is out
-                    warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=3)
-
+            run = partial(_each, x=x, mats=mats, biases=biases)
             shapes = chain_candidates(kind, n, k, batch, sms)
             shapes += [replace(s, tma=True) for s in shapes]
-            for split in shapes:
-                timed(split)
+            timing = _chain_timing(run, kind, shapes)
             if not timing:
                 raise RuntimeError(f"no Triton product ran for {kind}")
             best = min((s for s in shapes if str(s) in timing), key=lambda s: timing[str(s)])
             chunk = k // best.splits
             prefetched = [replace(best, prefetch=p) for p in sorted({chunk, max(64, chunk // 4 // 64 * 64)})]
-            for split in prefetched:
-                timed(split)
+            timing |= _chain_timing(run, kind, prefetched)
             found.chosen[kind] = min((s for s in shapes + prefetched if str(s) in timing), key=lambda s: timing[str(s)])
             found.timing[kind] = timing
         _TUNED[key] = found
@@ -403,6 +393,19 @@ class DecodeProducts:
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once
+
+
+def _chain_timing(run, kind: str, splits: list[Split]) -> dict[str, float]:
+    """Milliseconds per graph replay of `run` (all layers' products of a kind) per Split, launched
+    with PDL; a candidate that fails is left out."""
+    timing = {}
+    for split in splits:
+        try:
+            timing[str(split)] = _graph_ms(partial(run, partial(product, split=split, pdl=True,
+                                                                swiglu=kind == "gate_up")))
+        except Exception as exc:  # noqa: BLE001 - that candidate is out
+            warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=3)
+    return timing
 
 
 def _each(fn, x: torch.Tensor, mats: list[torch.Tensor], biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
