@@ -24,9 +24,15 @@ inputs and then puts the gradients back, so every micro-batch's gradient, the fi
 comes from a replay: the result does not depend on when the graph was captured (a resumed run
 replays the same kernels as one never stopped).
 
-Not used (the eager path runs): off CUDA, with `RLTUI_TRAIN_GRAPHS=0`, with LoRA dropout
-(random masks in a replay are not checked here yet), with gradient checkpointing, or past
-`LIMIT` distinct shapes per model.
+LoRA dropout draws its masks inside the graph from the default CUDA generator, which PyTorch
+makes graph-safe: each replay advances the generator's offset by what the captured kernels
+consume, from where an eager run would start, so a replay draws the masks the eager micro-batch
+would have drawn from the same generator state, and a different mask at every replay. The
+warm-up's eager run would advance the generator too: its state is put back after the warm-up, so
+capturing does not move the random stream (a resumed run draws what an uninterrupted one does).
+
+Not used (the eager path runs): off CUDA, with `RLTUI_TRAIN_GRAPHS=0`, with gradient
+checkpointing, or past `LIMIT` distinct shapes per model.
 """
 
 from __future__ import annotations
@@ -48,18 +54,13 @@ LIMIT = 4  # distinct micro-batch shapes captured per model (each holds its acti
 
 
 def usable(model: nn.Module) -> bool:
-    """CUDA, not switched off, in training mode without dropout or gradient checkpointing."""
+    """CUDA, not switched off, not DDP, without gradient checkpointing."""
     if os.environ.get(ENV, "1") == "0" or isinstance(model, nn.parallel.DistributedDataParallel):
         return False
     first = next(model.parameters(), None)
     if first is None or first.device.type != "cuda":
         return False
-    for module in model.modules():
-        if isinstance(module, nn.Dropout) and module.p > 0 and module.training:
-            return False
-        if getattr(module, "is_gradient_checkpointing", False) is True:
-            return False
-    return True
+    return not any(getattr(module, "is_gradient_checkpointing", False) is True for module in model.modules())
 
 
 def _stamp(model: nn.Module, params: list[nn.Parameter]) -> tuple:
@@ -142,11 +143,14 @@ class MicroBatchGraphs:
                  held: Callable[[], tuple]) -> _Captured:
         static = {name: tensor.clone() for name, tensor in inputs.items()}
         saved = [p.grad.clone() for p in params]  # `current()` made every gradient exist
+        device = params[0].device if params else torch.device("cuda", torch.cuda.current_device())
+        random = torch.cuda.get_rng_state(device)  # the warm-up's dropout draws are put back
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # compiles, autotunes, creates handles: not during capture
             body(static)
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.set_rng_state(random, device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             output = body(static)
