@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from trainer.fused_decode import BLOCK_N, CONFIGS, TUNE_ENV
+from trainer.attention_blocks import BLOCK_N, CONFIGS, TUNE_ENV
 from trainer.qwen2_decode import DecodeState, ModelDims
 from trainer.triton_base import tl, triton
 
@@ -38,7 +38,7 @@ if triton is not None:
 
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-    from trainer.fused_decode import _attend_block, _new_token
+    from trainer.attention_blocks import _attend_block, _new_token
 
     @triton.jit
     def _split_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
