@@ -1,14 +1,19 @@
 """What the decode attention kernels share (trainer/fused_decode.py, trainer/split_attention.py):
-the new token's q, key and value with RoPE, one block of the online softmax over cached slots, and
-the attention loop's tuning settings.
+the new token's q, key and value with RoPE, one block of the online softmax over cached slots (Triton
+JIT functions, inlined into the kernels that call them), the attention loop's tuning settings, and
+the launch (`launch`: the arguments both kernels take, autotuned on CUDA).
 
-    from trainer.attention_blocks import BLOCK_N, CONFIGS, TUNE_ENV, _attend_block, _new_token
-
-Triton JIT functions, inlined into the kernels that call them.
+    from trainer.attention_blocks import autotuned, launch, _attend_block, _new_token
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
+import torch
+
+from trainer.qwen2_decode import DecodeState, ModelDims
 from trainer.triton_base import tl, triton
 
 BLOCK_N = 64
@@ -94,3 +99,41 @@ if triton is not None:
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return m_new, l_i, acc
+
+
+def autotuned(kernel, key: list[str]):
+    """`kernel` under Triton's autotuner over CONFIGS (slots per block, warps, stages), per `key`."""
+    configs = [triton.Config({"BLOCK": b}, num_warps=w, num_stages=st) for b, w, st in CONFIGS]
+    return triton.autotune(configs=configs, key=key)(kernel)
+
+
+def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
+           bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None) -> torch.Tensor:
+    """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
+    `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
+    through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
+    `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
+    parts = qkv.shape[0] if qkv.dim() == 3 else 0
+    cuda = qkv.device.type == "cuda"
+    pdl = pdl and cuda  # Triton's interpreter has no grid dependency control
+    batch, d = qkv.shape[-2], dims.head_dim
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
+    groups = dims.heads // dims.kv_heads
+    has_bias = parts > 0 and qkv_bias is not None
+    args = (qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
+            out, *workspace, float(d ** -0.5), batch,
+            qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
+            qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
+    shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
+             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
+    grid = (batch, dims.kv_heads)
+    if splits is not None:
+        shape["SPLITS"] = splits
+        grid = (*grid, splits)
+    if cuda and os.environ.get(TUNE_ENV, "1") != "0":
+        tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl, **shape)
+    else:
+        kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl, **shape)
+    return out

@@ -6,7 +6,7 @@ prefill replayed per prompt shape.
     logits = engine.prefill_graphs.run(engine, ids, mask, rows)   # None: run the prefill eagerly
 
 `engine` is a trainer.fast_generation.DecodeEngine (used through its attributes: state, products,
-fused, fused_timing, prefill_fns, weights, _capture).
+chain, fused, fused_timing, prefill_fns, weights, attention, _capture).
 
 The prefill of the benchmark's rollout (16 distinct prompts x 128 tokens through 28 layers) is
 ~10 ms of GPU work that took 34-39 ms of wall time on an H200, the host launching its kernels
@@ -38,8 +38,8 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
     if any(tuned.chosen.values()):
         variants.insert(0, ("fused_products", True, tuned))
-    chain = getattr(engine, "chain", None)
-    if chain is not None:
+    if engine.chain is not None:
+        chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):
             if fused_checked(engine.weights, engine.attention, products):
                 variants.insert(0, (name, True, products))

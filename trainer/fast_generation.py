@@ -103,8 +103,7 @@ class DecodeEngine:
         splits = attention_splits()
         self.products = replace(self.products, attention_splits=splits)
         self.tuned_products = self.products
-        self.chain = _chain_products(self.weights, key)
-        self.chain = replace(self.chain, attention_splits=splits) if self.chain else None
+        self.chain = _chain_products(self.weights, key, splits)
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
@@ -183,15 +182,16 @@ class DecodeEngine:
         return graph, logits
 
 
-def _chain_products(weights: DecodeWeights, key: EngineKey) -> DecodeProducts | None:
-    """The chained step's products (timed here), or None where it cannot run or is switched off."""
+def _chain_products(weights: DecodeWeights, key: EngineKey, attention_splits: int) -> DecodeProducts | None:
+    """The chained step's products (timed here) with `attention_splits`, or None where it cannot
+    run or is switched off."""
     ref = weights.layers[0].qkv
     if (not key.graphs or ref.device.type != "cuda" or os.environ.get(CHAIN_ENV) != "1"
             or os.environ.get(FUSED_ENV) == "0" or not triton_products.available(ref.device)
             or torch.cuda.get_device_capability(ref.device) < (9, 0)):
         return None
     try:
-        return DecodeProducts.chained(weights, key.batch)
+        return replace(DecodeProducts.chained(weights, key.batch), attention_splits=attention_splits)
     except Exception as exc:  # noqa: BLE001 - the fused and plain steps serve
         warnings.warn(f"timing the chained step's products failed ({exc!r:.300}); not used", stacklevel=3)
         return None

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import triton_products
-from trainer.attention_blocks import BLOCK_N, CONFIGS, TUNE_ENV
+from trainer.attention_blocks import BLOCK_N, autotuned, launch
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
 from trainer.triton_base import runs_on, tl, triton
 from trainer.triton_products import DecodeProducts
@@ -70,14 +70,13 @@ if triton is not None:
         q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
                                            qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
                                            BLOCK_M, PARTS, HAS_BIAS)
-        base = cache_ptr + b * cache_stride_b + h * cache_stride_h
-        entry = base + slot * cache_stride_n
+        own = b * cache_stride_b + h * cache_stride_h
+        entry = cache_ptr + own + slot * cache_stride_n
         # The first `shared` slots (the prompt, written by the prefill) are the same in every row
         # of a group: read them from the group's first row, so the group's other rows find them
         # in L2 instead of reading their own copies from memory.
         shared = tl.load(shared_ptr)
         leader = tl.load(leader_ptr + b) * cache_stride_b + h * cache_stride_h
-        own = b * cache_stride_b + h * cache_stride_h
         # Slots at or past this step's are not filled yet (the new one is handled here): the loop
         # stops at the last filled slot, not at the end of the attention bucket.
         filled = tl.minimum(slot, kv_len)
@@ -106,8 +105,7 @@ _TUNED: list = []
 
 def _tuned():
     if not _TUNED:
-        configs = [triton.Config({"BLOCK": b}, num_warps=w, num_stages=st) for b, w, st in CONFIGS]
-        _TUNED.append(triton.autotune(configs=configs, key=["kv_len", "batch"])(_rope_attention_kernel))
+        _TUNED.append(autotuned(_rope_attention_kernel, ["kv_len", "batch"]))
     return _TUNED[0]
 
 
@@ -129,25 +127,7 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
     `pdl`: launched with programmatic dependent launch (the chained step)."""
-    parts = qkv.shape[0] if qkv.dim() == 3 else 0
-    pdl = pdl and qkv.device.type == "cuda"
-    batch, d = qkv.shape[-2], dims.head_dim
-    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
-    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
-    groups = dims.heads // dims.kv_heads
-    has_bias = parts > 0 and qkv_bias is not None
-    args = (qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
-            out, float(d ** -0.5), batch,
-            qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
-            qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
-    shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
-             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias}
-    if qkv.device.type == "cuda" and os.environ.get(TUNE_ENV, "1") != "0":
-        _tuned()[(batch, dims.kv_heads)](*args, F32_DOT=False, PDL=pdl, launch_pdl=pdl, **shape)
-    else:
-        _rope_attention_kernel[(batch, dims.kv_heads)](*args, F32_DOT=qkv.device.type != "cuda", BLOCK=BLOCK_N,
-                                                       num_warps=4, num_stages=3, PDL=pdl, launch_pdl=pdl, **shape)
-    return out
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl)
 
 
 def attention_splits() -> int:
@@ -161,8 +141,9 @@ def attention_splits() -> int:
     return int(value)
 
 
-def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor, bias: torch.Tensor,
-              kv_len: int, qkv_bias: torch.Tensor | None, products: DecodeProducts) -> torch.Tensor:
+def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
+                     bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None,
+                     products: DecodeProducts) -> torch.Tensor:
     """rope_attention, or its split-over-slots form when `products.attention_splits` asks for it;
     launched with PDL in the chained step."""
     if products.attention_splits:
@@ -294,7 +275,7 @@ def check_error(weights: DecodeWeights, attention, seed: int = 0,
     qkv = (products or DecodeProducts()).apply("qkv", rms_norm(x, layer.input_norm, dims.eps), layer.qkv,
                                                layer.qkv_bias)
     got = decode_attention(dims, qkv, fused, fused_cache, step_bias(fused, kv_len, dtype), kv_len, layer.qkv_bias,
-                    products or DecodeProducts()).float()
+                           products or DecodeProducts()).float()
     slot = int(written)
     found = {
         "attention_rel_error": float((got - want).norm() / want.norm()),

@@ -23,11 +23,9 @@ the float32-partials input, repeated calls, and a combination independent of the
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from trainer.attention_blocks import BLOCK_N, CONFIGS, TUNE_ENV
+from trainer.attention_blocks import autotuned, launch
 from trainer.qwen2_decode import DecodeState, ModelDims
 from trainer.triton_base import tl, triton
 
@@ -149,14 +147,8 @@ def _tuned():
     # The autotuner runs the kernel several times per configuration: the cache write is
     # idempotent and each run leaves the tickets at 0, so the timing runs leave what one run does.
     if not _TUNED:
-        configs = [triton.Config({"BLOCK": b}, num_warps=w, num_stages=st) for b, w, st in CONFIGS]
-        _TUNED.append(triton.autotune(configs=configs, key=["kv_len", "batch", "SPLITS"])(_split_attention_kernel))
+        _TUNED.append(autotuned(_split_attention_kernel, ["kv_len", "batch", "SPLITS"]))
     return _TUNED[0]
-
-
-def tuned_configs() -> dict[str, str]:
-    """The configuration the autotuner picked per (attention length, batch, splits, ...)."""
-    return {str(key): str(config) for key, config in (_TUNED[0].cache.items() if _TUNED else ())}
 
 
 def rope_attention_split(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
@@ -167,26 +159,7 @@ def rope_attention_split(dims: ModelDims, qkv: torch.Tensor, state: DecodeState,
     programmatic dependent launch (the kernel waits for the previous kernel's writes first)."""
     if splits < 1:
         raise ValueError(f"splits must be at least 1, not {splits}")
-    parts = qkv.shape[0] if qkv.dim() == 3 else 0
-    batch, d = qkv.shape[-2], dims.head_dim
-    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
-    out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
-    groups = dims.heads // dims.kv_heads
-    has_bias = parts > 0 and qkv_bias is not None
-    part_acc, part_ml, tickets = workspace(qkv.device, batch, dims.kv_heads, splits, groups, d)
-    args = (qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
-            out, part_acc, part_ml, tickets, float(d ** -0.5), batch,
-            qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
-            qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
-    cuda = qkv.device.type == "cuda"
-    shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
-             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias,
-             "SPLITS": splits, "PDL": pdl and cuda}
-    launch = {"launch_pdl": True} if pdl and cuda else {}
-    grid = (batch, dims.kv_heads, splits)
-    if cuda and os.environ.get(TUNE_ENV, "1") != "0":
-        _tuned()[grid](*args, F32_DOT=False, **shape, **launch)
-    else:
-        _split_attention_kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3,
-                                      **shape, **launch)
-    return out
+    batch = qkv.shape[-2]
+    found = workspace(qkv.device, batch, dims.kv_heads, splits, dims.heads // dims.kv_heads, dims.head_dim)
+    return launch(_split_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl,
+                  workspace=found, splits=splits)

@@ -327,22 +327,18 @@ class DecodeProducts:
             return cls(chosen=dict(_TUNED[key].chosen), timing=_TUNED[key].timing, pdl=True)
         sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
         found = cls(pdl=True)
-        for kind in KINDS:
-            mats = [getattr(layer, kind) for layer in weights.layers]
-            biases = [layer.qkv_bias if kind == "qkv" else None for layer in weights.layers]
-            n, k = mats[0].shape
+        for kind, n, k, run in _by_kind(weights, batch):
             n = n // 2 if kind == "gate_up" else n
-            x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
-            run = partial(_each, x=x, mats=mats, biases=biases)
+            swiglu = kind == "gate_up"
             shapes = chain_candidates(kind, n, k, batch, sms)
             shapes += [replace(s, tma=True) for s in shapes]
-            timing = _chain_timing(run, kind, shapes)
+            timing = _time_splits(run, shapes, pdl=True, swiglu=swiglu)
             if not timing:
                 raise RuntimeError(f"no Triton product ran for {kind}")
             best = min((s for s in shapes if str(s) in timing), key=lambda s: timing[str(s)])
             chunk = k // best.splits
             prefetched = [replace(best, prefetch=p) for p in sorted({chunk, max(64, chunk // 4 // 64 * 64)})]
-            timing |= _chain_timing(run, kind, prefetched)
+            timing |= _time_splits(run, prefetched, pdl=True, swiglu=swiglu)
             found.chosen[kind] = min((s for s in shapes + prefetched if str(s) in timing), key=lambda s: timing[str(s)])
             found.timing[kind] = timing
         _TUNED[key] = found
@@ -365,25 +361,12 @@ class DecodeProducts:
         if key in _TUNED:
             return cls(chosen=dict(_TUNED[key].chosen), timing=_TUNED[key].timing)
         sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
-        for kind in KINDS:
-            mats = [getattr(layer, kind) for layer in weights.layers]
-            biases = [layer.qkv_bias if kind == "qkv" else None for layer in weights.layers]
-            n, k = mats[0].shape
-            x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
-            timing = {"cublas": _graph_ms(partial(_each, F.linear, x, mats, biases))}
-            best, best_ms = None, timing["cublas"]
-            for split in candidates(n, k, batch, sms):
-                if split.splits > 1 and kind == "gate_up":
-                    continue  # its consumer (SiLU x up) reads the bf16 product
-                try:
-                    ms = _graph_ms(partial(_each, partial(product, split=split), x, mats, biases))
-                except Exception as exc:  # noqa: BLE001 - that candidate is out
-                    warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=2)
-                    continue
-                timing[str(split)] = ms
-                if ms < best_ms:
-                    best, best_ms = split, ms
-            found.chosen[kind] = best
+        for kind, n, k, run in _by_kind(weights, batch):
+            # gate/up's consumer (SiLU x up) reads the bf16 product: one split only
+            shapes = [s for s in candidates(n, k, batch, sms) if s.splits == 1 or kind != "gate_up"]
+            timing = {"cublas": _graph_ms(partial(run, F.linear))} | _time_splits(run, shapes)
+            fastest = min(timing, key=timing.__getitem__)  # cuBLAS on a tie
+            found.chosen[kind] = next((s for s in shapes if str(s) == fastest), None)
             found.timing[kind] = timing
         _TUNED[key] = found
         return cls(chosen=dict(found.chosen), timing=found.timing)
@@ -401,14 +384,25 @@ class DecodeProducts:
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once
 
 
-def _chain_timing(run, kind: str, splits: list[Split]) -> dict[str, float]:
-    """Milliseconds per graph replay of `run` (all layers' products of a kind) per Split, launched
-    with PDL; a candidate that fails is left out."""
+def _by_kind(weights, batch: int):
+    """Per kind of product: (kind, N, K of its weight, run), where run(fn) applies fn(x, weight,
+    bias) to every layer's weight of that kind on one random x [batch, K]."""
+    ref = weights.layers[0].qkv
+    for kind in KINDS:
+        mats = [getattr(layer, kind) for layer in weights.layers]
+        biases = [layer.qkv_bias if kind == "qkv" else None for layer in weights.layers]
+        n, k = mats[0].shape
+        x = torch.randn(batch, k, device=ref.device, dtype=ref.dtype)
+        yield kind, n, k, partial(_each, x=x, mats=mats, biases=biases)
+
+
+def _time_splits(run, splits: list[Split], **options: bool) -> dict[str, float]:
+    """Milliseconds per graph replay of `run` (all layers' products of a kind) per Split, the
+    product called with `options` (pdl, swiglu); a candidate that fails is left out."""
     timing = {}
     for split in splits:
         try:
-            timing[str(split)] = _graph_ms(partial(run, partial(product, split=split, pdl=True,
-                                                                swiglu=kind == "gate_up")))
+            timing[str(split)] = _graph_ms(partial(run, partial(product, split=split, **options)))
         except Exception as exc:  # noqa: BLE001 - that candidate is out
             warnings.warn(f"Triton product {split} failed ({exc!r:.200})", stacklevel=3)
     return timing

@@ -13,10 +13,10 @@ pytest.importorskip("triton")
 
 SPLIT = r'''
 import json, torch
-from trainer import split_attention
+from trainer import attention_blocks, split_attention
 from trainer.fused_decode import rope_attention
 from trainer.qwen2_decode import DecodeState, ModelDims
-split_attention.BLOCK_N = 16  # several blocks per chunk, the last one partial
+attention_blocks.BLOCK_N = 16  # several blocks per chunk, the last one partial (the interpreter's block)
 dims = ModelDims(layers=1, hidden=192, heads=12, kv_heads=2, head_dim=16, intermediate=8, vocab=8, eps=1e-6,
                  rope_theta=1e4)  # 6 query heads per kv head, as Qwen2.5-1.5B
 gen = torch.Generator().manual_seed(0)
