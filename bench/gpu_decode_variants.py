@@ -13,11 +13,29 @@ against the plain step (trainer/fused_decode.check_error) on the model's weights
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gpu_common import Workload, load_tokenizer, make_prompts, sync
+
+from trainer.l2_prefetch import L2Plan
+
+# BENCH_DECODE_VARIANTS=name,name,...: only these variants (default: all).
+VARIANTS_ENV = "BENCH_DECODE_VARIANTS"
+# The side branch's L2 requests (trainer/l2_prefetch.py) tried on the fused step.
+L2_PLANS = {
+    "gu24": L2Plan(gate_up_mb=24),
+    "next": L2Plan(next_layer=True),
+    "next_kv": L2Plan(next_layer=True, next_kv=True),
+    "gu24_next_kv": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True),
+    "gu40_next_kv": L2Plan(gate_up_mb=40, next_layer=True, next_kv=True),
+    "gu16_down16_next_kv": L2Plan(gate_up_mb=16, down_mb=16, next_layer=True, next_kv=True),
+    "gu24_next_kv_c64k": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, chunk=65536),
+    "gu24_next_kv_c4k": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, chunk=4096),
+    "gu24_next_kv_line": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, mode="line"),
+}
 
 
 def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, Any]:
@@ -47,14 +65,19 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     variants = {"fused": DecodeProducts(), "fused_split2": DecodeProducts(attention_splits=2),
                 "fused_split4": DecodeProducts(attention_splits=4)}
+    variants |= {f"fused_l2_{name}": DecodeProducts(l2=plan) for name, plan in L2_PLANS.items()}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
                      "chained_mlp_cublas": chain.without("gate_up", "down"),
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
                      "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
-    found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
-    print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
+    wanted = [v for v in os.environ.get(VARIANTS_ENV, "").split(",") if v]
+    if wanted:
+        variants = {name: variants[name] for name in wanted if name in variants}
+    if any(p.attention_splits for p in variants.values()):
+        found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
+        print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()
 
     for name, products in variants.items():

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import triton_products
+from trainer.l2_prefetch import SideBranch
 from trainer.attention_blocks import BLOCK_N, autotuned, launch
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
 from trainer.triton_base import runs_on, tl, triton
@@ -215,15 +216,20 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
             return triton_products.add_norm(y if y.dim() == 3 else y[None], x, weight, dims.eps, pdl=products.pdl)
         return add_norm(x, y, weight)
 
+    side = SideBranch(products.l2, weights, state)
+    side.step_start()
     for index, layer in enumerate(weights.layers):
+        side.layer_start(index)
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
         attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
         up = products.apply("gate_up", h, layer.gate_up)
+        side.after_gate_up(index)
         up = up if swiglu_in_product else silu_mul(up)
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         x, h = add_product_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
+    side.join()
     state.positions.add_(1)
     state.write_index.add_(1)
     return logits
