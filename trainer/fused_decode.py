@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer import triton_products
-from trainer.l2_prefetch import SideBranch
 from trainer.attention_blocks import BLOCK_N, autotuned, launch
+from trainer.l2_prefetch import SideBranch
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
 from trainer.triton_base import runs_on, tl, triton
 from trainer.triton_products import DecodeProducts

@@ -25,6 +25,7 @@ requests run on CUDA only).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -149,7 +150,7 @@ class SideBranch:
     starts no earlier than the kernels queued before it) and `join` merges it back, as a CUDA
     graph's capture requires. Inactive (every call a no-op) off CUDA."""
 
-    _STREAMS: dict[int, torch.cuda.Stream] = {}
+    _STREAMS: ClassVar[dict[int, torch.cuda.Stream]] = {}
 
     def __init__(self, plan: L2Plan | None, weights: DecodeWeights, state: DecodeState) -> None:
         device = state.tokens.device
