@@ -5,8 +5,10 @@ bench/gpu_step.py (not a command of its own).
 
 One rollout-shaped generation builds the engine (its own choice at the first bucket is kept in
 the result), then each variant (the fused step with cuBLAS products, the chained step with every
-product Triton's, the chained step with cuBLAS's gate/up and down, and whatever else the engine
-offers) is captured for every attention bucket the rollout visits and timed through the
+product Triton's, the chained step with cuBLAS's gate/up and down, the fused step with its
+attention kernel's L2 requests off, with split attention, with a side branch asking the L2 for
+what comes next (trainer/l2_prefetch.py), and whatever else the engine offers; only those named
+in BENCH_DECODE_VARIANTS when it is set) is captured for every attention bucket the rollout visits and timed through the
 rollout's own sequence of slots, with its kernels by GPU time at the last bucket and its check
 against the plain step (trainer/fused_decode.check_error) on the model's weights.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from gpu_common import Workload, load_tokenizer, make_prompts, sync
 
+from trainer.attention_blocks import PREFETCH_ENV
 from trainer.l2_prefetch import L2Plan
 
 # BENCH_DECODE_VARIANTS=name,name,...: only these variants (default: all).
@@ -66,6 +69,9 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     variants = {"fused": DecodeProducts(), "fused_split2": DecodeProducts(attention_splits=2),
                 "fused_split4": DecodeProducts(attention_splits=4)}
     variants |= {f"fused_l2_{name}": DecodeProducts(l2=plan) for name, plan in L2_PLANS.items()}
+    # The fused step with its attention kernel's cached slots not asked of the L2 first, and the
+    # fused step once more after the others (the replay time's drift within the process).
+    variants |= {"fused_kv_prefetch_off": DecodeProducts(), "fused_again": DecodeProducts()}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
@@ -82,6 +88,9 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
 
     for name, products in variants.items():
         entry: dict[str, Any] = {"products": products.describe()}
+        env = {PREFETCH_ENV: "0"} if name.endswith("kv_prefetch_off") else {}
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             check = fused_decode.check_error(engine.weights, engine.attention, products=products)
             entry["check"] = check | {"passes": fused_decode.check_passes(check)}
@@ -100,6 +109,13 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
             entry["error"] = repr(exc)[:500]
             torch.cuda.synchronize()
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
+        entry["env"] = env
         state.positions.copy_(saved[0])
         state.write_index.copy_(saved[1])
         found["variants"][name] = entry
