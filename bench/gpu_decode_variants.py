@@ -5,40 +5,19 @@ bench/gpu_step.py (not a command of its own).
 
 One rollout-shaped generation builds the engine (its own choice at the first bucket is kept in
 the result), then each variant (the fused step with cuBLAS products, the chained step with every
-product Triton's, the chained step with cuBLAS's gate/up and down, the fused step with its
-attention kernel's L2 requests off, with split attention, with a side branch asking the L2 for
-what comes next (trainer/l2_prefetch.py), and whatever else the engine offers; only those named
-in BENCH_DECODE_VARIANTS when it is set) is captured for every attention bucket the rollout visits and timed through the
+product Triton's, the chained step with cuBLAS's gate/up and down, and whatever else the engine
+offers) is captured for every attention bucket the rollout visits and timed through the
 rollout's own sequence of slots, with its kernels by GPU time at the last bucket and its check
 against the plain step (trainer/fused_decode.check_error) on the model's weights.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gpu_common import Workload, load_tokenizer, make_prompts, sync
-
-from trainer.attention_blocks import PREFETCH_ENV
-from trainer.l2_prefetch import L2Plan
-
-# BENCH_DECODE_VARIANTS=name,name,...: only these variants (default: all).
-VARIANTS_ENV = "BENCH_DECODE_VARIANTS"
-# The side branch's L2 requests (trainer/l2_prefetch.py) tried on the fused step.
-L2_PLANS = {
-    "gu24": L2Plan(gate_up_mb=24),
-    "next": L2Plan(next_layer=True),
-    "next_kv": L2Plan(next_layer=True, next_kv=True),
-    "gu24_next_kv": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True),
-    "gu40_next_kv": L2Plan(gate_up_mb=40, next_layer=True, next_kv=True),
-    "gu16_down16_next_kv": L2Plan(gate_up_mb=16, down_mb=16, next_layer=True, next_kv=True),
-    "gu24_next_kv_c64k": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, chunk=65536),
-    "gu24_next_kv_c4k": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, chunk=4096),
-    "gu24_next_kv_line": L2Plan(gate_up_mb=24, next_layer=True, next_kv=True, mode="line"),
-}
 
 
 def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, Any]:
@@ -68,29 +47,18 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     variants = {"fused": DecodeProducts(), "fused_split2": DecodeProducts(attention_splits=2),
                 "fused_split4": DecodeProducts(attention_splits=4)}
-    variants |= {f"fused_l2_{name}": DecodeProducts(l2=plan) for name, plan in L2_PLANS.items()}
-    # The fused step with its attention kernel's cached slots not asked of the L2 first, and the
-    # fused step once more after the others (the replay time's drift within the process).
-    variants |= {"fused_kv_prefetch_off": DecodeProducts(), "fused_again": DecodeProducts()}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
                      "chained_mlp_cublas": chain.without("gate_up", "down"),
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
                      "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
-    wanted = [v for v in os.environ.get(VARIANTS_ENV, "").split(",") if v]
-    if wanted:
-        variants = {name: variants[name] for name in wanted if name in variants}
-    if any(p.attention_splits for p in variants.values()):
-        found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
-        print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
+    found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
+    print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()
 
     for name, products in variants.items():
         entry: dict[str, Any] = {"products": products.describe()}
-        env = {PREFETCH_ENV: "0"} if name.endswith("kv_prefetch_off") else {}
-        saved_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         try:
             check = fused_decode.check_error(engine.weights, engine.attention, products=products)
             entry["check"] = check | {"passes": fused_decode.check_passes(check)}
@@ -109,13 +77,6 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
             entry["error"] = repr(exc)[:500]
             torch.cuda.synchronize()
-        finally:
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k)
-                else:
-                    os.environ[k] = v
-        entry["env"] = env
         state.positions.copy_(saved[0])
         state.write_index.copy_(saved[1])
         found["variants"][name] = entry

@@ -22,9 +22,6 @@ BLOCK_N = 64
 # the kernel's cache write is idempotent, so the repeated runs leave the same cache. "0": the
 # fixed (64, 4, 3).
 TUNE_ENV = "RLTUI_DECODE_TUNE"
-# "0": the kernels do not ask the L2 for their cached slots at their start (CUDA only; see
-# _prefetch_range).
-PREFETCH_ENV = "RLTUI_DECODE_KV_PREFETCH"
 CONFIGS = ((64, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 2), (64, 8, 3), (128, 8, 2))
 
 if triton is not None:
@@ -80,22 +77,6 @@ if triton is not None:
         return q1.to(dtype), q2.to(dtype), k1.to(dtype), k2.to(dtype), v_new
 
     @triton.jit
-    def _prefetch_range(at, count):
-        # Ask the L2 for `count` elements from `at` (contiguous: a row's cached slots for one KV
-        # head) in bulk requests of at most 64 KB, issued by the program's first thread only; the
-        # attention loop that follows then finds them in L2 instead of waiting on memory one block
-        # at a time. A hint: nothing waits for it, nothing is written (CUDA sm_90+, not the
-        # interpreter).
-        BYTES: tl.constexpr = at.dtype.element_ty.primitive_bitwidth // 8
-        STEP: tl.constexpr = 65536 // BYTES
-        for start in range(0, count, STEP):
-            size = (tl.minimum(count - start, STEP) * BYTES).to(tl.int32)
-            tl.inline_asm_elementwise(
-                "{ .reg .u32 t; .reg .pred p; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-                "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-                "=r,l,r", [at + start, size], dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
     def _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D: tl.constexpr, F32_DOT: tl.constexpr):
         # One block of cached slots (key | value rows at `at`, those outside `inside` not read)
         # into the online softmax's running max, sum and unnormalised output.
@@ -146,8 +127,7 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
             qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
             qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
-             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl,
-             "PREFETCH": cuda and os.environ.get(PREFETCH_ENV, "1") != "0"}
+             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
     grid = (batch, dims.kv_heads)
     if splits is not None:
         shape["SPLITS"] = splits

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from trainer import triton_products
 from trainer.attention_blocks import BLOCK_N, autotuned, launch
-from trainer.l2_prefetch import SideBranch
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
 from trainer.triton_base import runs_on, tl, triton
 from trainer.triton_products import DecodeProducts
@@ -47,7 +46,7 @@ def available(device: torch.device) -> bool:
 if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-    from trainer.attention_blocks import _attend_block, _new_token, _prefetch_range
+    from trainer.attention_blocks import _attend_block, _new_token
 
     @triton.jit
     def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
@@ -55,8 +54,7 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
-                               PREFETCH: tl.constexpr = False):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
         HALF: tl.constexpr = D // 2
         if PDL:  # the chained step: everything read below may come from the kernel before
             gdc_wait()
@@ -69,23 +67,19 @@ if triton is not None:
         heads = h * GROUPS + rows
         live_rows = rows < GROUPS
         slot = tl.load(write_ptr)
+        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
+                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
+                                           BLOCK_M, PARTS, HAS_BIAS)
         own = b * cache_stride_b + h * cache_stride_h
         entry = cache_ptr + own + slot * cache_stride_n
         # The first `shared` slots (the prompt, written by the prefill) are the same in every row
         # of a group: read them from the group's first row, so the group's other rows find them
         # in L2 instead of reading their own copies from memory.
         shared = tl.load(shared_ptr)
-        leader_row = tl.load(leader_ptr + b)
-        leader = leader_row * cache_stride_b + h * cache_stride_h
+        leader = tl.load(leader_ptr + b) * cache_stride_b + h * cache_stride_h
         # Slots at or past this step's are not filled yet (the new one is handled here): the loop
         # stops at the last filled slot, not at the end of the attention bucket.
         filled = tl.minimum(slot, kv_len)
-        if PREFETCH:  # this row's own slots to L2 now (the group's first row asks for the prompt's)
-            first = tl.where(leader_row == b, 0, shared)
-            _prefetch_range(cache_ptr + own + first * cache_stride_n, (filled - first) * cache_stride_n)
-        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
-                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
-                                           BLOCK_M, PARTS, HAS_BIAS)
         tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
         tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
         tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
@@ -221,20 +215,15 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
             return triton_products.add_norm(y if y.dim() == 3 else y[None], x, weight, dims.eps, pdl=products.pdl)
         return add_norm(x, y, weight)
 
-    side = SideBranch(products.l2, weights, state)
-    side.step_start()
     for index, layer in enumerate(weights.layers):
-        side.layer_start(index)
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
         attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
         up = products.apply("gate_up", h, layer.gate_up)
-        side.after_gate_up(index)
         up = up if swiglu_in_product else silu_mul(up)
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         x, h = add_product_norm(x, products.apply("down", up, layer.down), following)
     logits = F.linear(h, weights.lm_head)
-    side.join()
     state.positions.add_(1)
     state.write_index.add_(1)
     return logits

@@ -36,7 +36,7 @@ if triton is not None:
 
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-    from trainer.attention_blocks import _attend_block, _new_token, _prefetch_range
+    from trainer.attention_blocks import _attend_block, _new_token
 
     @triton.jit
     def _split_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
@@ -46,7 +46,7 @@ if triton is not None:
                                 F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                 GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
                                 PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr,
-                                PDL: tl.constexpr, PREFETCH: tl.constexpr = False):
+                                PDL: tl.constexpr):
         if PDL:  # wait for the q/k/v product, then let the next kernel start its prologue
             gdc_wait()
             gdc_launch_dependents()
@@ -68,8 +68,7 @@ if triton is not None:
         entry = cache_ptr + b * cache_stride_b + h * cache_stride_h + slot * cache_stride_n
         # The group's prompt slots from its first row (see fused_decode), the new slot by split 0.
         shared = tl.load(shared_ptr)
-        leader_row = tl.load(leader_ptr + b)
-        leader = leader_row * cache_stride_b + h * cache_stride_h
+        leader = tl.load(leader_ptr + b) * cache_stride_b + h * cache_stride_h
         own = b * cache_stride_b + h * cache_stride_h
         filled = tl.minimum(slot, kv_len)
         tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty), mask=every & first)
@@ -79,9 +78,6 @@ if triton is not None:
         chunk = tl.cdiv(tl.cdiv(filled, SPLITS), BLOCK) * BLOCK
         lo = split * chunk
         hi = tl.minimum(lo + chunk, filled)
-        if PREFETCH:  # this program's own slots to L2 now (as fused_decode's kernel)
-            start_slot = tl.maximum(lo, tl.where(leader_row == b, 0, shared))
-            _prefetch_range(cache_ptr + own + start_slot * cache_stride_n, (hi - start_slot) * cache_stride_n)
         new_score = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32)[None, :], 1)
                      + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
         m_i = tl.where(first, new_score, NEG)

@@ -42,7 +42,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from trainer.l2_prefetch import L2Plan
 from trainer.triton_base import runs_on, tl, triton
 
 ENV = "RLTUI_DECODE_PRODUCTS"
@@ -308,8 +307,6 @@ class DecodeProducts:
     # Decode attention split over this many programs per (row, kv head) (trainer/split_attention.py);
     # 0: one program each (fused_decode.rope_attention).
     attention_splits: int = 0
-    # What a side branch of the step asks the L2 for ahead of the kernels (trainer/l2_prefetch.py).
-    l2: L2Plan | None = None
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -381,8 +378,7 @@ class DecodeProducts:
     def describe(self) -> dict[str, str]:
         return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()} | (
             {"pdl": "chained"} if self.pdl else {}) | (
-            {"attention_splits": str(self.attention_splits)} if self.attention_splits else {}) | (
-            {"l2": self.l2.describe()} if self.l2 else {})
+            {"attention_splits": str(self.attention_splits)} if self.attention_splits else {})
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once
