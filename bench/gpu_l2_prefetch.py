@@ -19,10 +19,11 @@ were slower and were taken out (docs/benchmarks.md, calls 17 and 19).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from gpu_common import write_json
 
 MB, LINE = 1 << 20, 128
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": torch.cuda.get_device_name(), "weight_mb": total / MB, "cases": found,
               "speedup_vs_cold": {k: cold / v["product_us"] for k, v in found.items()}}
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return 0
 
 

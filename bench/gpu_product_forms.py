@@ -12,17 +12,18 @@ asks cuBLAS the same product another way, so that its heuristics may pick other 
   chunks2/4   the transposed form in 2 or 4 column chunks, one after another on one stream
   streams2    the transposed form in 2 column chunks on two streams (a graph with two branches)
 Per kind and form: 28 layers' weights (random bf16, the model's shapes) in one CUDA graph,
-replayed 30 times after 3 warm ones, CUDA events; ms per step (28 products), side by side in one
+replayed 30 times after a warm one (`trainer.triton_products._graph_ms`), CUDA events; ms per step (28 products), side by side in one
 process, and the largest difference from the baseline's output (they must agree to bf16 rounding).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+
+from gpu_common import write_json
 
 LAYERS, BATCH = 28, 128
 SHAPES = {"qkv": (2048, 1536, True), "o": (1536, 1536, False), "gate_up": (17920, 1536, False),
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 return out.T
             return run
 
-        return {"linear": linear, "transposed": transposed, "blas": ("blas", linear),
+        return {"linear": linear, "transposed": transposed, "blas": linear,
                 "chunks2": chunked(2, False), "chunks4": chunked(4, False), "streams2": chunked(2, True)}
 
     found: dict[str, dict[str, dict[str, float]]] = {}
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         found[kind] = {}
         for name in forms(x, weights[0], biases[0]):
             try:
-                found[kind][name] = _time_form(torch, x, weights, biases, want, name, forms)
+                found[kind][name] = _time_form(x, weights, biases, want, name, forms)
             except Exception as exc:  # noqa: BLE001 - a form failing is a finding
                 found[kind][name] = {"error": repr(exc)[:300]}
                 torch.cuda.synchronize()
@@ -88,33 +89,26 @@ def main(argv: list[str] | None = None) -> int:
                                               if "ms" in row else row["error"]), flush=True)
     result = {"device": torch.cuda.get_device_name(), "layers": LAYERS, "batch": BATCH, "forms": found}
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return 0
 
 
-def _time_form(torch, x, weights, biases, want, name, forms) -> dict[str, float]:
+def _time_form(x, weights, biases, want, name, forms) -> dict[str, float]:
+    """One form over every layer's weight: its largest difference from F.linear's output, then
+    milliseconds per graph replay. "blas" is F.linear with torch's BLAS library set to cuBLAS."""
+    import torch
+
+    from trainer.triton_products import _graph_ms
+
     backend = torch.backends.cuda.preferred_blas_library()
-    fns = [forms(x, w, b)[name] for w, b in zip(weights, biases, strict=True)]
-    if isinstance(fns[0], tuple):
+    if name == "blas":
         torch.backends.cuda.preferred_blas_library("cublas")
-        fns = [f[1] for f in fns]
+    fns = [forms(x, w, b)[name] for w, b in zip(weights, biases, strict=True)]
     try:
-        outs = [fn() for fn in fns]  # warm: cuBLAS handles, workspaces
+        outs = [fn() for fn in fns]
         torch.cuda.synchronize()
         max_diff = max(float((o.float() - w).abs().max()) for o, w in zip(outs, want, strict=True))
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for fn in fns:
-                fn()
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(30):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return {"ms": start.elapsed_time(end) / 30, "max_diff": max_diff}
+        return {"ms": _graph_ms(lambda: [fn() for fn in fns], replays=30), "max_diff": max_diff}
     finally:
         torch.backends.cuda.preferred_blas_library(backend)
 
