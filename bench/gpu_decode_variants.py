@@ -45,8 +45,11 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     found: dict[str, Any] = {"engine_choice": engine.fused_timing, "prompt_length": prompt_length,
                              "chain": engine.chain.describe() if engine.chain else None,
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
-    variants = {"fused": DecodeProducts(), "fused_split2": DecodeProducts(attention_splits=2),
-                "fused_split4": DecodeProducts(attention_splits=4)}
+    from trainer.mlp_block import BlockShape
+
+    block = BlockShape.for_gpu(torch.device(device))
+    variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
+                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),

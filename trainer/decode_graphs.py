@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from trainer.fused_decode import fused_checked
+from trainer.mlp_block import requested
 from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
 
@@ -30,14 +31,21 @@ PREFILL_LIMIT = 8
 
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture the chained step (if the engine timed its products and it passes the fused step's
-    check), the fused step with its Triton products (if any were chosen), the fused step with
-    cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
+    check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on
+    a Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the fused step with its Triton products (if any were chosen), the
+    fused step with cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
     position and slot put back after each, so the real step comes next)."""
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
     if any(tuned.chosen.values()):
         variants.insert(0, ("fused_products", True, tuned))
+    dims = engine.weights.dims
+    block = requested(state.tokens.device, state.tokens.shape[0], dims.hidden, dims.intermediate)
+    if block is not None:
+        products = DecodeProducts(attention_splits=tuned.attention_splits, mlp=block)
+        if fused_checked(engine.weights, engine.attention, products):
+            variants.insert(0, ("fused_mlp_block", True, products))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):

@@ -167,6 +167,14 @@ if triton is not None:
                        HAS_BIAS, PARTIAL, SWIGLU)
 
     @triton.jit
+    def swiglu_tile(acc, acc_up, dtype):
+        # SiLU(gate) * up from the float32 sums of both products, each rounded to `dtype` first
+        # and SiLU's result too, as the plain step's kernels do.
+        gate = acc.to(dtype).to(tl.float32)
+        silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+        return (silu * acc_up.to(dtype).to(tl.float32)).to(dtype)
+
+    @triton.jit
     def _store_product(acc, acc_up, bias_ptr, out_ptr, m, cols, live, split, out_split_stride, out_stride,
                        HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, SWIGLU: tl.constexpr):
         # float32 partials [S, B, N]; or SiLU(gate) * up; or the product (+ bias), in out's dtype.
@@ -175,10 +183,8 @@ if triton is not None:
             tl.store(out_ptr + split * out_split_stride + m[:, None] * out_stride + cols[None, :], acc,
                      mask=live[:, None])
         elif SWIGLU:
-            gate = acc.to(dtype).to(tl.float32)
-            silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :],
-                     (silu * acc_up.to(dtype).to(tl.float32)).to(dtype), mask=live[:, None])
+            tl.store(out_ptr + m[:, None] * out_stride + cols[None, :], swiglu_tile(acc, acc_up, dtype),
+                     mask=live[:, None])
         else:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
@@ -191,12 +197,20 @@ if triton is not None:
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
-        row = tl.program_id(0)
+        add_norm_row(part_ptr, part_stride, x_ptr, w_ptr, x_out_ptr, h_out_ptr, tl.program_id(0), n, eps, PARTS,
+                     BLOCK)
+
+    @triton.jit
+    def add_norm_row(part_ptr, part_stride, x_ptr, w_ptr, x_out_ptr, h_out_ptr, row, n, eps, PARTS: tl.constexpr,
+                     BLOCK: tl.constexpr):
+        # Row `row`: y = the sum of PARTS float32 partials [S, rows, n] (read past the L1, which
+        # another program's writes in the same kernel may not have reached), rounded as the
+        # product's output would be; x + y; RMSNorm with weight w.
         cols = tl.arange(0, BLOCK)
         inside = cols < n
         y = tl.zeros([BLOCK], tl.float32)
         for s in tl.static_range(PARTS):
-            y += tl.load(part_ptr + s * part_stride + row * n + cols, mask=inside, other=0.0)
+            y += tl.load(part_ptr + s * part_stride + row * n + cols, mask=inside, other=0.0, cache_modifier=".cg")
         dtype = x_out_ptr.dtype.element_ty
         x = (tl.load(x_ptr + row * n + cols, mask=inside, other=0.0).to(tl.float32)
              + y.to(dtype).to(tl.float32)).to(dtype)
@@ -307,6 +321,9 @@ class DecodeProducts:
     # Decode attention split over this many programs per (row, kv head) (trainer/split_attention.py);
     # 0: one program each (fused_decode.rope_attention).
     attention_splits: int = 0
+    # The MLP half of each layer as one persistent kernel (trainer/mlp_block.py: a BlockShape);
+    # None: gate/up, SiLU x up, down and residual + RMSNorm as their own kernels.
+    mlp: object | None = None
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -378,7 +395,8 @@ class DecodeProducts:
     def describe(self) -> dict[str, str]:
         return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()} | (
             {"pdl": "chained"} if self.pdl else {}) | (
-            {"attention_splits": str(self.attention_splits)} if self.attention_splits else {})
+            {"attention_splits": str(self.attention_splits)} if self.attention_splits else {}) | (
+            {"mlp": str(self.mlp)} if self.mlp is not None else {})
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once

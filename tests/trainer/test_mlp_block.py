@@ -1,0 +1,93 @@
+"""trainer/mlp_block.py in Triton's interpreter (CPU), its phases as three launches: the MLP half of
+a layer (gate/up, SiLU x up, down, residual + RMSNorm) equals fused_decode's kernels on the summed
+product to float32 rounding, through pointers and tensor descriptors, with uneven column shares, a
+remainder tile, several K slices of the down product and fewer rows than the tile; shapes that do
+not tile are refused; the fused decode step with the block equals the plain step on a tiny random
+Qwen2. Skipped where Triton is not installed. A child process: TRITON_INTERPRET is set before
+import."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.trainer.test_triton_kernels import RANDOM_QWEN2, _interpreted
+
+pytest.importorskip("triton")
+
+CHILD = r"""
+import json, torch, torch.nn.functional as F
+from trainer import mlp_block as mb
+from trainer.fused_decode import check_error, check_passes, element_fns
+from trainer.qwen2_decode import Attention, DecodeWeights
+from trainer.triton_products import DecodeProducts
+torch.manual_seed(0)
+found = {}
+H, I = 64, 160
+norm, add_norm, silu_mul = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
+gu, down, w = torch.randn(2 * I, H) * 0.1, torch.randn(H, I) * 0.1, 1 + 0.3 * torch.randn(H)
+shapes = {"ptr": mb.BlockShape(programs=4, block_k=16, down_n=16, tma=False),
+          "tma_rest": mb.BlockShape(programs=3, block_k=32, down_n=32),
+          "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32),
+          "rest_tma": mb.BlockShape(programs=7, block_k=16, down_n=32, rest_tma=True)}
+found["plans"] = {name: s.plan(H, I) for name, s in shapes.items()}
+found["errs"] = {}
+for rows in (5, 16):
+    x, h = torch.randn(rows, H), torch.randn(rows, H)
+    want_x, want_h = add_norm(x, F.linear(silu_mul(F.linear(h, gu)), down), w)
+    for name, shape in shapes.items():
+        got_x, got_h = mb.mlp_block(x, h, gu, down, w, 1e-6, shape)
+        found["errs"][f"{name} {rows}"] = max(float((got_x - want_x).abs().max()), float((got_h - want_h).abs().max()))
+refused = []
+for bad in (mb.BlockShape(programs=11), mb.BlockShape(programs=4, block_k=48), mb.BlockShape(programs=2, down_n=16)):
+    try:
+        bad.plan(H, I)
+    except ValueError as exc:
+        refused.append(str(exc)[:80])
+found["refused"] = refused
+try:
+    mb.mlp_block(torch.randn(129, H), torch.randn(129, H), gu, down, w, 1e-6, shapes["ptr"])
+    found["rows_refused"] = False
+except ValueError:
+    found["rows_refused"] = True
+found["failed"] = mb.failed(torch.device("cpu"))
+""" + RANDOM_QWEN2 + r"""
+weights = DecodeWeights.allocate(random_model(torch.float32))
+for name, block in (("step", mb.BlockShape(programs=4, block_k=16, down_n=32)),
+                    ("step_ptr", mb.BlockShape(programs=3, block_k=32, down_n=32, tma=False))):
+    result = check_error(weights, Attention.SDPA, products=DecodeProducts(mlp=block))
+    result["passes"] = check_passes(result)
+    found[name] = result
+print(json.dumps(found))
+"""
+
+
+def test_mlp_block_equals_the_fused_steps_kernels_and_the_plain_step():
+    found = _interpreted(CHILD)
+    # 160 columns on 3 programs: 53 or 54 each, a 32-wide tile and a 32-wide remainder; on 7: 22
+    # or 23, 16 + 16; the down product in 2 tiles of 32 x 3 slices of K on 7 programs.
+    assert found["plans"]["tma_rest"] == {"BLOCK_N": 32, "BLOCK_R": 32, "SPLITS": 1, "TILES_N": 2}
+    assert found["plans"]["tma_splits"] == {"BLOCK_N": 16, "BLOCK_R": 16, "SPLITS": 3, "TILES_N": 2}
+    assert found["plans"]["ptr"]["TILES_N"] == 4
+    assert len(found["errs"]) == 8 and max(found["errs"].values()) < 1e-5, found["errs"]
+    assert len(found["refused"]) == 3, found["refused"]  # too few columns, K step, too few programs
+    assert found["rows_refused"] is True
+    assert found["failed"] is False
+    for name in ("step", "step_ptr"):
+        result = found[name]
+        assert result["passes"], result
+        assert result["logits_rel_error"] < 1e-5 and result["attention_rel_error"] < 1e-5, result
+
+
+def test_the_block_needs_a_gpu_and_can_be_switched_off(monkeypatch):
+    import torch
+
+    from trainer.mlp_block import ENV, available, requested
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(ENV, raising=False)
+    assert requested(cpu, 128, 1536, 8960) is None  # no CUDA GPU here: never offered
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert available(cpu)  # the interpreter may run it (the tests above)...
+    assert requested(cpu, 128, 1536, 8960) is None  # ...but the engine never offers it there
+    monkeypatch.setenv(ENV, "0")
+    assert not available(cpu)
