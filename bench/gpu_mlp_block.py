@@ -12,10 +12,13 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              reduce after it), residual + RMSNorm, the element-wise ones compiled (the baseline,
              timed first and again last)
   block ...  `mlp_block` with a BlockShape (tensor descriptors or pointers, warps, stages, the down
-             tile's width), one launch a layer with device-wide barriers
+             tile's width, K per step), one launch a layer with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
-error; bf16 rounding order only), and whether any barrier gave up waiting.
+error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
+Then, per phase: each phase alone (28 launches, no barrier) beside cuBLAS's gate/up, SiLU x up
+and down alone, and cuBLAS's products at 64 and 16 rows (the same weight bytes, less of x); and a
+grid of twice as many programs as multiprocessors, which the cooperative launch must refuse.
 """
 
 from __future__ import annotations
