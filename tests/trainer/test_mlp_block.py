@@ -38,9 +38,10 @@ for rows in (5, 16):
         got_x, got_h = mb.mlp_block(x, h, gu, down, w, 1e-6, shape)
         found["errs"][f"{name} {rows}"] = max(float((got_x - want_x).abs().max()), float((got_h - want_h).abs().max()))
 refused = []
-for bad in (mb.BlockShape(programs=11), mb.BlockShape(programs=4, block_k=48), mb.BlockShape(programs=2, down_n=16)):
+for bad, inter in ((mb.BlockShape(programs=11), I), (mb.BlockShape(programs=4, block_k=48), I),
+                   (mb.BlockShape(programs=2, down_n=16), I), (mb.BlockShape(programs=2, block_k=16), 288)):
     try:
-        bad.plan(H, I)
+        bad.plan(H, inter)
     except ValueError as exc:
         refused.append(str(exc)[:80])
 found["refused"] = refused
@@ -69,7 +70,8 @@ def test_mlp_block_equals_the_fused_steps_kernels_and_the_plain_step():
     assert found["plans"]["tma_splits"] == {"BLOCK_N": 16, "BLOCK_R": 16, "SPLITS": 3, "TILES_N": 2}
     assert found["plans"]["ptr"]["TILES_N"] == 4
     assert len(found["errs"]) == 8 and max(found["errs"].values()) < 1e-5, found["errs"]
-    assert len(found["refused"]) == 3, found["refused"]  # too few columns, K step, too few programs
+    # too few columns, K step, too few programs, a remainder (80 columns) wider than the tile (64)
+    assert len(found["refused"]) == 4, found["refused"]
     assert found["rows_refused"] is True
     assert found["failed"] is False
     for name in ("step", "step_ptr"):
