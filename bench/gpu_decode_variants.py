@@ -26,6 +26,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     from peft import LoraConfig, get_peft_model
 
     from trainer import fast_generation, fused_decode
+    from trainer.mlp_block import BlockShape
     from trainer.modeling import load_model_and_tokenizer
     from trainer.triton_products import DecodeProducts
 
@@ -45,8 +46,6 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     found: dict[str, Any] = {"engine_choice": engine.fused_timing, "prompt_length": prompt_length,
                              "chain": engine.chain.describe() if engine.chain else None,
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
-    from trainer.mlp_block import BlockShape
-
     block = BlockShape.for_gpu(torch.device(device))
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}

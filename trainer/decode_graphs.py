@@ -31,10 +31,11 @@ PREFILL_LIMIT = 8
 
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture the chained step (if the engine timed its products and it passes the fused step's
-    check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on
-    a Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the fused step with its Triton products (if any were chosen), the
-    fused step with cuBLAS products and the plain step for this bucket; keep the fastest (replays timed with the
-    position and slot put back after each, so the real step comes next)."""
+    check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
+    Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the fused step
+    with its Triton products (if any were chosen), the fused step with cuBLAS products and the
+    plain step for this bucket; keep the fastest (replays timed with the position and slot put
+    back after each, so the real step comes next)."""
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]

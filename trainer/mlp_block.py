@@ -67,9 +67,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 5
     tma: bool = True
-    # The remainder's rows through a descriptor too: BLOCK_R rows a step, some of them the next
-    # program's (found in L2), instead of masked pointer loads of its own rows only.
-    rest_tma: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -143,10 +140,9 @@ if triton is not None:
                                       is_pure=False, pack=1)
 
     @triton.jit
-    def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, rest_desc, act_ptr, p, rows, H: tl.constexpr,
-                       I: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, TMA: tl.constexpr, REST_TMA: tl.constexpr,
-                       F32_DOT: tl.constexpr):
+    def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
+                       P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         lo = p * I // P
         hi = (p + 1) * I // P
         m = tl.arange(0, BLOCK_M)
@@ -169,12 +165,10 @@ if triton is not None:
                 x = tl.load(h_ptr + m[:, None] * H + k + ks[None, :], mask=live[:, None], other=0.0)
                 g = tl.load(gu_ptr + main[:, None] * H + k + ks[None, :])
                 u = tl.load(gu_ptr + (I + main[:, None]) * H + k + ks[None, :])
-            if REST_TMA:
-                g_r = rest_desc.load([lo + BLOCK_N, k])
-                u_r = rest_desc.load([I + lo + BLOCK_N, k])
-            else:
-                g_r = tl.load(rest_at + k, mask=rest_live[:, None], other=0.0)
-                u_r = tl.load(rest_at + I * H + k, mask=rest_live[:, None], other=0.0)
+            # the remainder's own rows only (masked pointer loads; a descriptor's box would also
+            # read the next program's rows: slower on an H200)
+            g_r = tl.load(rest_at + k, mask=rest_live[:, None], other=0.0)
+            u_r = tl.load(rest_at + I * H + k, mask=rest_live[:, None], other=0.0)
             gate = _dot(x, g, gate, F32_DOT)
             up = _dot(x, u, up, F32_DOT)
             gate_r = _dot(x, g_r, gate_r, F32_DOT)
@@ -216,17 +210,16 @@ if triton is not None:
             tl.store(part_ptr + split * rows * H + m[:, None] * H + cols[None, :], acc, mask=live[:, None])
 
     @triton.jit
-    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, rest_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
+    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, REST_TMA: tl.constexpr,
-                    F32_DOT: tl.constexpr):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if PHASE == 0 or PHASE == 1:
-            _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, rest_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K,
-                           BLOCK_N, BLOCK_R, TMA, REST_TMA, F32_DOT)
+            _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
+                           BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
@@ -293,16 +286,14 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
         descs = (desc(h, [bm, bk]), desc(gate_up, [plan["BLOCK_N"], bk]), desc(act, [bm, bk]),
-                 desc(down, [shape.down_n, bk]), desc(gate_up, [plan["BLOCK_R"], bk]) if shape.rest_tma else gate_up)
+                 desc(down, [shape.down_n, bk]))
     else:
-        descs = (h, gate_up, act, down, gate_up)
-    args = (h, descs[0], gate_up, descs[1], descs[4], act, descs[2], down, descs[3], part, x, norm, x_out, h_out,
-            sync, rows, float(eps))
+        descs = (h, gate_up, act, down)
+    args = (h, descs[0], gate_up, descs[1], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync, rows,
+            float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "REST_TMA": shape.tma and shape.rest_tma,
-              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages,
-              **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.

@@ -38,11 +38,15 @@ import os
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from trainer.triton_base import runs_on, tl, triton
+
+if TYPE_CHECKING:  # mlp_block imports this module's kernels
+    from trainer.mlp_block import BlockShape
 
 ENV = "RLTUI_DECODE_PRODUCTS"
 KINDS = ("qkv", "o", "gate_up", "down")
@@ -323,7 +327,7 @@ class DecodeProducts:
     attention_splits: int = 0
     # The MLP half of each layer as one persistent kernel (trainer/mlp_block.py: a BlockShape);
     # None: gate/up, SiLU x up, down and residual + RMSNorm as their own kernels.
-    mlp: object | None = None
+    mlp: BlockShape | None = None
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
