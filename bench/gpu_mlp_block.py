@@ -12,7 +12,8 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              reduce after it), residual + RMSNorm, the element-wise ones compiled (the baseline,
              timed first and again last)
   block ...  `mlp_block` with a BlockShape (tensor descriptors or pointers, warps, stages, the down
-             tile's width, K per step), one launch a layer with device-wide barriers
+             tile's width, K per step, one or two programs per multiprocessor), one launch a layer
+             with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
 error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
@@ -30,11 +31,11 @@ from pathlib import Path
 from gpu_common import write_json
 
 LAYERS, BATCH, HIDDEN, INTERMEDIATE, EPS = 28, 128, 1536, 8960, 1e-6
-# (tma, warps, stages, down_n, block_k)
-SHAPES = ((True, 4, 5, 64, 64), (True, 4, 5, 128, 64), (True, 8, 4, 128, 64), (True, 4, 6, 64, 64),
-          (False, 4, 5, 64, 64))
-# (label, warps, stages, down_n, block_k) timed one phase at a time
-PHASE_SHAPES = (("w4 s5 n64", 4, 5, 64, 64), ("w4 s5 n128", 4, 5, 128, 64))
+# (tma, warps, stages, down_n, block_k, programs per multiprocessor)
+SHAPES = ((True, 4, 5, 64, 64, 1), (True, 4, 5, 128, 64, 1), (True, 8, 4, 128, 64, 1), (True, 4, 6, 64, 64, 1),
+          (False, 4, 5, 64, 64, 1), (True, 4, 3, 64, 64, 2), (True, 4, 4, 64, 64, 2), (True, 4, 3, 128, 64, 2))
+# (label, warps, stages, down_n, block_k, programs per multiprocessor) timed one phase at a time
+PHASE_SHAPES = (("w4 s5 n64", 4, 5, 64, 64, 1), ("w4 s5 n128", 4, 5, 128, 64, 1), ("2/SM w4 s3 n64", 4, 3, 64, 64, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     want_x, want_h = (t.float() for t in cublas())
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     variants = {"cublas": cublas}
-    for tma, warps, stages, down_n, block_k in SHAPES:
-        shape = mlp_block.BlockShape(programs=sms, block_k=block_k, down_n=down_n, warps=warps, stages=stages, tma=tma)
-        variants[f"block {'tma' if tma else 'ptr'} w{warps} s{stages} n{down_n} k{block_k}"] = block(shape)
+    for tma, warps, stages, down_n, block_k, per_sm in SHAPES:
+        shape = mlp_block.BlockShape(programs=per_sm * sms, block_k=block_k, down_n=down_n, warps=warps, stages=stages,
+                                     tma=tma)
+        where = f" {per_sm}/SM" if per_sm > 1 else ""
+        variants[f"block {'tma' if tma else 'ptr'}{where} w{warps} s{stages} n{down_n} k{block_k}"] = block(shape)
     first = mlp_block.BlockShape(programs=sms)
     variants["phases (3 launches, the default shape)"] = block(first, phases=(1, 2, 3))
     variants["cublas again"] = cublas
@@ -151,8 +154,8 @@ def _per_phase(layers, x0, h0, sms, baselines: dict) -> dict[str, float]:
     from trainer.triton_products import _graph_ms
 
     found = {name: _graph_ms(run, replays=30) for name, run in baselines.items()}
-    shapes = {label: mlp_block.BlockShape(programs=sms, warps=w, stages=s, down_n=n, block_k=k)
-              for label, w, s, n, k in PHASE_SHAPES}
+    shapes = {label: mlp_block.BlockShape(programs=per_sm * sms, warps=w, stages=s, down_n=n, block_k=k)
+              for label, w, s, n, k, per_sm in PHASE_SHAPES}
     for label, shape in shapes.items():
         for phase in (1, 2, 3):
 

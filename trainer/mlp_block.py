@@ -65,7 +65,7 @@ class BlockShape:
     block_k: int = 64
     down_n: int = 64
     warps: int = 4
-    stages: int = 5
+    stages: int = 6
     tma: bool = True
 
     @classmethod
