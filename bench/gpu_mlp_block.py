@@ -15,10 +15,11 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              tile's width, K per step, one or two programs per multiprocessor), one launch a layer
              with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
+`--phases-only`: just the per-phase times below.
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
 error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
 Then, per phase: each phase alone (28 launches, no barrier) beside cuBLAS's gate/up, SiLU x up
-and down alone, and cuBLAS's products at 64 and 16 rows (the same weight bytes, less of x); and a
+and down alone, and both at 64 and 16 rows (the same weight bytes, less of x); and a
 grid of twice as many programs as multiprocessors, which the cooperative launch must refuse.
 """
 
@@ -41,6 +42,7 @@ PHASE_SHAPES = (("w4 s5 n64", 4, 5, 64, 64, 1), ("w4 s5 n128", 4, 5, 128, 64, 1)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--phases-only", action="store_true", help="only the per-phase times (with fewer rows too)")
     args = p.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -77,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             return x, h
         return run
 
-    want_x, want_h = (t.float() for t in cublas())
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    if args.phases_only:
+        found = {"per phase": _per_phase(layers, x0, h0, sms, cublas_parts(layers, h0, silu_mul))}
+        if args.out:
+            write_json(args.out, {"device": torch.cuda.get_device_name(), "sms": sms, "variants": found})
+        return 0
+    want_x, want_h = (t.float() for t in cublas())
     variants = {"cublas": cublas}
     for tma, warps, stages, down_n, block_k, per_sm in SHAPES:
         shape = mlp_block.BlockShape(programs=per_sm * sms, block_k=block_k, down_n=down_n, warps=warps, stages=stages,
@@ -166,6 +173,19 @@ def _per_phase(layers, x0, h0, sms, baselines: dict) -> dict[str, float]:
                 found[f"phase {phase} {label}"] = _graph_ms(run, replays=30)
             except Exception as exc:  # noqa: BLE001 - a finding
                 found[f"phase {phase} {label}"] = repr(exc)[:200]
+    # The default shape with fewer rows: the same weight bytes, less of x to read and multiply.
+    # If a phase is held by its weights' stream, as fast at 16 rows as at 128.
+    first = mlp_block.BlockShape(programs=sms)
+    for rows in (64, 16):
+        for phase in (1, 2):
+
+            def run(phase=phase, rows=rows):
+                for gate_up, down, norm in layers:
+                    mlp_block.mlp_block(x0[:rows], h0[:rows], gate_up, down, norm, EPS, first, phases=(phase,))
+            try:
+                found[f"phase {phase} default, {rows} rows"] = _graph_ms(run, replays=30)
+            except Exception as exc:  # noqa: BLE001 - a finding
+                found[f"phase {phase} default, {rows} rows"] = repr(exc)[:200]
     for name, ms in found.items():
         print(f"  {name:32s} {ms if isinstance(ms, str) else f'{ms:.4f} ms'}", flush=True)
     return found
