@@ -1,7 +1,9 @@
 """Warp specialization on Hopper for the decode step's products (triton's automatic producer /
 consumer split of a loop, `tl.range(..., warp_specialize=True)`): 28 layers' gate/up-shaped
 (128 x 1536 -> 17920) and down-shaped (128 x 8960 -> 1536, split over K) products in one graph,
-against cuBLAS (F.linear) and the same Triton kernel without it, side by side in one process.
+against cuBLAS (F.linear) and the same Triton kernel without it, side by side in one process per
+variant. Each variant runs in its own process, killed after TIMEOUT_S: with Triton 3.6.0 on an
+H200 every warp-specialized form never finished (docs/benchmarks.md, calls 27-28).
 
     python bench/gpu_ws_product.py
 """
