@@ -36,7 +36,8 @@ LAYERS, BATCH, HIDDEN, INTERMEDIATE, EPS = 28, 128, 1536, 8960, 1e-6
 SHAPES = ((True, 4, 5, 64, 64, 1), (True, 4, 5, 128, 64, 1), (True, 8, 4, 128, 64, 1), (True, 4, 6, 64, 64, 1),
           (False, 4, 5, 64, 64, 1), (True, 4, 3, 64, 64, 2), (True, 4, 4, 64, 64, 2), (True, 4, 3, 128, 64, 2))
 # (label, warps, stages, down_n, block_k, programs per multiprocessor) timed one phase at a time
-PHASE_SHAPES = (("w4 s5 n64", 4, 5, 64, 64, 1), ("w4 s5 n128", 4, 5, 128, 64, 1), ("2/SM w4 s3 n64", 4, 3, 64, 64, 2))
+PHASE_SHAPES = (("w4 s6 n64 (default)", 4, 6, 64, 64, 1), ("w4 s5 n64", 4, 5, 64, 64, 1), ("w4 s5 n128", 4, 5, 128, 64, 1),
+                ("2/SM w4 s3 n64", 4, 3, 64, 64, 2))
 
 
 def main(argv: list[str] | None = None) -> int:

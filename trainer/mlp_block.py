@@ -37,11 +37,12 @@ Triton's interpreter runs programs one after another, where a barrier would wait
 float32 summation order.
 
 Measured on an H200 (docs/benchmarks.md, issue 18, calls 20-31): 28 layers' MLP halves in 1.02
-ms with the default 6 stages (1.05 with 5) against 1.08 for the five kernels (3-6% less); gate/up
-alone is no faster than cuBLAS's (0.56 against 0.54 ms, but SiLU x up, 0.07-0.08 ms, comes free),
-the down product a little faster (0.33 against 0.36), the reduce + norm phase 0.10 ms. The decode
-step's replay with it: 1.988 against 2.030 ms (call 23), 1.957 with 6 stages (call 30). The engine times it beside the other steps at its first bucket and keeps the fastest
-(trainer/decode_graphs.py); RLTUI_DECODE_MLP_BLOCK=0 switches it off.
+ms with the default 6 stages (1.05 with 5) against 1.08 for the five kernels; gate/up alone is no
+faster than cuBLAS's (0.56 against 0.54 ms, but SiLU x up, 0.07-0.08 ms, comes free), the down
+product a little faster (0.33 against 0.36), the reduce + norm phase 0.10 ms. The decode step's
+replay with it: 1.988 against 2.030 ms (call 23), 1.957 with 6 stages (call 30). The engine times
+it beside the other steps at its first bucket and keeps the fastest (trainer/decode_graphs.py);
+RLTUI_DECODE_MLP_BLOCK=0 switches it off.
 """
 
 from __future__ import annotations
