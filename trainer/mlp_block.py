@@ -80,9 +80,10 @@ class BlockShape:
         if least < 16 or hidden % bk or intermediate % bk or hidden % self.down_n or hidden // self.down_n > p:
             raise ValueError(f"{self} does not tile hidden {hidden} x intermediate {intermediate}")
         block_n = min(64, 1 << (least.bit_length() - 1))
-        block_r = max(16, triton.next_power_of_2(-(-intermediate // p) - block_n))
+        rest = -(-intermediate // p) - block_n  # the widest share's columns past its tile
+        block_r = max(16, triton.next_power_of_2(rest))
         if block_r > block_n:  # a remainder wider than the tile (a wide MLP on few SMs): not this kernel
-            raise ValueError(f"{self} leaves {-(-intermediate // p) - block_n} columns a program past its tile")
+            raise ValueError(f"{self} leaves {rest} columns a program past its tile")
         tiles_n = hidden // self.down_n
         splits = max(1, min(p // tiles_n, intermediate // bk))
         return {"BLOCK_N": block_n, "BLOCK_R": block_r, "SPLITS": splits, "TILES_N": tiles_n}
