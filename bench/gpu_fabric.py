@@ -20,11 +20,11 @@ crossed from the L2 to the multiprocessors, and those of them from memory):
                 (no remainder rows, no SiLU x up, nothing stored)
 and, in the same process, `trainer.mlp_block.mlp_block(..., phases=(1,))`, one launch a layer
 (the same loads and multiplies, the remainder's 3-4 rows a program through masked pointer loads,
-SiLU x up stored), the same with the remainder in a second loop over K (pointer loads, or a
-descriptor's 16-row box) or left out (a timing only: its columns are not written), the block's
-down phase alone with 64-column tiles (24 x 5 K slices: each program reads a fifth of the
+SiLU x up stored), the block's down phase alone with 64-column tiles (24 x 5 K slices: each program reads a fifth of the
 activation, 55 MB a layer against the weights' 27.5) and 128-column tiles (12 x 11: 27.5 MB),
-and the device-to-device copy rate.
+and the device-to-device copy rate. (At commit 57aa0ce the block also took `rest`, where the
+gate/up phase reads its remainder, and this script timed it in a second loop and left out: calls
+35-36 in docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         return programs * LAYERS * BATCH * (INTERMEDIATE // used["SPLITS"]) * 2, LAYERS * HIDDEN * INTERMEDIATE * 2
 
     wide = mlp_block.BlockShape(programs=sms, down_n=128)
-    rests = {rest: mlp_block.BlockShape(programs=sms, rest=rest) for rest in (1, 2, 3)}
 
     x_bytes = sms * LAYERS * BATCH * HIDDEN * 2  # every program reads all of x once a layer
     w_bytes = sms * LAYERS * 2 * bn * HIDDEN * 2  # the tiles the read kernel asks for
@@ -153,9 +152,6 @@ def main(argv: list[str] | None = None) -> int:
              "x + weights": (reads(True, True), x_bytes, w_bytes),
              "x + weights, gate/up's multiplies": (reads(True, True, full=True), x_bytes, w_bytes),
              "gate/up phase (mlp_block)": (gate_up_phase(shape), x_bytes, phase_w_bytes),
-             "gate/up phase, remainder in a second loop": (gate_up_phase(rests[1]), x_bytes, phase_w_bytes),
-             "gate/up phase, remainder in a second loop, TMA": (gate_up_phase(rests[2]), x_bytes, phase_w_bytes),
-             "gate/up phase, no remainder (timing only)": (gate_up_phase(rests[3]), x_bytes, phase_w_bytes),
              "down phase, 64-column tiles": (down_phase(shape), *down_bytes(shape)),
              "down phase, 128-column tiles": (down_phase(wide), *down_bytes(wide)),
              "x only again": (reads(True, False), x_bytes, 0)}

@@ -67,7 +67,7 @@ if triton is not None:
             z = 0
             if OPAQUE:
                 z = tl.inline_asm_elementwise("mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
-            _gate_up_phase(h_ptr + z, h_desc, gu_ptr + z, gu_desc, gu_desc, act_ptr + z, p, rows, H, I, P, BLOCK_M,
+            _gate_up_phase(h_ptr + z, h_desc, gu_ptr + z, gu_desc, act_ptr + z, p, rows, H, I, P, BLOCK_M,
                            BLOCK_K, BLOCK_N, BLOCK_R, True, F32_DOT, row0=layer * 2 * I)
             if BARRIERS:
                 _arrive_and_wait(sync_ptr + 2 * j, sync_ptr + 2 * LAYERS + 1, P, True)

@@ -59,10 +59,8 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 @dataclass(frozen=True)
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
-    columns per tile, warps, pipeline stages, whether the tiles are read through tensor
-    descriptors (TMA) or pointers, and where gate/up reads its remainder's rows (`rest`: 0 in
-    its main loop, 1 in a second loop, 2 in a second loop through a descriptor, 3 not at all,
-    for a benchmark's timing only; see _gate_up_phase)."""
+    columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
+    descriptors (TMA) or pointers."""
 
     programs: int
     block_k: int = 64
@@ -70,7 +68,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    rest: int = 0
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -87,8 +84,6 @@ class BlockShape:
         block_r = max(16, triton.next_power_of_2(rest))
         if block_r > block_n:  # a remainder wider than the tile (a wide MLP on few SMs): not this kernel
             raise ValueError(f"{self} leaves {rest} columns a program past its tile")
-        if self.rest not in (0, 1, 2, 3) or (self.rest == 2 and not self.tma):
-            raise ValueError(f"{self}: rest must be 0, 1, 2 (with tma) or 3, not {self.rest}")
         tiles_n = hidden // self.down_n
         splits = max(1, min(p // tiles_n, intermediate // bk))
         return {"BLOCK_N": block_n, "BLOCK_R": block_r, "SPLITS": splits, "TILES_N": tiles_n}
@@ -147,15 +142,11 @@ if triton is not None:
                                       is_pure=False, pack=1)
 
     @triton.jit
-    def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, gur_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
+    def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0,
-                       REST: tl.constexpr = 0):
-        # row0: where this layer's gate rows start in gate_up (0; a benchmark stacks layers).
-        # REST, the remainder's rows: 0 in the main loop through masked pointer loads (its own
-        # rows only); 1 in a second loop over K after it, the same loads; 2 in a second loop through
-        # a descriptor's box (BLOCK_R rows: also the next program's, not stored); 3 not at all
-        # (a benchmark's timing only: the remainder's columns are left as they were).
+                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
+        # row0: where this layer's gate rows start in gate_up (0; bench/gpu_mlp_stream.py stacks
+        # layers)
         lo = p * I // P
         hi = (p + 1) * I // P
         m = tl.arange(0, BLOCK_M)
@@ -178,38 +169,25 @@ if triton is not None:
                 x = tl.load(h_ptr + m[:, None] * H + k + ks[None, :], mask=live[:, None], other=0.0)
                 g = tl.load(gu_ptr + (row0 + main[:, None]) * H + k + ks[None, :])
                 u = tl.load(gu_ptr + (row0 + I + main[:, None]) * H + k + ks[None, :])
+            # the remainder's own rows only (masked pointer loads, in this loop: a descriptor's box
+            # would also read the next program's rows, and a second loop for them, or loading them
+            # a step ahead, was slower on an H200: docs/benchmarks.md, calls 35-36)
+            g_r = tl.load(rest_at + k, mask=rest_live[:, None], other=0.0)
+            u_r = tl.load(rest_at + I * H + k, mask=rest_live[:, None], other=0.0)
             gate = _dot(x, g, gate, F32_DOT)
             up = _dot(x, u, up, F32_DOT)
-            if REST == 0:
-                g_r = tl.load(rest_at + k, mask=rest_live[:, None], other=0.0)
-                u_r = tl.load(rest_at + I * H + k, mask=rest_live[:, None], other=0.0)
-                gate_r = _dot(x, g_r, gate_r, F32_DOT)
-                up_r = _dot(x, u_r, up_r, F32_DOT)
-        if REST == 1 or REST == 2:
-            for k in range(0, H, BLOCK_K):
-                if TMA:
-                    x = h_desc.load([0, k])
-                else:
-                    x = tl.load(h_ptr + m[:, None] * H + k + ks[None, :], mask=live[:, None], other=0.0)
-                if REST == 2:
-                    g_r = gur_desc.load([row0 + lo + BLOCK_N, k])
-                    u_r = gur_desc.load([row0 + I + lo + BLOCK_N, k])
-                else:
-                    g_r = tl.load(rest_at + k, mask=rest_live[:, None], other=0.0)
-                    u_r = tl.load(rest_at + I * H + k, mask=rest_live[:, None], other=0.0)
-                gate_r = _dot(x, g_r, gate_r, F32_DOT)
-                up_r = _dot(x, u_r, up_r, F32_DOT)
+            gate_r = _dot(x, g_r, gate_r, F32_DOT)
+            up_r = _dot(x, u_r, up_r, F32_DOT)
         dtype = act_ptr.dtype.element_ty
         tl.store(act_ptr + m[:, None] * I + main[None, :], swiglu_tile(gate, up, dtype), mask=live[:, None])
-        if REST != 3:
-            tl.store(act_ptr + m[:, None] * I + rest[None, :], swiglu_tile(gate_r, up_r, dtype),
-                     mask=live[:, None] & rest_live[None, :])
+        tl.store(act_ptr + m[:, None] * I + rest[None, :], swiglu_tile(gate_r, up_r, dtype),
+                 mask=live[:, None] & rest_live[None, :])
 
     @triton.jit
     def _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr,
                     TILES_N: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
-        # row0: where this layer's rows start in down (0; a benchmark stacks layers)
+        # row0: where this layer's rows start in down (0; bench/gpu_mlp_stream.py stacks layers)
         if p < TILES_N * SPLITS:
             tile = p % TILES_N
             split = p // TILES_N
@@ -238,17 +216,16 @@ if triton is not None:
             tl.store(part_ptr + split * rows * H + m[:, None] * H + cols[None, :], acc, mask=live[:, None])
 
     @triton.jit
-    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, gur_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
+    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    REST: tl.constexpr = 0):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if PHASE == 0 or PHASE == 1:
-            _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, gur_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K,
-                           BLOCK_N, BLOCK_R, TMA, F32_DOT, REST=REST)
+            _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
+                           BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
@@ -315,15 +292,14 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
         descs = (desc(h, [bm, bk]), desc(gate_up, [plan["BLOCK_N"], bk]), desc(act, [bm, bk]),
-                 desc(down, [shape.down_n, bk]), desc(gate_up, [plan["BLOCK_R"], bk]))
+                 desc(down, [shape.down_n, bk]))
     else:
-        descs = (h, gate_up, act, down, gate_up)
-    args = (h, descs[0], gate_up, descs[1], descs[4], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync,
-            rows, float(eps))
+        descs = (h, gate_up, act, down)
+    args = (h, descs[0], gate_up, descs[1], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync, rows,
+            float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "REST": shape.rest, "num_warps": shape.warps, "num_stages": shape.stages,
-              **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
