@@ -81,6 +81,7 @@ if triton is not None:
         total = tl.sum(tl.sum(acc_x, 1), 0) + tl.sum(tl.sum(acc_w, 1), 0)
         tl.store(out_ptr + p, total / 16 + tl.sum(tl.sum(acc_g, 1), 0) + tl.sum(tl.sum(acc_u, 1), 0))
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)

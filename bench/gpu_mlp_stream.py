@@ -21,12 +21,12 @@ each captured in a CUDA graph (`trainer.triton_products._graph_ms`), ms for the 
   ..., opaque zero         the same with a zero the compiler cannot see through added to its
                  addresses (see the kernel)
   a layer a launch         the one-launch kernel for one layer at a time, 28 launches
-and the weights' bytes at the copy rate (gpu_common.copy_bandwidth).
-The difference between the last two is what the phase boundaries (each phase's drain, the
-barrier, the next phase's pipeline refill) cost; what remains above the copy rate is held by the
-tiles' own rate (x read from L2 by every program, multiplies in the warp group that waits for
-the loads). That says whether a kernel whose programs wait for their inputs tile by tile, instead
-of at device-wide barriers, could make the MLP half much faster.
+and the weights' bytes at the copy rate (gpu_common.copy_bandwidth). One launch without barriers
+against the 56 launches is what the launches cost; with barriers against without, what the
+barriers cost. On an H200 (docs/benchmarks.md, issue 18, calls 33-34) one launch saved nothing
+(0.93 ms against 0.91 in 56), since each phase's loop still fills its load pipeline and drains
+once a layer (bench/gpu_fabric.py times what that costs), and the barriers cost ~2 us each (1.06
+with them).
 """
 
 from __future__ import annotations
