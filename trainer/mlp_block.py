@@ -60,8 +60,7 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
-    descriptors (TMA) or pointers; prefetch_down: each program asks the L2 for its down tile's
-    weights at the kernel's start (1; 2 with an evict-last hint), 0 not."""
+    descriptors (TMA) or pointers."""
 
     programs: int
     block_k: int = 64
@@ -69,7 +68,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    prefetch_down: int = 0
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -218,40 +216,13 @@ if triton is not None:
             tl.store(part_ptr + split * rows * H + m[:, None] * H + cols[None, :], acc, mask=live[:, None])
 
     @triton.jit
-    def _ask_l2_for_down(down_ptr, p, I: tl.constexpr, BLOCK_K: tl.constexpr, DOWN_N: tl.constexpr,
-                         SPLITS: tl.constexpr, TILES_N: tl.constexpr, EVICT_LAST: tl.constexpr):
-        # Program p's down tile (DOWN_N rows, its K slice) as one bulk L2 request a row
-        # (cp.async.bulk.prefetch.L2: nothing waits for it), so that the down phase finds its
-        # weights in the L2, streamed while the gate/up phase leaves memory idle.
-        if p < TILES_N * SPLITS:
-            tile = p % TILES_N
-            split = p // TILES_N
-            steps: tl.constexpr = I // BLOCK_K
-            k_lo = (split * steps // SPLITS) * BLOCK_K
-            k_hi = ((split + 1) * steps // SPLITS) * BLOCK_K
-            rows = tile * DOWN_N + tl.arange(0, DOWN_N)
-            addr = down_ptr + rows.to(tl.int64) * I + k_lo
-            size = tl.full([DOWN_N], 0, tl.int32) + (k_hi - k_lo) * 2
-            if EVICT_LAST:
-                tl.inline_asm_elementwise(
-                    "{ .reg .b64 pol; createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
-                    "cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; } // $0",
-                    "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
-            else:
-                tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r",
-                                          [addr, size], dtype=tl.int32, is_pure=False, pack=1)
-
-    @triton.jit
     def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    PREFETCH_DOWN: tl.constexpr = 0):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
-        if PREFETCH_DOWN and not F32_DOT and (PHASE == 0 or PHASE == 1):  # (the interpreter has no PTX)
-            _ask_l2_for_down(down_ptr, p, I, BLOCK_K, DOWN_N, SPLITS, TILES_N, PREFETCH_DOWN == 2)
         if PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
@@ -328,8 +299,7 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "PREFETCH_DOWN": shape.prefetch_down, "num_warps": shape.warps,
-              "num_stages": shape.stages, **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
