@@ -255,6 +255,20 @@ def environment() -> dict[str, str]:
     return found
 
 
+def gpu_bench_start(doc: str, argv: list[str] | None):
+    """A one-GPU benchmark's start: its arguments (--out PATH), the CUDA device and a generator
+    seeded 0 on it."""
+    import argparse
+
+    import torch
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    return args, dev, torch.Generator(device=dev).manual_seed(0)
+
+
 def write_json(path: Path, data: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

@@ -29,11 +29,9 @@ gate/up phase reads its remainder, and this script timed it in a second loop and
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from gpu_common import copy_bandwidth, write_json
+from gpu_common import copy_bandwidth, gpu_bench_start, write_json
 
 LAYERS, BATCH, HIDDEN, INTERMEDIATE = 28, 128, 1536, 8960
 
@@ -83,17 +81,13 @@ if triton is not None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
+    args, dev, gen = gpu_bench_start(__doc__, argv)
     import torch
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from trainer import mlp_block
     from trainer.triton_products import _graph_ms
 
-    dev = torch.device("cuda")
-    gen = torch.Generator(device=dev).manual_seed(0)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     shape = mlp_block.BlockShape.for_gpu(dev)
     plan = shape.plan(HIDDEN, INTERMEDIATE)

@@ -31,11 +31,9 @@ with them).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from gpu_common import copy_bandwidth, write_json
+from gpu_common import copy_bandwidth, gpu_bench_start, write_json
 
 LAYERS, BATCH, HIDDEN, INTERMEDIATE, EPS = 28, 128, 1536, 8960, 1e-6
 
@@ -82,9 +80,7 @@ if triton is not None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
+    args, dev, gen = gpu_bench_start(__doc__, argv)
     import torch
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -92,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.qwen2_decode import rms_norm
     from trainer.triton_products import _graph_ms
 
-    dev = torch.device("cuda")
-    gen = torch.Generator(device=dev).manual_seed(0)
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
