@@ -25,12 +25,9 @@ import sys
 
 from gpu_common import gpu_bench_start, write_json
 
-LAYERS, BATCH, HIDDEN, INTERMEDIATE = 28, 128, 1536, 8960
+from trainer.triton_base import tl, triton  # (None, None) where Triton is missing
 
-try:  # the GPU machine's image has Triton; a CPU box may not
-    from trainer.triton_base import tl, triton
-except ImportError:  # pragma: no cover
-    triton = None
+LAYERS, BATCH, HIDDEN, INTERMEDIATE = 28, 128, 1536, 8960
 
 if triton is not None:
     from trainer.mlp_block import _gate_up_phase
