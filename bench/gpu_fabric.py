@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(BATCH, HIDDEN, device=dev, generator=gen).to(torch.bfloat16)
     out = torch.empty(sms, device=dev, dtype=torch.float32)
     bk, bn = shape.block_k, plan["BLOCK_N"]
-    x_desc = TensorDescriptor(x, list(x.shape), [x.stride(0), 1], [BATCH, bk])
-    w_desc = TensorDescriptor(gate_up, list(gate_up.shape), [gate_up.stride(0), 1], [bn, bk])
+    x_desc = TensorDescriptor.from_tensor(x, [BATCH, bk])
+    w_desc = TensorDescriptor.from_tensor(gate_up, [bn, bk])
 
     def reads(x_on: bool, w_on: bool, full: bool = False):
         def run():

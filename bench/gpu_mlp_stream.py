@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.qwen2_decode import rms_norm
     from trainer.triton_products import _graph_ms
 
-
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
 
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.zeros(2 * LAYERS + 2, device=dev, dtype=torch.int32)
     bm, bk = BATCH, shape.block_k
 
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
-
+    desc = TensorDescriptor.from_tensor
     descs = (desc(h0, [bm, bk]), desc(gate_up, [plan["BLOCK_N"], bk]), desc(act, [bm, bk]),
              desc(down, [shape.down_n, bk]))
 

@@ -94,11 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     times = torch.zeros(LAYERS, sms, 6, device=dev, dtype=torch.int64)
     bk = shape.block_k
 
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
-
-    h_desc = desc(h, [BATCH, bk])
-    gu_descs = [desc(w, [plan["BLOCK_N"], bk]) for w in gate_ups]
+    h_desc = TensorDescriptor.from_tensor(h, [BATCH, bk])
+    gu_descs = [TensorDescriptor.from_tensor(w, [plan["BLOCK_N"], bk]) for w in gate_ups]
 
     def run(timed: bool):
         def go():
