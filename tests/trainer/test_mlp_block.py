@@ -3,7 +3,7 @@ a layer (gate/up, SiLU x up, down, residual + RMSNorm) equals fused_decode's ker
 product to float32 rounding, through pointers and tensor descriptors, with uneven column shares, a
 remainder tile, several K slices of the down product and fewer rows than the tile; shapes that do
 not tile are refused; the fused decode step with the block equals the plain step on a tiny random
-Qwen2. Skipped where Triton is not installed. A child process: TRITON_INTERPRET is set before
+Qwen2; the phases given a layer's first row in weights stacked by layer compute that layer. Skipped where Triton is not installed. A child process: TRITON_INTERPRET is set before
 import."""
 
 from __future__ import annotations
@@ -92,3 +92,53 @@ def test_the_block_needs_a_gpu_and_can_be_switched_off(monkeypatch):
     assert requested(cpu, 128, 1536, 8960) is None  # ...but the engine never offers it there
     monkeypatch.setenv(ENV, "0")
     assert not available(cpu)
+
+
+STACKED = r"""
+import json, torch
+from trainer import mlp_block as mb
+from trainer.triton_base import tl, triton
+
+@triton.jit
+def layer_phases(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, rows, layer,
+                 H: tl.constexpr, I: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr,
+                 TILES_N: tl.constexpr, TMA: tl.constexpr, PHASE: tl.constexpr):
+    p = tl.program_id(0)
+    if PHASE == 1:
+        mb._gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
+                          BLOCK_R, TMA, True, row0=layer * 2 * I)
+    else:
+        mb._down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H, I, BLOCK_M, BLOCK_K, DOWN_N,
+                       SPLITS, TILES_N, TMA, True, row0=layer * H)
+
+from triton.tools.tensor_descriptor import TensorDescriptor
+torch.manual_seed(0)
+H, I, L, rows = 64, 160, 3, 5
+gu, down = torch.randn(L * 2 * I, H) * 0.1, torch.randn(L * H, I) * 0.1
+h, w = torch.randn(rows, H), torch.ones(H)
+found = {}
+for tma in (False, True):
+    shape = mb.BlockShape(programs=4, block_k=16, down_n=16, tma=tma)
+    plan = shape.plan(H, I)
+    act, part, _ = mb.workspace(h.device, rows, H, I, plan["SPLITS"], h.dtype)
+    mine_act, mine_part = torch.empty_like(act), torch.empty_like(part)
+    d = (lambda t, b: TensorDescriptor.from_tensor(t, b)) if tma else (lambda t, b: t)
+    for layer in range(L):
+        # the layer alone, through mlp_block's own launches of the two phases
+        mb.mlp_block(h, h, gu[layer * 2 * I:(layer + 1) * 2 * I], down[layer * H:(layer + 1) * H], w, 1e-6, shape,
+                     phases=(1, 2))
+        for phase in (1, 2):
+            layer_phases[(4,)](h, d(h, [16, 16]), gu, d(gu, [plan["BLOCK_N"], 16]), mine_act, d(mine_act, [16, 16]),
+                               down, d(down, [16, 16]), mine_part, rows, layer, H=H, I=I, P=4, BLOCK_M=16,
+                               BLOCK_K=16, DOWN_N=16, TMA=tma, PHASE=phase, **plan)
+        found[f"tma={tma} layer {layer}"] = [bool(torch.equal(mine_act, act)), bool(torch.equal(mine_part, part))]
+print(json.dumps(found))
+"""
+
+
+def test_the_phases_read_one_layer_of_stacked_weights_at_its_first_row():
+    # row0 (bench/gpu_mlp_stream.py's 28 layers in one launch): layer l of weights stacked by layer
+    # gives what the block gives that layer's weights alone, bitwise.
+    found = _interpreted(STACKED)
+    assert found == {f"tma={tma} layer {layer}": [True, True] for tma in (False, True) for layer in range(3)}
