@@ -5,14 +5,15 @@ bench/gpu_step.py (not a command of its own).
 
 One rollout-shaped generation builds the engine (its own choice at the first bucket is kept in
 the result), then each variant (the fused step with cuBLAS products, the chained step with every
-product Triton's, the chained step with cuBLAS's gate/up and down, and whatever else the engine
-offers) is captured for every attention bucket the rollout visits and timed through the
+product Triton's, the chained step with cuBLAS's gate/up and down or with the MLP block launched with PDL, and
+whatever else the engine offers; BENCH_DECODE_VARIANTS=name,name times only those) is captured for every attention bucket the rollout visits and timed through the
 rollout's own sequence of slots, with its kernels by GPU time at the last bucket and its check
 against the plain step (trainer/fused_decode.check_error) on the model's weights.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,14 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
                      "chained_mlp_cublas": chain.without("gate_up", "down"),
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
-                     "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
+                     "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4),
+                     "chained_mlp_block": replace(chain.without("gate_up", "down"), mlp=block)}
+        for columns in (256, 512):
+            variants[f"chained_mlp_block_prefetch{columns}"] = replace(
+                chain.without("gate_up", "down"), mlp=replace(block, prefetch_k=columns))
+    wanted = os.environ.get("BENCH_DECODE_VARIANTS")
+    if wanted:  # a comma-separated list of the names above, to time only those
+        variants = {name: variants[name] for name in wanted.split(",") if name in variants}
     found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
     print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()
