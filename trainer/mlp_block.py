@@ -60,9 +60,10 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
-    descriptors (TMA) or pointers. prefetch_k: launched with PDL (the chained step), the first
-    prefetch_k columns of each gate/up row a program multiplies are asked of the L2 before it waits
-    for the kernel before it (0: none)."""
+    descriptors (TMA) or pointers. pdl: launched with programmatic dependent launch in any step
+    (always in the chained one); prefetch_k: so launched, the first prefetch_k columns of each
+    gate/up row a program multiplies are asked of the L2 before it waits for the kernel before it
+    (0: none)."""
 
     programs: int
     block_k: int = 64
@@ -70,6 +71,7 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
+    pdl: bool = False
     prefetch_k: int = 0
 
     @classmethod
@@ -296,6 +298,7 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     chained step, CUDA only), as trainer/triton_products.product."""
     rows, hidden = h.shape
     intermediate = down.shape[1]
+    pdl = pdl or shape.pdl
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):
         raise ValueError(f"mlp_block takes at most 128 rows and matching weights, not h {tuple(h.shape)}, "
                          f"gate_up {tuple(gate_up.shape)}, down {tuple(down.shape)}")
