@@ -5,10 +5,11 @@ bench/gpu_step.py (not a command of its own).
 
 One rollout-shaped generation builds the engine (its own choice at the first bucket is kept in
 the result), then each variant (the fused step with cuBLAS products, the chained step with every
-product Triton's, the chained step with cuBLAS's gate/up and down or with the MLP block launched with PDL, and
-whatever else the engine offers; BENCH_DECODE_VARIANTS=name,name times only those) is captured for every attention bucket the rollout visits and timed through the
-rollout's own sequence of slots, with its kernels by GPU time at the last bucket and its check
-against the plain step (trainer/fused_decode.check_error) on the model's weights.
+product Triton's, the chained step with cuBLAS's gate/up and down, and whatever else the engine
+offers; BENCH_DECODE_VARIANTS=name,name times only those) is captured for every attention bucket
+the rollout visits and timed through the rollout's own sequence of slots, with its kernels by GPU
+time at the last bucket and its check against the plain step (trainer/fused_decode.check_error)
+on the model's weights.
 """
 
 from __future__ import annotations
@@ -49,20 +50,13 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     block = BlockShape.for_gpu(torch.device(device))
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
-                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_pdl": DecodeProducts(mlp=replace(block, pdl=True)),
-                "fused_mlp_block_pdl_prefetch256": DecodeProducts(mlp=replace(block, pdl=True, prefetch_k=256)),
-                "fused_mlp_block_again": DecodeProducts(mlp=block)}  # the first again: the noise between
+                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
                      "chained_mlp_cublas": chain.without("gate_up", "down"),
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
-                     "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4),
-                     "chained_mlp_block": replace(chain.without("gate_up", "down"), mlp=block)}
-        for columns in (256, 512):
-            variants[f"chained_mlp_block_prefetch{columns}"] = replace(
-                chain.without("gate_up", "down"), mlp=replace(block, prefetch_k=columns))
+                     "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
     wanted = os.environ.get("BENCH_DECODE_VARIANTS")
     if wanted:  # a comma-separated list of the names above, to time only those
         variants = {name: variants[name] for name in wanted.split(",") if name in variants}

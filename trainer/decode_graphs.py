@@ -18,7 +18,6 @@ it is one launch (13.9 ms measured). A rollout whose prompts have another shape 
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 
 import torch
 
@@ -50,10 +49,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
             variants.insert(0, ("fused_mlp_block", True, products))
     if engine.chain is not None:
         chain = engine.chain
-        chained = [("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))]
-        if block is not None:  # the chained attention half, then the block launched with PDL
-            chained.append(("chained_mlp_block", replace(chain.without("gate_up", "down"), mlp=block)))
-        for name, products in chained:
+        for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):
             if fused_checked(engine.weights, engine.attention, products):
                 variants.insert(0, (name, True, products))
     variants.append(("plain", False, DecodeProducts()))

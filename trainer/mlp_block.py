@@ -60,10 +60,7 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
-    descriptors (TMA) or pointers. pdl: launched with programmatic dependent launch in any step
-    (always in the chained one); prefetch_k: so launched, the first prefetch_k columns of each
-    gate/up row a program multiplies are asked of the L2 before it waits for the kernel before it
-    (0: none)."""
+    descriptors (TMA) or pointers."""
 
     programs: int
     block_k: int = 64
@@ -71,8 +68,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    pdl: bool = False
-    prefetch_k: int = 0
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -114,9 +109,7 @@ def requested(device: torch.device, batch: int, hidden: int, intermediate: int) 
 
 
 if triton is not None:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-    from trainer.triton_products import _prefetch_l2, add_norm_row, swiglu_tile
+    from trainer.triton_products import add_norm_row, swiglu_tile
 
     # Reads of a barrier's counter before a program gives up waiting (~1 s of atomics).
     SPIN_LIMIT = tl.constexpr(1 << 20)
@@ -227,22 +220,9 @@ if triton is not None:
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINES: tl.constexpr = 1):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
-        # PDL (PHASE 0, launched with programmatic dependent launch): the programs start while the
-        # kernel before still runs, ask the L2 for the first PREFETCH columns of their gate/up rows
-        # (the weights are not written during a step) and wait for it before reading h or x.
         p = tl.program_id(0)
-        if PDL:
-            if PREFETCH > 0:
-                lo = p * I // P
-                main_at = gu_ptr + (lo + tl.arange(0, BLOCK_N)) * H
-                rest_at = gu_ptr + tl.minimum(lo + BLOCK_N + tl.arange(0, BLOCK_R), (p + 1) * I // P - 1) * H
-                for half in tl.static_range(2):  # gate's rows, then up's
-                    _prefetch_l2(main_at + half * I * H, PREFETCH, LINES)
-                    _prefetch_l2(rest_at + half * I * H, PREFETCH, LINES)
-            gdc_wait()
         if PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
@@ -260,8 +240,6 @@ if triton is not None:
             if tl.atomic_add(sync_ptr + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
                 tl.atomic_xchg(sync_ptr + 1, 0)
                 tl.atomic_xchg(sync_ptr + 2, 0)
-            if PDL:  # the next kernel may start placing its programs (it waits for this one's end)
-                gdc_launch_dependents()
         if PHASE == 0 or PHASE == 3:
             for start in range(0, BLOCK_M, P):
                 if start + p < rows:
@@ -287,18 +265,16 @@ def workspace(device: torch.device, rows: int, hidden: int, intermediate: int, s
 
 
 def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
-              eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None, pdl: bool = False
+              eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual x [B, H] and its normed h after one MLP half: x + down(SiLU(gate) * up) of h,
     with gate | up stacked in `gate_up` [2I, H] and `down` [H, I], and RMSNorm of that with `norm`
     (the next layer's input norm, or the final one); as fused_decode's gate/up, silu_mul, down and
     add_norm. B at most 128. `phases`: the launches, (0,) for one with barriers (default on CUDA),
     (1, 2, 3) for one per phase (default in the interpreter); a benchmark may time one phase
-    alone. `pdl`: the one launch with barriers launched with programmatic dependent launch (the
-    chained step, CUDA only), as trainer/triton_products.product."""
+    alone."""
     rows, hidden = h.shape
     intermediate = down.shape[1]
-    pdl = pdl or shape.pdl
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):
         raise ValueError(f"mlp_block takes at most 128 rows and matching weights, not h {tuple(h.shape)}, "
                          f"gate_up {tuple(gate_up.shape)}, down {tuple(down.shape)}")
@@ -328,10 +304,6 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
         launch = {"launch_cooperative_grid": True} if phase == 0 and cuda else {}
-        if phase == 0 and cuda and pdl:
-            prefetch = min(shape.prefetch_k, hidden)
-            launch |= {"launch_pdl": True, "PDL": True, "PREFETCH": prefetch,
-                       "LINES": triton.next_power_of_2(max(1, prefetch // 64))}
         _mlp_kernel[(shape.programs,)](*args, PHASE=phase, **consts, **launch)
     return x_out, h_out
 
