@@ -50,11 +50,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     block = BlockShape.for_gpu(torch.device(device))
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
-                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_poll_load": DecodeProducts(mlp=replace(block, poll_load=True)),
-                "fused_mlp_block_slice_flags": DecodeProducts(mlp=replace(block, slice_flags=True)),
-                "fused_mlp_block_both": DecodeProducts(mlp=replace(block, poll_load=True, slice_flags=True)),
-                "fused_mlp_block_again": DecodeProducts(mlp=block)}
+                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),

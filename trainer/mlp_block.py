@@ -23,8 +23,8 @@ does all of it, in three phases separated by device-wide barriers:
    same on every run), adds the residual and writes it and the next layer's normed input, as
    trainer/triton_products.add_norm does.
 
-A barrier is an arrival counter every program bumps (release) and then reads (acquire) until all
-have arrived; the counters go back to 0 before the kernel ends (the last program to leave the
+A barrier is an arrival counter every program bumps (an atomic add, release) and then reads (a
+load, acquire) until all have arrived; the counters go back to 0 before the kernel ends (the last program to leave the
 second barrier resets it), so a CUDA graph replays the kernel without a memset. All programs must
 be resident at once: one per multiprocessor, launched as a cooperative grid, which the driver
 refuses (an error, caught by the engine's check) rather than start a grid that could not finish;
@@ -60,9 +60,7 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
-    descriptors (TMA) or pointers. poll_load: a barrier's waiters read its counter with acquiring
-    loads instead of atomic adds of 0; slice_flags: a down program waits only for the gate/up
-    programs that write its K slice (a counter per slice) instead of for all of them."""
+    descriptors (TMA) or pointers."""
 
     programs: int
     block_k: int = 64
@@ -70,8 +68,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    poll_load: bool = False
-    slice_flags: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -126,19 +122,26 @@ if triton is not None:
         return tl.dot(a, tl.trans(b), acc)
 
     @triton.jit
-    def _read_acquire(ptr, LOAD: tl.constexpr):
-        # The counter at ptr, read with acquire semantics at GPU scope: a load (LOAD), which the
-        # L2 serves without queueing behind the arrivals' atomics, or an atomic add of 0.
-        if LOAD:
-            return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
-                                             is_pure=False, pack=1)
-        return tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+    def _load_acquire(ptr):
+        # *ptr, read with acquire semantics at GPU scope
+        return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                         is_pure=False, pack=1)
 
     @triton.jit
-    def _wait_for(count_ptr, failed_ptr, target, TMA: tl.constexpr, LOAD: tl.constexpr):
-        # Wait, acquiring, until the counter reaches target (see _arrive_and_wait).
+    def _arrive_and_wait(count_ptr, failed_ptr, programs, TMA: tl.constexpr):
+        # Every thread's writes before the arrival (CTA barrier, then a release at GPU scope);
+        # then wait, acquiring, until every program has arrived. A program that has waited
+        # SPIN_LIMIT reads goes on and marks the call failed (`failed`): wrong numbers the
+        # caller can see instead of a GPU that never finishes (programs not all resident).
+        # Tensor-descriptor loads after it (the async proxy) must see what plain stores wrote: a
+        # proxy fence.
+        # The waiters read the counter with acquiring loads, which the L2 serves without queueing
+        # them behind the arrivals' atomics (atomic adds of 0 there were 1% slower on an H200:
+        # docs/benchmarks.md, call 42).
+        tl.debug_barrier()
+        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
         reads = 0
-        while (_read_acquire(count_ptr, LOAD) < target) & (reads < SPIN_LIMIT):
+        while (_load_acquire(count_ptr) < programs) & (reads < SPIN_LIMIT):
             reads += 1
         if reads >= SPIN_LIMIT:
             tl.atomic_xchg(failed_ptr, 1)
@@ -146,46 +149,6 @@ if triton is not None:
         if TMA:
             tl.inline_asm_elementwise("fence.proxy.async.global; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
                                       is_pure=False, pack=1)
-
-    @triton.jit
-    def _slices_written(sync_ptr, p, I: tl.constexpr, P: tl.constexpr, BLOCK_K: tl.constexpr,
-                        SPLITS: tl.constexpr):
-        # Program p has written its activation columns [p I / P, (p + 1) I / P): bump the counter
-        # of every down slice they fall in (one or two), releasing.
-        tl.debug_barrier()
-        lo = p * I // P
-        hi = (p + 1) * I // P
-        steps: tl.constexpr = I // BLOCK_K
-        for s in tl.static_range(SPLITS):
-            k_lo = (s * steps // SPLITS) * BLOCK_K
-            k_hi = ((s + 1) * steps // SPLITS) * BLOCK_K
-            if (lo < k_hi) & (hi > k_lo):
-                tl.atomic_add(sync_ptr + 4 + s, 1, sem="release", scope="gpu")
-
-    @triton.jit
-    def _slice_ready(sync_ptr, p, I: tl.constexpr, P: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
-                     TILES_N: tl.constexpr, TMA: tl.constexpr, LOAD: tl.constexpr):
-        # A down program waits for the gate/up programs that own its slice's columns: from the
-        # owner of its first column to the owner of its last (column c's owner: ((c + 1) P - 1) / I).
-        if p < TILES_N * SPLITS:
-            split = p // TILES_N
-            steps: tl.constexpr = I // BLOCK_K
-            k_lo = (split * steps // SPLITS) * BLOCK_K
-            k_hi = ((split + 1) * steps // SPLITS) * BLOCK_K
-            writers = ((k_hi * P - 1) // I) - (((k_lo + 1) * P - 1) // I) + 1
-            _wait_for(sync_ptr + 4 + split, sync_ptr + 3, writers, TMA, LOAD)
-
-    @triton.jit
-    def _arrive_and_wait(count_ptr, failed_ptr, programs, TMA: tl.constexpr, LOAD: tl.constexpr = False):
-        # Every thread's writes before the arrival (CTA barrier, then a release at GPU scope);
-        # then wait, acquiring, until every program has arrived. A program that has waited
-        # SPIN_LIMIT reads goes on and marks the call failed (`failed`): wrong numbers the
-        # caller can see instead of a GPU that never finishes (programs not all resident).
-        # Tensor-descriptor loads after it (the async proxy) must see what plain stores wrote: a
-        # proxy fence.
-        tl.debug_barrier()
-        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
-        _wait_for(count_ptr, failed_ptr, programs, TMA, LOAD)
 
     @triton.jit
     def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
@@ -266,31 +229,23 @@ if triton is not None:
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    LOAD: tl.constexpr = False, SLICES: tl.constexpr = False):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
-            if SLICES:
-                _slices_written(sync_ptr, p, I, P, BLOCK_K, SPLITS)
-                _slice_ready(sync_ptr, p, I, P, BLOCK_K, SPLITS, TILES_N, TMA, LOAD)
-            else:
-                _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA, LOAD)
+            _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
             _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H, I, BLOCK_M, BLOCK_K, DOWN_N,
                         SPLITS, TILES_N, TMA, F32_DOT)
         if PHASE == 0:
-            _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False, LOAD)
-            # Every program has left the first barrier (or its slice's wait): it can go back to 0.
-            # The second goes back to 0 once every program has left it (the last ticket drawn after it).
+            _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False)
+            # Every program has left the first barrier: it can go back to 0. The second goes back
+            # to 0 once every program has left it (the last ticket drawn after it).
             if p == 0:
                 tl.atomic_xchg(sync_ptr, 0)
-                if SLICES:
-                    for s in tl.static_range(SPLITS):
-                        tl.atomic_xchg(sync_ptr + 4 + s, 0)
             if tl.atomic_add(sync_ptr + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
                 tl.atomic_xchg(sync_ptr + 1, 0)
                 tl.atomic_xchg(sync_ptr + 2, 0)
@@ -314,7 +269,7 @@ def workspace(device: torch.device, rows: int, hidden: int, intermediate: int, s
     if key not in _WORKSPACES:
         _WORKSPACES[key] = (torch.empty(rows, intermediate, device=device, dtype=dtype),
                             torch.empty(splits, rows, hidden, device=device, dtype=torch.float32),
-                            torch.zeros(4 + splits, device=device, dtype=torch.int32))
+                            torch.zeros(4, device=device, dtype=torch.int32))
     return _WORKSPACES[key]
 
 
@@ -353,8 +308,7 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "LOAD": shape.poll_load, "SLICES": shape.slice_flags, "num_warps": shape.warps,
-              "num_stages": shape.stages, **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
