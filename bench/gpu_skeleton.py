@@ -46,13 +46,13 @@ if triton is not None:
         tl.store(dst + p, v + 1)
 
     @triton.jit
-    def _block(src, dst, sync, n, P: tl.constexpr, BARRIERS: tl.constexpr):
+    def _block(src, dst, sync, n, P: tl.constexpr, BARRIERS: tl.constexpr, RED: tl.constexpr = False):
         # the MLP block's stand-in: its grid, its two barriers and their reset, no work
         p = tl.program_id(0)
         v = tl.load(src + p % n)
         if BARRIERS:
-            _arrive_and_wait(sync, sync + 3, P, False)
-            _arrive_and_wait(sync + 1, sync + 3, P, False)
+            _arrive_and_wait(sync, sync + 3, P, False, RED)
+            _arrive_and_wait(sync + 1, sync + 3, P, False, RED)
             if p == 0:
                 tl.atomic_xchg(sync, 0)
             if tl.atomic_add(sync + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         _touch[(grid,)](src, dst, state["n"], num_warps=warps)
         state["at"], state["n"] = 1 - state["at"], grid
 
-    def block(barriers: bool) -> None:
+    def block(barriers: bool, red: bool = False) -> None:
         src, dst = bufs[state["at"]], bufs[1 - state["at"]]
-        _block[(sms,)](src, dst, sync, state["n"], P=sms, BARRIERS=barriers, num_warps=4,
+        _block[(sms,)](src, dst, sync, state["n"], P=sms, BARRIERS=barriers, RED=red, num_warps=4,
                        launch_cooperative_grid=True)
         state["at"], state["n"] = 1 - state["at"], sms
 
@@ -101,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(launches):
             touch(1, 1)
 
-    def blocks(barriers: bool):
+    def blocks(barriers: bool, red: bool = False):
         def run() -> None:
             for _ in range(LAYERS):
-                block(barriers)
+                block(barriers, red)
         return run
 
     skeletons = {"step": step(), "no barriers": step(barriers=False), "one program": one_program,
-                 "blocks": blocks(True), "blocks without barriers": blocks(False), "step again": step()}
+                 "blocks": blocks(True), "blocks without barriers": blocks(False), "blocks red arrival": blocks(True, red=True),
+                 "blocks again": blocks(True), "step again": step()}
     found: dict[str, object] = {"device": torch.cuda.get_device_name(dev), "sms": sms, "launches": launches,
                                 "barriers": 2 * LAYERS}
     for name, run in skeletons.items():
