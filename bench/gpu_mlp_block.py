@@ -15,8 +15,7 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              tile's width, K per step, one or two programs per multiprocessor), one launch a layer
              with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
-`--phases-only`: just the per-phase times below. `--barriers`: just the default shape against its
-barriers' arrival by `red.release` (BlockShape.red_arrive), and the default again.
+`--phases-only`: just the per-phase times below.
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
 error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
 Then, per phase: each phase alone (28 launches, no barrier) beside cuBLAS's gate/up, SiLU x up
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from gpu_common import write_json
@@ -46,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--phases-only", action="store_true", help="only the per-phase times (with fewer rows too)")
-    p.add_argument("--barriers", action="store_true", help="only the default shape and its barriers' options")
     args = p.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -91,17 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     want_x, want_h = (t.float() for t in cublas())
     variants = {"cublas": cublas}
-    first = mlp_block.BlockShape(programs=sms)
-    if args.barriers:
-        variants |= {"block default": block(first), "block red_arrive": block(replace(first, red_arrive=True)),
-                     "block default again": block(first), "block red_arrive again": block(replace(first, red_arrive=True))}
-    for tma, warps, stages, down_n, block_k, per_sm in () if args.barriers else SHAPES:
+    for tma, warps, stages, down_n, block_k, per_sm in SHAPES:
         shape = mlp_block.BlockShape(programs=per_sm * sms, block_k=block_k, down_n=down_n, warps=warps, stages=stages,
                                      tma=tma)
         where = f" {per_sm}/SM" if per_sm > 1 else ""
         variants[f"block {'tma' if tma else 'ptr'}{where} w{warps} s{stages} n{down_n} k{block_k}"] = block(shape)
-    if not args.barriers:
-        variants["phases (3 launches, the default shape)"] = block(first, phases=(1, 2, 3))
+    first = mlp_block.BlockShape(programs=sms)
+    variants["phases (3 launches, the default shape)"] = block(first, phases=(1, 2, 3))
     variants["cublas again"] = cublas
     found: dict[str, dict] = {}
     for name, run in variants.items():
@@ -127,10 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     found["one layer rel error (x, h)"] = [float((g.float() - w.float()).norm() / w.float().norm())
                                            for g, w in zip(got, want, strict=True)]
     print("one layer rel error (x, h)", found["one layer rel error (x, h)"], flush=True)
-    if args.barriers:
-        if args.out:
-            write_json(args.out, {"device": torch.cuda.get_device_name(), "sms": sms, "variants": found})
-        return 0
     found["per phase"] = _per_phase(layers, x0, h0, sms, cublas_parts(layers, h0, silu_mul))
     # Twice as many programs as multiprocessors cannot all be resident (one fits per SM): the
     # cooperative launch must be refused by the driver, not hang or give wrong numbers.

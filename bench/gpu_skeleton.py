@@ -15,7 +15,7 @@ and its reset). Each skeleton in a CUDA graph, 200 replays after a warm one, ms 
   step          the whole step's 150 kernels and 56 barriers
   no barriers   the same launches, the block's stand-in passing no barrier
   one program   150 launches of one program each (the launch chain alone)
-  blocks        the block's stand-in alone, 28 launches with their barriers; and without them
+  blocks        the block's stand-in alone, 28 launches with their barriers; without them; again
 What the step's real kernels take beyond the skeleton is their memory and arithmetic plus what the
 skeleton cannot show (a real kernel's pipeline fill and drain, its slowest program). The stand-ins
 hold no shared memory (the block's programs hold ~200 KB each).
@@ -46,13 +46,13 @@ if triton is not None:
         tl.store(dst + p, v + 1)
 
     @triton.jit
-    def _block(src, dst, sync, n, P: tl.constexpr, BARRIERS: tl.constexpr, RED: tl.constexpr = False):
+    def _block(src, dst, sync, n, P: tl.constexpr, BARRIERS: tl.constexpr):
         # the MLP block's stand-in: its grid, its two barriers and their reset, no work
         p = tl.program_id(0)
         v = tl.load(src + p % n)
         if BARRIERS:
-            _arrive_and_wait(sync, sync + 3, P, False, RED)
-            _arrive_and_wait(sync + 1, sync + 3, P, False, RED)
+            _arrive_and_wait(sync, sync + 3, P, False)
+            _arrive_and_wait(sync + 1, sync + 3, P, False)
             if p == 0:
                 tl.atomic_xchg(sync, 0)
             if tl.atomic_add(sync + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         _touch[(grid,)](src, dst, state["n"], num_warps=warps)
         state["at"], state["n"] = 1 - state["at"], grid
 
-    def block(barriers: bool, red: bool = False) -> None:
+    def block(barriers: bool) -> None:
         src, dst = bufs[state["at"]], bufs[1 - state["at"]]
-        _block[(sms,)](src, dst, sync, state["n"], P=sms, BARRIERS=barriers, RED=red, num_warps=4,
+        _block[(sms,)](src, dst, sync, state["n"], P=sms, BARRIERS=barriers, num_warps=4,
                        launch_cooperative_grid=True)
         state["at"], state["n"] = 1 - state["at"], sms
 
@@ -101,15 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(launches):
             touch(1, 1)
 
-    def blocks(barriers: bool, red: bool = False):
+    def blocks(barriers: bool):
         def run() -> None:
             for _ in range(LAYERS):
-                block(barriers, red)
+                block(barriers)
         return run
 
     skeletons = {"step": step(), "no barriers": step(barriers=False), "one program": one_program,
-                 "blocks": blocks(True), "blocks without barriers": blocks(False), "blocks red arrival": blocks(True, red=True),
-                 "blocks again": blocks(True), "step again": step()}
+                 "blocks": blocks(True), "blocks without barriers": blocks(False), "blocks again": blocks(True),
+                 "step again": step()}
     found: dict[str, object] = {"device": torch.cuda.get_device_name(dev), "sms": sms, "launches": launches,
                                 "barriers": 2 * LAYERS}
     for name, run in skeletons.items():

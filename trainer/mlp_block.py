@@ -68,7 +68,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    red_arrive: bool = False  # (experiment) arrive at a barrier with red.release (no value back)
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -129,7 +128,7 @@ if triton is not None:
                                          is_pure=False, pack=1)
 
     @triton.jit
-    def _arrive_and_wait(count_ptr, failed_ptr, programs, TMA: tl.constexpr, RED: tl.constexpr = False):
+    def _arrive_and_wait(count_ptr, failed_ptr, programs, TMA: tl.constexpr):
         # Every thread's writes before the arrival (CTA barrier, then a release at GPU scope);
         # then wait, acquiring, until every program has arrived. A program that has waited
         # SPIN_LIMIT reads goes on and marks the call failed (`failed`): wrong numbers the
@@ -140,11 +139,7 @@ if triton is not None:
         # them behind the arrivals' atomics (atomic adds of 0 there were 1% slower on an H200:
         # docs/benchmarks.md, call 42).
         tl.debug_barrier()
-        if RED:
-            tl.inline_asm_elementwise("red.release.gpu.global.add.u32 [$1], 1; mov.u32 $0, 0;", "=r,l", [count_ptr],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
         reads = 0
         while (_load_acquire(count_ptr) < programs) & (reads < SPIN_LIMIT):
             reads += 1
@@ -234,20 +229,19 @@ if triton is not None:
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    RED: tl.constexpr = False):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
-            _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA, RED)
+            _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
             _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H, I, BLOCK_M, BLOCK_K, DOWN_N,
                         SPLITS, TILES_N, TMA, F32_DOT)
         if PHASE == 0:
-            _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False, RED)
+            _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False)
             # Every program has left the first barrier: it can go back to 0. The second goes back
             # to 0 once every program has left it (the last ticket drawn after it).
             if p == 0:
@@ -314,7 +308,7 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "RED": shape.red_arrive, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
