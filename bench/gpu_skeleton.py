@@ -11,7 +11,7 @@ multiprocessor, a cooperative launch with two device-wide barriers); 28 layers a
 kernels a step (embedding, mask, first norm, head, counters): 150 kernels. Here each of them is a
 Triton kernel of the same grid whose programs read one int32 the kernel before wrote and write
 one, and the block's stand-in passes the same two barriers (`trainer.mlp_block._arrive_and_wait`
-and its reset). Each skeleton in a CUDA graph, 200 replays after a warm one, ms a replay:
+and `_reset_barriers`). Each skeleton in a CUDA graph, 200 replays after a warm one, ms a replay:
   step          the whole step's 150 kernels and 56 barriers
   no barriers   the same launches, the block's stand-in passing no barrier
   one program   150 launches of one program each (the launch chain alone)
@@ -36,7 +36,7 @@ LAYER_GRIDS = ((96, 4), (256, 4), (96, 4), (128, 4))
 EXTRA = ((128, 4), (128, 4), (128, 4), (128, 4), (1, 1), (1, 1), (96, 4), (1, 1), (1, 1), (1, 1))
 
 if triton is not None:
-    from trainer.mlp_block import _arrive_and_wait
+    from trainer.mlp_block import _arrive_and_wait, _reset_barriers
 
     @triton.jit
     def _touch(src, dst, n):
@@ -53,11 +53,7 @@ if triton is not None:
         if BARRIERS:
             _arrive_and_wait(sync, sync + 3, P, False)
             _arrive_and_wait(sync + 1, sync + 3, P, False)
-            if p == 0:
-                tl.atomic_xchg(sync, 0)
-            if tl.atomic_add(sync + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
-                tl.atomic_xchg(sync + 1, 0)
-                tl.atomic_xchg(sync + 2, 0)
+            _reset_barriers(sync, p, P)
         tl.store(dst + p, v + 1)
 
 

@@ -151,6 +151,16 @@ if triton is not None:
                                       is_pure=False, pack=1)
 
     @triton.jit
+    def _reset_barriers(sync_ptr, p, P: tl.constexpr):
+        # After the second barrier: every program has left the first one, so it can go back to 0.
+        # The second goes back to 0 once every program has left it (the last ticket drawn after it).
+        if p == 0:
+            tl.atomic_xchg(sync_ptr, 0)
+        if tl.atomic_add(sync_ptr + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
+            tl.atomic_xchg(sync_ptr + 1, 0)
+            tl.atomic_xchg(sync_ptr + 2, 0)
+
+    @triton.jit
     def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
@@ -242,13 +252,7 @@ if triton is not None:
                         SPLITS, TILES_N, TMA, F32_DOT)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False)
-            # Every program has left the first barrier: it can go back to 0. The second goes back
-            # to 0 once every program has left it (the last ticket drawn after it).
-            if p == 0:
-                tl.atomic_xchg(sync_ptr, 0)
-            if tl.atomic_add(sync_ptr + 2, 1, sem="acq_rel", scope="gpu") == P - 1:
-                tl.atomic_xchg(sync_ptr + 1, 0)
-                tl.atomic_xchg(sync_ptr + 2, 0)
+            _reset_barriers(sync_ptr, p, P)
         if PHASE == 0 or PHASE == 3:
             for start in range(0, BLOCK_M, P):
                 if start + p < rows:
