@@ -23,14 +23,14 @@ does all of it, in three phases separated by device-wide barriers:
    same on every run), adds the residual and writes it and the next layer's normed input, as
    trainer/triton_products.add_norm does.
 
-A barrier is an arrival counter every program bumps (an atomic add, release) and then reads (a
-load, acquire) until all have arrived; the counters go back to 0 before the kernel ends (the last program to leave the
-second barrier resets it), so a CUDA graph replays the kernel without a memset. All programs must
-be resident at once: one per multiprocessor, launched as a cooperative grid, which the driver
-refuses (an error, caught by the engine's check) rather than start a grid that could not finish;
-a program that still waits too long goes on and sets a flag `failed` reports. Reads of what other
-programs wrote in the same kernel go past the L1 (tensor-descriptor loads after a proxy fence, and
-`.cg` loads).
+A barrier is an arrival counter every program bumps (an atomic add, release) and then reads (a load,
+acquire) until all have arrived; the counters go back to 0 before the kernel ends (the last program
+to leave the second barrier resets it), so a CUDA graph replays the kernel without a memset. All
+programs must be resident at once: one per multiprocessor, launched as a cooperative grid, which the
+driver refuses (an error, caught by the engine's check) rather than start a grid that could not
+finish; a program that still waits too long goes on and sets a flag `failed` reports. Reads of what
+other programs wrote in the same kernel go past the L1 (tensor-descriptor loads after a proxy fence,
+and `.cg` loads).
 
 Triton's interpreter runs programs one after another, where a barrier would wait forever: there
 (the tests) the same three phases run as three launches. Same arithmetic as the fused step up to
@@ -135,9 +135,8 @@ if triton is not None:
         # caller can see instead of a GPU that never finishes (programs not all resident).
         # Tensor-descriptor loads after it (the async proxy) must see what plain stores wrote: a
         # proxy fence.
-        # The waiters read the counter with acquiring loads, which the L2 serves without queueing
-        # them behind the arrivals' atomics (atomic adds of 0 there were 1% slower on an H200:
-        # docs/benchmarks.md, call 42).
+        # The waiters read the counter with acquiring loads: the block was 1% faster so than with
+        # atomic adds of 0 on an H200 (docs/benchmarks.md, call 42).
         tl.debug_barrier()
         tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
         reads = 0
