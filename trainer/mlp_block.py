@@ -40,7 +40,9 @@ Measured on an H200 (docs/benchmarks.md, issue 18, calls 20-31): 28 layers' MLP 
 ms with the default 6 stages (1.05 with 5) against 1.08 for the five kernels; gate/up alone is no
 faster than cuBLAS's (0.56 against 0.54 ms, but SiLU x up, 0.07-0.08 ms, comes free), the down
 product a little faster (0.33 against 0.36), the reduce + norm phase 0.10 ms. The decode step's
-replay with it: 1.988 against 2.030 ms (call 23), 1.957 with 6 stages (call 30). The engine times
+replay with it: 1.988 against 2.030 ms (call 23), 1.957 with 6 stages (call 30); the barriers
+polled by loads, 1.00 ms for the 28 layers (call 42). Each barrier costs ~2 us even with no work
+before it (bench/gpu_skeleton.py, calls 44-45): 0.11 ms of a replay. The engine times
 it beside the other steps at its first bucket and keeps the fastest (trainer/decode_graphs.py);
 RLTUI_DECODE_MLP_BLOCK=0 switches it off.
 """
