@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -276,11 +277,19 @@ def _linear_bias(module: nn.Module) -> torch.Tensor | None:
 
 def rope_tables(dims: ModelDims, length: int, device: torch.device, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [length, head_dim], computed in float32 and cast as transformers does."""
+    """cos/sin [length, head_dim] of the float32 angles transformers computes, cast as it does.
+
+    On a CPU they are numpy's float64 cos and sin of those angles, rounded once: torch's own CPU
+    cos (2.13, AVX512) sometimes returned other values on a process's first call from its worker
+    threads (up to 1.5e-4 off at angles near 100 rad, in the rows the second thread computed), so
+    two tables built in one process could differ."""
     inv_freq = 1.0 / (dims.rope_theta ** (
         torch.arange(0, dims.head_dim, 2, dtype=torch.int64, device=device).to(torch.float) / dims.head_dim))
     freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
+    if emb.device.type == "cpu":
+        angles = emb.double().numpy()
+        return torch.from_numpy(np.cos(angles)).to(dtype), torch.from_numpy(np.sin(angles)).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

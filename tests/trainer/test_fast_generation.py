@@ -397,3 +397,40 @@ def test_rows_are_one_prompt_only_when_ids_and_masks_agree():
     ids = torch.tensor([[eos, 3, 4], [eos, 3, 4], [eos, 3, 4], [5, 3, 4]])
     mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
     assert _unique_rows(ids, mask) == ([0, 2, 3], [0, 0, 1, 2])
+
+
+ROPE_FIRST_CALL = r"""
+import json, torch
+from trainer.qwen2_decode import ModelDims, rope_tables
+dims = ModelDims(layers=1, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=8, vocab=8, eps=1e-6,
+                 rope_theta=1e4)
+cos, sin = rope_tables(dims, 144, torch.device("cpu"), torch.float32)  # this process's first cos and sin
+again = rope_tables(dims, 144, torch.device("cpu"), torch.float32)
+inv_freq = 1.0 / (1e4 ** (torch.arange(0, 16, 2).to(torch.float) / 16))
+angles = torch.arange(144, dtype=torch.float)[:, None] * inv_freq[None, :]
+angles = torch.cat((angles, angles), dim=-1).double()
+print(json.dumps({"cos_err": float((cos.double() - angles.cos()).abs().max()),
+                  "sin_err": float((sin.double() - angles.sin()).abs().max()),
+                  "same_again": torch.equal(cos, again[0]) and torch.equal(sin, again[1])}))
+"""
+
+
+def test_rope_tables_on_a_cpu_are_the_same_from_a_process_first_call():
+    # torch 2.13's CPU cos, on a process's first call from its worker threads, sometimes returned
+    # values up to 1.5e-4 off (angles near 100 rad, the rows a second thread computed): two decode
+    # states built in one process then disagreed. Each fresh process here makes its first call.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", ROPE_FIRST_CALL], env=env, capture_output=True, text=True,
+                              check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert found["same_again"]
+        assert found["cos_err"] <= 6e-8 and found["sin_err"] <= 6e-8  # within float32 rounding
