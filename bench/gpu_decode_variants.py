@@ -15,6 +15,7 @@ on the model's weights.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,14 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "chained_mlp_cublas": chain.without("gate_up", "down"),
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
                      "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
-    wanted = os.environ.get("BENCH_DECODE_VARIANTS")
-    if wanted:  # a comma-separated list of the names above, to time only those
-        variants = {name: variants[name] for name in wanted.split(",") if name in variants}
+    wanted = [name for name in os.environ.get("BENCH_DECODE_VARIANTS", "").split(",") if name]
+    if wanted:  # the names above, to time only those
+        unknown = [name for name in wanted if name not in variants]
+        if unknown:
+            print(f"BENCH_DECODE_VARIANTS: no variant {', '.join(map(repr, unknown))} here "
+                  f"(these are: {', '.join(variants)})", file=sys.stderr)
+            raise SystemExit(2)
+        variants = {name: variants[name] for name in wanted}
     found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
     print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()

@@ -419,18 +419,9 @@ def test_rope_tables_on_a_cpu_are_the_same_from_a_process_first_call():
     # torch 2.13's CPU cos, on a process's first call from its worker threads, sometimes returned
     # values up to 1.5e-4 off (angles near 100 rad, the rows a second thread computed): two decode
     # states built in one process then disagreed. Each fresh process here makes its first call.
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from child import child_json
 
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     for _ in range(3):
-        proc = subprocess.run([sys.executable, "-c", ROPE_FIRST_CALL], env=env, capture_output=True, text=True,
-                              check=False, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        found = child_json(ROPE_FIRST_CALL, timeout=300)
         assert found["same_again"]
         assert found["cos_err"] <= 6e-8 and found["sin_err"] <= 6e-8  # within float32 rounding

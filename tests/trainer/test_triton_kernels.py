@@ -8,13 +8,8 @@ TRITON_INTERPRET must be set before Triton is first imported."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from child import child_json
 
 pytest.importorskip("triton")
 
@@ -34,12 +29,7 @@ print(json.dumps({"dtype": str(tokens.dtype), "banned": float(freq[banned].sum()
 
 
 def _interpreted(code: str) -> dict:
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
-        [str(repo)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_json(code, TRITON_INTERPRET="1")
 
 
 def test_race_sample_draws_from_the_softmax_and_never_a_banned_id():
