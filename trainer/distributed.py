@@ -5,11 +5,13 @@ rank ever waits on one that another rank skips.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as _dt
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -83,6 +85,31 @@ def init_distributed() -> Dist:
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with `code`; a rank of a multi-process job skips the interpreter's
+    finalization.
+
+    A gloo worker thread can still be dropping a finished collective's tensors when the main
+    thread has already begun to finalize. The thread needs the GIL to release them, and taking it
+    during finalization ends the thread in the middle of a C++ destructor: the process aborts
+    ("terminate called without an active exception", SIGABRT) after the run was saved and
+    closed, and torchrun reports the job failed. A core dump of
+    tests/trainer/test_torchrun.py showed it, about one run in twenty on a 2-core machine.
+    destroy_process_group does not stop those threads: once DDP has wrapped a model the group
+    stays referenced from C++ until the process ends. So a rank runs the exit handlers (the
+    writer lock's among them), flushes its streams and leaves with os._exit.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or its reader is gone: nothing more to say
+            pass
+    os._exit(code)
 
 
 def wrap_ddp(model: torch.nn.Module, d: Dist) -> tuple[torch.nn.Module, Callable[[], Any]]:

@@ -31,12 +31,12 @@ import torch
 from rltui.runs import disk, localfs
 from trainer import checkpoint, grpo
 from trainer.config import Config
-from trainer.distributed import Dist, init_distributed, wrap_ddp
+from trainer.distributed import Dist, exit_process, init_distributed, wrap_ddp
 from trainer.errors import ConfigError, DownloadFailed
 from trainer.progress import Progress
+from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG
 from trainer.runlog import Phase, RunLog, RunStatus
 from trainer.schedule import DataOrder, build_scheduler, rank_micro_batches
-from trainer.runfiles import PROVENANCE, RESOLVED_CONFIG
 from trainer.session import Session, claim_run, prepare
 
 STALL_ENV = "RLTUI_TEST_STALL_AT_STEP"
@@ -418,4 +418,4 @@ def _test_step_sleep() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
