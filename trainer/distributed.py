@@ -95,8 +95,8 @@ def exit_process(code: int) -> NoReturn:
     thread has already begun to finalize. The thread needs the GIL to release them, and taking it
     during finalization ends the thread in the middle of a C++ destructor: the process aborts
     ("terminate called without an active exception", SIGABRT) after the run was saved and
-    closed, and torchrun reports the job failed. A core dump of
-    tests/trainer/test_torchrun.py showed it, about one run in twenty on a 2-core machine.
+    closed, and torchrun reports the job failed (seen in a core dump of a test_torchrun failure;
+    measured in docs/ARCHITECTURE.md, "Exit").
     destroy_process_group does not stop those threads: once DDP has wrapped a model the group
     stays referenced from C++ until the process ends. So a rank runs the exit handlers (the
     writer lock's among them), flushes its streams and leaves with os._exit.
