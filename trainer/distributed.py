@@ -96,10 +96,10 @@ def exit_process(code: int) -> NoReturn:
     during finalization ends the thread in the middle of a C++ destructor: the process aborts
     ("terminate called without an active exception", SIGABRT) after the run was saved and
     closed, and torchrun reports the job failed (seen in a core dump of a test_torchrun failure;
-    measured in docs/ARCHITECTURE.md, "Exit").
-    destroy_process_group does not stop those threads: once DDP has wrapped a model the group
-    stays referenced from C++ until the process ends. So a rank runs the exit handlers (the
-    writer lock's among them), flushes its streams and leaves with os._exit.
+    measured in docs/ARCHITECTURE.md, "Exit"). destroy_process_group does not stop those
+    threads: once DDP has wrapped a model the group stays referenced from C++ until the process
+    ends. So a rank runs the exit handlers (the writer lock's among them), flushes its streams
+    and leaves with os._exit.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         sys.exit(code)
