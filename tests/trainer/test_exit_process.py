@@ -4,12 +4,11 @@ single process exits the ordinary way."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from child import REPO
+from child import child_env
 
 GLOO_RANK = """
 import torch
@@ -41,8 +40,11 @@ exit_process(3)
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
-    return {**env, "PYTHONPATH": str(REPO), **extra}
+    """The child's environment: the repository on its path, WORLD_SIZE only where given."""
+    env = child_env(**extra)
+    if "WORLD_SIZE" not in extra:
+        env.pop("WORLD_SIZE", None)
+    return env
 
 
 def _run(world_size: str | None) -> subprocess.CompletedProcess:
