@@ -14,9 +14,18 @@ side by side as one tile of R x SB slots, each query scoring against all of it a
 own row's. Same bytes from memory, 1/R of the prompt's reads from L2, R x the multiplies (idle
 tensor cores here), 256 / R programs.
 
+The cascade (`cascade_attention`): in one launch, 16 programs per KV head take a group's prompt
+slots once for all 48 of its queries (a 64-row tile), 128 take one row's own slots and the new
+token as the step's kernel does; each writes its partial softmax and draws a ticket per row, and
+the second to draw merges the row's two parts (split_attention's tickets).
+
 Timing-only forms (`prompt=False`: the prompt's slots are not read, the output is wrong) show
 what the prompt part costs. Each form is timed per fill (slots filled at the step), its output
 compared with the step kernel's (relative error; bf16 output rounding is ~3e-3).
+
+On an H200 (docs/benchmarks.md, issue 18, calls 47-49) every correct form was slower than the
+step's kernel: R rows a program 1.04-3.3x, the cascade 1.44-1.85x. Leaving the prompt out took
+14-36% off (the share the prompt's reads from L2 cost), and no form sharing them got it back.
 """
 
 import argparse
@@ -29,13 +38,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.fused_decode import rope_attention, step_bias  # noqa: E402
-from trainer.qwen2_decode import DecodeState, ModelDims  # noqa: E402
-from trainer.attention_blocks import _attend_block, _new_token  # noqa: E402
-from trainer.triton_base import tl, triton  # noqa: E402
+from trainer.attention_blocks import _attend_block, _new_token
+from trainer.fused_decode import rope_attention, step_bias
+from trainer.qwen2_decode import DecodeState, ModelDims
+from trainer.triton_base import tl, triton
 
 LAYERS, BATCH, CAP = 28, 128, 448
-# (rows a program, slots a row per generated-slot tile, prompt slots per tile, warps, stages, prompt read)
+# rows: (rows a program, slots a row per generated-slot tile, prompt slots per tile, warps, stages,
+# prompt read)
 FORMS = ((1, 64, 64, 4, 3, True), (1, 64, 64, 4, 3, False), (2, 32, 64, 4, 3, True), (2, 64, 64, 4, 3, True),
          (2, 64, 64, 8, 3, True), (2, 32, 64, 4, 4, True), (4, 16, 64, 4, 3, True), (4, 32, 64, 8, 3, True),
          (4, 32, 64, 4, 2, True), (8, 16, 64, 8, 3, True), (2, 64, 64, 4, 3, False), (4, 32, 64, 8, 3, False))
@@ -165,68 +175,69 @@ if triton is not None:
         h = tl.program_id(1)
         dims = tl.arange(0, D)
         shared = tl.load(shared_ptr)
+        # (Triton gives a name assigned in both branches one type: the prompt branch's end in _g.)
         if pid < NG:
-            rot = (dims + HALF) % D
-            sign = tl.where(dims < HALF, -1.0, 1.0)
-            qi = tl.arange(0, GS * HP)
-            q_live = (qi % HP) < GROUPS
-            q_row = pid * GS + qi // HP
-            j = tl.where(q_live, qi % HP, 0)
-            q_head = h * GROUPS + j
-            q_pos = tl.load(pos_ptr + q_row)
-            q_at = qkv_ptr + q_row[:, None] * qkv_stride_b + q_head[:, None] * D
-            q = tl.load(q_at + dims[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
-            q_rot = tl.load(q_at + rot[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
-            cos = tl.load(cos_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
-            sin = tl.load(sin_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
-            q = (q * cos + sign[None, :] * q_rot * sin).to(cache_ptr.dtype.element_ty)
-            m_i = tl.full([GS * HP], NEG, tl.float32)
-            l_i = tl.zeros([GS * HP], tl.float32)
-            acc = tl.zeros([GS * HP, D], tl.float32)
-            leader = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
-            for start in range(0, kv_len if F32_DOT else shared, BLOCK):
-                slots = start + tl.arange(0, BLOCK)
-                inside = slots < shared
-                at = cache_ptr + leader + slots[:, None] * cache_stride_n
-                kk = tl.load(at + dims[None, :], mask=inside[:, None], other=0.0)
-                vv = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
-                bias = tl.load(bias_ptr + q_row[:, None] * bias_stride_b + slots[None, :], mask=inside[None, :],
+            rot_g = (dims + HALF) % D
+            sign_g = tl.where(dims < HALF, -1.0, 1.0)
+            qi_g = tl.arange(0, GS * HP)
+            q_live_g = (qi_g % HP) < GROUPS
+            q_row_g = pid * GS + qi_g // HP
+            j_g = tl.where(q_live_g, qi_g % HP, 0)
+            q_head_g = h * GROUPS + j_g
+            q_pos_g = tl.load(pos_ptr + q_row_g)
+            q_at_g = qkv_ptr + q_row_g[:, None] * qkv_stride_b + q_head_g[:, None] * D
+            q_g = tl.load(q_at_g + dims[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
+            q_rot_g = tl.load(q_at_g + rot_g[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
+            cos_g = tl.load(cos_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
+            sin_g = tl.load(sin_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
+            q_g = (q_g * cos_g + sign_g[None, :] * q_rot_g * sin_g).to(cache_ptr.dtype.element_ty)
+            m_i_g = tl.full([GS * HP], NEG, tl.float32)
+            l_i_g = tl.zeros([GS * HP], tl.float32)
+            acc_g = tl.zeros([GS * HP, D], tl.float32)
+            leader_g = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
+            for start_g in range(0, kv_len if F32_DOT else shared, BLOCK):
+                slots_g = start_g + tl.arange(0, BLOCK)
+                inside_g = slots_g < shared
+                at_g = cache_ptr + leader_g + slots_g[:, None] * cache_stride_n
+                kk_g = tl.load(at_g + dims[None, :], mask=inside_g[:, None], other=0.0)
+                vv_g = tl.load(at_g + D + dims[None, :], mask=inside_g[:, None], other=0.0)
+                bias_g = tl.load(bias_ptr + q_row_g[:, None] * bias_stride_b + slots_g[None, :], mask=inside_g[None, :],
                                other=float("-inf")).to(tl.float32)
                 if F32_DOT:
-                    sc = tl.dot(q.to(tl.float32), tl.trans(kk.to(tl.float32)))
+                    sc_g = tl.dot(q_g.to(tl.float32), tl.trans(kk_g.to(tl.float32)))
                 else:
-                    sc = tl.dot(q, tl.trans(kk))
-                sc = sc * scale + bias
-                m_new = tl.maximum(m_i, tl.max(sc, 1))
-                alpha = tl.exp(m_i - m_new)
-                pr = tl.exp(sc - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(pr, 1)
+                    sc_g = tl.dot(q_g, tl.trans(kk_g))
+                sc_g = sc_g * scale + bias_g
+                m_new_g = tl.maximum(m_i_g, tl.max(sc_g, 1))
+                alpha_g = tl.exp(m_i_g - m_new_g)
+                pr_g = tl.exp(sc_g - m_new_g[:, None])
+                l_i_g = l_i_g * alpha_g + tl.sum(pr_g, 1)
                 if F32_DOT:
-                    acc = acc * alpha[:, None] + tl.dot(pr, vv.to(tl.float32))
+                    acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g, vv_g.to(tl.float32))
                 else:
-                    acc = acc * alpha[:, None] + tl.dot(pr.to(vv.dtype), vv)
-                m_i = m_new
-            pair = q_row * KV_HEADS + h
-            part_acc = part_acc_ptr + pair[:, None] * 2 * GROUPS * D + j[:, None] * D + dims[None, :]
-            part_ml = part_ml_ptr + pair * 4 * GROUPS + j
-            tl.store(part_acc, acc, mask=q_live[:, None])
-            tl.store(part_ml, m_i, mask=q_live)
-            tl.store(part_ml + GROUPS, l_i, mask=q_live)
+                    acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g.to(vv_g.dtype), vv_g)
+                m_i_g = m_new_g
+            pair_g = q_row_g * KV_HEADS + h
+            part_acc_g = part_acc_ptr + pair_g[:, None] * 2 * GROUPS * D + j_g[:, None] * D + dims[None, :]
+            part_ml_g = part_ml_ptr + pair_g * 4 * GROUPS + j_g
+            tl.store(part_acc_g, acc_g, mask=q_live_g[:, None])
+            tl.store(part_ml_g, m_i_g, mask=q_live_g)
+            tl.store(part_ml_g + GROUPS, l_i_g, mask=q_live_g)
             tl.debug_barrier()
-            rows = pid * GS + tl.arange(0, GS)
-            tickets = tl.atomic_add(ticket_ptr + rows * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
+            rows_g = pid * GS + tl.arange(0, GS)
+            tickets_g = tl.atomic_add(ticket_ptr + rows_g * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
             tl.debug_barrier()
-            second = tl.reshape(tl.broadcast_to((tickets == 1)[:, None], [GS, HP]), [GS * HP]) & q_live
-            m_s = tl.load(part_ml + 2 * GROUPS, mask=second, other=NEG, cache_modifier=".cg")
-            l_s = tl.load(part_ml + 3 * GROUPS, mask=second, other=0.0, cache_modifier=".cg")
-            acc_s = tl.load(part_acc + GROUPS * D, mask=second[:, None], other=0.0, cache_modifier=".cg")
-            m_all = tl.maximum(m_i, m_s)
-            w_p = tl.exp(m_i - m_all)
-            w_s = tl.exp(m_s - m_all)
-            out = (acc * w_p[:, None] + acc_s * w_s[:, None]) / tl.where(second, l_i * w_p + l_s * w_s, 1.0)[:, None]
-            tl.store(out_ptr + q_row[:, None] * out_stride_b + q_head[:, None] * D + dims[None, :],
-                     out.to(out_ptr.dtype.element_ty), mask=second[:, None])
-            tl.store(ticket_ptr + rows * KV_HEADS + h, 0, mask=tickets == 1)
+            second_g = tl.reshape(tl.broadcast_to((tickets_g == 1)[:, None], [GS, HP]), [GS * HP]) & q_live_g
+            m_s_g = tl.load(part_ml_g + 2 * GROUPS, mask=second_g, other=NEG, cache_modifier=".cg")
+            l_s_g = tl.load(part_ml_g + 3 * GROUPS, mask=second_g, other=0.0, cache_modifier=".cg")
+            acc_s_g = tl.load(part_acc_g + GROUPS * D, mask=second_g[:, None], other=0.0, cache_modifier=".cg")
+            m_all_g = tl.maximum(m_i_g, m_s_g)
+            w_p_g = tl.exp(m_i_g - m_all_g)
+            w_s_g = tl.exp(m_s_g - m_all_g)
+            out_g = (acc_g * w_p_g[:, None] + acc_s_g * w_s_g[:, None]) / tl.where(second_g, l_i_g * w_p_g + l_s_g * w_s_g, 1.0)[:, None]
+            tl.store(out_ptr + q_row_g[:, None] * out_stride_b + q_head_g[:, None] * D + dims[None, :],
+                     out_g.to(out_ptr.dtype.element_ty), mask=second_g[:, None])
+            tl.store(ticket_ptr + rows_g * KV_HEADS + h, 0, mask=tickets_g == 1)
         else:
             b = pid - NG
             rows_m = tl.arange(0, BLOCK_M)
@@ -380,6 +391,38 @@ def _written(dims, qkv, state, cache, bias, kv):
     return done
 
 
+def measure(dims: ModelDims, kv: int, filled: int) -> dict:
+    """Every form and the step's kernel at one fill, 28 layers in one graph each (ms a step)."""
+    from trainer.triton_products import _graph_ms
+    state, qkv, bias = setup(torch.device("cuda"), LAYERS, BATCH, CAP, dims, filled, kv)
+    caches = [state.kv_cache[i] for i in range(LAYERS)]
+
+    def step_kernel(cache):
+        return rope_attention(dims, qkv, state, cache, bias, kv)
+
+    want = step_kernel(caches[0]).float()
+    base = _graph_ms(lambda: [step_kernel(c) for c in caches], replays=30)
+    line = {"kv": kv, "filled": filled, "step_kernel_ms": base, "forms": []}
+    print(f"kv {kv} filled {filled}: step kernel {base:.4f} ms for {LAYERS} layers", flush=True)
+    kinds = [("rows", form, rows_attention) for form in FORMS] + [("cascade", form, cascade_attention)
+                                                                 for form in CASCADE_FORMS]
+    for kind, form, attention in kinds:
+        def run(cache, form=form, attention=attention):
+            return attention(dims, qkv, state, cache, bias, kv, form)
+        try:
+            err = float((run(caches[0]).float() - want).norm() / want.norm())
+            ms = _graph_ms(lambda run=run: [run(c) for c in caches], replays=30)
+        except Exception as exc:  # noqa: BLE001 - a form that does not compile or run is the finding
+            print(f"  {kind} {form}: {exc!r:.2000}", flush=True)
+            torch.cuda.synchronize()
+            continue
+        line["forms"].append({kind: form, "ms": ms, "rel_err": err})
+        print(f"  {kind} {form}: {ms:.4f} ms ({ms / base:.3f}x) rel err {err:.1e}", flush=True)
+    line["step_kernel_again_ms"] = _graph_ms(lambda: [step_kernel(c) for c in caches], replays=30)
+    print(f"  step kernel again {line['step_kernel_again_ms']:.4f} ms", flush=True)
+    return line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
@@ -387,53 +430,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.check:
         return check()
-    from trainer.triton_products import _graph_ms
-    dev = torch.device("cuda")
     dims = ModelDims(layers=LAYERS, hidden=1536, heads=12, kv_heads=2, head_dim=128, intermediate=8960,
                      vocab=151936, eps=1e-6, rope_theta=1e6)
     print(torch.cuda.get_device_name(), flush=True)
-    results = []
-    for kv, filled in ((384, 383), (256, 255), (192, 160)):
-        state, qkv, bias = setup(dev, LAYERS, BATCH, CAP, dims, filled, kv)
-        caches = [state.kv_cache[i] for i in range(LAYERS)]
-        want = rope_attention(dims, qkv, state, caches[0], bias, kv).float()
-        base = _graph_ms(lambda: [rope_attention(dims, qkv, state, c, bias, kv) for c in caches], replays=30)
-        line = {"kv": kv, "filled": filled, "step_kernel_ms": base, "forms": []}
-        print(f"kv {kv} filled {filled}: step kernel {base:.4f} ms for {LAYERS} layers", flush=True)
-        for form in FORMS:
-            try:
-                err = float((rows_attention(dims, qkv, state, caches[0], bias, kv, form).float() - want).norm()
-                            / want.norm())
-                ms = _graph_ms(lambda form=form: [rows_attention(dims, qkv, state, c, bias, kv, form)
-                                                  for c in caches], replays=30)
-            except Exception as exc:  # noqa: BLE001
-                print(f"  {form}: {exc!r:.300}", flush=True)
-                torch.cuda.synchronize()
-                continue
-            line["forms"].append({"form": form, "ms": ms, "rel_err": err})
-            print(f"  rows {form[0]} sb {form[1]} pb {form[2]} warps {form[3]} stages {form[4]} prompt {form[5]}: "
-                  f"{ms:.4f} ms ({ms / base:.3f}x) rel err {err:.1e}", flush=True)
-        for form in CASCADE_FORMS:
-            try:
-                err = float((cascade_attention(dims, qkv, state, caches[0], bias, kv, form).float() - want).norm()
-                            / want.norm())
-                ms = _graph_ms(lambda form=form: [cascade_attention(dims, qkv, state, c, bias, kv, form)
-                                                  for c in caches], replays=30)
-            except Exception as exc:  # noqa: BLE001
-                print(f"  cascade {form}: {exc!r:.300}", flush=True)
-                torch.cuda.synchronize()
-                continue
-            line["forms"].append({"cascade": form, "ms": ms, "rel_err": err})
-            print(f"  cascade group {form[0]} block {form[1]} warps {form[2]} stages {form[3]}: "
-                  f"{ms:.4f} ms ({ms / base:.3f}x) rel err {err:.1e}", flush=True)
-        again = _graph_ms(lambda: [rope_attention(dims, qkv, state, c, bias, kv) for c in caches], replays=30)
-        line["step_kernel_again_ms"] = again
-        print(f"  step kernel again {again:.4f} ms", flush=True)
-        results.append(line)
+    results = [measure(dims, kv, filled) for kv, filled in ((384, 383), (256, 255), (192, 160))]
     if args.out:
         Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "results": results}, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") == "1" and "--check" not in sys.argv:
