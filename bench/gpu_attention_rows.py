@@ -25,7 +25,8 @@ compared with the step kernel's (relative error; bf16 output rounding is ~3e-3).
 
 On an H200 (docs/benchmarks.md, issue 18, calls 47-49) every correct form was slower than the
 step's kernel: R rows a program 1.04-3.3x, the cascade 1.44-1.85x. Leaving the prompt out took
-14-36% off (the share the prompt's reads from L2 cost), and no form sharing them got it back.
+19-40% off the same code (the share the prompt's reads from L2 cost), and no form sharing them
+got it back.
 """
 
 import argparse
