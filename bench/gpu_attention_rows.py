@@ -50,8 +50,9 @@ LAYERS, BATCH, CAP = 28, 128, 448
 FORMS = ((1, 64, 64, 4, 3, True), (1, 64, 64, 4, 3, False), (2, 32, 64, 4, 3, True), (2, 64, 64, 4, 3, True),
          (2, 64, 64, 8, 3, True), (2, 32, 64, 4, 4, True), (4, 16, 64, 4, 3, True), (4, 32, 64, 8, 3, True),
          (4, 32, 64, 4, 2, True), (8, 16, 64, 8, 3, True), (2, 64, 64, 4, 3, False), (4, 32, 64, 8, 3, False))
-# (rows a group, slots per block, warps, stages)
-CASCADE_FORMS = ((8, 64, 4, 3), (8, 64, 8, 3), (8, 128, 8, 2), (8, 64, 4, 4), (8, 32, 4, 3))
+# cascade: (rows a group, slots per block, warps, stages, launches)
+CASCADE_FORMS = ((8, 64, 4, 3, "one"), (8, 64, 4, 3, "two"), (8, 64, 4, 3, "side"), (8, 32, 4, 3, "side"),
+                 (8, 128, 8, 2, "side"), (8, 64, 8, 3, "side"))
 
 if triton is not None:
     @triton.jit
@@ -161,138 +162,181 @@ if triton is not None:
     NEG = tl.constexpr(-1.0e30)
 
     @triton.jit
+    def _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr, part_acc_ptr,
+                    part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
+                    bias_stride_b, out_stride_b,
+                    kv_len: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                    GROUPS: tl.constexpr, D: tl.constexpr, GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
+        # A group's prompt slots for all its GS rows' queries (part 0).
+        HALF: tl.constexpr = D // 2
+        rot_g = (dims + HALF) % D
+        sign_g = tl.where(dims < HALF, -1.0, 1.0)
+        qi_g = tl.arange(0, GS * HP)
+        q_live_g = (qi_g % HP) < GROUPS
+        q_row_g = pid * GS + qi_g // HP
+        j_g = tl.where(q_live_g, qi_g % HP, 0)
+        q_head_g = h * GROUPS + j_g
+        q_pos_g = tl.load(pos_ptr + q_row_g)
+        q_at_g = qkv_ptr + q_row_g[:, None] * qkv_stride_b + q_head_g[:, None] * D
+        q_g = tl.load(q_at_g + dims[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
+        q_rot_g = tl.load(q_at_g + rot_g[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
+        cos_g = tl.load(cos_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
+        sin_g = tl.load(sin_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
+        q_g = (q_g * cos_g + sign_g[None, :] * q_rot_g * sin_g).to(cache_ptr.dtype.element_ty)
+        m_i_g = tl.full([GS * HP], NEG, tl.float32)
+        l_i_g = tl.zeros([GS * HP], tl.float32)
+        acc_g = tl.zeros([GS * HP, D], tl.float32)
+        leader_g = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
+        for start_g in range(0, kv_len if F32_DOT else shared, BLOCK):
+            slots_g = start_g + tl.arange(0, BLOCK)
+            inside_g = slots_g < shared
+            at_g = cache_ptr + leader_g + slots_g[:, None] * cache_stride_n
+            kk_g = tl.load(at_g + dims[None, :], mask=inside_g[:, None], other=0.0)
+            vv_g = tl.load(at_g + D + dims[None, :], mask=inside_g[:, None], other=0.0)
+            bias_g = tl.load(bias_ptr + q_row_g[:, None] * bias_stride_b + slots_g[None, :], mask=inside_g[None, :],
+                           other=float("-inf")).to(tl.float32)
+            if F32_DOT:
+                sc_g = tl.dot(q_g.to(tl.float32), tl.trans(kk_g.to(tl.float32)))
+            else:
+                sc_g = tl.dot(q_g, tl.trans(kk_g))
+            sc_g = sc_g * scale + bias_g
+            m_new_g = tl.maximum(m_i_g, tl.max(sc_g, 1))
+            alpha_g = tl.exp(m_i_g - m_new_g)
+            pr_g = tl.exp(sc_g - m_new_g[:, None])
+            l_i_g = l_i_g * alpha_g + tl.sum(pr_g, 1)
+            if F32_DOT:
+                acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g, vv_g.to(tl.float32))
+            else:
+                acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g.to(vv_g.dtype), vv_g)
+            m_i_g = m_new_g
+        pair_g = q_row_g * KV_HEADS + h
+        part_acc_g = part_acc_ptr + pair_g[:, None] * 2 * GROUPS * D + j_g[:, None] * D + dims[None, :]
+        part_ml_g = part_ml_ptr + pair_g * 4 * GROUPS + j_g
+        tl.store(part_acc_g, acc_g, mask=q_live_g[:, None])
+        tl.store(part_ml_g, m_i_g, mask=q_live_g)
+        tl.store(part_ml_g + GROUPS, l_i_g, mask=q_live_g)
+        tl.debug_barrier()
+        rows_g = pid * GS + tl.arange(0, GS)
+        tickets_g = tl.atomic_add(ticket_ptr + rows_g * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
+        tl.debug_barrier()
+        second_g = tl.reshape(tl.broadcast_to((tickets_g == 1)[:, None], [GS, HP]), [GS * HP]) & q_live_g
+        m_s_g = tl.load(part_ml_g + 2 * GROUPS, mask=second_g, other=NEG, cache_modifier=".cg")
+        l_s_g = tl.load(part_ml_g + 3 * GROUPS, mask=second_g, other=0.0, cache_modifier=".cg")
+        acc_s_g = tl.load(part_acc_g + GROUPS * D, mask=second_g[:, None], other=0.0, cache_modifier=".cg")
+        m_all_g = tl.maximum(m_i_g, m_s_g)
+        w_p_g = tl.exp(m_i_g - m_all_g)
+        w_s_g = tl.exp(m_s_g - m_all_g)
+        out_g = (acc_g * w_p_g[:, None] + acc_s_g * w_s_g[:, None]) / tl.where(second_g, l_i_g * w_p_g + l_s_g * w_s_g, 1.0)[:, None]
+        tl.store(out_ptr + q_row_g[:, None] * out_stride_b + q_head_g[:, None] * D + dims[None, :],
+                 out_g.to(out_ptr.dtype.element_ty), mask=second_g[:, None])
+        tl.store(ticket_ptr + rows_g * KV_HEADS + h, 0, mask=tickets_g == 1)
+
+    @triton.jit
+    def _cascade_suffix(b, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr, part_acc_ptr,
+                    part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
+                    bias_stride_b, out_stride_b,
+                    kv_len: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                    GROUPS: tl.constexpr, D: tl.constexpr, GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
+        # One row's own slots and the new token (part 1), as the step's kernel.
+        HALF: tl.constexpr = D // 2
+        rows_m = tl.arange(0, BLOCK_M)
+        live = rows_m < GROUPS
+        heads = h * GROUPS + rows_m
+        slot = tl.load(write_ptr)
+        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, 0,
+                                           qkv_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
+                                           BLOCK_M, 0, False)
+        own = b * cache_stride_b + h * cache_stride_h
+        entry = cache_ptr + own + slot * cache_stride_n
+        halves = tl.arange(0, HALF)
+        filled = tl.minimum(slot, kv_len)
+        tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
+        m_i = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32)[None, :], 1)
+               + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
+        l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
+        for start in range(0 if F32_DOT else shared, kv_len if F32_DOT else filled, BLOCK):
+            slots = start + tl.arange(0, BLOCK)
+            inside = (slots >= shared) & (slots < filled)
+            at = cache_ptr + own + slots[:, None] * cache_stride_n
+            bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
+            m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
+        pair = b * KV_HEADS + h
+        part_acc = part_acc_ptr + pair * 2 * GROUPS * D + rows_m[:, None] * D + dims[None, :]
+        part_ml = part_ml_ptr + pair * 4 * GROUPS + rows_m
+        tl.store(part_acc + GROUPS * D, acc, mask=live[:, None])
+        tl.store(part_ml + 2 * GROUPS, m_i, mask=live)
+        tl.store(part_ml + 3 * GROUPS, l_i, mask=live)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel", scope="gpu")
+        tl.debug_barrier()
+        if ticket == 1:
+            m_p = tl.load(part_ml, mask=live, other=NEG, cache_modifier=".cg")
+            l_p = tl.load(part_ml + GROUPS, mask=live, other=0.0, cache_modifier=".cg")
+            acc_p = tl.load(part_acc, mask=live[:, None], other=0.0, cache_modifier=".cg")
+            m_all = tl.maximum(m_p, m_i)
+            w_p = tl.exp(m_p - m_all)
+            w_s = tl.exp(m_i - m_all)
+            out = (acc_p * w_p[:, None] + acc * w_s[:, None]) / tl.where(live, l_p * w_p + l_i * w_s, 1.0)[:, None]
+            tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=live[:, None])
+            tl.store(ticket_ptr + pair, 0)
+
+    @triton.jit
     def _cascade_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr, bias_ptr,
                         out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
                         cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len: tl.constexpr,
                         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr,
                         GS: tl.constexpr, NG: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
+                        BLOCK: tl.constexpr, F32_DOT: tl.constexpr, PART: tl.constexpr):
         # Programs [0, NG): a group's prompt slots for all its GS rows' queries (part 0); programs
         # [NG, NG + batch): one row's own slots and the new token (part 1), as the step's kernel.
         # Each writes its partial softmax and draws a ticket per row; the second to draw merges
         # the row's two parts (prompt first: the same sum whoever merges) and resets the ticket.
-        HALF: tl.constexpr = D // 2
+        # PART 1: the prompt programs alone (grid NG), 2: the row programs alone (grid batch), each
+        # kernel sized for its own part (two launches, which may run side by side).
         pid = tl.program_id(0)
         h = tl.program_id(1)
         dims = tl.arange(0, D)
         shared = tl.load(shared_ptr)
-        # (Triton gives a name assigned in both branches one type: the prompt branch's end in _g.)
-        if pid < NG:
-            rot_g = (dims + HALF) % D
-            sign_g = tl.where(dims < HALF, -1.0, 1.0)
-            qi_g = tl.arange(0, GS * HP)
-            q_live_g = (qi_g % HP) < GROUPS
-            q_row_g = pid * GS + qi_g // HP
-            j_g = tl.where(q_live_g, qi_g % HP, 0)
-            q_head_g = h * GROUPS + j_g
-            q_pos_g = tl.load(pos_ptr + q_row_g)
-            q_at_g = qkv_ptr + q_row_g[:, None] * qkv_stride_b + q_head_g[:, None] * D
-            q_g = tl.load(q_at_g + dims[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
-            q_rot_g = tl.load(q_at_g + rot_g[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
-            cos_g = tl.load(cos_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
-            sin_g = tl.load(sin_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
-            q_g = (q_g * cos_g + sign_g[None, :] * q_rot_g * sin_g).to(cache_ptr.dtype.element_ty)
-            m_i_g = tl.full([GS * HP], NEG, tl.float32)
-            l_i_g = tl.zeros([GS * HP], tl.float32)
-            acc_g = tl.zeros([GS * HP, D], tl.float32)
-            leader_g = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
-            for start_g in range(0, kv_len if F32_DOT else shared, BLOCK):
-                slots_g = start_g + tl.arange(0, BLOCK)
-                inside_g = slots_g < shared
-                at_g = cache_ptr + leader_g + slots_g[:, None] * cache_stride_n
-                kk_g = tl.load(at_g + dims[None, :], mask=inside_g[:, None], other=0.0)
-                vv_g = tl.load(at_g + D + dims[None, :], mask=inside_g[:, None], other=0.0)
-                bias_g = tl.load(bias_ptr + q_row_g[:, None] * bias_stride_b + slots_g[None, :], mask=inside_g[None, :],
-                               other=float("-inf")).to(tl.float32)
-                if F32_DOT:
-                    sc_g = tl.dot(q_g.to(tl.float32), tl.trans(kk_g.to(tl.float32)))
-                else:
-                    sc_g = tl.dot(q_g, tl.trans(kk_g))
-                sc_g = sc_g * scale + bias_g
-                m_new_g = tl.maximum(m_i_g, tl.max(sc_g, 1))
-                alpha_g = tl.exp(m_i_g - m_new_g)
-                pr_g = tl.exp(sc_g - m_new_g[:, None])
-                l_i_g = l_i_g * alpha_g + tl.sum(pr_g, 1)
-                if F32_DOT:
-                    acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g, vv_g.to(tl.float32))
-                else:
-                    acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g.to(vv_g.dtype), vv_g)
-                m_i_g = m_new_g
-            pair_g = q_row_g * KV_HEADS + h
-            part_acc_g = part_acc_ptr + pair_g[:, None] * 2 * GROUPS * D + j_g[:, None] * D + dims[None, :]
-            part_ml_g = part_ml_ptr + pair_g * 4 * GROUPS + j_g
-            tl.store(part_acc_g, acc_g, mask=q_live_g[:, None])
-            tl.store(part_ml_g, m_i_g, mask=q_live_g)
-            tl.store(part_ml_g + GROUPS, l_i_g, mask=q_live_g)
-            tl.debug_barrier()
-            rows_g = pid * GS + tl.arange(0, GS)
-            tickets_g = tl.atomic_add(ticket_ptr + rows_g * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
-            tl.debug_barrier()
-            second_g = tl.reshape(tl.broadcast_to((tickets_g == 1)[:, None], [GS, HP]), [GS * HP]) & q_live_g
-            m_s_g = tl.load(part_ml_g + 2 * GROUPS, mask=second_g, other=NEG, cache_modifier=".cg")
-            l_s_g = tl.load(part_ml_g + 3 * GROUPS, mask=second_g, other=0.0, cache_modifier=".cg")
-            acc_s_g = tl.load(part_acc_g + GROUPS * D, mask=second_g[:, None], other=0.0, cache_modifier=".cg")
-            m_all_g = tl.maximum(m_i_g, m_s_g)
-            w_p_g = tl.exp(m_i_g - m_all_g)
-            w_s_g = tl.exp(m_s_g - m_all_g)
-            out_g = (acc_g * w_p_g[:, None] + acc_s_g * w_s_g[:, None]) / tl.where(second_g, l_i_g * w_p_g + l_s_g * w_s_g, 1.0)[:, None]
-            tl.store(out_ptr + q_row_g[:, None] * out_stride_b + q_head_g[:, None] * D + dims[None, :],
-                     out_g.to(out_ptr.dtype.element_ty), mask=second_g[:, None])
-            tl.store(ticket_ptr + rows_g * KV_HEADS + h, 0, mask=tickets_g == 1)
+        if PART == 1:
+            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
+                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
+                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+        elif PART == 2:
+            _cascade_suffix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
+                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
+                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+        elif pid < NG:
+            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
+                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
+                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
         else:
-            b = pid - NG
-            rows_m = tl.arange(0, BLOCK_M)
-            live = rows_m < GROUPS
-            heads = h * GROUPS + rows_m
-            slot = tl.load(write_ptr)
-            q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, 0,
-                                               qkv_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
-                                               BLOCK_M, 0, False)
-            own = b * cache_stride_b + h * cache_stride_h
-            entry = cache_ptr + own + slot * cache_stride_n
-            halves = tl.arange(0, HALF)
-            filled = tl.minimum(slot, kv_len)
-            tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
-            m_i = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32)[None, :], 1)
-                   + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
-            l_i = tl.full([BLOCK_M], 1.0, tl.float32)
-            acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
-            for start in range(0 if F32_DOT else shared, kv_len if F32_DOT else filled, BLOCK):
-                slots = start + tl.arange(0, BLOCK)
-                inside = (slots >= shared) & (slots < filled)
-                at = cache_ptr + own + slots[:, None] * cache_stride_n
-                bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
-                m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
-            pair = b * KV_HEADS + h
-            part_acc = part_acc_ptr + pair * 2 * GROUPS * D + rows_m[:, None] * D + dims[None, :]
-            part_ml = part_ml_ptr + pair * 4 * GROUPS + rows_m
-            tl.store(part_acc + GROUPS * D, acc, mask=live[:, None])
-            tl.store(part_ml + 2 * GROUPS, m_i, mask=live)
-            tl.store(part_ml + 3 * GROUPS, l_i, mask=live)
-            tl.debug_barrier()
-            ticket = tl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel", scope="gpu")
-            tl.debug_barrier()
-            if ticket == 1:
-                m_p = tl.load(part_ml, mask=live, other=NEG, cache_modifier=".cg")
-                l_p = tl.load(part_ml + GROUPS, mask=live, other=0.0, cache_modifier=".cg")
-                acc_p = tl.load(part_acc, mask=live[:, None], other=0.0, cache_modifier=".cg")
-                m_all = tl.maximum(m_p, m_i)
-                w_p = tl.exp(m_p - m_all)
-                w_s = tl.exp(m_i - m_all)
-                out = (acc_p * w_p[:, None] + acc * w_s[:, None]) / tl.where(live, l_p * w_p + l_i * w_s, 1.0)[:, None]
-                tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
-                         out.to(out_ptr.dtype.element_ty), mask=live[:, None])
-                tl.store(ticket_ptr + pair, 0)
+            _cascade_suffix(pid - NG, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
+                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
+                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+
 
 
 _CASCADE_WS: dict = {}
 
 
+_SIDE: list = []
+
+
 def cascade_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_len: int, form) -> torch.Tensor:
-    """Groups of `gs` consecutive rows share their prompt (their leader is the group's first row)."""
-    gs, block, warps, stages = form
+    """Groups of `gs` consecutive rows share their prompt (their leader is the group's first row).
+    `launches`: "one" (both parts in one grid), "two" (the prompt's kernel, then the rows'), "side"
+    (the prompt's kernel on a second stream, side by side with the rows')."""
+    gs, block, warps, stages, launches = form
     batch, groups = qkv.shape[0], dims.heads // dims.kv_heads
     key = (str(qkv.device), batch, dims.kv_heads, groups, dims.head_dim)
     if key not in _CASCADE_WS:
@@ -303,15 +347,29 @@ def cascade_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_
     part_acc, part_ml, tickets = _CASCADE_WS[key]
     out = torch.empty(batch, dims.q_size, device=qkv.device, dtype=cache.dtype)
     cuda = qkv.device.type == "cuda"
-    _cascade_kernel[(batch // gs + batch, dims.kv_heads)](
-        qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
-        out, part_acc, part_ml, tickets, float(dims.head_dim ** -0.5), qkv.stride(0), cache.stride(0),
-        cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0), kv_len=kv_len, HEADS=dims.heads,
-        KV_HEADS=dims.kv_heads, GROUPS=groups, D=dims.head_dim, GS=gs, NG=batch // gs,
-        HP=triton.next_power_of_2(groups), BLOCK_M=max(16, triton.next_power_of_2(groups)), BLOCK=block,
-        F32_DOT=not cuda, num_warps=warps, num_stages=stages)
+    args = (qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
+            out, part_acc, part_ml, tickets, float(dims.head_dim ** -0.5), qkv.stride(0), cache.stride(0),
+            cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0))
+    shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": dims.head_dim,
+             "GS": gs, "NG": batch // gs, "HP": triton.next_power_of_2(groups),
+             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "BLOCK": block, "F32_DOT": not cuda,
+             "num_warps": warps, "num_stages": stages}
+    if launches == "one":
+        _cascade_kernel[(batch // gs + batch, dims.kv_heads)](*args, PART=0, **shape)
+        return out
+    if launches == "side" and cuda:
+        if not _SIDE:
+            _SIDE.append(torch.cuda.Stream(qkv.device))
+        side, main = _SIDE[0], torch.cuda.current_stream(qkv.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            _cascade_kernel[(batch // gs, dims.kv_heads)](*args, PART=1, **shape)
+        _cascade_kernel[(batch, dims.kv_heads)](*args, PART=2, **shape)
+        main.wait_stream(side)
+        return out
+    _cascade_kernel[(batch // gs, dims.kv_heads)](*args, PART=1, **shape)
+    _cascade_kernel[(batch, dims.kv_heads)](*args, PART=2, **shape)
     return out
-
 
 def rows_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_len: int, form) -> torch.Tensor:
     rows, sb, pb, warps, stages, prompt = form
@@ -372,7 +430,7 @@ def check() -> int:
         state.shared.fill_(min(12, filled))
         cache = state.kv_cache[0]
         want = rope_attention(dims, qkv, state, cache.clone(), bias, kv).float()
-        for form in ((8, 16, 4, 3), (8, 8, 4, 3)):
+        for form in ((8, 16, 4, 3, "one"), (8, 8, 4, 3, "two")):
             for again in range(2):  # the tickets are back at 0 after each call
                 got_cache = cache.clone()
                 got = cascade_attention(dims, qkv, state, got_cache, bias, kv, form).float()
