@@ -23,8 +23,9 @@ Timing-only forms (`prompt=False`: the prompt's slots are not read, the output i
 what the prompt part costs. Each form is timed per fill (slots filled at the step), its output
 compared with the step kernel's (relative error; bf16 output rounding is ~3e-3).
 
-On an H200 (docs/benchmarks.md, issue 18, calls 47-49) every correct form was slower than the
-step's kernel: R rows a program 1.04-3.3x, the cascade 1.44-1.85x. Leaving the prompt out took
+On an H200 (docs/benchmarks.md, issue 18, calls 47-50) every correct form was slower than the
+step's kernel: R rows a program 1.04-3.3x, the cascade in one launch 1.44-1.85x, as two kernels
+side by side on two streams 1.13-1.51x (call 50). Leaving the prompt out took
 19-40% off the same code (the share the prompt's reads from L2 cost), and no form sharing them
 got it back.
 """
