@@ -77,25 +77,14 @@ if triton is not None:
         return q1.to(dtype), q2.to(dtype), k1.to(dtype), k2.to(dtype), v_new
 
     @triton.jit
-    def _load_block(at, inside, D: tl.constexpr):
-        # One block of cached slots: the key's halves and the value (rows outside `inside` not read).
+    def _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D: tl.constexpr, F32_DOT: tl.constexpr):
+        # One block of cached slots (key | value rows at `at`, those outside `inside` not read)
+        # into the online softmax's running max, sum and unnormalised output.
         HALF: tl.constexpr = D // 2
         halves = tl.arange(0, HALF)
         c1 = tl.load(at + halves[None, :], mask=inside[:, None], other=0.0)
         c2 = tl.load(at + HALF + halves[None, :], mask=inside[:, None], other=0.0)
         v = tl.load(at + D + tl.arange(0, D)[None, :], mask=inside[:, None], other=0.0)
-        return c1, c2, v
-
-    @triton.jit
-    def _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D: tl.constexpr, F32_DOT: tl.constexpr):
-        # One block of cached slots (key | value rows at `at`, those outside `inside` not read)
-        # into the online softmax's running max, sum and unnormalised output.
-        c1, c2, v = _load_block(at, inside, D)
-        return _attend_tiles(q1, q2, c1, c2, v, bias, m_i, l_i, acc, scale, F32_DOT)
-
-    @triton.jit
-    def _attend_tiles(q1, q2, c1, c2, v, bias, m_i, l_i, acc, scale, F32_DOT: tl.constexpr):
-        # _attend_block on a block already loaded.
         if F32_DOT:  # Triton's interpreter multiplies bf16 tiles wrongly: the tests use float32
             s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
         else:
@@ -120,8 +109,7 @@ def autotuned(kernel, key: list[str]):
 
 def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
            bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
-           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None, early: bool = False
-           ) -> torch.Tensor:
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
     through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
@@ -141,8 +129,6 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
              "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
     grid = (batch, dims.kv_heads)
-    if early:  # fused_decode's kernel: its first block loaded before the new token (EARLY)
-        shape["EARLY"] = True
     if splits is not None:
         shape["SPLITS"] = splits
         grid = (*grid, splits)

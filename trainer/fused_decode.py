@@ -39,7 +39,6 @@ from trainer.triton_base import runs_on, tl, triton
 from trainer.triton_products import DecodeProducts
 
 SPLITS_ENV = "RLTUI_DECODE_ATTENTION_SPLITS"
-EARLY_ENV = "RLTUI_DECODE_ATTENTION_EARLY"
 
 
 def available(device: torch.device) -> bool:
@@ -49,12 +48,7 @@ def available(device: torch.device) -> bool:
 if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-    from trainer.attention_blocks import (
-        _attend_block,
-        _attend_tiles,
-        _load_block,
-        _new_token,
-    )
+    from trainer.attention_blocks import _attend_block, _new_token
 
     @triton.jit
     def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr,
@@ -62,8 +56,7 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
-                               EARLY: tl.constexpr = False):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
         HALF: tl.constexpr = D // 2
         if PDL:  # the chained step: everything read below may come from the kernel before
             gdc_wait()
@@ -76,6 +69,9 @@ if triton is not None:
         heads = h * GROUPS + rows
         live_rows = rows < GROUPS
         slot = tl.load(write_ptr)
+        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
+                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
+                                           BLOCK_M, PARTS, HAS_BIAS)
         own = b * cache_stride_b + h * cache_stride_h
         entry = cache_ptr + own + slot * cache_stride_n
         # The first `shared` slots (the prompt, written by the prefill) are the same in every row
@@ -86,37 +82,21 @@ if triton is not None:
         # Slots at or past this step's are not filled yet (the new one is handled here): the loop
         # stops at the last filled slot, not at the end of the attention bucket.
         filled = tl.minimum(slot, kv_len)
-        if EARLY:  # the first block's loads go out before the new token's, the cache write after the loop
-            first = tl.arange(0, BLOCK)
-            first_in = first < filled
-            first_at = cache_ptr + tl.where(first < shared, leader, own)[:, None] + first[:, None] * cache_stride_n
-            c1, c2, v0 = _load_block(first_at, first_in, D)
-            bias0 = tl.load(bias_ptr + b * bias_stride_b + first, mask=first_in, other=float("-inf")).to(tl.float32)
-        q1, q2, k1, k2, v_new = _new_token(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, b, h, qkv_stride_b, part_stride,
-                                           qkv_bias_ptr, out_ptr.dtype.element_ty, HEADS, KV_HEADS, GROUPS, D,
-                                           BLOCK_M, PARTS, HAS_BIAS)
-        if not EARLY:
-            tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
+        tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
         # The new token first (always visible): the running max starts finite, no empty rows.
         m_i = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32)[None, :], 1)
                + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
-        if EARLY:
-            m_i, l_i, acc = _attend_tiles(q1, q2, c1, c2, v0, bias0, m_i, l_i, acc, scale, F32_DOT)
         # (Triton's interpreter cannot bound a loop by a loaded value: there, masks alone stop it.)
-        for start in range(BLOCK if EARLY else 0, kv_len if F32_DOT else filled, BLOCK):
+        for start in range(0, kv_len if F32_DOT else filled, BLOCK):
             slots = start + tl.arange(0, BLOCK)
             inside = slots < filled  # the slot written above is not read back
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
             bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
             m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
-        if EARLY:
-            tl.store(entry + halves, k1.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + HALF + halves, k2.to(cache_ptr.dtype.element_ty))
-            tl.store(entry + D + dims, v_new.to(cache_ptr.dtype.element_ty))
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=live_rows[:, None])
@@ -149,14 +129,7 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
     `pdl`: launched with programmatic dependent launch (the chained step)."""
-    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl,
-                  early=early_first_block())
-
-
-def early_first_block() -> bool:
-    """RLTUI_DECODE_ATTENTION_EARLY=1: the attention kernel issues its first block's loads before
-    the new token's and writes the cache after its loop (the kernel's EARLY; off by default)."""
-    return os.environ.get(EARLY_ENV) == "1"
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl)
 
 
 def attention_splits() -> int:

@@ -152,26 +152,6 @@ def test_fused_attention_reads_the_groups_prompt_from_its_first_row_and_stops_at
     assert found["max_abs_diff"] < 1e-5  # float32 in the interpreter: the same sums
 
 
-EARLY = SHARED.rsplit("print(json.dumps(", 1)[0] + r'''
-import os
-os.environ["RLTUI_DECODE_ATTENTION_EARLY"] = "1"
-early_cache = cache.clone()
-early_cache[1, :, :prompt] = float("nan")
-early_cache[3, :, :prompt] = float("nan")
-early_cache[:, :, slot + 1:] = float("nan")
-early = rope_attention(dims, qkv, state, early_cache, bias, kv_len)
-print(json.dumps({"early_equal": bool(torch.equal(early, got)),
-                  "early_cache_equal": bool(torch.equal(early_cache.nan_to_num(7.0), shared_cache.nan_to_num(7.0))),
-                  "early_finite": bool(early.isfinite().all())}))
-'''
-
-def test_fused_attention_with_its_first_block_loaded_early_gives_the_same_output_and_cache():
-    # RLTUI_DECODE_ATTENTION_EARLY=1: the first block's loads before the new token's, the cache
-    # write after the loop; the same sums in the same order, so the same bits.
-    found = _interpreted(EARLY)
-    assert found == {"early_equal": True, "early_cache_equal": True, "early_finite": True}
-
-
 def test_fused_decode_step_equals_the_plain_step():
     found = _interpreted(FUSED)
     exact, bf16 = found["torch.float32"], found["torch.bfloat16"]
