@@ -51,9 +51,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     block = BlockShape.for_gpu(torch.device(device))
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
-                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_fold": DecodeProducts(mlp=replace(block, fold=True)),
-                "fused_mlp_block_nofold": DecodeProducts(mlp=replace(block, fold=False))}
+                "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),

@@ -220,15 +220,8 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     for index, layer in enumerate(weights.layers):
         qkv = products.apply("qkv", h, layer.qkv, layer.qkv_bias)
         attn = decode_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len, layer.qkv_bias, products)
-        following = weights.norm if index == last else weights.layers[index + 1].input_norm
-        if products.mlp is not None and products.mlp.fold and products.chosen.get("o") is None:
-            # the o product added to the residual by cuBLAS (rounded once), its RMSNorm folded
-            # into the block's gate/up phase (trainer/mlp_block.py): no residual + norm kernel
-            x = torch.addmm(x, attn, layer.o.t())
-            x, h = mlp_block(x, None, layer.gate_up, layer.down, following, dims.eps, products.mlp,
-                             post_norm=layer.post_norm)
-            continue
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
+        following = weights.norm if index == last else weights.layers[index + 1].input_norm
         if products.mlp is not None:
             x, h = mlp_block(x, h, layer.gate_up, layer.down, following, dims.eps, products.mlp)
             continue

@@ -70,9 +70,6 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
-    # The attention's RMSNorm folded into the gate/up phase (mlp_block's `post_norm`): the fused
-    # step then gives the block the residual with the o product already added (cuBLAS's addmm).
-    fold: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -167,14 +164,9 @@ if triton is not None:
     @triton.jit
     def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0,
-                       post_ptr=None, eps=0.0, FOLD: tl.constexpr = False):
+                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
         # row0: where this layer's gate rows start in gate_up (0; bench/gpu_mlp_stream.py stacks
         # layers)
-        # FOLD: h is the residual x, not yet normed: each K step sums x^2 per row and multiplies
-        # x by the norm's weight (post_ptr); the products are scaled by each row's 1 / rms after
-        # the loop. RMSNorm commutes with the product, (x / rms * w) W = (x * w) W / rms: the
-        # same up to where bf16 rounds, and no normed copy of x is written or read.
         lo = p * I // P
         hi = (p + 1) * I // P
         m = tl.arange(0, BLOCK_M)
@@ -188,7 +180,6 @@ if triton is not None:
         gate_r = tl.zeros([BLOCK_M, BLOCK_R], tl.float32)
         up_r = tl.zeros([BLOCK_M, BLOCK_R], tl.float32)
         rest_at = gu_ptr + (row0 + rest[:, None]) * H + ks[None, :]
-        squares = tl.zeros([BLOCK_M], tl.float32)
         for k in range(0, H, BLOCK_K):
             if TMA:
                 x = h_desc.load([0, k])
@@ -198,10 +189,6 @@ if triton is not None:
                 x = tl.load(h_ptr + m[:, None] * H + k + ks[None, :], mask=live[:, None], other=0.0)
                 g = tl.load(gu_ptr + (row0 + main[:, None]) * H + k + ks[None, :])
                 u = tl.load(gu_ptr + (row0 + I + main[:, None]) * H + k + ks[None, :])
-            if FOLD:
-                xf = x.to(tl.float32)
-                squares += tl.sum(xf * xf, 1)
-                x = (xf * tl.load(post_ptr + k + ks).to(tl.float32)[None, :]).to(x.dtype)
             # the remainder's own rows only (masked pointer loads, in this loop: a descriptor's box
             # would also read the next program's rows, and a second loop for them, or loading them
             # a step ahead, was slower on an H200: docs/benchmarks.md, calls 35-36)
@@ -211,12 +198,6 @@ if triton is not None:
             up = _dot(x, u, up, F32_DOT)
             gate_r = _dot(x, g_r, gate_r, F32_DOT)
             up_r = _dot(x, u_r, up_r, F32_DOT)
-        if FOLD:
-            inv_rms = 1.0 / tl.sqrt(squares / H + eps)
-            gate = gate * inv_rms[:, None]
-            up = up * inv_rms[:, None]
-            gate_r = gate_r * inv_rms[:, None]
-            up_r = up_r * inv_rms[:, None]
         dtype = act_ptr.dtype.element_ty
         tl.store(act_ptr + m[:, None] * I + main[None, :], swiglu_tile(gate, up, dtype), mask=live[:, None])
         tl.store(act_ptr + m[:, None] * I + rest[None, :], swiglu_tile(gate_r, up_r, dtype),
@@ -256,17 +237,15 @@ if triton is not None:
 
     @triton.jit
     def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
-                    norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, post_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
+                    norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    FOLD: tl.constexpr):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
-        # FOLD: h is x, normed in the gate/up phase with post_ptr's weight (see _gate_up_phase).
         p = tl.program_id(0)
         if PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
-                           BLOCK_R, TMA, F32_DOT, 0, post_ptr, eps, FOLD)
+                           BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
@@ -299,23 +278,15 @@ def workspace(device: torch.device, rows: int, hidden: int, intermediate: int, s
     return _WORKSPACES[key]
 
 
-def mlp_block(x: torch.Tensor, h: torch.Tensor | None, gate_up: torch.Tensor, down: torch.Tensor,
-              norm: torch.Tensor, eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None,
-              post_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
+              eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual x [B, H] and its normed h after one MLP half: x + down(SiLU(gate) * up) of h,
     with gate | up stacked in `gate_up` [2I, H] and `down` [H, I], and RMSNorm of that with `norm`
     (the next layer's input norm, or the final one); as fused_decode's gate/up, silu_mul, down and
     add_norm. B at most 128. `phases`: the launches, (0,) for one with barriers (default on CUDA),
     (1, 2, 3) for one per phase (default in the interpreter); a benchmark may time one phase
-    alone.
-
-    `post_norm` (the layer's post-attention norm weight; h then None): the block applies that
-    RMSNorm to x itself, folded into its gate/up phase, as `norm(x, post_norm)` followed by the
-    block up to where bf16 rounds."""
-    folded = post_norm is not None
-    if folded == (h is not None):
-        raise ValueError("mlp_block takes either the normed h or the norm's weight `post_norm`, not both")
-    h = x if folded else h
+    alone."""
     rows, hidden = h.shape
     intermediate = down.shape[1]
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):
@@ -338,11 +309,11 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor | None, gate_up: torch.Tensor, do
                  desc(down, [shape.down_n, bk]))
     else:
         descs = (h, gate_up, act, down)
-    args = (h, descs[0], gate_up, descs[1], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync,
-            post_norm if folded else norm, rows, float(eps))
+    args = (h, descs[0], gate_up, descs[1], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync, rows,
+            float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "FOLD": folded, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
