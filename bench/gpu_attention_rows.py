@@ -57,6 +57,58 @@ CASCADE_FORMS = ((8, 64, 4, 3, "one"), (8, 64, 4, 3, "two"), (8, 64, 4, 3, "side
 
 if triton is not None:
     @triton.jit
+    def _queries(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_row, q_head, q_live, qkv_stride_b, dtype, D: tl.constexpr):
+        # A tile of queries (row q_row, head q_head each) with RoPE at their rows' positions, as
+        # attention_blocks._new_token computes them (float32, rounded once to dtype).
+        HALF: tl.constexpr = D // 2
+        dims = tl.arange(0, D)
+        rot = (dims + HALF) % D
+        sign = tl.where(dims < HALF, -1.0, 1.0)
+        q_pos = tl.load(pos_ptr + q_row)
+        q_at = qkv_ptr + q_row[:, None] * qkv_stride_b + q_head[:, None] * D
+        q = tl.load(q_at + dims[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
+        q_rot = tl.load(q_at + rot[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
+        cos = tl.load(cos_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
+        sin = tl.load(sin_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
+        return (q * cos + sign[None, :] * q_rot * sin).to(dtype)
+
+    @triton.jit
+    def _soft_update(q, kk, vv, bias, m_i, l_i, acc, scale, F32_DOT: tl.constexpr):
+        # One tile of slots into the online softmax: scores q kk^T * scale + bias (-inf: masked).
+        if F32_DOT:
+            s = tl.dot(q.to(tl.float32), tl.trans(kk.to(tl.float32)))
+        else:
+            s = tl.dot(q, tl.trans(kk))
+        s = s * scale + bias
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, vv.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _prompt(q, q_row, leader, shared, cache_ptr, bias_ptr, bias_stride_b, cache_stride_n, m_i, l_i, acc, scale,
+                kv_len: tl.constexpr, D: tl.constexpr, PB: tl.constexpr, F32_DOT: tl.constexpr):
+        # The group's prompt slots [0, shared), from its first row's cache (offset `leader`), for
+        # every query of the tile.
+        dims = tl.arange(0, D)
+        # (Triton's interpreter cannot bound a loop by a loaded value: there, masks alone stop it.)
+        for start in range(0, kv_len if F32_DOT else shared, PB):
+            slots = start + tl.arange(0, PB)
+            inside = slots < shared
+            at = cache_ptr + leader + slots[:, None] * cache_stride_n
+            kk = tl.load(at + dims[None, :], mask=inside[:, None], other=0.0)
+            vv = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
+            bias = tl.load(bias_ptr + q_row[:, None] * bias_stride_b + slots[None, :], mask=inside[None, :],
+                           other=float("-inf")).to(tl.float32)
+            m_i, l_i, acc = _soft_update(q, kk, vv, bias, m_i, l_i, acc, scale, F32_DOT)
+        return m_i, l_i, acc
+
+    @triton.jit
     def _rows_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, shared_ptr, cache_ptr, bias_ptr,
                      out_ptr, scale, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
                      bias_stride_b, out_stride_b, kv_len: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
@@ -74,13 +126,8 @@ if triton is not None:
         q_live = qi < R * GROUPS
         q_row = first + tl.where(q_live, qi // GROUPS, 0)
         q_head = h * GROUPS + qi % GROUPS
-        q_pos = tl.load(pos_ptr + q_row)
-        q_at = qkv_ptr + q_row[:, None] * qkv_stride_b + q_head[:, None] * D
-        q = tl.load(q_at + dims[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
-        q_rot = tl.load(q_at + rot[None, :], mask=q_live[:, None], other=0.0).to(tl.float32)
-        cos = tl.load(cos_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
-        sin = tl.load(sin_ptr + q_pos[:, None] * D + dims[None, :]).to(tl.float32)
-        q = (q * cos + sign[None, :] * q_rot * sin).to(cache_ptr.dtype.element_ty)
+        q = _queries(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_row, q_head, q_live, qkv_stride_b,
+                     cache_ptr.dtype.element_ty, D)
         # the R rows' new key (RoPE) and value into the cache at this step's slot
         ri = tl.arange(0, RP)
         r_live = ri < R
@@ -103,31 +150,10 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         shared = tl.load(shared_ptr)
-        # (Triton's interpreter cannot bound a loop by a loaded value: there, masks alone stop it.)
         if PROMPT:  # the group's prompt slots, once for the R rows, from the group's first row
             leader = tl.load(leader_ptr + first) * cache_stride_b + h * cache_stride_h
-            for start in range(0, kv_len if F32_DOT else shared, PB):
-                slots = start + tl.arange(0, PB)
-                inside = slots < shared
-                at = cache_ptr + leader + slots[:, None] * cache_stride_n
-                kk = tl.load(at + dims[None, :], mask=inside[:, None], other=0.0)
-                vv = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
-                bias = tl.load(bias_ptr + q_row[:, None] * bias_stride_b + slots[None, :], mask=inside[None, :],
-                               other=float("-inf")).to(tl.float32)
-                if F32_DOT:
-                    s = tl.dot(q.to(tl.float32), tl.trans(kk.to(tl.float32)))
-                else:
-                    s = tl.dot(q, tl.trans(kk))
-                s = s * scale + bias
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                if F32_DOT:
-                    acc = acc * alpha[:, None] + tl.dot(p, vv.to(tl.float32))
-                else:
-                    acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv)
-                m_i = m_new
+            m_i, l_i, acc = _prompt(q, q_row, leader, shared, cache_ptr, bias_ptr, bias_stride_b, cache_stride_n,
+                                    m_i, l_i, acc, scale, kv_len, D, PB, F32_DOT)
         # each row's own slots from the prompt's end through this step's, R rows side by side
         j = tl.arange(0, R * SB)
         j_row = first + j // SB
@@ -141,20 +167,8 @@ if triton is not None:
             vv = tl.load(at + D + dims[None, :], mask=inside[:, None], other=0.0)
             bias = tl.load(bias_ptr + j_row[None, :] * bias_stride_b + slots[None, :], mask=inside[None, :],
                            other=float("-inf")).to(tl.float32)
-            if F32_DOT:
-                s = tl.dot(q.to(tl.float32), tl.trans(kk.to(tl.float32)))
-            else:
-                s = tl.dot(q, tl.trans(kk))
-            s = tl.where(mine, s * scale + bias, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if F32_DOT:
-                acc = acc * alpha[:, None] + tl.dot(p, vv.to(tl.float32))
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv)
-            m_i = m_new
+            m_i, l_i, acc = _soft_update(q, kk, vv, tl.where(mine, bias, float("-inf")), m_i, l_i, acc, scale,
+                                         F32_DOT)
         out = acc / l_i[:, None]
         tl.store(out_ptr + q_row[:, None] * out_stride_b + q_head[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=q_live[:, None])
@@ -170,68 +184,40 @@ if triton is not None:
                     GROUPS: tl.constexpr, D: tl.constexpr, GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
         # A group's prompt slots for all its GS rows' queries (part 0).
-        HALF: tl.constexpr = D // 2
-        rot_g = (dims + HALF) % D
-        sign_g = tl.where(dims < HALF, -1.0, 1.0)
-        qi_g = tl.arange(0, GS * HP)
-        q_live_g = (qi_g % HP) < GROUPS
-        q_row_g = pid * GS + qi_g // HP
-        j_g = tl.where(q_live_g, qi_g % HP, 0)
-        q_head_g = h * GROUPS + j_g
-        q_pos_g = tl.load(pos_ptr + q_row_g)
-        q_at_g = qkv_ptr + q_row_g[:, None] * qkv_stride_b + q_head_g[:, None] * D
-        q_g = tl.load(q_at_g + dims[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
-        q_rot_g = tl.load(q_at_g + rot_g[None, :], mask=q_live_g[:, None], other=0.0).to(tl.float32)
-        cos_g = tl.load(cos_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
-        sin_g = tl.load(sin_ptr + q_pos_g[:, None] * D + dims[None, :]).to(tl.float32)
-        q_g = (q_g * cos_g + sign_g[None, :] * q_rot_g * sin_g).to(cache_ptr.dtype.element_ty)
-        m_i_g = tl.full([GS * HP], NEG, tl.float32)
-        l_i_g = tl.zeros([GS * HP], tl.float32)
-        acc_g = tl.zeros([GS * HP, D], tl.float32)
-        leader_g = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
-        for start_g in range(0, kv_len if F32_DOT else shared, BLOCK):
-            slots_g = start_g + tl.arange(0, BLOCK)
-            inside_g = slots_g < shared
-            at_g = cache_ptr + leader_g + slots_g[:, None] * cache_stride_n
-            kk_g = tl.load(at_g + dims[None, :], mask=inside_g[:, None], other=0.0)
-            vv_g = tl.load(at_g + D + dims[None, :], mask=inside_g[:, None], other=0.0)
-            bias_g = tl.load(bias_ptr + q_row_g[:, None] * bias_stride_b + slots_g[None, :], mask=inside_g[None, :],
-                           other=float("-inf")).to(tl.float32)
-            if F32_DOT:
-                sc_g = tl.dot(q_g.to(tl.float32), tl.trans(kk_g.to(tl.float32)))
-            else:
-                sc_g = tl.dot(q_g, tl.trans(kk_g))
-            sc_g = sc_g * scale + bias_g
-            m_new_g = tl.maximum(m_i_g, tl.max(sc_g, 1))
-            alpha_g = tl.exp(m_i_g - m_new_g)
-            pr_g = tl.exp(sc_g - m_new_g[:, None])
-            l_i_g = l_i_g * alpha_g + tl.sum(pr_g, 1)
-            if F32_DOT:
-                acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g, vv_g.to(tl.float32))
-            else:
-                acc_g = acc_g * alpha_g[:, None] + tl.dot(pr_g.to(vv_g.dtype), vv_g)
-            m_i_g = m_new_g
-        pair_g = q_row_g * KV_HEADS + h
-        part_acc_g = part_acc_ptr + pair_g[:, None] * 2 * GROUPS * D + j_g[:, None] * D + dims[None, :]
-        part_ml_g = part_ml_ptr + pair_g * 4 * GROUPS + j_g
-        tl.store(part_acc_g, acc_g, mask=q_live_g[:, None])
-        tl.store(part_ml_g, m_i_g, mask=q_live_g)
-        tl.store(part_ml_g + GROUPS, l_i_g, mask=q_live_g)
+        qi = tl.arange(0, GS * HP)
+        q_live = (qi % HP) < GROUPS
+        q_row = pid * GS + qi // HP
+        j = tl.where(q_live, qi % HP, 0)
+        q_head = h * GROUPS + j
+        q = _queries(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_row, q_head, q_live, qkv_stride_b,
+                     cache_ptr.dtype.element_ty, D)
+        m_i = tl.full([GS * HP], NEG, tl.float32)
+        l_i = tl.zeros([GS * HP], tl.float32)
+        acc = tl.zeros([GS * HP, D], tl.float32)
+        leader = tl.load(leader_ptr + pid * GS) * cache_stride_b + h * cache_stride_h
+        m_i, l_i, acc = _prompt(q, q_row, leader, shared, cache_ptr, bias_ptr, bias_stride_b, cache_stride_n, m_i, l_i,
+                                acc, scale, kv_len, D, BLOCK, F32_DOT)
+        pair = q_row * KV_HEADS + h
+        part_acc = part_acc_ptr + pair[:, None] * 2 * GROUPS * D + j[:, None] * D + dims[None, :]
+        part_ml = part_ml_ptr + pair * 4 * GROUPS + j
+        tl.store(part_acc, acc, mask=q_live[:, None])
+        tl.store(part_ml, m_i, mask=q_live)
+        tl.store(part_ml + GROUPS, l_i, mask=q_live)
         tl.debug_barrier()
-        rows_g = pid * GS + tl.arange(0, GS)
-        tickets_g = tl.atomic_add(ticket_ptr + rows_g * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
+        rows = pid * GS + tl.arange(0, GS)
+        tickets = tl.atomic_add(ticket_ptr + rows * KV_HEADS + h, 1, sem="acq_rel", scope="gpu")
         tl.debug_barrier()
-        second_g = tl.reshape(tl.broadcast_to((tickets_g == 1)[:, None], [GS, HP]), [GS * HP]) & q_live_g
-        m_s_g = tl.load(part_ml_g + 2 * GROUPS, mask=second_g, other=NEG, cache_modifier=".cg")
-        l_s_g = tl.load(part_ml_g + 3 * GROUPS, mask=second_g, other=0.0, cache_modifier=".cg")
-        acc_s_g = tl.load(part_acc_g + GROUPS * D, mask=second_g[:, None], other=0.0, cache_modifier=".cg")
-        m_all_g = tl.maximum(m_i_g, m_s_g)
-        w_p_g = tl.exp(m_i_g - m_all_g)
-        w_s_g = tl.exp(m_s_g - m_all_g)
-        out_g = (acc_g * w_p_g[:, None] + acc_s_g * w_s_g[:, None]) / tl.where(second_g, l_i_g * w_p_g + l_s_g * w_s_g, 1.0)[:, None]
-        tl.store(out_ptr + q_row_g[:, None] * out_stride_b + q_head_g[:, None] * D + dims[None, :],
-                 out_g.to(out_ptr.dtype.element_ty), mask=second_g[:, None])
-        tl.store(ticket_ptr + rows_g * KV_HEADS + h, 0, mask=tickets_g == 1)
+        second = tl.reshape(tl.broadcast_to((tickets == 1)[:, None], [GS, HP]), [GS * HP]) & q_live
+        m_s = tl.load(part_ml + 2 * GROUPS, mask=second, other=NEG, cache_modifier=".cg")
+        l_s = tl.load(part_ml + 3 * GROUPS, mask=second, other=0.0, cache_modifier=".cg")
+        acc_s = tl.load(part_acc + GROUPS * D, mask=second[:, None], other=0.0, cache_modifier=".cg")
+        m_all = tl.maximum(m_i, m_s)
+        w_p = tl.exp(m_i - m_all)
+        w_s = tl.exp(m_s - m_all)
+        out = (acc * w_p[:, None] + acc_s * w_s[:, None]) / tl.where(second, l_i * w_p + l_s * w_s, 1.0)[:, None]
+        tl.store(out_ptr + q_row[:, None] * out_stride_b + q_head[:, None] * D + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=second[:, None])
+        tl.store(ticket_ptr + rows * KV_HEADS + h, 0, mask=tickets == 1)
 
     @triton.jit
     def _cascade_suffix(b, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr, part_acc_ptr,
