@@ -25,9 +25,10 @@ compared with the step kernel's (relative error; bf16 output rounding is ~3e-3).
 
 On an H200 (docs/benchmarks.md, issue 18, calls 47-50) every correct form was slower than the
 step's kernel: R rows a program 1.04-3.3x, the cascade in one launch 1.44-1.85x, as two kernels
-side by side on two streams 1.13-1.51x (call 50). Leaving the prompt out took
-19-40% off the same code (the share the prompt's reads from L2 cost), and no form sharing them
-got it back.
+side by side on two streams 1.13-1.51x (call 50). Leaving the prompt out took 19-40% off the same
+code (the share the prompt's reads from L2 cost), and no form sharing them got it back. Call 53
+repeated them; there the autotuner's pick for the step kernel at 160 filled slots was slow, so one
+and two rows a program (fixed configurations) came out ahead of it at that fill.
 """
 
 import argparse
