@@ -17,7 +17,7 @@ launch is compared with the plain launch's bit for bit.
 
 Modes: 0 plain launches; 1 PDL, the loader waits for the previous grid before its first load; 2
 PDL, the loader issues every stage's weight tiles (gate, up, their remainder rows) first, then
-waits, then issues the stages' x tiles. Each mode in its own process (TIMEOUT_S), beside the
+waits, then issues the stages' x tiles; 3 and 4 the same for the first 1 and 2 stages only. Each mode in its own process (TIMEOUT_S), beside the
 MLP block's Triton gate/up phase as it runs in the step.
 """
 
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised where Triton is missing
     gluon = None
 
 VARIANT = (6, 64, 16, 1)  # stages, K per step, remainder rows, defer: gpu_gluon_ws's fastest
-MODES = (0, 1, 2)
+MODES = (0, 1, 2, 3, 4)
 TIMEOUT_S = 90
 
 if gluon is not None:
@@ -60,15 +60,17 @@ if gluon is not None:
                     I: gl.constexpr, STEPS: gl.constexpr, MODE: gl.constexpr):
         # gpu_gluon_ws._loader with the grid dependency: MODE 1 waits before anything, MODE 2
         # first fills every stage with its weight tiles (they depend on nothing), then waits,
-        # then adds the stages' x tiles; each stage's "ready" counts all of its bytes either way.
+        # then adds the stages' x tiles; MODE 3 and 4 the same for the first 1 and 2 stages only.
+        # Each stage's "ready" counts all of its bytes either way.
         stages: gl.constexpr = x_bufs.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
         block_n: gl.constexpr = w_desc.block_type.shape[0]
         nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
+        ahead: gl.constexpr = stages if MODE == 2 else (MODE - 2 if MODE > 2 else 0)
         if MODE == 1:
             _grid_wait()
-        if MODE == 2:
-            for i in gl.static_range(stages):
+        if MODE >= 2:
+            for i in gl.static_range(ahead):
                 bar = ready.index(i)
                 mbarrier.expect(bar, nbytes)
                 tma.async_copy_global_to_shared(w_desc, [lo, i * block_k], bar, g_bufs.index(i))
@@ -76,9 +78,9 @@ if gluon is not None:
                 tma.async_copy_global_to_shared(r_desc, [lo + block_n, i * block_k], bar, gr_bufs.index(i))
                 tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, i * block_k], bar, ur_bufs.index(i))
             _grid_wait()
-            for i in gl.static_range(stages):
+            for i in gl.static_range(ahead):
                 tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
-        for i in range(stages if MODE == 2 else 0, STEPS):
+        for i in range(ahead, STEPS):
             s = i % stages
             mbarrier.wait(empty.index(s), ((i // stages) & 1) ^ 1)
             bar = ready.index(s)
