@@ -17,7 +17,8 @@ launch is compared with the plain launch's bit for bit.
 
 Modes: 0 plain launches; 1 PDL, the loader waits for the previous grid before its first load; 2
 PDL, the loader issues every stage's weight tiles (gate, up, their remainder rows) first, then
-waits, then issues the stages' x tiles; 3 and 4 the same for the first 1 and 2 stages only. Each mode in its own process (TIMEOUT_S), beside the
+waits, then issues the stages' x tiles; 3, 4, 5 and 6 the same for the first 1, 2, 3 and 4
+stages only. Each mode in its own process (TIMEOUT_S), beside the
 MLP block's Triton gate/up phase as it runs in the step.
 """
 
@@ -44,7 +45,7 @@ except ImportError:  # pragma: no cover - exercised where Triton is missing
     gluon = None
 
 VARIANT = (6, 64, 16, 1)  # stages, K per step, remainder rows, defer: gpu_gluon_ws's fastest
-MODES = (0, 1, 2, 3, 4)
+MODES = (0, 1, 2, 3, 4, 5, 6)
 TIMEOUT_S = 90
 
 if gluon is not None:
@@ -60,7 +61,7 @@ if gluon is not None:
                     I: gl.constexpr, STEPS: gl.constexpr, MODE: gl.constexpr):
         # gpu_gluon_ws._loader with the grid dependency: MODE 1 waits before anything, MODE 2
         # first fills every stage with its weight tiles (they depend on nothing), then waits,
-        # then adds the stages' x tiles; MODE 3 and 4 the same for the first 1 and 2 stages only.
+        # then adds the stages' x tiles; MODE 3-6 the same for the first 1-4 stages only.
         # Each stage's "ready" counts all of its bytes either way.
         stages: gl.constexpr = x_bufs.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
