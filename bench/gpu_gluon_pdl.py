@@ -15,11 +15,17 @@ ring (which Triton's automatic pipelining does not let us place) can be filled w
 before `griddepcontrol.wait`. Here all 28 launches read the same x; each mode's output after one
 launch is compared with the plain launch's bit for bit.
 
-Modes: 0 plain launches; 1 PDL, the loader waits for the previous grid before its first load; 2
-PDL, the loader issues every stage's weight tiles (gate, up, their remainder rows) first, then
-waits, then issues the stages' x tiles; 3, 4, 5 and 6 the same for the first 1, 2, 3 and 4
-stages only. Each mode in its own process (TIMEOUT_S), beside the
-MLP block's Triton gate/up phase as it runs in the step.
+On an H200 (docs/benchmarks.md, issue 18, calls 54-56), ms for 28 layers: plain 0.657-0.664, PDL
+0.628-0.630, PDL with 1, 2, 3, 4 or all 6 stages' weights ahead 0.615, 0.604-0.606, 0.598-0.599,
+0.603-0.604, 0.634-0.636; the Triton block's gate/up phase 0.561.
+
+The modes are gpu_gluon_ws's kernel's MODE (its loader's prologue): 0 plain launches; 1 PDL,
+the loader waits for the previous grid before its first load; 2 PDL, the loader issues every
+stage's weight tiles (gate, up, their remainder rows) first, then waits, then issues the stages'
+x tiles; 3, 4, 5 and 6 the same for the first 1, 2, 3 and 4 stages only. Each mode runs in its
+own process (TIMEOUT_S), beside the MLP block's Triton gate/up phase as it runs in the step.
+(Calls 54-56 ran the same loader and kernel as a copy in this file, commit 2556a5d; they moved into
+gpu_gluon_ws.py after, which compiles to the same shared memory and TMA loads per mode.)
 """
 
 import argparse
@@ -33,99 +39,14 @@ import gpu_gluon_ws as ws
 import torch
 from gpu_common import write_json
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-    )
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    gluon = None
-
 VARIANT = (6, 64, 16, 1)  # stages, K per step, remainder rows, defer: gpu_gluon_ws's fastest
 MODES = (0, 1, 2, 3, 4, 5, 6)
 TIMEOUT_S = 90
 
-if gluon is not None:
-
-    @gluon.jit
-    def _grid_wait():
-        # griddepcontrol.wait: until the grids this one depends on have finished and their writes are visible
-        gl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False,
-                                  pack=1)
-
-    @gluon.jit
-    def _loader_pdl(x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo,
-                    I: gl.constexpr, STEPS: gl.constexpr, MODE: gl.constexpr):
-        # gpu_gluon_ws._loader with the grid dependency: MODE 1 waits before anything, MODE 2
-        # first fills every stage with its weight tiles (they depend on nothing), then waits,
-        # then adds the stages' x tiles; MODE 3-6 the same for the first 1-4 stages only.
-        # Each stage's "ready" counts all of its bytes either way.
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_k: gl.constexpr = x_desc.block_type.shape[1]
-        block_n: gl.constexpr = w_desc.block_type.shape[0]
-        nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
-        ahead: gl.constexpr = stages if MODE == 2 else (MODE - 2 if MODE > 2 else 0)
-        if MODE == 1:
-            _grid_wait()
-        if MODE >= 2:
-            for i in gl.static_range(ahead):
-                bar = ready.index(i)
-                mbarrier.expect(bar, nbytes)
-                tma.async_copy_global_to_shared(w_desc, [lo, i * block_k], bar, g_bufs.index(i))
-                tma.async_copy_global_to_shared(w_desc, [I + lo, i * block_k], bar, u_bufs.index(i))
-                tma.async_copy_global_to_shared(r_desc, [lo + block_n, i * block_k], bar, gr_bufs.index(i))
-                tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, i * block_k], bar, ur_bufs.index(i))
-            _grid_wait()
-            for i in gl.static_range(ahead):
-                tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
-        for i in range(ahead, STEPS):
-            s = i % stages
-            mbarrier.wait(empty.index(s), ((i // stages) & 1) ^ 1)
-            bar = ready.index(s)
-            mbarrier.expect(bar, nbytes)
-            k = i * block_k
-            tma.async_copy_global_to_shared(x_desc, [0, k], bar, x_bufs.index(s))
-            tma.async_copy_global_to_shared(w_desc, [lo, k], bar, g_bufs.index(s))
-            tma.async_copy_global_to_shared(w_desc, [I + lo, k], bar, u_bufs.index(s))
-            tma.async_copy_global_to_shared(r_desc, [lo + block_n, k], bar, gr_bufs.index(s))
-            tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, k], bar, ur_bufs.index(s))
-
-    @gluon.jit
-    def _gate_up_pdl(x_desc, w_desc, r_desc, act_ptr, rows, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
-                     STAGES: gl.constexpr, DEFER: gl.constexpr, MODE: gl.constexpr, num_warps: gl.constexpr):
-        if MODE != 0:  # the next grid may start as this one's programs leave
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
-        p = gl.program_id(0)
-        lo = p * I // P
-        hi = (p + 1) * I // P
-        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-        g_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        fence_async_shared()
-        steps: gl.constexpr = H // x_desc.block_type.shape[1]
-        gl.warp_specialize([
-            (ws._multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, act_ptr, rows, lo, hi, I,
-                              steps, DEFER, num_warps)),
-            (_loader_pdl, (x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo, I,
-                           steps, MODE)),
-        ], [1], [24])
-
-
 def gate_up(descs, act, rows: int, mode: int) -> torch.Tensor:
     stages, _, _, defer = VARIANT
-    _gate_up_pdl[(ws.PROGRAMS,)](*descs, act, rows, H=ws.H, I=ws.I, P=ws.PROGRAMS, STAGES=stages, DEFER=defer,
-                                 MODE=mode, num_warps=4, launch_pdl=mode != 0)
+    ws._gate_up_ws[(ws.PROGRAMS,)](*descs, act, rows, H=ws.H, I=ws.I, P=ws.PROGRAMS, STAGES=stages, DEFER=defer,
+                                   MODE=mode, num_warps=4, launch_pdl=mode != 0)
     return act
 
 
@@ -148,11 +69,11 @@ def compile_only() -> int:
     for mode in MODES:
         kwargs = {"H": ws.H, "I": ws.I, "P": ws.PROGRAMS, "STAGES": stages, "DEFER": defer, "MODE": mode,
                   "num_warps": 4}
-        binder = create_function_from_signature(_gate_up_pdl.signature, _gate_up_pdl.params, backend)
+        binder = create_function_from_signature(ws._gate_up_ws.signature, ws._gate_up_ws.params, backend)
         bound, spec, options = binder(*ws._descs(x, w, block_k, rest), act, ws.ROWS, **kwargs)
-        options, signature, constexprs, attrs = _gate_up_pdl._pack_args(backend, kwargs, bound, spec, options)
+        options, signature, constexprs, attrs = ws._gate_up_ws._pack_args(backend, kwargs, bound, spec, options)
         try:
-            kernel = triton.compile(GluonASTSource(_gate_up_pdl, signature, constexprs, attrs), target=target,
+            kernel = triton.compile(GluonASTSource(ws._gate_up_ws, signature, constexprs, attrs), target=target,
                                     options=options.__dict__)
         except Exception as exc:  # noqa: BLE001 - a mode that does not compile is the finding
             print(f"mode {mode}: does not compile: {exc!r}"[:3000], flush=True)
@@ -209,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-only", action="store_true")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if gluon is None:
+    if ws.gluon is None:
         print("Triton's Gluon is not installed", file=sys.stderr)
         return 1
     if args.compile_only:

@@ -75,16 +75,40 @@ def label(variant) -> str:
 if gluon is not None:
 
     @gluon.jit
+    def _grid_wait():
+        # griddepcontrol.wait: until the grids this one depends on have finished and their writes are visible
+        gl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
+
+    @gluon.jit
     def _loader(x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo,
-                I: gl.constexpr, STEPS: gl.constexpr):
+                I: gl.constexpr, STEPS: gl.constexpr, MODE: gl.constexpr = 0):
         # One warp: for every K step, wait for the stage to be free, then have TMA fill it with x,
         # gate's and up's 64 rows and their remainder rows; the stage's "ready" barrier completes
         # when all those bytes have landed.
+        # MODE (bench/gpu_gluon_pdl.py, a launch with programmatic dependent launch): 1 waits for
+        # the grid before first load; 2 first fills every stage with its weight tiles (they depend
+        # on nothing), then waits, then adds the stages' x tiles; 3-6 the same for the first 1-4
+        # stages only.
         stages: gl.constexpr = x_bufs.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
         block_n: gl.constexpr = w_desc.block_type.shape[0]
         nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
-        for i in range(STEPS):
+        ahead: gl.constexpr = stages if MODE == 2 else (MODE - 2 if MODE > 2 else 0)
+        if MODE == 1:
+            _grid_wait()
+        if MODE >= 2:
+            for i in gl.static_range(ahead):
+                bar = ready.index(i)
+                mbarrier.expect(bar, nbytes)
+                tma.async_copy_global_to_shared(w_desc, [lo, i * block_k], bar, g_bufs.index(i))
+                tma.async_copy_global_to_shared(w_desc, [I + lo, i * block_k], bar, u_bufs.index(i))
+                tma.async_copy_global_to_shared(r_desc, [lo + block_n, i * block_k], bar, gr_bufs.index(i))
+                tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, i * block_k], bar, ur_bufs.index(i))
+            _grid_wait()
+            for i in gl.static_range(ahead):
+                tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
+        for i in range(ahead, STEPS):
             s = i % stages
             # A new mbarrier counts as having completed the phase before its first (parity 1): the
             # first pass over the ring does not wait.
@@ -155,7 +179,10 @@ if gluon is not None:
 
     @gluon.jit
     def _gate_up_ws(x_desc, w_desc, r_desc, act_ptr, rows, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
-                    STAGES: gl.constexpr, DEFER: gl.constexpr, num_warps: gl.constexpr):
+                    STAGES: gl.constexpr, DEFER: gl.constexpr, num_warps: gl.constexpr, MODE: gl.constexpr = 0):
+        if MODE != 0:  # (see _loader) the next grid may start as this one's programs leave
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
         p = gl.program_id(0)
         lo = p * I // P
         hi = (p + 1) * I // P
@@ -174,7 +201,8 @@ if gluon is not None:
         gl.warp_specialize([
             (_multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, act_ptr, rows, lo, hi, I, steps,
                            DEFER, num_warps)),
-            (_loader, (x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo, I, steps)),
+            (_loader, (x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo, I, steps,
+                       MODE)),
         ], [1], [24])
 
 
