@@ -30,7 +30,6 @@ gpu_gluon_ws.py after, which compiles to the same shared memory and TMA loads pe
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,18 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     found = []
     for mode in MODES:
         start = time.time()
-        try:
-            done = subprocess.run([sys.executable, __file__, "--one", str(mode)], capture_output=True, text=True,
-                                  check=False, timeout=TIMEOUT_S)
-            out, ended, err = done.stdout, f"exit {done.returncode}", done.stderr
-        except subprocess.TimeoutExpired as exc:
-            out, ended, err = exc.stdout or "", f"killed after {TIMEOUT_S} s", exc.stderr or ""
-        out, err = (t.decode(errors="replace") if isinstance(t, bytes) else t for t in (out, err))
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {"mode": mode}
-        row["ended"], row["seconds"] = ended, round(time.time() - start, 1)
-        if ended != "exit 0":
-            row["stderr"] = err[-1500:]
+        row = ws.child_row(__file__, mode, TIMEOUT_S, {"mode": mode})
+        row["seconds"] = round(time.time() - start, 1)
         found.append(row)
         print(json.dumps(row), flush=True)
     if args.out:

@@ -370,22 +370,26 @@ def warm_up() -> None:
     torch.cuda.synchronize()
 
 
-def _child(index: int, variant) -> dict:
-    """Run `--one index` in a child process (killed after TIMEOUT_S: a kernel that never finishes
-    costs its timeout only); its last JSON line, with how it ended."""
+def child_row(script: str, index: int, timeout: float, default: dict) -> dict:
+    """Run `script --one index` in a child process (killed after `timeout` s: a kernel that never
+    finishes costs its timeout only); its last JSON line (else `default`), with how it ended."""
     try:
-        done = subprocess.run([sys.executable, __file__, "--one", str(index)], capture_output=True, text=True,
-                              check=False, timeout=TIMEOUT_S)
+        done = subprocess.run([sys.executable, script, "--one", str(index)], capture_output=True, text=True,
+                              check=False, timeout=timeout)
         out, err, ended = done.stdout, done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as exc:
-        out, err, ended = exc.stdout or "", exc.stderr or "", f"killed after {TIMEOUT_S} s"
+        out, err, ended = exc.stdout or "", exc.stderr or "", f"killed after {timeout} s"
     out, err = (t.decode(errors="replace") if isinstance(t, bytes) else t for t in (out, err))
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    row = json.loads(lines[-1]) if lines else {"variant": label(variant)}
+    row = json.loads(lines[-1]) if lines else dict(default)
     row["ended"] = ended
     if ended != "exit 0":
         row["stderr"] = err[-1500:]
     return row
+
+
+def _child(index: int, variant) -> dict:
+    return child_row(__file__, index, TIMEOUT_S, {"variant": label(variant)})
 
 
 def _line(row: dict) -> str:
