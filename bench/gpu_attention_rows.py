@@ -59,7 +59,8 @@ CASCADE_FORMS = ((8, 64, 4, 3, "one"), (8, 64, 4, 3, "two"), (8, 64, 4, 3, "side
 if triton is not None:
     @triton.jit
     def _queries(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_row, q_head, q_live, qkv_stride_b, dtype, D: tl.constexpr):
-        # A tile of queries (row q_row, head q_head each) with RoPE at their rows' positions, as
+        # A tile of q/k/v heads (row q_row, head q_head of the product's output each: a query, or
+        # a key past the HEADS query heads) with RoPE at their rows' positions, as
         # attention_blocks._new_token computes them (float32, rounded once to dtype).
         HALF: tl.constexpr = D // 2
         dims = tl.arange(0, D)
@@ -116,12 +117,9 @@ if triton is not None:
                      GROUPS: tl.constexpr, D: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                      SB: tl.constexpr, PB: tl.constexpr, RP: tl.constexpr, PROMPT: tl.constexpr,
                      F32_DOT: tl.constexpr):
-        HALF: tl.constexpr = D // 2
         first = tl.program_id(0) * R
         h = tl.program_id(1)
         dims = tl.arange(0, D)
-        rot = (dims + HALF) % D
-        sign = tl.where(dims < HALF, -1.0, 1.0)
         # query i: row first + i // GROUPS, head h * GROUPS + i % GROUPS
         qi = tl.arange(0, BLOCK_M)
         q_live = qi < R * GROUPS
@@ -134,16 +132,12 @@ if triton is not None:
         r_live = ri < R
         r_row = first + tl.where(r_live, ri, 0)
         slot = tl.load(write_ptr)
-        k_at = qkv_ptr + r_row[:, None] * qkv_stride_b + HEADS * D + h * D
-        k = tl.load(k_at + dims[None, :], mask=r_live[:, None], other=0.0).to(tl.float32)
-        k_rot = tl.load(k_at + rot[None, :], mask=r_live[:, None], other=0.0).to(tl.float32)
-        r_pos = tl.load(pos_ptr + r_row)
-        cos_k = tl.load(cos_ptr + r_pos[:, None] * D + dims[None, :]).to(tl.float32)
-        sin_k = tl.load(sin_ptr + r_pos[:, None] * D + dims[None, :]).to(tl.float32)
-        k = k * cos_k + sign[None, :] * k_rot * sin_k
-        v = tl.load(k_at + KV_HEADS * D + dims[None, :], mask=r_live[:, None], other=0.0)
+        k = _queries(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, r_row, HEADS + h + 0 * ri, r_live, qkv_stride_b,
+                     cache_ptr.dtype.element_ty, D)  # the key's columns follow the query heads'
+        v = tl.load(qkv_ptr + r_row[:, None] * qkv_stride_b + (HEADS + KV_HEADS + h) * D + dims[None, :],
+                    mask=r_live[:, None], other=0.0)
         entry = cache_ptr + r_row[:, None] * cache_stride_b + h * cache_stride_h + slot * cache_stride_n
-        tl.store(entry + dims[None, :], k.to(cache_ptr.dtype.element_ty), mask=r_live[:, None])
+        tl.store(entry + dims[None, :], k, mask=r_live[:, None])
         tl.store(entry + D + dims[None, :], v, mask=r_live[:, None])
         tl.debug_barrier()  # the slot just written is read back below, by other threads
         limit = tl.minimum(slot, kv_len - 1) + 1
@@ -174,16 +168,24 @@ if triton is not None:
         tl.store(out_ptr + q_row[:, None] * out_stride_b + q_head[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=q_live[:, None])
 
-
     NEG = tl.constexpr(-1.0e30)
 
     @triton.jit
-    def _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr, part_acc_ptr,
-                    part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
-                    bias_stride_b, out_stride_b,
-                    kv_len: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
-                    GROUPS: tl.constexpr, D: tl.constexpr, GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
+    def _merge(m_p, l_p, acc_p, m_s, l_s, acc_s, live):
+        # A row's prompt part and own part of the softmax, prompt first (the same sum whichever
+        # program merges): the normalised output.
+        m_all = tl.maximum(m_p, m_s)
+        w_p = tl.exp(m_p - m_all)
+        w_s = tl.exp(m_s - m_all)
+        return (acc_p * w_p[:, None] + acc_s * w_s[:, None]) / tl.where(live, l_p * w_p + l_s * w_s, 1.0)[:, None]
+
+    @triton.jit
+    def _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr,
+                        bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                        cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len: tl.constexpr,
+                        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr,
+                        GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
+                        F32_DOT: tl.constexpr):
         # A group's prompt slots for all its GS rows' queries (part 0).
         qi = tl.arange(0, GS * HP)
         q_live = (qi % HP) < GROUPS
@@ -212,21 +214,18 @@ if triton is not None:
         m_s = tl.load(part_ml + 2 * GROUPS, mask=second, other=NEG, cache_modifier=".cg")
         l_s = tl.load(part_ml + 3 * GROUPS, mask=second, other=0.0, cache_modifier=".cg")
         acc_s = tl.load(part_acc + GROUPS * D, mask=second[:, None], other=0.0, cache_modifier=".cg")
-        m_all = tl.maximum(m_i, m_s)
-        w_p = tl.exp(m_i - m_all)
-        w_s = tl.exp(m_s - m_all)
-        out = (acc * w_p[:, None] + acc_s * w_s[:, None]) / tl.where(second, l_i * w_p + l_s * w_s, 1.0)[:, None]
+        out = _merge(m_i, l_i, acc, m_s, l_s, acc_s, second)
         tl.store(out_ptr + q_row[:, None] * out_stride_b + q_head[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=second[:, None])
         tl.store(ticket_ptr + rows * KV_HEADS + h, 0, mask=tickets == 1)
 
     @triton.jit
-    def _cascade_suffix(b, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr, part_acc_ptr,
-                    part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b, cache_stride_h, cache_stride_n,
-                    bias_stride_b, out_stride_b,
-                    kv_len: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
-                    GROUPS: tl.constexpr, D: tl.constexpr, GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK: tl.constexpr, F32_DOT: tl.constexpr):
+    def _cascade_suffix(b, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr,
+                        bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
+                        cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len: tl.constexpr,
+                        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, D: tl.constexpr,
+                        GS: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
+                        F32_DOT: tl.constexpr):
         # One row's own slots and the new token (part 1), as the step's kernel.
         HALF: tl.constexpr = D // 2
         rows_m = tl.arange(0, BLOCK_M)
@@ -266,10 +265,7 @@ if triton is not None:
             m_p = tl.load(part_ml, mask=live, other=NEG, cache_modifier=".cg")
             l_p = tl.load(part_ml + GROUPS, mask=live, other=0.0, cache_modifier=".cg")
             acc_p = tl.load(part_acc, mask=live[:, None], other=0.0, cache_modifier=".cg")
-            m_all = tl.maximum(m_p, m_i)
-            w_p = tl.exp(m_p - m_all)
-            w_s = tl.exp(m_i - m_all)
-            out = (acc_p * w_p[:, None] + acc * w_s[:, None]) / tl.where(live, l_p * w_p + l_i * w_s, 1.0)[:, None]
+            out = _merge(m_p, l_p, acc_p, m_i, l_i, acc, live)
             tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
                      out.to(out_ptr.dtype.element_ty), mask=live[:, None])
             tl.store(ticket_ptr + pair, 0)
@@ -291,33 +287,31 @@ if triton is not None:
         h = tl.program_id(1)
         dims = tl.arange(0, D)
         shared = tl.load(shared_ptr)
+        # (PART 1 and 2 are compile-time branches: each kernel holds only its own part)
         if PART == 1:
-            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
-                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
-                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
-                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr,
+                            cache_ptr, bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b,
+                            cache_stride_b, cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len,
+                            HEADS, KV_HEADS, GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
         elif PART == 2:
-            _cascade_suffix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
-                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
-                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
-                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+            _cascade_suffix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr,
+                            cache_ptr, bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b,
+                            cache_stride_b, cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len,
+                            HEADS, KV_HEADS, GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
         elif pid < NG:
-            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
-                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
-                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
-                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
+            _cascade_prefix(pid, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr,
+                            cache_ptr, bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b,
+                            cache_stride_b, cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len,
+                            HEADS, KV_HEADS, GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
         else:
-            _cascade_suffix(pid - NG, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr, cache_ptr, bias_ptr, out_ptr,
-                             part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b, cache_stride_b,
-                             cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len, HEADS, KV_HEADS,
-                             GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
-
+            _cascade_suffix(pid - NG, h, dims, shared, qkv_ptr, cos_ptr, sin_ptr, pos_ptr, write_ptr, leader_ptr,
+                            cache_ptr, bias_ptr, out_ptr, part_acc_ptr, part_ml_ptr, ticket_ptr, scale, qkv_stride_b,
+                            cache_stride_b, cache_stride_h, cache_stride_n, bias_stride_b, out_stride_b, kv_len,
+                            HEADS, KV_HEADS, GROUPS, D, GS, HP, BLOCK_M, BLOCK, F32_DOT)
 
 
 _CASCADE_WS: dict = {}
-
-
-_SIDE: list = []
+_SIDE: list = []  # the cascade's second stream
 
 
 def cascade_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_len: int, form) -> torch.Tensor:
@@ -359,6 +353,7 @@ def cascade_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_
     _cascade_kernel[(batch, dims.kv_heads)](*args, PART=2, **shape)
     return out
 
+
 def rows_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_len: int, form) -> torch.Tensor:
     rows, sb, pb, warps, stages, prompt = form
     batch, groups = qkv.shape[0], dims.heads // dims.kv_heads
@@ -367,8 +362,8 @@ def rows_attention(dims: ModelDims, qkv, state: DecodeState, cache, bias, kv_len
     _rows_kernel[(batch // rows, dims.kv_heads)](
         qkv, state.cos, state.sin, state.positions, state.write_index, state.leaders, state.shared, cache, bias,
         out, float(dims.head_dim ** -0.5), qkv.stride(0), cache.stride(0), cache.stride(1),
-        cache.stride(2), bias.stride(0), out.stride(0), kv_len=kv_len, HEADS=dims.heads, KV_HEADS=dims.kv_heads, GROUPS=groups,
-        D=dims.head_dim, R=rows, BLOCK_M=max(16, triton.next_power_of_2(rows * groups)), SB=sb, PB=pb,
+        cache.stride(2), bias.stride(0), out.stride(0), kv_len=kv_len, HEADS=dims.heads, KV_HEADS=dims.kv_heads,
+        GROUPS=groups, D=dims.head_dim, R=rows, BLOCK_M=max(16, triton.next_power_of_2(rows * groups)), SB=sb, PB=pb,
         RP=max(2, rows), PROMPT=prompt, F32_DOT=not cuda, num_warps=warps, num_stages=stages)
     return out
 
@@ -484,6 +479,7 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "results": results}, indent=1))
     return 0
+
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") == "1" and "--check" not in sys.argv:

@@ -42,6 +42,7 @@ VARIANT = (6, 64, 16, 1)  # stages, K per step, remainder rows, defer: gpu_gluon
 MODES = (0, 1, 2, 3, 4, 5, 6)
 TIMEOUT_S = 90
 
+
 def gate_up(descs, act, rows: int, mode: int) -> torch.Tensor:
     stages, _, _, defer = VARIANT
     ws._gate_up_ws[(ws.PROGRAMS,)](*descs, act, rows, H=ws.H, I=ws.I, P=ws.PROGRAMS, STAGES=stages, DEFER=defer,
