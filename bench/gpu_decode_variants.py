@@ -59,6 +59,13 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "chained_mlp_cublas_split4": replace(chain.without("gate_up", "down"), attention_splits=4),
                      "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
     wanted = [name for name in os.environ.get("BENCH_DECODE_VARIANTS", "").split(",") if name]
+    if any(name.startswith("prefetched") for name in wanted):  # tuned only when asked for: ~10 s
+        prefetched = DecodeProducts.prefetched(engine.weights, state.tokens.shape[0])
+        found["prefetched_timing_ms"] = prefetched.timing
+        print(f"[decode_variants] Gluon products: {prefetched.describe()} {prefetched.timing}", flush=True)
+        variants |= {"prefetched_mlp_block": replace(prefetched, mlp=block),
+                     "prefetched_o_mlp_block": replace(prefetched.without("qkv"), mlp=block),
+                     "prefetched_qkv_mlp_block": replace(prefetched.without("o"), mlp=block)}
     if wanted:  # the names above, to time only those
         unknown = [name for name in wanted if name not in variants]
         if unknown:

@@ -65,6 +65,9 @@ class Split:
     # to fetch before it waits for the kernel before it; 0 for none.
     prefetch: int = 0
     tma: bool = False  # x and the weight read through tensor descriptors (_product_tma_kernel)
+    # trainer/gluon_products.py's kernel instead (its K step is its own; block_k, warps, stages
+    # and prefetch unused): the whole weight tile in shared memory before the wait
+    gluon: bool = False
 
     def fits(self, n: int, k: int) -> bool:
         return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
@@ -241,6 +244,12 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
     lets the next one start; without PDL support the wait is a no-op."""
     rows, k = x.shape
     pdl = pdl and x.device.type == "cuda"  # Triton's interpreter has no grid dependency control
+    if split.gluon:
+        if swiglu:
+            raise ValueError(f"{split}: a Gluon product has no SiLU x up")
+        from trainer import gluon_products
+
+        return gluon_products.product(x, weight, block_n=split.block_n, splits=split.splits, pdl=pdl)
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if not split.fits(n, k) or (swiglu and split.splits > 1):
         raise ValueError(f"{split} does not tile a {n} x {k} weight{' (SiLU x up: one split)' if swiglu else ''}")
@@ -364,6 +373,31 @@ class DecodeProducts:
             found.timing[kind] = timing
         _TUNED[key] = found
         return cls(chosen=dict(found.chosen), timing=found.timing, pdl=True)
+
+    @classmethod
+    def prefetched(cls, weights, batch: int, kinds: tuple[str, ...] = ("qkv", "o")) -> DecodeProducts:
+        """The chained step with `kinds` as trainer/gluon_products.py's kernels (the rest on
+        cuBLAS): per kind, each shape that fits timed over every layer's weight in a CUDA graph,
+        launched with PDL, and the fastest kept. Raises if a kind has none that runs."""
+        from trainer import gluon_products
+
+        ref = weights.layers[0].qkv
+        if not gluon_products.supported(ref.device):
+            raise RuntimeError("Gluon products need Triton's Gluon and a Hopper GPU")
+        sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
+        found = cls(pdl=True)
+        for kind, n, k, run in _by_kind(weights, batch):
+            if kind not in kinds:
+                continue
+            shapes = [Split(block_n, gluon_products.BLOCK_K, splits, gluon=True) for block_n in (64, 128)
+                      for splits in range(1, 17) if gluon_products.fits(n, k, batch, block_n, splits)
+                      and sms // 2 <= n // block_n * splits <= 2 * sms]
+            timing = {"cublas": _graph_ms(partial(run, F.linear))} | _time_splits(run, shapes, pdl=True)
+            if len(timing) == 1:
+                raise RuntimeError(f"no Gluon product ran for {kind}")
+            found.chosen[kind] = min((s for s in shapes if str(s) in timing), key=lambda s: timing[str(s)])
+            found.timing[kind] = timing
+        return found
 
     @classmethod
     def fixed(cls, **chosen: Split | None) -> DecodeProducts:
