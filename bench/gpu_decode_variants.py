@@ -63,9 +63,13 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         prefetched = DecodeProducts.prefetched(engine.weights, state.tokens.shape[0])
         found["prefetched_timing_ms"] = prefetched.timing
         print(f"[decode_variants] Gluon products: {prefetched.describe()} {prefetched.timing}", flush=True)
+        both_reduced = DecodeProducts.prefetched(engine.weights, state.tokens.shape[0], reduced=("qkv", "o"))
+        print(f"[decode_variants] both reduced: {both_reduced.describe()}", flush=True)
         variants |= {"prefetched_mlp_block": replace(prefetched, mlp=block),
                      "prefetched_o_mlp_block": replace(prefetched.without("qkv"), mlp=block),
-                     "prefetched_qkv_mlp_block": replace(prefetched.without("o"), mlp=block)}
+                     "prefetched_qkv_mlp_block": replace(prefetched.without("o"), mlp=block),
+                     "prefetched_reduced_mlp_block": replace(both_reduced, mlp=block),
+                     "fused_mlp_block_again": DecodeProducts(mlp=block)}
     if wanted:  # the names above, to time only those
         unknown = [name for name in wanted if name not in variants]
         if unknown:

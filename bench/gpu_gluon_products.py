@@ -8,10 +8,12 @@ Qwen2.5-1.5B's shapes at batch 128: q/k/v [2048, 1536] and o [1536, 1536], rando
 (28 of each, none stays in the L2 between replays of the same kind... the o weights' 132 MB and
 q/k/v's 176 MB both pass the H200's 50 MB L2). For every shape that fits (64 or 128 columns, K
 slices filling half to twice the multiprocessors): the partials' sum against float32 x @ w^T
-(relative error; bf16 inputs, float32 sums), and ms a step for cuBLAS (bf16 out), the kernel
+(relative error; bf16 inputs, float32 sums), its `reduce` form (the partials and a bias added in
+the kernel, bf16 out) against cuBLAS's F.linear and against itself run again (bitwise: the sum's
+order is fixed), and ms a step for cuBLAS (bf16 out), the kernel
 launched plainly, with programmatic dependent launch (each launch overlapping the one before's
-tail, as in the chained step) loading its weights before it waits, and the same waiting before any
-load; and cuBLAS again at the end (the noise).
+tail, as in the chained step) loading its weights before it waits, the same waiting before any
+load, the `reduce` form with PDL; and cuBLAS again at the end (the noise).
 """
 
 import argparse
@@ -60,6 +62,7 @@ def measure() -> dict:
         weights = [(torch.randn(n, H, device=dev, generator=gen) * H ** -0.5).to(torch.bfloat16)
                    for _ in range(LAYERS)]
         want = x.float() @ weights[0].float().T
+        bias = (torch.randn(n, device=dev, generator=gen) * 0.1).to(torch.bfloat16)
         rows = {"cublas": _graph_ms(lambda: [F.linear(x, w) for w in weights], replays=30)}
         for bn, s in shapes(n, H, sms):
             name = f"{bn} columns x {s} slices"
@@ -72,7 +75,15 @@ def measure() -> dict:
                                 replays=30)
                 waits = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=True, ahead=False)
                                            for w in weights], replays=30)
-                rows[name] = {"error": error, "plain_ms": plain, "pdl_ms": pdl, "pdl_wait_first_ms": waits}
+                reduced = gp.product(x, weights[0], block_n=bn, splits=s, pdl=False, reduce=True, bias=bias)
+                again = gp.product(x, weights[0], block_n=bn, splits=s, pdl=True, reduce=True, bias=bias)
+                ref = F.linear(x, weights[0], bias)
+                reduced_error = ((reduced.float() - ref.float()).norm() / ref.float().norm()).item()
+                pdl_reduced = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=True, reduce=True,
+                                                            bias=bias) for w in weights], replays=30)
+                rows[name] = {"error": error, "plain_ms": plain, "pdl_ms": pdl, "pdl_wait_first_ms": waits,
+                              "reduced_vs_cublas": reduced_error, "pdl_reduced_ms": pdl_reduced,
+                              "reduced_repeat_equal": bool(torch.equal(reduced, again))}
             except Exception as exc:  # noqa: BLE001 - a shape failing is a finding, the others go on
                 rows[name] = {"failed": repr(exc)[:300]}
                 torch.cuda.synchronize()

@@ -70,9 +70,12 @@ if gluon is not None:
                                   pack=1)
 
     @gluon.jit
-    def _prefetched_product(x_desc, w_desc, out_ptr, rows, out_split_stride, out_stride, K_CHUNK: gl.constexpr,
-                            PDL: gl.constexpr, num_warps: gl.constexpr, AHEAD: gl.constexpr = True):
+    def _prefetched_product(x_desc, w_desc, out_ptr, rows, out_split_stride, out_stride, tickets_ptr, bias_ptr,
+                            final_ptr, K_CHUNK: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
+                            AHEAD: gl.constexpr = True, REDUCE: gl.constexpr = False, HAS_BIAS: gl.constexpr = False):
         # Program (n, s): the float32 partial x[:, s K_CHUNK:(s + 1) K_CHUNK] @ w[n tile, same K]^T.
+        # REDUCE: then the last of the n tile's programs to finish (by ticket) adds the tile's
+        # partials in a fixed order, the bias, and writes the bf16 product to final_ptr.
         block_m: gl.constexpr = x_desc.block_type.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
         block_n: gl.constexpr = w_desc.block_type.shape[0]
@@ -110,6 +113,35 @@ if gluon is not None:
         n = first_col + gl.arange(0, block_n, layout=gl.SliceLayout(0, layout))
         at = out_ptr + gl.program_id(1) * out_split_stride + m[:, None] * out_stride + n[None, :]
         gl.store(at, acc, mask=(m < rows)[:, None])
+        if REDUCE:
+            _reduce_tile(out_ptr, out_split_stride, out_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
+                         block_m, block_n, gl.num_programs(1), HAS_BIAS, num_warps)
+
+    @gluon.jit
+    def _reduce_tile(part_ptr, part_stride, row_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, splits, HAS_BIAS: gl.constexpr,
+                     num_warps: gl.constexpr):
+        # Every thread's partial is stored before one thread takes a ticket (release: the tile's
+        # last program sees them); that program (acquire) reads all partials past the L1 in split
+        # order, so the sum is the same on every run, and puts the ticket back to 0 for the next launch.
+        gl.thread_barrier()
+        ticket = gl.atomic_add(tickets_ptr + gl.program_id(0), 1, sem="acq_rel", scope="gpu")
+        if ticket == splits - 1:
+            gl.thread_barrier()
+            # 32 rows at a time: few registers, so that the next grid's programs fit beside this one
+            layout: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [num_warps, 1], [1, 0])
+            n = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+            for r in gl.static_range(0, BLOCK_M, 32):
+                m = r + gl.arange(0, 32, layout=gl.SliceLayout(1, layout))
+                live = (m < rows)[:, None]
+                at = m[:, None] * row_stride + n[None, :]
+                total = gl.zeros([32, BLOCK_N], gl.float32, layout)
+                for s in range(splits):
+                    total += gl.load(part_ptr + s * part_stride + at, mask=live, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += gl.load(bias_ptr + n).to(gl.float32)[None, :]
+                gl.store(final_ptr + at, total.to(final_ptr.dtype.element_ty), mask=live)
+            gl.atomic_xchg(tickets_ptr + gl.program_id(0), 0)
 
 
 def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
@@ -123,9 +155,22 @@ def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
     return desc(x, [BLOCK_M, BLOCK_K]), desc(weight, [block_n, BLOCK_K])
 
 
+_TICKETS: dict[tuple[str, int], torch.Tensor] = {}  # per device and weight: one counter per column tile
+
+
+def _tickets(weight: torch.Tensor, tiles: int) -> torch.Tensor:
+    # Per weight, so that no two products in flight share a counter; allocated at the first
+    # (eager) call, before any graph capture, and left at 0 by every launch.
+    key = (str(weight.device), weight.data_ptr())
+    if key not in _TICKETS or _TICKETS[key].numel() < tiles:
+        _TICKETS[key] = torch.zeros(tiles, device=weight.device, dtype=torch.int32)
+    return _TICKETS[key]
+
+
 def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int, pdl: bool,
-            ahead: bool = True) -> torch.Tensor:
-    """x [B, K] @ weight[N, K]^T as float32 partial sums [splits, B, N] (bf16 inputs, B <= 128).
+            ahead: bool = True, reduce: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, K] @ weight[N, K]^T as float32 partial sums [splits, B, N] (bf16 inputs, B <= 128);
+    `reduce`: as the bf16 product [B, N] (+ `bias`), the partials added in the kernel.
     `pdl`: launched with programmatic dependent launch (see the module's docstring); `ahead`
     False (bench/gpu_gluon_products.py): wait for the grid before any load."""
     rows, k = x.shape
@@ -135,14 +180,18 @@ def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int,
                          f"x {tuple(x.shape)} {x.dtype} @ weight {tuple(weight.shape)} {weight.dtype}")
     x = x if x.stride(1) == 1 and x.stride(0) % 8 == 0 else x.contiguous()
     out = torch.empty(splits, rows, n, device=x.device, dtype=torch.float32)
+    final = torch.empty(rows, n, device=x.device, dtype=x.dtype) if reduce else out
+    tickets = _tickets(weight, n // block_n) if reduce else out
     x_desc, w_desc = descriptors(x, weight, block_n)
-    _prefetched_product[(n // block_n, splits)](x_desc, w_desc, out, rows, out.stride(0), out.stride(1),
-                                                K_CHUNK=k // splits, PDL=pdl, AHEAD=ahead, num_warps=4,
-                                                launch_pdl=pdl)
-    return out
+    _prefetched_product[(n // block_n, splits)](x_desc, w_desc, out, rows, out.stride(0), out.stride(1), tickets,
+                                                bias if bias is not None else weight, final,
+                                                K_CHUNK=k // splits, PDL=pdl, AHEAD=ahead, REDUCE=reduce,
+                                                HAS_BIAS=reduce and bias is not None, num_warps=4, launch_pdl=pdl)
+    return final if reduce else out
 
 
-def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True) -> dict[str, int]:
+def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True,
+                   reduce: bool = False) -> dict[str, int]:
     """Compile the kernel for sm_90a (no GPU needed) and return ptxas's registers and spill bytes,
     the kernel's shared memory and its wgmma / griddepcontrol instruction counts."""
     import re
@@ -161,10 +210,12 @@ def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bo
     x = torch.empty(rows, k, dtype=torch.bfloat16)
     out = torch.empty(splits, rows, n, dtype=torch.float32)
     kernel = _prefetched_product
-    options = {"K_CHUNK": k // splits, "PDL": pdl, "num_warps": 4}
+    options = {"K_CHUNK": k // splits, "PDL": pdl, "REDUCE": reduce, "HAS_BIAS": reduce, "num_warps": 4}
+    tickets = torch.empty(n // block_n, dtype=torch.int32)
+    bias, final = torch.empty(n, dtype=torch.bfloat16), torch.empty(rows, n, dtype=torch.bfloat16)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, spec, opts = binder(*descriptors(x, torch.empty(n, k, dtype=torch.bfloat16), block_n), out, rows,
-                               out.stride(0), out.stride(1), **options)
+                               out.stride(0), out.stride(1), tickets, bias, final, **options)
     opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
     compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=target,
                               options=opts.__dict__)

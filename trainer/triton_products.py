@@ -66,8 +66,10 @@ class Split:
     prefetch: int = 0
     tma: bool = False  # x and the weight read through tensor descriptors (_product_tma_kernel)
     # trainer/gluon_products.py's kernel instead (its K step is its own; block_k, warps, stages
-    # and prefetch unused): the whole weight tile in shared memory before the wait
+    # and prefetch unused): the whole weight tile in shared memory before the wait; `reduce`: its
+    # partials added in the kernel (the bf16 product, bias added), not by the consumer
     gluon: bool = False
+    reduce: bool = False
 
     def fits(self, n: int, k: int) -> bool:
         return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
@@ -249,7 +251,8 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
             raise ValueError(f"{split}: a Gluon product has no SiLU x up")
         from trainer import gluon_products
 
-        return gluon_products.product(x, weight, block_n=split.block_n, splits=split.splits, pdl=pdl)
+        return gluon_products.product(x, weight, block_n=split.block_n, splits=split.splits, pdl=pdl,
+                                      reduce=split.reduce, bias=bias)
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if not split.fits(n, k) or (swiglu and split.splits > 1):
         raise ValueError(f"{split} does not tile a {n} x {k} weight{' (SiLU x up: one split)' if swiglu else ''}")
@@ -375,10 +378,14 @@ class DecodeProducts:
         return cls(chosen=dict(found.chosen), timing=found.timing, pdl=True)
 
     @classmethod
-    def prefetched(cls, weights, batch: int, kinds: tuple[str, ...] = ("qkv", "o")) -> DecodeProducts:
+    def prefetched(cls, weights, batch: int, kinds: tuple[str, ...] = ("qkv", "o"),
+                   reduced: tuple[str, ...] = ("qkv",)) -> DecodeProducts:
         """The chained step with `kinds` as trainer/gluon_products.py's kernels (the rest on
         cuBLAS): per kind, each shape that fits timed over every layer's weight in a CUDA graph,
-        launched with PDL, and the fastest kept. Raises if a kind has none that runs."""
+        launched with PDL, and the fastest kept; the kinds in `reduced` add their partials in the
+        kernel (a product timed alone cannot see what its partials cost the consumer: on an H200
+        the attention kernel took 0.12 ms a step longer adding q/k/v's, docs/benchmarks.md call
+        57). Raises if a kind has none that runs."""
         from trainer import gluon_products
 
         ref = weights.layers[0].qkv
@@ -389,7 +396,8 @@ class DecodeProducts:
         for kind, n, k, run in _by_kind(weights, batch):
             if kind not in kinds:
                 continue
-            shapes = [Split(block_n, gluon_products.BLOCK_K, splits, gluon=True) for block_n in (64, 128)
+            shapes = [Split(block_n, gluon_products.BLOCK_K, splits, gluon=True, reduce=kind in reduced)
+                      for block_n in (64, 128)
                       for splits in range(1, 17) if gluon_products.fits(n, k, batch, block_n, splits)
                       and sms // 2 <= n // block_n * splits <= 2 * sms]
             timing = {"cublas": _graph_ms(partial(run, F.linear))} | _time_splits(run, shapes, pdl=True)
