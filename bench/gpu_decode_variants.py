@@ -60,15 +60,22 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "chained_gate_up_cublas_split4": replace(chain.without("gate_up"), attention_splits=4)}
     wanted = [name for name in os.environ.get("BENCH_DECODE_VARIANTS", "").split(",") if name]
     if any(name.startswith("prefetched") for name in wanted):  # tuned only when asked for: ~10 s
-        prefetched = DecodeProducts.prefetched(engine.weights, state.tokens.shape[0])
-        found["prefetched_timing_ms"] = prefetched.timing
-        print(f"[decode_variants] Gluon products: {prefetched.describe()} {prefetched.timing}", flush=True)
-        both_reduced = DecodeProducts.prefetched(engine.weights, state.tokens.shape[0], reduced=("qkv", "o"))
-        print(f"[decode_variants] both reduced: {both_reduced.describe()}", flush=True)
-        variants |= {"prefetched_mlp_block": replace(prefetched, mlp=block),
-                     "prefetched_o_mlp_block": replace(prefetched.without("qkv"), mlp=block),
-                     "prefetched_qkv_mlp_block": replace(prefetched.without("o"), mlp=block),
-                     "prefetched_reduced_mlp_block": replace(both_reduced, mlp=block),
+        batch = state.tokens.shape[0]
+        prefetched = DecodeProducts.prefetched(engine.weights, batch, reduced=())
+        reduced = DecodeProducts.prefetched(engine.weights, batch, kinds=("qkv",), reduced=("qkv",))
+        found["prefetched_timing_ms"] = prefetched.timing | {"qkv reduced": reduced.timing["qkv"]}
+        print(f"[decode_variants] Gluon products: {found['prefetched_timing_ms']}", flush=True)
+        qkv, o, qkv_reduced = prefetched.chosen["qkv"], prefetched.chosen["o"], reduced.chosen["qkv"]
+
+        def chain(qkv_split, **options):  # the chained step with the block, o the Gluon kernel's
+            return replace(prefetched, chosen={"qkv": qkv_split, "o": o}, mlp=block, **options)
+
+        variants |= {"prefetched_o_mlp_block": chain(None),
+                     "prefetched_o_nowait_mlp_block": chain(None, attention_wait=False),
+                     "prefetched_mlp_block": chain(qkv),
+                     "prefetched_late_mlp_block": chain(replace(qkv, early=False)),
+                     "prefetched_reduced_mlp_block": chain(qkv_reduced),
+                     "prefetched_reduced_late_mlp_block": chain(replace(qkv_reduced, early=False)),
                      "fused_mlp_block_again": DecodeProducts(mlp=block)}
     if wanted:  # the names above, to time only those
         unknown = [name for name in wanted if name not in variants]

@@ -13,12 +13,14 @@ the kernel, bf16 out) against cuBLAS's F.linear and against itself run again (bi
 order is fixed), and ms a step for cuBLAS (bf16 out), the kernel
 launched plainly, with programmatic dependent launch (each launch overlapping the one before's
 tail, as in the chained step) loading its weights before it waits, the same waiting before any
-load, the `reduce` form with PDL; and cuBLAS again at the end (the noise).
+load, the same letting the next launch start only at its end (`early` False), the `reduce` form
+with PDL; and cuBLAS again at the end (the noise).
 """
 
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -63,32 +65,31 @@ def measure() -> dict:
                    for _ in range(LAYERS)]
         want = x.float() @ weights[0].float().T
         bias = (torch.randn(n, device=dev, generator=gen) * 0.1).to(torch.bfloat16)
-        rows = {"cublas": _graph_ms(lambda: [F.linear(x, w) for w in weights], replays=30)}
+
+        def step_ms(fn, weights=weights) -> float:  # fn(w) for all 28 layers' weights, in one graph
+            return _graph_ms(lambda: [fn(w) for w in weights], replays=30)
+
+        rows = {"cublas": step_ms(lambda w: F.linear(x, w))}
         for bn, s in shapes(n, H, sms):
             name = f"{bn} columns x {s} slices"
+            run = partial(gp.product, x, block_n=bn, splits=s)
             try:
-                got = gp.product(x, weights[0], block_n=bn, splits=s, pdl=False).sum(0)
-                error = ((got - want).norm() / want.norm()).item()
-                plain = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=False) for w in weights],
-                                  replays=30)
-                pdl = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=True) for w in weights],
-                                replays=30)
-                waits = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=True, ahead=False)
-                                           for w in weights], replays=30)
-                reduced = gp.product(x, weights[0], block_n=bn, splits=s, pdl=False, reduce=True, bias=bias)
-                again = gp.product(x, weights[0], block_n=bn, splits=s, pdl=True, reduce=True, bias=bias)
-                ref = F.linear(x, weights[0], bias)
-                reduced_error = ((reduced.float() - ref.float()).norm() / ref.float().norm()).item()
-                pdl_reduced = _graph_ms(lambda: [gp.product(x, w, block_n=bn, splits=s, pdl=True, reduce=True,
-                                                            bias=bias) for w in weights], replays=30)
-                rows[name] = {"error": error, "plain_ms": plain, "pdl_ms": pdl, "pdl_wait_first_ms": waits,
-                              "reduced_vs_cublas": reduced_error, "pdl_reduced_ms": pdl_reduced,
-                              "reduced_repeat_equal": bool(torch.equal(reduced, again))}
+                error = ((run(weights[0], pdl=False).sum(0) - want).norm() / want.norm()).item()
+                reduced = run(weights[0], pdl=False, reduce=True, bias=bias)
+                again = run(weights[0], pdl=True, reduce=True, bias=bias)
+                ref = F.linear(x, weights[0], bias).float()
+                rows[name] = {
+                    "error": error, "reduced_vs_cublas": ((reduced.float() - ref).norm() / ref.norm()).item(),
+                    "reduced_repeat_equal": bool(torch.equal(reduced, again)),
+                    "plain_ms": step_ms(partial(run, pdl=False)), "pdl_ms": step_ms(partial(run, pdl=True)),
+                    "pdl_wait_first_ms": step_ms(partial(run, pdl=True, ahead=False)),
+                    "pdl_late_ms": step_ms(partial(run, pdl=True, early=False)),
+                    "pdl_reduced_ms": step_ms(partial(run, pdl=True, reduce=True, bias=bias))}
             except Exception as exc:  # noqa: BLE001 - a shape failing is a finding, the others go on
                 rows[name] = {"failed": repr(exc)[:300]}
                 torch.cuda.synchronize()
             print(f"{kind} {name}: {rows[name]}", flush=True)
-        rows["cublas again"] = _graph_ms(lambda: [F.linear(x, w) for w in weights], replays=30)
+        rows["cublas again"] = step_ms(lambda w: F.linear(x, w))
         print(f"{kind} cublas {rows['cublas']:.4f} / {rows['cublas again']:.4f} ms", flush=True)
         found["kinds"][kind] = rows
     return found

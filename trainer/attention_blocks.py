@@ -109,11 +109,12 @@ def autotuned(kernel, key: list[str]):
 
 def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
            bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
-           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None) -> torch.Tensor:
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None, wait: bool = True) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
     through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
-    `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
+    `pdl` (`wait` False: launched plainly, the kernel still letting the next grid start at its
+    start); on a CPU in Triton's interpreter with float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
     pdl = pdl and cuda  # Triton's interpreter has no grid dependency control
@@ -133,7 +134,8 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
         shape["SPLITS"] = splits
         grid = (*grid, splits)
     if cuda and os.environ.get(TUNE_ENV, "1") != "0":
-        tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl, **shape)
+        tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl and wait, **shape)
     else:
-        kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl, **shape)
+        kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl and wait,
+                     **shape)
     return out

@@ -18,6 +18,7 @@ it is one launch (13.9 ms measured). A rollout whose prompts have another shape 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import torch
 
@@ -29,10 +30,29 @@ from trainer.triton_products import DecodeProducts
 PREFILL_LIMIT = 8
 
 
+def prefetched_o(weights, products: DecodeProducts, batch: int) -> DecodeProducts | None:
+    """`products` with the o product as trainer/gluon_products.py's kernel (its fastest shape over
+    all layers), launched with PDL after the attention kernel, which lets it start early, and
+    before residual + RMSNorm, which adds its partials; None where Gluon cannot run (or
+    RLTUI_DECODE_GLUON=0) or no shape ran."""
+    from trainer import gluon_products
+
+    ref = weights.layers[0].o
+    if not gluon_products.supported(ref.device) or not 0 < batch <= gluon_products.BLOCK_M:
+        return None
+    try:
+        found = DecodeProducts.prefetched(weights, batch, kinds=("o",), reduced=())
+    except Exception as exc:  # noqa: BLE001 - the other steps serve
+        warnings.warn(f"timing the Gluon o product failed ({exc!r:.300}); not used", stacklevel=3)
+        return None
+    return replace(products, chosen={"o": found.chosen["o"]}, timing=found.timing, pdl=True)
+
+
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture the chained step (if the engine timed its products and it passes the fused step's
     check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
-    Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the fused step
+    Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check) and the same with
+    its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""
@@ -47,6 +67,9 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         products = DecodeProducts(attention_splits=tuned.attention_splits, mlp=block)
         if fused_checked(engine.weights, engine.attention, products):
             variants.insert(0, ("fused_mlp_block", True, products))
+            prefetched = prefetched_o(engine.weights, products, state.tokens.shape[0])
+            if prefetched is not None and fused_checked(engine.weights, engine.attention, prefetched):
+                variants.insert(0, ("fused_mlp_block_o_prefetched", True, prefetched))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):

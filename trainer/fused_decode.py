@@ -118,7 +118,7 @@ def tuned_configs() -> dict[str, str]:
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
                    bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None, *,
-                   pdl: bool = False) -> torch.Tensor:
+                   pdl: bool = False, wait: bool = True) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
     Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
     with its `qkv_bias` not yet added: the kernel adds both.
@@ -128,8 +128,9 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     (at most `kv_len`) under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
-    `pdl`: launched with programmatic dependent launch (the chained step)."""
-    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl)
+    `pdl`: launched with programmatic dependent launch (the chained step); `wait` False: launched
+    plainly, still letting the next kernel start early."""
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl, wait=wait)
 
 
 def attention_splits() -> int:
@@ -153,7 +154,8 @@ def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cac
 
         return rope_attention_split(dims, qkv, state, cache, bias, kv_len, qkv_bias,
                                     splits=products.attention_splits, pdl=products.pdl)
-    return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl)
+    return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl,
+                          wait=products.attention_wait)
 
 
 ElementFns = tuple[Callable, Callable, Callable]

@@ -25,6 +25,8 @@ not run Gluon: the tests compile the kernel for sm_90a and check its shared memo
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # Gluon ships with Triton 3.5+; without it `supported` is False and nothing here runs
@@ -40,14 +42,15 @@ try:  # Gluon ships with Triton 3.5+; without it `supported` is False and nothin
 except ImportError:  # pragma: no cover - exercised where Triton (or its Gluon) is missing
     gluon = None
 
+ENV = "RLTUI_DECODE_GLUON"  # 0: never offered to the decode engine
 BLOCK_M = 128  # every row in one tile
 BLOCK_K = 64  # one TMA box of x and of the weight per K step (128 bytes a row: the widest swizzle)
 MAX_SHARED = 200 * 1024  # of an H100/H200 multiprocessor's 227 KB, leaving room for the grid before
 
 
 def supported(device: torch.device) -> bool:
-    """Gluon present and a Hopper-or-later CUDA device."""
-    return (gluon is not None and device.type == "cuda"
+    """Gluon present, a Hopper-or-later CUDA device, and not switched off (RLTUI_DECODE_GLUON=0)."""
+    return (gluon is not None and os.environ.get(ENV) != "0" and device.type == "cuda"
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
@@ -72,7 +75,8 @@ if gluon is not None:
     @gluon.jit
     def _prefetched_product(x_desc, w_desc, out_ptr, rows, out_split_stride, out_stride, tickets_ptr, bias_ptr,
                             final_ptr, K_CHUNK: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
-                            AHEAD: gl.constexpr = True, REDUCE: gl.constexpr = False, HAS_BIAS: gl.constexpr = False):
+                            AHEAD: gl.constexpr = True, REDUCE: gl.constexpr = False, HAS_BIAS: gl.constexpr = False,
+                            EARLY: gl.constexpr = True, SPLITS: gl.constexpr = 1, PARTS: gl.constexpr = 1):
         # Program (n, s): the float32 partial x[:, s K_CHUNK:(s + 1) K_CHUNK] @ w[n tile, same K]^T.
         # REDUCE: then the last of the n tile's programs to finish (by ticket) adds the tile's
         # partials in a fixed order, the bias, and writes the bf16 product to final_ptr.
@@ -99,7 +103,7 @@ if gluon is not None:
             _grid_control("griddepcontrol.wait")
         for i in gl.static_range(steps):
             tma.async_copy_global_to_shared(x_desc, [0, first + i * block_k], ready.index(i), x_bufs.index(i))
-        if PDL:
+        if PDL and EARLY:
             _grid_control("griddepcontrol.launch_dependents")
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, block_n, 16])
@@ -115,32 +119,40 @@ if gluon is not None:
         gl.store(at, acc, mask=(m < rows)[:, None])
         if REDUCE:
             _reduce_tile(out_ptr, out_split_stride, out_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
-                         block_m, block_n, gl.num_programs(1), HAS_BIAS, num_warps)
+                         block_m, block_n, SPLITS, PARTS, HAS_BIAS, num_warps)
+        if PDL and not EARLY:
+            _grid_control("griddepcontrol.launch_dependents")
 
     @gluon.jit
     def _reduce_tile(part_ptr, part_stride, row_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, splits, HAS_BIAS: gl.constexpr,
-                     num_warps: gl.constexpr):
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLITS: gl.constexpr, PARTS: gl.constexpr,
+                     HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+        # (PARTS: SPLITS rounded up to a power of 2, the tile's first dimension)
         # Every thread's partial is stored before one thread takes a ticket (release: the tile's
         # last program sees them); that program (acquire) reads all partials past the L1 in split
         # order, so the sum is the same on every run, and puts the ticket back to 0 for the next launch.
         gl.thread_barrier()
         ticket = gl.atomic_add(tickets_ptr + gl.program_id(0), 1, sem="acq_rel", scope="gpu")
-        if ticket == splits - 1:
+        if ticket == SPLITS - 1:
             gl.thread_barrier()
-            # 32 rows at a time: few registers, so that the next grid's programs fit beside this one
-            layout: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [num_warps, 1], [1, 0])
-            n = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-            for r in gl.static_range(0, BLOCK_M, 32):
-                m = r + gl.arange(0, 32, layout=gl.SliceLayout(1, layout))
-                live = (m < rows)[:, None]
-                at = m[:, None] * row_stride + n[None, :]
-                total = gl.zeros([32, BLOCK_N], gl.float32, layout)
-                for s in range(splits):
-                    total += gl.load(part_ptr + s * part_stride + at, mask=live, other=0.0, cache_modifier=".cg")
+            # Half the rows at a time, every split's partial of them in one load [S, rows, columns]
+            # (one round trip to the L2 a half), summed in split order.
+            CHUNK: gl.constexpr = BLOCK_M // 2
+            layout: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 2, 16], [1, num_warps, 1], [2, 1, 0])
+            sums: gl.constexpr = gl.SliceLayout(0, layout)
+            s = gl.arange(0, PARTS, layout=gl.SliceLayout(1, gl.SliceLayout(2, layout)))[:, None, None]
+            n = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(1, layout)))[None, None, :]
+            for r in gl.static_range(0, BLOCK_M, CHUNK):
+                m = r + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, gl.SliceLayout(2, layout)))[None, :, None]
+                parts = gl.load(part_ptr + s * part_stride + m * row_stride + n, mask=(s < SPLITS) & (m < rows),
+                                other=0.0, cache_modifier=".cg")
+                total = gl.sum(parts, axis=0)
+                mm = r + gl.arange(0, CHUNK, layout=gl.SliceLayout(1, sums))
+                nn = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, sums))
                 if HAS_BIAS:
-                    total += gl.load(bias_ptr + n).to(gl.float32)[None, :]
-                gl.store(final_ptr + at, total.to(final_ptr.dtype.element_ty), mask=live)
+                    total += gl.load(bias_ptr + nn).to(gl.float32)[None, :]
+                gl.store(final_ptr + mm[:, None] * row_stride + nn[None, :], total.to(final_ptr.dtype.element_ty),
+                         mask=(mm < rows)[:, None])
             gl.atomic_xchg(tickets_ptr + gl.program_id(0), 0)
 
 
@@ -168,11 +180,14 @@ def _tickets(weight: torch.Tensor, tiles: int) -> torch.Tensor:
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int, pdl: bool,
-            ahead: bool = True, reduce: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
+            ahead: bool = True, reduce: bool = False, bias: torch.Tensor | None = None, early: bool = True
+            ) -> torch.Tensor:
     """x [B, K] @ weight[N, K]^T as float32 partial sums [splits, B, N] (bf16 inputs, B <= 128);
     `reduce`: as the bf16 product [B, N] (+ `bias`), the partials added in the kernel.
     `pdl`: launched with programmatic dependent launch (see the module's docstring); `ahead`
-    False (bench/gpu_gluon_products.py): wait for the grid before any load."""
+    False (bench/gpu_gluon_products.py): wait for the grid before any load; `early` False: let the
+    next grid start only at the end (its programs then do not take multiprocessors while this
+    grid still holds them)."""
     rows, k = x.shape
     n = weight.shape[0]
     if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or not fits(n, k, rows, block_n, splits):
@@ -186,7 +201,9 @@ def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int,
     _prefetched_product[(n // block_n, splits)](x_desc, w_desc, out, rows, out.stride(0), out.stride(1), tickets,
                                                 bias if bias is not None else weight, final,
                                                 K_CHUNK=k // splits, PDL=pdl, AHEAD=ahead, REDUCE=reduce,
-                                                HAS_BIAS=reduce and bias is not None, num_warps=4, launch_pdl=pdl)
+                                                HAS_BIAS=reduce and bias is not None, EARLY=early, SPLITS=splits,
+                                                PARTS=1 << (splits - 1).bit_length(),
+                                                num_warps=4, launch_pdl=pdl)
     return final if reduce else out
 
 
@@ -210,7 +227,8 @@ def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bo
     x = torch.empty(rows, k, dtype=torch.bfloat16)
     out = torch.empty(splits, rows, n, dtype=torch.float32)
     kernel = _prefetched_product
-    options = {"K_CHUNK": k // splits, "PDL": pdl, "REDUCE": reduce, "HAS_BIAS": reduce, "num_warps": 4}
+    options = {"K_CHUNK": k // splits, "PDL": pdl, "REDUCE": reduce, "HAS_BIAS": reduce, "SPLITS": splits,
+               "PARTS": 1 << (splits - 1).bit_length(), "num_warps": 4}
     tickets = torch.empty(n // block_n, dtype=torch.int32)
     bias, final = torch.empty(n, dtype=torch.bfloat16), torch.empty(rows, n, dtype=torch.bfloat16)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)

@@ -70,6 +70,7 @@ class Split:
     # partials added in the kernel (the bf16 product, bias added), not by the consumer
     gluon: bool = False
     reduce: bool = False
+    early: bool = True  # (Gluon, with PDL) let the next grid start once x's loads are issued; False: at the end
 
     def fits(self, n: int, k: int) -> bool:
         return n % self.block_n == 0 and k % (self.splits * self.block_k) == 0
@@ -252,7 +253,7 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
         from trainer import gluon_products
 
         return gluon_products.product(x, weight, block_n=split.block_n, splits=split.splits, pdl=pdl,
-                                      reduce=split.reduce, bias=bias)
+                                      reduce=split.reduce, bias=bias, early=split.early)
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if not split.fits(n, k) or (swiglu and split.splits > 1):
         raise ValueError(f"{split} does not tile a {n} x {k} weight{' (SiLU x up: one split)' if swiglu else ''}")
@@ -340,6 +341,9 @@ class DecodeProducts:
     # The MLP half of each layer as one persistent kernel (trainer/mlp_block.py: a BlockShape);
     # None: gate/up, SiLU x up, down and residual + RMSNorm as their own kernels.
     mlp: BlockShape | None = None
+    # Chained step: the attention kernel waits for the q/k/v product as a PDL dependent; False: it
+    # is launched plainly (and still lets the o product start early).
+    attention_wait: bool = True
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
