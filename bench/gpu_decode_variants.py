@@ -15,6 +15,7 @@ on the model's weights.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -77,6 +78,12 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "prefetched_reduced_mlp_block": chain(qkv_reduced),
                      "prefetched_reduced_late_mlp_block": chain(replace(qkv_reduced, early=False)),
                      "fused_mlp_block_again": DecodeProducts(mlp=block)}
+        # prefetched_o_<columns>x<slices>_mlp_block: o as the Gluon kernel of that shape
+        for name in wanted:
+            shape = re.fullmatch(r"prefetched_o_(\d+)x(\d+)_mlp_block", name)
+            if shape:
+                sized = replace(o, block_n=int(shape[1]), splits=int(shape[2]))
+                variants[name] = replace(prefetched, chosen={"qkv": None, "o": sized}, mlp=block)
     if wanted:  # the names above, to time only those
         unknown = [name for name in wanted if name not in variants]
         if unknown:
