@@ -77,6 +77,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "prefetched_late_mlp_block": chain(replace(qkv, early=False)),
                      "prefetched_reduced_mlp_block": chain(qkv_reduced),
                      "prefetched_reduced_late_mlp_block": chain(replace(qkv_reduced, early=False)),
+                     "prefetched_o_late_mlp_block": chain(None, attention_late=True),
+                     "prefetched_late_o_late_mlp_block": chain(replace(qkv, early=False), attention_late=True),
                      "fused_mlp_block_again": DecodeProducts(mlp=block)}
         # prefetched_o_<columns>x<slices>_mlp_block: o as the Gluon kernel of that shape
         for name in wanted:

@@ -109,12 +109,14 @@ def autotuned(kernel, key: list[str]):
 
 def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
            bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
-           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None, wait: bool = True) -> torch.Tensor:
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None, wait: bool = True,
+           late: bool = False) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
     through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
     `pdl` (`wait` False: launched plainly, the kernel still letting the next grid start at its
-    start); on a CPU in Triton's interpreter with float32 tiles."""
+    start; `late`, fused_decode's kernel only: letting it start after its loop); on a CPU in
+    Triton's interpreter with float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
     pdl = pdl and cuda  # Triton's interpreter has no grid dependency control
@@ -130,6 +132,8 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
              "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
     grid = (batch, dims.kv_heads)
+    if late:
+        shape["LATE"] = True
     if splits is not None:
         shape["SPLITS"] = splits
         grid = (*grid, splits)

@@ -56,11 +56,13 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
+                               LATE: tl.constexpr = False):
         HALF: tl.constexpr = D // 2
         if PDL:  # the chained step: everything read below may come from the kernel before
             gdc_wait()
-            gdc_launch_dependents()
+            if not LATE:  # (LATE: the next grid may start only once this program's loop is done)
+                gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -97,6 +99,8 @@ if triton is not None:
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
             bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
             m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
+        if PDL and LATE:
+            gdc_launch_dependents()
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=live_rows[:, None])
@@ -118,7 +122,7 @@ def tuned_configs() -> dict[str, str]:
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
                    bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None, *,
-                   pdl: bool = False, wait: bool = True) -> torch.Tensor:
+                   pdl: bool = False, wait: bool = True, late: bool = False) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
     Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
     with its `qkv_bias` not yet added: the kernel adds both.
@@ -129,8 +133,9 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
     `pdl`: launched with programmatic dependent launch (the chained step); `wait` False: launched
-    plainly, still letting the next kernel start early."""
-    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl, wait=wait)
+    plainly, still letting the next kernel start early; `late`: let it start only after the loop."""
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl, wait=wait,
+                  late=late)
 
 
 def attention_splits() -> int:
@@ -155,7 +160,7 @@ def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cac
         return rope_attention_split(dims, qkv, state, cache, bias, kv_len, qkv_bias,
                                     splits=products.attention_splits, pdl=products.pdl)
     return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl,
-                          wait=products.attention_wait)
+                          wait=products.attention_wait, late=products.attention_late)
 
 
 ElementFns = tuple[Callable, Callable, Callable]

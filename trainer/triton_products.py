@@ -344,6 +344,8 @@ class DecodeProducts:
     # Chained step: the attention kernel waits for the q/k/v product as a PDL dependent; False: it
     # is launched plainly (and still lets the o product start early).
     attention_wait: bool = True
+    # Chained step: the attention kernel lets the next grid start after its loop, not at its start.
+    attention_late: bool = False
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
