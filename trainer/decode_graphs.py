@@ -30,22 +30,29 @@ from trainer.triton_products import DecodeProducts
 PREFILL_LIMIT = 8
 
 
-def prefetched_o(weights, products: DecodeProducts, batch: int) -> DecodeProducts | None:
-    """`products` with the o product as trainer/gluon_products.py's kernel (its fastest shape over
-    all layers), launched with PDL after the attention kernel, which lets it start early, and
-    before residual + RMSNorm, which adds its partials; None where Gluon cannot run (or
-    RLTUI_DECODE_GLUON=0) or no shape ran."""
+def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2) -> dict[str, DecodeProducts]:
+    """`products` with the o product as trainer/gluon_products.py's kernel, launched with PDL after
+    the attention kernel, which lets it start early, and before residual + RMSNorm, which adds its
+    partials: one per shape for the `shapes` fastest over all layers alone, by name. Alone is not
+    in the step: there the o kernel's programs share multiprocessors with the attention's, and
+    on an H200 the second fastest alone (64 columns x 4 K slices) replayed 0.018 ms faster than
+    the fastest (x 3) in two calls (docs/benchmarks.md, calls 61-62), so the step's timing picks.
+    Empty where Gluon cannot run (or RLTUI_DECODE_GLUON=0) or no shape ran."""
     from trainer import gluon_products
 
     ref = weights.layers[0].o
     if not gluon_products.supported(ref.device) or not 0 < batch <= gluon_products.BLOCK_M:
-        return None
+        return {}
     try:
         found = DecodeProducts.prefetched(weights, batch, kinds=("o",), reduced=())
     except Exception as exc:  # noqa: BLE001 - the other steps serve
         warnings.warn(f"timing the Gluon o product failed ({exc!r:.300}); not used", stacklevel=3)
-        return None
-    return replace(products, chosen={"o": found.chosen["o"]}, timing=found.timing, pdl=True)
+        return {}
+    timing = found.timing["o"]
+    ranked = sorted((s for s in DecodeProducts.gluon_shapes(weights, batch, "o") if str(s) in timing),
+                    key=lambda s: timing[str(s)])
+    return {f"fused_mlp_block_o_{s.block_n}x{s.splits}": replace(products, chosen={"o": s}, timing=found.timing,
+                                                               pdl=True) for s in ranked[:shapes]}
 
 
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
@@ -67,9 +74,9 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         products = DecodeProducts(attention_splits=tuned.attention_splits, mlp=block)
         if fused_checked(engine.weights, engine.attention, products):
             variants.insert(0, ("fused_mlp_block", True, products))
-            prefetched = prefetched_o(engine.weights, products, state.tokens.shape[0])
-            if prefetched is not None and fused_checked(engine.weights, engine.attention, prefetched):
-                variants.insert(0, ("fused_mlp_block_o_prefetched", True, prefetched))
+            for name, prefetched in prefetched_o(engine.weights, products, state.tokens.shape[0]).items():
+                if fused_checked(engine.weights, engine.attention, prefetched):
+                    variants.insert(0, (name, True, prefetched))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):

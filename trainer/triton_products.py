@@ -397,21 +397,30 @@ class DecodeProducts:
         ref = weights.layers[0].qkv
         if not gluon_products.supported(ref.device):
             raise RuntimeError("Gluon products need Triton's Gluon and a Hopper GPU")
-        sms = torch.cuda.get_device_properties(ref.device).multi_processor_count
         found = cls(pdl=True)
         for kind, n, k, run in _by_kind(weights, batch):
             if kind not in kinds:
                 continue
-            shapes = [Split(block_n, gluon_products.BLOCK_K, splits, gluon=True, reduce=kind in reduced)
-                      for block_n in (64, 128)
-                      for splits in range(1, 17) if gluon_products.fits(n, k, batch, block_n, splits)
-                      and sms // 2 <= n // block_n * splits <= 2 * sms]
+            shapes = [replace(s, reduce=kind in reduced) for s in cls.gluon_shapes(weights, batch, kind)]
             timing = {"cublas": _graph_ms(partial(run, F.linear))} | _time_splits(run, shapes, pdl=True)
             if len(timing) == 1:
                 raise RuntimeError(f"no Gluon product ran for {kind}")
             found.chosen[kind] = min((s for s in shapes if str(s) in timing), key=lambda s: timing[str(s)])
             found.timing[kind] = timing
         return found
+
+    @staticmethod
+    def gluon_shapes(weights, batch: int, kind: str) -> list[Split]:
+        """trainer/gluon_products.py's shapes for `kind`'s weight: 64 or 128 columns, K slices that
+        fit and fill half to twice the multiprocessors."""
+        from trainer import gluon_products
+
+        weight = getattr(weights.layers[0], kind)
+        n, k = weight.shape
+        sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
+        return [Split(block_n, gluon_products.BLOCK_K, splits, gluon=True) for block_n in (64, 128)
+                for splits in range(1, 17) if gluon_products.fits(n, k, batch, block_n, splits)
+                and sms // 2 <= n // block_n * splits <= 2 * sms]
 
     @classmethod
     def fixed(cls, **chosen: Split | None) -> DecodeProducts:
