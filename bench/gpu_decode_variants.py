@@ -62,23 +62,17 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     wanted = [name for name in os.environ.get("BENCH_DECODE_VARIANTS", "").split(",") if name]
     if any(name.startswith("prefetched") for name in wanted):  # tuned only when asked for: ~10 s
         batch = state.tokens.shape[0]
-        prefetched = DecodeProducts.prefetched(engine.weights, batch, reduced=())
-        reduced = DecodeProducts.prefetched(engine.weights, batch, kinds=("qkv",), reduced=("qkv",))
-        found["prefetched_timing_ms"] = prefetched.timing | {"qkv reduced": reduced.timing["qkv"]}
+        prefetched = DecodeProducts.prefetched(engine.weights, batch)
+        found["prefetched_timing_ms"] = prefetched.timing
         print(f"[decode_variants] Gluon products: {found['prefetched_timing_ms']}", flush=True)
-        qkv, o, qkv_reduced = prefetched.chosen["qkv"], prefetched.chosen["o"], reduced.chosen["qkv"]
+        qkv, o = prefetched.chosen["qkv"], prefetched.chosen["o"]
 
-        def chain(qkv_split, **options):  # the chained step with the block, o the Gluon kernel's
-            return replace(prefetched, chosen={"qkv": qkv_split, "o": o}, mlp=block, **options)
+        def chain(qkv_split):  # the chained step with the block, o the Gluon kernel's
+            return replace(prefetched, chosen={"qkv": qkv_split, "o": o}, mlp=block)
 
-        variants |= {"prefetched_o_mlp_block": chain(None),
-                     "prefetched_o_nowait_mlp_block": chain(None, attention_wait=False),
+        variants |= {"prefetched_o_mlp_block": chain(None),  # q/k/v cuBLAS's
                      "prefetched_mlp_block": chain(qkv),
                      "prefetched_late_mlp_block": chain(replace(qkv, early=False)),
-                     "prefetched_reduced_mlp_block": chain(qkv_reduced),
-                     "prefetched_reduced_late_mlp_block": chain(replace(qkv_reduced, early=False)),
-                     "prefetched_o_late_mlp_block": chain(None, attention_late=True),
-                     "prefetched_late_o_late_mlp_block": chain(replace(qkv, early=False), attention_late=True),
                      "fused_mlp_block_again": DecodeProducts(mlp=block)}
         # prefetched_o_<columns>x<slices>_mlp_block: o as the Gluon kernel of that shape
         for name in wanted:

@@ -109,14 +109,11 @@ def autotuned(kernel, key: list[str]):
 
 def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
            bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
-           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None, wait: bool = True,
-           late: bool = False) -> torch.Tensor:
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
     through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
-    `pdl` (`wait` False: launched plainly, the kernel still letting the next grid start at its
-    start; `late`, fused_decode's kernel only: letting it start after its loop); on a CPU in
-    Triton's interpreter with float32 tiles."""
+    `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
     pdl = pdl and cuda  # Triton's interpreter has no grid dependency control
@@ -132,14 +129,11 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
              "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
     grid = (batch, dims.kv_heads)
-    if late:
-        shape["LATE"] = True
     if splits is not None:
         shape["SPLITS"] = splits
         grid = (*grid, splits)
     if cuda and os.environ.get(TUNE_ENV, "1") != "0":
-        tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl and wait, **shape)
+        tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl, **shape)
     else:
-        kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl and wait,
-                     **shape)
+        kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl, **shape)
     return out

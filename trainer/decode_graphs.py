@@ -44,7 +44,7 @@ def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2)
     if not gluon_products.supported(ref.device) or not 0 < batch <= gluon_products.BLOCK_M:
         return {}
     try:
-        found = DecodeProducts.prefetched(weights, batch, kinds=("o",), reduced=())
+        found = DecodeProducts.prefetched(weights, batch, kinds=("o",))
     except Exception as exc:  # noqa: BLE001 - the other steps serve
         warnings.warn(f"timing the Gluon o product failed ({exc!r:.300}); not used", stacklevel=3)
         return {}

@@ -56,13 +56,11 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
-                               LATE: tl.constexpr = False):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
         HALF: tl.constexpr = D // 2
         if PDL:  # the chained step: everything read below may come from the kernel before
             gdc_wait()
-            if not LATE:  # (LATE: the next grid may start only once this program's loop is done)
-                gdc_launch_dependents()
+            gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.arange(0, BLOCK_M)
@@ -99,8 +97,6 @@ if triton is not None:
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
             bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
             m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
-        if PDL and LATE:
-            gdc_launch_dependents()
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=live_rows[:, None])
@@ -122,7 +118,7 @@ def tuned_configs() -> dict[str, str]:
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
                    bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None, *,
-                   pdl: bool = False, wait: bool = True, late: bool = False) -> torch.Tensor:
+                   pdl: bool = False) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
     Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
     with its `qkv_bias` not yet added: the kernel adds both.
@@ -132,10 +128,8 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     (at most `kv_len`) under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
-    `pdl`: launched with programmatic dependent launch (the chained step); `wait` False: launched
-    plainly, still letting the next kernel start early; `late`: let it start only after the loop."""
-    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl, wait=wait,
-                  late=late)
+    `pdl`: launched with programmatic dependent launch (the chained step)."""
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl)
 
 
 def attention_splits() -> int:
@@ -159,8 +153,7 @@ def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cac
 
         return rope_attention_split(dims, qkv, state, cache, bias, kv_len, qkv_bias,
                                     splits=products.attention_splits, pdl=products.pdl)
-    return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl,
-                          wait=products.attention_wait, late=products.attention_late)
+    return rope_attention(dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl=products.pdl)
 
 
 ElementFns = tuple[Callable, Callable, Callable]

@@ -73,13 +73,11 @@ if gluon is not None:
                                   pack=1)
 
     @gluon.jit
-    def _prefetched_product(x_desc, w_desc, out_ptr, rows, out_split_stride, out_stride, tickets_ptr, bias_ptr,
-                            final_ptr, K_CHUNK: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
-                            AHEAD: gl.constexpr = True, REDUCE: gl.constexpr = False, HAS_BIAS: gl.constexpr = False,
-                            EARLY: gl.constexpr = True, SPLITS: gl.constexpr = 1, PARTS: gl.constexpr = 1):
+    def _prefetched_product(x_desc, w_desc, out_ptr, rows, out_split_stride, out_stride, K_CHUNK: gl.constexpr,
+                            PDL: gl.constexpr, num_warps: gl.constexpr, AHEAD: gl.constexpr = True,
+                            EARLY: gl.constexpr = True):
         # Program (n, s): the float32 partial x[:, s K_CHUNK:(s + 1) K_CHUNK] @ w[n tile, same K]^T.
-        # REDUCE: then the last of the n tile's programs to finish (by ticket) adds the tile's
-        # partials in a fixed order, the bias, and writes the bf16 product to final_ptr.
+        # (AHEAD False: wait before any load; EARLY False: let the next grid start at the end.)
         block_m: gl.constexpr = x_desc.block_type.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
         block_n: gl.constexpr = w_desc.block_type.shape[0]
@@ -93,7 +91,6 @@ if gluon is not None:
             mbarrier.init(ready.index(i), count=1)
         fence_async_shared()
         # Step i's barrier completes when its weight tile and its x tile have both landed.
-        # (AHEAD False, to measure what loading the weights first is worth: wait first.)
         if PDL and not AHEAD:
             _grid_control("griddepcontrol.wait")
         for i in gl.static_range(steps):
@@ -117,43 +114,8 @@ if gluon is not None:
         n = first_col + gl.arange(0, block_n, layout=gl.SliceLayout(0, layout))
         at = out_ptr + gl.program_id(1) * out_split_stride + m[:, None] * out_stride + n[None, :]
         gl.store(at, acc, mask=(m < rows)[:, None])
-        if REDUCE:
-            _reduce_tile(out_ptr, out_split_stride, out_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
-                         block_m, block_n, SPLITS, PARTS, HAS_BIAS, num_warps)
         if PDL and not EARLY:
             _grid_control("griddepcontrol.launch_dependents")
-
-    @gluon.jit
-    def _reduce_tile(part_ptr, part_stride, row_stride, tickets_ptr, bias_ptr, final_ptr, rows, first_col,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLITS: gl.constexpr, PARTS: gl.constexpr,
-                     HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
-        # (PARTS: SPLITS rounded up to a power of 2, the tile's first dimension)
-        # Every thread's partial is stored before one thread takes a ticket (release: the tile's
-        # last program sees them); that program (acquire) reads all partials past the L1 in split
-        # order, so the sum is the same on every run, and puts the ticket back to 0 for the next launch.
-        gl.thread_barrier()
-        ticket = gl.atomic_add(tickets_ptr + gl.program_id(0), 1, sem="acq_rel", scope="gpu")
-        if ticket == SPLITS - 1:
-            gl.thread_barrier()
-            # Half the rows at a time, every split's partial of them in one load [S, rows, columns]
-            # (one round trip to the L2 a half), summed in split order.
-            CHUNK: gl.constexpr = BLOCK_M // 2
-            layout: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 2, 16], [1, num_warps, 1], [2, 1, 0])
-            sums: gl.constexpr = gl.SliceLayout(0, layout)
-            s = gl.arange(0, PARTS, layout=gl.SliceLayout(1, gl.SliceLayout(2, layout)))[:, None, None]
-            n = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(1, layout)))[None, None, :]
-            for r in gl.static_range(0, BLOCK_M, CHUNK):
-                m = r + gl.arange(0, CHUNK, layout=gl.SliceLayout(0, gl.SliceLayout(2, layout)))[None, :, None]
-                parts = gl.load(part_ptr + s * part_stride + m * row_stride + n, mask=(s < SPLITS) & (m < rows),
-                                other=0.0, cache_modifier=".cg")
-                total = gl.sum(parts, axis=0)
-                mm = r + gl.arange(0, CHUNK, layout=gl.SliceLayout(1, sums))
-                nn = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, sums))
-                if HAS_BIAS:
-                    total += gl.load(bias_ptr + nn).to(gl.float32)[None, :]
-                gl.store(final_ptr + mm[:, None] * row_stride + nn[None, :], total.to(final_ptr.dtype.element_ty),
-                         mask=(mm < rows)[:, None])
-            gl.atomic_xchg(tickets_ptr + gl.program_id(0), 0)
 
 
 def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
@@ -167,23 +129,9 @@ def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
     return desc(x, [BLOCK_M, BLOCK_K]), desc(weight, [block_n, BLOCK_K])
 
 
-_TICKETS: dict[tuple[str, int], torch.Tensor] = {}  # per device and weight: one counter per column tile
-
-
-def _tickets(weight: torch.Tensor, tiles: int) -> torch.Tensor:
-    # Per weight, so that no two products in flight share a counter; allocated at the first
-    # (eager) call, before any graph capture, and left at 0 by every launch.
-    key = (str(weight.device), weight.data_ptr())
-    if key not in _TICKETS or _TICKETS[key].numel() < tiles:
-        _TICKETS[key] = torch.zeros(tiles, device=weight.device, dtype=torch.int32)
-    return _TICKETS[key]
-
-
 def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int, pdl: bool,
-            ahead: bool = True, reduce: bool = False, bias: torch.Tensor | None = None, early: bool = True
-            ) -> torch.Tensor:
-    """x [B, K] @ weight[N, K]^T as float32 partial sums [splits, B, N] (bf16 inputs, B <= 128);
-    `reduce`: as the bf16 product [B, N] (+ `bias`), the partials added in the kernel.
+            ahead: bool = True, early: bool = True) -> torch.Tensor:
+    """x [B, K] @ weight[N, K]^T as float32 partial sums [splits, B, N] (bf16 inputs, B <= 128).
     `pdl`: launched with programmatic dependent launch (see the module's docstring); `ahead`
     False (bench/gpu_gluon_products.py): wait for the grid before any load; `early` False: let the
     next grid start only at the end (its programs then do not take multiprocessors while this
@@ -195,20 +143,14 @@ def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int,
                          f"x {tuple(x.shape)} {x.dtype} @ weight {tuple(weight.shape)} {weight.dtype}")
     x = x if x.stride(1) == 1 and x.stride(0) % 8 == 0 else x.contiguous()
     out = torch.empty(splits, rows, n, device=x.device, dtype=torch.float32)
-    final = torch.empty(rows, n, device=x.device, dtype=x.dtype) if reduce else out
-    tickets = _tickets(weight, n // block_n) if reduce else out
     x_desc, w_desc = descriptors(x, weight, block_n)
-    _prefetched_product[(n // block_n, splits)](x_desc, w_desc, out, rows, out.stride(0), out.stride(1), tickets,
-                                                bias if bias is not None else weight, final,
-                                                K_CHUNK=k // splits, PDL=pdl, AHEAD=ahead, REDUCE=reduce,
-                                                HAS_BIAS=reduce and bias is not None, EARLY=early, SPLITS=splits,
-                                                PARTS=1 << (splits - 1).bit_length(),
-                                                num_warps=4, launch_pdl=pdl)
-    return final if reduce else out
+    _prefetched_product[(n // block_n, splits)](x_desc, w_desc, out, rows, out.stride(0), out.stride(1),
+                                                K_CHUNK=k // splits, PDL=pdl, AHEAD=ahead, EARLY=early, num_warps=4,
+                                                launch_pdl=pdl)
+    return out
 
 
-def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True,
-                   reduce: bool = False) -> dict[str, int]:
+def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True) -> dict[str, int]:
     """Compile the kernel for sm_90a (no GPU needed) and return ptxas's registers and spill bytes,
     the kernel's shared memory and its wgmma / griddepcontrol instruction counts."""
     import re
@@ -227,13 +169,10 @@ def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bo
     x = torch.empty(rows, k, dtype=torch.bfloat16)
     out = torch.empty(splits, rows, n, dtype=torch.float32)
     kernel = _prefetched_product
-    options = {"K_CHUNK": k // splits, "PDL": pdl, "REDUCE": reduce, "HAS_BIAS": reduce, "SPLITS": splits,
-               "PARTS": 1 << (splits - 1).bit_length(), "num_warps": 4}
-    tickets = torch.empty(n // block_n, dtype=torch.int32)
-    bias, final = torch.empty(n, dtype=torch.bfloat16), torch.empty(rows, n, dtype=torch.bfloat16)
+    options = {"K_CHUNK": k // splits, "PDL": pdl, "num_warps": 4}
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, spec, opts = binder(*descriptors(x, torch.empty(n, k, dtype=torch.bfloat16), block_n), out, rows,
-                               out.stride(0), out.stride(1), tickets, bias, final, **options)
+                               out.stride(0), out.stride(1), **options)
     opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
     compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=target,
                               options=opts.__dict__)

@@ -66,10 +66,9 @@ class Split:
     prefetch: int = 0
     tma: bool = False  # x and the weight read through tensor descriptors (_product_tma_kernel)
     # trainer/gluon_products.py's kernel instead (its K step is its own; block_k, warps, stages
-    # and prefetch unused): the whole weight tile in shared memory before the wait; `reduce`: its
-    # partials added in the kernel (the bf16 product, bias added), not by the consumer
+    # and prefetch unused): the whole weight tile in shared memory before the wait, float32
+    # partials out for the consumer to add
     gluon: bool = False
-    reduce: bool = False
     early: bool = True  # (Gluon, with PDL) let the next grid start once x's loads are issued; False: at the end
 
     def fits(self, n: int, k: int) -> bool:
@@ -253,7 +252,7 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sp
         from trainer import gluon_products
 
         return gluon_products.product(x, weight, block_n=split.block_n, splits=split.splits, pdl=pdl,
-                                      reduce=split.reduce, bias=bias, early=split.early)
+                                      early=split.early)
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if not split.fits(n, k) or (swiglu and split.splits > 1):
         raise ValueError(f"{split} does not tile a {n} x {k} weight{' (SiLU x up: one split)' if swiglu else ''}")
@@ -341,11 +340,6 @@ class DecodeProducts:
     # The MLP half of each layer as one persistent kernel (trainer/mlp_block.py: a BlockShape);
     # None: gate/up, SiLU x up, down and residual + RMSNorm as their own kernels.
     mlp: BlockShape | None = None
-    # Chained step: the attention kernel waits for the q/k/v product as a PDL dependent; False: it
-    # is launched plainly (and still lets the o product start early).
-    attention_wait: bool = True
-    # Chained step: the attention kernel lets the next grid start after its loop, not at its start.
-    attention_late: bool = False
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -384,14 +378,10 @@ class DecodeProducts:
         return cls(chosen=dict(found.chosen), timing=found.timing, pdl=True)
 
     @classmethod
-    def prefetched(cls, weights, batch: int, kinds: tuple[str, ...] = ("qkv", "o"),
-                   reduced: tuple[str, ...] = ("qkv",)) -> DecodeProducts:
+    def prefetched(cls, weights, batch: int, kinds: tuple[str, ...] = ("qkv", "o")) -> DecodeProducts:
         """The chained step with `kinds` as trainer/gluon_products.py's kernels (the rest on
         cuBLAS): per kind, each shape that fits timed over every layer's weight in a CUDA graph,
-        launched with PDL, and the fastest kept; the kinds in `reduced` add their partials in the
-        kernel (a product timed alone cannot see what its partials cost the consumer: on an H200
-        the attention kernel took 0.12 ms a step longer adding q/k/v's, docs/benchmarks.md call
-        57). Raises if a kind has none that runs."""
+        launched with PDL, and the fastest kept. Raises if a kind has none that runs."""
         from trainer import gluon_products
 
         ref = weights.layers[0].qkv
@@ -401,7 +391,7 @@ class DecodeProducts:
         for kind, n, k, run in _by_kind(weights, batch):
             if kind not in kinds:
                 continue
-            shapes = [replace(s, reduce=kind in reduced) for s in cls.gluon_shapes(weights, batch, kind)]
+            shapes = cls.gluon_shapes(weights, batch, kind)
             timing = {"cublas": _graph_ms(partial(run, F.linear))} | _time_splits(run, shapes, pdl=True)
             if len(timing) == 1:
                 raise RuntimeError(f"no Gluon product ran for {kind}")
