@@ -9,7 +9,11 @@ product Triton's, the chained step with cuBLAS's gate/up and down, and whatever 
 offers; BENCH_DECODE_VARIANTS=name,name times only those) is captured for every attention bucket
 the rollout visits and timed through the rollout's own sequence of slots, with its kernels by GPU
 time at the last bucket and its check against the plain step (trainer/fused_decode.check_error)
-on the model's weights.
+on the model's weights. Names starting with `prefetched` (the chained step with the MLP block and
+trainer/gluon_products.py's kernels, timed alone first): `prefetched_o_mlp_block` (o only),
+`prefetched_mlp_block` (q/k/v too), `prefetched_late_mlp_block` (q/k/v letting the attention start
+only at its end), `prefetched_o_<columns>x<slices>_mlp_block` (o of that shape) and
+`fused_mlp_block_again` (the baseline timed last).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 they wait for the kernel before them: a Gluon kernel launched with programmatic dependent launch.
 
     from trainer.gluon_products import product, supported
-    parts = product(x, weight, block_n=128, splits=8, pdl=True)   # float32 partials [8, B, N]
+    parts = product(x, weight, block_n=64, splits=4, pdl=True)   # float32 partials [4, B, N]
 
 At batch 128 an H200 takes 6.3 and 5.6 us a layer for Qwen2.5-1.5B's q/k/v and o products (6.3
 and 4.7 MB of weights, 1.5 and 1.1 us at the copy rate) in cuBLAS: the kernel's start-up and its
@@ -19,8 +19,20 @@ Triton's loops issue their first loads at the loop, after any wait, which is why
 could only ask the L2 (calls 17, 19, 37, 40-41: slower); calls 54-56 measured the gain of loads
 before the wait on a Gluon gate/up.
 
-CUDA on Hopper only (TMA, wgmma); rows at most 128 (one tile of rows). Triton's interpreter does
-not run Gluon: the tests compile the kernel for sm_90a and check its shared memory and spills.
+Measured on an H200 (docs/benchmarks.md, issue 18, calls 57-63; bench/gpu_gluon_products.py):
+28 layers alone, o 0.108 ms a step against cuBLAS's 0.159 (q/k/v 0.129 against 0.164); the PDL
+launch with the weights loaded before the wait 0.108, waiting first 0.146, plain 0.153. In the
+decode step the o product pays: after the attention kernel, which lets it start early, its
+weights stream in during the attention's tail, and the replay went from 1.937-1.943 to
+1.873-1.879 ms (64 columns x 4 K slices, which the engine keeps: `decode_graphs.prefetched_o`).
+The q/k/v product does not: it follows the cooperative MLP block, whose programs hold every
+multiprocessor to its end, and the attention kernel adding its partials took 0.05-0.12 ms a step
+longer; adding them in the product instead (the last program of a column tile, by ticket: commit
+eaa77a2, taken out) cost more than it saved. So the decode engine offers o alone.
+
+CUDA on Hopper only (TMA, wgmma); rows at most 128 (one tile of rows); RLTUI_DECODE_GLUON=0
+switches it off. Triton's interpreter does not run Gluon: the tests compile the kernel for sm_90a
+(Triton's own ptxas, no GPU) and check its shared memory, spills and instructions.
 """
 
 from __future__ import annotations
