@@ -26,7 +26,7 @@ decode step the o product pays: after the attention kernel, which lets it start 
 weights stream in during the attention's tail, and the replay went from 1.937-1.943 to
 1.873-1.879 ms (64 columns x 4 K slices, which the engine keeps: `decode_graphs.prefetched_o`).
 The q/k/v product does not: it follows the cooperative MLP block, whose programs hold every
-multiprocessor to its end, and the attention kernel adding its partials took 0.05-0.12 ms a step
+multiprocessor to its end, and the attention kernel adding its partials took 0.04-0.14 ms a step
 longer; adding them in the product instead (the last program of a column tile, by ticket: commit
 eaa77a2, taken out) cost more than it saved. So the decode engine offers o alone.
 
