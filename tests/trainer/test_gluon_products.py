@@ -2,9 +2,9 @@
 compiled for sm_90a with Triton's own ptxas and its machine code checked (whole weight tile and x in
 shared memory within the limit, no spills, the wgmma count of its K steps, the grid-dependency
 instructions only when launched with PDL); the shapes it takes and refuses; and the decode engine's
-offer of it (`decode_graphs.prefetched_o`) is None where it cannot run. The GPU path (its partials
-against float32, the reduce form against cuBLAS, the step's check and replay) is run by
-bench/gpu_gluon_products.py and bench/gpu_step.py on the GPU machine. Skipped without Gluon."""
+offer of it (`decode_graphs.prefetched_o`) is empty where it cannot run. The GPU path (its partials
+against float32, the step's check and replay) is run by bench/gpu_gluon_products.py and
+bench/gpu_step.py on the GPU machine. Skipped without Gluon."""
 
 from __future__ import annotations
 
