@@ -6,7 +6,7 @@ they wait for the kernel before them: a Gluon kernel launched with programmatic 
 
 At batch 128 an H200 takes 6.3 and 5.6 us a layer for Qwen2.5-1.5B's q/k/v and o products (6.3
 and 4.7 MB of weights, 1.5 and 1.1 us at the copy rate) in cuBLAS: the kernel's start-up and its
-first loads, not its bytes (docs/benchmarks.md, issue 18). Split along K into ~100-130 programs,
+first loads, not its bytes (docs/benchmarks.md, issue 18). Split along K into 72-192 programs,
 a program's share of the weight and its slice of x fit in its shared memory whole (o at 64
 columns x 4 K slices: 48 KB of weight, 96 KB of x). So a program
 issues the TMA loads of its whole weight tile first (the weights are not written during a step),
