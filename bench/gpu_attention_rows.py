@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.attention_blocks import _attend_block, _new_token
+from trainer.attention_blocks import _attend_block, _new_token, _softmax_step
 from trainer.fused_decode import rope_attention, step_bias
 from trainer.qwen2_decode import DecodeState, ModelDims
 from trainer.triton_base import tl, triton
@@ -81,16 +81,7 @@ if triton is not None:
             s = tl.dot(q.to(tl.float32), tl.trans(kk.to(tl.float32)))
         else:
             s = tl.dot(q, tl.trans(kk))
-        s = s * scale + bias
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if F32_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, vv.to(tl.float32))
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv)
-        return m_new, l_i, acc
+        return _softmax_step(s * scale + bias, vv, m_i, l_i, acc, F32_DOT)
 
     @triton.jit
     def _prompt(q, q_row, leader, shared, cache_ptr, bias_ptr, bias_stride_b, cache_stride_n, m_i, l_i, acc, scale,

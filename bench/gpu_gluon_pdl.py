@@ -53,28 +53,17 @@ def gate_up(descs, act, rows: int, mode: int) -> torch.Tensor:
 def compile_only() -> int:
     """Compile every mode for sm_90a without a GPU; print shared memory and whether the grid
     dependency instructions are in the PTX."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import create_function_from_signature
+    from trainer.gluon_products import compile_for_hopper
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
     x = torch.empty(ws.ROWS, ws.H, dtype=torch.bfloat16)
     w = torch.empty(2 * ws.I, ws.H, dtype=torch.bfloat16)
     act = torch.empty(ws.ROWS, ws.I, dtype=torch.bfloat16)
     stages, block_k, rest, defer = VARIANT
     bad = 0
     for mode in MODES:
-        kwargs = {"H": ws.H, "I": ws.I, "P": ws.PROGRAMS, "STAGES": stages, "DEFER": defer, "MODE": mode,
-                  "num_warps": 4}
-        binder = create_function_from_signature(ws._gate_up_ws.signature, ws._gate_up_ws.params, backend)
-        bound, spec, options = binder(*ws._descs(x, w, block_k, rest), act, ws.ROWS, **kwargs)
-        options, signature, constexprs, attrs = ws._gate_up_ws._pack_args(backend, kwargs, bound, spec, options)
         try:
-            kernel = triton.compile(GluonASTSource(ws._gate_up_ws, signature, constexprs, attrs), target=target,
-                                    options=options.__dict__)
+            kernel = compile_for_hopper(ws._gate_up_ws, *ws._descs(x, w, block_k, rest), act, ws.ROWS, H=ws.H, I=ws.I,
+                                        P=ws.PROGRAMS, STAGES=stages, DEFER=defer, MODE=mode, num_warps=4)
         except Exception as exc:  # noqa: BLE001 - a mode that does not compile is the finding
             print(f"mode {mode}: does not compile: {exc!r}"[:3000], flush=True)
             bad += 1

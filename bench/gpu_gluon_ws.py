@@ -39,7 +39,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,11 +73,7 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    @gluon.jit
-    def _grid_wait():
-        # griddepcontrol.wait: until the grids this one depends on have finished and their writes are visible
-        gl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False,
-                                  pack=1)
+    from trainer.gluon_products import _grid_control
 
     @gluon.jit
     def _loader(x_desc, w_desc, r_desc, x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, lo,
@@ -96,7 +91,7 @@ if gluon is not None:
         nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
         ahead: gl.constexpr = stages if MODE == 2 else (MODE - 2 if MODE > 2 else 0)
         if MODE == 1:
-            _grid_wait()
+            _grid_control("griddepcontrol.wait")
         if MODE >= 2:
             for i in gl.static_range(ahead):
                 bar = ready.index(i)
@@ -105,7 +100,7 @@ if gluon is not None:
                 tma.async_copy_global_to_shared(w_desc, [I + lo, i * block_k], bar, u_bufs.index(i))
                 tma.async_copy_global_to_shared(r_desc, [lo + block_n, i * block_k], bar, gr_bufs.index(i))
                 tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, i * block_k], bar, ur_bufs.index(i))
-            _grid_wait()
+            _grid_control("griddepcontrol.wait")
             for i in gl.static_range(ahead):
                 tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
         for i in range(ahead, STEPS):
@@ -181,8 +176,7 @@ if gluon is not None:
     def _gate_up_ws(x_desc, w_desc, r_desc, act_ptr, rows, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
                     STAGES: gl.constexpr, DEFER: gl.constexpr, num_warps: gl.constexpr, MODE: gl.constexpr = 0):
         if MODE != 0:  # (see _loader) the next grid may start as this one's programs leave
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
+            _grid_control("griddepcontrol.launch_dependents")
         p = gl.program_id(0)
         lo = p * I // P
         hi = (p + 1) * I // P
@@ -233,15 +227,8 @@ def gate_up_ws(descs, act, rows: int, variant) -> torch.Tensor:
 def compile_only() -> int:
     """Compile every variant for sm_90a without a GPU and print ptxas's registers, spills and
     shared memory (the kernel's own and its total)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import create_function_from_signature
+    from trainer.gluon_products import compile_for_hopper, ptxas
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     x = torch.empty(ROWS, H, dtype=torch.bfloat16)
     gate_up = torch.empty(2 * I, H, dtype=torch.bfloat16)
     act = torch.empty(ROWS, I, dtype=torch.bfloat16)
@@ -249,23 +236,15 @@ def compile_only() -> int:
     for variant in VARIANTS:
         stages, block_k, rest, defer = variant
         _check_split(rest)
-        kwargs = {"H": H, "I": I, "P": PROGRAMS, "STAGES": stages, "DEFER": defer, "num_warps": 4}
-        binder = create_function_from_signature(_gate_up_ws.signature, _gate_up_ws.params, backend)
-        bound, spec, options = binder(*_descs(x, gate_up, block_k, rest), act, ROWS, **kwargs)
-        options, signature, constexprs, attrs = _gate_up_ws._pack_args(backend, kwargs, bound, spec, options)
         start = time.time()
         try:
-            kernel = triton.compile(GluonASTSource(_gate_up_ws, signature, constexprs, attrs), target=target,
-                                    options=options.__dict__)
+            kernel = compile_for_hopper(_gate_up_ws, *_descs(x, gate_up, block_k, rest), act, ROWS, H=H, I=I,
+                                        P=PROGRAMS, STAGES=stages, DEFER=defer, num_warps=4)
         except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
             print(f"{label(variant)}: does not compile: {exc!r}"[:2000], flush=True)
             bad += 1
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "k.ptx"
-            src.write_text(kernel.asm["ptx"])
-            done = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(tmp) / "k.o")],
-                                  capture_output=True, text=True, check=False)
+        done = ptxas(kernel.asm["ptx"])
         usage = done.stdout + done.stderr
         regs = re.search(r"Used (\d+) registers", usage)
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", usage)

@@ -89,7 +89,12 @@ if triton is not None:
             s = tl.dot(q1.to(tl.float32), tl.trans(c1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(c2.to(tl.float32)))
         else:
             s = tl.dot(q1, tl.trans(c1)) + tl.dot(q2, tl.trans(c2))
-        s = s * scale + bias[None, :]
+        return _softmax_step(s * scale + bias[None, :], v, m_i, l_i, acc, F32_DOT)
+
+    @triton.jit
+    def _softmax_step(s, v, m_i, l_i, acc, F32_DOT: tl.constexpr):
+        # Scores s [rows, slots] (-inf: masked) and their values v [slots, D] into the online
+        # softmax's running max, sum and unnormalised output.
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])

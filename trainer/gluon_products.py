@@ -163,14 +163,10 @@ def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int,
     return out
 
 
-def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True) -> dict[str, int]:
-    """Compile the kernel for sm_90a (no GPU needed) and return ptxas's registers and spill bytes,
-    the kernel's shared memory and its wgmma / griddepcontrol instruction counts."""
-    import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
+def compile_for_hopper(kernel, *args, **options):
+    """Compile the Gluon `kernel` for sm_90a without a GPU, bound to `args` and `options`
+    (constexprs, num_warps) as a launch would bind them: Triton's compiled kernel (.asm,
+    .metadata)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -179,23 +175,42 @@ def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bo
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
-    x = torch.empty(rows, k, dtype=torch.bfloat16)
-    out = torch.empty(splits, rows, n, dtype=torch.float32)
-    kernel = _prefetched_product
-    options = {"K_CHUNK": k // splits, "PDL": pdl, "num_warps": 4}
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(*descriptors(x, torch.empty(n, k, dtype=torch.bfloat16), block_n), out, rows,
-                               out.stride(0), out.stride(1), **options)
+    bound, spec, opts = binder(*args, **options)
     opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
-    compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=target,
-                              options=opts.__dict__)
-    ptx = compiled.asm["ptx"]
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    return triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=target,
+                          options=opts.__dict__)
+
+
+def ptxas(ptx: str):
+    """Triton's own ptxas -v on `ptx` for sm_90a: the finished process (its report, registers and
+    spills, in stdout and stderr)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    binary = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "k.ptx"
         source.write_text(ptx)
-        done = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(source), "-o", str(Path(tmp) / "k.o")],
-                              capture_output=True, text=True, check=True)
+        return subprocess.run([str(binary), "-v", "--gpu-name", "sm_90a", str(source), "-o", str(Path(tmp) / "k.o")],
+                              capture_output=True, text=True, check=False)
+
+
+def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True) -> dict[str, int]:
+    """Compile the kernel for sm_90a (no GPU needed) and return ptxas's registers and spill bytes,
+    the kernel's shared memory and its wgmma / griddepcontrol instruction counts."""
+    import re
+
+    x = torch.empty(rows, k, dtype=torch.bfloat16)
+    out = torch.empty(splits, rows, n, dtype=torch.float32)
+    compiled = compile_for_hopper(_prefetched_product, *descriptors(x, torch.empty(n, k, dtype=torch.bfloat16), block_n),
+                                  out, rows, out.stride(0), out.stride(1), K_CHUNK=k // splits, PDL=pdl, num_warps=4)
+    ptx = compiled.asm["ptx"]
+    done = ptxas(ptx)
+    done.check_returncode()
     usage = done.stdout + done.stderr
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", usage)
     return {"registers": int(re.search(r"Used (\d+) registers", usage).group(1)),
