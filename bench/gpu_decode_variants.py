@@ -12,8 +12,11 @@ time at the last bucket and its check against the plain step (trainer/fused_deco
 on the model's weights. Names starting with `prefetched` (the chained step with the MLP block and
 trainer/gluon_products.py's kernels, timed alone first): `prefetched_o_mlp_block` (o only),
 `prefetched_mlp_block` (q/k/v too), `prefetched_late_mlp_block` (q/k/v letting the attention start
-only at its end), `prefetched_o_<columns>x<slices>_mlp_block` (o of that shape) and
-`fused_mlp_block_again` (the baseline timed last).
+only at its end), `prefetched_o_<columns>x<slices>_mlp_block` (o of that shape),
+`prefetched_o_gluon_block` (o 64 x 4 and the MLP block as trainer/gluon_mlp.py's kernel, launched
+with PDL; `_plain` without, `_no_cross` without its down tiles asked for before the first barrier)
+and `fused_mlp_block_again` (the baseline timed last). `gluon_block`: the fused step with the
+Gluon block.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                              "chain_timing_ms": engine.chain.timing if engine.chain else None, "variants": {}}
     block = BlockShape.for_gpu(torch.device(device))
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
+                "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128))}
     if engine.chain is not None:
         chain = engine.chain
@@ -79,6 +83,13 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                      "prefetched_late_mlp_block": chain(replace(qkv, early=False)),
                      "fused_mlp_block_again": DecodeProducts(mlp=block)}
         # prefetched_o_<columns>x<slices>_mlp_block: o as the Gluon kernel of that shape
+        o4 = replace(o, block_n=64, splits=4)  # the engine's pick in calls 61-63
+        for name, options in (("prefetched_o_gluon_block", {"pdl": True}),
+                              ("prefetched_o_gluon_block_plain", {"pdl": False}),
+                              ("prefetched_o_gluon_block_no_cross", {"pdl": True, "cross": False})):
+            variants[name] = replace(prefetched, chosen={"qkv": None, "o": o4},
+                                     mlp=replace(block, gluon=True, **options))
+        variants["prefetched_o_64x4_mlp_block"] = replace(prefetched, chosen={"qkv": None, "o": o4}, mlp=block)
         for name in wanted:
             shape = re.fullmatch(r"prefetched_o_(\d+)x(\d+)_mlp_block", name)
             if shape:

@@ -55,11 +55,26 @@ def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2)
                                                                pdl=True) for s in ranked[:shapes]}
 
 
+def gluon_block(weights, products: DecodeProducts, batch: int) -> DecodeProducts | None:
+    """`products` with its MLP block as trainer/gluon_mlp.py's kernel, launched with PDL (after
+    residual + RMSNorm, which lets it start once its own wait is over), where Gluon runs and the
+    kernel takes the model's widths; else None."""
+    from trainer import gluon_mlp, gluon_products
+
+    if products.mlp is None or not gluon_products.supported(weights.layers[0].o.device):
+        return None
+    shape = replace(products.mlp, gluon=True, pdl=True)
+    if gluon_mlp.fits(batch, weights.dims.hidden, weights.dims.intermediate, shape) is not None:
+        return None
+    return replace(products, mlp=shape)
+
+
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture the chained step (if the engine timed its products and it passes the fused step's
     check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
-    Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check) and the same with
-    its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), the fused step
+    Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the same with
+    its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), and
+    with the first of those the MLP block as a Gluon kernel too (`gluon_block`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""
@@ -74,9 +89,13 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         products = DecodeProducts(attention_splits=tuned.attention_splits, mlp=block)
         if fused_checked(engine.weights, engine.attention, products):
             variants.insert(0, ("fused_mlp_block", True, products))
-            for name, prefetched in prefetched_o(engine.weights, products, state.tokens.shape[0]).items():
+            for rank, (name, prefetched) in enumerate(
+                    prefetched_o(engine.weights, products, state.tokens.shape[0]).items()):
                 if fused_checked(engine.weights, engine.attention, prefetched):
                     variants.insert(0, (name, True, prefetched))
+                    gluon = gluon_block(engine.weights, prefetched, state.tokens.shape[0]) if rank == 0 else None
+                    if gluon is not None and fused_checked(engine.weights, engine.attention, gluon):
+                        variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):

@@ -62,7 +62,10 @@ ENV = "RLTUI_DECODE_MLP_BLOCK"
 class BlockShape:
     """Programs (one per multiprocessor on CUDA), K per loop step, the down product's output
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
-    descriptors (TMA) or pointers."""
+    descriptors (TMA) or pointers. `gluon`: the block as trainer/gluon_mlp.py's kernel, with
+    `pdl` (launched with programmatic dependent launch, the weights of its first `ahead` steps
+    asked for before it waits) and `cross` (its first down tiles asked for before the first
+    barrier)."""
 
     programs: int
     block_k: int = 64
@@ -70,6 +73,10 @@ class BlockShape:
     warps: int = 4
     stages: int = 6
     tma: bool = True
+    gluon: bool = False
+    pdl: bool = False
+    ahead: int = 3
+    cross: bool = True
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -287,6 +294,10 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     add_norm. B at most 128. `phases`: the launches, (0,) for one with barriers (default on CUDA),
     (1, 2, 3) for one per phase (default in the interpreter); a benchmark may time one phase
     alone."""
+    if shape.gluon:
+        from trainer import gluon_mlp
+
+        return gluon_mlp.block(x, h, gate_up, down, norm, eps, shape, phases=phases)
     rows, hidden = h.shape
     intermediate = down.shape[1]
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):

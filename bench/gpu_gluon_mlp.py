@@ -1,0 +1,140 @@
+"""The MLP block in Gluon (trainer/gluon_mlp.py) against the Triton block (trainer/mlp_block.py).
+
+    python bench/gpu_gluon_mlp.py [--out $OUT/gluon_mlp.json]    # on the GPU machine (Hopper)
+    python bench/gpu_gluon_mlp.py --compile-only                # anywhere: every variant for sm_90a
+
+Qwen2.5-1.5B's MLP halves at batch 128, 28 layers of random bf16 weights, chained (each layer's x
+and h the next one's input) in one CUDA graph (`trainer.triton_products._graph_ms`, 30 replays), ms
+a step, side by side in one process: the Triton block first and last, and one Gluon variant
+(stages, weights asked for before the wait, PDL, the down tiles asked for before the first
+barrier); then each phase alone (28 launches of it, no barriers) in both. Each Gluon variant runs
+in its own process (`--one INDEX`), killed after TIMEOUT_S: a wrong mbarrier phase hangs a GPU,
+and a hang must not take the whole call. Outputs after 28 layers against the Triton block's
+(relative error: the two sum each tile's products in another order) and one layer's act bitwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gpu_common import write_json
+
+LAYERS, BATCH, HIDDEN, INTERMEDIATE, EPS = 28, 128, 1536, 8960, 1e-6
+TIMEOUT_S = 120
+# (label, BlockShape options)
+VARIANTS = (("gluon s6 plain", {"stages": 6, "pdl": False}),
+            ("gluon s6 pdl ahead3", {"stages": 6, "pdl": True, "ahead": 3}),
+            ("gluon s6 pdl ahead3 no cross", {"stages": 6, "pdl": True, "ahead": 3, "cross": False}),
+            ("gluon s5 pdl ahead3", {"stages": 5, "pdl": True, "ahead": 3}),
+            ("gluon s6 pdl ahead6", {"stages": 6, "pdl": True, "ahead": 6}))
+
+
+def compile_only() -> int:
+    from trainer import gluon_mlp
+    from trainer.mlp_block import BlockShape
+
+    bad = 0
+    for label, options in VARIANTS:
+        found = gluon_mlp.compile_report(BATCH, HIDDEN, INTERMEDIATE, BlockShape(programs=132, gluon=True, **options))
+        print(f"{label}: {found}", flush=True)
+        bad += bool(found["spill_bytes"] or found["serialized"])
+    return 1 if bad else 0
+
+
+def one(index: int) -> dict:
+    import torch
+
+    from trainer import mlp_block
+    from trainer.qwen2_decode import rms_norm
+    from trainer.triton_products import _graph_ms
+
+    label, options = VARIANTS[index]
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
+
+    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5), rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
+               1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
+    x0 = rand(BATCH, HIDDEN)
+    h0 = rms_norm(x0, 1 + 0.1 * rand(HIDDEN), EPS)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    triton_shape = mlp_block.BlockShape.for_gpu(dev)
+    shape = mlp_block.BlockShape.for_gpu(dev, gluon=True, **options)
+
+    def chain(block_shape, phases=None):
+        def run():
+            x, h = x0, h0
+            for gate_up, down, norm in layers:
+                x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, block_shape, phases=phases)
+            return x, h
+        return run
+
+    row: dict = {"label": label, "options": options, "sms": sms, "device": torch.cuda.get_device_name()}
+    want = chain(triton_shape)()
+    row["triton block ms"] = _graph_ms(chain(triton_shape), replays=30)
+    print(json.dumps(row), flush=True)  # a hang or crash after this still leaves the baseline
+    gate_up, down, norm = layers[0]
+    one_layer = mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, shape)
+    torch.cuda.synchronize()
+    ref = mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, triton_shape)
+    act = mlp_block.workspace(dev, BATCH, HIDDEN, INTERMEDIATE, triton_shape.plan(HIDDEN, INTERMEDIATE)["SPLITS"],
+                              torch.bfloat16)[0]
+    ref_act = act.clone()
+    mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, shape)
+    row["one layer act bitwise equal"] = float((act == ref_act).float().mean())
+    row["one layer rel error (x, h)"] = [float((g.float() - w.float()).norm() / w.float().norm())
+                                         for g, w in zip(one_layer, ref, strict=True)]
+    got = chain(shape)()
+    row["28 layers rel error (x, h)"] = [float((g.float() - w.float()).norm() / w.float().norm())
+                                         for g, w in zip(got, want, strict=True)]
+    row["barrier gave up"] = mlp_block.failed(dev)
+    row["gluon block ms"] = _graph_ms(chain(shape), replays=30)
+    row["triton block again ms"] = _graph_ms(chain(triton_shape), replays=30)
+    row["ratio"] = row["gluon block ms"] / row["triton block ms"]
+    for phase in (1, 2, 3):
+        for name, block_shape in (("triton", triton_shape), ("gluon", shape)):
+            row[f"phase {phase} {name} ms"] = _graph_ms(chain(block_shape, phases=(phase,)), replays=30)
+    row["barrier gave up"] |= mlp_block.failed(dev)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--compile-only", action="store_true")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.compile_only:
+        return compile_only()
+    if args.one is not None:
+        one(args.one)
+        return 0
+    rows = []
+    for index, (label, _) in enumerate(VARIANTS):
+        try:
+            done = subprocess.run([sys.executable, __file__, "--one", str(index)], capture_output=True, text=True,
+                                  timeout=TIMEOUT_S, check=False)
+            lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+            row = lines[-1] if lines else {"label": label}
+            if done.returncode:
+                row["error"] = done.stderr[-1500:]
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            row = (lines[-1] if lines else {"label": label}) | {"error": f"timed out after {TIMEOUT_S} s"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        write_json(args.out, {"layers": LAYERS, "batch": BATCH, "variants": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
