@@ -183,7 +183,7 @@ if gluon is not None:
         split = p // TILES_N
         k_lo = (split * steps_all // SPLITS) * block_k
         steps2 = (((split + 1) * steps_all // SPLITS) * block_k - k_lo) // block_k
-        if PHASE == 0 or PHASE == 2:
+        if PHASE == 0 or PHASE == 2:  # noqa: SIM102 - a constexpr test, then a runtime one
             if has_down and (CROSS or PHASE == 2):
                 for j in gl.static_range(STAGES):
                     bar = ready.index((used + j) % STAGES)
@@ -192,7 +192,7 @@ if gluon is not None:
                                                     g_bufs.index((used + j) % STAGES))
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P)
-        if PHASE == 0 or PHASE == 2:
+        if PHASE == 0 or PHASE == 2:  # noqa: SIM102 - a constexpr test, then a runtime one
             if has_down:
                 for j in gl.static_range(STAGES):
                     if not (CROSS or PHASE == 2):
@@ -321,7 +321,7 @@ def compile_report(rows: int, hidden: int, intermediate: int, shape) -> dict[str
 
     from trainer.gluon_products import compile_for_hopper, ptxas
 
-    e = dict(dtype=torch.bfloat16)
+    e = {"dtype": torch.bfloat16}
     h, x = torch.empty(rows, hidden, **e), torch.empty(rows, hidden, **e)
     gate_up, down = torch.empty(2 * intermediate, hidden, **e), torch.empty(hidden, intermediate, **e)
     splits = shape.plan(hidden, intermediate)["SPLITS"]
