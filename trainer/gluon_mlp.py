@@ -91,11 +91,11 @@ if gluon is not None:
         return (silu * up.to(dtype).to(gl.float32)).to(dtype)
 
     @gluon.jit
-    def _gate_up_weights(gu_desc, r_desc, bar, g_buf, u_buf, gr_buf, ur_buf, lo, k, I: gl.constexpr):
-        tma.async_copy_global_to_shared(gu_desc, [lo, k], bar, g_buf)
-        tma.async_copy_global_to_shared(gu_desc, [I + lo, k], bar, u_buf)
-        tma.async_copy_global_to_shared(r_desc, [lo + gu_desc.block_type.shape[0], k], bar, gr_buf)
-        tma.async_copy_global_to_shared(r_desc, [I + lo + gu_desc.block_type.shape[0], k], bar, ur_buf)
+    def _gate_up_weights(gu_desc, r_desc, bar, g_buf, u_buf, gr_buf, ur_buf, lo, k, I: gl.constexpr, pred=True):
+        tma.async_copy_global_to_shared(gu_desc, [lo, k], bar, g_buf, pred=pred)
+        tma.async_copy_global_to_shared(gu_desc, [I + lo, k], bar, u_buf, pred=pred)
+        tma.async_copy_global_to_shared(r_desc, [lo + gu_desc.block_type.shape[0], k], bar, gr_buf, pred=pred)
+        tma.async_copy_global_to_shared(r_desc, [I + lo + gu_desc.block_type.shape[0], k], bar, ur_buf, pred=pred)
 
     @gluon.jit
     def _mlp_kernel(x_desc, gu_desc, r_desc, act_desc, down_desc, act_ptr, part_ptr, res_ptr, norm_ptr, res_out_ptr,
@@ -162,13 +162,18 @@ if gluon is not None:
                 up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
                 gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
                 up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
-                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-                if i + STAGES < steps1:  # stage s is free again: its next step
-                    k = (i + STAGES) * block_k
-                    mbarrier.expect(ready.index(s), bytes1)
-                    tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(s), x_bufs.index(s))
-                    _gate_up_weights(gu_desc, r_desc, ready.index(s), g_bufs.index(s), u_bufs.index(s),
-                                     gr_bufs.index(s), ur_bufs.index(s), lo, k, I)
+                # this step's four products stay in flight; the step before's have finished, so its
+                # stage takes the step STAGES after it (as Triton's own pipeline does)
+                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=4, deps=(gate, up, gate_r, up_r))
+                # (predicated, not branched: a branch here has ptxas serialize the wgmma, C7514)
+                refill = (i > 0) & (i - 1 + STAGES < steps1)
+                sp = (i + STAGES - 1) % STAGES
+                k = (i - 1 + STAGES) * block_k
+                mbarrier.expect(ready.index(sp), bytes1, pred=refill)
+                tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(sp), x_bufs.index(sp), pred=refill)
+                _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
+                                 gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill)
+            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
             m1 = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
             n1 = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
             gl.store(act_ptr + m1[:, None] * I + n1[None, :], _swiglu(gate, up, dtype), mask=(m1 < rows)[:, None])
@@ -210,13 +215,16 @@ if gluon is not None:
                     sd = u % STAGES
                     mbarrier.wait(ready.index(sd), (u // STAGES) & 1)
                     acc = warpgroup_mma(x_bufs.index(sd), g_bufs.index(sd).permute((1, 0)), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    if j + STAGES < steps2:
-                        kd = k_lo + (j + STAGES) * block_k
-                        mbarrier.expect(ready.index(sd), bytes2)
-                        tma.async_copy_global_to_shared(down_desc, [d_tile * down_n, kd], ready.index(sd),
-                                                        g_bufs.index(sd))
-                        tma.async_copy_global_to_shared(act_desc, [0, kd], ready.index(sd), x_bufs.index(sd))
+                    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                    refill2 = (j > 0) & (j - 1 + STAGES < steps2)
+                    sq = (u + STAGES - 1) % STAGES
+                    kd = k_lo + (j - 1 + STAGES) * block_k
+                    mbarrier.expect(ready.index(sq), bytes2, pred=refill2)
+                    tma.async_copy_global_to_shared(down_desc, [d_tile * down_n, kd], ready.index(sq),
+                                                    g_bufs.index(sq), pred=refill2)
+                    tma.async_copy_global_to_shared(act_desc, [0, kd], ready.index(sq), x_bufs.index(sq),
+                                                    pred=refill2)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 md = gl.arange(0, block_m, layout=gl.SliceLayout(1, down_layout))
                 nd = d_tile * down_n + gl.arange(0, down_n, layout=gl.SliceLayout(0, down_layout))
                 gl.store(part_ptr + split * rows * H + md[:, None] * H + nd[None, :], acc,
