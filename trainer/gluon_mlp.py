@@ -91,21 +91,24 @@ if gluon is not None:
         return (silu * up.to(dtype).to(gl.float32)).to(dtype)
 
     @gluon.jit
-    def _gate_up_weights(gu_desc, r_desc, bar, g_buf, u_buf, gr_buf, ur_buf, lo, k, I: gl.constexpr, pred=True):
+    def _gate_up_weights(gu_desc, r_desc, bar, g_buf, u_buf, gr_buf, ur_buf, lo, k, I: gl.constexpr, pred=True,
+                         NO_REST: gl.constexpr = False):
         tma.async_copy_global_to_shared(gu_desc, [lo, k], bar, g_buf, pred=pred)
         tma.async_copy_global_to_shared(gu_desc, [I + lo, k], bar, u_buf, pred=pred)
-        tma.async_copy_global_to_shared(r_desc, [lo + gu_desc.block_type.shape[0], k], bar, gr_buf, pred=pred)
-        tma.async_copy_global_to_shared(r_desc, [I + lo + gu_desc.block_type.shape[0], k], bar, ur_buf, pred=pred)
+        if not NO_REST:
+            tma.async_copy_global_to_shared(r_desc, [lo + gu_desc.block_type.shape[0], k], bar, gr_buf, pred=pred)
+            tma.async_copy_global_to_shared(r_desc, [I + lo + gu_desc.block_type.shape[0], k], bar, ur_buf, pred=pred)
 
     @gluon.jit
     def _mlp_kernel(x_desc, gu_desc, r_desc, act_desc, down_desc, act_ptr, part_ptr, res_ptr, norm_ptr, res_out_ptr,
                     h_out_ptr, sync_ptr, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
                     STAGES: gl.constexpr, AHEAD: gl.constexpr, SPLITS: gl.constexpr, TILES_N: gl.constexpr,
                     NORM_BLOCK: gl.constexpr, PHASE: gl.constexpr, PDL: gl.constexpr, CROSS: gl.constexpr,
-                    num_warps: gl.constexpr):
+                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False):
         # PHASE 0: the three phases with barriers between them; 1, 2 or 3: that phase alone (a
         # benchmark's timing). AHEAD: gate/up steps whose weights are asked for before the wait
-        # (PDL). CROSS: the first STAGES down tiles asked for before the first barrier.
+        # (PDL). CROSS: the first STAGES down tiles asked for before the first barrier. NO_REST: the
+        # remainder left out, a benchmark's timing only (its columns are not written).
         p = gl.program_id(0)
         block_m: gl.constexpr = x_desc.block_type.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
@@ -114,7 +117,8 @@ if gluon is not None:
         down_n: gl.constexpr = down_desc.block_type.shape[0]
         steps1: gl.constexpr = H // block_k
         steps_all: gl.constexpr = I // block_k
-        bytes1: gl.constexpr = x_desc.block_type.nbytes + 2 * gu_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
+        bytes1: gl.constexpr = (x_desc.block_type.nbytes + 2 * gu_desc.block_type.nbytes
+                                + (0 if NO_REST else 2 * r_desc.block_type.nbytes))
         bytes2: gl.constexpr = act_desc.block_type.nbytes + down_desc.block_type.nbytes
         dtype: gl.constexpr = act_ptr.dtype.element_ty
 
@@ -142,14 +146,14 @@ if gluon is not None:
                 mbarrier.expect(ready.index(i), bytes1)
                 if PDL and i < AHEAD:
                     _gate_up_weights(gu_desc, r_desc, ready.index(i), g_bufs.index(i), u_bufs.index(i),
-                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I)
+                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I, True, NO_REST)
             if PDL:
                 _grid_control("griddepcontrol.wait")
             for i in gl.static_range(STAGES):
                 tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
                 if not PDL or i >= AHEAD:
                     _gate_up_weights(gu_desc, r_desc, ready.index(i), g_bufs.index(i), u_bufs.index(i),
-                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I)
+                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I, True, NO_REST)
             gate = gl.zeros([block_m, tile], gl.float32, main_layout)
             up = gl.zeros([block_m, tile], gl.float32, main_layout)
             gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
@@ -160,11 +164,13 @@ if gluon is not None:
                 xs = x_bufs.index(s)
                 gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
                 up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
-                gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
-                up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
+                if not NO_REST:
+                    gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
+                    up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
                 # this step's four products stay in flight; the step before's have finished, so its
                 # stage takes the step STAGES after it (as Triton's own pipeline does)
-                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=4, deps=(gate, up, gate_r, up_r))
+                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=2 if NO_REST else 4,
+                                                            deps=(gate, up, gate_r, up_r))
                 # (predicated, not branched: a branch here has ptxas serialize the wgmma, C7514)
                 refill = (i > 0) & (i - 1 + STAGES < steps1)
                 sp = (i + STAGES - 1) % STAGES
@@ -172,7 +178,7 @@ if gluon is not None:
                 mbarrier.expect(ready.index(sp), bytes1, pred=refill)
                 tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(sp), x_bufs.index(sp), pred=refill)
                 _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
-                                 gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill)
+                                 gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill, NO_REST)
             gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
             m1 = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
             n1 = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
@@ -180,7 +186,7 @@ if gluon is not None:
             mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
             nr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
             gl.store(act_ptr + mr[:, None] * I + nr[None, :], _swiglu(gate_r, up_r, dtype),
-                     mask=(mr < rows)[:, None] & (nr < hi)[None, :])
+                     mask=(mr < rows)[:, None] & (nr < hi)[None, :] & (not NO_REST))
 
         # (2) down: program (tile, split) < TILES_N x SPLITS, a float32 partial [split, rows, tile's columns]
         has_down = p < TILES_N * SPLITS
@@ -262,8 +268,9 @@ def fits(rows: int, hidden: int, intermediate: int, shape) -> str | None:
     shares = [(q + 1) * intermediate // p - q * intermediate // p for q in range(p)]
     if rows > BLOCK_M or shape.block_k != BLOCK_K or shape.down_n != TILE:
         return f"rows {rows} (at most {BLOCK_M}), K step {shape.block_k} ({BLOCK_K}), down tile {shape.down_n} ({TILE})"
-    if min(shares) < TILE or max(shares) > TILE + REST:
-        return f"{p} programs' shares of {intermediate} columns ({min(shares)}-{max(shares)}) are not {TILE} + up to {REST}"
+    if min(shares) < TILE or max(shares) > TILE + shape.rest:
+        return (f"{p} programs' shares of {intermediate} columns ({min(shares)}-{max(shares)}) are not {TILE} + up to "
+                f"{shape.rest}")
     if hidden % BLOCK_K or intermediate % BLOCK_K or hidden % shape.down_n or hidden // shape.down_n > p:
         return f"hidden {hidden} x intermediate {intermediate} do not tile in {BLOCK_K} steps and {shape.down_n} columns"
     if not 1 <= shape.ahead <= shape.stages or hidden // BLOCK_K < shape.stages:
@@ -271,7 +278,8 @@ def fits(rows: int, hidden: int, intermediate: int, shape) -> str | None:
     return None
 
 
-def descriptors(h: torch.Tensor, gate_up: torch.Tensor, act: torch.Tensor, down: torch.Tensor, down_n: int):
+def descriptors(h: torch.Tensor, gate_up: torch.Tensor, act: torch.Tensor, down: torch.Tensor, down_n: int,
+                rest: int = REST):
     """Host tensor descriptors: h and act [128, K step] boxes (rows past theirs zero-filled), the
     gate | up tile [64, K step], its remainder [8, K step], down's [down_n, K step]."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -280,7 +288,7 @@ def descriptors(h: torch.Tensor, gate_up: torch.Tensor, act: torch.Tensor, down:
         layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
-    return (desc(h, [BLOCK_M, BLOCK_K]), desc(gate_up, [TILE, BLOCK_K]), desc(gate_up, [REST, BLOCK_K]),
+    return (desc(h, [BLOCK_M, BLOCK_K]), desc(gate_up, [TILE, BLOCK_K]), desc(gate_up, [rest, BLOCK_K]),
             desc(act, [BLOCK_M, BLOCK_K]), desc(down, [down_n, BLOCK_K]))
 
 
@@ -290,7 +298,7 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
     rows, hidden = h.shape
     intermediate = down.shape[1]
     plan = shape.plan(hidden, intermediate)
-    args = (*descriptors(h, gate_up, act, down, shape.down_n), act, part, x, norm, x_out, h_out, sync, rows,
+    args = (*descriptors(h, gate_up, act, down, shape.down_n, shape.rest), act, part, x, norm, x_out, h_out, sync, rows,
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "STAGES": shape.stages, "AHEAD": shape.ahead,
               "SPLITS": plan["SPLITS"], "TILES_N": plan["TILES_N"], "NORM_BLOCK": triton.next_power_of_2(hidden),
@@ -299,10 +307,12 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
 
 
 def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
-          eps: float, shape, *, phases: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+          eps: float, shape, *, phases: tuple[int, ...] | None = None, no_rest: bool = False
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """mlp_block.mlp_block's contract (x + down(SiLU(gate) * up) of h, and its RMSNorm with `norm`)
     for a BlockShape with gluon=True: one cooperative launch (with PDL if shape.pdl), or `phases`
-    (1, 2, 3) one launch each (a benchmark's timing)."""
+    (1, 2, 3) one launch each (a benchmark's timing); `no_rest`: the remainder left out (a
+    benchmark's timing only: wrong numbers)."""
     from trainer.mlp_block import workspace
 
     rows, hidden = h.shape
@@ -317,7 +327,7 @@ def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.T
     for phase in phases or (0,):
         args, consts = _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, phase)
         launch = {"launch_cooperative_grid": True} if phase == 0 else {}
-        _mlp_kernel[(shape.programs,)](*args, **consts, **launch, launch_pdl=shape.pdl)
+        _mlp_kernel[(shape.programs,)](*args, **consts, **launch, launch_pdl=shape.pdl, NO_REST=no_rest)
     return x_out, h_out
 
 

@@ -64,8 +64,8 @@ class BlockShape:
     columns per tile, warps, pipeline stages, and whether the tiles are read through tensor
     descriptors (TMA) or pointers. `gluon`: the block as trainer/gluon_mlp.py's kernel, with
     `pdl` (launched with programmatic dependent launch, the weights of its first `ahead` steps
-    asked for before it waits) and `cross` (its first down tiles asked for before the first
-    barrier)."""
+    asked for before it waits), `cross` (its first down tiles asked for before the first
+    barrier) and `rest` (the rows of its remainder box)."""
 
     programs: int
     block_k: int = 64
@@ -77,6 +77,7 @@ class BlockShape:
     pdl: bool = False
     ahead: int = 3
     cross: bool = True
+    rest: int = 8
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
