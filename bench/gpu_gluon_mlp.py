@@ -16,6 +16,7 @@ and a hang must not take the whole call. Outputs after 28 layers against the Tri
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -109,14 +110,76 @@ def one(index: int) -> dict:
     return row
 
 
+def profile() -> dict:
+    """Each chain's kernels on the GPU's clock (torch.profiler over one graph replay): the mean
+    launch's duration and the mean gap from one launch's end to the next one's start."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from trainer import gluon_mlp, mlp_block
+
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
+
+    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5), rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
+               1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
+    x0 = rand(BATCH, HIDDEN)
+    h0 = x0.clone()
+    triton_shape = mlp_block.BlockShape.for_gpu(dev)
+    gluon_shape = mlp_block.BlockShape.for_gpu(dev, gluon=True)
+    chains = {"triton block": (triton_shape, None, False), "gluon block": (gluon_shape, None, False),
+              "gluon block, no remainder": (gluon_shape, None, True),
+              "triton phase 1": (triton_shape, (1,), False), "gluon phase 1": (gluon_shape, (1,), False),
+              "gluon phase 1, no remainder": (gluon_shape, (1,), True),
+              "triton phase 2": (triton_shape, (2,), False), "gluon phase 2": (gluon_shape, (2,), False)}
+    found = {}
+    for name, (shape, phases, no_rest) in chains.items():
+        def run(shape=shape, phases=phases, no_rest=no_rest):
+            x, h = x0, h0
+            for gate_up, down, norm in layers:
+                if shape.gluon:
+                    x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, phases=phases, no_rest=no_rest)
+                else:
+                    x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, shape, phases=phases)
+        run()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            graph.replay()
+            torch.cuda.synchronize()
+        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if e.device_type.name == "CUDA" and "kernel" in e.name.lower())
+        durations = [end - start for start, end in spans]
+        gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
+        found[name] = {"kernels": len(spans), "mean_us": sum(durations) / max(1, len(durations)),
+                       "min_us": min(durations, default=0), "max_us": max(durations, default=0),
+                       "mean_gap_us": sum(gaps) / max(1, len(gaps)), "span_us": spans[-1][1] - spans[0][0] if spans else 0}
+        print(f"{name:30s} " + " ".join(f"{k} {v:.2f}" for k, v in found[name].items()), flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--compile-only", action="store_true")
+    p.add_argument("--profile", action="store_true", help="kernel durations and gaps on the GPU's clock only")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.compile_only:
         return compile_only()
+    if args.profile:
+        found = profile()
+        if args.out:
+            write_json(args.out, {"layers": LAYERS, "batch": BATCH, "profile": found})
+        return 0
     if args.one is not None:
         one(args.one)
         return 0
