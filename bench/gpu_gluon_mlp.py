@@ -131,11 +131,14 @@ def profile() -> dict:
     h0 = x0.clone()
     triton_shape = mlp_block.BlockShape.for_gpu(dev)
     gluon_shape = mlp_block.BlockShape.for_gpu(dev, gluon=True)
+    gluon_w8 = mlp_block.BlockShape.for_gpu(dev, gluon=True, warps=8)
     chains = {"triton block": (triton_shape, None, False), "gluon block": (gluon_shape, None, False),
               "gluon block, no remainder": (gluon_shape, None, True),
               "triton phase 1": (triton_shape, (1,), False), "gluon phase 1": (gluon_shape, (1,), False),
               "gluon phase 1, no remainder": (gluon_shape, (1,), True),
-              "triton phase 2": (triton_shape, (2,), False), "gluon phase 2": (gluon_shape, (2,), False)}
+              "triton phase 2": (triton_shape, (2,), False), "gluon phase 2": (gluon_shape, (2,), False),
+              "gluon block, 8 warps": (gluon_w8, None, False), "gluon phase 1, 8 warps": (gluon_w8, (1,), False),
+              "gluon phase 2, 8 warps": (gluon_w8, (2,), False)}
     found = {}
     for name, (shape, phases, no_rest) in chains.items():
         def run(shape=shape, phases=phases, no_rest=no_rest):

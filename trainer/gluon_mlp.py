@@ -308,7 +308,7 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "STAGES": shape.stages, "AHEAD": shape.ahead,
               "SPLITS": plan["SPLITS"], "TILES_N": plan["TILES_N"], "NORM_BLOCK": triton.next_power_of_2(hidden),
-              "PHASE": phase, "PDL": shape.pdl, "CROSS": shape.cross, "num_warps": 4}
+              "PHASE": phase, "PDL": shape.pdl, "CROSS": shape.cross, "num_warps": shape.warps}
     return args, consts
 
 
