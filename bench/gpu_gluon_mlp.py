@@ -133,6 +133,7 @@ def profile() -> dict:
     gluon_shape = mlp_block.BlockShape.for_gpu(dev, gluon=True)
     gluon_w8 = mlp_block.BlockShape.for_gpu(dev, gluon=True, warps=8)
     chains = {"triton block": (triton_shape, None, False), "gluon block": (gluon_shape, None, False),
+              "gluon phase 1, no remainder, no products": (gluon_shape, (1,), "no_mma"),
               "gluon block, no remainder": (gluon_shape, None, True),
               "triton phase 1": (triton_shape, (1,), False), "gluon phase 1": (gluon_shape, (1,), False),
               "gluon phase 1, no remainder": (gluon_shape, (1,), True),
@@ -145,7 +146,8 @@ def profile() -> dict:
             x, h = x0, h0
             for gate_up, down, norm in layers:
                 if shape.gluon:
-                    x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, phases=phases, no_rest=no_rest)
+                    x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, phases=phases,
+                                           no_rest=bool(no_rest), no_mma=no_rest == "no_mma")
                 else:
                     x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, shape, phases=phases)
         run()

@@ -104,11 +104,12 @@ if gluon is not None:
                     h_out_ptr, sync_ptr, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
                     STAGES: gl.constexpr, AHEAD: gl.constexpr, SPLITS: gl.constexpr, TILES_N: gl.constexpr,
                     NORM_BLOCK: gl.constexpr, PHASE: gl.constexpr, PDL: gl.constexpr, CROSS: gl.constexpr,
-                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False):
+                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False, NO_MMA: gl.constexpr = False):
         # PHASE 0: the three phases with barriers between them; 1, 2 or 3: that phase alone (a
         # benchmark's timing). AHEAD: gate/up steps whose weights are asked for before the wait
         # (PDL). CROSS: the first STAGES down tiles asked for before the first barrier. NO_REST: the
-        # remainder left out, a benchmark's timing only (its columns are not written).
+        # remainder left out, a benchmark's timing only (its columns are not written); NO_MMA: the
+        # gate/up loop's loads without its products (a timing only).
         p = gl.program_id(0)
         block_m: gl.constexpr = x_desc.block_type.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
@@ -162,9 +163,10 @@ if gluon is not None:
                 s = i % STAGES
                 mbarrier.wait(ready.index(s), (i // STAGES) & 1)
                 xs = x_bufs.index(s)
-                gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
-                up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
-                if not NO_REST:
+                if not NO_MMA:
+                    gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
+                    up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
+                if not NO_REST and not NO_MMA:
                     gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
                     up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
                 # this step's four products stay in flight; the step before's have finished, so its
@@ -313,12 +315,12 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
 
 
 def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
-          eps: float, shape, *, phases: tuple[int, ...] | None = None, no_rest: bool = False
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+          eps: float, shape, *, phases: tuple[int, ...] | None = None, no_rest: bool = False,
+          no_mma: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """mlp_block.mlp_block's contract (x + down(SiLU(gate) * up) of h, and its RMSNorm with `norm`)
     for a BlockShape with gluon=True: one cooperative launch (with PDL if shape.pdl), or `phases`
     (1, 2, 3) one launch each (a benchmark's timing); `no_rest`: the remainder left out (a
-    benchmark's timing only: wrong numbers)."""
+    benchmark's timing only: wrong numbers); `no_mma`: gate/up's loads without its products (the same)."""
     from trainer.mlp_block import workspace
 
     rows, hidden = h.shape
@@ -333,7 +335,8 @@ def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.T
     for phase in phases or (0,):
         args, consts = _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, phase)
         launch = {"launch_cooperative_grid": True} if phase == 0 else {}
-        _mlp_kernel[(shape.programs,)](*args, **consts, **launch, launch_pdl=shape.pdl, NO_REST=no_rest)
+        _mlp_kernel[(shape.programs,)](*args, **consts, **launch, launch_pdl=shape.pdl, NO_REST=no_rest,
+                                       NO_MMA=no_mma)
     return x_out, h_out
 
 
