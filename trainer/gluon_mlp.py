@@ -104,8 +104,7 @@ if gluon is not None:
                     h_out_ptr, sync_ptr, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
                     STAGES: gl.constexpr, AHEAD: gl.constexpr, SPLITS: gl.constexpr, TILES_N: gl.constexpr,
                     NORM_BLOCK: gl.constexpr, PHASE: gl.constexpr, PDL: gl.constexpr, CROSS: gl.constexpr,
-                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False, NO_MMA: gl.constexpr = False,
-                    ROTATE: gl.constexpr = False):
+                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False, NO_MMA: gl.constexpr = False):
         # PHASE 0: the three phases with barriers between them; 1, 2 or 3: that phase alone (a
         # benchmark's timing). AHEAD: gate/up steps whose weights are asked for before the wait
         # (PDL). CROSS: the first STAGES down tiles asked for before the first barrier. NO_REST: the
@@ -133,10 +132,6 @@ if gluon is not None:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
         fence_async_shared()
-        # ROTATE: program p starts its K loops p steps in (and wraps), so that the programs do not
-        # all read the same x and activation tiles at once (a fixed order per program: the same
-        # result on every run, not bitwise the Triton block's)
-        shift = p % steps1 if ROTATE else 0
         # ring steps before the down phase's: step u uses stage u % STAGES, barrier phase (u // STAGES) & 1
         used: gl.constexpr = steps1 if PHASE == 0 or PHASE == 1 else 0
 
@@ -152,32 +147,20 @@ if gluon is not None:
                 mbarrier.expect(ready.index(i), bytes1)
                 if PDL and i < AHEAD:
                     _gate_up_weights(gu_desc, r_desc, ready.index(i), g_bufs.index(i), u_bufs.index(i),
-                                     gr_bufs.index(i), ur_bufs.index(i), lo, ((i + shift) % steps1) * block_k, I, True,
-                                     NO_REST)
+                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I, True, NO_REST)
             if PDL:
                 _grid_control("griddepcontrol.wait")
             for i in gl.static_range(STAGES):
-                tma.async_copy_global_to_shared(x_desc, [0, ((i + shift) % steps1) * block_k], ready.index(i),
-                                                x_bufs.index(i))
+                tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
                 if not PDL or i >= AHEAD:
                     _gate_up_weights(gu_desc, r_desc, ready.index(i), g_bufs.index(i), u_bufs.index(i),
-                                     gr_bufs.index(i), ur_bufs.index(i), lo, ((i + shift) % steps1) * block_k, I, True,
-                                     NO_REST)
+                                     gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I, True, NO_REST)
             gate = gl.zeros([block_m, tile], gl.float32, main_layout)
             up = gl.zeros([block_m, tile], gl.float32, main_layout)
             gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
             up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
             for i in range(steps1):
                 s = i % STAGES
-                # the refill's stage and step, worked out before the products are issued (integer
-                # work between a wgmma and its wait can have ptxas serialize them, C7514)
-                refill = (i > 0) & (i - 1 + STAGES < steps1)
-                sp = (i + STAGES - 1) % STAGES
-                if ROTATE:
-                    ahead_step = i - 1 + STAGES + shift  # < 2 steps1: one wrap at most
-                    k = (ahead_step - steps1 * (ahead_step >= steps1).to(gl.int32)) * block_k
-                else:
-                    k = (i - 1 + STAGES) * block_k
                 mbarrier.wait(ready.index(s), (i // STAGES) & 1)
                 xs = x_bufs.index(s)
                 if not NO_MMA:
@@ -187,10 +170,13 @@ if gluon is not None:
                     gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
                     up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
                 # this step's four products stay in flight; the step before's have finished, so its
-                # stage takes the step STAGES after it (as Triton's own pipeline does; predicated,
-                # not branched: a branch here has ptxas serialize the wgmma, C7514)
+                # stage takes the step STAGES after it (as Triton's own pipeline does)
                 gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=2 if NO_REST else 4,
                                                             deps=(gate, up, gate_r, up_r))
+                # (predicated, not branched: a branch here has ptxas serialize the wgmma, C7514)
+                refill = (i > 0) & (i - 1 + STAGES < steps1)
+                sp = (i + STAGES - 1) % STAGES
+                k = (i - 1 + STAGES) * block_k
                 mbarrier.expect(ready.index(sp), bytes1, pred=refill)
                 tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(sp), x_bufs.index(sp), pred=refill)
                 _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
@@ -214,14 +200,12 @@ if gluon is not None:
         split = p // TILES_N
         k_lo = (split * steps_all // SPLITS) * block_k
         steps2 = (((split + 1) * steps_all // SPLITS) * block_k - k_lo) // block_k
-        shift2 = d_tile % steps2 if ROTATE else 0
         if PHASE == 0 or PHASE == 2:  # noqa: SIM102 - a constexpr test, then a runtime one
             if has_down and (CROSS or PHASE == 2):
                 for j in gl.static_range(STAGES):
                     bar = ready.index((used + j) % STAGES)
                     mbarrier.expect(bar, bytes2)
-                    tma.async_copy_global_to_shared(down_desc,
-                                                    [d_tile * down_n, k_lo + ((j + shift2) % steps2) * block_k], bar,
+                    tma.async_copy_global_to_shared(down_desc, [d_tile * down_n, k_lo + j * block_k], bar,
                                                     g_bufs.index((used + j) % STAGES))
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P)
@@ -230,12 +214,10 @@ if gluon is not None:
                 for j in gl.static_range(STAGES):
                     if not (CROSS or PHASE == 2):
                         mbarrier.expect(ready.index((used + j) % STAGES), bytes2)
-                        tma.async_copy_global_to_shared(down_desc, [d_tile * down_n,
-                                                                    k_lo + ((j + shift2) % steps2) * block_k],
+                        tma.async_copy_global_to_shared(down_desc, [d_tile * down_n, k_lo + j * block_k],
                                                         ready.index((used + j) % STAGES),
                                                         g_bufs.index((used + j) % STAGES))
-                    tma.async_copy_global_to_shared(act_desc, [0, k_lo + ((j + shift2) % steps2) * block_k],
-                                                    ready.index((used + j) % STAGES),
+                    tma.async_copy_global_to_shared(act_desc, [0, k_lo + j * block_k], ready.index((used + j) % STAGES),
                                                     x_bufs.index((used + j) % STAGES))
                 down_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                                       instr_shape=[16, down_n, 16])
@@ -248,11 +230,7 @@ if gluon is not None:
                     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
                     refill2 = (j > 0) & (j - 1 + STAGES < steps2)
                     sq = (u + STAGES - 1) % STAGES
-                    if ROTATE:
-                        ahead2 = j - 1 + STAGES + shift2
-                        kd = k_lo + (ahead2 - steps2 * (ahead2 >= steps2).to(gl.int32)) * block_k
-                    else:
-                        kd = k_lo + (j - 1 + STAGES) * block_k
+                    kd = k_lo + (j - 1 + STAGES) * block_k
                     mbarrier.expect(ready.index(sq), bytes2, pred=refill2)
                     tma.async_copy_global_to_shared(down_desc, [d_tile * down_n, kd], ready.index(sq),
                                                     g_bufs.index(sq), pred=refill2)
@@ -332,8 +310,7 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
             float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "STAGES": shape.stages, "AHEAD": shape.ahead,
               "SPLITS": plan["SPLITS"], "TILES_N": plan["TILES_N"], "NORM_BLOCK": triton.next_power_of_2(hidden),
-              "PHASE": phase, "PDL": shape.pdl, "CROSS": shape.cross, "ROTATE": shape.rotate,
-              "num_warps": shape.warps}
+              "PHASE": phase, "PDL": shape.pdl, "CROSS": shape.cross, "num_warps": shape.warps}
     return args, consts
 
 

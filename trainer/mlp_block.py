@@ -65,8 +65,7 @@ class BlockShape:
     descriptors (TMA) or pointers. `gluon`: the block as trainer/gluon_mlp.py's kernel, with
     `pdl` (launched with programmatic dependent launch, the weights of its first `ahead` steps
     asked for before it waits), `cross` (its first down tiles asked for before the first
-    barrier), `rest` (the rows of its remainder box) and `rotate` (each program starts its K loops
-    at its own step)."""
+    barrier) and `rest` (the rows of its remainder box)."""
 
     programs: int
     block_k: int = 64
@@ -79,7 +78,6 @@ class BlockShape:
     ahead: int = 3
     cross: bool = True
     rest: int = 8
-    rotate: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
