@@ -131,15 +131,19 @@ def profile() -> dict:
     h0 = x0.clone()
     triton_shape = mlp_block.BlockShape.for_gpu(dev)
     gluon_shape = mlp_block.BlockShape.for_gpu(dev, gluon=True)
-    gluon_w8 = mlp_block.BlockShape.for_gpu(dev, gluon=True, warps=8)
+    four = mlp_block.BlockShape.for_gpu(dev, gluon=True, stages=4)
+    three = mlp_block.BlockShape.for_gpu(dev, gluon=True, stages=3)
     chains = {"triton block": (triton_shape, None, False), "gluon block": (gluon_shape, None, False),
               "gluon phase 1, no remainder, no products": (gluon_shape, (1,), "no_mma"),
+              "gluon phase 1, x's loads only": (gluon_shape, (1,), "no_mma_x"),
+              "gluon phase 1, the weights' loads only": (gluon_shape, (1,), "no_mma_w"),
+              "gluon phase 1, no remainder, no products, 4 stages": (four, (1,), "no_mma"),
+              "gluon phase 1, no remainder, no products, 3 stages": (three, (1,), "no_mma"),
               "gluon block, no remainder": (gluon_shape, None, True),
               "triton phase 1": (triton_shape, (1,), False), "gluon phase 1": (gluon_shape, (1,), False),
               "gluon phase 1, no remainder": (gluon_shape, (1,), True),
               "triton phase 2": (triton_shape, (2,), False), "gluon phase 2": (gluon_shape, (2,), False),
-              "gluon block, 8 warps": (gluon_w8, None, False), "gluon phase 1, 8 warps": (gluon_w8, (1,), False),
-              "gluon phase 2, 8 warps": (gluon_w8, (2,), False)}
+              }
     found = {}
     for name, (shape, phases, no_rest) in chains.items():
         def run(shape=shape, phases=phases, no_rest=no_rest):
@@ -147,7 +151,8 @@ def profile() -> dict:
             for gate_up, down, norm in layers:
                 if shape.gluon:
                     x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, phases=phases,
-                                           no_rest=bool(no_rest), no_mma=no_rest == "no_mma")
+                                           no_rest=bool(no_rest), no_mma=str(no_rest).startswith("no_mma"),
+                                           loads={"no_mma_x": 1, "no_mma_w": 2}.get(str(no_rest), 3))
                 else:
                     x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, shape, phases=phases)
         run()

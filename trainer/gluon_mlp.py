@@ -104,12 +104,14 @@ if gluon is not None:
                     h_out_ptr, sync_ptr, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
                     STAGES: gl.constexpr, AHEAD: gl.constexpr, SPLITS: gl.constexpr, TILES_N: gl.constexpr,
                     NORM_BLOCK: gl.constexpr, PHASE: gl.constexpr, PDL: gl.constexpr, CROSS: gl.constexpr,
-                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False, NO_MMA: gl.constexpr = False):
+                    num_warps: gl.constexpr, NO_REST: gl.constexpr = False, NO_MMA: gl.constexpr = False,
+                    LOADS: gl.constexpr = 3):
         # PHASE 0: the three phases with barriers between them; 1, 2 or 3: that phase alone (a
         # benchmark's timing). AHEAD: gate/up steps whose weights are asked for before the wait
         # (PDL). CROSS: the first STAGES down tiles asked for before the first barrier. NO_REST: the
         # remainder left out, a benchmark's timing only (its columns are not written); NO_MMA: the
-        # gate/up loop's loads without its products (a timing only).
+        # gate/up loop's loads without its products (a timing only); LOADS (with NO_MMA): 1 x's
+        # tiles only, 2 the weights' only, 3 both.
         p = gl.program_id(0)
         block_m: gl.constexpr = x_desc.block_type.shape[0]
         block_k: gl.constexpr = x_desc.block_type.shape[1]
@@ -118,8 +120,9 @@ if gluon is not None:
         down_n: gl.constexpr = down_desc.block_type.shape[0]
         steps1: gl.constexpr = H // block_k
         steps_all: gl.constexpr = I // block_k
-        bytes1: gl.constexpr = (x_desc.block_type.nbytes + 2 * gu_desc.block_type.nbytes
-                                + (0 if NO_REST else 2 * r_desc.block_type.nbytes))
+        bytes1: gl.constexpr = ((x_desc.block_type.nbytes if LOADS & 1 else 0)
+                                + (2 * gu_desc.block_type.nbytes + (0 if NO_REST else 2 * r_desc.block_type.nbytes)
+                                   if LOADS & 2 else 0))
         bytes2: gl.constexpr = act_desc.block_type.nbytes + down_desc.block_type.nbytes
         dtype: gl.constexpr = act_ptr.dtype.element_ty
 
@@ -151,8 +154,9 @@ if gluon is not None:
             if PDL:
                 _grid_control("griddepcontrol.wait")
             for i in gl.static_range(STAGES):
-                tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
-                if not PDL or i >= AHEAD:
+                if LOADS & 1:
+                    tma.async_copy_global_to_shared(x_desc, [0, i * block_k], ready.index(i), x_bufs.index(i))
+                if (not PDL or i >= AHEAD) and LOADS & 2:
                     _gate_up_weights(gu_desc, r_desc, ready.index(i), g_bufs.index(i), u_bufs.index(i),
                                      gr_bufs.index(i), ur_bufs.index(i), lo, i * block_k, I, True, NO_REST)
             gate = gl.zeros([block_m, tile], gl.float32, main_layout)
@@ -178,9 +182,11 @@ if gluon is not None:
                 sp = (i + STAGES - 1) % STAGES
                 k = (i - 1 + STAGES) * block_k
                 mbarrier.expect(ready.index(sp), bytes1, pred=refill)
-                tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(sp), x_bufs.index(sp), pred=refill)
-                _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
-                                 gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill, NO_REST)
+                if LOADS & 1:
+                    tma.async_copy_global_to_shared(x_desc, [0, k], ready.index(sp), x_bufs.index(sp), pred=refill)
+                if LOADS & 2:
+                    _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
+                                     gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill, NO_REST)
             gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
             # stored from a row-major layout (each warp a row's 128 contiguous bytes), as Triton's
             # epilogue does, not from the wgmma layout's 4-byte pieces
@@ -316,11 +322,12 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
 
 def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
           eps: float, shape, *, phases: tuple[int, ...] | None = None, no_rest: bool = False,
-          no_mma: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+          no_mma: bool = False, loads: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """mlp_block.mlp_block's contract (x + down(SiLU(gate) * up) of h, and its RMSNorm with `norm`)
     for a BlockShape with gluon=True: one cooperative launch (with PDL if shape.pdl), or `phases`
     (1, 2, 3) one launch each (a benchmark's timing); `no_rest`: the remainder left out (a
-    benchmark's timing only: wrong numbers); `no_mma`: gate/up's loads without its products (the same)."""
+    benchmark's timing only: wrong numbers); `no_mma`: gate/up's loads without its products (the same), `loads` 1 or 2 of them x's or the
+    weights' only."""
     from trainer.mlp_block import workspace
 
     rows, hidden = h.shape
@@ -336,7 +343,7 @@ def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.T
         args, consts = _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, phase)
         launch = {"launch_cooperative_grid": True} if phase == 0 else {}
         _mlp_kernel[(shape.programs,)](*args, **consts, **launch, launch_pdl=shape.pdl, NO_REST=no_rest,
-                                       NO_MMA=no_mma)
+                                       NO_MMA=no_mma, LOADS=loads)
     return x_out, h_out
 
 
