@@ -17,6 +17,7 @@ it is one launch (13.9 ms measured). A rollout whose prompts have another shape 
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import replace
 
@@ -28,6 +29,7 @@ from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
 
 PREFILL_LIMIT = 8
+GLUON_MLP_ENV = "RLTUI_DECODE_GLUON_MLP"  # 1: the engine also times the step with trainer/gluon_mlp.py's block
 
 
 def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2) -> dict[str, DecodeProducts]:
@@ -57,11 +59,13 @@ def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2)
 
 def gluon_block(weights, products: DecodeProducts, batch: int) -> DecodeProducts | None:
     """`products` with its MLP block as trainer/gluon_mlp.py's kernel, launched with PDL (after
-    residual + RMSNorm, which lets it start once its own wait is over), where Gluon runs and the
-    kernel takes the model's widths; else None."""
+    residual + RMSNorm, which lets it start once its own wait is over), where RLTUI_DECODE_GLUON_MLP=1
+    asks for it, Gluon runs and the kernel takes the model's widths; else None. Opt-in: on an H200
+    the kernel is 16% slower than the Triton block (docs/benchmarks.md, issue 18, calls 64-72)."""
     from trainer import gluon_mlp, gluon_products
 
-    if products.mlp is None or not gluon_products.supported(weights.layers[0].o.device):
+    if (os.environ.get(GLUON_MLP_ENV) != "1" or products.mlp is None
+            or not gluon_products.supported(weights.layers[0].o.device)):
         return None
     shape = replace(products.mlp, gluon=True, pdl=True)
     if gluon_mlp.fits(batch, weights.dims.hidden, weights.dims.intermediate, shape) is not None:
@@ -74,7 +78,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
     Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the same with
     its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), and
-    with the first of those the MLP block as a Gluon kernel too (`gluon_block`), the fused step
+    with the first of those the MLP block as a Gluon kernel too where asked for (`gluon_block`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""

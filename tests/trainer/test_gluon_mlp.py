@@ -54,15 +54,19 @@ def test_block_refuses_a_cpu_tensor_naming_it():
                         torch.zeros(1536, 8960, dtype=torch.bfloat16), torch.ones(1536), 1e-6, shape)
 
 
-def test_not_offered_on_a_cpu():
+def test_not_offered_on_a_cpu_or_unless_asked_for(monkeypatch):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from trainer.decode_graphs import gluon_block
+    from trainer.decode_graphs import GLUON_MLP_ENV, gluon_block
     from trainer.qwen2_decode import DecodeWeights
     from trainer.triton_products import DecodeProducts
 
     config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     weights = DecodeWeights.allocate(Qwen2ForCausalLM(config).eval())
-    assert gluon_block(weights, DecodeProducts(mlp=BlockShape(programs=2)), 8) is None
+    block = DecodeProducts(mlp=BlockShape(programs=2))
+    monkeypatch.delenv(GLUON_MLP_ENV, raising=False)
+    assert gluon_block(weights, block, 8) is None  # opt-in
+    monkeypatch.setenv(GLUON_MLP_ENV, "1")
+    assert gluon_block(weights, block, 8) is None  # no Gluon on a CPU
     assert gluon_block(weights, DecodeProducts(), 8) is None
