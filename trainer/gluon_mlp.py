@@ -188,13 +188,9 @@ if gluon is not None:
                     _gate_up_weights(gu_desc, r_desc, ready.index(sp), g_bufs.index(sp), u_bufs.index(sp),
                                      gr_bufs.index(sp), ur_bufs.index(sp), lo, k, I, refill, NO_REST)
             gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-            # stored from a row-major layout (each warp a row's 128 contiguous bytes), as Triton's
-            # epilogue does, not from the wgmma layout's 4-byte pieces
-            store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-            m1 = gl.arange(0, block_m, layout=gl.SliceLayout(1, store_layout))
-            n1 = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, store_layout))
-            gl.store(act_ptr + m1[:, None] * I + n1[None, :],
-                     gl.convert_layout(_swiglu(gate, up, dtype), store_layout), mask=(m1 < rows)[:, None])
+            m1 = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
+            n1 = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
+            gl.store(act_ptr + m1[:, None] * I + n1[None, :], _swiglu(gate, up, dtype), mask=(m1 < rows)[:, None])
             mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
             nr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
             gl.store(act_ptr + mr[:, None] * I + nr[None, :], _swiglu(gate_r, up_r, dtype),
@@ -243,11 +239,9 @@ if gluon is not None:
                     tma.async_copy_global_to_shared(act_desc, [0, kd], ready.index(sq), x_bufs.index(sq),
                                                     pred=refill2)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                part_layout: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [num_warps, 1], [1, 0])
-                md = gl.arange(0, block_m, layout=gl.SliceLayout(1, part_layout))
-                nd = d_tile * down_n + gl.arange(0, down_n, layout=gl.SliceLayout(0, part_layout))
-                gl.store(part_ptr + split * rows * H + md[:, None] * H + nd[None, :],
-                         gl.convert_layout(acc, part_layout),
+                md = gl.arange(0, block_m, layout=gl.SliceLayout(1, down_layout))
+                nd = d_tile * down_n + gl.arange(0, down_n, layout=gl.SliceLayout(0, down_layout))
+                gl.store(part_ptr + split * rows * H + md[:, None] * H + nd[None, :], acc,
                          mask=(md < rows)[:, None])
         if PHASE == 0:
             _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P)
