@@ -11,6 +11,11 @@ barrier); then each phase alone (28 launches of it, no barriers) in both. Each G
 in its own process (`--one INDEX`), killed after TIMEOUT_S: a wrong mbarrier phase hangs a GPU,
 and a hang must not take the whole call. Outputs after 28 layers against the Triton block's
 (relative error: the two sum each tile's products in another order) and one layer's act bitwise.
+`--profile`: each chain's launches on the GPU's clock (torch.profiler over one replay), the blocks
+and their phases, and gate/up's loads alone (x's, the weights', both; 3-6 stages), which no output
+check covers (timing-only modes).
+On an H200 (docs/benchmarks.md, issue 18, calls 64-72): the Gluon block 1.12-1.14 ms against 1.00;
+on the GPU's clock its gate/up loads alone take 21.1-21.7 us a layer, Triton's whole phase 19.9-20.2.
 """
 
 from __future__ import annotations

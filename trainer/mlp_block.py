@@ -44,7 +44,8 @@ replay with it: 1.988 against 2.030 ms (call 23), 1.957 with 6 stages (call 30);
 polled by loads, 1.00 ms for the 28 layers (call 42). Each barrier costs ~2 us even with no work
 before it (bench/gpu_skeleton.py, calls 44-45): 0.11 ms of a replay. The engine times
 it beside the other steps at its first bucket and keeps the fastest (trainer/decode_graphs.py);
-RLTUI_DECODE_MLP_BLOCK=0 switches it off.
+RLTUI_DECODE_MLP_BLOCK=0 switches it off. BlockShape(gluon=True) runs the same block as
+trainer/gluon_mlp.py's Gluon kernel (slower on an H200: calls 64-73).
 """
 
 from __future__ import annotations
