@@ -38,6 +38,55 @@ VARIANTS = (("gluon s6 plain", {"stages": 6, "pdl": False}),
             ("gluon s6 pdl ahead3", {"stages": 6, "pdl": True, "ahead": 3}))
 
 
+def buffers(shape):
+    """trainer/mlp_block.workspace's buffers for these widths (the Gluon block's activation,
+    partials and barrier counters)."""
+    import torch
+
+    from trainer import mlp_block
+
+    splits = shape.plan(HIDDEN, INTERMEDIATE)["SPLITS"]
+    return mlp_block.workspace(torch.device("cuda"), BATCH, HIDDEN, INTERMEDIATE, splits, torch.bfloat16)
+
+
+def workload():
+    """28 layers of random bf16 weights (gate | up, down, the next norm) and a batch's x and h."""
+    import torch
+
+    from trainer.qwen2_decode import rms_norm
+
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
+
+    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5),
+               rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5), 1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
+    x0 = rand(BATCH, HIDDEN)
+    return layers, x0, rms_norm(x0, 1 + 0.1 * rand(HIDDEN), EPS)
+
+
+def chain(layers, x0, h0, shape, phases=None, timing: str = ""):
+    """A function running the 28 layers' blocks one after another (`phases`: those launches
+    only). `timing` (the Gluon block, wrong numbers): "no_rest" leaves the remainder out, "no_mma"
+    gate/up's products too, "no_mma_x" / "no_mma_w" all but x's / the weights' loads too."""
+    from trainer import gluon_mlp, mlp_block
+
+    options = {"no_rest": bool(timing), "no_mma": timing.startswith("no_mma"),
+               "loads": {"no_mma_x": 1, "no_mma_w": 2}.get(timing, 3)}
+
+    def run():
+        x, h = x0, h0
+        for gate_up, down, norm in layers:
+            if shape.gluon:
+                x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, buffers(shape), phases=phases, **options)
+            else:
+                x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, shape, phases=phases)
+        return x, h
+    return run
+
+
 def compile_only() -> int:
     from trainer import gluon_mlp
     from trainer.mlp_block import BlockShape
@@ -55,61 +104,38 @@ def one(index: int) -> dict:
     import torch
 
     from trainer import gluon_mlp, mlp_block
-    from trainer.qwen2_decode import rms_norm
     from trainer.triton_products import _graph_ms
 
     label, options = VARIANTS[index]
     dev = torch.device("cuda")
-    gen = torch.Generator(device=dev).manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
-
-    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5), rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
-               1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
-    x0 = rand(BATCH, HIDDEN)
-    h0 = rms_norm(x0, 1 + 0.1 * rand(HIDDEN), EPS)
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    layers, x0, h0 = workload()
     triton_shape = mlp_block.BlockShape.for_gpu(dev)
-    no_rest = options.get("no_rest", False)
+    timing = "no_rest" if options.get("no_rest") else ""
     shape = mlp_block.BlockShape.for_gpu(dev, gluon=True, **{k: v for k, v in options.items() if k != "no_rest"})
-
-    def chain(block_shape, phases=None):
-        def run():
-            x, h = x0, h0
-            for gate_up, down, norm in layers:
-                if block_shape.gluon:
-                    x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, block_shape, phases=phases, no_rest=no_rest)
-                else:
-                    x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, block_shape, phases=phases)
-            return x, h
-        return run
-
-    row: dict = {"label": label, "options": options, "sms": sms, "device": torch.cuda.get_device_name()}
-    want = chain(triton_shape)()
-    row["triton block ms"] = _graph_ms(chain(triton_shape), replays=30)
+    row: dict = {"label": label, "options": options, "sms": shape.programs, "device": torch.cuda.get_device_name()}
+    want = chain(layers, x0, h0, triton_shape)()
+    row["triton block ms"] = _graph_ms(chain(layers, x0, h0, triton_shape), replays=30)
     print(json.dumps(row), flush=True)  # a hang or crash after this still leaves the baseline
     gate_up, down, norm = layers[0]
-    one_layer = gluon_mlp.block(x0, h0, gate_up, down, norm, EPS, shape, no_rest=no_rest)
-    torch.cuda.synchronize()
+    one_layer = gluon_mlp.block(x0, h0, gate_up, down, norm, EPS, shape, buffers(shape), no_rest=bool(timing))
     ref = mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, triton_shape)
-    act = mlp_block.workspace(dev, BATCH, HIDDEN, INTERMEDIATE, triton_shape.plan(HIDDEN, INTERMEDIATE)["SPLITS"],
-                              torch.bfloat16)[0]
+    act = buffers(shape)[0]  # the Triton block's activation now; the same workspace
     ref_act = act.clone()
-    gluon_mlp.block(x0, h0, gate_up, down, norm, EPS, shape, no_rest=no_rest)
+    gluon_mlp.block(x0, h0, gate_up, down, norm, EPS, shape, buffers(shape), no_rest=bool(timing))
     row["one layer act bitwise equal"] = float((act == ref_act).float().mean())
     row["one layer rel error (x, h)"] = [float((g.float() - w.float()).norm() / w.float().norm())
                                          for g, w in zip(one_layer, ref, strict=True)]
-    got = chain(shape)()
+    got = chain(layers, x0, h0, shape, timing=timing)()
     row["28 layers rel error (x, h)"] = [float((g.float() - w.float()).norm() / w.float().norm())
                                          for g, w in zip(got, want, strict=True)]
     row["barrier gave up"] = mlp_block.failed(dev)
-    row["gluon block ms"] = _graph_ms(chain(shape), replays=30)
-    row["triton block again ms"] = _graph_ms(chain(triton_shape), replays=30)
+    row["gluon block ms"] = _graph_ms(chain(layers, x0, h0, shape, timing=timing), replays=30)
+    row["triton block again ms"] = _graph_ms(chain(layers, x0, h0, triton_shape), replays=30)
     row["ratio"] = row["gluon block ms"] / row["triton block ms"]
     for phase in (1, 2, 3):
         for name, block_shape in (("triton", triton_shape), ("gluon", shape)):
-            row[f"phase {phase} {name} ms"] = _graph_ms(chain(block_shape, phases=(phase,)), replays=30)
+            run = chain(layers, x0, h0, block_shape, (phase,), timing)
+            row[f"phase {phase} {name} ms"] = _graph_ms(run, replays=30)
     row["barrier gave up"] |= mlp_block.failed(dev)
     print(json.dumps(row), flush=True)
     return row
@@ -122,44 +148,28 @@ def profile() -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from trainer import gluon_mlp, mlp_block
+    from trainer import mlp_block
 
     dev = torch.device("cuda")
-    gen = torch.Generator(device=dev).manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
-
-    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5), rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
-               1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
-    x0 = rand(BATCH, HIDDEN)
-    h0 = x0.clone()
+    layers, x0, h0 = workload()
     triton_shape = mlp_block.BlockShape.for_gpu(dev)
     gluon_shape = mlp_block.BlockShape.for_gpu(dev, gluon=True)
     four = mlp_block.BlockShape.for_gpu(dev, gluon=True, stages=4)
     three = mlp_block.BlockShape.for_gpu(dev, gluon=True, stages=3)
-    chains = {"triton block": (triton_shape, None, False), "gluon block": (gluon_shape, None, False),
+    chains = {"triton block": (triton_shape, None, ""), "gluon block": (gluon_shape, None, ""),
               "gluon phase 1, no remainder, no products": (gluon_shape, (1,), "no_mma"),
               "gluon phase 1, x's loads only": (gluon_shape, (1,), "no_mma_x"),
               "gluon phase 1, the weights' loads only": (gluon_shape, (1,), "no_mma_w"),
               "gluon phase 1, no remainder, no products, 4 stages": (four, (1,), "no_mma"),
               "gluon phase 1, no remainder, no products, 3 stages": (three, (1,), "no_mma"),
-              "gluon block, no remainder": (gluon_shape, None, True),
-              "triton phase 1": (triton_shape, (1,), False), "gluon phase 1": (gluon_shape, (1,), False),
-              "gluon phase 1, no remainder": (gluon_shape, (1,), True),
-              "triton phase 2": (triton_shape, (2,), False), "gluon phase 2": (gluon_shape, (2,), False),
+              "gluon block, no remainder": (gluon_shape, None, "no_rest"),
+              "triton phase 1": (triton_shape, (1,), ""), "gluon phase 1": (gluon_shape, (1,), ""),
+              "gluon phase 1, no remainder": (gluon_shape, (1,), "no_rest"),
+              "triton phase 2": (triton_shape, (2,), ""), "gluon phase 2": (gluon_shape, (2,), ""),
               }
     found = {}
-    for name, (shape, phases, no_rest) in chains.items():
-        def run(shape=shape, phases=phases, no_rest=no_rest):
-            x, h = x0, h0
-            for gate_up, down, norm in layers:
-                if shape.gluon:
-                    x, h = gluon_mlp.block(x, h, gate_up, down, norm, EPS, shape, phases=phases,
-                                           no_rest=bool(no_rest), no_mma=str(no_rest).startswith("no_mma"),
-                                           loads={"no_mma_x": 1, "no_mma_w": 2}.get(str(no_rest), 3))
-                else:
-                    x, h = mlp_block.mlp_block(x, h, gate_up, down, norm, EPS, shape, phases=phases)
+    for name, (shape, phases, timing) in chains.items():
+        run = chain(layers, x0, h0, shape, phases, timing)
         run()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -176,7 +186,8 @@ def profile() -> dict:
         gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
         found[name] = {"kernels": len(spans), "mean_us": sum(durations) / max(1, len(durations)),
                        "min_us": min(durations, default=0), "max_us": max(durations, default=0),
-                       "mean_gap_us": sum(gaps) / max(1, len(gaps)), "span_us": spans[-1][1] - spans[0][0] if spans else 0}
+                       "mean_gap_us": sum(gaps) / max(1, len(gaps)),
+                       "span_us": spans[-1][1] - spans[0][0] if spans else 0}
         print(f"{name:30s} " + " ".join(f"{k} {v:.2f}" for k, v in found[name].items()), flush=True)
     return found
 

@@ -322,23 +322,21 @@ def _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, 
 
 
 def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
-          eps: float, shape, *, phases: tuple[int, ...] | None = None, no_rest: bool = False,
-          no_mma: bool = False, loads: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+          eps: float, shape, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
+          phases: tuple[int, ...] | None = None, no_rest: bool = False, no_mma: bool = False,
+          loads: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """mlp_block.mlp_block's contract (x + down(SiLU(gate) * up) of h, and its RMSNorm with `norm`)
-    for a BlockShape with gluon=True: one cooperative launch (with PDL if shape.pdl), or `phases`
-    (1, 2, 3) one launch each (a benchmark's timing); `no_rest`: the remainder left out (a
-    benchmark's timing only: wrong numbers); `no_mma`: gate/up's loads without its products (the same), `loads` 1 or 2 of them x's or the
-    weights' only."""
-    from trainer.mlp_block import workspace
-
+    for a BlockShape with gluon=True, in `buffers` (mlp_block.workspace's activation, partials and
+    barrier counters): one cooperative launch (with PDL if shape.pdl), or `phases` (1, 2, 3) one
+    launch each (a benchmark's timing). Timing only, wrong numbers: `no_rest` leaves the
+    remainder out, `no_mma` gate/up's products, `loads` 1 or 2 all but x's or the weights' loads."""
     rows, hidden = h.shape
     intermediate = down.shape[1]
     why = fits(rows, hidden, intermediate, shape)
     if why or h.device.type != "cuda" or h.dtype != torch.bfloat16:
         raise ValueError(f"the Gluon MLP block does not take h {tuple(h.shape)} {h.dtype} on {h.device}: {why}")
     h = h.contiguous()
-    act, part, sync = workspace(h.device, rows, hidden, intermediate, shape.plan(hidden, intermediate)["SPLITS"],
-                                h.dtype)
+    act, part, sync = buffers
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
     for phase in phases or (0,):
         args, consts = _args(x, h, gate_up, down, norm, eps, shape, act, part, sync, x_out, h_out, phase)

@@ -299,7 +299,10 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     if shape.gluon:
         from trainer import gluon_mlp
 
-        return gluon_mlp.block(x, h, gate_up, down, norm, eps, shape, phases=phases)
+        rows, hidden = h.shape
+        buffers = workspace(h.device, rows, hidden, down.shape[1], shape.plan(hidden, down.shape[1])["SPLITS"],
+                            h.dtype)
+        return gluon_mlp.block(x, h, gate_up, down, norm, eps, shape, buffers, phases=phases)
     rows, hidden = h.shape
     intermediate = down.shape[1]
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):

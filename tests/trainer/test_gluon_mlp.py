@@ -51,7 +51,8 @@ def test_block_refuses_a_cpu_tensor_naming_it():
     h = torch.zeros(128, 1536, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"Gluon MLP block does not take h \(128, 1536\) torch.bfloat16 on cpu"):
         gluon_mlp.block(h, h, torch.zeros(2 * 8960, 1536, dtype=torch.bfloat16),
-                        torch.zeros(1536, 8960, dtype=torch.bfloat16), torch.ones(1536), 1e-6, shape)
+                        torch.zeros(1536, 8960, dtype=torch.bfloat16), torch.ones(1536), 1e-6, shape,
+                        (torch.empty(128, 8960), torch.empty(5, 128, 1536), torch.zeros(4, dtype=torch.int32)))
 
 
 def test_not_offered_on_a_cpu_or_unless_asked_for(monkeypatch):
