@@ -14,8 +14,8 @@ and a hang must not take the whole call. Outputs after 28 layers against the Tri
 `--profile`: each chain's launches on the GPU's clock (torch.profiler over one replay), the blocks
 and their phases, and gate/up's loads alone (x's, the weights', both; 3-6 stages), which no output
 check covers (timing-only modes).
-On an H200 (docs/benchmarks.md, issue 18, calls 64-72): the Gluon block 1.12-1.14 ms against 1.00;
-on the GPU's clock its gate/up loads alone take 21.1-21.7 us a layer, Triton's whole phase 19.9-20.2.
+On an H200 (docs/benchmarks.md, issue 18, calls 64-74): the Gluon block 1.12-1.14 ms against 1.00;
+on the GPU's clock its gate/up loads alone take 20.1 us a layer, Triton's whole phase 20.2.
 """
 
 from __future__ import annotations

@@ -27,11 +27,11 @@ with acquiring loads, a spin limit that sets the `failed` flag, the counters bac
 kernel ends; TMA reads of what other programs wrote after a proxy fence. The grid is launched
 cooperatively (the driver refuses a grid whose programs cannot all be resident); with `pdl` too.
 
-Measured on an H200 (docs/benchmarks.md, issue 18, calls 64-73; bench/gpu_gluon_mlp.py): correct
+Measured on an H200 (docs/benchmarks.md, issue 18, calls 64-74; bench/gpu_gluon_mlp.py): correct
 (one layer's x and h bitwise the Triton block's, 28 layers within 4.2e-4) and slower: 1.12-1.14 ms
 for 28 layers against 1.00, and the decode step with it 1.911 against 1.760 ms at the first bucket.
 The down phase keeps pace with Triton's (11.3 against 10.9 us a layer); the gate/up phase does not:
-its loads alone, without the multiplies, take 21 us a layer where Triton's whole phase takes 20. So
+its loads alone, without the multiplies, take 20 us a layer, as long as Triton's whole phase. So
 the decode engine times it only with RLTUI_DECODE_GLUON_MLP=1 (trainer/decode_graphs.gluon_block).
 
 CUDA on Hopper only; Triton's interpreter does not run Gluon: the tests compile the kernel for

@@ -45,7 +45,7 @@ polled by loads, 1.00 ms for the 28 layers (call 42). Each barrier costs ~2 us e
 before it (bench/gpu_skeleton.py, calls 44-45): 0.11 ms of a replay. The engine times
 it beside the other steps at its first bucket and keeps the fastest (trainer/decode_graphs.py);
 RLTUI_DECODE_MLP_BLOCK=0 switches it off. BlockShape(gluon=True) runs the same block as
-trainer/gluon_mlp.py's Gluon kernel (slower on an H200: calls 64-73).
+trainer/gluon_mlp.py's Gluon kernel (slower on an H200: calls 64-74).
 """
 
 from __future__ import annotations
