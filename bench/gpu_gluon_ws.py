@@ -73,6 +73,7 @@ def label(variant) -> str:
 
 if gluon is not None:
 
+    from trainer.gluon_mlp import _swiglu
     from trainer.gluon_products import _grid_control
 
     @gluon.jit
@@ -116,13 +117,6 @@ if gluon is not None:
             tma.async_copy_global_to_shared(w_desc, [I + lo, k], bar, u_bufs.index(s))
             tma.async_copy_global_to_shared(r_desc, [lo + block_n, k], bar, gr_bufs.index(s))
             tma.async_copy_global_to_shared(r_desc, [I + lo + block_n, k], bar, ur_bufs.index(s))
-
-    @gluon.jit
-    def _swiglu(gate, up, dtype: gl.constexpr):
-        # As trainer/triton_products.swiglu_tile: both sums and SiLU's result rounded to dtype.
-        g = gate.to(dtype).to(gl.float32)
-        silu = (g / (1.0 + gl.exp(-g))).to(dtype).to(gl.float32)
-        return (silu * up.to(dtype).to(gl.float32)).to(dtype)
 
     @gluon.jit
     def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty, act_ptr, rows, lo, hi,

@@ -349,10 +349,8 @@ def block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.T
 def compile_report(rows: int, hidden: int, intermediate: int, shape) -> dict[str, int]:
     """Compile the block for sm_90a (no GPU needed): ptxas's registers and spill bytes, the
     kernel's shared memory, its wgmma and griddepcontrol instruction counts, and whether ptxas
-    serialized its wgmma (warning C7514/C7515)."""
-    import re
-
-    from trainer.gluon_products import compile_for_hopper, ptxas
+    serialized its wgmma (warning C7514/C7515): gluon_products.ptx_report."""
+    from trainer.gluon_products import compile_for_hopper, ptx_report
 
     e = {"dtype": torch.bfloat16}
     h, x = torch.empty(rows, hidden, **e), torch.empty(rows, hidden, **e)
@@ -362,13 +360,4 @@ def compile_report(rows: int, hidden: int, intermediate: int, shape) -> dict[str
     sync = torch.zeros(4, dtype=torch.int32)
     args, consts = _args(x, h, gate_up, down, torch.empty(hidden, **e), 1e-6, shape, act, part, sync,
                          torch.empty_like(x), torch.empty_like(x), 0)
-    compiled = compile_for_hopper(_mlp_kernel, *args, **consts)
-    ptx = compiled.asm["ptx"]
-    done = ptxas(ptx)
-    done.check_returncode()
-    usage = done.stdout + done.stderr
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", usage)
-    return {"registers": int(re.search(r"Used (\d+) registers", usage).group(1)),
-            "spill_bytes": int(spills.group(1)) + int(spills.group(2)), "shared": compiled.metadata.shared,
-            "wgmma": ptx.count("wgmma.mma_async"), "griddepcontrol": ptx.count("griddepcontrol."),
-            "serialized": int("C7514" in usage or "C7515" in usage)}
+    return ptx_report(compile_for_hopper(_mlp_kernel, *args, **consts))

@@ -201,13 +201,20 @@ def ptxas(ptx: str):
 
 def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bool = True) -> dict[str, int]:
     """Compile the kernel for sm_90a (no GPU needed) and return ptxas's registers and spill bytes,
-    the kernel's shared memory and its wgmma / griddepcontrol instruction counts."""
-    import re
-
+    the kernel's shared memory and its wgmma / griddepcontrol instruction counts (`ptx_report`)."""
     x = torch.empty(rows, k, dtype=torch.bfloat16)
     out = torch.empty(splits, rows, n, dtype=torch.float32)
     compiled = compile_for_hopper(_prefetched_product, *descriptors(x, torch.empty(n, k, dtype=torch.bfloat16), block_n),
                                   out, rows, out.stride(0), out.stride(1), K_CHUNK=k // splits, PDL=pdl, num_warps=4)
+    return ptx_report(compiled)
+
+
+def ptx_report(compiled) -> dict[str, int]:
+    """ptxas's registers and spill bytes for a compiled kernel (`compile_for_hopper`'s), its
+    shared memory, its wgmma and griddepcontrol instruction counts, and whether ptxas serialized
+    its wgmma (warning C7514 or C7515: 1)."""
+    import re
+
     ptx = compiled.asm["ptx"]
     done = ptxas(ptx)
     done.check_returncode()
@@ -215,4 +222,5 @@ def compile_report(n: int, k: int, rows: int, block_n: int, splits: int, pdl: bo
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", usage)
     return {"registers": int(re.search(r"Used (\d+) registers", usage).group(1)),
             "spill_bytes": int(spills.group(1)) + int(spills.group(2)), "shared": compiled.metadata.shared,
-            "wgmma": ptx.count("wgmma.mma_async"), "griddepcontrol": ptx.count("griddepcontrol.")}
+            "wgmma": ptx.count("wgmma.mma_async"), "griddepcontrol": ptx.count("griddepcontrol."),
+            "serialized": int("C7514" in usage or "C7515" in usage)}
