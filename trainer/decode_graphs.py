@@ -61,7 +61,7 @@ def gluon_block(weights, products: DecodeProducts, batch: int) -> DecodeProducts
     """`products` with its MLP block as trainer/gluon_mlp.py's kernel, launched with PDL (after
     residual + RMSNorm, which lets it start once its own wait is over), where RLTUI_DECODE_GLUON_MLP=1
     asks for it, Gluon runs and the kernel takes the model's widths; else None. Opt-in: on an H200
-    the kernel is 16% slower than the Triton block (docs/benchmarks.md, issue 18, calls 64-74)."""
+    the kernel is 12-16% slower than the Triton block (docs/benchmarks.md, issue 18, calls 64-74)."""
     from trainer import gluon_mlp, gluon_products
 
     if (os.environ.get(GLUON_MLP_ENV) != "1" or products.mlp is None
