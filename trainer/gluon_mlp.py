@@ -281,15 +281,20 @@ def fits(rows: int, hidden: int, intermediate: int, shape) -> str | None:
     """Why this kernel does not take these widths with `shape` (a mlp_block.BlockShape), or None."""
     p = shape.programs
     shares = [(q + 1) * intermediate // p - q * intermediate // p for q in range(p)]
-    if rows > BLOCK_M or shape.block_k != BLOCK_K or shape.down_n != TILE:
-        return f"rows {rows} (at most {BLOCK_M}), K step {shape.block_k} ({BLOCK_K}), down tile {shape.down_n} ({TILE})"
+    # (down's tiles go through the ring's [TILE, BLOCK_K] gate buffers: the same shape)
+    if rows > BLOCK_M or shape.block_k != BLOCK_K or shape.down_n != TILE or shape.rest not in (8, 16):
+        return (f"rows {rows} (at most {BLOCK_M}), K step {shape.block_k} ({BLOCK_K}), down tile {shape.down_n} "
+                f"({TILE}), remainder rows {shape.rest} (8 or 16)")
     if min(shares) < TILE or max(shares) > TILE + shape.rest:
         return (f"{p} programs' shares of {intermediate} columns ({min(shares)}-{max(shares)}) are not {TILE} + up to "
                 f"{shape.rest}")
     if hidden % BLOCK_K or intermediate % BLOCK_K or hidden % shape.down_n or hidden // shape.down_n > p:
-        return f"hidden {hidden} x intermediate {intermediate} do not tile in {BLOCK_K} steps and {shape.down_n} columns"
-    if not 1 <= shape.ahead <= shape.stages or hidden // BLOCK_K < shape.stages:
-        return f"ahead {shape.ahead} / stages {shape.stages} do not fit {hidden // BLOCK_K} K steps"
+        return (f"hidden {hidden} x intermediate {intermediate} do not tile in {BLOCK_K} steps and "
+                f"{shape.down_n} columns")
+    least_down = intermediate // BLOCK_K // shape.plan(hidden, intermediate)["SPLITS"]  # a down slice's K steps
+    if not 1 <= shape.ahead <= shape.stages or min(hidden // BLOCK_K, least_down) < shape.stages:
+        return (f"ahead {shape.ahead} / stages {shape.stages} do not fit {hidden // BLOCK_K} gate/up and "
+                f"{least_down} down K steps")
     return None
 
 

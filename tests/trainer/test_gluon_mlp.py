@@ -44,6 +44,10 @@ def test_fits_names_what_it_does_not_take():
     assert "shares of 8960 columns (89-90)" in gluon_mlp.fits(128, 1536, 8960, BlockShape(programs=100, gluon=True))
     assert "ahead 7" in gluon_mlp.fits(128, 1536, 8960, BlockShape(programs=H200, gluon=True, ahead=7))
     assert "down tile 128" in gluon_mlp.fits(128, 1536, 8960, BlockShape(programs=H200, gluon=True, down_n=128))
+    assert "remainder rows 12" in gluon_mlp.fits(128, 1536, 8960, BlockShape(programs=H200, gluon=True, rest=12))
+    # K loops shorter than the ring (its first STAGES tiles are asked for before they are needed):
+    # 128 wide, 66 shares of 64 in 33 down slices of 2 steps
+    assert "2 gate/up and 2 down K steps" in gluon_mlp.fits(128, 128, 4224, BlockShape(programs=66, gluon=True))
 
 
 def test_block_refuses_a_cpu_tensor_naming_it():
