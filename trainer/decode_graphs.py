@@ -62,10 +62,11 @@ def gluon_block(weights, products: DecodeProducts, batch: int) -> DecodeProducts
     residual + RMSNorm, which lets it start once its own wait is over), where RLTUI_DECODE_GLUON_MLP=1
     asks for it, Gluon runs and the kernel takes the model's widths; else None. Opt-in: on an H200
     the kernel is 12-16% slower than the Triton block (docs/benchmarks.md, issue 18, calls 64-74)."""
+    if os.environ.get(GLUON_MLP_ENV) != "1" or products.mlp is None:
+        return None
     from trainer import gluon_mlp, gluon_products
 
-    if (os.environ.get(GLUON_MLP_ENV) != "1" or products.mlp is None
-            or not gluon_products.supported(weights.layers[0].o.device)):
+    if not gluon_products.supported(weights.layers[0].o.device):
         return None
     shape = replace(products.mlp, gluon=True, pdl=True)
     if gluon_mlp.fits(batch, weights.dims.hidden, weights.dims.intermediate, shape) is not None:

@@ -53,7 +53,7 @@ try:  # Gluon ships with Triton 3.5+; without it `supported` is False and nothin
         warpgroup_mma_wait,
     )
 except ImportError:  # pragma: no cover - exercised where Triton (or its Gluon) is missing
-    gluon = None
+    gluon = gl = None
 
 ENV = "RLTUI_DECODE_GLUON"  # 0: never offered to the decode engine
 BLOCK_M = 128  # every row in one tile
