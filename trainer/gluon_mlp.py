@@ -45,7 +45,6 @@ import torch
 
 from trainer.gluon_products import BLOCK_K, BLOCK_M, gl, gluon
 
-REST = 8  # the remainder box's rows: the widest share past its tile must fit
 TILE = 64  # a share's main tile of gate (and of up) columns
 
 if gluon is not None:
@@ -299,9 +298,9 @@ def fits(rows: int, hidden: int, intermediate: int, shape) -> str | None:
 
 
 def descriptors(h: torch.Tensor, gate_up: torch.Tensor, act: torch.Tensor, down: torch.Tensor, down_n: int,
-                rest: int = REST):
+                rest: int):
     """Host tensor descriptors: h and act [128, K step] boxes (rows past theirs zero-filled), the
-    gate | up tile [64, K step], its remainder [8, K step], down's [down_n, K step]."""
+    gate | up tile [64, K step], its remainder [rest, K step], down's [down_n, K step]."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     def desc(t: torch.Tensor, block: list[int]):

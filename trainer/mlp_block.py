@@ -296,15 +296,13 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     add_norm. B at most 128. `phases`: the launches, (0,) for one with barriers (default on CUDA),
     (1, 2, 3) for one per phase (default in the interpreter); a benchmark may time one phase
     alone."""
+    rows, hidden = h.shape
+    intermediate = down.shape[1]
     if shape.gluon:
         from trainer import gluon_mlp
 
-        rows, hidden = h.shape
-        buffers = workspace(h.device, rows, hidden, down.shape[1], shape.plan(hidden, down.shape[1])["SPLITS"],
-                            h.dtype)
+        buffers = workspace(h.device, rows, hidden, intermediate, shape.plan(hidden, intermediate)["SPLITS"], h.dtype)
         return gluon_mlp.block(x, h, gate_up, down, norm, eps, shape, buffers, phases=phases)
-    rows, hidden = h.shape
-    intermediate = down.shape[1]
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):
         raise ValueError(f"mlp_block takes at most 128 rows and matching weights, not h {tuple(h.shape)}, "
                          f"gate_up {tuple(gate_up.shape)}, down {tuple(down.shape)}")
