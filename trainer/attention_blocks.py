@@ -114,9 +114,11 @@ def autotuned(kernel, key: list[str]):
 
 def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
            bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None, pdl: bool, *,
-           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None) -> torch.Tensor:
+           workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None,
+           constants: dict | None = None) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
-    `splits`) on one grid of (row, kv head[, split]) and return its output [B, heads D]: on CUDA
+    `splits`, and the kernel's own `constants`) on one grid of (row, kv head[, split]) and return
+    its output [B, heads D]: on CUDA
     through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
     `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
@@ -132,7 +134,8 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
             qkv.stride(-2), cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0),
             qkv.stride(0) if parts else 0, qkv_bias if has_bias else out)
     shape = {"kv_len": kv_len, "HEADS": dims.heads, "KV_HEADS": dims.kv_heads, "GROUPS": groups, "D": d,
-             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl}
+             "BLOCK_M": max(16, triton.next_power_of_2(groups)), "PARTS": parts, "HAS_BIAS": has_bias, "PDL": pdl,
+             **(constants or {})}
     grid = (batch, dims.kv_heads)
     if splits is not None:
         shape["SPLITS"] = splits

@@ -56,7 +56,8 @@ if triton is not None:
                                bias_stride_b, out_stride_b, part_stride, qkv_bias_ptr, kv_len: tl.constexpr,
                                F32_DOT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                                GROUPS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK: tl.constexpr,
-                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
+                               PARTS: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
+                               MASK_AHEAD: tl.constexpr = True):
         HALF: tl.constexpr = D // 2
         if PDL:  # the chained step: everything read below may come from the kernel before
             gdc_wait()
@@ -90,12 +91,24 @@ if triton is not None:
                + tl.sum(q2.to(tl.float32) * k2.to(tl.float32)[None, :], 1)) * scale
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32) + v_new.to(tl.float32)[None, :]
+        # The mask's block is read one block ahead (MASK_AHEAD): its 2-byte loads are not among
+        # the ones Triton's pipeline copies ahead into shared memory, and read in the block that
+        # adds them, every block waited on them (a fifth of the kernel's warp samples on an H200,
+        # docs/benchmarks.md, call 75).
+        mask_row = bias_ptr + b * bias_stride_b
+        first = tl.arange(0, BLOCK)
+        bias_next = tl.load(mask_row + first, mask=first < filled, other=float("-inf"))
         # (Triton's interpreter cannot bound a loop by a loaded value: there, masks alone stop it.)
         for start in range(0, kv_len if F32_DOT else filled, BLOCK):
             slots = start + tl.arange(0, BLOCK)
             inside = slots < filled  # the slot written above is not read back
             at = cache_ptr + tl.where(slots < shared, leader, own)[:, None] + slots[:, None] * cache_stride_n
-            bias = tl.load(bias_ptr + b * bias_stride_b + slots, mask=inside, other=float("-inf")).to(tl.float32)
+            if MASK_AHEAD:
+                bias = bias_next.to(tl.float32)
+                after = slots + BLOCK
+                bias_next = tl.load(mask_row + after, mask=after < filled, other=float("-inf"))
+            else:
+                bias = tl.load(mask_row + slots, mask=inside, other=float("-inf")).to(tl.float32)
             m_i, l_i, acc = _attend_block(q1, q2, at, inside, bias, m_i, l_i, acc, scale, D, F32_DOT)
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * out_stride_b + heads[:, None] * D + dims[None, :],
@@ -118,7 +131,7 @@ def tuned_configs() -> dict[str, str]:
 
 def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache: torch.Tensor,
                    bias: torch.Tensor, kv_len: int, qkv_bias: torch.Tensor | None = None, *,
-                   pdl: bool = False) -> torch.Tensor:
+                   pdl: bool = False, mask_ahead: bool = True) -> torch.Tensor:
     """qkv [B, (heads + 2 kv_heads) D] (the fused product, bias added) -> attention output [B, heads D].
     Or qkv as float32 partial sums [S, B, ...] of a split product (trainer/triton_products.py)
     with its `qkv_bias` not yet added: the kernel adds both.
@@ -128,8 +141,10 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     (at most `kv_len`) under the additive mask `bias` [B, >= kv_len] (0 / -inf), the new slot
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
-    `pdl`: launched with programmatic dependent launch (the chained step)."""
-    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl)
+    `pdl`: launched with programmatic dependent launch (the chained step). `mask_ahead` False
+    (bench/gpu_attention_rows.py): each block's mask read in that block, as before call 76."""
+    return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl,
+                  constants={} if mask_ahead else {"MASK_AHEAD": False})
 
 
 def attention_splits() -> int:

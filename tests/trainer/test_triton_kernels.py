@@ -141,8 +141,10 @@ shared_cache[:, :, slot + 1:] = float("nan")  # nor the unfilled slots past this
 state.leaders.copy_(torch.tensor([0, 0, 2, 2]))
 state.shared.fill_(prompt)
 got = rope_attention(dims, qkv, state, shared_cache, bias, kv_len)
+in_block = rope_attention(dims, qkv, state, shared_cache.clone(), bias, kv_len, mask_ahead=False)
 print(json.dumps({"finite": bool(got.isfinite().all()), "max_abs_diff": float((got - want).abs().max()),
-                  "slot_written": bool(torch.equal(shared_cache[:, :, slot], plain_cache[:, :, slot]))}))
+                  "slot_written": bool(torch.equal(shared_cache[:, :, slot], plain_cache[:, :, slot])),
+                  "mask_ahead_equal": bool(torch.equal(got, in_block))}))
 '''
 
 
@@ -150,6 +152,8 @@ def test_fused_attention_reads_the_groups_prompt_from_its_first_row_and_stops_at
     found = _interpreted(SHARED)
     assert found["finite"] and found["slot_written"]
     assert found["max_abs_diff"] < 1e-5  # float32 in the interpreter: the same sums
+    # each block's mask read one block ahead gives what reading it in its block gave, bit for bit
+    assert found["mask_ahead_equal"]
 
 
 def test_fused_decode_step_equals_the_plain_step():
