@@ -15,7 +15,10 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              tile's width, K per step, one or two programs per multiprocessor), one launch a layer
              with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
-`--phases-only`: just the per-phase times below.
+`--phases-only`: just the per-phase times below. `--stacked`: only the default shape against the
+same with `stacked` (gate and up as one 128-column product, the remainder as one 16-column one),
+the blocks and their gate/up phases alone, each timed twice in alternation, one layer's activation
+compared bit for bit.
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
 error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
 Then, per phase: each phase alone (28 launches, no barrier) beside cuBLAS's gate/up, SiLU x up
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--phases-only", action="store_true", help="only the per-phase times (with fewer rows too)")
+    p.add_argument("--stacked", action="store_true", help="only the default shape against it stacked")
     args = p.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -81,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    if args.stacked:
+        found = _stacked(layers, x0, h0, sms, cublas, block)
+        if args.out:
+            write_json(args.out, {"device": torch.cuda.get_device_name(), "sms": sms, "variants": found})
+        return 0
     if args.phases_only:
         found = {"per phase": _per_phase(layers, x0, h0, sms, cublas_parts(layers, h0, silu_mul))}
         if args.out:
@@ -134,6 +143,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_json(args.out, result)
     return 0
+
+
+def _stacked(layers, x0, h0, sms, cublas, block) -> dict:
+    """The default block against the same shape stacked: errors against the cuBLAS chain after
+    28 layers, one layer's activation bit for bit, then ms (A B A B) for the blocks and for their
+    gate/up phases alone."""
+
+    from trainer import mlp_block
+    from trainer.triton_products import _graph_ms
+
+    shapes = {"default": mlp_block.BlockShape(programs=sms), "stacked": mlp_block.BlockShape(programs=sms, stacked=True)}
+    want_x, want_h = (t.float() for t in cublas())
+    found: dict = {}
+    acts = {}
+    gate_up, down, norm = layers[0]
+    for name, shape in shapes.items():
+        got_x, got_h = (t.float() for t in block(shape)())
+        found[f"{name} 28 layers rel error (x, h)"] = [float((got_x - want_x).norm() / want_x.norm()),
+                                                       float((got_h - want_h).norm() / want_h.norm())]
+        mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, shape)
+        acts[name] = mlp_block.workspace(x0.device, x0.shape[0], HIDDEN, INTERMEDIATE,
+                                         shape.plan(HIDDEN, INTERMEDIATE)["SPLITS"], x0.dtype)[0].clone()
+    found["one layer act bitwise equal"] = float((acts["default"] == acts["stacked"]).float().mean())
+    found["barrier gave up"] = mlp_block.failed(x0.device)
+    for turn in (1, 2):
+        for name, shape in shapes.items():
+            found[f"{name} block ms {turn}"] = _graph_ms(block(shape), replays=30)
+            found[f"{name} gate/up phase ms {turn}"] = _graph_ms(block(shape, phases=(1,)), replays=30)
+    found["barrier gave up"] |= mlp_block.failed(x0.device)
+    for name, value in found.items():
+        print(f"  {name:40s} {value}", flush=True)
+    return found
 
 
 def cublas_parts(layers, h0, silu_mul) -> dict:

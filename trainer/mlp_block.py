@@ -66,7 +66,9 @@ class BlockShape:
     descriptors (TMA) or pointers. `gluon`: the block as trainer/gluon_mlp.py's kernel, with
     `pdl` (launched with programmatic dependent launch, the weights of its first `ahead` steps
     asked for before it waits), `cross` (its first down tiles asked for before the first
-    barrier) and `rest` (the rows of its remainder box)."""
+    barrier) and `rest` (the rows of its remainder box). `stacked` (tensor descriptors only): gate
+    and up read as one box of gate_up viewed as [2, I, H] and multiplied as one product twice as
+    wide, the remainder likewise through a box of BLOCK_S rows of each."""
 
     programs: int
     block_k: int = 64
@@ -79,6 +81,7 @@ class BlockShape:
     ahead: int = 3
     cross: bool = True
     rest: int = 8
+    stacked: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -213,6 +216,36 @@ if triton is not None:
                  mask=live[:, None] & rest_live[None, :])
 
     @triton.jit
+    def _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I: tl.constexpr, P: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+                         H: tl.constexpr, F32_DOT: tl.constexpr):
+        # The gate/up phase with gate and up read as one [2, BLOCK_N, K] box of gate_up viewed as
+        # [2, I, H], multiplied as one 2 x BLOCK_N-column product (64x128 wgmma on Hopper, half
+        # as many as two 64-column ones), and the share's remainder as one [2, BLOCK_S, K] box
+        # and one 2 x BLOCK_S-column product. The remainder box's rows past the share are the
+        # next program's (multiplied, not stored); past I the descriptor reads zeros.
+        lo = p * I // P
+        hi = (p + 1) * I // P
+        m = tl.arange(0, BLOCK_M)
+        live = m < rows
+        both = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
+        both_r = tl.zeros([BLOCK_M, 2 * BLOCK_S], tl.float32)
+        for k in range(0, H, BLOCK_K):
+            x = h_desc.load([0, k])
+            w = gu_desc.load([0, lo, k]).reshape(2 * BLOCK_N, BLOCK_K)
+            r = rest_desc.load([0, lo + BLOCK_N, k]).reshape(2 * BLOCK_S, BLOCK_K)
+            both = _dot(x, w, both, F32_DOT)
+            both_r = _dot(x, r, both_r, F32_DOT)
+        gate, up = both.reshape(BLOCK_M, 2, BLOCK_N).permute(0, 2, 1).split()
+        gate_r, up_r = both_r.reshape(BLOCK_M, 2, BLOCK_S).permute(0, 2, 1).split()
+        main = lo + tl.arange(0, BLOCK_N)
+        rest = lo + BLOCK_N + tl.arange(0, BLOCK_S)
+        dtype = act_ptr.dtype.element_ty
+        tl.store(act_ptr + m[:, None] * I + main[None, :], swiglu_tile(gate, up, dtype), mask=live[:, None])
+        tl.store(act_ptr + m[:, None] * I + rest[None, :], swiglu_tile(gate_r, up_r, dtype),
+                 mask=live[:, None] & (rest < hi)[None, :])
+
+    @triton.jit
     def _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr,
                     TILES_N: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
@@ -245,14 +278,18 @@ if triton is not None:
             tl.store(part_ptr + split * rows * H + m[:, None] * H + cols[None, :], acc, mask=live[:, None])
 
     @triton.jit
-    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
+    def _mlp_kernel(h_ptr, h_desc, gu_ptr, gu_desc, rest_desc, act_ptr, act_desc, down_ptr, down_desc, part_ptr, x_ptr,
                     norm_ptr, x_out_ptr, h_out_ptr, sync_ptr, rows, eps, H: tl.constexpr, I: tl.constexpr,
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
-                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr):
+                    NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
+                    STACKED: tl.constexpr = False, BLOCK_S: tl.constexpr = 8):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
-        if PHASE == 0 or PHASE == 1:
+        if (PHASE == 0 or PHASE == 1) and STACKED:
+            _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I, P, BLOCK_M, BLOCK_K, BLOCK_N, BLOCK_S, H,
+                             F32_DOT)
+        elif PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
         if PHASE == 0:
@@ -323,11 +360,22 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
                  desc(down, [shape.down_n, bk]))
     else:
         descs = (h, gate_up, act, down)
-    args = (h, descs[0], gate_up, descs[1], act, descs[2], down, descs[3], part, x, norm, x_out, h_out, sync, rows,
-            float(eps))
+    stacked = {}
+    rest_desc = descs[1]  # (not read unless stacked)
+    if shape.stacked and shape.tma:
+        # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
+        # checked BLOCK_R, which is at least this, against BLOCK_N)
+        block_s = max(8, triton.next_power_of_2(-(-intermediate // shape.programs) - plan["BLOCK_N"]))
+        both = gate_up.view(2, intermediate, hidden)
+        rows_of = [intermediate * hidden, hidden, 1]
+        descs = (descs[0], TensorDescriptor(both, list(both.shape), rows_of, [2, plan["BLOCK_N"], bk]), *descs[2:])
+        rest_desc = TensorDescriptor(both, list(both.shape), rows_of, [2, block_s, bk])
+        stacked = {"STACKED": True, "BLOCK_S": block_s}
+    args = (h, descs[0], gate_up, descs[1], rest_desc, act, descs[2], down, descs[3], part, x, norm, x_out, h_out,
+            sync, rows, float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan, **stacked}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.

@@ -1,7 +1,7 @@
 """trainer/mlp_block.py in Triton's interpreter (CPU), its phases as three launches: the MLP half of a
 layer (gate/up, SiLU x up, down, residual + RMSNorm) equals fused_decode's kernels on the summed
-product to float32 rounding, through pointers and tensor descriptors, with uneven column shares, a
-remainder tile, several K slices of the down product and fewer rows than the tile; shapes that do
+product to float32 rounding, through pointers and tensor descriptors (gate and up apart, or stacked
+as one box and one product), with uneven column shares, a remainder tile, several K slices of the down product and fewer rows than the tile; shapes that do
 not tile are refused; the fused decode step with the block equals the plain step on a tiny random
 Qwen2; the phases given a layer's first row in weights stacked by layer compute that layer. Skipped
 where Triton is not installed. A child process: TRITON_INTERPRET is set before import."""
@@ -27,7 +27,10 @@ norm, add_norm, silu_mul = element_fns(type("D", (), {"eps": 1e-6})(), compiled=
 gu, down, w = torch.randn(2 * I, H) * 0.1, torch.randn(H, I) * 0.1, 1 + 0.3 * torch.randn(H)
 shapes = {"ptr": mb.BlockShape(programs=4, block_k=16, down_n=16, tma=False),
           "tma_rest": mb.BlockShape(programs=3, block_k=32, down_n=32),
-          "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32)}
+          "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32),
+          "stacked_rest": mb.BlockShape(programs=3, block_k=32, down_n=32, stacked=True),
+          "stacked_splits": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=True),
+          "stacked_8": mb.BlockShape(programs=4, block_k=16, down_n=16, stacked=True)}
 found["plans"] = {name: s.plan(H, I) for name, s in shapes.items()}
 found["errs"] = {}
 for rows in (5, 16):
@@ -68,7 +71,10 @@ def test_mlp_block_equals_the_fused_steps_kernels_and_the_plain_step():
     assert found["plans"]["tma_rest"] == {"BLOCK_N": 32, "BLOCK_R": 32, "SPLITS": 1, "TILES_N": 2}
     assert found["plans"]["tma_splits"] == {"BLOCK_N": 16, "BLOCK_R": 16, "SPLITS": 3, "TILES_N": 2}
     assert found["plans"]["ptr"]["TILES_N"] == 4
-    assert len(found["errs"]) == 6 and max(found["errs"].values()) < 1e-5, found["errs"]
+    # stacked: gate | up as one box and product, the remainder as one [2, 8 or more, K] box whose
+    # rows past a share are the next program's, and past the last column zeros (7 programs: the
+    # last one's 8 remainder rows start 2 before the end)
+    assert len(found["errs"]) == 12 and max(found["errs"].values()) < 1e-5, found["errs"]
     # too few columns, K step, too few programs, a remainder (80 columns) wider than the tile (64)
     assert len(found["refused"]) == 4, found["refused"]
     assert found["rows_refused"] is True
