@@ -16,8 +16,8 @@ only at its end), `prefetched_o_<columns>x<slices>_mlp_block` (o of that shape),
 `prefetched_o_gluon_block` (o 64 x 4 and the MLP block as trainer/gluon_mlp.py's kernel, launched
 with PDL; `_plain` without, `_no_cross` without its down tiles asked for before the first barrier)
 and `fused_mlp_block_again` (the baseline timed last). `gluon_block`: the fused step with the
-Gluon block. `fused_mlp_block_stacked`, `prefetched_o_64x4_mlp_block_stacked`: the block with
-gate and up as one product (BlockShape.stacked).
+Gluon block. `fused_mlp_block_apart`, `prefetched_o_64x4_mlp_block_apart`: the block with gate
+and up as two products (BlockShape.stacked False; stacked is the default since call 78).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
                 "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_stacked": DecodeProducts(mlp=replace(block, stacked=True))}
+                "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
@@ -92,8 +92,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
             variants[name] = replace(prefetched, chosen={"qkv": None, "o": o4},
                                      mlp=replace(block, gluon=True, **options))
         variants["prefetched_o_64x4_mlp_block"] = replace(prefetched, chosen={"qkv": None, "o": o4}, mlp=block)
-        variants["prefetched_o_64x4_mlp_block_stacked"] = replace(prefetched, chosen={"qkv": None, "o": o4},
-                                                                  mlp=replace(block, stacked=True))
+        variants["prefetched_o_64x4_mlp_block_apart"] = replace(prefetched, chosen={"qkv": None, "o": o4},
+                                                                mlp=replace(block, stacked=False))
         for name in wanted:
             shape = re.fullmatch(r"prefetched_o_(\d+)x(\d+)_mlp_block", name)
             if shape:

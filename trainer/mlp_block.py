@@ -66,9 +66,10 @@ class BlockShape:
     descriptors (TMA) or pointers. `gluon`: the block as trainer/gluon_mlp.py's kernel, with
     `pdl` (launched with programmatic dependent launch, the weights of its first `ahead` steps
     asked for before it waits), `cross` (its first down tiles asked for before the first
-    barrier) and `rest` (the rows of its remainder box). `stacked` (tensor descriptors only): gate
-    and up read as one box of gate_up viewed as [2, I, H] and multiplied as one product twice as
-    wide, the remainder likewise through a box of BLOCK_S rows of each."""
+    barrier) and `rest` (the rows of its remainder box). `stacked` (tensor descriptors only; the
+    default): gate and up read as one box of gate_up viewed as [2, I, H] and multiplied as one
+    product twice as wide, the remainder likewise through a box of BLOCK_S rows of each. On an
+    H200 the same numbers bit for bit, 2.5% faster (docs/benchmarks.md, issue 18, call 78)."""
 
     programs: int
     block_k: int = 64
@@ -81,7 +82,7 @@ class BlockShape:
     ahead: int = 3
     cross: bool = True
     rest: int = 8
-    stacked: bool = False
+    stacked: bool = True
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:

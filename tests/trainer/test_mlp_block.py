@@ -26,8 +26,8 @@ H, I = 64, 160
 norm, add_norm, silu_mul = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
 gu, down, w = torch.randn(2 * I, H) * 0.1, torch.randn(H, I) * 0.1, 1 + 0.3 * torch.randn(H)
 shapes = {"ptr": mb.BlockShape(programs=4, block_k=16, down_n=16, tma=False),
-          "tma_rest": mb.BlockShape(programs=3, block_k=32, down_n=32),
-          "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32),
+          "tma_rest": mb.BlockShape(programs=3, block_k=32, down_n=32, stacked=False),
+          "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=False),
           "stacked_rest": mb.BlockShape(programs=3, block_k=32, down_n=32, stacked=True),
           "stacked_splits": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=True),
           "stacked_8": mb.BlockShape(programs=4, block_k=16, down_n=16, stacked=True)}
