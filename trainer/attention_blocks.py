@@ -117,10 +117,10 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
            workspace: tuple[torch.Tensor, ...] = (), splits: int | None = None,
            constants: dict | None = None) -> torch.Tensor:
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
-    `splits`, and the kernel's own `constants`) on one grid of (row, kv head[, split]) and return
-    its output [B, heads D]: on CUDA
-    through `tuned()` (the autotuned kernel) unless RLTUI_DECODE_TUNE=0, launched with PDL when
-    `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
+    `splits`; `constants`: the kernel's own constexprs) on one grid of (row, kv head[, split]) and
+    return its output [B, heads D]: on CUDA through `tuned()` (the autotuned kernel) unless
+    RLTUI_DECODE_TUNE=0, launched with PDL when `pdl`; on a CPU in Triton's interpreter with
+    float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
     pdl = pdl and cuda  # Triton's interpreter has no grid dependency control

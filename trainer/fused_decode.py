@@ -142,7 +142,7 @@ def rope_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cache
     always included. The first `state.shared` slots are read from row `state.leaders[b]` (the
     prompt a group's rows share; each row also holds a copy, which the plain step reads).
     `pdl`: launched with programmatic dependent launch (the chained step). `mask_ahead` False
-    (bench/gpu_attention_rows.py): each block's mask read in that block, as before call 76."""
+    (bench/gpu_attention_mask.py): each block's mask read in that block, as before call 76."""
     return launch(_rope_attention_kernel, _tuned, dims, qkv, state, cache, bias, kv_len, qkv_bias, pdl,
                   constants={} if mask_ahead else {"MASK_AHEAD": False})
 

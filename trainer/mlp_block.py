@@ -363,7 +363,7 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
         descs = (h, gate_up, act, down)
     stacked = {}
     rest_desc = descs[1]  # (not read unless stacked)
-    if shape.stacked and shape.tma:
+    if shape.stacked and shape.tma and gate_up.is_contiguous():  # (else the two 64-column products)
         # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
         # checked BLOCK_R, which is at least this, against BLOCK_N)
         block_s = max(8, triton.next_power_of_2(-(-intermediate // shape.programs) - plan["BLOCK_N"]))
