@@ -19,7 +19,9 @@ The kernels, launched eagerly inside one NVTX range (`profile`) after a warm-up 
 
 Written under --out: the report (`decode.ncu-rep`), its details page (`details.csv`) and every
 raw metric (`raw.csv`), the per-instruction source page (`source.csv`, SASS with stall samples),
-and `summary.json`, a few metrics a kernel read back from the raw page.
+and `summary.json`: per kernel a few metrics read back from the raw page and its hot spots (the
+share of its warp stall samples by opcode, its top instructions). `--report DIR` makes
+summary.json again from a run's CSVs, anywhere.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 # (column in ncu's raw page, name in summary.json)
 METRICS = (("gpu__time_duration.sum", "us"),
-           ("dram__bytes_read.sum", "dram_read_bytes"),
-           ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "dram_pct"),
-           ("lts__t_bytes.sum", "l2_bytes"),
+           ("dram__bytes_read.sum", "dram_read_mb"),
+           ("dram__bytes_read.sum.per_second", "dram_read_tb_s"),
+           ("gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram_pct"),
+           ("l1tex__m_xbar2l1tex_read_bytes.sum", "l2_to_sm_mb"),
            ("lts__throughput.avg.pct_of_peak_sustained_elapsed", "l2_pct"),
            ("lts__t_sector_hit_rate.pct", "l2_hit_pct"),
            ("sm__throughput.avg.pct_of_peak_sustained_elapsed", "sm_pct"),
-           ("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed", "gmma_pct"),
-           ("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed", "hmma_pct"),
+           ("sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active", "tensor_pct"),
            ("launch__grid_size", "grid"),
-           ("launch__shared_mem_per_block_dynamic", "smem_dynamic"),
+           ("launch__shared_mem_per_block_dynamic", "smem_dynamic_kb"),
            ("sm__warps_active.avg.pct_of_peak_sustained_active", "occupancy_pct"))
 STALL_PREFIX = "smsp__average_warp_latency_issue_stalled_"
 STALL_PREFIX_ALT = "smsp__average_warps_issue_stalled_"
@@ -154,40 +156,76 @@ def summarize(raw: str, order: list[str]) -> list[dict]:
     return found
 
 
+def hot_spots(source: str, top: int = 6) -> list[dict]:
+    """Per kernel of ncu's source page (SASS, `--csv`): the share of its warp stall samples by
+    opcode and its `top` instructions by samples. Instructions without a listed reason (ncu's
+    export has no column for some, e.g. a wgmma's wait on the tensor pipe) still count."""
+    import re
+
+    found = []
+    for chunk in source.split('"Kernel Name",')[1:]:
+        lines = chunk.splitlines()
+        rows = list(csv.DictReader(io.StringIO("\n".join(lines[1:]))))
+        samples = [float(r.get("Warp Stall Sampling (All Samples)") or 0) for r in rows]
+        total = sum(samples) or 1.0
+        by_op: dict[str, float] = {}
+        for row, n in zip(rows, samples, strict=True):
+            op = re.sub(r"^@!?U?P\w+\s+", "", row.get("Source", "").strip()).split(" ")[0]
+            by_op[op] = by_op.get(op, 0.0) + n
+        order = sorted(range(len(rows)), key=lambda i: -samples[i])[:top]
+        found.append({"kernel": lines[0].strip('",'), "samples": int(total),
+                      "by_opcode_pct": {op: round(100 * n / total, 1)
+                                        for op, n in sorted(by_op.items(), key=lambda kv: -kv[1])[:8]},
+                      "top": [{"index": i, "pct": round(100 * samples[i] / total, 1),
+                               "sass": rows[i].get("Source", "").strip()[:70]} for i in order]})
+    return found
+
+
+def report(folder: Path, order: list[str]) -> int:
+    """summary.json (the raw page's metrics and each kernel's hot spots) from the CSVs in `folder`."""
+    summary = summarize((folder / "raw.csv").read_text(), order)
+    source = folder / "source.csv"
+    for entry, hot in zip(summary, hot_spots(source.read_text()) if source.exists() else [], strict=False):
+        entry["hot"] = hot
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    for entry in summary:
+        print(json.dumps(entry), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("counters"))
+    p.add_argument("--report", type=Path, default=None,
+                   help="only summarize an earlier run's CSVs in this folder (anywhere, no GPU)")
     p.add_argument("--target", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.target:
         return target()
+    if args.report:
+        return report(args.report, [])
     ncu = find_ncu()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = args.out / "decode.ncu-rep"
+    report_file = args.out / "decode.ncu-rep"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run([ncu, "--clock-control", "none", "--set", "full", "--import-source", "no",
                            "--nvtx", "--nvtx-include", "profile/", "--replay-mode", "kernel",
-                           "-f", "-o", str(report.with_suffix("")),
+                           "-f", "-o", str(report_file.with_suffix("")),
                            sys.executable, __file__, "--target"], capture_output=True, text=True, env=env,
                           check=False, timeout=480)
     (args.out / "ncu.log").write_text(done.stdout[-200000:] + "\n--- stderr\n" + done.stderr[-200000:])
     print(done.stdout[-3000:], done.stderr[-3000:], flush=True)
-    if not report.exists():
+    if not report_file.exists():
         print(f"no report (ncu exit {done.returncode})")
         return 1
     order = []
     for line in done.stdout.splitlines():
         if line.startswith('{"order"'):
             order = json.loads(line)["order"]
-    raw = export(ncu, report, "raw")
-    (args.out / "raw.csv").write_text(raw)
-    (args.out / "details.csv").write_text(export(ncu, report, "details"))
-    (args.out / "source.csv").write_text(export(ncu, report, "source", "--print-source", "sass"))
-    summary = summarize(raw, order)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for entry in summary:
-        print(json.dumps(entry), flush=True)
-    return 0
+    (args.out / "raw.csv").write_text(export(ncu, report_file, "raw"))
+    (args.out / "details.csv").write_text(export(ncu, report_file, "details"))
+    (args.out / "source.csv").write_text(export(ncu, report_file, "source", "--print-source", "sass"))
+    return report(args.out, order)
 
 
 if __name__ == "__main__":
