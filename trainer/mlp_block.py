@@ -88,6 +88,10 @@ class BlockShape:
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
         return cls(programs=torch.cuda.get_device_properties(device).multi_processor_count, **options)
 
+    def remainder(self, intermediate: int, block_n: int) -> int:
+        """The widest share's columns past its `block_n`-column tile."""
+        return -(-intermediate // self.programs) - block_n
+
     def plan(self, hidden: int, intermediate: int) -> dict[str, int]:
         """The tile sizes for a model's widths; ValueError when this shape does not tile them."""
         p, bk = self.programs, self.block_k
@@ -95,7 +99,7 @@ class BlockShape:
         if least < 16 or hidden % bk or intermediate % bk or hidden % self.down_n or hidden // self.down_n > p:
             raise ValueError(f"{self} does not tile hidden {hidden} x intermediate {intermediate}")
         block_n = min(64, 1 << (least.bit_length() - 1))
-        rest = -(-intermediate // p) - block_n  # the widest share's columns past its tile
+        rest = self.remainder(intermediate, block_n)
         block_r = max(16, triton.next_power_of_2(rest))
         if block_r > block_n:  # a remainder wider than the tile (a wide MLP on few SMs): not this kernel
             raise ValueError(f"{self} leaves {rest} columns a program past its tile")
@@ -351,27 +355,28 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     act, part, sync = workspace(h.device, rows, hidden, intermediate, plan["SPLITS"], h.dtype)
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
     bm, bk = max(16, triton.next_power_of_2(rows)), shape.block_k
+    stacked = {}
     if shape.tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         def desc(t: torch.Tensor, block: list[int]):
             return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
-        descs = (desc(h, [bm, bk]), desc(gate_up, [plan["BLOCK_N"], bk]), desc(act, [bm, bk]),
-                 desc(down, [shape.down_n, bk]))
+        if shape.stacked and gate_up.is_contiguous():  # (else the two 64-column products)
+            # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
+            # checked BLOCK_R, which is at least this, against BLOCK_N)
+            block_s = max(8, triton.next_power_of_2(shape.remainder(intermediate, plan["BLOCK_N"])))
+            both = gate_up.view(2, intermediate, hidden)
+            rows_of = [intermediate * hidden, hidden, 1]
+            gu_desc = TensorDescriptor(both, list(both.shape), rows_of, [2, plan["BLOCK_N"], bk])
+            rest_desc = TensorDescriptor(both, list(both.shape), rows_of, [2, block_s, bk])
+            stacked = {"STACKED": True, "BLOCK_S": block_s}
+        else:
+            gu_desc = rest_desc = desc(gate_up, [plan["BLOCK_N"], bk])  # (rest_desc not read)
+        descs = (desc(h, [bm, bk]), gu_desc, desc(act, [bm, bk]), desc(down, [shape.down_n, bk]))
     else:
         descs = (h, gate_up, act, down)
-    stacked = {}
-    rest_desc = descs[1]  # (not read unless stacked)
-    if shape.stacked and shape.tma and gate_up.is_contiguous():  # (else the two 64-column products)
-        # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
-        # checked BLOCK_R, which is at least this, against BLOCK_N)
-        block_s = max(8, triton.next_power_of_2(-(-intermediate // shape.programs) - plan["BLOCK_N"]))
-        both = gate_up.view(2, intermediate, hidden)
-        rows_of = [intermediate * hidden, hidden, 1]
-        descs = (descs[0], TensorDescriptor(both, list(both.shape), rows_of, [2, plan["BLOCK_N"], bk]), *descs[2:])
-        rest_desc = TensorDescriptor(both, list(both.shape), rows_of, [2, block_s, bk])
-        stacked = {"STACKED": True, "BLOCK_S": block_s}
+        rest_desc = gate_up  # (not read)
     args = (h, descs[0], gate_up, descs[1], rest_desc, act, descs[2], down, descs[3], part, x, norm, x_out, h_out,
             sync, rows, float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
