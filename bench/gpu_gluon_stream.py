@@ -1,0 +1,402 @@
+"""Does a weight stream survive device-wide waits? 28 layers' gate/up in one Gluon launch, the
+weights streaming on through the barriers, against the same with the stream restarting at each.
+
+    python bench/gpu_gluon_stream.py [--out $OUT/gluon_stream.json]   # on the GPU machine (H100/H200)
+    python bench/gpu_gluon_stream.py --compile-only                   # anywhere: sm_90a, no GPU
+
+The question it answers, before anyone builds a decode megakernel (docs/ARCHITECTURE.md, "What
+is left of issue 18"): the decode step's kernels read memory at half its rate or less because
+each one starts its weight stream afresh (Nsight Compute, call 75), while the same gate/up loads
+in one loop through all 28 layers stream at 4.2-4.5 TB/s (bench/gpu_fabric.py). A megakernel
+would keep one stream going through a step, its weights depending on nothing, while the
+multiplies wait at device-wide barriers for the activations the phase before wrote. It pays only
+if the stream really goes on through those waits: with a ring of a few shared-memory stages, the
+weights can be at most a ring ahead of the multiplies, ~3-4 us of stream, against ~2 us a barrier
+(bench/gpu_skeleton.py). Measured here on the part of the step that is most of its bytes:
+
+- the program split of bench/gpu_gluon_ws.py's warp-specialized gate/up (program p of 132 owns
+  SiLU x up's columns [p I / P, (p + 1) I / P): a 64-row tile of gate and of up and an 8-row
+  remainder box of each), with its one warp group multiplying and, here, two loader warps: one
+  for the weights, one for x;
+- all 28 layers in one cooperative launch, layer L's x being the first H columns of layer L - 1's
+  SiLU x up (`CHAIN`), so that the barrier guards a real dependency and a barrier that let a
+  program through early shows up as a wrong (NaN-filled) input;
+- SYNCS barriers a layer: the multiplying warps of every program arrive (an atomic add, release)
+  after each 1 / SYNCS of a layer's K steps, the x loader waits (acquiring loads) for every
+  program's arrival before the next part's x tiles. SYNCS 1 is gate/up's own dependency; 6 is
+  about what a whole layer has (q/k/v, attention, o, norm, gate/up, down);
+- the weight loader either streams on (`WAIT` 0: it waits only for free ring stages) or waits
+  for the same barrier before each part's weights too (`WAIT` 1: the stream restarts at each
+  barrier, as separate kernels or the persistent MLP block do).
+
+Beside it, in each child process and one CUDA graph each (`_graph_ms`, 30 replays): the same
+stream with no barrier at all, 28 launches of bench/gpu_gluon_ws.py's per-layer kernel and of the
+MLP block's gate/up phase (trainer/mlp_block.py), and cuBLAS. Each variant's every layer is
+checked against float32 SiLU(x gate^T) x (x up^T) from the kernel's own input for that layer
+(bf16 rounding alone is ~3e-3; a stale or NaN input is off by far more), and the barrier's spin
+limit flag is read back.
+
+What would decide it: streaming on through SYNCS 6 at close to the barrier-free stream's rate,
+and well ahead of the restarting form and the block's phase (0.56 ms, 2.7 TB/s, on an H200).
+
+Each variant runs in its own process (`--one INDEX`), killed after TIMEOUT_S, as
+bench/gpu_gluon_ws.py does: a kernel that never finishes (a barrier whose programs are not all
+resident; the grid is launched cooperatively so the driver should refuse that instead) costs its
+timeout only. `--compile-only` prints each variant's registers, spills and shared memory (ptxas for
+sm_90a) and exits 1 if any spills or has its wgmma serialized.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from gpu_common import write_json
+from gpu_gluon_ws import LAYERS, PROGRAMS, ROWS, H, I, child_row, gate_up_ws
+from gpu_gluon_ws import _check_split as check_split
+from gpu_gluon_ws import _descs as per_layer_descs
+
+try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+except ImportError:  # pragma: no cover - exercised where Triton is missing
+    gluon = None
+
+TIMEOUT_S = 90
+BLOCK_K, REST = 64, 8
+PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch baseline
+# (stages, barriers a layer (0: none), the weights wait at each barrier, x chained from the layer before)
+VARIANTS = ((6, 0, 0, 0), (6, 1, 0, 1), (6, 1, 1, 1), (6, 6, 0, 1), (6, 6, 1, 1), (4, 6, 0, 1))
+
+
+def label(variant) -> str:
+    stages, syncs, wait, _ = variant
+    if not syncs:
+        return f"stream s{stages} no barrier"
+    return f"stream s{stages} {syncs} barrier{'s' if syncs > 1 else ''}/layer, weights {'wait' if wait else 'ahead'}"
+
+
+if gluon is not None:
+
+    from trainer.gluon_mlp import SPIN_LIMIT, _load_acquire, _swiglu
+
+    @gluon.jit
+    def _wait_for_all(count_ptr, failed_ptr, programs):
+        # Until `programs` arrivals are counted at *count_ptr (acquiring loads at GPU scope), then a
+        # proxy fence so that TMA reads after it see what the arriving programs' plain stores
+        # wrote. After SPIN_LIMIT reads it goes on and sets the failed flag (as the MLP block does).
+        reads = 0
+        while (_load_acquire(count_ptr) < programs) & (reads < SPIN_LIMIT):
+            reads += 1
+        if reads >= SPIN_LIMIT:
+            gl.atomic_xchg(failed_ptr, 1)
+        gl.inline_asm_elementwise("fence.proxy.async.global; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def _weight_loader(w_desc, r_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr, lo,
+                       I: gl.constexpr, P: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr,
+                       SYNCS: gl.constexpr, WAIT: gl.constexpr):
+        # One warp: every layer's gate and up tiles and remainder boxes, in the order the
+        # multiplies take them, each into the next free ring stage. With WAIT, each part of a
+        # layer (but the first part of the first) first waits for every program to finish the
+        # part before, as the x loader does: the stream restarting at each barrier.
+        stages: gl.constexpr = g_bufs.shape[0]
+        block_k: gl.constexpr = g_bufs.shape[2]
+        block_n: gl.constexpr = w_desc.block_type.shape[0]
+        nbytes: gl.constexpr = 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
+        part: gl.constexpr = STEPS // SYNCS if SYNCS > 0 else STEPS
+        for layer in range(LAYERS):
+            base = layer * 2 * I
+            for i in range(STEPS):
+                n = layer * STEPS + i
+                if (WAIT and SYNCS > 0) and ((i % part == 0) & (n > 0)):
+                    _wait_for_all(count_ptr + n // part - 1, failed_ptr, P)
+                s = n % stages
+                # a new mbarrier counts as having completed the phase before its first (parity 1)
+                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
+                bar = w_ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                k = i * block_k
+                tma.async_copy_global_to_shared(w_desc, [base + lo, k], bar, g_bufs.index(s))
+                tma.async_copy_global_to_shared(w_desc, [base + I + lo, k], bar, u_bufs.index(s))
+                tma.async_copy_global_to_shared(r_desc, [base + lo + block_n, k], bar, gr_bufs.index(s))
+                tma.async_copy_global_to_shared(r_desc, [base + I + lo + block_n, k], bar, ur_bufs.index(s))
+
+    @gluon.jit
+    def _x_loader(x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P: gl.constexpr, STEPS: gl.constexpr,
+                  LAYERS: gl.constexpr, SYNCS: gl.constexpr, CHAIN: gl.constexpr):
+        # One warp: layer L's x tiles (rows L * 128 of the acts buffer with CHAIN: layer L - 1's
+        # SiLU x up; else rows 0, the input, every layer), each part's only after every program
+        # has finished the part before.
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_desc.block_type.shape[0]
+        block_k: gl.constexpr = x_desc.block_type.shape[1]
+        part: gl.constexpr = STEPS // SYNCS if SYNCS > 0 else STEPS
+        for layer in range(LAYERS):
+            row = layer * block_m if CHAIN else 0
+            for i in range(STEPS):
+                n = layer * STEPS + i
+                if (SYNCS > 0) and ((i % part == 0) & (n > 0)):
+                    _wait_for_all(count_ptr + n // part - 1, failed_ptr, P)
+                s = n % stages
+                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
+                bar = x_ready.index(s)
+                mbarrier.expect(bar, x_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(x_desc, [row, i * block_k], bar, x_bufs.index(s))
+
+    @gluon.jit
+    def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
+                    lo, hi, I: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr, SYNCS: gl.constexpr,
+                    num_warps: gl.constexpr):
+        # One warp group: bench/gpu_gluon_ws.py's multiplier (gate last, at most one product in
+        # flight at the loop's back edge, a stage handed back a step late) through every layer;
+        # after each part of a layer, one arrival at that part's counter; after a layer's last
+        # step, its SiLU x up into rows (L + 1) * 128 of the acts buffer, then the arrival.
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        block_n: gl.constexpr = g_bufs.shape[1]
+        block_r: gl.constexpr = gr_bufs.shape[1]
+        part: gl.constexpr = STEPS // SYNCS if SYNCS > 0 else STEPS
+        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, block_n, 16])
+        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, block_r, 16])
+        dtype: gl.constexpr = acts_ptr.dtype.element_ty
+        for layer in range(LAYERS):
+            gate = gl.zeros([block_m, block_n], gl.float32, main_layout)
+            up = gl.zeros([block_m, block_n], gl.float32, main_layout)
+            gate_r = gl.zeros([block_m, block_r], gl.float32, rest_layout)
+            up_r = gl.zeros([block_m, block_r], gl.float32, rest_layout)
+            for i in range(STEPS):
+                n = layer * STEPS + i
+                s = n % stages
+                mbarrier.wait(w_ready.index(s), (n // stages) & 1)
+                mbarrier.wait(x_ready.index(s), (n // stages) & 1)
+                xs = x_bufs.index(s)
+                up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
+                gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
+                up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
+                gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
+                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
+                gl.thread_barrier()  # every warp of the group is done with the stage before
+                mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=i > 0)
+                if (SYNCS > 1) and (((i + 1) % part == 0) & (i + 1 < STEPS)):
+                    gl.atomic_add(count_ptr + n // part, 1, sem="release", scope="gpu")
+            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
+            gl.thread_barrier()
+            mbarrier.arrive(empty.index((layer * STEPS + STEPS - 1) % stages))  # the layer's last stage
+            out = acts_ptr + (layer + 1) * block_m * I
+            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
+            cols = lo + gl.arange(0, block_n, layout=gl.SliceLayout(0, main_layout))
+            gl.store(out + m[:, None] * I + cols[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
+            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
+            cols = lo + block_n + gl.arange(0, block_r, layout=gl.SliceLayout(0, rest_layout))
+            gl.store(out + m[:, None] * I + cols[None, :], _swiglu(gate_r, up_r, dtype),
+                     mask=(m < rows)[:, None] & (cols < hi)[None, :])
+            if SYNCS > 0:
+                gl.thread_barrier()  # every warp's stores, then one release at GPU scope
+                gl.atomic_add(count_ptr + (layer * STEPS + STEPS - 1) // part, 1, sem="release", scope="gpu")
+
+    @gluon.jit
+    def _stream(x_desc, w_desc, r_desc, acts_ptr, count_ptr, failed_ptr, rows, H: gl.constexpr, I: gl.constexpr,
+                P: gl.constexpr, LAYERS: gl.constexpr, STAGES: gl.constexpr, SYNCS: gl.constexpr,
+                WAIT: gl.constexpr, CHAIN: gl.constexpr, num_warps: gl.constexpr):
+        p = gl.program_id(0)
+        lo = p * I // P
+        hi = (p + 1) * I // P
+        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+        g_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(x_ready.index(s), count=1)
+            mbarrier.init(w_ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        fence_async_shared()
+        steps: gl.constexpr = H // x_desc.block_type.shape[1]
+        gl.warp_specialize([
+            (_multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
+                           lo, hi, I, steps, LAYERS, SYNCS, num_warps)),
+            (_weight_loader, (w_desc, r_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr,
+                              lo, I, P, steps, LAYERS, SYNCS, WAIT)),
+            (_x_loader, (x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P, steps, LAYERS, SYNCS, CHAIN)),
+        ], [1, 1], [24, 24])
+
+
+def descriptors(acts: torch.Tensor, weights: torch.Tensor):
+    """x tiles [128, K step] of the acts buffer [(LAYERS + 1) 128, I] (rows 0: the input; rows
+    (L + 1) 128: layer L's SiLU x up), and the stacked weights [LAYERS 2 I, H]'s 64-row tiles and
+    8-row remainder boxes (past the last layer's rows the descriptor reads zeros)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    def desc(t, block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+    return desc(acts, [ROWS, BLOCK_K]), desc(weights, [64, BLOCK_K]), desc(weights, [REST, BLOCK_K])
+
+
+def counters(device) -> torch.Tensor:
+    """The barriers' arrival counters (LAYERS x at most 24 parts) and, last, the failed flag."""
+    return torch.zeros(LAYERS * (H // BLOCK_K) + 1, device=device, dtype=torch.int32)
+
+
+def stream(descs, acts: torch.Tensor, count: torch.Tensor, variant, programs: int = PROGRAMS) -> None:
+    """One launch: every layer's SiLU x up into acts' rows (L + 1) 128. The counters go back to 0
+    first (a memset in the graph)."""
+    stages, syncs, wait, chain = variant
+    count.zero_()
+    _stream[(programs,)](*descs, acts, count, count[-1:], ROWS, H=H, I=I, P=programs, LAYERS=LAYERS, STAGES=stages,
+                         SYNCS=syncs, WAIT=wait, CHAIN=chain, num_warps=4, launch_cooperative_grid=True)
+
+
+def compile_only() -> int:
+    """Compile every variant for sm_90a without a GPU; print ptxas's registers, spills and the
+    shared memory; 1 if any spills, has its wgmma serialized or does not compile."""
+    from trainer.gluon_products import compile_for_hopper, ptx_report
+
+    acts = torch.empty((LAYERS + 1) * ROWS, I, dtype=torch.bfloat16)
+    weights = torch.empty(LAYERS * 2 * I, H, dtype=torch.bfloat16)
+    count = counters("cpu")
+    bad = 0
+    for variant in VARIANTS:
+        stages, syncs, wait, chain = variant
+        start = time.time()
+        try:
+            kernel = compile_for_hopper(_stream, *descriptors(acts, weights), acts, count, count[-1:], ROWS, H=H, I=I,
+                                        P=PROGRAMS, LAYERS=LAYERS, STAGES=stages, SYNCS=syncs, WAIT=wait, CHAIN=chain,
+                                        num_warps=4)
+            report = ptx_report(kernel)
+        except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
+            print(f"{label(variant)}: does not compile: {exc!r}"[:2000], flush=True)
+            bad += 1
+            continue
+        print(f"{label(variant)}: {report} compiled in {time.time() - start:.1f} s", flush=True)
+        bad += bool(report["spill_bytes"] or report["serialized"])
+    return 1 if bad else 0
+
+
+def one(index: int) -> None:
+    """Variant `index` and the baselines on the same 28 layers, in this process. Prints a JSON
+    line after the baselines and the whole row after the variant: one that hangs leaves the first."""
+    import torch.nn.functional as F
+
+    from trainer import mlp_block
+    from trainer.triton_products import _graph_ms
+
+    variant = VARIANTS[index]
+    check_split(REST)
+    dev = torch.device("cuda")
+    programs = torch.cuda.get_device_properties(dev).multi_processor_count
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
+
+    weights = rand(LAYERS * 2 * I, H, scale=H ** -0.5)
+    layers = weights.view(LAYERS, 2 * I, H)
+    acts = torch.empty((LAYERS + 1) * ROWS, I, device=dev, dtype=torch.bfloat16)
+    acts[:ROWS] = rand(ROWS, I)
+    x = acts[:ROWS, :H].contiguous()
+    resid, down, norm = rand(ROWS, H), rand(H, I, scale=I ** -0.5), 1 + 0.1 * rand(H)
+    count = counters(dev)
+    gb = weights.numel() * 2 / 1e9
+    row = {"variant": label(variant), "stages": variant[0], "syncs_per_layer": variant[1], "weights_wait": variant[2],
+           "chain": variant[3], "device": torch.cuda.get_device_name(), "sms": programs, "weights_gb": gb, "ms": {}}
+    if programs != PROGRAMS:
+        row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
+        print(json.dumps(row), flush=True)
+        return
+
+    def time_it(name, run) -> None:
+        try:
+            row["ms"][name] = _graph_ms(run, replays=30)
+        except Exception as exc:  # noqa: BLE001 - a side failing is a finding
+            row["ms"][name] = repr(exc)[:300]
+            torch.cuda.synchronize()
+        ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
+        row["weights_tb_s"] = {k: gb / t for k, t in ms.items()}
+        if "block gate/up phase" in ms:
+            row["vs_block_phase"] = {k: t / ms["block gate/up phase"] for k, t in ms.items()}
+
+    shape = mlp_block.BlockShape.for_gpu(dev)
+    per_layer = [per_layer_descs(x, w, 64, REST) for w in layers]
+    act = torch.empty(ROWS, I, device=dev, dtype=torch.bfloat16)
+    time_it("block gate/up phase", lambda: [mlp_block.mlp_block(resid, x, w, down, norm, 1e-6, shape, phases=(1,))
+                                            for w in layers])
+    time_it("gluon ws per layer", lambda: [gate_up_ws(d, act, ROWS, PER_LAYER) for d in per_layer])
+    time_it("cublas gate/up only", lambda: [F.linear(x, w) for w in layers])
+    print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
+
+    descs = descriptors(acts, weights)
+    acts[ROWS:] = float("nan")  # an input read before its layer wrote it is NaN
+    stream(descs, acts, count, variant)
+    torch.cuda.synchronize()
+    row["barrier_gave_up"] = bool(count[-1].item())
+    errors = []
+    for layer in range(LAYERS):
+        given = (acts[layer * ROWS:(layer + 1) * ROWS, :H] if variant[3] else x).float()
+        gate, up = F.linear(given, layers[layer].float()).split(I, dim=1)
+        want = F.silu(gate) * up
+        got = acts[(layer + 1) * ROWS:(layer + 2) * ROWS].float()
+        errors.append(float((got - want).norm() / want.norm()))
+    row["rel_error_worst_layer"] = float(torch.tensor(errors).max())  # (NaN if any is)
+    row["rel_error_last_layer"] = errors[-1]
+    row["finite"] = bool(torch.isfinite(acts).all())
+    time_it("variant", lambda: stream(descs, acts, count, variant))
+    row["barrier_gave_up"] |= bool(count[-1].item())
+    time_it("block gate/up phase again", lambda: [mlp_block.mlp_block(resid, x, w, down, norm, 1e-6, shape,
+                                                                      phases=(1,)) for w in layers])
+    print(json.dumps(row), flush=True)
+
+
+def _line(row: dict) -> str:
+    times = "  ".join(f"{name} {t:.4f} ms ({row['weights_tb_s'][name]:.2f} TB/s)" if isinstance(t, float)
+                      else f"{name} {t}" for name, t in row.get("ms", {}).items())
+    checks = "  ".join(f"{k} {row[k]}" for k in ("rel_error_worst_layer", "finite", "barrier_gave_up", "skipped")
+                       if k in row)
+    tail = "" if row["ended"] == "exit 0" else f"  [{row['ended']}] {row.get('stderr', '')[-600:]!r}"
+    return f"{row['variant']}: {times}  {checks}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--compile-only", action="store_true", help="compile every variant for sm_90a (no GPU) and exit")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
+    args = p.parse_args(argv)
+    if gluon is None:
+        print("Triton's Gluon is not installed", file=sys.stderr)
+        return 1
+    if args.compile_only:
+        return compile_only()
+    if args.one is not None:
+        one(args.one)
+        return 0
+    print(torch.cuda.get_device_name(), flush=True)
+    found = []
+    for index, variant in enumerate(VARIANTS):
+        found.append(child_row(__file__, index, TIMEOUT_S, {"variant": label(variant)}))
+        print(_line(found[-1]), flush=True)
+    if args.out:
+        write_json(args.out, {"device": torch.cuda.get_device_name(), "layers": LAYERS, "rows": ROWS, "hidden": H,
+                              "intermediate": I, "programs": PROGRAMS, "variants": found})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
