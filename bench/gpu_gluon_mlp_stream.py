@@ -43,8 +43,14 @@ launches) and the Gluon block. Correctness: the variant's x and h after 28 layer
 Triton block's from the same start (relative error; session 14 found the Gluon block within 4.2e-4
 of it after 28 layers, bitwise for one), and the spin limit's flag.
 
+A fourth variant launches the same kernel once a layer (its own counters per layer, one memset
+for all): the stream goes on through a layer's three waits but restarts at each launch. That is
+the shape a decode step could take without its attention in the same kernel: one such kernel a
+layer (o, residual + RMSNorm, the MLP half, the next q/k/v) between the attention kernels.
+
 What would decide it: the variant ahead of the block's 1.00 ms (on an H200, call 79) by more than
-the restarting form is, i.e. the stream going on through the 84 waits.
+the restarting form is, i.e. the stream going on through the 84 waits; and how much of that the
+launch a layer keeps.
 """
 
 import argparse
@@ -76,12 +82,13 @@ BLOCK_K, TILE, REST, DOWN_N = 64, 64, 8, 64
 TILES_N = H // DOWN_N  # 24 down tiles
 SPLITS = PROGRAMS // TILES_N  # 5 K slices of down: 120 down programs
 TIMEOUT_S = 120
-VARIANTS = ((6, 0), (6, 1), (5, 0))  # (stages, the weights wait for each phase's dependency)
+# (stages, the weights wait for each phase's dependency, one launch a layer instead of one for all)
+VARIANTS = ((6, 0, 0), (6, 1, 0), (5, 0, 0), (6, 0, 1))
 
 
 def label(variant) -> str:
-    stages, wait = variant
-    return f"mlp stream s{stages} weights {'wait' if wait else 'ahead'}"
+    stages, wait, per_layer = variant
+    return f"mlp stream s{stages} weights {'wait' if wait else 'ahead'}{', a launch a layer' if per_layer else ''}"
 
 
 if gluon is not None:
@@ -102,8 +109,8 @@ if gluon is not None:
 
     @gluon.jit
     def _weights(gu_desc, r_desc, down_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr,
-                 p, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr, LAYERS: gl.constexpr, TILES_N: gl.constexpr,
-                 SPLITS: gl.constexpr, WAIT: gl.constexpr):
+                 p, layer0, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr, LAYERS: gl.constexpr,
+                 TILES_N: gl.constexpr, SPLITS: gl.constexpr, WAIT: gl.constexpr):
         stages: gl.constexpr = g_bufs.shape[0]
         block_k: gl.constexpr = g_bufs.shape[2]
         tile: gl.constexpr = gu_desc.block_type.shape[0]
@@ -117,7 +124,7 @@ if gluon is not None:
         for layer in range(LAYERS):
             if WAIT and layer > 0:  # h of this layer: the norm of the one before
                 _wait_for_all(count_ptr + 3 * layer - 1, failed_ptr, P)
-            base = layer * 2 * I
+            base = (layer0 + layer) * 2 * I
             for i in range(steps1):
                 s = n % stages
                 # a new mbarrier counts as having completed the phase before its first (parity 1)
@@ -137,8 +144,8 @@ if gluon is not None:
                 mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
                 bar = w_ready.index(s)
                 mbarrier.expect(bar, down_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(down_desc, [layer * H + d_tile * down_n, k_lo + j * block_k], bar,
-                                                g_bufs.index(s))
+                tma.async_copy_global_to_shared(down_desc, [(layer0 + layer) * H + d_tile * down_n, k_lo + j * block_k],
+                                                bar, g_bufs.index(s))
                 n += 1
 
     @gluon.jit
@@ -178,8 +185,8 @@ if gluon is not None:
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, act_ptr, part_ptr, x_ptr, h_ptr,
-                  norm_ptr, count_ptr, failed_ptr, p, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
-                  LAYERS: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr,
+                  norm_ptr, count_ptr, failed_ptr, p, layer0, rows, eps, H: gl.constexpr, I: gl.constexpr,
+                  P: gl.constexpr, LAYERS: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr,
                   num_warps: gl.constexpr):
         stages: gl.constexpr = x_bufs.shape[0]
         block_m: gl.constexpr = x_bufs.shape[1]
@@ -264,13 +271,14 @@ if gluon is not None:
                 xf = x.to(gl.float32)
                 rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
                 normed = (xf * rstd).to(dtype).to(gl.float32)
-                weight = gl.load(norm_ptr + layer * H + cols, mask=inside, other=0.0).to(gl.float32)
+                weight = gl.load(norm_ptr + (layer0 + layer) * H + cols, mask=inside, other=0.0).to(gl.float32)
                 gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
             _arrive(count_ptr + 3 * layer + 2)
 
     @gluon.jit
     def _mlp_stream(h_desc, gu_desc, r_desc, act_desc, down_desc, act_ptr, part_ptr, x_ptr, h_ptr, norm_ptr, count_ptr,
-                    failed_ptr, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr, LAYERS: gl.constexpr,
+                    failed_ptr, layer0, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
+                    LAYERS: gl.constexpr,
                     STAGES: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr,
                     WAIT: gl.constexpr, num_warps: gl.constexpr):
         p = gl.program_id(0)
@@ -289,10 +297,10 @@ if gluon is not None:
         fence_async_shared()
         gl.warp_specialize([
             (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, act_ptr, part_ptr, x_ptr,
-                         h_ptr, norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I, P, LAYERS, TILES_N, SPLITS,
-                         NORM_BLOCK, num_warps)),
+                         h_ptr, norm_ptr, count_ptr, failed_ptr, p, layer0, rows, eps, H, I, P, LAYERS, TILES_N,
+                         SPLITS, NORM_BLOCK, num_warps)),
             (_weights, (gu_desc, r_desc, down_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr,
-                        failed_ptr, p, H, I, P, LAYERS, TILES_N, SPLITS, WAIT)),
+                        failed_ptr, p, layer0, H, I, P, LAYERS, TILES_N, SPLITS, WAIT)),
             (_activations, (h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, P, LAYERS,
                             TILES_N, SPLITS)),
         ], [1, 1], [24, 24])
@@ -323,21 +331,27 @@ class Buffers:
 
 
 def launch(buffers: Buffers, descs, variant, compile_only: bool = False):
-    """One launch through every layer (the counters zeroed first); with compile_only, the kernel
-    compiled for sm_90a instead (no GPU)."""
+    """Every layer: in one launch, or (`per_layer`) one launch a layer, each with its own
+    counters; the counters zeroed first (one memset). With compile_only, the kernel compiled for
+    sm_90a instead (no GPU)."""
     import triton
 
-    stages, wait = variant
-    args = (*descs, buffers.act, buffers.part, buffers.x, buffers.h, buffers.norms, buffers.count, buffers.count[-1:],
-            ROWS, 1e-6)
-    consts = {"H": H, "I": I, "P": PROGRAMS, "LAYERS": LAYERS, "STAGES": stages, "TILES_N": TILES_N,
-              "SPLITS": SPLITS, "NORM_BLOCK": triton.next_power_of_2(H), "WAIT": wait, "num_warps": 4}
+    stages, wait, per_layer = variant
+    consts = {"H": H, "I": I, "P": PROGRAMS, "LAYERS": 1 if per_layer else LAYERS, "STAGES": stages,
+              "TILES_N": TILES_N, "SPLITS": SPLITS, "NORM_BLOCK": triton.next_power_of_2(H), "WAIT": wait,
+              "num_warps": 4}
+
+    def args(layer0: int):
+        return (*descs, buffers.act, buffers.part, buffers.x, buffers.h, buffers.norms, buffers.count[3 * layer0:],
+                buffers.count[-1:], layer0, ROWS, 1e-6)
+
     if compile_only:
         from trainer.gluon_products import compile_for_hopper
 
-        return compile_for_hopper(_mlp_stream, *args, **consts)
+        return compile_for_hopper(_mlp_stream, *args(0), **consts)
     buffers.count.zero_()
-    _mlp_stream[(PROGRAMS,)](*args, **consts, launch_cooperative_grid=True)
+    for layer0 in range(0, LAYERS, consts["LAYERS"]):
+        _mlp_stream[(PROGRAMS,)](*args(layer0), **consts, launch_cooperative_grid=True)
     return None
 
 
@@ -372,7 +386,7 @@ def one(index: int) -> None:
     variant = VARIANTS[index]
     dev = torch.device("cuda")
     programs = torch.cuda.get_device_properties(dev).multi_processor_count
-    row = {"variant": label(variant), "stages": variant[0], "weights_wait": variant[1],
+    row = {"variant": label(variant), "stages": variant[0], "weights_wait": variant[1], "per_layer": variant[2],
            "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
