@@ -1,0 +1,597 @@
+"""The decode step as two kernels a layer: the attention, then everything after it up to the next
+layer's q/k/v in one warp-specialized Gluon launch whose weights stream through its five waits.
+
+    python bench/gpu_gluon_layer_stream.py [--out $OUT/gluon_layer_stream.json]  # GPU machine (132 SMs)
+    python bench/gpu_gluon_layer_stream.py --compile-only                        # anywhere: sm_90a, no GPU
+
+The fused step with the MLP block (trainer/fused_decode.py) runs five kernels a layer: q/k/v
+(cuBLAS), the attention (`rope_attention`), o, residual + RMSNorm, and the MLP block with its two
+barriers; every one of them and every barrier starts its weight stream afresh. Here a layer is:
+
+    rope_attention(q/k/v partials)  ->  layer kernel: o, norm, gate/up, down, norm, next q/k/v
+
+The layer kernel, on 132 programs (one a multiprocessor, a cooperative launch), in phases:
+
+1. o: 24 column tiles x 5 K slices of the attention output times o's weight -> float32 partials;
+2. residual + post-attention RMSNorm of row p (program p < 128), in place;
+3. gate/up with SiLU x up, program p's columns of the intermediate (as the MLP block);
+4. down: 24 tiles x 5 K slices -> float32 partials;
+5. residual + the next layer's input RMSNorm (the final norm after the last layer), in place;
+6. the next layer's q/k/v: 32 column tiles x 4 K slices -> float32 partials, which the next
+   layer's `rope_attention` adds up with the bias (it takes split products' partials already).
+
+Phases 2-6 each wait for every program to have finished the phase before (an arrival counter per
+(layer, phase), arrivals by atomic add with release, waits by acquiring loads and a proxy fence).
+A weight loader warp streams every phase's weight tiles into a ring of shared-memory stages and
+waits only for free stages; an activation loader warp loads each phase's input tiles once its
+wait has passed; the multiplying warp group (4 warps) runs the products and the norms. As in
+bench/gpu_gluon_mlp_stream.py. bench/gluon_stream_model.py runs this kernel's protocol too
+(`layer_phases`, one launch a layer) with random interleavings on a CPU.
+
+Layer 0's q/k/v is cuBLAS's (bf16, bias added); the head is cuBLAS's, as in the fused step.
+
+Each variant runs in its own process, killed after TIMEOUT_S. Side by side in it, on Qwen2.5-1.5B's
+shapes with random weights (q/k/v biases), batch 128, a random cache with 8-row groups sharing a
+prompt: the plain step (trainer/qwen2_decode.decode_step, SDPA), the fused step with the MLP block,
+and this step, each captured in a CUDA graph (`_graph_ms`, the state's slot and positions put back
+in each replay). Checked: each step's logits against the plain step's from the same state (relative
+error; the fused step's own check allows 0.1, bf16 rounding orders on random weights give ~0.035),
+the cache slot each wrote, and the barrier spin limit's flag.
+
+What would decide it: the replay against the fused step's with the MLP block (1.77 ms a step at
+the first bucket in call 79, where the engine's kept step, with o as the Gluon kernel, was 1.73).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from gpu_common import write_json
+from gpu_gluon_ws import child_row
+
+try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+except ImportError:  # pragma: no cover - exercised where Triton is missing
+    gluon = None
+
+ROWS, H, I, HEADS, KV_HEADS, D, LAYERS, VOCAB = 128, 1536, 8960, 12, 2, 128, 28, 151936
+QKV_N = (HEADS + 2 * KV_HEADS) * D  # 2048
+PROGRAMS = 132
+BLOCK_K, TILE, REST = 64, 64, 8
+O_TILES, O_SPLITS = H // TILE, PROGRAMS // (H // TILE)  # 24 x 5
+D_TILES, D_SPLITS = H // TILE, PROGRAMS // (H // TILE)  # 24 x 5
+Q_TILES, Q_SPLITS = QKV_N // TILE, PROGRAMS // (QKV_N // TILE)  # 32 x 4
+COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
+TIMEOUT_S = 240
+CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
+VARIANTS = ((6, 0), (6, 1), (5, 0))  # (stages, the weights wait for each phase's dependency)
+
+
+def label(variant) -> str:
+    stages, wait = variant
+    return f"layer stream s{stages} weights {'wait' if wait else 'ahead'}"
+
+
+if gluon is not None:
+
+    from gpu_gluon_stream import _wait_for_all
+
+    from trainer.gluon_mlp import _swiglu
+
+    @gluon.jit
+    def _slice(p, STEPS_ALL: gl.constexpr, TILES: gl.constexpr, SPLITS: gl.constexpr):
+        # Program p's part of a product of TILES column tiles x SPLITS K slices of STEPS_ALL K
+        # steps: (its column tile, its slice, its first K step, its K steps: 0 past TILES x SPLITS)
+        split = p // TILES
+        first = split * STEPS_ALL // SPLITS
+        steps = (split + 1) * STEPS_ALL // SPLITS - first
+        return p % TILES, split, first, gl.where(p < TILES * SPLITS, steps, 0)
+
+    @gluon.jit
+    def _load_weights(desc, row, first, steps, n, bufs, ready, empty):
+        # `steps` [64, K step] tiles of `desc` at rows `row`, K steps from `first`, into the ring
+        # from ring step n on; the ring step after them
+        stages: gl.constexpr = bufs.shape[0]
+        block_k: gl.constexpr = bufs.shape[2]
+        for j in range(steps):
+            s = n % stages
+            # a new mbarrier counts as having completed the phase before its first (parity 1)
+            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc, [row, (first + j) * block_k], ready.index(s), bufs.index(s))
+            n += 1
+        return n
+
+    @gluon.jit
+    def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
+                 count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
+                 NEXT: gl.constexpr, WAIT: gl.constexpr):
+        stages: gl.constexpr = g_bufs.shape[0]
+        block_k: gl.constexpr = g_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        gu_bytes: gl.constexpr = 2 * gu_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
+        lo = p * I // P
+        n = 0
+        o_tile, _, o_first, o_steps = _slice(p, H // block_k, H // tile, P // (H // tile))
+        n = _load_weights(o_desc, o_tile * tile, o_first, o_steps, n, g_bufs, w_ready, empty)
+        if WAIT:  # h: the post-attention norm
+            _wait_for_all(count_ptr + 1, failed_ptr, P)
+        for i in range(H // block_k):
+            s = n % stages
+            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
+            bar = w_ready.index(s)
+            mbarrier.expect(bar, gu_bytes)
+            k = i * block_k
+            tma.async_copy_global_to_shared(gu_desc, [lo, k], bar, g_bufs.index(s))
+            tma.async_copy_global_to_shared(gu_desc, [I + lo, k], bar, u_bufs.index(s))
+            tma.async_copy_global_to_shared(r_desc, [lo + tile, k], bar, gr_bufs.index(s))
+            tma.async_copy_global_to_shared(r_desc, [I + lo + tile, k], bar, ur_bufs.index(s))
+            n += 1
+        if WAIT:  # act
+            _wait_for_all(count_ptr + 2, failed_ptr, P)
+        d_tile, _, d_first, d_steps = _slice(p, I // block_k, H // tile, P // (H // tile))
+        n = _load_weights(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
+        if NEXT:
+            if WAIT:  # h: the next layer's input norm
+                _wait_for_all(count_ptr + 4, failed_ptr, P)
+            q_tile, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            n = _load_weights(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
+
+    @gluon.jit
+    def _load_inputs(desc, first, steps, n, bufs, ready, empty):
+        # `steps` [128, K step] tiles of `desc` (rows 0), K steps from `first`, into the ring
+        stages: gl.constexpr = bufs.shape[0]
+        block_k: gl.constexpr = bufs.shape[2]
+        for j in range(steps):
+            s = n % stages
+            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc, [0, (first + j) * block_k], ready.index(s), bufs.index(s))
+            n += 1
+        return n
+
+    @gluon.jit
+    def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
+                I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr):
+        block_k: gl.constexpr = x_bufs.shape[2]
+        n = 0
+        # (the attention output was written by the kernel before this launch)
+        _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
+        n = _load_inputs(attn_desc, o_first, o_steps, n, x_bufs, x_ready, empty)
+        _wait_for_all(count_ptr + 1, failed_ptr, P)
+        n = _load_inputs(h_desc, 0, H // block_k, n, x_bufs, x_ready, empty)
+        _, _, d_first, d_steps = _slice(p, I // block_k, H // TILE, P // (H // TILE))
+        if d_steps > 0:
+            _wait_for_all(count_ptr + 2, failed_ptr, P)
+        n = _load_inputs(act_desc, d_first, d_steps, n, x_bufs, x_ready, empty)
+        if NEXT:
+            _, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // TILE, P // (QKV_N // TILE))
+            if q_steps > 0:
+                _wait_for_all(count_ptr + 4, failed_ptr, P)
+            n = _load_inputs(h_desc, q_first, q_steps, n, x_bufs, x_ready, empty)
+
+    @gluon.jit
+    def _arrive(count_ptr):
+        gl.thread_barrier()  # every warp's stores, then one release at GPU scope
+        gl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+
+    @gluon.jit
+    def _product(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_ptr, split, col0, rows, N: gl.constexpr,
+                 num_warps: gl.constexpr):
+        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, then
+        # stored at columns col0 of partial `split` of out [splits, rows, N]; the ring step after
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        tile: gl.constexpr = g_bufs.shape[1]
+        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, tile, 16])
+        acc = gl.zeros([block_m, tile], gl.float32, layout)
+        for j in range(steps):
+            s = n % stages
+            mbarrier.wait(w_ready.index(s), (n // stages) & 1)
+            mbarrier.wait(x_ready.index(s), (n // stages) & 1)
+            acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            gl.thread_barrier()  # every warp is done with the stage before
+            mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=j > 0)
+            n += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if steps > 0:
+            gl.thread_barrier()
+            mbarrier.arrive(empty.index((n + stages - 1) % stages))  # the last stage
+            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, layout))
+            c = col0 + gl.arange(0, tile, layout=gl.SliceLayout(0, layout))
+            gl.store(out_ptr + split * rows * N + m[:, None] * N + c[None, :], acc, mask=(m < rows)[:, None])
+        return n
+
+    @gluon.jit
+    def _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
+                 H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
+        # bench/gpu_gluon_ws.py's multiplier: SiLU x up of program p's columns [lo, hi) into act
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        block_k: gl.constexpr = x_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        rest: gl.constexpr = gr_bufs.shape[1]
+        dtype: gl.constexpr = act_ptr.dtype.element_ty
+        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, tile, 16])
+        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, rest, 16])
+        gate = gl.zeros([block_m, tile], gl.float32, main_layout)
+        up = gl.zeros([block_m, tile], gl.float32, main_layout)
+        gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        for i in range(H // block_k):
+            s = n % stages
+            mbarrier.wait(w_ready.index(s), (n // stages) & 1)
+            mbarrier.wait(x_ready.index(s), (n // stages) & 1)
+            xs = x_bufs.index(s)
+            up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
+            gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
+            up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
+            gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
+            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
+            gl.thread_barrier()
+            mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=i > 0)
+            n += 1
+        gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
+        gl.thread_barrier()
+        mbarrier.arrive(empty.index((n + stages - 1) % stages))
+        m = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
+        c = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
+        gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
+        m = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
+        c = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
+        gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate_r, up_r, dtype),
+                 mask=(m < rows)[:, None] & (c < hi)[None, :])
+        return n
+
+    @gluon.jit
+    def _add_norm(part_ptr, x_ptr, norm_ptr, h_ptr, p, rows, eps, H: gl.constexpr, SPLITS: gl.constexpr,
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        # Row p: x += the partials' sum (in split order, rounded to bf16 as the product's output),
+        # h = RMSNorm(x) with `norm`; trainer/triton_products.add_norm_row's arithmetic, in place
+        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
+        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
+        inside = cols < H
+        if p < rows:
+            dtype: gl.constexpr = x_ptr.dtype.element_ty
+            y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
+            for q in gl.static_range(SPLITS):
+                y += gl.load(part_ptr + q * rows * H + p * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
+            x = (gl.load(x_ptr + p * H + cols, mask=inside, other=0.0).to(gl.float32)
+                 + y.to(dtype).to(gl.float32)).to(dtype)
+            gl.store(x_ptr + p * H + cols, x, mask=inside)
+            xf = x.to(gl.float32)
+            rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
+            normed = (xf * rstd).to(dtype).to(gl.float32)
+            weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
+            gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
+
+    @gluon.jit
+    def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
+                  x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H: gl.constexpr,
+                  I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, NEXT: gl.constexpr,
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        block_k: gl.constexpr = x_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        o_splits: gl.constexpr = P // (H // tile)
+        n = 0
+        # (1) o
+        o_tile, o_split, _, o_steps = _slice(p, H // block_k, H // tile, o_splits)
+        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, n, o_part, o_split, o_tile * tile, rows, H,
+                     num_warps)
+        _arrive(count_ptr)
+        # (2) residual + post-attention norm
+        _wait_for_all(count_ptr, failed_ptr, P)
+        _add_norm(o_part, x_ptr, post_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
+        _arrive(count_ptr + 1)
+        # (3) gate/up with SiLU x up
+        n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
+                     (p + 1) * I // P, rows, H, I, num_warps)
+        _arrive(count_ptr + 2)
+        # (4) down
+        d_tile, d_split, _, d_steps = _slice(p, I // block_k, H // tile, o_splits)
+        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
+                     num_warps)
+        _arrive(count_ptr + 3)
+        # (5) residual + the next input norm (or the final one)
+        _wait_for_all(count_ptr + 3, failed_ptr, P)
+        _add_norm(d_part, x_ptr, next_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
+        _arrive(count_ptr + 4)
+        # (6) the next layer's q/k/v, partials for its attention
+        if NEXT:
+            q_tile, q_split, _, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile, rows,
+                         QKV_N, num_warps)
+
+    @gluon.jit
+    def _layer(attn_desc, h_desc, act_desc, o_desc, gu_desc, r_desc, down_desc, qkv_desc, o_part, d_part, qkv_part,
+               act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps,
+               H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, STAGES: gl.constexpr,
+               TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
+               num_warps: gl.constexpr):
+        p = gl.program_id(0)
+        x_bufs = gl.allocate_shared_memory(h_desc.dtype, [STAGES] + h_desc.block_type.shape, h_desc.layout)
+        g_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
+        u_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
+        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(x_ready.index(s), count=1)
+            mbarrier.init(w_ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        fence_async_shared()
+        gl.warp_specialize([
+            (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part,
+                         act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
+                         QKV_N, P, NEXT, NORM_BLOCK, num_warps)),
+            (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
+                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT)),
+            (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
+                       TILE, NEXT)),
+        ], [1, 1], [24, 24])
+
+
+def _desc(t: torch.Tensor, block: list[int]):
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+class LayerStream:
+    """The layer kernel's buffers (fixed addresses: a CUDA graph replays them) and its launch."""
+
+    def __init__(self, device, dtype=torch.bfloat16, layers: int = LAYERS):
+        e = {"device": device}
+        self.x = torch.empty(ROWS, H, dtype=dtype, **e)
+        self.h = torch.empty(ROWS, H, dtype=dtype, **e)
+        self.act = torch.empty(ROWS, I, dtype=dtype, **e)
+        self.o_part = torch.empty(O_SPLITS, ROWS, H, dtype=torch.float32, **e)
+        self.d_part = torch.empty(D_SPLITS, ROWS, H, dtype=torch.float32, **e)
+        self.qkv_part = torch.empty(Q_SPLITS, ROWS, QKV_N, dtype=torch.float32, **e)
+        self.count = torch.zeros(COUNTERS * layers + 1, dtype=torch.int32, **e)
+
+    def args(self, index: int, attn, layer, following, post_norm, next_norm, variant) -> tuple[tuple, dict]:
+        """Layer `index`'s kernel arguments: its attention output, its weights (`layer`: a
+        qwen2_decode.LayerWeights), the next layer's (None after the last), the norms."""
+        import triton
+
+        stages, wait = variant
+        qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
+        descs = (_desc(attn, [ROWS, BLOCK_K]), _desc(self.h, [ROWS, BLOCK_K]), _desc(self.act, [ROWS, BLOCK_K]),
+                 _desc(layer.o, [TILE, BLOCK_K]), _desc(layer.gate_up, [TILE, BLOCK_K]),
+                 _desc(layer.gate_up, [REST, BLOCK_K]), _desc(layer.down, [TILE, BLOCK_K]), _desc(qkv, [TILE, BLOCK_K]))
+        args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
+                self.count[COUNTERS * index:], self.count[-1:], ROWS, 1e-6)
+        consts = {"H": H, "I": I, "QKV_N": QKV_N, "P": PROGRAMS, "STAGES": stages, "TILE": TILE,
+                  "NEXT": following is not None,
+                  "WAIT": wait, "NORM_BLOCK": triton.next_power_of_2(H), "num_warps": 4}
+        return args, consts
+
+    def launch(self, *args, **kwargs) -> None:
+        args, consts = self.args(*args, **kwargs)
+        _layer[(PROGRAMS,)](*args, **consts, launch_cooperative_grid=True)
+
+
+def stream_step(weights, state, kv_len: int, work: LayerStream, variant) -> torch.Tensor:
+    """qwen2_decode.decode_step's contract: feed state.tokens, return the logits [B, vocab],
+    advance the slot and positions; the layers as rope_attention + the layer kernel."""
+    import torch.nn.functional as F
+
+    from trainer.fused_decode import rope_attention, step_bias
+    from trainer.qwen2_decode import rms_norm
+
+    dims = weights.dims
+    work.count[:-1].zero_()  # (the last: the spin limit's flag, kept until read)
+    x = F.embedding(state.tokens, weights.embed)
+    bias = step_bias(state, kv_len, x.dtype)
+    work.x.copy_(x)
+    first = weights.layers[0]
+    qkv = F.linear(rms_norm(x, first.input_norm, dims.eps), first.qkv, first.qkv_bias)
+    last = len(weights.layers) - 1
+    for index, layer in enumerate(weights.layers):
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
+                              None if index == 0 else layer.qkv_bias)
+        following = weights.layers[index + 1] if index < last else None
+        work.launch(index, attn, layer, following, layer.post_norm,
+                    following.input_norm if following is not None else weights.norm, variant)
+        qkv = work.qkv_part
+    logits = F.linear(work.h, weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
+
+
+def random_model(device, seed: int = 0):
+    """Qwen2.5-1.5B's decode weights and a decode state, random: bf16 weights scaled by their fan-in,
+    norm weights near 1, q/k/v biases; 128 rows in groups of 8 sharing a 96-slot prompt (each row
+    its own copy, as the prefill leaves them), left padding in some rows, FILLED slots filled."""
+    from trainer.qwen2_decode import DecodeState, DecodeWeights, LayerWeights, ModelDims
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bf = torch.bfloat16
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device, generator=gen) * scale).to(bf)
+
+    dims = ModelDims(layers=LAYERS, hidden=H, heads=HEADS, kv_heads=KV_HEADS, head_dim=D, intermediate=I, vocab=VOCAB,
+                     eps=1e-6, rope_theta=1e6)
+    layers = [LayerWeights(input_norm=1 + 0.1 * rand(H), qkv=rand(QKV_N, H, scale=H ** -0.5), qkv_bias=0.1 * rand(QKV_N),
+                           o=rand(H, H, scale=H ** -0.5), post_norm=1 + 0.1 * rand(H),
+                           gate_up=rand(2 * I, H, scale=H ** -0.5), down=rand(H, I, scale=I ** -0.5))
+              for _ in range(LAYERS)]
+    weights = DecodeWeights(dims=dims, embed=rand(VOCAB, H), layers=layers, norm=1 + 0.1 * rand(H),
+                            lm_head=rand(VOCAB, H, scale=H ** -0.5))
+    state = DecodeState.allocate(dims, ROWS, CAPACITY, device, bf)
+    state.kv_cache.copy_(rand(*state.kv_cache.shape))
+    leaders = torch.arange(ROWS, device=device) // GROUP * GROUP
+    state.kv_cache[:, :, :, :PROMPT] = state.kv_cache[:, leaders, :, :PROMPT]
+    state.valid[:, :FILLED] = True
+    pad = torch.randint(0, 40, (ROWS // GROUP,), device=device, generator=gen).repeat_interleave(GROUP)
+    state.valid[torch.arange(CAPACITY, device=device)[None, :] < pad[:, None]] = False
+    state.positions.copy_(FILLED - pad)
+    state.write_index.fill_(FILLED)
+    state.leaders.copy_(leaders)
+    state.shared.fill_(PROMPT)
+    state.tokens.copy_(torch.randint(0, VOCAB, (ROWS,), device=device, generator=gen))
+    return weights, state
+
+
+def compile_only() -> int:
+    """Compile the layer kernel (with and without the next q/k/v) for sm_90a; print ptxas's
+    registers, spills and shared memory; 1 if any does not compile, spills or serializes wgmma."""
+    from trainer.gluon_products import compile_for_hopper, ptx_report
+    from trainer.qwen2_decode import LayerWeights
+
+    e = {"dtype": torch.bfloat16}
+    layer = LayerWeights(input_norm=torch.empty(H, **e), qkv=torch.empty(QKV_N, H, **e), qkv_bias=None,
+                         o=torch.empty(H, H, **e), post_norm=torch.empty(H, **e), gate_up=torch.empty(2 * I, H, **e),
+                         down=torch.empty(H, I, **e))
+    work = LayerStream("cpu")
+    attn = torch.empty(ROWS, H, **e)
+    bad = 0
+    for variant in VARIANTS:
+        for following in (layer, None):
+            what = f"{label(variant)}{'' if following is not None else ', last layer'}"
+            start = time.time()
+            try:
+                args, consts = work.args(0, attn, layer, following, layer.post_norm, layer.input_norm, variant)
+                report = ptx_report(compile_for_hopper(_layer, *args, **consts))
+            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
+                print(f"{what}: does not compile: {exc!r}"[:3000], flush=True)
+                bad += 1
+                continue
+            print(f"{what}: {report} compiled in {time.time() - start:.1f} s", flush=True)
+            bad += bool(report["spill_bytes"] or report["serialized"])
+    return 1 if bad else 0
+
+
+def one(index: int) -> None:
+    """Variant `index`, the plain step and the fused step with the MLP block on the same random model
+    and state, in this process: a JSON line after the baselines, the whole row after the variant."""
+    import torch.nn.functional as F  # noqa: F401 - (stream_step's)
+
+    from trainer.fused_decode import element_fns, fused_decode_step
+    from trainer.mlp_block import BlockShape
+    from trainer.qwen2_decode import Attention, DecodeState, decode_step
+    from trainer.triton_products import DecodeProducts, _graph_ms
+
+    variant = VARIANTS[index]
+    dev = torch.device("cuda")
+    programs = torch.cuda.get_device_properties(dev).multi_processor_count
+    row = {"variant": label(variant), "stages": variant[0], "weights_wait": variant[1],
+           "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
+    if programs != PROGRAMS:
+        row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
+        print(json.dumps(row), flush=True)
+        return
+    weights, start = random_model(dev)
+    kv_len = 256 if FILLED < 256 else CAPACITY
+
+    def fresh() -> DecodeState:
+        s = DecodeState(**{k: getattr(start, k).clone() for k in start.__dataclass_fields__})
+        return s
+
+    plain_state = fresh()
+    want = decode_step(weights, plain_state, kv_len, None, Attention.SDPA).float()
+    products = DecodeProducts(mlp=BlockShape.for_gpu(dev))
+    fns = element_fns(weights.dims, compiled=True)
+    steps = {"plain": lambda s: decode_step(weights, s, kv_len, None, Attention.SDPA),
+             "fused + MLP block": lambda s: fused_decode_step(weights, s, kv_len, fns, products)}
+
+    def check(name, step) -> None:
+        s = fresh()
+        got = step(s).float()
+        torch.cuda.synchronize()
+        row[f"{name} logits_rel_error"] = float((got - want).norm() / want.norm())
+        slot = FILLED
+        row[f"{name} new_slot_rel_error"] = float(
+            (s.kv_cache[:, :, :, slot].float() - plain_state.kv_cache[:, :, :, slot].float()).norm()
+            / plain_state.kv_cache[:, :, :, slot].float().norm())
+        row[f"{name} positions_equal"] = bool(torch.equal(s.positions, plain_state.positions)
+                                              and torch.equal(s.write_index, plain_state.write_index))
+
+    def time_it(name, step) -> None:
+        s = fresh()
+
+        def replay():  # the same slot and positions every replay
+            s.write_index.copy_(start.write_index)
+            s.positions.copy_(start.positions)
+            step(s)
+        try:
+            row["ms"][name] = _graph_ms(replay, replays=30)
+        except Exception as exc:  # noqa: BLE001 - a side failing is a finding
+            row["ms"][name] = repr(exc)[:300]
+            torch.cuda.synchronize()
+        ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
+        if "fused + MLP block" in ms:
+            row["vs_fused_mlp_block"] = {k: t / ms["fused + MLP block"] for k, t in ms.items()}
+
+    for name, step in steps.items():
+        check(name, step)
+        time_it(name, step)
+    print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
+
+    work = LayerStream(dev)
+    check("variant", lambda s: stream_step(weights, s, kv_len, work, variant))
+    row["barrier_gave_up"] = bool(work.count[-1].item())
+    time_it("variant", lambda s: stream_step(weights, s, kv_len, work, variant))
+    row["barrier_gave_up"] |= bool(work.count[-1].item())
+    time_it("fused + MLP block again", steps["fused + MLP block"])
+    print(json.dumps(row), flush=True)
+
+
+def _line(row: dict) -> str:
+    times = "  ".join(f"{name} {t:.4f} ms" if isinstance(t, float) else f"{name} {t}"
+                      for name, t in row.get("ms", {}).items())
+    checks = "  ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                       if k.endswith(("rel_error", "equal", "gave_up")) or k == "skipped")
+    tail = "" if row["ended"] == "exit 0" else f"  [{row['ended']}] {row.get('stderr', '')[-600:]!r}"
+    return f"{row['variant']}: {times}  {checks}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--compile-only", action="store_true", help="compile the kernel for sm_90a (no GPU) and exit")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
+    args = p.parse_args(argv)
+    if gluon is None:
+        print("Triton's Gluon is not installed", file=sys.stderr)
+        return 1
+    if args.compile_only:
+        return compile_only()
+    if args.one is not None:
+        one(args.one)
+        return 0
+    print(torch.cuda.get_device_name(), flush=True)
+    found = []
+    for index, variant in enumerate(VARIANTS):
+        found.append(child_row(__file__, index, TIMEOUT_S, {"variant": label(variant)}))
+        print(_line(found[-1]), flush=True)
+    if args.out:
+        write_json(args.out, {"device": torch.cuda.get_device_name(), "rows": ROWS, "hidden": H, "intermediate": I,
+                              "layers": LAYERS, "programs": PROGRAMS, "capacity": CAPACITY, "filled": FILLED,
+                              "variants": found})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
