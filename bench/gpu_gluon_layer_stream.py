@@ -3,6 +3,7 @@ layer's q/k/v in one warp-specialized Gluon launch whose weights stream through 
 
     python bench/gpu_gluon_layer_stream.py [--out $OUT/gluon_layer_stream.json]  # GPU machine (132 SMs)
     python bench/gpu_gluon_layer_stream.py --compile-only                        # anywhere: sm_90a, no GPU
+    python bench/gpu_gluon_layer_stream.py --cpu-check                           # the step around it, CPU
 
 The fused step with the MLP block (trainer/fused_decode.py) runs five kernels a layer: q/k/v
 (cuBLAS), the attention (`rope_attention`), o, residual + RMSNorm, and the MLP block with its two
@@ -33,19 +34,26 @@ Layer 0's q/k/v is cuBLAS's (bf16, bias added); the head is cuBLAS's, as in the 
 Each variant runs in its own process, killed after TIMEOUT_S. Side by side in it, on Qwen2.5-1.5B's
 shapes with random weights (q/k/v biases), batch 128, a random cache with 8-row groups sharing a
 prompt: the plain step (trainer/qwen2_decode.decode_step, SDPA), the fused step with the MLP block,
-and this step, each captured in a CUDA graph (`_graph_ms`, the state's slot and positions put back
+the same with o as the Gluon kernel in its two fastest shapes (`decode_graphs.prefetched_o`), and
+this step, each captured in a CUDA graph (`_graph_ms`, the state's slot and positions put back
 in each replay). Checked: each step's logits against the plain step's from the same state (relative
 error; the fused step's own check allows 0.1, bf16 rounding orders on random weights give ~0.035),
-the cache slot each wrote, and the barrier spin limit's flag.
+the cache slot each wrote, and the barrier spin limit's flag; and one layer of the kernel against
+`LayerStream.reference` (the same arithmetic in torch, which `--cpu-check` runs in the kernel's
+place through a tiny model's step on a CPU, against the plain step), buffer by buffer.
 
-What would decide it: the replay against the fused step's with the MLP block (1.77 ms a step at
-the first bucket in call 79, where the engine's kept step, with o as the Gluon kernel, was 1.73).
+What would decide it: the replay against the fastest fused step, the one the engine keeps (with
+the MLP block and o as trainer/gluon_products.py's kernel: 1.73 ms at the first bucket in call 79;
+with cuBLAS's o 1.77), both timed here in the same process.
 """
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,9 +77,7 @@ ROWS, H, I, HEADS, KV_HEADS, D, LAYERS, VOCAB = 128, 1536, 8960, 12, 2, 128, 28,
 QKV_N = (HEADS + 2 * KV_HEADS) * D  # 2048
 PROGRAMS = 132
 BLOCK_K, TILE, REST = 64, 64, 8
-O_TILES, O_SPLITS = H // TILE, PROGRAMS // (H // TILE)  # 24 x 5
-D_TILES, D_SPLITS = H // TILE, PROGRAMS // (H // TILE)  # 24 x 5
-Q_TILES, Q_SPLITS = QKV_N // TILE, PROGRAMS // (QKV_N // TILE)  # 32 x 4
+# o and down: 24 column tiles x 5 K slices, q/k/v 32 x 4 (`Shape.splits`)
 COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
 TIMEOUT_S = 240
 CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
@@ -355,49 +361,131 @@ def _desc(t: torch.Tensor, block: list[int]):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The model's widths, the batch, the cache and the programs (Qwen2.5-1.5B at batch 128 on 132
+    by default; `--cpu-check` uses a tiny one)."""
+
+    rows: int = ROWS
+    hidden: int = H
+    intermediate: int = I
+    heads: int = HEADS
+    kv_heads: int = KV_HEADS
+    head_dim: int = D
+    layers: int = LAYERS
+    vocab: int = VOCAB
+    programs: int = PROGRAMS
+    capacity: int = CAPACITY
+    filled: int = FILLED
+    prompt: int = PROMPT
+    group: int = GROUP
+
+    @property
+    def qkv_n(self) -> int:
+        return (self.heads + 2 * self.kv_heads) * self.head_dim
+
+    def splits(self, n: int) -> int:
+        """K slices of a product with n output columns: as many as fill the programs."""
+        return self.programs // (n // TILE)
+
+    def why_not(self) -> str | None:
+        """Why the kernel's split does not take these widths, or None: the attention output as wide
+        as the hidden state (o's K is the hidden width in the kernel), every product's K slices at
+        least one step, every program's gate/up share a 64-column tile plus at most REST."""
+        if self.heads * self.head_dim != self.hidden:
+            return f"{self.heads} heads x {self.head_dim} is not the hidden width {self.hidden}"
+        for name, n, k in (("o", self.hidden, self.hidden), ("down", self.hidden, self.intermediate),
+                           ("q/k/v", self.qkv_n, self.hidden)):
+            if n % TILE or k % BLOCK_K or not 1 <= self.splits(n) <= k // BLOCK_K:
+                return f"{name} ({n} x {k}) does not split in {TILE}-column tiles on {self.programs} programs"
+        shares = [(p + 1) * self.intermediate // self.programs - p * self.intermediate // self.programs
+                  for p in range(self.programs)]
+        if min(shares) < TILE or max(shares) > TILE + REST or self.rows > ROWS:
+            return f"gate/up shares {min(shares)}-{max(shares)} columns (64 to {TILE + REST}), rows {self.rows}"
+        return None
+
+
 class LayerStream:
     """The layer kernel's buffers (fixed addresses: a CUDA graph replays them) and its launch."""
 
-    def __init__(self, device, dtype=torch.bfloat16, layers: int = LAYERS):
+    def __init__(self, device, dtype=torch.bfloat16, shape: Shape = Shape(), eps: float = 1e-6):
         e = {"device": device}
-        self.x = torch.empty(ROWS, H, dtype=dtype, **e)
-        self.h = torch.empty(ROWS, H, dtype=dtype, **e)
-        self.act = torch.empty(ROWS, I, dtype=dtype, **e)
-        self.o_part = torch.empty(O_SPLITS, ROWS, H, dtype=torch.float32, **e)
-        self.d_part = torch.empty(D_SPLITS, ROWS, H, dtype=torch.float32, **e)
-        self.qkv_part = torch.empty(Q_SPLITS, ROWS, QKV_N, dtype=torch.float32, **e)
-        self.count = torch.zeros(COUNTERS * layers + 1, dtype=torch.int32, **e)
+        self.shape, self.eps = shape, eps
+        rows, hidden = shape.rows, shape.hidden
+        self.x = torch.empty(rows, hidden, dtype=dtype, **e)
+        self.h = torch.empty(rows, hidden, dtype=dtype, **e)
+        self.act = torch.empty(rows, shape.intermediate, dtype=dtype, **e)
+        self.o_part = torch.empty(shape.splits(hidden), rows, hidden, dtype=torch.float32, **e)
+        self.d_part = torch.empty(shape.splits(hidden), rows, hidden, dtype=torch.float32, **e)
+        self.qkv_part = torch.empty(shape.splits(shape.qkv_n), rows, shape.qkv_n, dtype=torch.float32, **e)
+        self.count = torch.zeros(COUNTERS * shape.layers + 1, dtype=torch.int32, **e)
 
     def args(self, index: int, attn, layer, following, post_norm, next_norm, variant) -> tuple[tuple, dict]:
         """Layer `index`'s kernel arguments: its attention output, its weights (`layer`: a
         qwen2_decode.LayerWeights), the next layer's (None after the last), the norms."""
         import triton
 
+        why = self.shape.why_not()
+        if why:
+            raise ValueError(f"the layer kernel does not take {self.shape}: {why}")
         stages, wait = variant
         qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
         descs = (_desc(attn, [ROWS, BLOCK_K]), _desc(self.h, [ROWS, BLOCK_K]), _desc(self.act, [ROWS, BLOCK_K]),
                  _desc(layer.o, [TILE, BLOCK_K]), _desc(layer.gate_up, [TILE, BLOCK_K]),
                  _desc(layer.gate_up, [REST, BLOCK_K]), _desc(layer.down, [TILE, BLOCK_K]), _desc(qkv, [TILE, BLOCK_K]))
         args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
-                self.count[COUNTERS * index:], self.count[-1:], ROWS, 1e-6)
-        consts = {"H": H, "I": I, "QKV_N": QKV_N, "P": PROGRAMS, "STAGES": stages, "TILE": TILE,
-                  "NEXT": following is not None,
-                  "WAIT": wait, "NORM_BLOCK": triton.next_power_of_2(H), "num_warps": 4}
+                self.count[COUNTERS * index:], self.count[-1:], self.shape.rows, self.eps)
+        consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
+                  "P": self.shape.programs, "STAGES": stages, "TILE": TILE, "NEXT": following is not None,
+                  "WAIT": wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4}
         return args, consts
 
     def launch(self, *args, **kwargs) -> None:
         args, consts = self.args(*args, **kwargs)
-        _layer[(PROGRAMS,)](*args, **consts, launch_cooperative_grid=True)
+        _layer[(self.shape.programs,)](*args, **consts, launch_cooperative_grid=True)
+
+    def reference(self, index: int, attn, layer, following, post_norm, next_norm, variant) -> None:
+        """What `launch` computes, in torch: the same K slices summed in the same order, the same
+        roundings (`--cpu-check` runs the step with this in the kernel's place)."""
+        dtype = self.x.dtype
+
+        def partials(a, w):
+            n, k = w.shape
+            steps, splits = k // BLOCK_K, self.shape.splits(n)
+            out = torch.empty(splits, a.shape[0], n, dtype=torch.float32, device=a.device)
+            for q in range(splits):
+                lo, hi = q * steps // splits * BLOCK_K, (q + 1) * steps // splits * BLOCK_K
+                out[q] = a[:, lo:hi].float() @ w[:, lo:hi].float().T
+            return out
+
+        def add_norm(part, weight):  # trainer/triton_products.add_norm_row's arithmetic
+            y = part[0].clone()
+            for q in range(1, part.shape[0]):
+                y += part[q]
+            x = (self.x.float() + y.to(dtype).float()).to(dtype)
+            self.x.copy_(x)
+            rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+            self.h.copy_((weight.float() * (x.float() * rstd).to(dtype).float()).to(dtype))
+
+        add_norm(partials(attn, layer.o), post_norm)
+        gate, up = (self.h.float() @ layer.gate_up.float().T).split(self.shape.intermediate, dim=1)
+        g = gate.to(dtype).float()  # trainer/triton_products.swiglu_tile's roundings
+        self.act.copy_(((g / (1 + torch.exp(-g))).to(dtype).float() * up.to(dtype).float()).to(dtype))
+        add_norm(partials(self.act, layer.down), next_norm)
+        if following is not None:
+            self.qkv_part.copy_(partials(self.h, following.qkv))
 
 
-def stream_step(weights, state, kv_len: int, work: LayerStream, variant) -> torch.Tensor:
+def stream_step(weights, state, kv_len: int, work: LayerStream, variant, launch=None) -> torch.Tensor:
     """qwen2_decode.decode_step's contract: feed state.tokens, return the logits [B, vocab],
-    advance the slot and positions; the layers as rope_attention + the layer kernel."""
+    advance the slot and positions; the layers as rope_attention + the layer kernel (`launch`:
+    work.launch, or work.reference)."""
     import torch.nn.functional as F
 
     from trainer.fused_decode import rope_attention, step_bias
     from trainer.qwen2_decode import rms_norm
 
+    launch = launch or work.launch
     dims = weights.dims
     work.count[:-1].zero_()  # (the last: the spin limit's flag, kept until read)
     x = F.embedding(state.tokens, weights.embed)
@@ -410,8 +498,8 @@ def stream_step(weights, state, kv_len: int, work: LayerStream, variant) -> torc
         attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
                               None if index == 0 else layer.qkv_bias)
         following = weights.layers[index + 1] if index < last else None
-        work.launch(index, attn, layer, following, layer.post_norm,
-                    following.input_norm if following is not None else weights.norm, variant)
+        launch(index, attn, layer, following, layer.post_norm,
+               following.input_norm if following is not None else weights.norm, variant)
         qkv = work.qkv_part
     logits = F.linear(work.h, weights.lm_head)
     state.positions.add_(1)
@@ -419,39 +507,70 @@ def stream_step(weights, state, kv_len: int, work: LayerStream, variant) -> torc
     return logits
 
 
-def random_model(device, seed: int = 0):
-    """Qwen2.5-1.5B's decode weights and a decode state, random: bf16 weights scaled by their fan-in,
-    norm weights near 1, q/k/v biases; 128 rows in groups of 8 sharing a 96-slot prompt (each row
-    its own copy, as the prefill leaves them), left padding in some rows, FILLED slots filled."""
+def random_model(device, shape: Shape = Shape(), dtype=torch.bfloat16, seed: int = 0):
+    """Decode weights and a decode state for `shape`, random: weights scaled by their fan-in, norm
+    weights near 1, q/k/v biases; rows in groups sharing a prompt (each row its own copy, as the
+    prefill leaves them), left padding in some groups, `filled` slots filled."""
     from trainer.qwen2_decode import DecodeState, DecodeWeights, LayerWeights, ModelDims
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    bf = torch.bfloat16
 
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=device, generator=gen) * scale).to(bf)
+    def rand(*size, scale=1.0):
+        return (torch.randn(*size, device=device, generator=gen) * scale).to(dtype)
 
-    dims = ModelDims(layers=LAYERS, hidden=H, heads=HEADS, kv_heads=KV_HEADS, head_dim=D, intermediate=I, vocab=VOCAB,
-                     eps=1e-6, rope_theta=1e6)
-    layers = [LayerWeights(input_norm=1 + 0.1 * rand(H), qkv=rand(QKV_N, H, scale=H ** -0.5), qkv_bias=0.1 * rand(QKV_N),
-                           o=rand(H, H, scale=H ** -0.5), post_norm=1 + 0.1 * rand(H),
-                           gate_up=rand(2 * I, H, scale=H ** -0.5), down=rand(H, I, scale=I ** -0.5))
-              for _ in range(LAYERS)]
-    weights = DecodeWeights(dims=dims, embed=rand(VOCAB, H), layers=layers, norm=1 + 0.1 * rand(H),
-                            lm_head=rand(VOCAB, H, scale=H ** -0.5))
-    state = DecodeState.allocate(dims, ROWS, CAPACITY, device, bf)
+    hidden, inter, qkv_n = shape.hidden, shape.intermediate, shape.qkv_n
+    dims = ModelDims(layers=shape.layers, hidden=hidden, heads=shape.heads, kv_heads=shape.kv_heads,
+                     head_dim=shape.head_dim, intermediate=inter, vocab=shape.vocab, eps=1e-6, rope_theta=1e6)
+    layers = [LayerWeights(input_norm=1 + 0.1 * rand(hidden), qkv=rand(qkv_n, hidden, scale=hidden ** -0.5),
+                           qkv_bias=0.1 * rand(qkv_n), o=rand(hidden, shape.heads * shape.head_dim, scale=hidden ** -0.5),
+                           post_norm=1 + 0.1 * rand(hidden), gate_up=rand(2 * inter, hidden, scale=hidden ** -0.5),
+                           down=rand(hidden, inter, scale=inter ** -0.5))
+              for _ in range(shape.layers)]
+    weights = DecodeWeights(dims=dims, embed=rand(shape.vocab, hidden), layers=layers, norm=1 + 0.1 * rand(hidden),
+                            lm_head=rand(shape.vocab, hidden, scale=hidden ** -0.5))
+    rows, capacity, filled, prompt = shape.rows, shape.capacity, shape.filled, shape.prompt
+    state = DecodeState.allocate(dims, rows, capacity, device, dtype)
     state.kv_cache.copy_(rand(*state.kv_cache.shape))
-    leaders = torch.arange(ROWS, device=device) // GROUP * GROUP
-    state.kv_cache[:, :, :, :PROMPT] = state.kv_cache[:, leaders, :, :PROMPT]
-    state.valid[:, :FILLED] = True
-    pad = torch.randint(0, 40, (ROWS // GROUP,), device=device, generator=gen).repeat_interleave(GROUP)
-    state.valid[torch.arange(CAPACITY, device=device)[None, :] < pad[:, None]] = False
-    state.positions.copy_(FILLED - pad)
-    state.write_index.fill_(FILLED)
+    leaders = torch.arange(rows, device=device) // shape.group * shape.group
+    state.kv_cache[:, :, :, :prompt] = state.kv_cache[:, leaders, :, :prompt]
+    state.valid[:, :filled] = True
+    pad = torch.randint(0, prompt // 2, (rows // shape.group,), device=device,
+                        generator=gen).repeat_interleave(shape.group)
+    state.valid[torch.arange(capacity, device=device)[None, :] < pad[:, None]] = False
+    state.positions.copy_(filled - pad)
+    state.write_index.fill_(filled)
     state.leaders.copy_(leaders)
-    state.shared.fill_(PROMPT)
-    state.tokens.copy_(torch.randint(0, VOCAB, (ROWS,), device=device, generator=gen))
+    state.shared.fill_(prompt)
+    state.tokens.copy_(torch.randint(0, shape.vocab, (rows,), device=device, generator=gen))
     return weights, state
+
+
+CPU_SHAPE = Shape(rows=8, hidden=256, intermediate=512, heads=8, kv_heads=2, head_dim=32, layers=3, vocab=100,
+                  programs=12, capacity=128, filled=70, prompt=20, group=4)
+
+
+def cpu_check() -> int:
+    """The step around the kernel on a CPU (Triton's interpreter for rope_attention, float32, a
+    tiny model), with `LayerStream.reference` in the kernel's place, against the plain step:
+    the layer order, the q/k/v partials handed to the next attention with their bias, the
+    norms, the slices' sums. 1 if the logits or the cache differ beyond float32 rounding."""
+    from trainer.qwen2_decode import Attention, DecodeState, decode_step
+
+    weights, start = random_model("cpu", CPU_SHAPE, torch.float32)
+
+    def fresh() -> DecodeState:
+        return DecodeState(**{k: getattr(start, k).clone() for k in start.__dataclass_fields__})
+
+    plain, ours = fresh(), fresh()
+    want = decode_step(weights, plain, CPU_SHAPE.capacity, None, Attention.SDPA)
+    work = LayerStream("cpu", torch.float32, CPU_SHAPE)
+    got = stream_step(weights, ours, CPU_SHAPE.capacity, work, VARIANTS[0], launch=work.reference)
+    logits = float((got - want).norm() / want.norm())
+    cache = float((ours.kv_cache - plain.kv_cache).norm() / plain.kv_cache.norm())
+    same = bool(torch.equal(ours.positions, plain.positions) and torch.equal(ours.write_index, plain.write_index))
+    print(f"cpu check ({CPU_SHAPE}): logits rel error {logits:.2e}, cache rel error {cache:.2e}, "
+          f"positions equal {same}", flush=True)
+    return 0 if logits < 1e-4 and cache < 1e-5 and same else 1
 
 
 def compile_only() -> int:
@@ -488,6 +607,7 @@ def one(index: int) -> None:
     and state, in this process: a JSON line after the baselines, the whole row after the variant."""
     import torch.nn.functional as F  # noqa: F401 - (stream_step's)
 
+    from trainer.decode_graphs import prefetched_o
     from trainer.fused_decode import element_fns, fused_decode_step
     from trainer.mlp_block import BlockShape
     from trainer.qwen2_decode import Attention, DecodeState, decode_step
@@ -515,6 +635,9 @@ def one(index: int) -> None:
     fns = element_fns(weights.dims, compiled=True)
     steps = {"plain": lambda s: decode_step(weights, s, kv_len, None, Attention.SDPA),
              "fused + MLP block": lambda s: fused_decode_step(weights, s, kv_len, fns, products)}
+    # the engine's kept step on an H200 since call 63: o as the Gluon kernel, its two fastest shapes
+    for name, with_o in prefetched_o(weights, products, ROWS).items():
+        steps[name] = lambda s, with_o=with_o: fused_decode_step(weights, s, kv_len, fns, with_o)
 
     def check(name, step) -> None:
         s = fresh()
@@ -543,6 +666,9 @@ def one(index: int) -> None:
         ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
         if "fused + MLP block" in ms:
             row["vs_fused_mlp_block"] = {k: t / ms["fused + MLP block"] for k, t in ms.items()}
+        kept = [t for k, t in ms.items() if k.startswith("fused")]
+        if kept:
+            row["vs_fastest_fused"] = {k: t / min(kept) for k, t in ms.items()}
 
     for name, step in steps.items():
         check(name, step)
@@ -550,6 +676,20 @@ def one(index: int) -> None:
     print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
 
     work = LayerStream(dev)
+    # one layer: the kernel against its torch reference from the same inputs, buffer by buffer
+    ref = LayerStream(dev)
+    gen = torch.Generator(device=dev).manual_seed(1)
+    attn = torch.randn(ROWS, H, device=dev, generator=gen).to(torch.bfloat16)
+    x0 = torch.randn(ROWS, H, device=dev, generator=gen).to(torch.bfloat16)
+    first, second = weights.layers[0], weights.layers[1]
+    for w, run in ((work, work.launch), (ref, ref.reference)):
+        w.x.copy_(x0)
+        w.count[:-1].zero_()
+        run(0, attn, first, second, first.post_norm, second.input_norm, variant)
+    torch.cuda.synchronize()
+    for name in ("o_part", "x", "h", "act", "d_part", "qkv_part"):
+        got, want_ = getattr(work, name).float(), getattr(ref, name).float()
+        row[f"one layer {name} rel_error"] = float((got - want_).norm() / want_.norm())
     check("variant", lambda s: stream_step(weights, s, kv_len, work, variant))
     row["barrier_gave_up"] = bool(work.count[-1].item())
     time_it("variant", lambda s: stream_step(weights, s, kv_len, work, variant))
@@ -571,11 +711,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--compile-only", action="store_true", help="compile the kernel for sm_90a (no GPU) and exit")
+    p.add_argument("--cpu-check", action="store_true",
+                   help="the step around the kernel, with its torch reference, on a CPU (Triton's interpreter)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
     args = p.parse_args(argv)
     if gluon is None:
         print("Triton's Gluon is not installed", file=sys.stderr)
         return 1
+    if args.cpu_check and os.environ.get("TRITON_INTERPRET") != "1":  # (read when Triton is first imported)
+        return subprocess.run([sys.executable, __file__, "--cpu-check"], env={**os.environ, "TRITON_INTERPRET": "1"},
+                              check=False).returncode
+    if args.cpu_check:
+        return cpu_check()
     if args.compile_only:
         return compile_only()
     if args.one is not None:
