@@ -2,6 +2,7 @@
 bench/gpu_gluon_layer_stream.py), run on a CPU with random interleavings.
 
     python bench/gluon_stream_model.py [SEEDS]     # prints "ok N runs" or raises
+    python bench/gluon_stream_model.py --mutations # plants each of ten bugs; exits 1 unless all are caught
 
 Gluon has no interpreter, and a kernel that deadlocks costs a GPU call its timeout. So the
 kernels' bookkeeping is written out here once more in Python, for a few programs and small
@@ -33,6 +34,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -249,5 +251,53 @@ def check_all(seeds: int = 300) -> int:
     return runs
 
 
+# Bugs planted in this file's own source, each of which check_all must catch: (what, text, replacement).
+MUTATIONS = (
+    ("MLP: down without its act wait", 'product("act", "part", steps_all, tiles, splits, wait=(0, 0))',
+     'product("act", "part", steps_all, tiles, splits, wait=None)'),
+    ("MLP: norm on the wrong counter", 'Phase("norm", "part", "h", wait=(0, 1))', 'Phase("norm", "part", "h", wait=(0, 0))'),
+    ("MLP: gate/up on the wrong counter", 'Phase("ring", "h", "act", lambda p: steps1, wait=(1, 2))',
+     'Phase("ring", "h", "act", lambda p: steps1, wait=(1, 1))'),
+    ("layer: down without its act wait", 'product("act", "d_part", steps_i, tiles, splits, wait=(0, 2))',
+     'product("act", "d_part", steps_i, tiles, splits, wait=None)'),
+    ("layer: second norm on the wrong counter", 'Phase("norm", "d_part", "h", wait=(0, 3))',
+     'Phase("norm", "d_part", "h", wait=(0, 0))'),
+    ("layer: q/k/v without its h wait", 'product("h", "qkv_part", steps_h, q_tiles, q_splits, wait=(0, 4))',
+     'product("h", "qkv_part", steps_h, q_tiles, q_splits, wait=None)'),
+    ("layer: gate/up on the wrong counter", 'Phase("ring", "h", "act", lambda p: steps_h, wait=(0, 1))',
+     'Phase("ring", "h", "act", lambda p: steps_h, wait=(0, 0))'),
+    ("a phase's last stage never handed back", "if steps:\n                        ring.empty[(n + S - 1) % S] += 1",
+     "if steps:\n                        ring.empty[(n + S - 1) % S] += 0"),
+    ("a stage handed back at the wrong step",
+     "if j > 0:  # the stage before, its last product now finished\n                            ring.empty[(n + S - 1) % S]",
+     "if True:  # the stage before, its last product now finished\n                            ring.empty[n % S]"),
+    ("the free test's parity inverted", "s, parity = n % S, ((n // S) & 1) ^ 1", "s, parity = n % S, ((n // S) & 1)"),
+)
+
+
+def mutations(seeds: int = 30) -> int:
+    """Each of MUTATIONS planted in this file's source in turn, run by check_all: how many it
+    caught (a deadlock or a failed check), printing each."""
+    source = Path(__file__).read_text()
+    model = source[:source.index("# Bugs planted")]  # (the list below holds the texts too)
+    caught = 0
+    for what, text, planted in MUTATIONS:
+        if model.count(text) != 1:
+            raise ValueError(f"{what}: the text to replace is not in the model once")
+        space = {"__name__": "planted"}
+        exec(compile(model.replace(text, planted), __file__, "exec"), space)  # noqa: S102 - this file's own source
+        try:
+            space["check_all"](seeds)
+            print(f"NOT caught: {what}")
+        except (AssertionError, RuntimeError) as exc:
+            caught += 1
+            print(f"caught: {what}: {type(exc).__name__} {str(exc)[:100]}")
+    return caught
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--mutations"]:
+        found = mutations()
+        print(f"{found} of {len(MUTATIONS)} planted bugs caught")
+        sys.exit(0 if found == len(MUTATIONS) else 1)
     print("ok", check_all(int(sys.argv[1]) if len(sys.argv) > 1 else 300), "runs")
