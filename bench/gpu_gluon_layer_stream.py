@@ -449,10 +449,9 @@ class LayerStream:
         roundings (`--cpu-check` runs the step with this in the kernel's place)."""
         dtype = self.x.dtype
 
-        def partials(a, w):
-            n, k = w.shape
-            steps, splits = k // BLOCK_K, self.shape.splits(n)
-            out = torch.empty(splits, a.shape[0], n, dtype=torch.float32, device=a.device)
+        def partials(a, w, out):
+            k = w.shape[1]
+            steps, splits = k // BLOCK_K, out.shape[0]
             for q in range(splits):
                 lo, hi = q * steps // splits * BLOCK_K, (q + 1) * steps // splits * BLOCK_K
                 out[q] = a[:, lo:hi].float() @ w[:, lo:hi].float().T
@@ -467,13 +466,13 @@ class LayerStream:
             rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
             self.h.copy_((weight.float() * (x.float() * rstd).to(dtype).float()).to(dtype))
 
-        add_norm(partials(attn, layer.o), post_norm)
+        add_norm(partials(attn, layer.o, self.o_part), post_norm)
         gate, up = (self.h.float() @ layer.gate_up.float().T).split(self.shape.intermediate, dim=1)
         g = gate.to(dtype).float()  # trainer/triton_products.swiglu_tile's roundings
         self.act.copy_(((g / (1 + torch.exp(-g))).to(dtype).float() * up.to(dtype).float()).to(dtype))
-        add_norm(partials(self.act, layer.down), next_norm)
+        add_norm(partials(self.act, layer.down, self.d_part), next_norm)
         if following is not None:
-            self.qkv_part.copy_(partials(self.h, following.qkv))
+            partials(self.h, following.qkv, self.qkv_part)
 
 
 def stream_step(weights, state, kv_len: int, work: LayerStream, variant, launch=None) -> torch.Tensor:

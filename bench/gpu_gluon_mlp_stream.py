@@ -349,7 +349,7 @@ def launch(buffers: Buffers, descs, variant, compile_only: bool = False):
         from trainer.gluon_products import compile_for_hopper
 
         return compile_for_hopper(_mlp_stream, *args(0), **consts)
-    buffers.count.zero_()
+    buffers.count[:-1].zero_()  # (the last: the spin limit's flag, kept until read)
     for layer0 in range(0, LAYERS, consts["LAYERS"]):
         _mlp_stream[(PROGRAMS,)](*args(layer0), **consts, launch_cooperative_grid=True)
     return None

@@ -259,7 +259,7 @@ def stream(descs, acts: torch.Tensor, count: torch.Tensor, variant, programs: in
     """One launch: every layer's SiLU x up into acts' rows (L + 1) 128. The counters go back to 0
     first (a memset in the graph)."""
     stages, syncs, wait, chain = variant
-    count.zero_()
+    count[:-1].zero_()  # (the last: the spin limit's flag, kept until read)
     _stream[(programs,)](*descs, acts, count, count[-1:], ROWS, H=H, I=I, P=programs, LAYERS=LAYERS, STAGES=stages,
                          SYNCS=syncs, WAIT=wait, CHAIN=chain, num_warps=4, launch_cooperative_grid=True)
 

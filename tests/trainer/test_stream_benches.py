@@ -1,0 +1,58 @@
+"""The weight-stream benchmarks written for the next GPU call (bench/gpu_gluon_stream.py,
+gpu_gluon_mlp_stream.py, gpu_gluon_layer_stream.py; issue 18), kept working without a GPU: their
+kernels compile for sm_90a with no spills and no serialized wgmma, the Python model of their
+rings and counters finds no deadlock or early read and catches every bug planted in it, and the
+step around the layer kernel, with its torch reference in the kernel's place, matches the plain
+step on a CPU. Each runs as its own process, as on the GPU machine. Whether the kernels are right
+and fast is for the GPU run to say."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from child import REPO, child_env
+
+BENCH = REPO / "bench"
+
+
+def run_bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_stream_model_runs_every_interleaving_clean():
+    done = run_bench(str(BENCH / "gluon_stream_model.py"), "10")
+    assert done.returncode == 0, done.stderr[-2000:]
+    # 10 seeds x 2 (weights waiting or not) x 3 ring depths x 3 down lengths x 3 kernels' forms
+    assert done.stdout.split() == ["ok", str(10 * 2 * 3 * 3 * 3), "runs"]
+
+
+def test_stream_model_catches_every_planted_bug():
+    done = run_bench(str(BENCH / "gluon_stream_model.py"), "--mutations")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "NOT caught" not in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "10 of 10 planted bugs caught"
+
+
+def test_layer_step_matches_the_plain_step_with_the_reference_kernel():
+    pytest.importorskip("triton")
+    done = run_bench(str(BENCH / "gpu_gluon_layer_stream.py"), "--cpu-check")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    found = re.search(r"logits rel error (\S+), cache rel error (\S+), positions equal (\w+)", done.stdout)
+    assert found, done.stdout
+    assert float(found.group(1)) < 1e-4 and float(found.group(2)) < 1e-5 and found.group(3) == "True"
+
+
+@pytest.mark.parametrize(("script", "kernels"), [
+    ("gpu_gluon_stream.py", 6), ("gpu_gluon_mlp_stream.py", 4), ("gpu_gluon_layer_stream.py", 6)])
+def test_stream_kernels_compile_for_hopper(script, kernels):
+    pytest.importorskip("triton.experimental.gluon")
+    done = run_bench(str(BENCH / script), "--compile-only")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    reports = [line for line in done.stdout.splitlines() if "'spill_bytes': 0" in line and "'serialized': 0" in line]
+    assert len(reports) == kernels, done.stdout
+    # every ring fits an H100/H200 multiprocessor's 227 KiB of shared memory
+    assert all(int(re.search(r"'shared': (\d+)", line).group(1)) <= 227 * 1024 for line in reports)
