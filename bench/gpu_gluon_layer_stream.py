@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 from gpu_common import write_json
-from gpu_gluon_ws import child_row
+from gpu_gluon_stream import run_children
 
 try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
     from triton.experimental import gluon
@@ -728,10 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         one(args.one)
         return 0
     print(torch.cuda.get_device_name(), flush=True)
-    found = []
-    for index, variant in enumerate(VARIANTS):
-        found.append(child_row(__file__, index, TIMEOUT_S, {"variant": label(variant)}))
-        print(_line(found[-1]), flush=True)
+    found = run_children(__file__, VARIANTS, label, TIMEOUT_S, _line)
     if args.out:
         write_json(args.out, {"device": torch.cuda.get_device_name(), "rows": ROWS, "hidden": H, "intermediate": I,
                               "layers": LAYERS, "programs": PROGRAMS, "capacity": CAPACITY, "filled": FILLED,

@@ -75,7 +75,7 @@ TIMEOUT_S = 90
 BLOCK_K, REST = 64, 8
 PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch baseline
 # (stages, barriers a layer (0: none), the weights wait at each barrier, x chained from the layer before)
-VARIANTS = ((6, 0, 0, 0), (6, 1, 0, 1), (6, 1, 1, 1), (6, 6, 0, 1), (6, 6, 1, 1), (4, 6, 0, 1))
+VARIANTS = ((6, 0, 0, 0), (6, 1, 0, 1), (6, 6, 0, 1), (6, 6, 1, 1), (6, 1, 1, 1), (4, 6, 0, 1))
 
 
 def label(variant) -> str:
@@ -364,6 +364,20 @@ def one(index: int) -> None:
     print(json.dumps(row), flush=True)
 
 
+def run_children(script: str, variants, label, timeout: float, line) -> list[dict]:
+    """Each variant in a child process (`script --one INDEX`, gpu_gluon_ws.child_row), printing
+    `line(row)` for each. After a child killed at its timeout the rest are not run (a kernel that
+    hangs in one form likely hangs in the next, and each costs the GPU call its timeout)."""
+    found = []
+    for index, variant in enumerate(variants):
+        if any(row["ended"].startswith("killed") for row in found):
+            found.append({"variant": label(variant), "ended": "not run: a variant before it hung"})
+        else:
+            found.append(child_row(script, index, timeout, {"variant": label(variant)}))
+        print(line(found[-1]), flush=True)
+    return found
+
+
 def _line(row: dict) -> str:
     times = "  ".join(f"{name} {t:.4f} ms ({row['weights_tb_s'][name]:.2f} TB/s)" if isinstance(t, float)
                       else f"{name} {t}" for name, t in row.get("ms", {}).items())
@@ -388,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         one(args.one)
         return 0
     print(torch.cuda.get_device_name(), flush=True)
-    found = []
-    for index, variant in enumerate(VARIANTS):
-        found.append(child_row(__file__, index, TIMEOUT_S, {"variant": label(variant)}))
-        print(_line(found[-1]), flush=True)
+    found = run_children(__file__, VARIANTS, label, TIMEOUT_S, _line)
     if args.out:
         write_json(args.out, {"device": torch.cuda.get_device_name(), "layers": LAYERS, "rows": ROWS, "hidden": H,
                               "intermediate": I, "programs": PROGRAMS, "variants": found})
