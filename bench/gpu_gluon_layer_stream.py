@@ -47,36 +47,29 @@ the MLP block and o as trainer/gluon_products.py's kernel: 1.73 ms at the first 
 with cuBLAS's o 1.77), both timed here in the same process.
 """
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from gpu_common import write_json
-from gpu_gluon_stream import run_children
-
-try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    gluon = None
+from gluon_stream_parts import (
+    BLOCK_K,
+    REST,
+    TILE,
+    bench_main,
+    gl,
+    gluon,
+    print_row,
+    row_line,
+    time_into,
+    tma_desc,
+)
 
 ROWS, H, I, HEADS, KV_HEADS, D, LAYERS, VOCAB = 128, 1536, 8960, 12, 2, 128, 28, 151936
 QKV_N = (HEADS + 2 * KV_HEADS) * D  # 2048
 PROGRAMS = 132
-BLOCK_K, TILE, REST = 64, 64, 8
 # o and down: 24 column tiles x 5 K slices, q/k/v 32 x 4 (`Shape.splits`)
 COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
 TIMEOUT_S = 240
@@ -91,200 +84,61 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    from gpu_gluon_stream import _wait_for_all
-
-    from trainer.gluon_mlp import _swiglu
-
-    @gluon.jit
-    def _slice(p, STEPS_ALL: gl.constexpr, TILES: gl.constexpr, SPLITS: gl.constexpr):
-        # Program p's part of a product of TILES column tiles x SPLITS K slices of STEPS_ALL K
-        # steps: (its column tile, its slice, its first K step, its K steps: 0 past TILES x SPLITS)
-        split = p // TILES
-        first = split * STEPS_ALL // SPLITS
-        steps = (split + 1) * STEPS_ALL // SPLITS - first
-        return p % TILES, split, first, gl.where(p < TILES * SPLITS, steps, 0)
-
-    @gluon.jit
-    def _load_weights(desc, row, first, steps, n, bufs, ready, empty):
-        # `steps` [64, K step] tiles of `desc` at rows `row`, K steps from `first`, into the ring
-        # from ring step n on; the ring step after them
-        stages: gl.constexpr = bufs.shape[0]
-        block_k: gl.constexpr = bufs.shape[2]
-        for j in range(steps):
-            s = n % stages
-            # a new mbarrier counts as having completed the phase before its first (parity 1)
-            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(desc, [row, (first + j) * block_k], ready.index(s), bufs.index(s))
-            n += 1
-        return n
+    from gluon_stream_parts import (
+        _add_norm,
+        _arrive,
+        _gate_up,
+        _load_gate_up,
+        _load_tiles,
+        _product,
+        _ring,
+        _slice,
+        _wait_for_all,
+    )
 
     @gluon.jit
     def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
                  count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
                  NEXT: gl.constexpr, WAIT: gl.constexpr):
-        stages: gl.constexpr = g_bufs.shape[0]
+        # One warp: every phase's weight tiles in the order the multiplies take them. With WAIT,
+        # each phase's only after the dependency its inputs wait for (the stream restarting).
         block_k: gl.constexpr = g_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
-        gu_bytes: gl.constexpr = 2 * gu_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
-        lo = p * I // P
-        n = 0
         o_tile, _, o_first, o_steps = _slice(p, H // block_k, H // tile, P // (H // tile))
-        n = _load_weights(o_desc, o_tile * tile, o_first, o_steps, n, g_bufs, w_ready, empty)
+        n = _load_tiles(o_desc, o_tile * tile, o_first, o_steps, 0, g_bufs, w_ready, empty)
         if WAIT:  # h: the post-attention norm
             _wait_for_all(count_ptr + 1, failed_ptr, P)
-        for i in range(H // block_k):
-            s = n % stages
-            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-            bar = w_ready.index(s)
-            mbarrier.expect(bar, gu_bytes)
-            k = i * block_k
-            tma.async_copy_global_to_shared(gu_desc, [lo, k], bar, g_bufs.index(s))
-            tma.async_copy_global_to_shared(gu_desc, [I + lo, k], bar, u_bufs.index(s))
-            tma.async_copy_global_to_shared(r_desc, [lo + tile, k], bar, gr_bufs.index(s))
-            tma.async_copy_global_to_shared(r_desc, [I + lo + tile, k], bar, ur_bufs.index(s))
-            n += 1
+        n = _load_gate_up(gu_desc, r_desc, 0, p * I // P, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs,
+                          w_ready, empty, I)
         if WAIT:  # act
             _wait_for_all(count_ptr + 2, failed_ptr, P)
         d_tile, _, d_first, d_steps = _slice(p, I // block_k, H // tile, P // (H // tile))
-        n = _load_weights(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
+        n = _load_tiles(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
         if NEXT:
             if WAIT:  # h: the next layer's input norm
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
             q_tile, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
-            n = _load_weights(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
-
-    @gluon.jit
-    def _load_inputs(desc, first, steps, n, bufs, ready, empty):
-        # `steps` [128, K step] tiles of `desc` (rows 0), K steps from `first`, into the ring
-        stages: gl.constexpr = bufs.shape[0]
-        block_k: gl.constexpr = bufs.shape[2]
-        for j in range(steps):
-            s = n % stages
-            mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(desc, [0, (first + j) * block_k], ready.index(s), bufs.index(s))
-            n += 1
-        return n
+            n = _load_tiles(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
 
     @gluon.jit
     def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
                 I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr):
+        # One warp: each phase's input tiles once its dependency has been met (the attention output
+        # was written by the kernel before this launch)
         block_k: gl.constexpr = x_bufs.shape[2]
-        n = 0
-        # (the attention output was written by the kernel before this launch)
         _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
-        n = _load_inputs(attn_desc, o_first, o_steps, n, x_bufs, x_ready, empty)
+        n = _load_tiles(attn_desc, 0, o_first, o_steps, 0, x_bufs, x_ready, empty)
         _wait_for_all(count_ptr + 1, failed_ptr, P)
-        n = _load_inputs(h_desc, 0, H // block_k, n, x_bufs, x_ready, empty)
+        n = _load_tiles(h_desc, 0, 0, H // block_k, n, x_bufs, x_ready, empty)
         _, _, d_first, d_steps = _slice(p, I // block_k, H // TILE, P // (H // TILE))
         if d_steps > 0:
             _wait_for_all(count_ptr + 2, failed_ptr, P)
-        n = _load_inputs(act_desc, d_first, d_steps, n, x_bufs, x_ready, empty)
+        n = _load_tiles(act_desc, 0, d_first, d_steps, n, x_bufs, x_ready, empty)
         if NEXT:
             _, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // TILE, P // (QKV_N // TILE))
             if q_steps > 0:
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
-            n = _load_inputs(h_desc, q_first, q_steps, n, x_bufs, x_ready, empty)
-
-    @gluon.jit
-    def _arrive(count_ptr):
-        gl.thread_barrier()  # every warp's stores, then one release at GPU scope
-        gl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
-
-    @gluon.jit
-    def _product(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_ptr, split, col0, rows, N: gl.constexpr,
-                 num_warps: gl.constexpr):
-        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, then
-        # stored at columns col0 of partial `split` of out [splits, rows, N]; the ring step after
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_m: gl.constexpr = x_bufs.shape[1]
-        tile: gl.constexpr = g_bufs.shape[1]
-        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, tile, 16])
-        acc = gl.zeros([block_m, tile], gl.float32, layout)
-        for j in range(steps):
-            s = n % stages
-            mbarrier.wait(w_ready.index(s), (n // stages) & 1)
-            mbarrier.wait(x_ready.index(s), (n // stages) & 1)
-            acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-            gl.thread_barrier()  # every warp is done with the stage before
-            mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=j > 0)
-            n += 1
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        if steps > 0:
-            gl.thread_barrier()
-            mbarrier.arrive(empty.index((n + stages - 1) % stages))  # the last stage
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, layout))
-            c = col0 + gl.arange(0, tile, layout=gl.SliceLayout(0, layout))
-            gl.store(out_ptr + split * rows * N + m[:, None] * N + c[None, :], acc, mask=(m < rows)[:, None])
-        return n
-
-    @gluon.jit
-    def _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
-                 H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
-        # bench/gpu_gluon_ws.py's multiplier: SiLU x up of program p's columns [lo, hi) into act
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_m: gl.constexpr = x_bufs.shape[1]
-        block_k: gl.constexpr = x_bufs.shape[2]
-        tile: gl.constexpr = g_bufs.shape[1]
-        rest: gl.constexpr = gr_bufs.shape[1]
-        dtype: gl.constexpr = act_ptr.dtype.element_ty
-        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, tile, 16])
-        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, rest, 16])
-        gate = gl.zeros([block_m, tile], gl.float32, main_layout)
-        up = gl.zeros([block_m, tile], gl.float32, main_layout)
-        gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-        up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-        for i in range(H // block_k):
-            s = n % stages
-            mbarrier.wait(w_ready.index(s), (n // stages) & 1)
-            mbarrier.wait(x_ready.index(s), (n // stages) & 1)
-            xs = x_bufs.index(s)
-            up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
-            gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
-            up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
-            gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
-            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
-            gl.thread_barrier()
-            mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=i > 0)
-            n += 1
-        gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-        gl.thread_barrier()
-        mbarrier.arrive(empty.index((n + stages - 1) % stages))
-        m = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
-        c = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
-        gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
-        m = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
-        c = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
-        gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate_r, up_r, dtype),
-                 mask=(m < rows)[:, None] & (c < hi)[None, :])
-        return n
-
-    @gluon.jit
-    def _add_norm(part_ptr, x_ptr, norm_ptr, h_ptr, p, rows, eps, H: gl.constexpr, SPLITS: gl.constexpr,
-                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
-        # Row p: x += the partials' sum (in split order, rounded to bf16 as the product's output),
-        # h = RMSNorm(x) with `norm`; trainer/triton_products.add_norm_row's arithmetic, in place
-        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
-        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
-        inside = cols < H
-        if p < rows:
-            dtype: gl.constexpr = x_ptr.dtype.element_ty
-            y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
-            for q in gl.static_range(SPLITS):
-                y += gl.load(part_ptr + q * rows * H + p * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
-            x = (gl.load(x_ptr + p * H + cols, mask=inside, other=0.0).to(gl.float32)
-                 + y.to(dtype).to(gl.float32)).to(dtype)
-            gl.store(x_ptr + p * H + cols, x, mask=inside)
-            xf = x.to(gl.float32)
-            rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
-            normed = (xf * rstd).to(dtype).to(gl.float32)
-            weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
-            gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
+            n = _load_tiles(h_desc, 0, q_first, q_steps, n, x_bufs, x_ready, empty)
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
@@ -294,10 +148,9 @@ if gluon is not None:
         block_k: gl.constexpr = x_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
         o_splits: gl.constexpr = P // (H // tile)
-        n = 0
         # (1) o
         o_tile, o_split, _, o_steps = _slice(p, H // block_k, H // tile, o_splits)
-        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, n, o_part, o_split, o_tile * tile, rows, H,
+        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_part, o_split, o_tile * tile, rows, H,
                      num_warps)
         _arrive(count_ptr)
         # (2) residual + post-attention norm
@@ -330,19 +183,7 @@ if gluon is not None:
                TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
                num_warps: gl.constexpr):
         p = gl.program_id(0)
-        x_bufs = gl.allocate_shared_memory(h_desc.dtype, [STAGES] + h_desc.block_type.shape, h_desc.layout)
-        g_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
-        u_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
-        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(x_ready.index(s), count=1)
-            mbarrier.init(w_ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        fence_async_shared()
+        x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
         gl.warp_specialize([
             (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part,
                          act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
@@ -352,13 +193,6 @@ if gluon is not None:
             (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
                        TILE, NEXT)),
         ], [1, 1], [24, 24])
-
-
-def _desc(t: torch.Tensor, block: list[int]):
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
 @dataclass(frozen=True)
@@ -430,9 +264,9 @@ class LayerStream:
             raise ValueError(f"the layer kernel does not take {self.shape}: {why}")
         stages, wait = variant
         qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
-        descs = (_desc(attn, [ROWS, BLOCK_K]), _desc(self.h, [ROWS, BLOCK_K]), _desc(self.act, [ROWS, BLOCK_K]),
-                 _desc(layer.o, [TILE, BLOCK_K]), _desc(layer.gate_up, [TILE, BLOCK_K]),
-                 _desc(layer.gate_up, [REST, BLOCK_K]), _desc(layer.down, [TILE, BLOCK_K]), _desc(qkv, [TILE, BLOCK_K]))
+        descs = (*(tma_desc(t, [ROWS, BLOCK_K]) for t in (attn, self.h, self.act)),
+                 *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.o, layer.gate_up)), tma_desc(layer.gate_up, [REST, BLOCK_K]),
+                 *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.down, qkv)))
         args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
                 self.count[COUNTERS * index:], self.count[-1:], self.shape.rows, self.eps)
         consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
@@ -610,7 +444,7 @@ def one(index: int) -> None:
     from trainer.fused_decode import element_fns, fused_decode_step
     from trainer.mlp_block import BlockShape
     from trainer.qwen2_decode import Attention, DecodeState, decode_step
-    from trainer.triton_products import DecodeProducts, _graph_ms
+    from trainer.triton_products import DecodeProducts
 
     variant = VARIANTS[index]
     dev = torch.device("cuda")
@@ -619,7 +453,7 @@ def one(index: int) -> None:
            "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
-        print(json.dumps(row), flush=True)
+        print_row(row)
         return
     weights, start = random_model(dev)
     kv_len = 256 if FILLED < 256 else CAPACITY
@@ -657,22 +491,12 @@ def one(index: int) -> None:
             s.write_index.copy_(start.write_index)
             s.positions.copy_(start.positions)
             step(s)
-        try:
-            row["ms"][name] = _graph_ms(replay, replays=30)
-        except Exception as exc:  # noqa: BLE001 - a side failing is a finding
-            row["ms"][name] = repr(exc)[:300]
-            torch.cuda.synchronize()
-        ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
-        if "fused + MLP block" in ms:
-            row["vs_fused_mlp_block"] = {k: t / ms["fused + MLP block"] for k, t in ms.items()}
-        kept = [t for k, t in ms.items() if k.startswith("fused")]
-        if kept:
-            row["vs_fastest_fused"] = {k: t / min(kept) for k, t in ms.items()}
+        time_into(row, name, replay, ratios=(("vs_fused_mlp_block", "fused + MLP block"), ("vs_fastest_fused", "fused*")))
 
     for name, step in steps.items():
         check(name, step)
         time_it(name, step)
-    print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
+    print_row(row)  # the baselines, in case the variant never returns
 
     work = LayerStream(dev)
     # one layer: the kernel against its torch reference from the same inputs, buffer by buffer
@@ -694,46 +518,31 @@ def one(index: int) -> None:
     time_it("variant", lambda s: stream_step(weights, s, kv_len, work, variant))
     row["barrier_gave_up"] |= bool(work.count[-1].item())
     time_it("fused + MLP block again", steps["fused + MLP block"])
-    print(json.dumps(row), flush=True)
+    print_row(row)
 
 
 def _line(row: dict) -> str:
-    times = "  ".join(f"{name} {t:.4f} ms" if isinstance(t, float) else f"{name} {t}"
-                      for name, t in row.get("ms", {}).items())
-    checks = "  ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                       if k.endswith(("rel_error", "equal", "gave_up")) or k == "skipped")
-    tail = "" if row["ended"] == "exit 0" else f"  [{row['ended']}] {row.get('stderr', '')[-600:]!r}"
-    return f"{row['variant']}: {times}  {checks}{tail}"
+    return row_line(row, lambda key: key.endswith(("rel_error", "equal", "gave_up")))
+
+
+def _cpu_check_option(parser):
+    parser.add_argument("--cpu-check", action="store_true",
+                        help="the step around the kernel, with its torch reference, on a CPU (Triton's interpreter)")
+
+    def answer(args):
+        if not args.cpu_check:
+            return None
+        if os.environ.get("TRITON_INTERPRET") != "1":  # (read when Triton is first imported)
+            return subprocess.run([sys.executable, __file__, "--cpu-check"],
+                                  env={**os.environ, "TRITON_INTERPRET": "1"}, check=False).returncode
+        return cpu_check()
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--compile-only", action="store_true", help="compile the kernel for sm_90a (no GPU) and exit")
-    p.add_argument("--cpu-check", action="store_true",
-                   help="the step around the kernel, with its torch reference, on a CPU (Triton's interpreter)")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
-    args = p.parse_args(argv)
-    if gluon is None:
-        print("Triton's Gluon is not installed", file=sys.stderr)
-        return 1
-    if args.cpu_check and os.environ.get("TRITON_INTERPRET") != "1":  # (read when Triton is first imported)
-        return subprocess.run([sys.executable, __file__, "--cpu-check"], env={**os.environ, "TRITON_INTERPRET": "1"},
-                              check=False).returncode
-    if args.cpu_check:
-        return cpu_check()
-    if args.compile_only:
-        return compile_only()
-    if args.one is not None:
-        one(args.one)
-        return 0
-    print(torch.cuda.get_device_name(), flush=True)
-    found = run_children(__file__, VARIANTS, label, TIMEOUT_S, _line)
-    if args.out:
-        write_json(args.out, {"device": torch.cuda.get_device_name(), "rows": ROWS, "hidden": H, "intermediate": I,
-                              "layers": LAYERS, "programs": PROGRAMS, "capacity": CAPACITY, "filled": FILLED,
-                              "variants": found})
-    return 0
+    return bench_main(argv, __doc__, __file__, compile_only, one, VARIANTS, label, TIMEOUT_S, _line,
+                      {"rows": ROWS, "hidden": H, "intermediate": I, "layers": LAYERS, "programs": PROGRAMS,
+                       "capacity": CAPACITY, "filled": FILLED}, extra=_cpu_check_option)
 
 
 if __name__ == "__main__":

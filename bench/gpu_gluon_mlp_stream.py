@@ -53,33 +53,26 @@ the restarting form is, i.e. the stream going on through the 84 waits; and how m
 launch a layer keeps.
 """
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
-from gpu_common import write_json
-from gpu_gluon_stream import run_children
-
-try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    gluon = None
+from gluon_stream_parts import (
+    BLOCK_K,
+    REST,
+    TILE,
+    bench_main,
+    gl,
+    gluon,
+    print_row,
+    row_line,
+    time_into,
+    tma_desc,
+)
 
 LAYERS, ROWS, H, I = 28, 128, 1536, 8960
 PROGRAMS = 132  # an H200's (and H100 SXM's) multiprocessors; one program each
-BLOCK_K, TILE, REST, DOWN_N = 64, 64, 8, 64
-TILES_N = H // DOWN_N  # 24 down tiles
+TILES_N = H // TILE  # 24 down tiles of 64 columns
 SPLITS = PROGRAMS // TILES_N  # 5 K slices of down: 120 down programs
 TIMEOUT_S = 120
 # (stages, the weights wait for each phase's dependency, one launch a layer instead of one for all)
@@ -93,208 +86,83 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    from gpu_gluon_stream import _wait_for_all
-
-    from trainer.gluon_mlp import _swiglu
-
-    @gluon.jit
-    def _down_slice(p, I: gl.constexpr, P: gl.constexpr, BLOCK_K: gl.constexpr, TILES_N: gl.constexpr,
-                    SPLITS: gl.constexpr):
-        # (has down, its column tile, its split, first K, K steps) of program p
-        steps_all: gl.constexpr = I // BLOCK_K
-        split = p // TILES_N
-        k_lo = (split * steps_all // SPLITS) * BLOCK_K
-        steps = (split + 1) * steps_all // SPLITS - split * steps_all // SPLITS
-        return p < TILES_N * SPLITS, p % TILES_N, split, k_lo, steps
+    from gluon_stream_parts import (
+        _add_norm,
+        _arrive,
+        _gate_up,
+        _load_gate_up,
+        _load_tiles,
+        _product,
+        _ring,
+        _slice,
+        _wait_for_all,
+    )
 
     @gluon.jit
     def _weights(gu_desc, r_desc, down_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr,
                  p, layer0, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr, LAYERS: gl.constexpr,
                  TILES_N: gl.constexpr, SPLITS: gl.constexpr, WAIT: gl.constexpr):
-        stages: gl.constexpr = g_bufs.shape[0]
+        # One warp: gate/up's tiles, then down's for its slice, layer after layer. With WAIT, each
+        # phase's only after the dependency its inputs wait for (the stream restarting).
         block_k: gl.constexpr = g_bufs.shape[2]
-        tile: gl.constexpr = gu_desc.block_type.shape[0]
-        down_n: gl.constexpr = down_desc.block_type.shape[0]
-        steps1: gl.constexpr = H // block_k
-        gu_bytes: gl.constexpr = 2 * gu_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
-        lo = p * I // P
-        has_down, d_tile, _, k_lo, steps2 = _down_slice(p, I, P, block_k, TILES_N, SPLITS)
-        steps2 = gl.where(has_down, steps2, 0)
-        n = 0  # ring steps so far: step n uses stage n % stages
+        tile: gl.constexpr = g_bufs.shape[1]
+        d_tile, _, d_first, d_steps = _slice(p, I // block_k, TILES_N, SPLITS)
+        n = gl.to_tensor(0)
         for layer in range(LAYERS):
             if WAIT and layer > 0:  # h of this layer: the norm of the one before
                 _wait_for_all(count_ptr + 3 * layer - 1, failed_ptr, P)
-            base = (layer0 + layer) * 2 * I
-            for i in range(steps1):
-                s = n % stages
-                # a new mbarrier counts as having completed the phase before its first (parity 1)
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, gu_bytes)
-                k = i * block_k
-                tma.async_copy_global_to_shared(gu_desc, [base + lo, k], bar, g_bufs.index(s))
-                tma.async_copy_global_to_shared(gu_desc, [base + I + lo, k], bar, u_bufs.index(s))
-                tma.async_copy_global_to_shared(r_desc, [base + lo + tile, k], bar, gr_bufs.index(s))
-                tma.async_copy_global_to_shared(r_desc, [base + I + lo + tile, k], bar, ur_bufs.index(s))
-                n += 1
+            n = _load_gate_up(gu_desc, r_desc, (layer0 + layer) * 2 * I, p * I // P, 0, H // block_k, n, g_bufs, u_bufs,
+                              gr_bufs, ur_bufs, w_ready, empty, I)
             if WAIT:  # act: every program's gate/up
                 _wait_for_all(count_ptr + 3 * layer, failed_ptr, P)
-            for j in range(steps2):
-                s = n % stages
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, down_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(down_desc, [(layer0 + layer) * H + d_tile * down_n, k_lo + j * block_k],
-                                                bar, g_bufs.index(s))
-                n += 1
+            n = _load_tiles(down_desc, (layer0 + layer) * H + d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
 
     @gluon.jit
     def _activations(h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
                      I: gl.constexpr, P: gl.constexpr, LAYERS: gl.constexpr, TILES_N: gl.constexpr,
                      SPLITS: gl.constexpr):
-        stages: gl.constexpr = x_bufs.shape[0]
+        # One warp: h's tiles after the layer before's norm, act's tiles of its slice after gate/up
         block_k: gl.constexpr = x_bufs.shape[2]
-        steps1: gl.constexpr = H // block_k
-        has_down, _, _, k_lo, steps2 = _down_slice(p, I, P, block_k, TILES_N, SPLITS)
-        steps2 = gl.where(has_down, steps2, 0)
-        n = 0
+        _, _, d_first, d_steps = _slice(p, I // block_k, TILES_N, SPLITS)
+        n = gl.to_tensor(0)
         for layer in range(LAYERS):
             if layer > 0:  # h: the layer before's norm, every row
                 _wait_for_all(count_ptr + 3 * layer - 1, failed_ptr, P)
-            for i in range(steps1):
-                s = n % stages
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = x_ready.index(s)
-                mbarrier.expect(bar, h_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(h_desc, [0, i * block_k], bar, x_bufs.index(s))
-                n += 1
-            if has_down:  # act: every program's gate/up
+            n = _load_tiles(h_desc, 0, 0, H // block_k, n, x_bufs, x_ready, empty)
+            if d_steps > 0:  # act: every program's gate/up
                 _wait_for_all(count_ptr + 3 * layer, failed_ptr, P)
-            for j in range(steps2):
-                s = n % stages
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = x_ready.index(s)
-                mbarrier.expect(bar, act_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(act_desc, [0, k_lo + j * block_k], bar, x_bufs.index(s))
-                n += 1
-
-    @gluon.jit
-    def _arrive(count_ptr):
-        gl.thread_barrier()  # every warp's stores, then one release at GPU scope
-        gl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+            n = _load_tiles(act_desc, 0, d_first, d_steps, n, x_bufs, x_ready, empty)
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, act_ptr, part_ptr, x_ptr, h_ptr,
                   norm_ptr, count_ptr, failed_ptr, p, layer0, rows, eps, H: gl.constexpr, I: gl.constexpr,
-                  P: gl.constexpr, LAYERS: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr,
-                  num_warps: gl.constexpr):
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_m: gl.constexpr = x_bufs.shape[1]
+                  P: gl.constexpr, LAYERS: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr,
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        # The warp group: per layer (1) gate/up with SiLU x up, (2) down's partial, (3) after every
+        # program's down, row p's residual + RMSNorm with the layer's following norm, in place
         block_k: gl.constexpr = x_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
-        rest: gl.constexpr = gr_bufs.shape[1]
-        steps1: gl.constexpr = H // block_k
-        dtype: gl.constexpr = act_ptr.dtype.element_ty
-        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, tile, 16])
-        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, rest, 16])
-        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
-        lo = p * I // P
-        hi = (p + 1) * I // P
-        has_down, d_tile, split, _, steps2 = _down_slice(p, I, P, block_k, TILES_N, SPLITS)
-        steps2 = gl.where(has_down, steps2, 0)
-        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
-        inside = cols < H
-        n = 0
+        d_tile, split, _, d_steps = _slice(p, I // block_k, TILES_N, SPLITS)
+        n = gl.to_tensor(0)
         for layer in range(LAYERS):
-            # (1) gate/up: bench/gpu_gluon_ws.py's multiplier (gate last, at most one product in
-            # flight at the loop's back edge, each stage handed back a step late)
-            gate = gl.zeros([block_m, tile], gl.float32, main_layout)
-            up = gl.zeros([block_m, tile], gl.float32, main_layout)
-            gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-            up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-            for i in range(steps1):
-                s = n % stages
-                mbarrier.wait(w_ready.index(s), (n // stages) & 1)
-                mbarrier.wait(x_ready.index(s), (n // stages) & 1)
-                xs = x_bufs.index(s)
-                up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
-                gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
-                up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
-                gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
-                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
-                gl.thread_barrier()
-                mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=i > 0)
-                n += 1
-            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-            gl.thread_barrier()
-            mbarrier.arrive(empty.index((n + stages - 1) % stages))
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
-            c = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
-            gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
-            c = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
-            gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate_r, up_r, dtype),
-                     mask=(m < rows)[:, None] & (c < hi)[None, :])
+            n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
+                         (p + 1) * I // P, rows, H, I, num_warps)
             _arrive(count_ptr + 3 * layer)
-
-            # (2) down: act's K slice times down's 64-column tile, a float32 partial
-            acc = gl.zeros([block_m, tile], gl.float32, main_layout)
-            for j in range(steps2):
-                s = n % stages
-                mbarrier.wait(w_ready.index(s), (n // stages) & 1)
-                mbarrier.wait(x_ready.index(s), (n // stages) & 1)
-                acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                gl.thread_barrier()
-                mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=j > 0)
-                n += 1
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            if has_down:
-                gl.thread_barrier()
-                mbarrier.arrive(empty.index((n + stages - 1) % stages))
-                md = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
-                cd = d_tile * tile + gl.arange(0, tile, layout=gl.SliceLayout(0, main_layout))
-                gl.store(part_ptr + split * rows * H + md[:, None] * H + cd[None, :], acc, mask=(md < rows)[:, None])
+            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, part_ptr, split, d_tile * tile, rows, H,
+                         num_warps)
             _arrive(count_ptr + 3 * layer + 1)
-
-            # (3) row p: residual + RMSNorm with the next layer's norm weight, in place
             _wait_for_all(count_ptr + 3 * layer + 1, failed_ptr, P)
-            if p < rows:
-                y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
-                for q in gl.static_range(SPLITS):
-                    y += gl.load(part_ptr + q * rows * H + p * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
-                x = (gl.load(x_ptr + p * H + cols, mask=inside, other=0.0).to(gl.float32)
-                     + y.to(dtype).to(gl.float32)).to(dtype)
-                gl.store(x_ptr + p * H + cols, x, mask=inside)
-                xf = x.to(gl.float32)
-                rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
-                normed = (xf * rstd).to(dtype).to(gl.float32)
-                weight = gl.load(norm_ptr + (layer0 + layer) * H + cols, mask=inside, other=0.0).to(gl.float32)
-                gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
+            _add_norm(part_ptr, x_ptr, norm_ptr + (layer0 + layer) * H, h_ptr, p, rows, eps, H, SPLITS, NORM_BLOCK,
+                      num_warps)
             _arrive(count_ptr + 3 * layer + 2)
 
     @gluon.jit
     def _mlp_stream(h_desc, gu_desc, r_desc, act_desc, down_desc, act_ptr, part_ptr, x_ptr, h_ptr, norm_ptr, count_ptr,
                     failed_ptr, layer0, rows, eps, H: gl.constexpr, I: gl.constexpr, P: gl.constexpr,
-                    LAYERS: gl.constexpr,
-                    STAGES: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr,
-                    WAIT: gl.constexpr, num_warps: gl.constexpr):
+                    LAYERS: gl.constexpr, STAGES: gl.constexpr, TILES_N: gl.constexpr, SPLITS: gl.constexpr,
+                    NORM_BLOCK: gl.constexpr, WAIT: gl.constexpr, num_warps: gl.constexpr):
         p = gl.program_id(0)
-        x_bufs = gl.allocate_shared_memory(h_desc.dtype, [STAGES] + h_desc.block_type.shape, h_desc.layout)
-        g_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
-        u_bufs = gl.allocate_shared_memory(gu_desc.dtype, [STAGES] + gu_desc.block_type.shape, gu_desc.layout)
-        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(x_ready.index(s), count=1)
-            mbarrier.init(w_ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        fence_async_shared()
+        x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
         gl.warp_specialize([
             (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, act_ptr, part_ptr, x_ptr,
                          h_ptr, norm_ptr, count_ptr, failed_ptr, p, layer0, rows, eps, H, I, P, LAYERS, TILES_N,
@@ -320,14 +188,9 @@ class Buffers:
         self.count = torch.zeros(3 * LAYERS + 1, dtype=torch.int32, **e)
 
     def descriptors(self):
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-        def desc(t, block):
-            layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-            return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
-
-        return (desc(self.h, [ROWS, BLOCK_K]), desc(self.gate_up, [TILE, BLOCK_K]), desc(self.gate_up, [REST, BLOCK_K]),
-                desc(self.act, [ROWS, BLOCK_K]), desc(self.down, [DOWN_N, BLOCK_K]))
+        return (tma_desc(self.h, [ROWS, BLOCK_K]), tma_desc(self.gate_up, [TILE, BLOCK_K]),
+                tma_desc(self.gate_up, [REST, BLOCK_K]), tma_desc(self.act, [ROWS, BLOCK_K]),
+                tma_desc(self.down, [TILE, BLOCK_K]))
 
 
 def launch(buffers: Buffers, descs, variant, compile_only: bool = False):
@@ -381,7 +244,6 @@ def one(index: int) -> None:
     """Variant `index` and the blocks on the same 28 layers, in this process: a JSON line after
     the baselines, the whole row after the variant."""
     from trainer import mlp_block
-    from trainer.triton_products import _graph_ms
 
     variant = VARIANTS[index]
     dev = torch.device("cuda")
@@ -390,7 +252,7 @@ def one(index: int) -> None:
            "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
-        print(json.dumps(row), flush=True)
+        print_row(row)
         return
     gen = torch.Generator(device=dev).manual_seed(0)
 
@@ -415,21 +277,13 @@ def one(index: int) -> None:
         return run
 
     def time_it(name, run) -> None:
-        try:
-            row["ms"][name] = _graph_ms(run, replays=30)
-        except Exception as exc:  # noqa: BLE001 - a side failing is a finding
-            row["ms"][name] = repr(exc)[:300]
-            torch.cuda.synchronize()
-        ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
-        row["weights_tb_s"] = {k: gb / t for k, t in ms.items()}
-        if "triton block x28" in ms:
-            row["vs_triton_block"] = {k: t / ms["triton block x28"] for k, t in ms.items()}
+        time_into(row, name, run, gb=gb, ratios=(("vs_triton_block", "triton block x28"),))
 
     triton_shape = mlp_block.BlockShape.for_gpu(dev)
     want_x, want_h = blocks(triton_shape)()
     time_it("triton block x28", blocks(triton_shape))
     time_it("gluon block x28", blocks(mlp_block.BlockShape.for_gpu(dev, gluon=True, rest=REST)))
-    print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
+    print_row(row)  # the baselines, in case the variant never returns
 
     buffers = Buffers(gate_up, down, norms, x0.clone(), h0.clone())
     descs = buffers.descriptors()
@@ -448,38 +302,16 @@ def one(index: int) -> None:
     time_it("variant", again)
     row["barrier_gave_up"] |= bool(buffers.count[-1].item())
     time_it("triton block x28 again", blocks(triton_shape))
-    print(json.dumps(row), flush=True)
+    print_row(row)
 
 
 def _line(row: dict) -> str:
-    times = "  ".join(f"{name} {t:.4f} ms ({row['weights_tb_s'][name]:.2f} TB/s)" if isinstance(t, float)
-                      else f"{name} {t}" for name, t in row.get("ms", {}).items())
-    checks = "  ".join(f"{k} {row[k]}" for k in ("x_rel_error", "h_rel_error", "barrier_gave_up", "skipped")
-                       if k in row)
-    tail = "" if row["ended"] == "exit 0" else f"  [{row['ended']}] {row.get('stderr', '')[-600:]!r}"
-    return f"{row['variant']}: {times}  {checks}{tail}"
+    return row_line(row, lambda key: key in ("x_rel_error", "h_rel_error", "barrier_gave_up"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--compile-only", action="store_true", help="compile every variant for sm_90a (no GPU) and exit")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
-    args = p.parse_args(argv)
-    if gluon is None:
-        print("Triton's Gluon is not installed", file=sys.stderr)
-        return 1
-    if args.compile_only:
-        return compile_only()
-    if args.one is not None:
-        one(args.one)
-        return 0
-    print(torch.cuda.get_device_name(), flush=True)
-    found = run_children(__file__, VARIANTS, label, TIMEOUT_S, _line)
-    if args.out:
-        write_json(args.out, {"device": torch.cuda.get_device_name(), "layers": LAYERS, "rows": ROWS, "hidden": H,
-                              "intermediate": I, "programs": PROGRAMS, "variants": found})
-    return 0
+    return bench_main(argv, __doc__, __file__, compile_only, one, VARIANTS, label, TIMEOUT_S, _line,
+                      {"layers": LAYERS, "rows": ROWS, "hidden": H, "intermediate": I, "programs": PROGRAMS})
 
 
 if __name__ == "__main__":

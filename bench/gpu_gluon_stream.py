@@ -48,33 +48,28 @@ timeout only. `--compile-only` prints each variant's registers, spills and share
 sm_90a) and exits 1 if any spills or has its wgmma serialized.
 """
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
-from gpu_common import write_json
-from gpu_gluon_ws import LAYERS, PROGRAMS, ROWS, H, I, child_row, gate_up_ws
+from gluon_stream_parts import (
+    BLOCK_K,
+    REST,
+    TILE,
+    bench_main,
+    gl,
+    gluon,
+    print_row,
+    row_line,
+    time_into,
+    tma_desc,
+    warpgroup_mma_wait,
+)
+from gpu_gluon_ws import LAYERS, PROGRAMS, ROWS, H, I, gate_up_ws
 from gpu_gluon_ws import _check_split as check_split
 from gpu_gluon_ws import _descs as per_layer_descs
 
-try:  # Gluon is Triton's; a box without Triton can still import this file and print --help
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-except ImportError:  # pragma: no cover - exercised where Triton is missing
-    gluon = None
-
 TIMEOUT_S = 90
-BLOCK_K, REST = 64, 8
 PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch baseline
 # (stages, barriers a layer (0: none), the weights wait at each barrier, x chained from the layer before)
 VARIANTS = ((6, 0, 0, 0), (6, 1, 0, 1), (6, 6, 0, 1), (6, 6, 1, 1), (6, 1, 1, 1), (4, 6, 0, 1))
@@ -89,20 +84,17 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    from trainer.gluon_mlp import SPIN_LIMIT, _load_acquire, _swiglu
-
-    @gluon.jit
-    def _wait_for_all(count_ptr, failed_ptr, programs):
-        # Until `programs` arrivals are counted at *count_ptr (acquiring loads at GPU scope), then a
-        # proxy fence so that TMA reads after it see what the arriving programs' plain stores
-        # wrote. After SPIN_LIMIT reads it goes on and sets the failed flag (as the MLP block does).
-        reads = 0
-        while (_load_acquire(count_ptr) < programs) & (reads < SPIN_LIMIT):
-            reads += 1
-        if reads >= SPIN_LIMIT:
-            gl.atomic_xchg(failed_ptr, 1)
-        gl.inline_asm_elementwise("fence.proxy.async.global; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+    from gluon_stream_parts import (
+        _arrive,
+        _gate_up_step,
+        _give_back,
+        _load_gate_up,
+        _load_tiles,
+        _ring,
+        _store_act,
+        _take,
+        _wait_for_all,
+    )
 
     @gluon.jit
     def _weight_loader(w_desc, r_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr, lo,
@@ -112,27 +104,15 @@ if gluon is not None:
         # multiplies take them, each into the next free ring stage. With WAIT, each part of a
         # layer (but the first part of the first) first waits for every program to finish the
         # part before, as the x loader does: the stream restarting at each barrier.
-        stages: gl.constexpr = g_bufs.shape[0]
-        block_k: gl.constexpr = g_bufs.shape[2]
-        block_n: gl.constexpr = w_desc.block_type.shape[0]
-        nbytes: gl.constexpr = 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
-        part: gl.constexpr = STEPS // SYNCS if SYNCS > 0 else STEPS
+        parts: gl.constexpr = SYNCS if SYNCS > 0 else 1
+        part: gl.constexpr = STEPS // parts
+        n = gl.to_tensor(0)
         for layer in range(LAYERS):
-            base = layer * 2 * I
-            for i in range(STEPS):
-                n = layer * STEPS + i
-                if (WAIT and SYNCS > 0) and ((i % part == 0) & (n > 0)):
-                    _wait_for_all(count_ptr + n // part - 1, failed_ptr, P)
-                s = n % stages
-                # a new mbarrier counts as having completed the phase before its first (parity 1)
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = w_ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                k = i * block_k
-                tma.async_copy_global_to_shared(w_desc, [base + lo, k], bar, g_bufs.index(s))
-                tma.async_copy_global_to_shared(w_desc, [base + I + lo, k], bar, u_bufs.index(s))
-                tma.async_copy_global_to_shared(r_desc, [base + lo + block_n, k], bar, gr_bufs.index(s))
-                tma.async_copy_global_to_shared(r_desc, [base + I + lo + block_n, k], bar, ur_bufs.index(s))
+            for seg in range(parts):
+                if (WAIT and SYNCS > 0) and ((layer > 0) | (seg > 0)):
+                    _wait_for_all(count_ptr + layer * parts + seg - 1, failed_ptr, P)
+                n = _load_gate_up(w_desc, r_desc, layer * 2 * I, lo, seg * part, part, n, g_bufs, u_bufs, gr_bufs,
+                                  ur_bufs, w_ready, empty, I)
 
     @gluon.jit
     def _x_loader(x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P: gl.constexpr, STEPS: gl.constexpr,
@@ -140,21 +120,15 @@ if gluon is not None:
         # One warp: layer L's x tiles (rows L * 128 of the acts buffer with CHAIN: layer L - 1's
         # SiLU x up; else rows 0, the input, every layer), each part's only after every program
         # has finished the part before.
-        stages: gl.constexpr = x_bufs.shape[0]
         block_m: gl.constexpr = x_desc.block_type.shape[0]
-        block_k: gl.constexpr = x_desc.block_type.shape[1]
-        part: gl.constexpr = STEPS // SYNCS if SYNCS > 0 else STEPS
+        parts: gl.constexpr = SYNCS if SYNCS > 0 else 1
+        part: gl.constexpr = STEPS // parts
+        n = gl.to_tensor(0)
         for layer in range(LAYERS):
-            row = layer * block_m if CHAIN else 0
-            for i in range(STEPS):
-                n = layer * STEPS + i
-                if (SYNCS > 0) and ((i % part == 0) & (n > 0)):
-                    _wait_for_all(count_ptr + n // part - 1, failed_ptr, P)
-                s = n % stages
-                mbarrier.wait(empty.index(s), ((n // stages) & 1) ^ 1)
-                bar = x_ready.index(s)
-                mbarrier.expect(bar, x_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(x_desc, [row, i * block_k], bar, x_bufs.index(s))
+            for seg in range(parts):
+                if (SYNCS > 0) and ((layer > 0) | (seg > 0)):
+                    _wait_for_all(count_ptr + layer * parts + seg - 1, failed_ptr, P)
+                n = _load_tiles(x_desc, layer * block_m if CHAIN else 0, seg * part, part, n, x_bufs, x_ready, empty)
 
     @gluon.jit
     def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
@@ -173,7 +147,6 @@ if gluon is not None:
                                                               instr_shape=[16, block_n, 16])
         rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                               instr_shape=[16, block_r, 16])
-        dtype: gl.constexpr = acts_ptr.dtype.element_ty
         for layer in range(LAYERS):
             gate = gl.zeros([block_m, block_n], gl.float32, main_layout)
             up = gl.zeros([block_m, block_n], gl.float32, main_layout)
@@ -182,32 +155,17 @@ if gluon is not None:
             for i in range(STEPS):
                 n = layer * STEPS + i
                 s = n % stages
-                mbarrier.wait(w_ready.index(s), (n // stages) & 1)
-                mbarrier.wait(x_ready.index(s), (n // stages) & 1)
-                xs = x_bufs.index(s)
-                up_r = warpgroup_mma(xs, ur_bufs.index(s).permute((1, 0)), up_r, is_async=True)
-                gate_r = warpgroup_mma(xs, gr_bufs.index(s).permute((1, 0)), gate_r, is_async=True)
-                up = warpgroup_mma(xs, u_bufs.index(s).permute((1, 0)), up, is_async=True)
-                gate = warpgroup_mma(xs, g_bufs.index(s).permute((1, 0)), gate, is_async=True)
-                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
-                gl.thread_barrier()  # every warp of the group is done with the stage before
-                mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=i > 0)
+                _take(x_ready, w_ready, n)
+                gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
+                                                       gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
+                _give_back(empty, n, i > 0)
                 if (SYNCS > 1) and (((i + 1) % part == 0) & (i + 1 < STEPS)):
                     gl.atomic_add(count_ptr + n // part, 1, sem="release", scope="gpu")
             gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-            gl.thread_barrier()
-            mbarrier.arrive(empty.index((layer * STEPS + STEPS - 1) % stages))  # the layer's last stage
-            out = acts_ptr + (layer + 1) * block_m * I
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, main_layout))
-            cols = lo + gl.arange(0, block_n, layout=gl.SliceLayout(0, main_layout))
-            gl.store(out + m[:, None] * I + cols[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
-            cols = lo + block_n + gl.arange(0, block_r, layout=gl.SliceLayout(0, rest_layout))
-            gl.store(out + m[:, None] * I + cols[None, :], _swiglu(gate_r, up_r, dtype),
-                     mask=(m < rows)[:, None] & (cols < hi)[None, :])
+            _give_back(empty, layer * STEPS + STEPS, True)  # the layer's last stage
+            _store_act(gate, up, gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo, hi, rows, I)
             if SYNCS > 0:
-                gl.thread_barrier()  # every warp's stores, then one release at GPU scope
-                gl.atomic_add(count_ptr + (layer * STEPS + STEPS - 1) // part, 1, sem="release", scope="gpu")
+                _arrive(count_ptr + (layer * STEPS + STEPS - 1) // part)
 
     @gluon.jit
     def _stream(x_desc, w_desc, r_desc, acts_ptr, count_ptr, failed_ptr, rows, H: gl.constexpr, I: gl.constexpr,
@@ -216,19 +174,7 @@ if gluon is not None:
         p = gl.program_id(0)
         lo = p * I // P
         hi = (p + 1) * I // P
-        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-        g_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
-        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for s in gl.static_range(STAGES):
-            mbarrier.init(x_ready.index(s), count=1)
-            mbarrier.init(w_ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)
-        fence_async_shared()
+        x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(x_desc, w_desc, r_desc, STAGES)
         steps: gl.constexpr = H // x_desc.block_type.shape[1]
         gl.warp_specialize([
             (_multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
@@ -243,13 +189,7 @@ def descriptors(acts: torch.Tensor, weights: torch.Tensor):
     """x tiles [128, K step] of the acts buffer [(LAYERS + 1) 128, I] (rows 0: the input; rows
     (L + 1) 128: layer L's SiLU x up), and the stacked weights [LAYERS 2 I, H]'s 64-row tiles and
     8-row remainder boxes (past the last layer's rows the descriptor reads zeros)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    def desc(t, block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
-
-    return desc(acts, [ROWS, BLOCK_K]), desc(weights, [64, BLOCK_K]), desc(weights, [REST, BLOCK_K])
+    return tma_desc(acts, [ROWS, BLOCK_K]), tma_desc(weights, [TILE, BLOCK_K]), tma_desc(weights, [REST, BLOCK_K])
 
 
 def counters(device) -> torch.Tensor:
@@ -298,7 +238,6 @@ def one(index: int) -> None:
     import torch.nn.functional as F
 
     from trainer import mlp_block
-    from trainer.triton_products import _graph_ms
 
     variant = VARIANTS[index]
     check_split(REST)
@@ -330,19 +269,11 @@ def one(index: int) -> None:
            "chain": variant[3], "device": torch.cuda.get_device_name(), "sms": programs, "weights_gb": gb, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
-        print(json.dumps(row), flush=True)
+        print_row(row)
         return
 
     def time_it(name, run) -> None:
-        try:
-            row["ms"][name] = _graph_ms(run, replays=30)
-        except Exception as exc:  # noqa: BLE001 - a side failing is a finding
-            row["ms"][name] = repr(exc)[:300]
-            torch.cuda.synchronize()
-        ms = {k: t for k, t in row["ms"].items() if isinstance(t, float)}
-        row["weights_tb_s"] = {k: gb / t for k, t in ms.items()}
-        if "block gate/up phase" in ms:
-            row["vs_block_phase"] = {k: t / ms["block gate/up phase"] for k, t in ms.items()}
+        time_into(row, name, run, gb=gb, ratios=(("vs_block_phase", "block gate/up phase"),))
 
     shape = mlp_block.BlockShape.for_gpu(dev)
     per_layer = [per_layer_descs(x, w, 64, REST) for w in layers]
@@ -351,7 +282,7 @@ def one(index: int) -> None:
                                             for w in layers])
     time_it("gluon ws per layer", lambda: [gate_up_ws(d, act, ROWS, PER_LAYER) for d in per_layer])
     time_it("cublas gate/up only", lambda: [F.linear(x, w) for w in layers])
-    print(json.dumps(row), flush=True)  # the baselines, in case the variant never returns
+    print_row(row)  # the baselines, in case the variant never returns
 
     descs = descriptors(acts, weights)
     acts[ROWS:] = float("nan")  # an input read before its layer wrote it is NaN
@@ -372,52 +303,16 @@ def one(index: int) -> None:
     row["barrier_gave_up"] |= bool(count[-1].item())
     time_it("block gate/up phase again", lambda: [mlp_block.mlp_block(resid, x, w, down, norm, 1e-6, shape,
                                                                       phases=(1,)) for w in layers])
-    print(json.dumps(row), flush=True)
-
-
-def run_children(script: str, variants, label, timeout: float, line) -> list[dict]:
-    """Each variant in a child process (`script --one INDEX`, gpu_gluon_ws.child_row), printing
-    `line(row)` for each. After a child killed at its timeout the rest are not run (a kernel that
-    hangs in one form likely hangs in the next, and each costs the GPU call its timeout)."""
-    found = []
-    for index, variant in enumerate(variants):
-        if any(row["ended"].startswith("killed") for row in found):
-            found.append({"variant": label(variant), "ended": "not run: a variant before it hung"})
-        else:
-            found.append(child_row(script, index, timeout, {"variant": label(variant)}))
-        print(line(found[-1]), flush=True)
-    return found
+    print_row(row)
 
 
 def _line(row: dict) -> str:
-    times = "  ".join(f"{name} {t:.4f} ms ({row['weights_tb_s'][name]:.2f} TB/s)" if isinstance(t, float)
-                      else f"{name} {t}" for name, t in row.get("ms", {}).items())
-    checks = "  ".join(f"{k} {row[k]}" for k in ("rel_error_worst_layer", "finite", "barrier_gave_up", "skipped")
-                       if k in row)
-    tail = "" if row["ended"] == "exit 0" else f"  [{row['ended']}] {row.get('stderr', '')[-600:]!r}"
-    return f"{row['variant']}: {times}  {checks}{tail}"
+    return row_line(row, lambda key: key in ("rel_error_worst_layer", "finite", "barrier_gave_up"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--compile-only", action="store_true", help="compile every variant for sm_90a (no GPU) and exit")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child: one variant, JSON lines
-    args = p.parse_args(argv)
-    if gluon is None:
-        print("Triton's Gluon is not installed", file=sys.stderr)
-        return 1
-    if args.compile_only:
-        return compile_only()
-    if args.one is not None:
-        one(args.one)
-        return 0
-    print(torch.cuda.get_device_name(), flush=True)
-    found = run_children(__file__, VARIANTS, label, TIMEOUT_S, _line)
-    if args.out:
-        write_json(args.out, {"device": torch.cuda.get_device_name(), "layers": LAYERS, "rows": ROWS, "hidden": H,
-                              "intermediate": I, "programs": PROGRAMS, "variants": found})
-    return 0
+    return bench_main(argv, __doc__, __file__, compile_only, one, VARIANTS, label, TIMEOUT_S, _line,
+                      {"layers": LAYERS, "rows": ROWS, "hidden": H, "intermediate": I, "programs": PROGRAMS})
 
 
 if __name__ == "__main__":
