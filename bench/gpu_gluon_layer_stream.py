@@ -31,6 +31,13 @@ bench/gpu_gluon_mlp_stream.py. bench/gluon_stream_model.py runs this kernel's pr
 
 Layer 0's q/k/v is cuBLAS's (bf16, bias added); the head is cuBLAS's, as in the fused step.
 
+Variants: 6 stages with the weights streaming ahead; the same launched with programmatic dependent
+launch after the attention kernel (also launched with it, as in the chained step), so that a
+program can start on its multiprocessor as soon as the attention there is done and stream its o
+and gate/up weights while other multiprocessors still attend; only the input loader waits for
+the attention grid (griddepcontrol.wait), as trainer/gluon_products.py's o kernel does, which
+gained 0.07 ms a step on an H200 so (calls 57-63); and the weights waiting at each dependency.
+
 Each variant runs in its own process, killed after TIMEOUT_S. Side by side in it, on Qwen2.5-1.5B's
 shapes with random weights (q/k/v biases), batch 128, a random cache with 8-row groups sharing a
 prompt: the plain step (trainer/qwen2_decode.decode_step, SDPA), the fused step with the MLP block,
@@ -74,12 +81,13 @@ PROGRAMS = 132
 COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
 TIMEOUT_S = 240
 CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
-VARIANTS = ((6, 0), (6, 1), (5, 0))  # (stages, the weights wait for each phase's dependency)
+# (stages, the weights wait for each phase's dependency, launched with PDL after the attention)
+VARIANTS = ((6, 0, 0), (6, 0, 1), (6, 1, 0))
 
 
 def label(variant) -> str:
-    stages, wait = variant
-    return f"layer stream s{stages} weights {'wait' if wait else 'ahead'}"
+    stages, wait, pdl = variant
+    return f"layer stream s{stages} weights {'wait' if wait else 'ahead'}{', PDL' if pdl else ''}"
 
 
 if gluon is not None:
@@ -95,6 +103,8 @@ if gluon is not None:
         _slice,
         _wait_for_all,
     )
+
+    from trainer.gluon_products import _grid_control
 
     @gluon.jit
     def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
@@ -122,10 +132,14 @@ if gluon is not None:
 
     @gluon.jit
     def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
-                I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr):
-        # One warp: each phase's input tiles once its dependency has been met (the attention output
-        # was written by the kernel before this launch)
+                I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr,
+                PDL: gl.constexpr):
+        # One warp: each phase's input tiles once its dependency has been met. The attention output
+        # was written by the kernel before this launch: launched with PDL, this warp waits for that
+        # kernel (griddepcontrol.wait) before its first load, while the weight loader does not.
         block_k: gl.constexpr = x_bufs.shape[2]
+        if PDL:
+            _grid_control("griddepcontrol.wait")
         _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
         n = _load_tiles(attn_desc, 0, o_first, o_steps, 0, x_bufs, x_ready, empty)
         _wait_for_all(count_ptr + 1, failed_ptr, P)
@@ -181,7 +195,7 @@ if gluon is not None:
                act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps,
                H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, STAGES: gl.constexpr,
                TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
-               num_warps: gl.constexpr):
+               num_warps: gl.constexpr, PDL: gl.constexpr = False):
         p = gl.program_id(0)
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
         gl.warp_specialize([
@@ -191,7 +205,7 @@ if gluon is not None:
             (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
                         count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT)),
             (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
-                       TILE, NEXT)),
+                       TILE, NEXT, PDL)),
         ], [1, 1], [24, 24])
 
 
@@ -262,7 +276,7 @@ class LayerStream:
         why = self.shape.why_not()
         if why:
             raise ValueError(f"the layer kernel does not take {self.shape}: {why}")
-        stages, wait = variant
+        stages, wait, pdl = variant
         qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
         descs = (*(tma_desc(t, [ROWS, BLOCK_K]) for t in (attn, self.h, self.act)),
                  *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.o, layer.gate_up)), tma_desc(layer.gate_up, [REST, BLOCK_K]),
@@ -271,12 +285,12 @@ class LayerStream:
                 self.count[COUNTERS * index:], self.count[-1:], self.shape.rows, self.eps)
         consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
                   "P": self.shape.programs, "STAGES": stages, "TILE": TILE, "NEXT": following is not None,
-                  "WAIT": wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4}
+                  "WAIT": wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4, "PDL": bool(pdl)}
         return args, consts
 
     def launch(self, *args, **kwargs) -> None:
         args, consts = self.args(*args, **kwargs)
-        _layer[(self.shape.programs,)](*args, **consts, launch_cooperative_grid=True)
+        _layer[(self.shape.programs,)](*args, **consts, launch_cooperative_grid=True, launch_pdl=consts["PDL"])
 
     def reference(self, index: int, attn, layer, following, post_norm, next_norm, variant) -> None:
         """What `launch` computes, in torch: the same K slices summed in the same order, the same
@@ -328,8 +342,10 @@ def stream_step(weights, state, kv_len: int, work: LayerStream, variant, launch=
     qkv = F.linear(rms_norm(x, first.input_norm, dims.eps), first.qkv, first.qkv_bias)
     last = len(weights.layers) - 1
     for index, layer in enumerate(weights.layers):
+        # (with PDL the attention kernel itself waits for the layer kernel before it, as in the
+        # chained step, and lets the next layer kernel start as its programs begin)
         attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
-                              None if index == 0 else layer.qkv_bias)
+                              None if index == 0 else layer.qkv_bias, pdl=bool(variant[2]))
         following = weights.layers[index + 1] if index < last else None
         launch(index, attn, layer, following, layer.post_norm,
                following.input_norm if following is not None else weights.norm, variant)
@@ -449,7 +465,7 @@ def one(index: int) -> None:
     variant = VARIANTS[index]
     dev = torch.device("cuda")
     programs = torch.cuda.get_device_properties(dev).multi_processor_count
-    row = {"variant": label(variant), "stages": variant[0], "weights_wait": variant[1],
+    row = {"variant": label(variant), "stages": variant[0], "weights_wait": variant[1], "pdl": variant[2],
            "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
