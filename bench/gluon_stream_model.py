@@ -143,36 +143,30 @@ def run(phases_of: Callable[[int], list[Phase]], programs=6, stages=3, layers=3,
             return None
         return arrived(layer - back, index)
 
-    def weights(p, ring, layer_range):
+    def loader(p, ring, layer_range, inputs: bool):
+        # the weight loader (inputs False: waits only with `wait`) or the input loader (each
+        # phase's inputs after its dependency; its reads are checked)
         n = 0
         for layer in layer_range:
             for index, ph in enumerate(phases_of(layer)):
                 if ph.kind != "ring":
                     continue
-                cond = input_wait(ph, layer, p, layer_range[0], "weights")
-                if wait and cond is not None:
+                cond = input_wait(ph, layer, p, layer_range[0], "inputs" if inputs else "weights")
+                if (inputs or wait) and cond is not None:
                     yield cond, None
                 for j in range(ph.steps(p)):
                     yield ring.free(n)
-                    ring.tag[n % S][0] = (layer, index, j)
-                    ring.w_ready[n % S] += 1
+                    if inputs:
+                        check_read(layer, index, ph.reads, f"program {p}'s loader")
+                    ring.tag[n % S][int(inputs)] = (layer, index, j)
+                    (ring.x_ready if inputs else ring.w_ready)[n % S] += 1
                     n += 1
 
+    def weights(p, ring, layer_range):
+        return loader(p, ring, layer_range, False)
+
     def activations(p, ring, layer_range):
-        n = 0
-        for layer in layer_range:
-            for index, ph in enumerate(phases_of(layer)):
-                if ph.kind != "ring":
-                    continue
-                cond = input_wait(ph, layer, p, layer_range[0], "inputs")
-                if cond is not None:
-                    yield cond, None
-                for j in range(ph.steps(p)):
-                    yield ring.free(n)
-                    check_read(layer, index, ph.reads, f"program {p}'s loader")
-                    ring.tag[n % S][1] = (layer, index, j)
-                    ring.x_ready[n % S] += 1
-                    n += 1
+        return loader(p, ring, layer_range, True)
 
     def multiply(p, ring, layer_range):
         n = 0

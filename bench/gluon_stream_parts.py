@@ -294,6 +294,28 @@ def row_line(row: dict, shown) -> str:
     return f"{row['variant']}: {times}  {checks}{tail}"
 
 
+def compile_all(kernels) -> int:
+    """`--compile-only`: each (name, compile) of `kernels`, compile() giving a kernel compiled for
+    sm_90a without a GPU (trainer.gluon_products.compile_for_hopper); print ptxas's registers,
+    spills and shared memory for each; 1 if any does not compile, spills or has its wgmma serialized."""
+    import time
+
+    from trainer.gluon_products import ptx_report
+
+    bad = 0
+    for name, compile_one in kernels:
+        start = time.time()
+        try:
+            report = ptx_report(compile_one())
+        except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
+            print(f"{name}: does not compile: {exc!r}"[:3000], flush=True)
+            bad += 1
+            continue
+        print(f"{name}: {report} compiled in {time.time() - start:.1f} s", flush=True)
+        bad += bool(report["spill_bytes"] or report["serialized"])
+    return 1 if bad else 0
+
+
 def run_children(script: str, variants, label, timeout: float, line) -> list[dict]:
     """Each variant in a child process (`script --one INDEX`, gpu_gluon_ws.child_row), printing
     `line(row)` for each. After a child killed at its timeout the rest are not run (a kernel that

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from gpu_attention_rows import BATCH, CAP, LAYERS, setup
+from gpu_common import write_json
 
 from trainer.fused_decode import rope_attention
 from trainer.qwen2_decode import ModelDims
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                      vocab=151936, eps=1e-6, rope_theta=1e6)
     found = {"device": torch.cuda.get_device_name(), "fills": [measure(dims, kv, filled) for kv, filled in FILLS]}
     if args.out:
-        args.out.write_text(json.dumps(found, indent=1))
+        write_json(args.out, found)
     return 0
 
 

@@ -269,10 +269,15 @@ def gpu_bench_start(doc: str, argv: list[str] | None):
     return args, dev, torch.Generator(device=dev).manual_seed(0)
 
 
-def write_json(path: Path, data: object) -> None:
+def write_text(path: Path, text: str) -> None:
+    """`text` into `path` atomically: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: object) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def asdict_workload(work: Workload) -> dict:

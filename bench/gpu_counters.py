@@ -40,6 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from gpu_common import write_json, write_text  # (after the path above)
+
 # (column in ncu's raw page, name in summary.json)
 METRICS = (("gpu__time_duration.sum", "us"),
            ("dram__bytes_read.sum", "dram_read_mb"),
@@ -187,7 +189,7 @@ def report(folder: Path, order: list[str]) -> int:
     source = folder / "source.csv"
     for entry, hot in zip(summary, hot_spots(source.read_text()) if source.exists() else [], strict=False):
         entry["hot"] = hot
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(folder / "summary.json", summary)
     for entry in summary:
         print(json.dumps(entry), flush=True)
     return 0
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                            "-f", "-o", str(report_file.with_suffix("")),
                            sys.executable, __file__, "--target"], capture_output=True, text=True, env=env,
                           check=False, timeout=480)
-    (args.out / "ncu.log").write_text(done.stdout[-200000:] + "\n--- stderr\n" + done.stderr[-200000:])
+    write_text(args.out / "ncu.log", done.stdout[-200000:] + "\n--- stderr\n" + done.stderr[-200000:])
     print(done.stdout[-3000:], done.stderr[-3000:], flush=True)
     if not report_file.exists():
         print(f"no report (ncu exit {done.returncode})")
@@ -222,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in done.stdout.splitlines():
         if line.startswith('{"order"'):
             order = json.loads(line)["order"]
-    (args.out / "raw.csv").write_text(export(ncu, report_file, "raw"))
-    (args.out / "details.csv").write_text(export(ncu, report_file, "details"))
-    (args.out / "source.csv").write_text(export(ncu, report_file, "source", "--print-source", "sass"))
+    write_text(args.out / "raw.csv", export(ncu, report_file, "raw"))
+    write_text(args.out / "details.csv", export(ncu, report_file, "details"))
+    write_text(args.out / "source.csv", export(ncu, report_file, "source", "--print-source", "sass"))
     return report(args.out, order)
 
 

@@ -57,7 +57,6 @@ with cuBLAS's o 1.77), both timed here in the same process.
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +65,7 @@ from gluon_stream_parts import (
     REST,
     TILE,
     bench_main,
+    compile_all,
     gl,
     gluon,
     print_row,
@@ -423,32 +423,23 @@ def cpu_check() -> int:
 
 
 def compile_only() -> int:
-    """Compile the layer kernel (with and without the next q/k/v) for sm_90a; print ptxas's
-    registers, spills and shared memory; 1 if any does not compile, spills or serializes wgmma."""
-    from trainer.gluon_products import compile_for_hopper, ptx_report
+    """The layer kernel of every variant, with and without the next q/k/v, compiled for sm_90a
+    without a GPU (`compile_all`)."""
+    from trainer.gluon_products import compile_for_hopper
     from trainer.qwen2_decode import LayerWeights
 
     e = {"dtype": torch.bfloat16}
     layer = LayerWeights(input_norm=torch.empty(H, **e), qkv=torch.empty(QKV_N, H, **e), qkv_bias=None,
                          o=torch.empty(H, H, **e), post_norm=torch.empty(H, **e), gate_up=torch.empty(2 * I, H, **e),
                          down=torch.empty(H, I, **e))
-    work = LayerStream("cpu")
-    attn = torch.empty(ROWS, H, **e)
-    bad = 0
-    for variant in VARIANTS:
-        for following in (layer, None):
-            what = f"{label(variant)}{'' if following is not None else ', last layer'}"
-            start = time.time()
-            try:
-                args, consts = work.args(0, attn, layer, following, layer.post_norm, layer.input_norm, variant)
-                report = ptx_report(compile_for_hopper(_layer, *args, **consts))
-            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
-                print(f"{what}: does not compile: {exc!r}"[:3000], flush=True)
-                bad += 1
-                continue
-            print(f"{what}: {report} compiled in {time.time() - start:.1f} s", flush=True)
-            bad += bool(report["spill_bytes"] or report["serialized"])
-    return 1 if bad else 0
+    work, attn = LayerStream("cpu"), torch.empty(ROWS, H, **e)
+
+    def compiled(variant, following):
+        args, consts = work.args(0, attn, layer, following, layer.post_norm, layer.input_norm, variant)
+        return compile_for_hopper(_layer, *args, **consts)
+
+    return compile_all((f"{label(v)}{'' if f is not None else ', last layer'}", lambda v=v, f=f: compiled(v, f))
+                       for v in VARIANTS for f in (layer, None))
 
 
 def one(index: int) -> None:

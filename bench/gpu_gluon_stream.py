@@ -49,7 +49,6 @@ sm_90a) and exits 1 if any spills or has its wgmma serialized.
 """
 
 import sys
-import time
 
 import torch
 from gluon_stream_parts import (
@@ -57,6 +56,7 @@ from gluon_stream_parts import (
     REST,
     TILE,
     bench_main,
+    compile_all,
     gl,
     gluon,
     print_row,
@@ -197,39 +197,28 @@ def counters(device) -> torch.Tensor:
     return torch.zeros(LAYERS * (H // BLOCK_K) + 1, device=device, dtype=torch.int32)
 
 
-def stream(descs, acts: torch.Tensor, count: torch.Tensor, variant, programs: int = PROGRAMS) -> None:
+def stream(descs, acts: torch.Tensor, count: torch.Tensor, variant, compile_only: bool = False):
     """One launch: every layer's SiLU x up into acts' rows (L + 1) 128. The counters go back to 0
-    first (a memset in the graph)."""
+    first (a memset in the graph). With compile_only, the kernel compiled for sm_90a instead."""
     stages, syncs, wait, chain = variant
+    args = (*descs, acts, count, count[-1:], ROWS)
+    consts = {"H": H, "I": I, "P": PROGRAMS, "LAYERS": LAYERS, "STAGES": stages, "SYNCS": syncs, "WAIT": wait,
+              "CHAIN": chain, "num_warps": 4}
+    if compile_only:
+        from trainer.gluon_products import compile_for_hopper
+
+        return compile_for_hopper(_stream, *args, **consts)
     count[:-1].zero_()  # (the last: the spin limit's flag, kept until read)
-    _stream[(programs,)](*descs, acts, count, count[-1:], ROWS, H=H, I=I, P=programs, LAYERS=LAYERS, STAGES=stages,
-                         SYNCS=syncs, WAIT=wait, CHAIN=chain, num_warps=4, launch_cooperative_grid=True)
+    _stream[(PROGRAMS,)](*args, **consts, launch_cooperative_grid=True)
+    return None
 
 
 def compile_only() -> int:
-    """Compile every variant for sm_90a without a GPU; print ptxas's registers, spills and the
-    shared memory; 1 if any spills, has its wgmma serialized or does not compile."""
-    from trainer.gluon_products import compile_for_hopper, ptx_report
-
+    """Every variant compiled for sm_90a without a GPU (`compile_all`)."""
     acts = torch.empty((LAYERS + 1) * ROWS, I, dtype=torch.bfloat16)
     weights = torch.empty(LAYERS * 2 * I, H, dtype=torch.bfloat16)
-    count = counters("cpu")
-    bad = 0
-    for variant in VARIANTS:
-        stages, syncs, wait, chain = variant
-        start = time.time()
-        try:
-            kernel = compile_for_hopper(_stream, *descriptors(acts, weights), acts, count, count[-1:], ROWS, H=H, I=I,
-                                        P=PROGRAMS, LAYERS=LAYERS, STAGES=stages, SYNCS=syncs, WAIT=wait, CHAIN=chain,
-                                        num_warps=4)
-            report = ptx_report(kernel)
-        except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
-            print(f"{label(variant)}: does not compile: {exc!r}"[:2000], flush=True)
-            bad += 1
-            continue
-        print(f"{label(variant)}: {report} compiled in {time.time() - start:.1f} s", flush=True)
-        bad += bool(report["spill_bytes"] or report["serialized"])
-    return 1 if bad else 0
+    descs, count = descriptors(acts, weights), counters("cpu")
+    return compile_all((label(v), lambda v=v: stream(descs, acts, count, v, compile_only=True)) for v in VARIANTS)
 
 
 def one(index: int) -> None:
@@ -251,7 +240,8 @@ def one(index: int) -> None:
     # Chained through 28 layers, SiLU(x gate) x (x up) would shrink or grow without bound (the
     # product of two linear maps: each layer squares the scale). So up reads x's column 0, which
     # is 1 (u = 1), and gate's first row keeps it 1 (SiLU(1.28125) rounds to 1 in bf16): each
-    # layer is SiLU(x gate), whose scale stays within 0.03-1 over 28 layers at this weight scale.
+    # layer is SiLU(x gate), whose scale stays within about 10x of 1 over 28 layers at this weight
+    # scale (checked on a CPU with the kernel's roundings: 1.0 to 8.8).
     weights = rand(LAYERS * 2 * I, H, scale=1.6 * H ** -0.5)
     layers = weights.view(LAYERS, 2 * I, H)
     layers[:, I:] = 0

@@ -1,10 +1,11 @@
 """trainer/mlp_block.py in Triton's interpreter (CPU), its phases as three launches: the MLP half of a
 layer (gate/up, SiLU x up, down, residual + RMSNorm) equals fused_decode's kernels on the summed
 product to float32 rounding, through pointers and tensor descriptors (gate and up apart, or stacked
-as one box and one product), with uneven column shares, a remainder tile, several K slices of the down product and fewer rows than the tile; shapes that do
-not tile are refused; the fused decode step with the block equals the plain step on a tiny random
-Qwen2; the phases given a layer's first row in weights stacked by layer compute that layer. Skipped
-where Triton is not installed. A child process: TRITON_INTERPRET is set before import."""
+as one box and one product), with uneven column shares, a remainder tile, several K slices of the
+down product and fewer rows than the tile; shapes that do not tile are refused; the fused decode
+step with the block equals the plain step on a tiny random Qwen2; the phases given a layer's first
+row in weights stacked by layer compute that layer. Skipped where Triton is not installed. A child
+process: TRITON_INTERPRET is set before import."""
 
 from __future__ import annotations
 
