@@ -56,19 +56,10 @@ launch a layer keeps.
 import sys
 
 import torch
-from gluon_stream_parts import (
-    BLOCK_K,
-    REST,
-    TILE,
-    bench_main,
-    compile_all,
-    gl,
-    gluon,
-    print_row,
-    row_line,
-    time_into,
-    tma_desc,
-)
+from gluon_stream_parts import bench_main, compile_all, print_row, row_line, time_into
+
+from trainer.gluon_products import gl, gluon
+from trainer.gluon_stream import BLOCK_K, REST, TILE, tma_desc
 
 LAYERS, ROWS, H, I = 28, 128, 1536, 8960
 PROGRAMS = 132  # an H200's (and H100 SXM's) multiprocessors; one program each
@@ -86,7 +77,7 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    from gluon_stream_parts import (
+    from trainer.gluon_stream import (
         _add_norm,
         _arrive,
         _gate_up,

@@ -51,23 +51,13 @@ sm_90a) and exits 1 if any spills or has its wgmma serialized.
 import sys
 
 import torch
-from gluon_stream_parts import (
-    BLOCK_K,
-    REST,
-    TILE,
-    bench_main,
-    compile_all,
-    gl,
-    gluon,
-    print_row,
-    row_line,
-    time_into,
-    tma_desc,
-    warpgroup_mma_wait,
-)
+from gluon_stream_parts import bench_main, compile_all, print_row, row_line, time_into
 from gpu_gluon_ws import LAYERS, PROGRAMS, ROWS, H, I, gate_up_ws
 from gpu_gluon_ws import _check_split as check_split
 from gpu_gluon_ws import _descs as per_layer_descs
+
+from trainer.gluon_products import gl, gluon
+from trainer.gluon_stream import BLOCK_K, REST, TILE, tma_desc
 
 TIMEOUT_S = 90
 PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch baseline
@@ -83,8 +73,9 @@ def label(variant) -> str:
 
 
 if gluon is not None:
+    from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
 
-    from gluon_stream_parts import (
+    from trainer.gluon_stream import (
         _arrive,
         _gate_up_step,
         _give_back,

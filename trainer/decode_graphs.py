@@ -24,6 +24,8 @@ from dataclasses import replace
 import torch
 
 from trainer.fused_decode import fused_checked
+from trainer.gluon_stream import failed as stream_failed
+from trainer.gluon_stream import requested as stream_requested
 from trainer.mlp_block import requested
 from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
@@ -79,7 +81,9 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
     Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the same with
     its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), and
-    with the first of those the MLP block as a Gluon kernel too where asked for (`gluon_block`), the fused step
+    with the first of those the MLP block as a Gluon kernel too where asked for (`gluon_block`), the
+    layers as trainer/gluon_stream.py's kernel where RLTUI_DECODE_STREAM=1 asks for it (kept only if
+    it also agrees with the plain step at this batch, `_disagreeing_streams`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""
@@ -101,6 +105,10 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
                     gluon = gluon_block(engine.weights, prefetched, state.tokens.shape[0]) if rank == 0 else None
                     if gluon is not None and fused_checked(engine.weights, engine.attention, gluon):
                         variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
+    for variant in stream_requested(state.tokens.device, state.tokens.shape[0], dims):
+        products = DecodeProducts(stream=variant)
+        if fused_checked(engine.weights, engine.attention, products):
+            variants.insert(0, ("stream_pdl" if variant.pdl else "stream", True, products))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):
@@ -140,10 +148,53 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         for name, (graph, _, _) in captured.items():
             ms = timed(graph[0])
             timing[f"{name}_ms"] = ms if look == 0 else min(ms, timing[f"{name}_ms"])
+    for name in _disagreeing_streams(captured, state, saved, timing):
+        del captured[name]
     best = min(captured, key=lambda name: timing[f"{name}_ms"])
     graph, engine.fused, engine.products = captured[best]
     engine.fused_timing = timing | {"chosen": best}
     return graph
+
+
+def _disagreeing_streams(captured: dict, state, saved, timing: dict) -> list[str]:
+    """The stream steps (trainer/gluon_stream.py) among the `captured` graphs to drop: all of them
+    when one gave up waiting at a barrier while timed, else those `disagreeing` with the plain step
+    at the engine's own batch (the check before capture ran at a batch of 3, and the kernel's
+    barriers and row tiles have not yet run on a GPU in the engine)."""
+    streams = [name for name, (_, _, products) in captured.items() if products.stream is not None]
+    if not streams:
+        return []
+    if stream_failed(state.tokens.device):
+        warnings.warn("the stream decode step gave up waiting at a barrier while timed; not used", stacklevel=3)
+        timing["stream_barrier_gave_up"] = True
+        return streams
+    if "plain" not in captured:
+        return []
+
+    def logits_of(name: str) -> torch.Tensor:  # one replay from the saved position and slot
+        graph, logits = captured[name][0]
+        graph.replay()
+        state.positions.copy_(saved[0])
+        state.write_index.copy_(saved[1])
+        return logits.float()
+
+    return disagreeing(streams, logits_of, timing)
+
+
+def disagreeing(names: list[str], logits_of, timing: dict) -> list[str]:
+    """Those of `names` whose logits (`logits_of(name)`) differ from the plain step's by more than
+    the fused step's check allows (`fused_decode.check_passes`: 0.1 relative), each with a warning;
+    every relative error into `timing`."""
+    want = logits_of("plain")
+    found = []
+    for name in names:
+        error = float((logits_of(name) - want).norm() / want.norm())
+        timing[f"{name}_logits_rel_error"] = error
+        if not error < 0.1:
+            warnings.warn(f"{name} decode step differs from the plain one at batch {want.shape[0]} "
+                          f"(relative error {error:.3g}); not used", stacklevel=3)
+            found.append(name)
+    return found
 
 
 class PrefillGraphs:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from trainer import triton_products
 from trainer.attention_blocks import BLOCK_N, autotuned, launch
+from trainer.gluon_stream import failed as stream_failed
 from trainer.mlp_block import failed as mlp_block_failed
 from trainer.mlp_block import mlp_block
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
@@ -217,10 +218,16 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     with programmatic dependent launch, 7 kernels a layer. Each one's blocks start while the
     kernel before still runs, fetch their weights into L2 (the weights are not written during a
     step), and wait for it only before reading what it wrote; a product left to cuBLAS (None)
-    runs as in the fused step, gate/up's then followed by SiLU x up."""
+    runs as in the fused step, gate/up's then followed by SiLU x up.
+
+    `products.stream`: each layer after its attention as one kernel (trainer/gluon_stream.py)."""
+    products = products or DecodeProducts()
+    if products.stream is not None:
+        from trainer.gluon_stream import stream_step
+
+        return stream_step(weights, state, kv_len, products.stream)
     dims = weights.dims
     norm, add_norm, silu_mul = fns
-    products = products or DecodeProducts()
     x = F.embedding(state.tokens, weights.embed)
     bias = step_bias(state, kv_len, x.dtype)
     h = norm(x, weights.layers[0].input_norm)
@@ -360,16 +367,21 @@ def fused_checked(weights: DecodeWeights, attention, products: DecodeProducts | 
     ref = weights.layers[0].qkv
     chosen = tuple(sorted((k, v) for k, v in (products.chosen.items() if products else ()) if v is not None))
     key = (weights.dims, str(ref.device), ref.dtype, attention, chosen, bool(products and products.pdl),
-           products.attention_splits if products else 0, products.mlp if products else None)
+           products.attention_splits if products else 0, products.mlp if products else None,
+           products.stream if products else None)
     if key not in _FUSED_CHECKED:
         _FUSED_CHECKED[key] = False
         what = f"fused decode step (Triton products {dict(chosen)})" if chosen else "fused decode step"
         what = f"chained {what}" if products and products.pdl else what
+        what = f"{what} ({products.stream})" if products and products.stream else what
         try:
             found = check_error(weights, attention, products=products)
             if products is not None and products.mlp is not None and mlp_block_failed(ref.device):
                 found["mlp_block_barrier_gave_up"] = True  # its numbers are not to be trusted
-            if check_passes(found) and not found.get("mlp_block_barrier_gave_up"):
+            if products is not None and products.stream is not None and stream_failed(ref.device):
+                found["stream_barrier_gave_up"] = True
+            if check_passes(found) and not found.get("mlp_block_barrier_gave_up") and not found.get(
+                    "stream_barrier_gave_up"):
                 _FUSED_CHECKED[key] = True
             else:
                 warnings.warn(f"{what} differs from the plain one ({found}); not used", stacklevel=4)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from trainer.triton_base import runs_on, tl, triton
 
 if TYPE_CHECKING:  # mlp_block imports this module's kernels
+    from trainer.gluon_stream import StreamVariant
     from trainer.mlp_block import BlockShape
 
 ENV = "RLTUI_DECODE_PRODUCTS"
@@ -340,6 +341,9 @@ class DecodeProducts:
     # The MLP half of each layer as one persistent kernel (trainer/mlp_block.py: a BlockShape);
     # None: gate/up, SiLU x up, down and residual + RMSNorm as their own kernels.
     mlp: BlockShape | None = None
+    # Each layer after its attention as trainer/gluon_stream.py's one kernel (the products, the MLP
+    # block and the attention splits above then unused); None: the fused step's kernels.
+    stream: StreamVariant | None = None
 
     def apply(self, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -447,7 +451,8 @@ class DecodeProducts:
         return {kind: str(split) if split else "cublas" for kind, split in self.chosen.items()} | (
             {"pdl": "chained"} if self.pdl else {}) | (
             {"attention_splits": str(self.attention_splits)} if self.attention_splits else {}) | (
-            {"mlp": str(self.mlp)} if self.mlp is not None else {})
+            {"mlp": str(self.mlp)} if self.mlp is not None else {}) | (
+            {"stream": str(self.stream)} if self.stream is not None else {})
 
 
 _TUNED: dict[tuple, DecodeProducts] = {}  # per model shape, batch, dtype and device: timed once

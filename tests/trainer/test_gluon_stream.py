@@ -1,0 +1,167 @@
+"""trainer/gluon_stream.py: the decode step as the attention and one layer kernel a layer.
+
+Triton's interpreter does not run Gluon, so on a CPU the step runs with `LayerStream.reference`
+(the kernel's K slices, sums and roundings in torch) in the kernel's place, through the real
+rope_attention kernel in the interpreter, on a tiny random Qwen2 whose widths the kernel's split
+takes on 6 programs (o's K in 1 + 2 steps: uneven slices). Checked: the fused step's own check
+(the one the engine runs before it captures a step) passes at float32 rounding; three planted
+bugs (the wrong norm after the MLP, the next q/k/v from this layer's weights or never written)
+fail it and the engine's check at its own batch; the engine's teacher-forced logits across two attention buckets equal the
+plain step's; the shapes the kernel refuses are refused with the reason; the engine is offered
+the step only where asked and Gluon runs; the spin limit's flag is read and cleared; the kernel
+compiles for sm_90a at the tiny widths (the benchmark's test compiles Qwen2.5-1.5B's). A child
+process: TRITON_INTERPRET is set before Triton is imported."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.trainer.test_triton_kernels import _interpreted
+
+pytest.importorskip("triton")
+
+CHILD = r"""
+import json, os, torch
+from dataclasses import replace
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from trainer import fast_generation, gluon_stream as gs
+from trainer.decode_graphs import disagreeing
+from trainer.fused_decode import check_error, check_passes, element_fns, fused_decode_step
+from trainer.qwen2_decode import Attention, DecodeState, DecodeWeights, decode_step
+from trainer.triton_products import DecodeProducts
+
+torch.manual_seed(0)
+config = Qwen2Config(vocab_size=128, hidden_size=192, intermediate_size=384, num_hidden_layers=2,
+                     num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                     rope_theta=1e4, rms_norm_eps=1e-6, use_sliding_window=False)
+model = Qwen2ForCausalLM(config)
+with torch.no_grad():  # norms and biases off their init (ones, zeros): a wrong one shows
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.copy_(1 + 0.3 * torch.randn_like(param))
+        elif name.endswith("bias"):
+            param.normal_(0, 0.2)
+model = model.eval()
+weights = DecodeWeights.allocate(model)
+variant = gs.StreamVariant(programs=6, reference=True)
+products = DecodeProducts(stream=variant)
+found = {"shape": str(gs.StreamShape.of(weights.dims, 3, 6)), "why_not": gs.StreamShape.of(weights.dims, 3, 6).why_not()}
+result = check_error(weights, Attention.SDPA, products=products)
+found["check"] = result | {"passes": check_passes(result)}
+
+# Two planted bugs: each must fail the engine's checks.
+original = gs.LayerStream.reference
+def wrong_norm(self, index, attn, layer, following, post_norm, next_norm, v):
+    original(self, index, attn, layer, following, post_norm, post_norm, v)
+def qkv_not_handed_on(self, index, attn, layer, following, post_norm, next_norm, v):
+    original(self, index, attn, layer, None, post_norm, next_norm, v)
+def qkv_of_this_layer(self, index, attn, layer, following, post_norm, next_norm, v):
+    original(self, index, attn, layer, following and layer, post_norm, next_norm, v)
+start = DecodeState.allocate(weights.dims, 4, 128, "cpu", torch.float32)
+start.kv_cache.normal_()
+start.valid[:, :70] = True
+start.valid[1, :9] = False
+start.positions.copy_(torch.tensor([70, 61, 70, 70]))
+start.write_index.fill_(70)
+start.tokens.copy_(torch.tensor([5, 17, 99, 3]))
+def fresh():
+    return DecodeState(**{k: getattr(start, k).clone() for k in start.__dataclass_fields__})
+fns = element_fns(weights.dims, compiled=False)
+steps = {"plain": lambda: decode_step(weights, fresh(), 128, None, Attention.SDPA),
+         "stream": lambda: fused_decode_step(weights, fresh(), 128, fns, products)}
+found["planted"] = {}
+for name, bug in (("wrong_norm", wrong_norm), ("qkv_of_this_layer", qkv_of_this_layer),
+                  ("qkv_not_handed_on", qkv_not_handed_on)):
+    gs._WORKSPACES.clear()  # (a part never written is NaN in a new workspace, not the last step's)
+    gs.LayerStream.reference = bug
+    result = check_error(weights, Attention.SDPA, products=products)
+    timing = {}
+    found["planted"][name] = {"passes": check_passes(result), "logits_rel_error": result["logits_rel_error"],
+                              "dropped": disagreeing(["stream"], lambda n: steps[n](), timing), "timing": timing}
+    gs.LayerStream.reference = original
+timing = {}
+found["engine_check"] = {"dropped": disagreeing(["stream"], lambda n: steps[n](), timing), "timing": timing}
+
+# Through the engine: teacher-forced logits with the stream step against the plain one.
+gen = torch.Generator().manual_seed(1)
+prompt = torch.randint(1, 128, (4, 20), generator=gen)
+prompt[2] = prompt[1]  # a group of two rows sharing a prompt
+mask = torch.ones_like(prompt)
+mask[0, :7] = 0  # left padding
+completion = torch.randint(1, 128, (4, 48), generator=gen)  # 20 + 48 slots: two attention buckets
+logits = {}
+for mode in ("0", "1"):
+    os.environ[fast_generation.FUSED_ENV] = mode
+    fast_generation.release_engines()
+    engine = fast_generation.engine_for(model, 4, 128, graphs=False, compiled=False)
+    if mode == "1":
+        engine.products = products
+    logits[mode] = fast_generation.forced_logits(model, prompt, mask, completion, use_graphs=False,
+                                                 compile_layers=False)
+    found["engine_fused_" + mode] = [engine.fused, str(engine.products.stream)]
+found["engine_rel_error"] = float((logits["1"] - logits["0"]).norm() / logits["0"].norm())
+found["failed"] = gs.failed(torch.device("cpu"))
+work = next(iter(gs._WORKSPACES.values()))
+work.count[-1] = 1
+found["failed_set"] = [gs.failed(torch.device("cpu")), gs.failed(torch.device("cpu"))]
+print(json.dumps(found))
+"""
+
+
+def test_the_stream_step_equals_the_plain_step_and_the_checks_catch_planted_bugs():
+    found = _interpreted(CHILD)
+    assert found["why_not"] is None, found["shape"]
+    check = found["check"]
+    assert check["passes"], check
+    assert check["logits_rel_error"] < 1e-5 and check["cache_rel_error"] < 1e-6, check
+    for name, planted in found["planted"].items():
+        assert not planted["passes"], (name, planted)
+        assert planted["dropped"] == ["stream"], (name, planted)
+        assert not planted["timing"]["stream_logits_rel_error"] < 0.1, (name, planted)  # (NaN too)
+    assert found["engine_check"]["dropped"] == [], found["engine_check"]
+    assert found["engine_check"]["timing"]["stream_logits_rel_error"] < 1e-5
+    assert found["engine_fused_1"] == [True, "stream s6 weights ahead, 6 programs, reference"]
+    assert found["engine_fused_0"][0] is False
+    assert found["engine_rel_error"] < 1e-5, found["engine_rel_error"]
+    assert found["failed"] is False
+    assert found["failed_set"] == [True, False]  # read, then cleared
+
+
+def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_asked(monkeypatch):
+    import torch
+
+    from trainer import gluon_stream as gs
+    from trainer.qwen2_decode import ModelDims
+
+    qwen_1_5b = ModelDims(layers=28, hidden=1536, heads=12, kv_heads=2, head_dim=128, intermediate=8960,
+                          vocab=151936, eps=1e-6, rope_theta=1e6)
+    assert gs.StreamShape.of(qwen_1_5b, 128, 132).why_not() is None  # an H100 SXM's or H200's 132
+    # an H100 PCIe's 114 multiprocessors: 78-79 gate/up columns a program, past a tile + 8
+    assert "shares of 78-79" in gs.StreamShape.of(qwen_1_5b, 128, 114).why_not()
+    assert "129 rows" in gs.StreamShape.of(qwen_1_5b, 129, 132).why_not()
+    qwen_0_5b = ModelDims(layers=24, hidden=896, heads=14, kv_heads=2, head_dim=64, intermediate=4864,
+                          vocab=151936, eps=1e-6, rope_theta=1e6)
+    assert "shares of 36-37" in gs.StreamShape.of(qwen_0_5b, 128, 132).why_not()
+    wide_heads = ModelDims(layers=2, hidden=1536, heads=16, kv_heads=2, head_dim=128, intermediate=8960,
+                           vocab=10, eps=1e-6, rope_theta=1e6)
+    assert "not the hidden width" in gs.StreamShape.of(wide_heads, 8, 132).why_not()
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(gs.ENV, "1")
+    assert gs.requested(cpu, 128, qwen_1_5b) == []  # no Hopper GPU here: never offered
+    monkeypatch.delenv(gs.ENV)
+    assert gs.requested(cpu, 128, qwen_1_5b) == []
+
+
+def test_the_layer_kernel_compiles_at_other_widths():
+    from trainer import gluon_stream as gs
+    from trainer.gluon_products import gluon
+    from trainer.qwen2_decode import ModelDims
+
+    if gluon is None:
+        pytest.skip("Triton's Gluon is not installed")
+    tiny = ModelDims(layers=2, hidden=192, heads=6, kv_heads=2, head_dim=32, intermediate=384, vocab=128, eps=1e-6,
+                     rope_theta=1e4)
+    for variant, last in ((gs.StreamVariant(programs=6), False), (gs.StreamVariant(programs=6, pdl=True), True)):
+        report = gs.compile_report(tiny, 3, 6, variant, last=last)
+        assert report["spill_bytes"] == 0 and not report["serialized"], report
+        assert report["wgmma"] > 0 and report["griddepcontrol"] == int(variant.pdl), report

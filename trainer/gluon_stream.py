@@ -1,0 +1,642 @@
+"""The decode step as two kernels a layer: the attention, then everything after it up to the next
+layer's q/k/v in one warp-specialized Gluon launch whose weights stream through its five waits.
+
+    from trainer.gluon_stream import StreamVariant
+    products = DecodeProducts(stream=StreamVariant(pdl=True))
+    logits = fused_decode_step(weights, state, kv_len, fns, products)   # runs stream_step here
+
+The fused step with the MLP block (trainer/fused_decode.py) runs five kernels a layer: q/k/v,
+the attention (`rope_attention`), o, residual + RMSNorm, and the MLP block with its two barriers,
+and every one of them and every barrier starts its weight stream afresh. Here a layer is
+
+    rope_attention(q/k/v partials)  ->  layer kernel: o, norm, gate/up, down, norm, next q/k/v
+
+and the layer kernel, on one program a multiprocessor (a cooperative launch), runs in phases:
+
+1. o: column tiles x K slices of the attention output times o's weight -> float32 partials;
+2. residual + post-attention RMSNorm of row p (program p < rows), in place;
+3. gate/up with SiLU x up, program p's columns of the intermediate (as the MLP block);
+4. down: column tiles x K slices -> float32 partials;
+5. residual + the next layer's input RMSNorm (the final norm after the last layer), in place;
+6. the next layer's q/k/v: column tiles x K slices -> float32 partials, which the next layer's
+   `rope_attention` adds up with the bias (it takes split products' partials already).
+
+Phases 2-6 each wait for every program to have finished the phase before: an arrival counter per
+(layer, phase), arrivals by atomic add with release, waits by acquiring loads and a proxy fence,
+and a spin limit that sets the `failed` flag instead of hanging. A weight loader warp streams
+every phase's weight tiles into a ring of shared-memory stages and waits only for free stages (or,
+with `StreamVariant.wait`, for each phase's dependency too); an activation loader warp loads each
+phase's input tiles once its wait has passed; the multiplying warp group (4 warps) runs the
+products and the norms. The ring: STAGES stages, each an input tile [128, 64] (the attention
+output, h or act), a weight tile [64, 64] and, for gate/up, up's tile and the two 8-row
+remainder boxes; two "ready" mbarriers a stage (one per loader) and an "empty" one the multiplying
+group arrives at, one step late, when the stage's products have finished. Ring step n uses stage
+n % STAGES at parity (n // STAGES) & 1. bench/gluon_stream_model.py runs this protocol with
+random interleavings on a CPU.
+
+With `StreamVariant.pdl` the layer kernel is launched with programmatic dependent launch after the
+attention kernel (itself launched so, as in the chained step): a program starts as soon as the
+attention on its multiprocessor is done and streams its o and gate/up weights while others still
+attend; only the input loader waits for the attention grid (griddepcontrol.wait), and everything
+the kernel writes comes after that wait, the q/k/v partials the attention was reading included.
+
+Layer 0's q/k/v is cuBLAS's (bias added); the head is cuBLAS's, as in the fused step.
+
+Not measured yet: the kernel has not run on a GPU (no device machine was lent in sessions 16 and
+17). So the decode engine times it only where RLTUI_DECODE_STREAM=1 asks (`requested`), after
+the fused step's check (`fused_decode.fused_checked`, which also reads the `failed` flag), and
+bench/gpu_gluon_layer_stream.py compares one layer of it with `LayerStream.reference` buffer by
+buffer. Triton's interpreter does not run Gluon: the tests compile the kernel for sm_90a and run
+the step around it on a CPU with `LayerStream.reference` (the same K slices, sums and roundings in
+torch; `StreamVariant.reference`) in the kernel's place, against the plain step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from trainer.gluon_products import BLOCK_K, BLOCK_M, gl, gluon
+from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims
+
+ENV = "RLTUI_DECODE_STREAM"  # 1: the decode engine also times the step with this kernel
+TILE, REST = 64, 8  # a weight tile's rows; a gate/up remainder box's rows (a share is 64 to 72 columns)
+COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
+
+if gluon is not None:
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    from trainer.gluon_mlp import SPIN_LIMIT, _load_acquire, _swiglu
+    from trainer.gluon_products import _grid_control
+
+    @gluon.jit
+    def _slice(p, STEPS_ALL: gl.constexpr, TILES: gl.constexpr, SPLITS: gl.constexpr):
+        # Program p's part of a product of TILES column tiles x SPLITS K slices of STEPS_ALL K
+        # steps: (its column tile, its slice, its first K step, its K steps: 0 past TILES x SPLITS)
+        split = p // TILES
+        first = split * STEPS_ALL // SPLITS
+        steps = (split + 1) * STEPS_ALL // SPLITS - first
+        return p % TILES, split, first, gl.where(p < TILES * SPLITS, steps, 0)
+
+    @gluon.jit
+    def _wait_for_all(count_ptr, failed_ptr, programs):
+        # Until `programs` arrivals are counted at *count_ptr (acquiring loads at GPU scope), then a
+        # proxy fence so that TMA reads after it see what the arriving programs' plain stores
+        # wrote. After SPIN_LIMIT reads it goes on and sets the failed flag (as the MLP block does).
+        reads = 0
+        while (_load_acquire(count_ptr) < programs) & (reads < SPIN_LIMIT):
+            reads += 1
+        if reads >= SPIN_LIMIT:
+            gl.atomic_xchg(failed_ptr, 1)
+        gl.inline_asm_elementwise("fence.proxy.async.global; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def _arrive(count_ptr):
+        gl.thread_barrier()  # every warp's stores, then one release at GPU scope
+        gl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+
+    @gluon.jit
+    def _ring(x_desc, w_desc, r_desc, STAGES: gl.constexpr):
+        # The ring's buffers (inputs, gate or weight tiles, up tiles, the two remainders) and its
+        # mbarriers (inputs ready, weights ready, empty), initialised
+        x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+        g_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+        gr_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        ur_bufs = gl.allocate_shared_memory(r_desc.dtype, [STAGES] + r_desc.block_type.shape, r_desc.layout)
+        x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(x_ready.index(s), count=1)
+            mbarrier.init(w_ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
+        fence_async_shared()
+        return x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty
+
+    @gluon.jit
+    def _free(empty, n):
+        # wait until ring step n's stage is free: a new mbarrier counts as having completed the
+        # phase before its first (parity 1), so the first pass over the ring does not wait
+        stages: gl.constexpr = empty.shape[0]
+        mbarrier.wait(empty.index(n % stages), ((n // stages) & 1) ^ 1)
+
+    @gluon.jit
+    def _load_tiles(desc, row, first, steps, n, bufs, ready, empty):
+        # `steps` tiles of `desc` at rows `row`, K steps from `first`, into the ring from ring step n
+        # on (a loader warp); the ring step after them
+        stages: gl.constexpr = bufs.shape[0]
+        block_k: gl.constexpr = bufs.shape[2]
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for j in range(steps):
+            s = n % stages
+            _free(empty, n)
+            mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc, [row, (first + j) * block_k], ready.index(s), bufs.index(s))
+            n += 1
+        return n
+
+    @gluon.jit
+    def _load_gate_up(w_desc, r_desc, base, lo, first, steps, n, g_bufs, u_bufs, gr_bufs, ur_bufs, ready, empty,
+                      I: gl.constexpr):
+        # gate's and up's 64-row tiles of program share `lo` and their remainder boxes (gate | up
+        # stacked from row `base`), K steps from `first`, into the ring; the ring step after them
+        stages: gl.constexpr = g_bufs.shape[0]
+        block_k: gl.constexpr = g_bufs.shape[2]
+        tile: gl.constexpr = w_desc.block_type.shape[0]
+        nbytes: gl.constexpr = 2 * w_desc.block_type.nbytes + 2 * r_desc.block_type.nbytes
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for j in range(steps):
+            s = n % stages
+            _free(empty, n)
+            bar = ready.index(s)
+            mbarrier.expect(bar, nbytes)
+            k = (first + j) * block_k
+            tma.async_copy_global_to_shared(w_desc, [base + lo, k], bar, g_bufs.index(s))
+            tma.async_copy_global_to_shared(w_desc, [base + I + lo, k], bar, u_bufs.index(s))
+            tma.async_copy_global_to_shared(r_desc, [base + lo + tile, k], bar, gr_bufs.index(s))
+            tma.async_copy_global_to_shared(r_desc, [base + I + lo + tile, k], bar, ur_bufs.index(s))
+            n += 1
+        return n
+
+    @gluon.jit
+    def _take(x_ready, w_ready, n):
+        # wait until ring step n's input and weights have landed
+        stages: gl.constexpr = x_ready.shape[0]
+        mbarrier.wait(w_ready.index(n % stages), (n // stages) & 1)
+        mbarrier.wait(x_ready.index(n % stages), (n // stages) & 1)
+
+    @gluon.jit
+    def _give_back(empty, n, pred):
+        # every warp of the group is done with ring step n - 1 (its last product finished): its
+        # stage goes back to the loaders
+        stages: gl.constexpr = empty.shape[0]
+        gl.thread_barrier()
+        mbarrier.arrive(empty.index((n + stages - 1) % stages), pred=pred)
+
+    @gluon.jit
+    def _gate_up_step(xs, g_buf, u_buf, gr_buf, ur_buf, gate, up, gate_r, up_r):
+        # one K step of gate, up and their remainders, asynchronously; gate last, left in flight
+        # (with two or more accumulators in flight at a loop's back edge ptxas serializes every
+        # wgmma, C7514: bench/gpu_gluon_ws.py)
+        up_r = warpgroup_mma(xs, ur_buf.permute((1, 0)), up_r, is_async=True)
+        gate_r = warpgroup_mma(xs, gr_buf.permute((1, 0)), gate_r, is_async=True)
+        up = warpgroup_mma(xs, u_buf.permute((1, 0)), up, is_async=True)
+        gate = warpgroup_mma(xs, g_buf.permute((1, 0)), gate, is_async=True)
+        return warpgroup_mma_wait(num_outstanding=1, deps=(gate, up, gate_r, up_r))
+
+    @gluon.jit
+    def _store_act(gate, up, gate_r, up_r, act_ptr, lo, hi, rows, I: gl.constexpr):
+        # SiLU(gate) x up of the share [lo, hi) into act [rows, I], rounded as
+        # trainer/triton_products.swiglu_tile rounds (the remainder's columns past hi not stored)
+        dtype: gl.constexpr = act_ptr.dtype.element_ty
+        block_m: gl.constexpr = gate.shape[0]
+        tile: gl.constexpr = gate.shape[1]
+        rest: gl.constexpr = gate_r.shape[1]
+        m = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate.type.layout))
+        c = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, gate.type.layout))
+        gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
+        mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate_r.type.layout))
+        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, gate_r.type.layout))
+        gl.store(act_ptr + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
+                 mask=(mr < rows)[:, None] & (cr < hi)[None, :])
+
+    @gluon.jit
+    def _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
+                 H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
+        # gate/up with SiLU x up of the share [lo, hi) into act, H // K step ring steps from n on;
+        # the ring step after them (every stage given back)
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        block_k: gl.constexpr = x_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        rest: gl.constexpr = gr_bufs.shape[1]
+        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, tile, 16])
+        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, rest, 16])
+        gate = gl.zeros([block_m, tile], gl.float32, main_layout)
+        up = gl.zeros([block_m, tile], gl.float32, main_layout)
+        gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for i in range(H // block_k):
+            s = n % stages
+            _take(x_ready, w_ready, n)
+            gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
+                                                   gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
+            _give_back(empty, n, i > 0)
+            n += 1
+        gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
+        _give_back(empty, n, True)  # the last step's stage
+        _store_act(gate, up, gate_r, up_r, act_ptr, lo, hi, rows, I)
+        return n
+
+    @gluon.jit
+    def _product(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_ptr, split, col0, rows, N: gl.constexpr,
+                 num_warps: gl.constexpr):
+        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, stored at
+        # columns col0 of partial `split` of out [splits, rows, N]; the ring step after them
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        tile: gl.constexpr = g_bufs.shape[1]
+        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, tile, 16])
+        acc = gl.zeros([block_m, tile], gl.float32, layout)
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for j in range(steps):
+            s = n % stages
+            _take(x_ready, w_ready, n)
+            acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            _give_back(empty, n, j > 0)
+            n += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if steps > 0:
+            _give_back(empty, n, True)  # the last step's stage
+            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, layout))
+            c = col0 + gl.arange(0, tile, layout=gl.SliceLayout(0, layout))
+            gl.store(out_ptr + split * rows * N + m[:, None] * N + c[None, :], acc, mask=(m < rows)[:, None])
+        return n
+
+    @gluon.jit
+    def _add_norm(part_ptr, x_ptr, norm_ptr, h_ptr, p, rows, eps, H: gl.constexpr, SPLITS: gl.constexpr,
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        # Row p: x += the partials' sum (in split order, rounded to bf16 as the product's output),
+        # h = RMSNorm(x) with `norm`; trainer/triton_products.add_norm_row's arithmetic, in place
+        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
+        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
+        inside = cols < H
+        if p < rows:
+            dtype: gl.constexpr = x_ptr.dtype.element_ty
+            y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
+            for q in gl.static_range(SPLITS):
+                y += gl.load(part_ptr + q * rows * H + p * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
+            x = (gl.load(x_ptr + p * H + cols, mask=inside, other=0.0).to(gl.float32)
+                 + y.to(dtype).to(gl.float32)).to(dtype)
+            gl.store(x_ptr + p * H + cols, x, mask=inside)
+            xf = x.to(gl.float32)
+            rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
+            normed = (xf * rstd).to(dtype).to(gl.float32)
+            weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
+            gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
+
+
+
+    @gluon.jit
+    def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
+                 count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
+                 NEXT: gl.constexpr, WAIT: gl.constexpr):
+        # One warp: every phase's weight tiles in the order the multiplies take them. With WAIT,
+        # each phase's only after the dependency its inputs wait for (the stream restarting).
+        block_k: gl.constexpr = g_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        o_tile, _, o_first, o_steps = _slice(p, H // block_k, H // tile, P // (H // tile))
+        n = _load_tiles(o_desc, o_tile * tile, o_first, o_steps, 0, g_bufs, w_ready, empty)
+        if WAIT:  # h: the post-attention norm
+            _wait_for_all(count_ptr + 1, failed_ptr, P)
+        n = _load_gate_up(gu_desc, r_desc, 0, p * I // P, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs,
+                          w_ready, empty, I)
+        if WAIT:  # act
+            _wait_for_all(count_ptr + 2, failed_ptr, P)
+        d_tile, _, d_first, d_steps = _slice(p, I // block_k, H // tile, P // (H // tile))
+        n = _load_tiles(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
+        if NEXT:
+            if WAIT:  # h: the next layer's input norm
+                _wait_for_all(count_ptr + 4, failed_ptr, P)
+            q_tile, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            n = _load_tiles(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
+
+    @gluon.jit
+    def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
+                I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr,
+                PDL: gl.constexpr):
+        # One warp: each phase's input tiles once its dependency has been met. The attention output
+        # was written by the kernel before this launch: launched with PDL, this warp waits for that
+        # kernel (griddepcontrol.wait) before its first load, while the weight loader does not.
+        block_k: gl.constexpr = x_bufs.shape[2]
+        if PDL:
+            _grid_control("griddepcontrol.wait")
+        _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
+        n = _load_tiles(attn_desc, 0, o_first, o_steps, 0, x_bufs, x_ready, empty)
+        _wait_for_all(count_ptr + 1, failed_ptr, P)
+        n = _load_tiles(h_desc, 0, 0, H // block_k, n, x_bufs, x_ready, empty)
+        _, _, d_first, d_steps = _slice(p, I // block_k, H // TILE, P // (H // TILE))
+        if d_steps > 0:
+            _wait_for_all(count_ptr + 2, failed_ptr, P)
+        n = _load_tiles(act_desc, 0, d_first, d_steps, n, x_bufs, x_ready, empty)
+        if NEXT:
+            _, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // TILE, P // (QKV_N // TILE))
+            if q_steps > 0:
+                _wait_for_all(count_ptr + 4, failed_ptr, P)
+            n = _load_tiles(h_desc, 0, q_first, q_steps, n, x_bufs, x_ready, empty)
+
+    @gluon.jit
+    def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
+                  x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H: gl.constexpr,
+                  I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, NEXT: gl.constexpr,
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        block_k: gl.constexpr = x_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        o_splits: gl.constexpr = P // (H // tile)
+        # (1) o
+        o_tile, o_split, _, o_steps = _slice(p, H // block_k, H // tile, o_splits)
+        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_part, o_split, o_tile * tile, rows, H,
+                     num_warps)
+        _arrive(count_ptr)
+        # (2) residual + post-attention norm
+        _wait_for_all(count_ptr, failed_ptr, P)
+        _add_norm(o_part, x_ptr, post_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
+        _arrive(count_ptr + 1)
+        # (3) gate/up with SiLU x up
+        n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
+                     (p + 1) * I // P, rows, H, I, num_warps)
+        _arrive(count_ptr + 2)
+        # (4) down
+        d_tile, d_split, _, d_steps = _slice(p, I // block_k, H // tile, o_splits)
+        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
+                     num_warps)
+        _arrive(count_ptr + 3)
+        # (5) residual + the next input norm (or the final one)
+        _wait_for_all(count_ptr + 3, failed_ptr, P)
+        _add_norm(d_part, x_ptr, next_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
+        _arrive(count_ptr + 4)
+        # (6) the next layer's q/k/v, partials for its attention
+        if NEXT:
+            q_tile, q_split, _, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile, rows,
+                         QKV_N, num_warps)
+
+    @gluon.jit
+    def _layer(attn_desc, h_desc, act_desc, o_desc, gu_desc, r_desc, down_desc, qkv_desc, o_part, d_part, qkv_part,
+               act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps,
+               H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, STAGES: gl.constexpr,
+               TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
+               num_warps: gl.constexpr, PDL: gl.constexpr = False):
+        p = gl.program_id(0)
+        x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
+        gl.warp_specialize([
+            (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part,
+                         act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
+                         QKV_N, P, NEXT, NORM_BLOCK, num_warps)),
+            (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
+                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT)),
+            (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
+                       TILE, NEXT, PDL)),
+        ], [1, 1], [24, 24])
+
+
+
+@dataclass(frozen=True)
+class StreamVariant:
+    """How the layer kernel runs: ring stages; the weights waiting at each phase's dependency (else
+    streaming ahead through them); launched with PDL after the attention; `programs` (0: one a
+    multiprocessor of the device); `reference`: LayerStream.reference in the kernel's place (the
+    tests, on a CPU)."""
+
+    stages: int = 6
+    wait: bool = False
+    pdl: bool = False
+    programs: int = 0
+    reference: bool = False
+
+    def __str__(self) -> str:
+        return (f"stream s{self.stages} weights {'wait' if self.wait else 'ahead'}{', PDL' if self.pdl else ''}"
+                + (f", {self.programs} programs" if self.programs else "") + (", reference" if self.reference else ""))
+
+
+@dataclass(frozen=True)
+class StreamShape:
+    """The widths the kernel splits: the model's, the rows (the batch) and the programs."""
+
+    rows: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    programs: int
+
+    @classmethod
+    def of(cls, dims: ModelDims, rows: int, programs: int) -> StreamShape:
+        return cls(rows, dims.hidden, dims.intermediate, dims.heads, dims.kv_heads, dims.head_dim, programs)
+
+    @property
+    def qkv_n(self) -> int:
+        return (self.heads + 2 * self.kv_heads) * self.head_dim
+
+    def splits(self, n: int) -> int:
+        """K slices of a product with n output columns: as many as fill the programs."""
+        return self.programs // (n // TILE)
+
+    def why_not(self) -> str | None:
+        """Why the kernel's split does not take these widths, or None: the attention output as wide
+        as the hidden state (o's K is the hidden width in the kernel), every product's K slices at
+        least one step, every program's gate/up share a 64-column tile plus at most REST, rows in
+        one tile."""
+        if self.heads * self.head_dim != self.hidden:
+            return f"{self.heads} heads x {self.head_dim} is not the hidden width {self.hidden}"
+        for name, n, k in (("o", self.hidden, self.hidden), ("down", self.hidden, self.intermediate),
+                           ("q/k/v", self.qkv_n, self.hidden)):
+            if n % TILE or k % BLOCK_K or not 1 <= self.splits(n) <= k // BLOCK_K:
+                return f"{name} ({n} x {k}) does not split in {TILE}-column tiles on {self.programs} programs"
+        shares = [(p + 1) * self.intermediate // self.programs - p * self.intermediate // self.programs
+                  for p in range(self.programs)]
+        if min(shares) < TILE or max(shares) > TILE + REST:
+            return (f"{self.intermediate} gate/up columns on {self.programs} programs are shares of "
+                    f"{min(shares)}-{max(shares)} (the kernel takes {TILE} to {TILE + REST})")
+        if not 0 < self.rows <= BLOCK_M or self.rows > self.programs:
+            return f"{self.rows} rows (the kernel takes 1 to {min(BLOCK_M, self.programs)})"
+        return None
+
+
+def tma_desc(t: torch.Tensor, block: list[int]):
+    """A host tensor descriptor of bf16 `t` with `block` boxes in the default NVMMA layout."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+class LayerStream:
+    """The layer kernel's buffers (fixed addresses: a CUDA graph replays them), its launch and its
+    arithmetic in torch."""
+
+    def __init__(self, device, dtype, shape: StreamShape, layers: int, eps: float):
+        self.shape, self.eps = shape, eps
+        rows, hidden = shape.rows, shape.hidden
+
+        def nan(*size, dtype=torch.float32):  # a part the kernel fails to write shows in the first check
+            return torch.full(size, float("nan"), dtype=dtype, device=device)
+
+        self.x, self.h, self.act = nan(rows, hidden, dtype=dtype), nan(rows, hidden, dtype=dtype), nan(
+            rows, shape.intermediate, dtype=dtype)
+        self.o_part, self.d_part = nan(shape.splits(hidden), rows, hidden), nan(shape.splits(hidden), rows, hidden)
+        self.qkv_part = nan(shape.splits(shape.qkv_n), rows, shape.qkv_n)
+        # COUNTERS a layer, then the spin limit's flag (kept until `failed` reads it)
+        self.count = torch.zeros(COUNTERS * layers + 1, dtype=torch.int32, device=device)
+
+    def args(self, index: int, attn, layer, following, post_norm, next_norm, variant: StreamVariant
+             ) -> tuple[tuple, dict]:
+        """Layer `index`'s kernel arguments: its attention output, its weights (`layer`: a
+        qwen2_decode.LayerWeights), the next layer's (None after the last), the norms."""
+        import triton
+
+        why = self.shape.why_not()
+        if why:
+            raise ValueError(f"the layer kernel does not take {self.shape}: {why}")
+        qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
+        descs = (*(tma_desc(t, [BLOCK_M, BLOCK_K]) for t in (attn, self.h, self.act)),
+                 *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.o, layer.gate_up)),
+                 tma_desc(layer.gate_up, [REST, BLOCK_K]), *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.down, qkv)))
+        args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
+                self.count[COUNTERS * index:], self.count[-1:], self.shape.rows, self.eps)
+        consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
+                  "P": self.shape.programs, "STAGES": variant.stages, "TILE": TILE, "NEXT": following is not None,
+                  "WAIT": variant.wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4,
+                  "PDL": variant.pdl}
+        return args, consts
+
+    def launch(self, *args, **kwargs) -> None:
+        """The kernel for one layer (`args`' arguments): cooperative, which the driver refuses (an
+        error, not a GPU that never finishes) when the programs cannot all be resident at once."""
+        args, consts = self.args(*args, **kwargs)
+        _layer[(self.shape.programs,)](*args, **consts, launch_cooperative_grid=True, launch_pdl=consts["PDL"])
+
+    def reference(self, index: int, attn, layer, following, post_norm, next_norm, variant: StreamVariant) -> None:
+        """What `launch` computes, in torch: the same K slices summed in the same order, the same
+        roundings."""
+        dtype = self.x.dtype
+
+        def partials(a, w, out):
+            steps, splits = w.shape[1] // BLOCK_K, out.shape[0]
+            for q in range(splits):
+                lo, hi = q * steps // splits * BLOCK_K, (q + 1) * steps // splits * BLOCK_K
+                out[q] = a[:, lo:hi].float() @ w[:, lo:hi].float().T
+            return out
+
+        def add_norm(part, weight):  # trainer/triton_products.add_norm_row's arithmetic
+            y = part[0].clone()
+            for q in range(1, part.shape[0]):
+                y += part[q]
+            x = (self.x.float() + y.to(dtype).float()).to(dtype)
+            self.x.copy_(x)
+            rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+            self.h.copy_((weight.float() * (x.float() * rstd).to(dtype).float()).to(dtype))
+
+        add_norm(partials(attn, layer.o, self.o_part), post_norm)
+        gate, up = (self.h.float() @ layer.gate_up.float().T).split(self.shape.intermediate, dim=1)
+        g = gate.to(dtype).float()  # trainer/triton_products.swiglu_tile's roundings
+        self.act.copy_(((g / (1 + torch.exp(-g))).to(dtype).float() * up.to(dtype).float()).to(dtype))
+        add_norm(partials(self.act, layer.down, self.d_part), next_norm)
+        if following is not None:
+            partials(self.h, following.qkv, self.qkv_part)
+
+
+# One LayerStream per (device, model widths, rows, programs, dtype): allocated at the first step,
+# which runs before any CUDA graph capture (the engine's warm-up and check), so every replay
+# reuses it. One stream at a time may use it.
+_WORKSPACES: dict[tuple, LayerStream] = {}
+
+
+def programs_on(device: torch.device, variant: StreamVariant) -> int:
+    if variant.programs:
+        return variant.programs
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def workspace(dims: ModelDims, rows: int, device: torch.device, dtype: torch.dtype, programs: int) -> LayerStream:
+    key = (str(device), dims, rows, programs, dtype)
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = LayerStream(device, dtype, StreamShape.of(dims, rows, programs), dims.layers, dims.eps)
+    return _WORKSPACES[key]
+
+
+def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant: StreamVariant,
+                work: LayerStream | None = None) -> torch.Tensor:
+    """qwen2_decode.decode_step's contract: feed state.tokens, return the logits [B, vocab],
+    advance the slot and positions; the layers as rope_attention + the layer kernel (or its
+    reference), in `work` (default: the workspace for this model, batch and device)."""
+    import torch.nn.functional as F
+
+    from trainer.fused_decode import rope_attention, step_bias
+    from trainer.qwen2_decode import rms_norm
+
+    dims = weights.dims
+    x = F.embedding(state.tokens, weights.embed)
+    if work is None:
+        work = workspace(dims, x.shape[0], x.device, x.dtype, programs_on(x.device, variant))
+    launch = work.reference if variant.reference else work.launch
+    work.count[:-1].zero_()  # (the last: the spin limit's flag, kept until `failed` reads it)
+    bias = step_bias(state, kv_len, x.dtype)
+    work.x.copy_(x)
+    first = weights.layers[0]
+    qkv = F.linear(rms_norm(x, first.input_norm, dims.eps), first.qkv, first.qkv_bias)
+    last = len(weights.layers) - 1
+    for index, layer in enumerate(weights.layers):
+        # (with PDL the attention kernel itself waits for the layer kernel before it, as in the
+        # chained step, and lets the next layer kernel start as its programs begin)
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
+                              None if index == 0 else layer.qkv_bias, pdl=variant.pdl)
+        following = weights.layers[index + 1] if index < last else None
+        launch(index, attn, layer, following, layer.post_norm,
+               following.input_norm if following is not None else weights.norm, variant)
+        qkv = work.qkv_part
+    logits = F.linear(work.h, weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
+
+
+def requested(device: torch.device, batch: int, dims: ModelDims) -> list[StreamVariant]:
+    """The variants the decode engine times beside its other steps (weights ahead, and the same
+    with PDL) where RLTUI_DECODE_STREAM=1 asks for them, Gluon runs on this GPU (Hopper or newer,
+    RLTUI_DECODE_GLUON not 0) and the kernel splits the model's widths and the batch on its
+    multiprocessors; else none."""
+    from trainer import gluon_products
+
+    if os.environ.get(ENV) != "1" or not gluon_products.supported(device):
+        return []
+    variants = [StreamVariant(), StreamVariant(pdl=True)]
+    if StreamShape.of(dims, batch, programs_on(device, variants[0])).why_not() is not None:
+        return []
+    return variants
+
+
+def failed(device: torch.device) -> bool:
+    """Whether any step on `device` gave up waiting for a phase since the last `failed` (its
+    numbers are wrong); reads the flag back (a host sync) and clears it."""
+    hit = False
+    for key, work in _WORKSPACES.items():
+        if key[0] == str(device) and int(work.count[-1].item()):
+            work.count[-1].zero_()
+            hit = True
+    return hit
+
+
+def compile_report(dims: ModelDims, rows: int, programs: int, variant: StreamVariant, last: bool = False
+                   ) -> dict[str, int]:
+    """Compile the layer kernel for these widths for sm_90a (no GPU needed): ptxas's registers and
+    spills, shared memory, instruction counts (trainer.gluon_products.ptx_report)."""
+    from trainer.gluon_products import compile_for_hopper, ptx_report
+    from trainer.qwen2_decode import LayerWeights
+
+    e = {"dtype": torch.bfloat16}
+    hidden, inter = dims.hidden, dims.intermediate
+    shape = StreamShape.of(dims, rows, programs)
+    layer = LayerWeights(input_norm=torch.empty(hidden, **e), qkv=torch.empty(shape.qkv_n, hidden, **e),
+                         qkv_bias=None, o=torch.empty(hidden, hidden, **e), post_norm=torch.empty(hidden, **e),
+                         gate_up=torch.empty(2 * inter, hidden, **e), down=torch.empty(hidden, inter, **e))
+    work = LayerStream("cpu", torch.bfloat16, shape, 1, dims.eps)
+    args, consts = work.args(0, torch.empty(rows, hidden, **e), layer, None if last else layer, layer.post_norm,
+                             layer.input_norm, variant)
+    return ptx_report(compile_for_hopper(_layer, *args, **consts))
