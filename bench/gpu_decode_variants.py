@@ -18,6 +18,9 @@ with PDL; `_plain` without, `_no_cross` without its down tiles asked for before 
 and `fused_mlp_block_again` (the baseline timed last). `gluon_block`: the fused step with the
 Gluon block. `fused_mlp_block_apart`, `prefetched_o_64x4_mlp_block_apart`: the block with gate
 and up as two products (BlockShape.stacked False; stacked is the default since call 78).
+`stream`, `stream_pdl`: the layers as the attention and trainer/gluon_stream.py's one kernel
+(weights ahead; launched with PDL after the attention), where the kernel's split fits the GPU.
+A variant's barriers giving up shows as `stream_barrier_gave_up` in its entry.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     from gpu_ours import kernel_breakdown, mean_replay_ms
     from peft import LoraConfig, get_peft_model
 
-    from trainer import fast_generation, fused_decode
+    from trainer import fast_generation, fused_decode, gluon_products, gluon_stream
     from trainer.mlp_block import BlockShape
     from trainer.modeling import load_model_and_tokenizer
     from trainer.triton_products import DecodeProducts
@@ -63,6 +66,11 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                 "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
                 "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False))}
+    shape = gluon_stream.StreamShape.of(engine.weights.dims, state.tokens.shape[0],
+                                        gluon_stream.programs_on(torch.device(device), gluon_stream.StreamVariant()))
+    if gluon_products.supported(torch.device(device)) and shape.why_not() is None:
+        variants |= {"stream": DecodeProducts(stream=gluon_stream.StreamVariant()),
+                     "stream_pdl": DecodeProducts(stream=gluon_stream.StreamVariant(pdl=True))}
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
@@ -127,6 +135,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                 state.write_index.fill_(last - 1)
                 state.positions.fill_(last - 1)
             entry["kernels_at_last_bucket"] = kernel_breakdown(engine.graphs[last][0].replay, at_last, top=14)
+            if products.stream is not None:
+                entry["stream_barrier_gave_up"] = gluon_stream.failed(torch.device(device))
         except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
             entry["error"] = repr(exc)[:500]
             torch.cuda.synchronize()
