@@ -105,7 +105,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
                     gluon = gluon_block(engine.weights, prefetched, state.tokens.shape[0]) if rank == 0 else None
                     if gluon is not None and fused_checked(engine.weights, engine.attention, gluon):
                         variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
-    for variant in stream_requested(state.tokens.device, state.tokens.shape[0], dims):
+    for variant in stream_requested(state.tokens.device, state.tokens.shape[0], dims, state.kv_cache.dtype):
         products = DecodeProducts(stream=variant)
         if fused_checked(engine.weights, engine.attention, products):
             variants.insert(0, ("stream_pdl" if variant.pdl else "stream", True, products))

@@ -597,14 +597,14 @@ def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant
     return logits
 
 
-def requested(device: torch.device, batch: int, dims: ModelDims) -> list[StreamVariant]:
+def requested(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtype) -> list[StreamVariant]:
     """The variants the decode engine times beside its other steps (weights ahead, and the same
     with PDL) where RLTUI_DECODE_STREAM=1 asks for them, Gluon runs on this GPU (Hopper or newer,
-    RLTUI_DECODE_GLUON not 0) and the kernel splits the model's widths and the batch on its
-    multiprocessors; else none."""
+    RLTUI_DECODE_GLUON not 0), the weights are bf16 (the kernel's tiles and roundings) and the
+    kernel splits the model's widths and the batch on its multiprocessors; else none."""
     from trainer import gluon_products
 
-    if os.environ.get(ENV) != "1" or not gluon_products.supported(device):
+    if os.environ.get(ENV) != "1" or dtype != torch.bfloat16 or not gluon_products.supported(device):
         return []
     variants = [StreamVariant(), StreamVariant(pdl=True)]
     if StreamShape.of(dims, batch, programs_on(device, variants[0])).why_not() is not None:

@@ -147,9 +147,9 @@ def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_a
     assert "not the hidden width" in gs.StreamShape.of(wide_heads, 8, 132).why_not()
     cpu = torch.device("cpu")
     monkeypatch.setenv(gs.ENV, "1")
-    assert gs.requested(cpu, 128, qwen_1_5b) == []  # no Hopper GPU here: never offered
+    assert gs.requested(cpu, 128, qwen_1_5b, torch.bfloat16) == []  # no Hopper GPU here: never offered
     monkeypatch.delenv(gs.ENV)
-    assert gs.requested(cpu, 128, qwen_1_5b) == []
+    assert gs.requested(cpu, 128, qwen_1_5b, torch.bfloat16) == []
 
 
 def test_the_layer_kernel_compiles_at_other_widths():
