@@ -20,6 +20,9 @@ back in each replay). Checked: each step's logits against the plain step's from 
 give ~0.035), the cache slot each wrote, and the barrier spin limit's flag; and one layer of the
 kernel against `LayerStream.reference` (the same arithmetic in torch, which the tests run in the
 kernel's place through a tiny model's step on a CPU, against the plain step), buffer by buffer.
+The one layer runs traced (StreamVariant.trace) and, like the first whole step, watched: a launch
+not finished after WATCH_S is a hang, and the row then says where each program's partitions
+stand (`hung`) before the child ends, so one call diagnoses a deadlock.
 
 What would decide it: the replay against the fastest fused step, the one the engine keeps (with
 the MLP block and o as trainer/gluon_products.py's kernel: 1.73 ms at the first bucket in call 79;
@@ -28,6 +31,7 @@ step beside its others where RLTUI_DECODE_STREAM=1 (bench/gpu_step.py, its decod
 """
 
 import sys
+from dataclasses import replace
 
 import torch
 from gluon_stream_parts import bench_main, print_row, row_line, time_into
@@ -48,6 +52,32 @@ ROWS, PROGRAMS = 128, 132
 TIMEOUT_S = 240
 CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
 VARIANTS = (StreamVariant(), StreamVariant(pdl=True), StreamVariant(wait=True))
+WATCH_S = 30  # a launch not finished after this long is a hang: its marks are read and the child ends
+
+
+def watched(row: dict, what: str, run, work: LayerStream, seconds: float = WATCH_S) -> None:
+    """Run `run` (GPU work on the current stream) and wait for it at most `seconds`. Past that,
+    copy the kernel's counters and marks on a side stream (a copy engine reads them while the
+    kernel still spins), print the row with where each program stands (LayerStream.trace) and end
+    the process: a hung kernel cannot be stopped any other way, and the parent keeps the row."""
+    import os
+    import time
+
+    run()
+    done = torch.cuda.Event()
+    done.record()
+    deadline = time.monotonic() + seconds
+    while not done.query():
+        if time.monotonic() > deadline:
+            host = torch.empty(work.count.shape, dtype=work.count.dtype, pin_memory=True)
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                host.copy_(work.count, non_blocking=True)
+            side.synchronize()
+            row["hung"] = {"in": what, "after_s": seconds, "where": work.trace(host)}
+            print_row(row)
+            os._exit(3)
+        time.sleep(0.02)
 
 
 def label(variant: StreamVariant) -> str:
@@ -178,24 +208,30 @@ def one(index: int) -> None:
     attn = torch.randn(ROWS, DIMS.hidden, device=dev, generator=gen).to(torch.bfloat16)
     x0 = torch.randn(ROWS, DIMS.hidden, device=dev, generator=gen).to(torch.bfloat16)
     first, second = weights.layers[0], weights.layers[1]
-    for w, run in ((work, work.launch), (ref, ref.reference)):
+    traced = replace(variant, trace=True)  # the marks at the phases' edges, for a hang's diagnosis
+    for w in (work, ref):
         w.x.copy_(x0)
-        w.count[:-1].zero_()
-        run(0, attn, first, second, first.post_norm, second.input_norm, variant)
+        w.count[:w.flag].zero_()
+    ref.reference(0, attn, first, second, first.post_norm, second.input_norm, variant)
+    watched(row, "one layer", lambda: work.launch(0, attn, first, second, first.post_norm, second.input_norm, traced),
+            work)
     torch.cuda.synchronize()
+    row["one layer trace"] = work.trace()
     for name in ("o_part", "x", "h", "act", "d_part", "qkv_part"):
         got, want_ = getattr(work, name).float(), getattr(ref, name).float()
         row[f"one layer {name} rel_error"] = float((got - want_).norm() / want_.norm())
+    row["barrier_gave_up"] = work.gave_up()
+    watched(row, "the whole step", lambda: stream_step(weights, fresh(), kv_len, variant, work), work)
     check("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
-    row["barrier_gave_up"] = bool(work.count[-1].item())
+    row["barrier_gave_up"] |= work.gave_up()
     time_it("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
-    row["barrier_gave_up"] |= bool(work.count[-1].item())
+    row["barrier_gave_up"] |= work.gave_up()
     time_it("fused + MLP block again", steps["fused + MLP block"])
     print_row(row)
 
 
 def _line(row: dict) -> str:
-    return row_line(row, lambda key: key.endswith(("rel_error", "equal", "gave_up")))
+    return row_line(row, lambda key: key.endswith(("rel_error", "equal", "gave_up", "trace")) or key == "hung")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,4 +223,5 @@ def ptx_report(compiled) -> dict[str, int]:
     return {"registers": int(re.search(r"Used (\d+) registers", usage).group(1)),
             "spill_bytes": int(spills.group(1)) + int(spills.group(2)), "shared": compiled.metadata.shared,
             "wgmma": ptx.count("wgmma.mma_async"), "griddepcontrol": ptx.count("griddepcontrol."),
+            "stores": ptx.count("st.global"),
             "serialized": int("C7514" in usage or "C7515" in usage)}

@@ -64,6 +64,11 @@ from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims
 ENV = "RLTUI_DECODE_STREAM"  # 1: the decode engine also times the step with this kernel
 TILE, REST = 64, 8  # a weight tile's rows; a gate/up remainder box's rows (a share is 64 to 72 columns)
 COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
+# Where a partition of a program stands, by the code `_mark` records with StreamVariant.trace: the
+# part of the layer it works on or waits for (LayerStream.trace)
+MARKS = {1: "o", 2: "waits for h (o summed)", 3: "gate/up", 4: "waits for act", 5: "down",
+         6: "waits for h (down summed)", 7: "next q/k/v", 8: "waits for the attention grid", 9: "done"}
+PARTITIONS = ("multiply", "weights", "inputs")
 
 if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -291,109 +296,138 @@ if gluon is not None:
             gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
 
 
+    @gluon.jit
+    def _mark(failed_ptr, p, who: gl.constexpr, where: gl.constexpr, n, TRACE: gl.constexpr):
+        # With TRACE: partition `who` (0 multiply, 1 weights, 2 inputs) of program p records that it
+        # is at `where` (MARKS) at ring step n, in the slots after the failed flag (LayerStream.trace)
+        if TRACE:
+            gl.store(failed_ptr + 1 + p * 3 + who, where * 10000 + gl.to_tensor(n))
 
     @gluon.jit
     def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
                  count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
-                 NEXT: gl.constexpr, WAIT: gl.constexpr):
+                 NEXT: gl.constexpr, WAIT: gl.constexpr, TRACE: gl.constexpr):
         # One warp: every phase's weight tiles in the order the multiplies take them. With WAIT,
         # each phase's only after the dependency its inputs wait for (the stream restarting).
         block_k: gl.constexpr = g_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
         o_tile, _, o_first, o_steps = _slice(p, H // block_k, H // tile, P // (H // tile))
+        _mark(failed_ptr, p, 1, 1, 0, TRACE)
         n = _load_tiles(o_desc, o_tile * tile, o_first, o_steps, 0, g_bufs, w_ready, empty)
         if WAIT:  # h: the post-attention norm
+            _mark(failed_ptr, p, 1, 2, n, TRACE)
             _wait_for_all(count_ptr + 1, failed_ptr, P)
+        _mark(failed_ptr, p, 1, 3, n, TRACE)
         n = _load_gate_up(gu_desc, r_desc, 0, p * I // P, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs,
                           w_ready, empty, I)
         if WAIT:  # act
+            _mark(failed_ptr, p, 1, 4, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
         d_tile, _, d_first, d_steps = _slice(p, I // block_k, H // tile, P // (H // tile))
+        _mark(failed_ptr, p, 1, 5, n, TRACE)
         n = _load_tiles(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
         if NEXT:
             if WAIT:  # h: the next layer's input norm
+                _mark(failed_ptr, p, 1, 6, n, TRACE)
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
             q_tile, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            _mark(failed_ptr, p, 1, 7, n, TRACE)
             n = _load_tiles(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
+        _mark(failed_ptr, p, 1, 9, n, TRACE)
 
     @gluon.jit
     def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
                 I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr,
-                PDL: gl.constexpr):
+                PDL: gl.constexpr, TRACE: gl.constexpr):
         # One warp: each phase's input tiles once its dependency has been met. The attention output
         # was written by the kernel before this launch: launched with PDL, this warp waits for that
         # kernel (griddepcontrol.wait) before its first load, while the weight loader does not.
         block_k: gl.constexpr = x_bufs.shape[2]
         if PDL:
+            _mark(failed_ptr, p, 2, 8, 0, TRACE)
             _grid_control("griddepcontrol.wait")
         _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
+        _mark(failed_ptr, p, 2, 1, 0, TRACE)
         n = _load_tiles(attn_desc, 0, o_first, o_steps, 0, x_bufs, x_ready, empty)
+        _mark(failed_ptr, p, 2, 2, n, TRACE)
         _wait_for_all(count_ptr + 1, failed_ptr, P)
+        _mark(failed_ptr, p, 2, 3, n, TRACE)
         n = _load_tiles(h_desc, 0, 0, H // block_k, n, x_bufs, x_ready, empty)
         _, _, d_first, d_steps = _slice(p, I // block_k, H // TILE, P // (H // TILE))
         if d_steps > 0:
+            _mark(failed_ptr, p, 2, 4, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
+        _mark(failed_ptr, p, 2, 5, n, TRACE)
         n = _load_tiles(act_desc, 0, d_first, d_steps, n, x_bufs, x_ready, empty)
         if NEXT:
             _, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // TILE, P // (QKV_N // TILE))
             if q_steps > 0:
+                _mark(failed_ptr, p, 2, 6, n, TRACE)
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
+            _mark(failed_ptr, p, 2, 7, n, TRACE)
             n = _load_tiles(h_desc, 0, q_first, q_steps, n, x_bufs, x_ready, empty)
+        _mark(failed_ptr, p, 2, 9, n, TRACE)
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
                   x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H: gl.constexpr,
                   I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, NEXT: gl.constexpr,
-                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr, TRACE: gl.constexpr):
         block_k: gl.constexpr = x_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
         o_splits: gl.constexpr = P // (H // tile)
         # (1) o
         o_tile, o_split, _, o_steps = _slice(p, H // block_k, H // tile, o_splits)
+        _mark(failed_ptr, p, 0, 1, 0, TRACE)
         n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_part, o_split, o_tile * tile, rows, H,
                      num_warps)
         _arrive(count_ptr)
         # (2) residual + post-attention norm
+        _mark(failed_ptr, p, 0, 2, n, TRACE)
         _wait_for_all(count_ptr, failed_ptr, P)
         _add_norm(o_part, x_ptr, post_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
         _arrive(count_ptr + 1)
         # (3) gate/up with SiLU x up
+        _mark(failed_ptr, p, 0, 3, n, TRACE)
         n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
                      (p + 1) * I // P, rows, H, I, num_warps)
         _arrive(count_ptr + 2)
         # (4) down
         d_tile, d_split, _, d_steps = _slice(p, I // block_k, H // tile, o_splits)
+        _mark(failed_ptr, p, 0, 5, n, TRACE)
         n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
                      num_warps)
         _arrive(count_ptr + 3)
         # (5) residual + the next input norm (or the final one)
+        _mark(failed_ptr, p, 0, 6, n, TRACE)
         _wait_for_all(count_ptr + 3, failed_ptr, P)
         _add_norm(d_part, x_ptr, next_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
         _arrive(count_ptr + 4)
         # (6) the next layer's q/k/v, partials for its attention
         if NEXT:
             q_tile, q_split, _, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
+            _mark(failed_ptr, p, 0, 7, n, TRACE)
             n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile, rows,
                          QKV_N, num_warps)
+        _mark(failed_ptr, p, 0, 9, n, TRACE)
 
     @gluon.jit
     def _layer(attn_desc, h_desc, act_desc, o_desc, gu_desc, r_desc, down_desc, qkv_desc, o_part, d_part, qkv_part,
                act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps,
                H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, STAGES: gl.constexpr,
                TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
-               num_warps: gl.constexpr, PDL: gl.constexpr = False):
+               num_warps: gl.constexpr, PDL: gl.constexpr = False, TRACE: gl.constexpr = False):
         p = gl.program_id(0)
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
         gl.warp_specialize([
             (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part,
                          act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
-                         QKV_N, P, NEXT, NORM_BLOCK, num_warps)),
+                         QKV_N, P, NEXT, NORM_BLOCK, num_warps, TRACE)),
             (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
-                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT)),
+                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT, TRACE)),
             (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
-                       TILE, NEXT, PDL)),
+                       TILE, NEXT, PDL, TRACE)),
         ], [1, 1], [24, 24])
-
 
 
 @dataclass(frozen=True)
@@ -401,17 +435,20 @@ class StreamVariant:
     """How the layer kernel runs: ring stages; the weights waiting at each phase's dependency (else
     streaming ahead through them); launched with PDL after the attention; `programs` (0: one a
     multiprocessor of the device); `reference`: LayerStream.reference in the kernel's place (the
-    tests, on a CPU)."""
+    tests, on a CPU); `trace`: each partition of each program records where it is
+    (LayerStream.trace: what a hang's diagnosis reads)."""
 
     stages: int = 6
     wait: bool = False
     pdl: bool = False
     programs: int = 0
     reference: bool = False
+    trace: bool = False
 
     def __str__(self) -> str:
         return (f"stream s{self.stages} weights {'wait' if self.wait else 'ahead'}{', PDL' if self.pdl else ''}"
-                + (f", {self.programs} programs" if self.programs else "") + (", reference" if self.reference else ""))
+                + (f", {self.programs} programs" if self.programs else "") + (", reference" if self.reference else "")
+                + (", traced" if self.trace else ""))
 
 
 @dataclass(frozen=True)
@@ -482,8 +519,10 @@ class LayerStream:
             rows, shape.intermediate, dtype=dtype)
         self.o_part, self.d_part = nan(shape.splits(hidden), rows, hidden), nan(shape.splits(hidden), rows, hidden)
         self.qkv_part = nan(shape.splits(shape.qkv_n), rows, shape.qkv_n)
-        # COUNTERS a layer, then the spin limit's flag (kept until `failed` reads it)
-        self.count = torch.zeros(COUNTERS * layers + 1, dtype=torch.int32, device=device)
+        # COUNTERS a layer, then the spin limit's flag (kept until `gave_up` reads it), then with
+        # StreamVariant.trace a mark for each partition of each program
+        self.flag = COUNTERS * layers
+        self.count = torch.zeros(self.flag + 1 + len(PARTITIONS) * shape.programs, dtype=torch.int32, device=device)
 
     def args(self, index: int, attn, layer, following, post_norm, next_norm, variant: StreamVariant
              ) -> tuple[tuple, dict]:
@@ -499,11 +538,11 @@ class LayerStream:
                  *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.o, layer.gate_up)),
                  tma_desc(layer.gate_up, [REST, BLOCK_K]), *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.down, qkv)))
         args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
-                self.count[COUNTERS * index:], self.count[-1:], self.shape.rows, self.eps)
+                self.count[COUNTERS * index:], self.count[self.flag:], self.shape.rows, self.eps)
         consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
                   "P": self.shape.programs, "STAGES": variant.stages, "TILE": TILE, "NEXT": following is not None,
                   "WAIT": variant.wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4,
-                  "PDL": variant.pdl}
+                  "PDL": variant.pdl, "TRACE": variant.trace}
         return args, consts
 
     def launch(self, *args, **kwargs) -> None:
@@ -511,6 +550,37 @@ class LayerStream:
         error, not a GPU that never finishes) when the programs cannot all be resident at once."""
         args, consts = self.args(*args, **kwargs)
         _layer[(self.shape.programs,)](*args, **consts, launch_cooperative_grid=True, launch_pdl=consts["PDL"])
+
+    def gave_up(self) -> bool:
+        """Whether a wait gave up at its spin limit since the last call (the numbers are wrong);
+        reads the flag back (a host sync) and clears it."""
+        hit = bool(self.count[self.flag].item())
+        self.count[self.flag] = 0
+        return hit
+
+    def trace(self, count: torch.Tensor | None = None) -> list[str]:
+        """Where each partition of each program stands by its last mark (StreamVariant.trace), as
+        lines, programs with the same marks together: e.g. "programs 0-119: multiply waits for h
+        (o summed) at ring step 5, weights gate/up at ring step 5, ...". The counters' state too:
+        the first (layer, counter) not every program reached. From `count`, a copy of the
+        counters and marks read while the kernel still runs (default: them)."""
+        count = self.count if count is None else count
+        marks = count[self.flag + 1:].view(self.shape.programs, len(PARTITIONS)).tolist()
+        lines: list[str] = []
+        start = 0
+        for p in range(1, self.shape.programs + 1):
+            if p < self.shape.programs and marks[p] == marks[start]:
+                continue
+            where = ", ".join(f"{name} {MARKS.get(code // 10000, f'mark {code}')} at ring step {code % 10000}"
+                              if code else f"{name} not started" for name, code in zip(PARTITIONS, marks[start]))
+            lines.append(f"programs {start}-{p - 1}: {where}")
+            start = p
+        counts = count[:self.flag].view(-1, COUNTERS).tolist()
+        short = next(((layer, c, n) for layer, row in enumerate(counts) for c, n in enumerate(row)
+                      if n < self.shape.programs), None)
+        lines.append("every counter reached" if short is None else
+                     f"first counter short: layer {short[0]} counter {short[1]} at {short[2]} of {self.shape.programs}")
+        return lines
 
     def reference(self, index: int, attn, layer, following, post_norm, next_norm, variant: StreamVariant) -> None:
         """What `launch` computes, in torch: the same K slices summed in the same order, the same
@@ -576,7 +646,7 @@ def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant
     if work is None:
         work = workspace(dims, x.shape[0], x.device, x.dtype, programs_on(x.device, variant))
     launch = work.reference if variant.reference else work.launch
-    work.count[:-1].zero_()  # (the last: the spin limit's flag, kept until `failed` reads it)
+    work.count[:work.flag].zero_()  # (then the spin limit's flag, kept until `failed` reads it)
     bias = step_bias(state, kv_len, x.dtype)
     work.x.copy_(x)
     first = weights.layers[0]
@@ -617,9 +687,8 @@ def failed(device: torch.device) -> bool:
     numbers are wrong); reads the flag back (a host sync) and clears it."""
     hit = False
     for key, work in _WORKSPACES.items():
-        if key[0] == str(device) and int(work.count[-1].item()):
-            work.count[-1].zero_()
-            hit = True
+        if key[0] == str(device):
+            hit |= work.gave_up()
     return hit
 
 

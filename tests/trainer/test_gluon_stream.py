@@ -7,7 +7,7 @@ takes on 6 programs (o's K in 1 + 2 steps: uneven slices). Checked: the fused st
 (the one the engine runs before it captures a step) passes at float32 rounding; three planted
 bugs (the wrong norm after the MLP, the next q/k/v from this layer's weights or never written)
 fail it and the engine's check at its own batch; the engine's teacher-forced logits across two attention buckets equal the
-plain step's; the shapes the kernel refuses are refused with the reason; the engine is offered
+plain step's; a hang's diagnosis reads a traced kernel's marks and the counters; the shapes the kernel refuses are refused with the reason; the engine is offered
 the step only where asked and Gluon runs; the spin limit's flag is read and cleared; the kernel
 compiles for sm_90a at the tiny widths (the benchmark's test compiles Qwen2.5-1.5B's). A child
 process: TRITON_INTERPRET is set before Triton is imported."""
@@ -102,8 +102,16 @@ for mode in ("0", "1"):
 found["engine_rel_error"] = float((logits["1"] - logits["0"]).norm() / logits["0"].norm())
 found["failed"] = gs.failed(torch.device("cpu"))
 work = next(iter(gs._WORKSPACES.values()))
-work.count[-1] = 1
+work.count[work.flag] = 1
 found["failed_set"] = [gs.failed(torch.device("cpu")), gs.failed(torch.device("cpu"))]
+# A hang's diagnosis: marks as a traced kernel leaves them (programs 0-3 stuck in gate/up at ring step 7
+# with their weights loader done, 4-5 waiting for h), layer 1's act counter short
+marks = work.count[work.flag + 1:].view(6, 3)
+marks[:4] = torch.tensor([3 * 10000 + 7, 9 * 10000 + 20, 3 * 10000 + 7])
+marks[4:] = torch.tensor([2 * 10000 + 2, 3 * 10000 + 2, 2 * 10000 + 2])
+work.count[:work.flag] = 6
+work.count[gs.COUNTERS + 2] = 4
+found["trace"] = work.trace()
 print(json.dumps(found))
 """
 
@@ -125,6 +133,11 @@ def test_the_stream_step_equals_the_plain_step_and_the_checks_catch_planted_bugs
     assert found["engine_rel_error"] < 1e-5, found["engine_rel_error"]
     assert found["failed"] is False
     assert found["failed_set"] == [True, False]  # read, then cleared
+    assert found["trace"] == [
+        "programs 0-3: multiply gate/up at ring step 7, weights done at ring step 20, inputs gate/up at ring step 7",
+        ("programs 4-5: multiply waits for h (o summed) at ring step 2, weights gate/up at ring step 2, "
+         "inputs waits for h (o summed) at ring step 2"),
+        "first counter short: layer 1 counter 2 at 4 of 6"]
 
 
 def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_asked(monkeypatch):
@@ -161,7 +174,11 @@ def test_the_layer_kernel_compiles_at_other_widths():
         pytest.skip("Triton's Gluon is not installed")
     tiny = ModelDims(layers=2, hidden=192, heads=6, kv_heads=2, head_dim=32, intermediate=384, vocab=128, eps=1e-6,
                      rope_theta=1e4)
-    for variant, last in ((gs.StreamVariant(programs=6), False), (gs.StreamVariant(programs=6, pdl=True), True)):
+    plain = gs.compile_report(tiny, 3, 6, gs.StreamVariant(programs=6))
+    for variant, last in ((gs.StreamVariant(programs=6), False), (gs.StreamVariant(programs=6, pdl=True), True),
+                          (gs.StreamVariant(programs=6, trace=True), False)):
         report = gs.compile_report(tiny, 3, 6, variant, last=last)
         assert report["spill_bytes"] == 0 and not report["serialized"], report
         assert report["wgmma"] > 0 and report["griddepcontrol"] == int(variant.pdl), report
+    # traced: the marks are stores at the phases' edges, the products the same
+    assert report["wgmma"] == plain["wgmma"] and report["stores"] > plain["stores"], (report, plain)
