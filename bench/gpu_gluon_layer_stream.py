@@ -120,13 +120,14 @@ def random_model(device, dims: ModelDims = DIMS, dtype=torch.bfloat16, seed: int
 
 
 def compile_only() -> int:
-    """The layer kernel of every variant, with and without the next q/k/v, compiled for sm_90a
-    without a GPU; 1 if any does not compile, spills or has its wgmma serialized."""
+    """The layer kernel of every variant, with and without the next q/k/v, and the first traced
+    (as the one-layer check runs it), compiled for sm_90a without a GPU; 1 if any does not
+    compile, spills or has its wgmma serialized."""
     import time
 
     bad = 0
-    for variant in VARIANTS:
-        for last in (False, True):
+    for variant in (*VARIANTS, replace(VARIANTS[0], trace=True)):
+        for last in (False, True) if not variant.trace else (False,):
             name = f"{label(variant)}{', last layer' if last else ''}"
             start = time.time()
             try:
