@@ -24,8 +24,6 @@ from dataclasses import replace
 import torch
 
 from trainer.fused_decode import fused_checked
-from trainer.gluon_stream import failed as stream_failed
-from trainer.gluon_stream import requested as stream_requested
 from trainer.mlp_block import requested
 from trainer.qwen2_decode import prefill
 from trainer.triton_products import DecodeProducts
@@ -87,6 +85,9 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""
+    # (Gluon imported only when a step is chosen)
+    from trainer.gluon_stream import requested as stream_requested
+
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
@@ -164,6 +165,8 @@ def _disagreeing_streams(captured: dict, state, saved, timing: dict) -> list[str
     streams = [name for name, (_, _, products) in captured.items() if products.stream is not None]
     if not streams:
         return []
+    from trainer.gluon_stream import failed as stream_failed
+
     if stream_failed(state.tokens.device):
         warnings.warn("the stream decode step gave up waiting at a barrier while timed; not used", stacklevel=3)
         timing["stream_barrier_gave_up"] = True

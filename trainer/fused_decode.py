@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from trainer import triton_products
 from trainer.attention_blocks import BLOCK_N, autotuned, launch
-from trainer.gluon_stream import failed as stream_failed
 from trainer.mlp_block import failed as mlp_block_failed
 from trainer.mlp_block import mlp_block
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
@@ -378,8 +377,11 @@ def fused_checked(weights: DecodeWeights, attention, products: DecodeProducts | 
             found = check_error(weights, attention, products=products)
             if products is not None and products.mlp is not None and mlp_block_failed(ref.device):
                 found["mlp_block_barrier_gave_up"] = True  # its numbers are not to be trusted
-            if products is not None and products.stream is not None and stream_failed(ref.device):
-                found["stream_barrier_gave_up"] = True
+            if products is not None and products.stream is not None:
+                # (Gluon imported only where asked for)
+                from trainer.gluon_stream import failed as stream_failed
+
+                found["stream_barrier_gave_up"] = stream_failed(ref.device)
             if check_passes(found) and not found.get("mlp_block_barrier_gave_up") and not found.get(
                     "stream_barrier_gave_up"):
                 _FUSED_CHECKED[key] = True
