@@ -39,6 +39,9 @@ attention kernel (itself launched so, as in the chained step): a program starts 
 attention on its multiprocessor is done and streams its o and gate/up weights while others still
 attend; only the input loader waits for the attention grid (griddepcontrol.wait), and everything
 the kernel writes comes after that wait, the q/k/v partials the attention was reading included.
+Its weight loader lets the next layer's attention launch at once (griddepcontrol.launch_dependents),
+as the chained step's kernels do: that kernel waits for this whole grid before it touches memory,
+so only its launch and its programs' start overlap this grid's tail.
 
 Layer 0's q/k/v is cuBLAS's (bias added); the head is cuBLAS's, as in the fused step.
 
@@ -306,9 +309,14 @@ if gluon is not None:
     @gluon.jit
     def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
                  count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
-                 NEXT: gl.constexpr, WAIT: gl.constexpr, TRACE: gl.constexpr):
+                 NEXT: gl.constexpr, WAIT: gl.constexpr, PDL: gl.constexpr, TRACE: gl.constexpr):
         # One warp: every phase's weight tiles in the order the multiplies take them. With WAIT,
         # each phase's only after the dependency its inputs wait for (the stream restarting).
+        # With PDL, first let the next layer's attention launch: it waits for this whole grid
+        # (griddepcontrol.wait) before it reads or writes anything, and its programs take the
+        # multiprocessors this grid's leave.
+        if PDL:
+            _grid_control("griddepcontrol.launch_dependents")
         block_k: gl.constexpr = g_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
         o_tile, _, o_first, o_steps = _slice(p, H // block_k, H // tile, P // (H // tile))
@@ -424,7 +432,7 @@ if gluon is not None:
                          act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
                          QKV_N, P, NEXT, NORM_BLOCK, num_warps, TRACE)),
             (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
-                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT, TRACE)),
+                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT, PDL, TRACE)),
             (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
                        TILE, NEXT, PDL, TRACE)),
         ], [1, 1], [24, 24])
