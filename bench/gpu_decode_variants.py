@@ -40,7 +40,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     from gpu_ours import kernel_breakdown, mean_replay_ms
     from peft import LoraConfig, get_peft_model
 
-    from trainer import fast_generation, fused_decode, gluon_products, gluon_stream
+    from trainer import fast_generation, fused_decode, gluon_stream
     from trainer.mlp_block import BlockShape
     from trainer.modeling import load_model_and_tokenizer
     from trainer.triton_products import DecodeProducts
@@ -66,11 +66,9 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                 "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
                 "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False))}
-    shape = gluon_stream.StreamShape.of(engine.weights.dims, state.tokens.shape[0],
-                                        gluon_stream.programs_on(torch.device(device), gluon_stream.StreamVariant()))
-    if gluon_products.supported(torch.device(device)) and shape.why_not() is None:
-        variants |= {"stream": DecodeProducts(stream=gluon_stream.StreamVariant()),
-                     "stream_pdl": DecodeProducts(stream=gluon_stream.StreamVariant(pdl=True))}
+    for stream in gluon_stream.offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims,
+                                       state.kv_cache.dtype):  # where the kernel runs, asked for or not
+        variants["stream_pdl" if stream.pdl else "stream"] = DecodeProducts(stream=stream)
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),
@@ -136,7 +134,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                 state.positions.fill_(last - 1)
             entry["kernels_at_last_bucket"] = kernel_breakdown(engine.graphs[last][0].replay, at_last, top=14)
             if products.stream is not None:
-                entry["stream_barrier_gave_up"] = gluon_stream.failed(torch.device(device))
+                entry["stream_barrier_gave_up"] = gluon_stream.failed(state.tokens.device)
         except Exception as exc:  # noqa: BLE001 - a variant failing is a finding, the others go on
             entry["error"] = repr(exc)[:500]
             torch.cuda.synchronize()

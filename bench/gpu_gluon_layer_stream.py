@@ -20,9 +20,10 @@ back in each replay). Checked: each step's logits against the plain step's from 
 give ~0.035), the cache slot each wrote, and the barrier spin limit's flag; and one layer of the
 kernel against `LayerStream.reference` (the same arithmetic in torch, which the tests run in the
 kernel's place through a tiny model's step on a CPU, against the plain step), buffer by buffer.
-The one layer runs traced (StreamVariant.trace) and, like the first whole step, watched: a launch
-not finished after WATCH_S is a hang, and the row then says where each program's partitions
-stand (`hung`) before the child ends, so one call diagnoses a deadlock.
+The one layer and a first whole step run traced (StreamVariant.trace) and watched: a launch not
+finished after WATCH_S is a hang, and the row then says which layer and counter it stopped at
+and where each program's partitions stand (`hung`) before the child ends, so one call diagnoses a
+deadlock.
 
 What would decide it: the replay against the fastest fused step, the one the engine keeps (with
 the MLP block and o as trainer/gluon_products.py's kernel: 1.73 ms at the first bucket in call 79;
@@ -63,14 +64,15 @@ def watched(row: dict, what: str, run, work: LayerStream, seconds: float = WATCH
     import os
     import time
 
+    # made first: nothing to allocate or create while a kernel spins
+    host = torch.empty(work.count.shape, dtype=work.count.dtype, pin_memory=True)
+    side = torch.cuda.Stream()
     run()
     done = torch.cuda.Event()
     done.record()
     deadline = time.monotonic() + seconds
     while not done.query():
         if time.monotonic() > deadline:
-            host = torch.empty(work.count.shape, dtype=work.count.dtype, pin_memory=True)
-            side = torch.cuda.Stream()
             with torch.cuda.stream(side):
                 host.copy_(work.count, non_blocking=True)
             side.synchronize()
@@ -212,7 +214,7 @@ def one(index: int) -> None:
     traced = replace(variant, trace=True)  # the marks at the phases' edges, for a hang's diagnosis
     for w in (work, ref):
         w.x.copy_(x0)
-        w.count[:w.flag].zero_()
+        w.count.zero_()
     ref.reference(0, attn, first, second, first.post_norm, second.input_norm, variant)
     watched(row, "one layer", lambda: work.launch(0, attn, first, second, first.post_norm, second.input_norm, traced),
             work)
@@ -222,7 +224,7 @@ def one(index: int) -> None:
         got, want_ = getattr(work, name).float(), getattr(ref, name).float()
         row[f"one layer {name} rel_error"] = float((got - want_).norm() / want_.norm())
     row["barrier_gave_up"] = work.gave_up()
-    watched(row, "the whole step", lambda: stream_step(weights, fresh(), kv_len, variant, work), work)
+    watched(row, "the whole step", lambda: stream_step(weights, fresh(), kv_len, traced, work), work)
     check("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
     row["barrier_gave_up"] |= work.gave_up()
     time_it("variant", lambda s: stream_step(weights, s, kv_len, variant, work))

@@ -30,6 +30,7 @@ from trainer.triton_products import DecodeProducts
 
 PREFILL_LIMIT = 8
 GLUON_MLP_ENV = "RLTUI_DECODE_GLUON_MLP"  # 1: the engine also times the step with trainer/gluon_mlp.py's block
+STREAM_ENV = "RLTUI_DECODE_STREAM"  # 1: the engine also times the step with trainer/gluon_stream.py's kernel
 
 
 def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2) -> dict[str, DecodeProducts]:
@@ -85,9 +86,6 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
     back after each, so the real step comes next)."""
-    # (Gluon imported only when a step is chosen)
-    from trainer.gluon_stream import requested as stream_requested
-
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
@@ -106,7 +104,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
                     gluon = gluon_block(engine.weights, prefetched, state.tokens.shape[0]) if rank == 0 else None
                     if gluon is not None and fused_checked(engine.weights, engine.attention, gluon):
                         variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
-    for variant in stream_requested(state.tokens.device, state.tokens.shape[0], dims, state.kv_cache.dtype):
+    for variant in stream_variants(engine):
         products = DecodeProducts(stream=variant)
         if fused_checked(engine.weights, engine.attention, products):
             variants.insert(0, ("stream_pdl" if variant.pdl else "stream", True, products))
@@ -118,14 +116,17 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     variants.append(("plain", False, DecodeProducts()))
     saved = state.positions.clone(), state.write_index.clone()
 
+    def replay(graph: torch.cuda.CUDAGraph) -> None:  # the position and slot put back after it
+        graph.replay()
+        state.positions.copy_(saved[0])
+        state.write_index.copy_(saved[1])
+
     def timed(graph: torch.cuda.CUDAGraph) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for rep in range(12):
             if rep == 2:
                 start.record()
-            graph.replay()
-            state.positions.copy_(saved[0])
-            state.write_index.copy_(saved[1])
+            replay(graph)
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 10
@@ -149,7 +150,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         for name, (graph, _, _) in captured.items():
             ms = timed(graph[0])
             timing[f"{name}_ms"] = ms if look == 0 else min(ms, timing[f"{name}_ms"])
-    for name in _disagreeing_streams(captured, state, saved, timing):
+    for name in _disagreeing_streams(captured, state.tokens.device, replay, timing):
         del captured[name]
     best = min(captured, key=lambda name: timing[f"{name}_ms"])
     graph, engine.fused, engine.products = captured[best]
@@ -157,28 +158,38 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     return graph
 
 
-def _disagreeing_streams(captured: dict, state, saved, timing: dict) -> list[str]:
-    """The stream steps (trainer/gluon_stream.py) among the `captured` graphs to drop: all of them
-    when one gave up waiting at a barrier while timed, else those `disagreeing` with the plain step
-    at the engine's own batch (the check before capture ran at a batch of 3, and the kernel's
-    barriers and row tiles have not yet run on a GPU in the engine)."""
+def stream_variants(engine) -> list:
+    """The stream steps (trainer/gluon_stream.py) for the engine to time: where RLTUI_DECODE_STREAM=1
+    asks, the engine has not dropped them (`DecodeEngine.stream_gave_up`) and the kernel runs here
+    (`gluon_stream.offered`)."""
+    if os.environ.get(STREAM_ENV) != "1" or engine.no_stream:
+        return []
+    from trainer.gluon_stream import offered  # (Gluon imported only where asked for)
+
+    state = engine.state
+    return offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims, state.kv_cache.dtype)
+
+
+def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: dict) -> list[str]:
+    """The stream steps among the `captured` graphs to drop: all of them when one gave up waiting
+    at a barrier while timed or the plain step is not there to compare with, else those
+    `disagreeing` with the plain step at the engine's own batch (the check before capture ran at a
+    batch of 3, and the kernel's barriers and row tiles have not yet run on a GPU in the engine).
+    `replay(graph)`: one replay from the position and slot the timing started at."""
     streams = [name for name, (_, _, products) in captured.items() if products.stream is not None]
     if not streams:
         return []
     from trainer.gluon_stream import failed as stream_failed
 
-    if stream_failed(state.tokens.device):
-        warnings.warn("the stream decode step gave up waiting at a barrier while timed; not used", stacklevel=3)
-        timing["stream_barrier_gave_up"] = True
+    if stream_failed(device) or "plain" not in captured:
+        why = "gave up waiting at a barrier while timed" if "plain" in captured else "has no plain step to agree with"
+        warnings.warn(f"the stream decode step {why}; not used", stacklevel=3)
+        timing["stream_dropped"] = why
         return streams
-    if "plain" not in captured:
-        return []
 
-    def logits_of(name: str) -> torch.Tensor:  # one replay from the saved position and slot
+    def logits_of(name: str) -> torch.Tensor:
         graph, logits = captured[name][0]
-        graph.replay()
-        state.positions.copy_(saved[0])
-        state.write_index.copy_(saved[1])
+        replay(graph)
         return logits.float()
 
     return disagreeing(streams, logits_of, timing)

@@ -16,6 +16,7 @@ On a CPU the same code runs without graphs (that is how the tests check it again
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 import weakref
@@ -108,6 +109,7 @@ class DecodeEngine:
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
         self.prefill_graphs = PrefillGraphs()
+        self.no_stream = False  # True once the stream step gave up at a barrier (`stream_gave_up`)
 
     def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
         """One ungraphed decode step (the fused or the plain one)."""
@@ -141,6 +143,23 @@ class DecodeEngine:
             graph, logits = self.graphs[kv_len]
             graph.replay()
         return logits
+
+    def stream_gave_up(self) -> bool:
+        """After a rollout with the stream step (trainer/gluon_stream.py): whether one of its
+        waits gave up at its spin limit (a host sync). Then the rollout's logits may be wrong: a
+        warning says so, and the engine chooses its step again without the stream step."""
+        if self.products.stream is None or not self.fused:
+            return False
+        from trainer.gluon_stream import failed
+
+        if not failed(self.state.tokens.device):
+            return False
+        warnings.warn("the stream decode step gave up waiting at a barrier during a rollout (its completions may "
+                      "be wrong); choosing the decode step again without it", stacklevel=3)
+        self.no_stream = True
+        self.graphs.clear()
+        self.fused, self.products = None, self.tuned_products
+        return True
 
     def _warm_up(self, kv_len: int) -> None:
         saved = self.state.positions.clone(), self.state.write_index.clone()
@@ -253,6 +272,9 @@ def _compiled_layer_fns(dims: ModelDims, mode: str | None = None, dynamic: bool 
 def release_engines() -> None:
     """Free every cached engine (fused weights, KV cache, graphs), e.g. before a memory-hungry phase."""
     _ENGINES.clear()
+    stream = sys.modules.get("trainer.gluon_stream")  # (its workspaces, where it was used)
+    if stream is not None:
+        stream.release_workspaces()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -467,6 +489,7 @@ def generate(
         engine.state.tokens.copy_(token)
         logits = engine.step(kv_length(length + i + 1, capacity))
 
+    engine.stream_gave_up()
     width = int(alive.any(dim=0).nonzero().max()) + 1 if max_new_tokens else 0
     completion_ids, completion_mask = tokens[:, :width], alive[:, :width].long()
     lengths = completion_mask.sum(dim=1).tolist()

@@ -301,11 +301,7 @@ def descriptors(h: torch.Tensor, gate_up: torch.Tensor, act: torch.Tensor, down:
                 rest: int):
     """Host tensor descriptors: h and act [128, K step] boxes (rows past theirs zero-filled), the
     gate | up tile [64, K step], its remainder [rest, K step], down's [down_n, K step]."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    def desc(t: torch.Tensor, block: list[int]):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+    from trainer.gluon_products import tma_desc as desc
 
     return (desc(h, [BLOCK_M, BLOCK_K]), desc(gate_up, [TILE, BLOCK_K]), desc(gate_up, [rest, BLOCK_K]),
             desc(act, [BLOCK_M, BLOCK_K]), desc(down, [down_n, BLOCK_K]))

@@ -131,15 +131,18 @@ if gluon is not None:
             _grid_control("griddepcontrol.launch_dependents")
 
 
-def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
-    """Host tensor descriptors: x's [128, 64] box (rows past x's zero-filled) and the weight's [block_n, 64]."""
+def tma_desc(t: torch.Tensor, block: list[int]):
+    """A host tensor descriptor of 16-bit `t` with `block` boxes (parts past `t` zero-filled) in
+    the default NVMMA shared layout."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    def desc(t: torch.Tensor, block: list[int]):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
-    return desc(x, [BLOCK_M, BLOCK_K]), desc(weight, [block_n, BLOCK_K])
+
+def descriptors(x: torch.Tensor, weight: torch.Tensor, block_n: int):
+    """Host tensor descriptors: x's [128, 64] box (rows past x's zero-filled) and the weight's [block_n, 64]."""
+    return tma_desc(x, [BLOCK_M, BLOCK_K]), tma_desc(weight, [block_n, BLOCK_K])
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int, pdl: bool,

@@ -46,7 +46,7 @@ so only its launch and its programs' start overlap this grid's tail.
 Layer 0's q/k/v is cuBLAS's (bias added); the head is cuBLAS's, as in the fused step.
 
 Not measured yet: the kernel has not run on a GPU (no device machine was lent in sessions 16 and
-17). So the decode engine times it only where RLTUI_DECODE_STREAM=1 asks (`requested`), after
+17). So the decode engine times it only where RLTUI_DECODE_STREAM=1 asks (`offered`), after
 the fused step's check (`fused_decode.fused_checked`, which also reads the `failed` flag), and
 bench/gpu_gluon_layer_stream.py compares one layer of it with `LayerStream.reference` buffer by
 buffer. Triton's interpreter does not run Gluon: the tests compile the kernel for sm_90a and run
@@ -56,21 +56,21 @@ torch; `StreamVariant.reference`) in the kernel's place, against the plain step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-from trainer.gluon_products import BLOCK_K, BLOCK_M, gl, gluon
+from trainer.gluon_products import BLOCK_K, BLOCK_M, gl, gluon, tma_desc
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims
+from trainer.triton_base import device_key
 
-ENV = "RLTUI_DECODE_STREAM"  # 1: the decode engine also times the step with this kernel
 TILE, REST = 64, 8  # a weight tile's rows; a gate/up remainder box's rows (a share is 64 to 72 columns)
 COUNTERS = 5  # per layer: o partials, h (post-attention), act, down partials, h (next input)
 # Where a partition of a program stands, by the code `_mark` records with StreamVariant.trace: the
-# part of the layer it works on or waits for (LayerStream.trace)
-MARKS = {1: "o", 2: "waits for h (o summed)", 3: "gate/up", 4: "waits for act", 5: "down",
-         6: "waits for h (down summed)", 7: "next q/k/v", 8: "waits for the attention grid", 9: "done"}
+# part of the layer it works on, or the counter (0-4, as COUNTERS) it waits for (LayerStream.trace)
+MARKS = {1: "o", 2: "waits for counter 0 (o partials)", 3: "waits for counter 1 (h)", 4: "gate/up",
+         5: "waits for counter 2 (act)", 6: "down", 7: "waits for counter 3 (down partials)",
+         8: "waits for counter 4 (the next h)", 9: "next q/k/v", 10: "waits for the attention grid", 11: "done"}
 PARTITIONS = ("multiply", "weights", "inputs")
 
 if gluon is not None:
@@ -302,7 +302,8 @@ if gluon is not None:
     @gluon.jit
     def _mark(failed_ptr, p, who: gl.constexpr, where: gl.constexpr, n, TRACE: gl.constexpr):
         # With TRACE: partition `who` (0 multiply, 1 weights, 2 inputs) of program p records that it
-        # is at `where` (MARKS) at ring step n, in the slots after the failed flag (LayerStream.trace)
+        # is at `where` (MARKS) at ring step n, in the slots after the failed flag (LayerStream.trace;
+        # stream_step clears them before each layer when traced)
         if TRACE:
             gl.store(failed_ptr + 1 + p * 3 + who, where * 10000 + gl.to_tensor(n))
 
@@ -323,25 +324,25 @@ if gluon is not None:
         _mark(failed_ptr, p, 1, 1, 0, TRACE)
         n = _load_tiles(o_desc, o_tile * tile, o_first, o_steps, 0, g_bufs, w_ready, empty)
         if WAIT:  # h: the post-attention norm
-            _mark(failed_ptr, p, 1, 2, n, TRACE)
+            _mark(failed_ptr, p, 1, 3, n, TRACE)
             _wait_for_all(count_ptr + 1, failed_ptr, P)
-        _mark(failed_ptr, p, 1, 3, n, TRACE)
+        _mark(failed_ptr, p, 1, 4, n, TRACE)
         n = _load_gate_up(gu_desc, r_desc, 0, p * I // P, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs,
                           w_ready, empty, I)
         if WAIT:  # act
-            _mark(failed_ptr, p, 1, 4, n, TRACE)
+            _mark(failed_ptr, p, 1, 5, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
         d_tile, _, d_first, d_steps = _slice(p, I // block_k, H // tile, P // (H // tile))
-        _mark(failed_ptr, p, 1, 5, n, TRACE)
+        _mark(failed_ptr, p, 1, 6, n, TRACE)
         n = _load_tiles(down_desc, d_tile * tile, d_first, d_steps, n, g_bufs, w_ready, empty)
         if NEXT:
             if WAIT:  # h: the next layer's input norm
-                _mark(failed_ptr, p, 1, 6, n, TRACE)
+                _mark(failed_ptr, p, 1, 8, n, TRACE)
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
             q_tile, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
-            _mark(failed_ptr, p, 1, 7, n, TRACE)
+            _mark(failed_ptr, p, 1, 9, n, TRACE)
             n = _load_tiles(qkv_desc, q_tile * tile, q_first, q_steps, n, g_bufs, w_ready, empty)
-        _mark(failed_ptr, p, 1, 9, n, TRACE)
+        _mark(failed_ptr, p, 1, 11, n, TRACE)
 
     @gluon.jit
     def _inputs(attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H: gl.constexpr,
@@ -352,29 +353,29 @@ if gluon is not None:
         # kernel (griddepcontrol.wait) before its first load, while the weight loader does not.
         block_k: gl.constexpr = x_bufs.shape[2]
         if PDL:
-            _mark(failed_ptr, p, 2, 8, 0, TRACE)
+            _mark(failed_ptr, p, 2, 10, 0, TRACE)
             _grid_control("griddepcontrol.wait")
         _, _, o_first, o_steps = _slice(p, H // block_k, H // TILE, P // (H // TILE))
         _mark(failed_ptr, p, 2, 1, 0, TRACE)
         n = _load_tiles(attn_desc, 0, o_first, o_steps, 0, x_bufs, x_ready, empty)
-        _mark(failed_ptr, p, 2, 2, n, TRACE)
-        _wait_for_all(count_ptr + 1, failed_ptr, P)
         _mark(failed_ptr, p, 2, 3, n, TRACE)
+        _wait_for_all(count_ptr + 1, failed_ptr, P)
+        _mark(failed_ptr, p, 2, 4, n, TRACE)
         n = _load_tiles(h_desc, 0, 0, H // block_k, n, x_bufs, x_ready, empty)
         _, _, d_first, d_steps = _slice(p, I // block_k, H // TILE, P // (H // TILE))
         if d_steps > 0:
-            _mark(failed_ptr, p, 2, 4, n, TRACE)
+            _mark(failed_ptr, p, 2, 5, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
-        _mark(failed_ptr, p, 2, 5, n, TRACE)
+        _mark(failed_ptr, p, 2, 6, n, TRACE)
         n = _load_tiles(act_desc, 0, d_first, d_steps, n, x_bufs, x_ready, empty)
         if NEXT:
             _, _, q_first, q_steps = _slice(p, H // block_k, QKV_N // TILE, P // (QKV_N // TILE))
             if q_steps > 0:
-                _mark(failed_ptr, p, 2, 6, n, TRACE)
+                _mark(failed_ptr, p, 2, 8, n, TRACE)
                 _wait_for_all(count_ptr + 4, failed_ptr, P)
-            _mark(failed_ptr, p, 2, 7, n, TRACE)
+            _mark(failed_ptr, p, 2, 9, n, TRACE)
             n = _load_tiles(h_desc, 0, q_first, q_steps, n, x_bufs, x_ready, empty)
-        _mark(failed_ptr, p, 2, 9, n, TRACE)
+        _mark(failed_ptr, p, 2, 11, n, TRACE)
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
@@ -396,28 +397,28 @@ if gluon is not None:
         _add_norm(o_part, x_ptr, post_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
         _arrive(count_ptr + 1)
         # (3) gate/up with SiLU x up
-        _mark(failed_ptr, p, 0, 3, n, TRACE)
+        _mark(failed_ptr, p, 0, 4, n, TRACE)
         n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
                      (p + 1) * I // P, rows, H, I, num_warps)
         _arrive(count_ptr + 2)
         # (4) down
         d_tile, d_split, _, d_steps = _slice(p, I // block_k, H // tile, o_splits)
-        _mark(failed_ptr, p, 0, 5, n, TRACE)
+        _mark(failed_ptr, p, 0, 6, n, TRACE)
         n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
                      num_warps)
         _arrive(count_ptr + 3)
         # (5) residual + the next input norm (or the final one)
-        _mark(failed_ptr, p, 0, 6, n, TRACE)
+        _mark(failed_ptr, p, 0, 7, n, TRACE)
         _wait_for_all(count_ptr + 3, failed_ptr, P)
         _add_norm(d_part, x_ptr, next_norm_ptr, h_ptr, p, rows, eps, H, o_splits, NORM_BLOCK, num_warps)
         _arrive(count_ptr + 4)
         # (6) the next layer's q/k/v, partials for its attention
         if NEXT:
             q_tile, q_split, _, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
-            _mark(failed_ptr, p, 0, 7, n, TRACE)
+            _mark(failed_ptr, p, 0, 9, n, TRACE)
             n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile, rows,
                          QKV_N, num_warps)
-        _mark(failed_ptr, p, 0, 9, n, TRACE)
+        _mark(failed_ptr, p, 0, 11, n, TRACE)
 
     @gluon.jit
     def _layer(attn_desc, h_desc, act_desc, o_desc, gu_desc, r_desc, down_desc, qkv_desc, o_part, d_part, qkv_part,
@@ -504,14 +505,6 @@ class StreamShape:
         return None
 
 
-def tma_desc(t: torch.Tensor, block: list[int]):
-    """A host tensor descriptor of bf16 `t` with `block` boxes in the default NVMMA layout."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
-
-
 class LayerStream:
     """The layer kernel's buffers (fixed addresses: a CUDA graph replays them), its launch and its
     arithmetic in torch."""
@@ -567,14 +560,20 @@ class LayerStream:
         return hit
 
     def trace(self, count: torch.Tensor | None = None) -> list[str]:
-        """Where each partition of each program stands by its last mark (StreamVariant.trace), as
-        lines, programs with the same marks together: e.g. "programs 0-119: multiply waits for h
-        (o summed) at ring step 5, weights gate/up at ring step 5, ...". The counters' state too:
-        the first (layer, counter) not every program reached. From `count`, a copy of the
-        counters and marks read while the kernel still runs (default: them)."""
+        """Where the layer kernel stands: first the counters' state (the first counter of a layer
+        that had arrivals not every program reached: the layer that runs, as one layer kernel
+        runs at a time), then each partition of each program by its last mark
+        (StreamVariant.trace; that layer's, as traced steps clear the marks before each layer),
+        programs with the same marks together: e.g. "programs 0-119: multiply waits for counter 0
+        (o partials) at ring step 5, weights gate/up at ring step 5, ...". From `count`, a copy of
+        the counters and marks read while the kernel still runs (default: them)."""
         count = self.count if count is None else count
+        counts = count[:self.flag].view(-1, COUNTERS).tolist()
+        short = next(((layer, c, n) for layer, row in enumerate(counts) if any(row) for c, n in enumerate(row)
+                      if n < self.shape.programs), None)
+        lines = ["every counter of the layers that ran reached" if short is None else
+                 f"layer {short[0]}: counter {short[1]} at {short[2]} of {self.shape.programs}"]
         marks = count[self.flag + 1:].view(self.shape.programs, len(PARTITIONS)).tolist()
-        lines: list[str] = []
         start = 0
         for p in range(1, self.shape.programs + 1):
             if p < self.shape.programs and marks[p] == marks[start]:
@@ -583,11 +582,6 @@ class LayerStream:
                               if code else f"{name} not started" for name, code in zip(PARTITIONS, marks[start]))
             lines.append(f"programs {start}-{p - 1}: {where}")
             start = p
-        counts = count[:self.flag].view(-1, COUNTERS).tolist()
-        short = next(((layer, c, n) for layer, row in enumerate(counts) for c, n in enumerate(row)
-                      if n < self.shape.programs), None)
-        lines.append("every counter reached" if short is None else
-                     f"first counter short: layer {short[0]} counter {short[1]} at {short[2]} of {self.shape.programs}")
         return lines
 
     def reference(self, index: int, attn, layer, following, post_norm, next_norm, variant: StreamVariant) -> None:
@@ -633,7 +627,7 @@ def programs_on(device: torch.device, variant: StreamVariant) -> int:
 
 
 def workspace(dims: ModelDims, rows: int, device: torch.device, dtype: torch.dtype, programs: int) -> LayerStream:
-    key = (str(device), dims, rows, programs, dtype)
+    key = (device_key(device), dims, rows, programs, dtype)
     if key not in _WORKSPACES:
         _WORKSPACES[key] = LayerStream(device, dtype, StreamShape.of(dims, rows, programs), dims.layers, dims.eps)
     return _WORKSPACES[key]
@@ -666,6 +660,8 @@ def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant
         attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
                               None if index == 0 else layer.qkv_bias, pdl=variant.pdl)
         following = weights.layers[index + 1] if index < last else None
+        if variant.trace:  # the marks are this layer's
+            work.count[work.flag + 1:].zero_()
         launch(index, attn, layer, following, layer.post_norm,
                following.input_norm if following is not None else weights.norm, variant)
         qkv = work.qkv_part
@@ -675,19 +671,25 @@ def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant
     return logits
 
 
-def requested(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtype) -> list[StreamVariant]:
-    """The variants the decode engine times beside its other steps (weights ahead, and the same
-    with PDL) where RLTUI_DECODE_STREAM=1 asks for them, Gluon runs on this GPU (Hopper or newer,
-    RLTUI_DECODE_GLUON not 0), the weights are bf16 (the kernel's tiles and roundings) and the
-    kernel splits the model's widths and the batch on its multiprocessors; else none."""
+def offered(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtype) -> list[StreamVariant]:
+    """The variants to time beside the other decode steps where the kernel runs: Gluon on a
+    Hopper GPU (its wgmma is sm_90a's; RLTUI_DECODE_GLUON not 0) and `fitting` the model, the
+    batch and the GPU's multiprocessors; else none. The engine asks only under
+    RLTUI_DECODE_STREAM=1 (trainer/decode_graphs.stream_variants)."""
     from trainer import gluon_products
 
-    if os.environ.get(ENV) != "1" or dtype != torch.bfloat16 or not gluon_products.supported(device):
+    if not gluon_products.supported(device) or torch.cuda.get_device_capability(device)[0] != 9:
         return []
-    variants = [StreamVariant(), StreamVariant(pdl=True)]
-    if StreamShape.of(dims, batch, programs_on(device, variants[0])).why_not() is not None:
+    return fitting(batch, dims, dtype, programs_on(device, StreamVariant()))
+
+
+def fitting(batch: int, dims: ModelDims, dtype: torch.dtype, programs: int) -> list[StreamVariant]:
+    """Weights streaming ahead, and the same launched with PDL, where the weights are bf16 (the
+    kernel's tiles and roundings) and the kernel splits the model's widths and the batch on
+    `programs` (StreamShape.why_not); else none."""
+    if dtype != torch.bfloat16 or StreamShape.of(dims, batch, programs).why_not() is not None:
         return []
-    return variants
+    return [StreamVariant(), StreamVariant(pdl=True)]
 
 
 def failed(device: torch.device) -> bool:
@@ -695,9 +697,14 @@ def failed(device: torch.device) -> bool:
     numbers are wrong); reads the flag back (a host sync) and clears it."""
     hit = False
     for key, work in _WORKSPACES.items():
-        if key[0] == str(device):
+        if key[0] == device_key(device):
             hit |= work.gave_up()
     return hit
+
+
+def release_workspaces() -> None:
+    """Free every workspace (with the decode engines: fast_generation.release_engines)."""
+    _WORKSPACES.clear()
 
 
 def compile_report(dims: ModelDims, rows: int, programs: int, variant: StreamVariant, last: bool = False

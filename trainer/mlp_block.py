@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.triton_base import runs_on, tl, triton
+from trainer.triton_base import device_key, runs_on, tl, triton
 
 ENV = "RLTUI_DECODE_MLP_BLOCK"
 
@@ -321,7 +321,7 @@ _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 def workspace(device: torch.device, rows: int, hidden: int, intermediate: int, splits: int,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    key = (str(device), rows, hidden, intermediate, splits, dtype)
+    key = (device_key(device), rows, hidden, intermediate, splits, dtype)
     if key not in _WORKSPACES:
         _WORKSPACES[key] = (torch.empty(rows, intermediate, device=device, dtype=dtype),
                             torch.empty(splits, rows, hidden, device=device, dtype=torch.float32),
@@ -395,7 +395,7 @@ def failed(device: torch.device) -> bool:
     numbers are wrong); reads the flag back (a host sync) and clears it."""
     hit = False
     for key, (_, _, sync) in _WORKSPACES.items():
-        if key[0] == str(device) and int(sync[3].item()):
+        if key[0] == device_key(device) and int(sync[3].item()):
             sync[3].zero_()
             hit = True
     return hit

@@ -31,3 +31,12 @@ def runs_on(device: torch.device, switch: str | None = None) -> bool:
     if triton is None or (switch is not None and os.environ.get(switch) == "0"):
         return False
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def device_key(device: torch.device | str) -> str:
+    """`device` as a tensor on it names itself: "cuda" is the current CUDA device ("cuda:0"), so
+    that a workspace kept by a tensor's device is found by the device a caller names."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)

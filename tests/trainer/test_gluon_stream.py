@@ -7,8 +7,10 @@ takes on 6 programs (o's K in 1 + 2 steps: uneven slices). Checked: the fused st
 (the one the engine runs before it captures a step) passes at float32 rounding; three planted
 bugs (the wrong norm after the MLP, the next q/k/v from this layer's weights or never written)
 fail it and the engine's check at its own batch; the engine's teacher-forced logits across two attention buckets equal the
-plain step's; a hang's diagnosis reads a traced kernel's marks and the counters; the shapes the kernel refuses are refused with the reason; the engine is offered
-the step only where asked and Gluon runs; the spin limit's flag is read and cleared; the kernel
+plain step's; a hang's diagnosis reads a traced kernel's marks and the counters; a barrier giving
+up during a rollout makes the engine drop the step and choose again; releasing the engines frees
+the workspaces; the shapes the kernel refuses are refused with the reason; the engine is offered
+the step only where the split fits a Hopper GPU's multiprocessors and the weights are bf16; the spin limit's flag is read and cleared; the kernel
 compiles for sm_90a at the tiny widths (the benchmark's test compiles Qwen2.5-1.5B's). A child
 process: TRITON_INTERPRET is set before Triton is imported."""
 
@@ -49,7 +51,7 @@ found = {"shape": str(gs.StreamShape.of(weights.dims, 3, 6)), "why_not": gs.Stre
 result = check_error(weights, Attention.SDPA, products=products)
 found["check"] = result | {"passes": check_passes(result)}
 
-# Two planted bugs: each must fail the engine's checks.
+# Three planted bugs: each must fail the engine's checks.
 original = gs.LayerStream.reference
 def wrong_norm(self, index, attn, layer, following, post_norm, next_norm, v):
     original(self, index, attn, layer, following, post_norm, post_norm, v)
@@ -104,14 +106,33 @@ found["failed"] = gs.failed(torch.device("cpu"))
 work = next(iter(gs._WORKSPACES.values()))
 work.count[work.flag] = 1
 found["failed_set"] = [gs.failed(torch.device("cpu")), gs.failed(torch.device("cpu"))]
-# A hang's diagnosis: marks as a traced kernel leaves them (programs 0-3 stuck in gate/up at ring step 7
+# A hang's diagnosis: marks as a traced kernel leaves them (programs 0-3 in gate/up at ring step 7
 # with their weights loader done, 4-5 waiting for h), layer 1's act counter short
 marks = work.count[work.flag + 1:].view(6, 3)
-marks[:4] = torch.tensor([3 * 10000 + 7, 9 * 10000 + 20, 3 * 10000 + 7])
-marks[4:] = torch.tensor([2 * 10000 + 2, 3 * 10000 + 2, 2 * 10000 + 2])
+marks[:4] = torch.tensor([4 * 10000 + 7, 11 * 10000 + 20, 4 * 10000 + 7])
+marks[4:] = torch.tensor([3 * 10000 + 2, 4 * 10000 + 2, 3 * 10000 + 2])
 work.count[:work.flag] = 6
-work.count[gs.COUNTERS + 2] = 4
+work.count[gs.COUNTERS + 2:work.flag] = torch.tensor([4, 0, 0])
 found["trace"] = work.trace()
+work.count[:work.flag] = 0
+work.count[:gs.COUNTERS] = 6  # one layer ran (the benchmark's one-layer check)
+found["trace_one_layer"] = work.trace()[0]
+marks.zero_()
+
+# A barrier giving up during a rollout: the engine warns and chooses its step again without it.
+import warnings
+from trainer.decode_graphs import STREAM_ENV, stream_variants
+os.environ[STREAM_ENV] = "1"
+engine = fast_generation._ENGINES[model]
+found["gave_up_without_flag"] = engine.stream_gave_up()
+work.count[work.flag] = 1
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    found["gave_up"] = engine.stream_gave_up()
+found["gave_up_after"] = [engine.no_stream, engine.fused, engine.products.stream, len(engine.graphs),
+                          stream_variants(engine), [str(w.message)[:60] for w in caught]]
+fast_generation.release_engines()
+found["workspaces_after_release"] = len(gs._WORKSPACES)
 print(json.dumps(found))
 """
 
@@ -134,13 +155,19 @@ def test_the_stream_step_equals_the_plain_step_and_the_checks_catch_planted_bugs
     assert found["failed"] is False
     assert found["failed_set"] == [True, False]  # read, then cleared
     assert found["trace"] == [
+        "layer 1: counter 2 at 4 of 6",
         "programs 0-3: multiply gate/up at ring step 7, weights done at ring step 20, inputs gate/up at ring step 7",
-        ("programs 4-5: multiply waits for h (o summed) at ring step 2, weights gate/up at ring step 2, "
-         "inputs waits for h (o summed) at ring step 2"),
-        "first counter short: layer 1 counter 2 at 4 of 6"]
+        ("programs 4-5: multiply waits for counter 1 (h) at ring step 2, weights gate/up at ring step 2, "
+         "inputs waits for counter 1 (h) at ring step 2")]
+    assert found["trace_one_layer"] == "every counter of the layers that ran reached"
+    assert found["gave_up_without_flag"] is False and found["gave_up"] is True
+    no_stream, fused, stream, graphs, offered, warned = found["gave_up_after"]
+    assert (no_stream, fused, stream, graphs, offered) == (True, None, None, 0, [])
+    assert warned == ["the stream decode step gave up waiting at a barrier during a"]
+    assert found["workspaces_after_release"] == 0
 
 
-def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_asked(monkeypatch):
+def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_it_runs():
     import torch
 
     from trainer import gluon_stream as gs
@@ -158,11 +185,13 @@ def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_a
     wide_heads = ModelDims(layers=2, hidden=1536, heads=16, kv_heads=2, head_dim=128, intermediate=8960,
                            vocab=10, eps=1e-6, rope_theta=1e6)
     assert "not the hidden width" in gs.StreamShape.of(wide_heads, 8, 132).why_not()
-    cpu = torch.device("cpu")
-    monkeypatch.setenv(gs.ENV, "1")
-    assert gs.requested(cpu, 128, qwen_1_5b, torch.bfloat16) == []  # no Hopper GPU here: never offered
-    monkeypatch.delenv(gs.ENV)
-    assert gs.requested(cpu, 128, qwen_1_5b, torch.bfloat16) == []
+    # the engine's two variants where the split fits the multiprocessors and the weights are bf16
+    assert gs.fitting(128, qwen_1_5b, torch.bfloat16, 132) == [gs.StreamVariant(), gs.StreamVariant(pdl=True)]
+    assert gs.fitting(64, qwen_1_5b, torch.bfloat16, 132) == [gs.StreamVariant(), gs.StreamVariant(pdl=True)]
+    assert gs.fitting(128, qwen_1_5b, torch.float16, 132) == []
+    assert gs.fitting(129, qwen_1_5b, torch.bfloat16, 132) == []
+    assert gs.fitting(128, qwen_1_5b, torch.bfloat16, 114) == []
+    assert gs.offered(torch.device("cpu"), 128, qwen_1_5b, torch.bfloat16) == []  # no Hopper GPU here
 
 
 def test_the_layer_kernel_compiles_at_other_widths():
