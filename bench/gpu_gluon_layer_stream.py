@@ -35,14 +35,13 @@ import sys
 from dataclasses import replace
 
 import torch
-from gluon_stream_parts import bench_main, print_row, row_line, time_into
+from gluon_stream_parts import bench_main, compile_all, print_row, row_line, time_into
 
-from trainer.gluon_products import gluon  # noqa: F401 - (bench_main asks)
 from trainer.gluon_stream import (
     LayerStream,
     StreamShape,
     StreamVariant,
-    compile_report,
+    compile_layer,
     stream_step,
 )
 from trainer.qwen2_decode import ModelDims
@@ -123,24 +122,12 @@ def random_model(device, dims: ModelDims = DIMS, dtype=torch.bfloat16, seed: int
 
 def compile_only() -> int:
     """The layer kernel of every variant, with and without the next q/k/v, and the first traced
-    (as the one-layer check runs it), compiled for sm_90a without a GPU; 1 if any does not
-    compile, spills or has its wgmma serialized."""
-    import time
-
-    bad = 0
-    for variant in (*VARIANTS, replace(VARIANTS[0], trace=True)):
-        for last in (False, True) if not variant.trace else (False,):
-            name = f"{label(variant)}{', last layer' if last else ''}"
-            start = time.time()
-            try:
-                report = compile_report(DIMS, ROWS, PROGRAMS, variant, last=last)
-            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
-                print(f"{name}: does not compile: {exc!r}"[:3000], flush=True)
-                bad += 1
-                continue
-            print(f"{name}: {report} compiled in {time.time() - start:.1f} s", flush=True)
-            bad += bool(report["spill_bytes"] or report["serialized"])
-    return 1 if bad else 0
+    (as the one-layer check runs it), compiled for sm_90a without a GPU (`compile_all`)."""
+    kernels = [(variant, last) for variant in VARIANTS for last in (False, True)]
+    kernels.append((replace(VARIANTS[0], trace=True), False))
+    return compile_all((f"{label(variant)}{', last layer' if last else ''}",
+                        lambda variant=variant, last=last: compile_layer(DIMS, ROWS, PROGRAMS, variant, last=last))
+                       for variant, last in kernels)
 
 
 def one(index: int) -> None:

@@ -90,6 +90,28 @@ if gluon is not None:
             gl.atomic_xchg(sync_ptr + 2, 0)
 
     @gluon.jit
+    def add_norm_row(part_ptr, res_ptr, norm_ptr, res_out_ptr, h_out_ptr, row, rows, eps, H: gl.constexpr,
+                     SPLITS: gl.constexpr, NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
+        # Row `row`: res_out = res + the SPLITS float32 partials [SPLITS, rows, H] summed in split
+        # order and rounded to the output's type (as a product's output), h_out = RMSNorm of it
+        # with `norm` (res_out may be res: in place); triton_products.add_norm_row's arithmetic
+        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
+        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
+        inside = cols < H
+        y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
+        for q in gl.static_range(SPLITS):
+            y += gl.load(part_ptr + q * rows * H + row * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
+        odtype: gl.constexpr = res_out_ptr.dtype.element_ty
+        x = (gl.load(res_ptr + row * H + cols, mask=inside, other=0.0).to(gl.float32)
+             + y.to(odtype).to(gl.float32)).to(odtype)
+        gl.store(res_out_ptr + row * H + cols, x, mask=inside)
+        xf = x.to(gl.float32)
+        rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
+        normed = (xf * rstd).to(odtype).to(gl.float32)
+        weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
+        gl.store(h_out_ptr + row * H + cols, (weight * normed).to(odtype), mask=inside)
+
+    @gluon.jit
     def _swiglu(gate, up, dtype: gl.constexpr):
         # triton_products.swiglu_tile: each product rounded to dtype first, SiLU's result too
         g = gate.to(dtype).to(gl.float32)
@@ -255,25 +277,11 @@ if gluon is not None:
 
         # (3) row p's residual + RMSNorm (triton_products.add_norm_row's arithmetic)
         if PHASE == 0 or PHASE == 3:
-            row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
-            cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
-            inside = cols < H
             for start in range(0, block_m, P):
                 row = start + p
                 if row < rows:
-                    y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
-                    for q in gl.static_range(SPLITS):
-                        y += gl.load(part_ptr + q * rows * H + row * H + cols, mask=inside, other=0.0,
-                                     cache_modifier=".cg")
-                    odtype: gl.constexpr = res_out_ptr.dtype.element_ty
-                    x = (gl.load(res_ptr + row * H + cols, mask=inside, other=0.0).to(gl.float32)
-                         + y.to(odtype).to(gl.float32)).to(odtype)
-                    gl.store(res_out_ptr + row * H + cols, x, mask=inside)
-                    xf = x.to(gl.float32)
-                    rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
-                    normed = (xf * rstd).to(odtype).to(gl.float32)
-                    weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
-                    gl.store(h_out_ptr + row * H + cols, (weight * normed).to(odtype), mask=inside)
+                    add_norm_row(part_ptr, res_ptr, norm_ptr, res_out_ptr, h_out_ptr, row, rows, eps, H, SPLITS,
+                                 NORM_BLOCK, num_warps)
 
 
 def fits(rows: int, hidden: int, intermediate: int, shape) -> str | None:

@@ -82,7 +82,7 @@ if gluon is not None:
         warpgroup_mma_wait,
     )
 
-    from trainer.gluon_mlp import SPIN_LIMIT, _load_acquire, _swiglu
+    from trainer.gluon_mlp import SPIN_LIMIT, _load_acquire, _swiglu, add_norm_row
     from trainer.gluon_products import _grid_control
 
     @gluon.jit
@@ -279,24 +279,9 @@ if gluon is not None:
     @gluon.jit
     def _add_norm(part_ptr, x_ptr, norm_ptr, h_ptr, p, rows, eps, H: gl.constexpr, SPLITS: gl.constexpr,
                   NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
-        # Row p: x += the partials' sum (in split order, rounded to bf16 as the product's output),
-        # h = RMSNorm(x) with `norm`; trainer/triton_products.add_norm_row's arithmetic, in place
-        row_layout: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
-        cols = gl.arange(0, NORM_BLOCK, layout=row_layout)
-        inside = cols < H
+        # Row p: x += the partials' sum, h = RMSNorm(x) with `norm`, in place (the MLP block's norm)
         if p < rows:
-            dtype: gl.constexpr = x_ptr.dtype.element_ty
-            y = gl.zeros([NORM_BLOCK], gl.float32, row_layout)
-            for q in gl.static_range(SPLITS):
-                y += gl.load(part_ptr + q * rows * H + p * H + cols, mask=inside, other=0.0, cache_modifier=".cg")
-            x = (gl.load(x_ptr + p * H + cols, mask=inside, other=0.0).to(gl.float32)
-                 + y.to(dtype).to(gl.float32)).to(dtype)
-            gl.store(x_ptr + p * H + cols, x, mask=inside)
-            xf = x.to(gl.float32)
-            rstd = 1.0 / gl.sqrt(gl.sum(xf * xf, 0) / H + eps)
-            normed = (xf * rstd).to(dtype).to(gl.float32)
-            weight = gl.load(norm_ptr + cols, mask=inside, other=0.0).to(gl.float32)
-            gl.store(h_ptr + p * H + cols, (weight * normed).to(dtype), mask=inside)
+            add_norm_row(part_ptr, x_ptr, norm_ptr, x_ptr, h_ptr, p, rows, eps, H, SPLITS, NORM_BLOCK, num_warps)
 
 
     @gluon.jit
@@ -711,7 +696,15 @@ def compile_report(dims: ModelDims, rows: int, programs: int, variant: StreamVar
                    ) -> dict[str, int]:
     """Compile the layer kernel for these widths for sm_90a (no GPU needed): ptxas's registers and
     spills, shared memory, instruction counts (trainer.gluon_products.ptx_report)."""
-    from trainer.gluon_products import compile_for_hopper, ptx_report
+    from trainer.gluon_products import ptx_report
+
+    return ptx_report(compile_layer(dims, rows, programs, variant, last))
+
+
+def compile_layer(dims: ModelDims, rows: int, programs: int, variant: StreamVariant, last: bool = False):
+    """The layer kernel for these widths (the last layer's, without the next q/k/v, if `last`)
+    compiled for sm_90a without a GPU: Triton's compiled kernel."""
+    from trainer.gluon_products import compile_for_hopper
     from trainer.qwen2_decode import LayerWeights
 
     e = {"dtype": torch.bfloat16}
@@ -723,4 +716,4 @@ def compile_report(dims: ModelDims, rows: int, programs: int, variant: StreamVar
     work = LayerStream("cpu", torch.bfloat16, shape, 1, dims.eps)
     args, consts = work.args(0, torch.empty(rows, hidden, **e), layer, None if last else layer, layer.post_norm,
                              layer.input_norm, variant)
-    return ptx_report(compile_for_hopper(_layer, *args, **consts))
+    return compile_for_hopper(_layer, *args, **consts)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.trainer.test_triton_kernels import _interpreted
+from tests.trainer.test_triton_kernels import ENGINE_PROMPTS, RANDOM_QWEN2, _interpreted
 
 pytest.importorskip("triton")
 
 CHILD = r"""
 import json, os, torch
-from dataclasses import replace
-from transformers import Qwen2Config, Qwen2ForCausalLM
 from trainer import fast_generation, gluon_stream as gs
 from trainer.decode_graphs import disagreeing
 from trainer.fused_decode import check_error, check_passes, element_fns, fused_decode_step
@@ -33,17 +31,11 @@ from trainer.qwen2_decode import Attention, DecodeState, DecodeWeights, decode_s
 from trainer.triton_products import DecodeProducts
 
 torch.manual_seed(0)
+""" + RANDOM_QWEN2 + r"""
 config = Qwen2Config(vocab_size=128, hidden_size=192, intermediate_size=384, num_hidden_layers=2,
                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
                      rope_theta=1e4, rms_norm_eps=1e-6, use_sliding_window=False)
-model = Qwen2ForCausalLM(config)
-with torch.no_grad():  # norms and biases off their init (ones, zeros): a wrong one shows
-    for name, param in model.named_parameters():
-        if "norm" in name:
-            param.copy_(1 + 0.3 * torch.randn_like(param))
-        elif name.endswith("bias"):
-            param.normal_(0, 0.2)
-model = model.eval()
+model = random_model(torch.float32)  # (RANDOM_QWEN2's, with these widths)
 weights = DecodeWeights.allocate(model)
 variant = gs.StreamVariant(programs=6, reference=True)
 products = DecodeProducts(stream=variant)
@@ -85,12 +77,7 @@ timing = {}
 found["engine_check"] = {"dropped": disagreeing(["stream"], lambda n: steps[n](), timing), "timing": timing}
 
 # Through the engine: teacher-forced logits with the stream step against the plain one.
-gen = torch.Generator().manual_seed(1)
-prompt = torch.randint(1, 128, (4, 20), generator=gen)
-prompt[2] = prompt[1]  # a group of two rows sharing a prompt
-mask = torch.ones_like(prompt)
-mask[0, :7] = 0  # left padding
-completion = torch.randint(1, 128, (4, 48), generator=gen)  # 20 + 48 slots: two attention buckets
+""" + ENGINE_PROMPTS + r"""
 logits = {}
 for mode in ("0", "1"):
     os.environ[fast_generation.FUSED_ENV] = mode

@@ -81,6 +81,17 @@ def random_model(dtype):
     return model.to(dtype).eval()
 """
 
+# Teacher-forced prompts for the engine: 4 rows (rows 1 and 2 one group sharing a prompt, row 0 left
+# padded), 20 prompt + 48 completion slots: two attention buckets.
+ENGINE_PROMPTS = r"""
+gen = torch.Generator().manual_seed(1)
+prompt = torch.randint(1, 128, (4, 20), generator=gen)
+prompt[2] = prompt[1]  # a group of two rows: the fused step reads row 2's prompt slots from row 1
+mask = torch.ones_like(prompt)
+mask[0, :7] = 0  # left padding
+completion = torch.randint(1, 128, (4, 48), generator=gen)
+"""
+
 FUSED = r"""
 import json, os, torch
 from trainer import fast_generation
@@ -96,12 +107,7 @@ for dtype in (torch.float32, torch.bfloat16):
     found[str(dtype)] = result
 # Through the engine: teacher-forced logits of the fused step against the plain one (float32).
 model = random_model(torch.float32)
-gen = torch.Generator().manual_seed(1)
-prompt = torch.randint(1, 128, (4, 20), generator=gen)
-prompt[2] = prompt[1]  # a group of two rows: the fused step reads row 2's prompt slots from row 1
-mask = torch.ones_like(prompt)
-mask[0, :7] = 0  # left padding
-completion = torch.randint(1, 128, (4, 48), generator=gen)  # 20 + 48 slots: two attention buckets
+""" + ENGINE_PROMPTS + r"""
 logits = {}
 for mode in ("0", "1"):
     os.environ[fast_generation.FUSED_ENV] = mode
