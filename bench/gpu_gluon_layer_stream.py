@@ -37,12 +37,12 @@ from dataclasses import replace
 import torch
 from gluon_stream_parts import bench_main, compile_all, print_row, row_line, time_into
 
+from trainer.fused_decode import stream_step
 from trainer.gluon_stream import (
     LayerStream,
     StreamShape,
     StreamVariant,
     compile_layer,
-    stream_step,
 )
 from trainer.qwen2_decode import ModelDims
 

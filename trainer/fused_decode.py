@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from trainer.mlp_block import mlp_block
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
 from trainer.triton_base import runs_on, tl, triton
 from trainer.triton_products import DecodeProducts
+
+if TYPE_CHECKING:  # (Gluon imported only where the stream step is asked for)
+    from trainer.gluon_stream import LayerStream, StreamVariant
 
 SPLITS_ENV = "RLTUI_DECODE_ATTENTION_SPLITS"
 
@@ -222,8 +226,6 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     `products.stream`: each layer after its attention as one kernel (trainer/gluon_stream.py)."""
     products = products or DecodeProducts()
     if products.stream is not None:
-        from trainer.gluon_stream import stream_step
-
         return stream_step(weights, state, kv_len, products.stream)
     dims = weights.dims
     norm, add_norm, silu_mul = fns
@@ -253,6 +255,43 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
     state.positions.add_(1)
     state.write_index.add_(1)
     return logits
+
+
+def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant: StreamVariant,
+                work: LayerStream | None = None) -> torch.Tensor:
+    """qwen2_decode.decode_step's contract: feed state.tokens, return the logits [B, vocab],
+    advance the slot and positions; the layers as rope_attention + trainer/gluon_stream.py's
+    layer kernel (or its reference), in `work` (default: the workspace for this model, batch and
+    device)."""
+    from trainer.gluon_stream import programs_on, workspace
+
+    dims = weights.dims
+    x = F.embedding(state.tokens, weights.embed)
+    if work is None:
+        work = workspace(dims, x.shape[0], x.device, x.dtype, programs_on(x.device, variant))
+    launch = work.reference if variant.reference else work.launch
+    work.count[:work.flag].zero_()  # (then the spin limit's flag, kept until `failed` reads it)
+    bias = step_bias(state, kv_len, x.dtype)
+    work.x.copy_(x)
+    first = weights.layers[0]
+    qkv = F.linear(rms_norm(x, first.input_norm, dims.eps), first.qkv, first.qkv_bias)
+    last = len(weights.layers) - 1
+    for index, layer in enumerate(weights.layers):
+        # (with PDL the attention kernel itself waits for the layer kernel before it, as in the
+        # chained step, and lets the next layer kernel start as its programs begin)
+        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
+                              None if index == 0 else layer.qkv_bias, pdl=variant.pdl)
+        following = weights.layers[index + 1] if index < last else None
+        if variant.trace:  # the marks are this layer's
+            work.count[work.flag + 1:].zero_()
+        launch(index, attn, layer, following, layer.post_norm,
+               following.input_norm if following is not None else weights.norm, variant)
+        qkv = work.qkv_part
+    logits = F.linear(work.h, weights.lm_head)
+    state.positions.add_(1)
+    state.write_index.add_(1)
+    return logits
+
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ layer's q/k/v in one warp-specialized Gluon launch whose weights stream through 
 
     from trainer.gluon_stream import StreamVariant
     products = DecodeProducts(stream=StreamVariant(pdl=True))
-    logits = fused_decode_step(weights, state, kv_len, fns, products)   # runs stream_step here
+    logits = fused_decode_step(weights, state, kv_len, fns, products)   # runs fused_decode.stream_step
 
 The fused step with the MLP block (trainer/fused_decode.py) runs five kernels a layer: q/k/v,
 the attention (`rope_attention`), o, residual + RMSNorm, and the MLP block with its two barriers,
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.gluon_products import BLOCK_K, BLOCK_M, gl, gluon, tma_desc
-from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims
+from trainer.qwen2_decode import ModelDims
 from trainer.triton_base import device_key
 
 TILE, REST = 64, 8  # a weight tile's rows; a gate/up remainder box's rows (a share is 64 to 72 columns)
@@ -288,7 +288,7 @@ if gluon is not None:
     def _mark(failed_ptr, p, who: gl.constexpr, where: gl.constexpr, n, TRACE: gl.constexpr):
         # With TRACE: partition `who` (0 multiply, 1 weights, 2 inputs) of program p records that it
         # is at `where` (MARKS) at ring step n, in the slots after the failed flag (LayerStream.trace;
-        # stream_step clears them before each layer when traced)
+        # fused_decode.stream_step clears them before each layer when traced)
         if TRACE:
             gl.store(failed_ptr + 1 + p * 3 + who, where * 10000 + gl.to_tensor(n))
 
@@ -616,44 +616,6 @@ def workspace(dims: ModelDims, rows: int, device: torch.device, dtype: torch.dty
     if key not in _WORKSPACES:
         _WORKSPACES[key] = LayerStream(device, dtype, StreamShape.of(dims, rows, programs), dims.layers, dims.eps)
     return _WORKSPACES[key]
-
-
-def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant: StreamVariant,
-                work: LayerStream | None = None) -> torch.Tensor:
-    """qwen2_decode.decode_step's contract: feed state.tokens, return the logits [B, vocab],
-    advance the slot and positions; the layers as rope_attention + the layer kernel (or its
-    reference), in `work` (default: the workspace for this model, batch and device)."""
-    import torch.nn.functional as F
-
-    from trainer.fused_decode import rope_attention, step_bias
-    from trainer.qwen2_decode import rms_norm
-
-    dims = weights.dims
-    x = F.embedding(state.tokens, weights.embed)
-    if work is None:
-        work = workspace(dims, x.shape[0], x.device, x.dtype, programs_on(x.device, variant))
-    launch = work.reference if variant.reference else work.launch
-    work.count[:work.flag].zero_()  # (then the spin limit's flag, kept until `failed` reads it)
-    bias = step_bias(state, kv_len, x.dtype)
-    work.x.copy_(x)
-    first = weights.layers[0]
-    qkv = F.linear(rms_norm(x, first.input_norm, dims.eps), first.qkv, first.qkv_bias)
-    last = len(weights.layers) - 1
-    for index, layer in enumerate(weights.layers):
-        # (with PDL the attention kernel itself waits for the layer kernel before it, as in the
-        # chained step, and lets the next layer kernel start as its programs begin)
-        attn = rope_attention(dims, qkv, state, state.kv_cache[index], bias, kv_len,
-                              None if index == 0 else layer.qkv_bias, pdl=variant.pdl)
-        following = weights.layers[index + 1] if index < last else None
-        if variant.trace:  # the marks are this layer's
-            work.count[work.flag + 1:].zero_()
-        launch(index, attn, layer, following, layer.post_norm,
-               following.input_norm if following is not None else weights.norm, variant)
-        qkv = work.qkv_part
-    logits = F.linear(work.h, weights.lm_head)
-    state.positions.add_(1)
-    state.write_index.add_(1)
-    return logits
 
 
 def offered(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtype) -> list[StreamVariant]:
