@@ -1,7 +1,6 @@
 """What the weight-stream benchmarks share (bench/gpu_gluon_stream.py, gpu_gluon_mlp_stream.py,
-gpu_gluon_layer_stream.py): the Gluon pieces their warp-specialized kernels are built from, which
-are trainer/gluon_stream.py's (its docstring describes the ring and the waits), and the host side
-of running their variants.
+gpu_gluon_layer_stream.py): the host side of running their variants. The Gluon pieces their
+kernels are built from are trainer/gluon_ring.py's.
 """
 
 import argparse

@@ -77,7 +77,7 @@ def label(variant) -> str:
 
 if gluon is not None:
 
-    from trainer.gluon_stream import (
+    from trainer.gluon_ring import (
         _add_norm,
         _arrive,
         _gate_up,

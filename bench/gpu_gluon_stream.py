@@ -75,7 +75,7 @@ def label(variant) -> str:
 if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
 
-    from trainer.gluon_stream import (
+    from trainer.gluon_ring import (
         _arrive,
         _gate_up_step,
         _give_back,
