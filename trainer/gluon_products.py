@@ -62,9 +62,10 @@ MAX_SHARED = 200 * 1024  # of an H100/H200 multiprocessor's 227 KB, leaving room
 
 
 def supported(device: torch.device) -> bool:
-    """Gluon present, a Hopper-or-later CUDA device, and not switched off (RLTUI_DECODE_GLUON=0)."""
+    """Gluon present, a Hopper CUDA device (the Gluon kernels' wgmma and TMA are sm_90a's; a later
+    architecture has neither in this form), and not switched off (RLTUI_DECODE_GLUON=0)."""
     return (gluon is not None and os.environ.get(ENV) != "0" and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and torch.cuda.get_device_capability(device)[0] == 9)
 
 
 def fits(n: int, k: int, rows: int, block_n: int, splits: int) -> bool:

@@ -421,12 +421,12 @@ def workspace(dims: ModelDims, rows: int, device: torch.device, dtype: torch.dty
 
 def offered(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtype) -> list[StreamVariant]:
     """The variants to time beside the other decode steps where the kernel runs: Gluon on a
-    Hopper GPU (its wgmma is sm_90a's; RLTUI_DECODE_GLUON not 0) and `fitting` the model, the
-    batch and the GPU's multiprocessors; else none. The engine asks only under
-    RLTUI_DECODE_STREAM=1 (trainer/decode_graphs.stream_variants)."""
+    Hopper GPU (`gluon_products.supported`) and `fitting` the model, the batch and the GPU's
+    multiprocessors; else none. The engine asks only under RLTUI_DECODE_STREAM=1
+    (trainer/decode_graphs.stream_variants)."""
     from trainer import gluon_products
 
-    if not gluon_products.supported(device) or torch.cuda.get_device_capability(device)[0] != 9:
+    if not gluon_products.supported(device):
         return []
     return fitting(batch, dims, dtype, programs_on(device, StreamVariant()))
 
