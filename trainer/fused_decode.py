@@ -293,7 +293,6 @@ def stream_step(weights: DecodeWeights, state: DecodeState, kv_len: int, variant
     return logits
 
 
-
 @torch.no_grad()
 def check_error(weights: DecodeWeights, attention, seed: int = 0,
                 products: DecodeProducts | None = None) -> dict[str, float]:
