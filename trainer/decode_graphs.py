@@ -174,7 +174,7 @@ def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: d
     """The stream steps among the `captured` graphs to drop: all of them when one gave up waiting
     at a barrier while timed or the plain step is not there to compare with, else those
     `disagreeing` with the plain step at the engine's own batch (the check before capture ran at a
-    batch of 3, and the kernel's barriers and row tiles have not yet run on a GPU in the engine).
+    batch of 3; the kernel's barriers and row tiles are exercised only at the engine's batch).
     `replay(graph)`: one replay from the position and slot the timing started at."""
     streams = [name for name, (_, _, products) in captured.items() if products.stream is not None]
     if not streams:

@@ -42,9 +42,10 @@ so only its launch and its programs' start overlap this grid's tail.
 
 Layer 0's q/k/v is cuBLAS's (bias added); the head is cuBLAS's, as in the fused step.
 
-Not measured yet: the kernel has not run on a GPU (no device machine was lent in sessions 16 and
-17). So the decode engine times it only where RLTUI_DECODE_STREAM=1 asks
-(`decode_graphs.stream_variants`), after
+On an H200 (call 81) the kernel is correct and its step 4.5% slower than the fused step the engine
+keeps (1.895 against 1.813 ms): a device-wide wait costs 2.8-4.2 us where a launch boundary in the
+graph costs ~1.3 (docs/benchmarks.md). So the decode engine times it only where
+RLTUI_DECODE_STREAM=1 asks (`decode_graphs.stream_variants`), after
 the fused step's check (`fused_decode.fused_checked`, which also reads the `failed` flag), and
 bench/gpu_gluon_layer_stream.py compares one layer of it with `LayerStream.reference` buffer by
 buffer. Triton's interpreter does not run Gluon: the tests compile the kernel for sm_90a and run
