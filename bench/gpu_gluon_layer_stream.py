@@ -17,7 +17,10 @@ the same with o as the Gluon kernel in its two fastest shapes (`decode_graphs.pr
 the stream step, each captured in a CUDA graph (`_graph_ms`, the state's slot and positions put
 back in each replay). Checked: each step's logits against the plain step's from the same state
 (relative error; the fused step's own check allows 0.1, bf16 rounding orders on random weights
-give ~0.035), the cache slot each wrote, and the barrier spin limit's flag; and one layer of the
+give ~0.035), run eagerly and, for the stream step and the fused step with the MLP block, also
+captured and replayed as the engine does it (`graphed`: in call 83 the engine dropped both stream
+steps at batch 128, their logits 1.4 off the plain step's, where this benchmark's eager check had
+found 0.028 in call 81), the cache slot each wrote, and the barrier spin limit's flag; and one layer of the
 kernel against `LayerStream.reference` (the same arithmetic in torch, which the tests run in the
 kernel's place through a tiny model's step on a CPU, against the plain step), buffer by buffer.
 The one layer and a first whole step run traced (StreamVariant.trace) and watched: a launch not
@@ -177,6 +180,32 @@ def one(index: int) -> None:
         row[f"{name} positions_equal"] = bool(torch.equal(s.positions, plain_state.positions)
                                               and torch.equal(s.write_index, plain_state.write_index))
 
+    def check_graphed(name, step) -> None:
+        """The step as the decode engine runs it (trainer/fast_generation.DecodeEngine._capture):
+        two warm-up steps on a side stream, the slot and positions put back after each, then
+        captured in a CUDA graph and replayed; its logits against the plain step's after the first
+        replay and after 24 more (the engine's timing replays each step before it compares them)."""
+        s = fresh()
+        saved = s.positions.clone(), s.write_index.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step(s)
+                s.positions.copy_(saved[0])
+                s.write_index.copy_(saved[1])
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = step(s)
+        for replays, key in ((1, "graphed"), (24, "graphed x25")):
+            for _ in range(replays):
+                graph.replay()
+                s.positions.copy_(saved[0])
+                s.write_index.copy_(saved[1])
+            torch.cuda.synchronize()
+            row[f"{name} {key} logits_rel_error"] = float((logits.float() - want).norm() / want.norm())
+
     def time_it(name, step) -> None:
         s = fresh()
 
@@ -189,6 +218,7 @@ def one(index: int) -> None:
     for name, step in steps.items():
         check(name, step)
         time_it(name, step)
+    check_graphed("fused + MLP block", steps["fused + MLP block"])  # (the engine's path, known to agree)
     print_row(row)  # the baselines, in case the variant never returns
 
     shape = StreamShape.of(DIMS, ROWS, PROGRAMS)
@@ -213,6 +243,8 @@ def one(index: int) -> None:
     row["barrier_gave_up"] = work.gave_up()
     watched(row, "the whole step", lambda: stream_step(weights, fresh(), kv_len, traced, work), work)
     check("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
+    row["barrier_gave_up"] |= work.gave_up()
+    check_graphed("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
     row["barrier_gave_up"] |= work.gave_up()
     time_it("variant", lambda s: stream_step(weights, s, kv_len, variant, work))
     row["barrier_gave_up"] |= work.gave_up()

@@ -139,13 +139,19 @@ for tma in (False, True):
             layer_phases[(4,)](h, d(h, [16, 16]), gu, d(gu, [plan["BLOCK_N"], 16]), mine_act, d(mine_act, [16, 16]),
                                down, d(down, [16, 16]), mine_part, rows, layer, H=H, I=I, P=4, BLOCK_M=16,
                                BLOCK_K=16, DOWN_N=16, TMA=tma, PHASE=phase, **plan)
-        found[f"tma={tma} layer {layer}"] = [bool(torch.equal(mine_act, act)), bool(torch.equal(mine_part, part))]
+        found[f"tma={tma} layer {layer}"] = [float((mine_act - act).abs().max() / act.abs().max()),
+                                             float((mine_part - part).abs().max() / part.abs().max())]
 print(json.dumps(found))
 """
 
 
 def test_the_phases_read_one_layer_of_stacked_weights_at_its_first_row():
     # row0 (bench/gpu_mlp_stream.py's 28 layers in one launch): layer l of weights stacked by layer
-    # gives what the block gives that layer's weights alone, bitwise.
+    # gives what the block gives that layer's weights alone, to float32 rounding (a row or layer off
+    # would be off by the values themselves). Not bitwise: with descriptors the interpreter's numpy
+    # products may sum in another order depending on the CPU (1.6e-7 of the largest value on an AMD
+    # EPYC, bitwise on the machine before it).
     found = _interpreted(STACKED)
-    assert found == {f"tma={tma} layer {layer}": [True, True] for tma in (False, True) for layer in range(3)}
+    assert set(found) == {f"tma={tma} layer {layer}" for tma in (False, True) for layer in range(3)}
+    for key, errors in found.items():
+        assert max(errors) < 1e-6, (key, errors)
