@@ -149,7 +149,7 @@ def test_the_phases_read_one_layer_of_stacked_weights_at_its_first_row():
     # row0 (bench/gpu_mlp_stream.py's 28 layers in one launch): layer l of weights stacked by layer
     # gives what the block gives that layer's weights alone, to float32 rounding (a row or layer off
     # would be off by the values themselves). Not bitwise: with descriptors the interpreter's numpy
-    # products may sum in another order depending on the CPU (1.6e-7 of the largest value on an AMD
+    # products may sum in another order depending on the CPU (up to 1.8e-7 of the largest value on an AMD
     # EPYC, bitwise on the machine before it).
     found = _interpreted(STACKED)
     assert set(found) == {f"tma={tma} layer {layer}" for tma in (False, True) for layer in range(3)}
