@@ -150,7 +150,17 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         for name, (graph, _, _) in captured.items():
             ms = timed(graph[0])
             timing[f"{name}_ms"] = ms if look == 0 else min(ms, timing[f"{name}_ms"])
-    for name in _disagreeing_streams(captured, state.tokens.device, replay, timing):
+    def eager(name: str, reference: bool = False) -> torch.Tensor:
+        # one ungraphed step of `name` from the same position and slot (`reference`: a stream
+        # step's kernel replaced by its arithmetic in torch, gluon_stream.LayerStream.reference)
+        _, engine.fused, products = captured[name]
+        engine.products = replace(products, stream=replace(products.stream, reference=True)) if reference else products
+        logits = engine.run_step(kv_len).float()
+        state.positions.copy_(saved[0])
+        state.write_index.copy_(saved[1])
+        return logits
+
+    for name in _disagreeing_streams(captured, state.tokens.device, replay, timing, eager):
         del captured[name]
     best = min(captured, key=lambda name: timing[f"{name}_ms"])
     graph, engine.fused, engine.products = captured[best]
@@ -170,12 +180,17 @@ def stream_variants(engine) -> list:
     return offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims, state.kv_cache.dtype)
 
 
-def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: dict) -> list[str]:
+def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: dict, eager=None) -> list[str]:
     """The stream steps among the `captured` graphs to drop: all of them when one gave up waiting
     at a barrier while timed or the plain step is not there to compare with, else those
     `disagreeing` with the plain step at the engine's own batch (the check before capture ran at a
     batch of 3; the kernel's barriers and row tiles are exercised only at the engine's batch).
-    `replay(graph)`: one replay from the position and slot the timing started at."""
+    `replay(graph)`: one replay from the position and slot the timing started at. `eager(name,
+    reference)`: the same step ungraphed from there, with the layer kernel or its torch reference;
+    when one disagrees, both errors against the plain graph go into `timing` for each that does
+    ("<name>_eager_logits_rel_error", "<name>_reference_logits_rel_error"), and the plain step's
+    own ungraphed: they tell a capture fault from one of the kernel on this state and these
+    weights, and those from one of the step around it."""
     streams = [name for name, (_, _, products) in captured.items() if products.stream is not None]
     if not streams:
         return []
@@ -192,7 +207,16 @@ def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: d
         replay(graph)
         return logits.float()
 
-    return disagreeing(streams, logits_of, timing)
+    found = disagreeing(streams, logits_of, timing)
+    if found and eager is not None:
+        want = logits_of("plain")
+        for name, how in (("plain", "eager"), *((name, how) for name in found for how in ("eager", "reference"))):
+            try:
+                got = eager(name, reference=how == "reference")
+                timing[f"{name}_{how}_logits_rel_error"] = float((got - want).norm() / want.norm())
+            except Exception as exc:  # noqa: BLE001 - a diagnosis only: the step is dropped either way
+                timing[f"{name}_{how}_logits_rel_error"] = f"failed: {exc!r:.200}"
+    return found
 
 
 def disagreeing(names: list[str], logits_of, timing: dict) -> list[str]:
