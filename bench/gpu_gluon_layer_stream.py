@@ -4,6 +4,7 @@ weights stream through its five waits, against the fused steps the decode engine
 
     python bench/gpu_gluon_layer_stream.py [--out $OUT/gluon_layer_stream.json]  # GPU machine (132 SMs)
     python bench/gpu_gluon_layer_stream.py --compile-only                        # anywhere: sm_90a, no GPU
+    BENCH_STREAM_INIT=hf python bench/gpu_gluon_layer_stream.py  # weights as transformers initialises a Qwen2
 
 Variants (trainer.gluon_stream.StreamVariant): 6 stages with the weights streaming ahead; the
 same launched with programmatic dependent launch after the attention kernel; the weights waiting
@@ -34,6 +35,7 @@ with cuBLAS's o 1.77), both timed here in the same process. The engine itself ti
 step beside its others where RLTUI_DECODE_STREAM=1 (bench/gpu_step.py, its decode table).
 """
 
+import os
 import sys
 from dataclasses import replace
 
@@ -56,6 +58,8 @@ TIMEOUT_S = 240
 CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
 VARIANTS = (StreamVariant(), StreamVariant(pdl=True), StreamVariant(wait=True))
 WATCH_S = 30  # a launch not finished after this long is a hang: its marks are read and the child ends
+# the random weights: "fan_in" (the default) or "hf", as transformers initialises them (`random_model`)
+INIT = os.environ.get("BENCH_STREAM_INIT", "fan_in")
 
 
 def watched(row: dict, what: str, run, work: LayerStream, seconds: float = WATCH_S) -> None:
@@ -63,7 +67,6 @@ def watched(row: dict, what: str, run, work: LayerStream, seconds: float = WATCH
     copy the kernel's counters and marks on a side stream (a copy engine reads them while the
     kernel still spins), print the row with where each program stands (LayerStream.trace) and end
     the process: a hung kernel cannot be stopped any other way, and the parent keeps the row."""
-    import os
     import time
 
     # made first: nothing to allocate or create while a kernel spins
@@ -88,26 +91,34 @@ def label(variant: StreamVariant) -> str:
     return f"layer {variant}"
 
 
-def random_model(device, dims: ModelDims = DIMS, dtype=torch.bfloat16, seed: int = 0):
+def random_model(device, dims: ModelDims = DIMS, dtype=torch.bfloat16, seed: int = 0, init: str = "fan_in"):
     """Decode weights and a decode state, random: weights scaled by their fan-in, norm weights near
-    1, q/k/v biases; ROWS rows in groups of GROUP sharing a prompt of PROMPT slots (each row its
-    own copy, as the prefill leaves them), left padding in some groups, FILLED slots filled."""
+    1, q/k/v biases (`init` "fan_in"); or as transformers initialises a Qwen2 (`init` "hf", the
+    model bench/gpu_step.py builds: every matrix N(0, 0.02), norm weights 1, biases 0, the head the
+    embedding); ROWS rows in groups of GROUP sharing a prompt of PROMPT slots (each row its own
+    copy, as the prefill leaves them), left padding in some groups, FILLED slots filled."""
     from trainer.qwen2_decode import DecodeState, DecodeWeights, LayerWeights
 
     gen = torch.Generator(device=device).manual_seed(seed)
+    hf = init == "hf"
 
     def rand(*size, scale=1.0):
-        return (torch.randn(*size, device=device, generator=gen) * scale).to(dtype)
+        return (torch.randn(*size, device=device, generator=gen) * (0.02 if hf else scale)).to(dtype)
+
+    def near_one(size):
+        return torch.ones(size, device=device, dtype=dtype) if hf else 1 + 0.1 * rand(size)
 
     hidden, inter = dims.hidden, dims.intermediate
     qkv_n = (dims.heads + 2 * dims.kv_heads) * dims.head_dim
-    layers = [LayerWeights(input_norm=1 + 0.1 * rand(hidden), qkv=rand(qkv_n, hidden, scale=hidden ** -0.5),
-                           qkv_bias=0.1 * rand(qkv_n), o=rand(hidden, dims.heads * dims.head_dim, scale=hidden ** -0.5),
-                           post_norm=1 + 0.1 * rand(hidden), gate_up=rand(2 * inter, hidden, scale=hidden ** -0.5),
+    layers = [LayerWeights(input_norm=near_one(hidden), qkv=rand(qkv_n, hidden, scale=hidden ** -0.5),
+                           qkv_bias=torch.zeros(qkv_n, device=device, dtype=dtype) if hf else 0.1 * rand(qkv_n),
+                           o=rand(hidden, dims.heads * dims.head_dim, scale=hidden ** -0.5),
+                           post_norm=near_one(hidden), gate_up=rand(2 * inter, hidden, scale=hidden ** -0.5),
                            down=rand(hidden, inter, scale=inter ** -0.5))
               for _ in range(dims.layers)]
-    weights = DecodeWeights(dims=dims, embed=rand(dims.vocab, hidden), layers=layers, norm=1 + 0.1 * rand(hidden),
-                            lm_head=rand(dims.vocab, hidden, scale=hidden ** -0.5))
+    embed = rand(dims.vocab, hidden)
+    weights = DecodeWeights(dims=dims, embed=embed, layers=layers, norm=near_one(hidden),
+                            lm_head=embed if hf else rand(dims.vocab, hidden, scale=hidden ** -0.5))
     state = DecodeState.allocate(dims, ROWS, CAPACITY, device, dtype)
     state.kv_cache.copy_(rand(*state.kv_cache.shape))
     leaders = torch.arange(ROWS, device=device) // GROUP * GROUP
@@ -146,12 +157,12 @@ def one(index: int) -> None:
     dev = torch.device("cuda")
     programs = torch.cuda.get_device_properties(dev).multi_processor_count
     row = {"variant": label(variant), "stages": variant.stages, "weights_wait": variant.wait, "pdl": variant.pdl,
-           "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
+           "init": INIT, "device": torch.cuda.get_device_name(), "sms": programs, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
         print_row(row)
         return
-    weights, start = random_model(dev)
+    weights, start = random_model(dev, init=INIT)
     kv_len = 256 if FILLED < 256 else CAPACITY
 
     def fresh() -> DecodeState:
