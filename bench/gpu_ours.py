@@ -240,9 +240,17 @@ def decode_profile(model, work: Workload, prompt_length: int, generation_s: floa
     eager_ms = _event_ms(lambda: engine.run_step(probe), 5, at(probe))
     uncompiled = fast_generation.DecodeEngine(model, fast_generation.EngineKey(
         state.tokens.shape[0], capacity, "cuda", engine.key.dtype, graphs=True, compiled=False))
-    uncompiled.state.valid.fill_(True)
-    uncompiled.step(probe)
     ustate = uncompiled.state
+    # The rollout's cache and masks at the probe's last slot: the state a rollout leaves, on which
+    # the engine's choice checks its stream steps against the plain step. The fused and stream
+    # steps attend to the slots up to the one written and the plain step to every valid one, so on
+    # a state with valid slots after it they differ (call 83 dropped the stream steps, 1.4 off,
+    # when this engine had every slot valid and none written).
+    for name in state.__dataclass_fields__:
+        getattr(ustate, name).copy_(getattr(state, name))
+    ustate.write_index.fill_(probe - 1)
+    ustate.positions.fill_(probe - 1)
+    uncompiled.step(probe)
     uncompiled_ms = _event_ms(uncompiled.graphs[probe][0].replay, 30,
                               lambda: (ustate.write_index.fill_(probe - 1), ustate.positions.fill_(probe - 1)))
     del uncompiled
