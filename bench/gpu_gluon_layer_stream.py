@@ -19,10 +19,9 @@ the stream step, each captured in a CUDA graph (`_graph_ms`, the state's slot an
 back in each replay). Checked: each step's logits against the plain step's from the same state
 (relative error; the fused step's own check allows 0.1, bf16 rounding orders on random weights
 give ~0.035), run eagerly and, for the stream step and the fused step with the MLP block, also
-captured and replayed as the engine does it (`graphed`: in call 83 the engine dropped both stream
-steps at batch 128, their logits 1.4 off the plain step's, where this benchmark's eager check had
-found 0.028 in call 81), the cache slot each wrote, and the barrier spin limit's flag; and one layer of the
-kernel against `LayerStream.reference` (the same arithmetic in torch, which the tests run in the
+captured and replayed as the engine does it (`graphed`; in call 84 the same 0.028 as eagerly,
+after one replay and after 25), the cache slot each wrote, and the barrier spin limit's flag; and
+one layer of the kernel against `LayerStream.reference` (the same arithmetic in torch, which the tests run in the
 kernel's place through a tiny model's step on a CPU, against the plain step), buffer by buffer.
 The one layer and a first whole step run traced (StreamVariant.trace) and watched: a launch not
 finished after WATCH_S is a hang, and the row then says which layer and counter it stopped at
