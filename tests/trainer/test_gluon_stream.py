@@ -9,7 +9,8 @@ bugs (the wrong norm after the MLP, the next q/k/v from this layer's weights or 
 fail it and the engine's check at its own batch; the engine's teacher-forced logits across two attention buckets equal the
 plain step's; a hang's diagnosis reads a traced kernel's marks and the counters; a barrier giving
 up during a rollout makes the engine drop the step and choose again; releasing the engines frees
-the workspaces; the shapes the kernel refuses are refused with the reason; the engine is offered
+the workspaces; a stream step the engine drops is also run ungraphed and with its reference, each
+error recorded (the diagnosis); the shapes the kernel refuses are refused with the reason; the engine is offered
 the step only where the split fits a Hopper GPU's multiprocessors and the weights are bf16; the spin limit's flag is read and cleared; the kernel
 compiles for sm_90a at the tiny widths (the benchmark's test compiles Qwen2.5-1.5B's). A child
 process: TRITON_INTERPRET is set before Triton is imported."""
@@ -199,3 +200,49 @@ def test_the_layer_kernel_compiles_at_other_widths():
         assert report["wgmma"] > 0 and report["griddepcontrol"] == 2 * variant.pdl, report
     # traced: the marks are stores at the phases' edges, the products the same
     assert report["wgmma"] == plain["wgmma"] and report["stores"] > plain["stores"], (report, plain)
+
+
+def test_a_stream_step_that_disagrees_is_also_run_ungraphed_and_with_its_reference():
+    """decode_graphs._disagreeing_streams's diagnosis, the bookkeeping only (the graphs and steps are
+    the engine's on a GPU): for a stream step whose graph disagrees with the plain one, its
+    ungraphed and reference logits and the plain step's ungraphed, each against the plain graph's,
+    go into the choice timing; a failing run is recorded, not raised; an agreeing step runs none."""
+    import torch
+
+    from trainer.decode_graphs import _disagreeing_streams
+    from trainer.gluon_stream import StreamVariant
+    from trainer.triton_products import DecodeProducts
+
+    gen = torch.Generator().manual_seed(0)
+    right, wrong = torch.randn(4, 16, generator=gen), torch.randn(4, 16, generator=gen)
+
+    def choose(graphed, ungraphed):
+        out = {name: torch.zeros(4, 16) for name in ("plain", "stream")}
+        captured = {"plain": (("plain", out["plain"]), False, DecodeProducts()),
+                    "stream": (("stream", out["stream"]), True, DecodeProducts(stream=StreamVariant()))}
+        ran = []
+
+        def replay(graph):  # a replay rewrites the graph's logits buffer
+            out[graph].copy_(right if graph == "plain" else graphed)
+
+        def eager(name, reference=False):
+            ran.append((name, reference))
+            if name == "stream" and reference:
+                raise RuntimeError("no reference here")
+            return right if name == "plain" else ungraphed
+
+        timing = {}
+        return _disagreeing_streams(captured, torch.device("cpu"), replay, timing, eager), timing, ran
+
+    wrong_error = float((wrong - right).norm() / right.norm())
+    dropped, timing, ran = choose(graphed=wrong, ungraphed=right)  # a capture fault
+    assert dropped == ["stream"]
+    assert ran == [("plain", False), ("stream", False), ("stream", True)]
+    assert timing["stream_logits_rel_error"] == pytest.approx(wrong_error) and wrong_error > 0.1
+    assert timing["stream_eager_logits_rel_error"] == 0 and timing["plain_eager_logits_rel_error"] == 0
+    assert timing["stream_reference_logits_rel_error"] == "failed: RuntimeError('no reference here')"
+    dropped, timing, _ = choose(graphed=wrong, ungraphed=wrong)  # the kernel's own fault
+    assert dropped == ["stream"] and timing["stream_eager_logits_rel_error"] == pytest.approx(wrong_error)
+    dropped, timing, ran = choose(graphed=right + 1e-3 * wrong, ungraphed=wrong)
+    assert dropped == [] and ran == [] and timing["stream_logits_rel_error"] < 1e-2
+    assert not any("eager" in key or "reference" in key for key in timing)
