@@ -150,6 +150,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         for name, (graph, _, _) in captured.items():
             ms = timed(graph[0])
             timing[f"{name}_ms"] = ms if look == 0 else min(ms, timing[f"{name}_ms"])
+
     def eager(name: str, reference: bool = False) -> torch.Tensor:
         # one ungraphed step of `name` from the same position and slot (`reference`: a stream
         # step's kernel replaced by its arithmetic in torch, gluon_stream.LayerStream.reference)
