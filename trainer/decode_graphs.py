@@ -181,7 +181,7 @@ def stream_variants(engine) -> list:
     return offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims, state.kv_cache.dtype)
 
 
-def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: dict, eager=None) -> list[str]:
+def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: dict, eager) -> list[str]:
     """The stream steps among the `captured` graphs to drop: all of them when one gave up waiting
     at a barrier while timed or the plain step is not there to compare with, else those
     `disagreeing` with the plain step at the engine's own batch (the check before capture ran at a
@@ -209,7 +209,7 @@ def _disagreeing_streams(captured: dict, device: torch.device, replay, timing: d
         return logits.float()
 
     found = disagreeing(streams, logits_of, timing)
-    if found and eager is not None:
+    if found:
         want = logits_of("plain")
         for name, how in (("plain", "eager"), *((name, how) for name in found for how in ("eager", "reference"))):
             try:
