@@ -267,6 +267,9 @@ def _line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if INIT not in ("fan_in", "hf"):
+        print(f"BENCH_STREAM_INIT must be fan_in or hf, not {INIT!r}", file=sys.stderr)
+        return 2
     return bench_main(argv, __doc__, __file__, compile_only, one, VARIANTS, label, TIMEOUT_S, _line,
                       {"rows": ROWS, "hidden": DIMS.hidden, "intermediate": DIMS.intermediate, "layers": DIMS.layers,
                        "programs": PROGRAMS,

@@ -47,3 +47,11 @@ def test_stream_kernels_compile_for_hopper(script, kernels):
     assert len(reports) == kernels, done.stdout
     # every ring fits an H100/H200 multiprocessor's 227 KiB of shared memory
     assert all(int(re.search(r"'shared': (\d+)", line).group(1)) <= 227 * 1024 for line in reports)
+
+
+def test_the_layer_stream_bench_refuses_an_unknown_weight_init():
+    env = child_env() | {"BENCH_STREAM_INIT": "fan-in"}
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_gluon_layer_stream.py"), "--compile-only"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "BENCH_STREAM_INIT must be fan_in or hf, not 'fan-in'"
