@@ -4,8 +4,9 @@ product to float32 rounding, through pointers and tensor descriptors (gate and u
 as one box and one product), with uneven column shares, a remainder tile, several K slices of the
 down product and fewer rows than the tile; shapes that do not tile are refused; the fused decode
 step with the block equals the plain step on a tiny random Qwen2; the phases given a layer's first
-row in weights stacked by layer compute that layer. Skipped where Triton is not installed. A child
-process: TRITON_INTERPRET is set before import."""
+row in weights stacked by layer compute that layer; the block reading tiled copies of the weights
+gives the same bits, and the copies hold each box where the kernel reads it. Skipped where Triton
+is not installed. A child process: TRITON_INTERPRET is set before import."""
 
 from __future__ import annotations
 
@@ -155,3 +156,85 @@ def test_the_phases_read_one_layer_of_stacked_weights_at_its_first_row():
     assert set(found) == {f"tma={tma} layer {layer}" for tma in (False, True) for layer in range(3)}
     for key, errors in found.items():
         assert max(errors) < 1e-6, (key, errors)
+
+
+TILED = r"""
+import json, torch, torch.nn.functional as F
+from trainer import mlp_block as mb
+from trainer.fused_decode import element_fns
+torch.manual_seed(0)
+norm, add_norm, silu_mul = element_fns(type("D", (), {"eps": 1e-6})(), compiled=False)
+found = {"equal": {}, "errs": {}}
+# (hidden, intermediate, programs, K step, down tile): remainders of 32 rows (its own box), 8 (box
+# of 16: no spill), 4 (box of 16, its second half the next chunk's rows) and 0 (4 rows of zeros)
+for H, I, P, bk, dn in ((64, 160, 3, 32, 32), (64, 160, 7, 16, 32), (64, 144, 4, 16, 16), (64, 160, 5, 16, 16)):
+    gu, down, w = torch.randn(2 * I, H) * 0.1, torch.randn(H, I) * 0.1, 1 + 0.3 * torch.randn(H)
+    rows_major = mb.BlockShape(programs=P, block_k=bk, down_n=dn)
+    shape = mb.BlockShape(programs=P, block_k=bk, down_n=dn, tiled=True)
+    tiles = mb.TiledWeights.of(gu, down, shape)
+    for rows in (5, 16):
+        x, h = torch.randn(rows, H), torch.randn(rows, H)
+        splits = shape.plan(H, I)["SPLITS"]
+        want = mb.mlp_block(x, h, gu, down, w, 1e-6, rows_major)
+        want_act = mb.workspace(h.device, rows, H, I, splits, h.dtype)[0].clone()
+        got = mb.mlp_block(x, h, gu, down, w, 1e-6, shape, tiled=tiles)
+        got_act = mb.workspace(h.device, rows, H, I, splits, h.dtype)[0].clone()
+        torch_x, torch_h = add_norm(x, F.linear(silu_mul(F.linear(h, gu)), down), w)
+        key = f"{H}x{I} on {P}, rest {shape.tiled_rest(H, I)}, {rows} rows"
+        found["equal"][key] = [torch.equal(a, b) for a, b in zip((got_act, *got), (want_act, *want))]
+        found["errs"][key] = max(float((got[0] - torch_x).abs().max()), float((got[1] - torch_h).abs().max()))
+refused = []
+for call in (lambda: mb.BlockShape(programs=4, tiled=True, tma=False).plan(64, 160),
+             lambda: mb.BlockShape(programs=4, tiled=True, stacked=False).plan(64, 160),
+             lambda: mb.TiledWeights.of(gu, down, rows_major),
+             lambda: mb.mlp_block(x, h, gu, down, w, 1e-6, shape),
+             lambda: mb.mlp_block(x, h, gu, down, w, 1e-6, shape, tiled=mb.TiledWeights.of(
+                 gu, down, mb.BlockShape(programs=P, block_k=bk, down_n=dn, stages=3, tiled=True)))):
+    try:
+        call()
+    except ValueError as exc:
+        refused.append(str(exc)[:100])
+found["refused"] = refused
+print(json.dumps(found))
+"""
+
+def test_the_tiled_block_reads_the_same_weights_and_computes_the_same_bits():
+    # The block reading copies laid out box by box (TiledWeights) gives the row-major block's
+    # activation and outputs bit for bit (the same products of the same shapes in the same order),
+    # at each kind of remainder; and the plain products to float32 rounding.
+    found = _interpreted(TILED)
+    assert len(found["equal"]) == 8 and all(all(v) for v in found["equal"].values()), found["equal"]
+    assert max(found["errs"].values()) < 1e-5, found["errs"]
+    # without the stacked descriptors, untiled shape, no TiledWeights, TiledWeights of another shape
+    assert len(found["refused"]) == 5, found["refused"]
+
+
+def test_the_tiled_layout_puts_each_box_where_the_kernel_reads_it():
+    # At Qwen2.5-1.5B's widths on an H200's 132 programs (torch only): program p's K step k is one
+    # chunk of 136 rows of 64: gate's 64 tile rows, up's, then 4 remainder rows of each (zeros
+    # past a 67-column share); down's (tile, k) box is DOWN_N rows at tile x 140 + k.
+    import torch
+
+    from trainer import mlp_block as mb
+
+    hidden, inter, programs = 1536, 8960, 132
+    gate_up = torch.arange(2 * inter * hidden, dtype=torch.int32).view(2 * inter, hidden)
+    down = torch.arange(hidden * inter, dtype=torch.int32).view(hidden, inter)
+    shape = mb.BlockShape(programs=programs, tiled=True)
+    assert shape.tiled_rest(hidden, inter) == (4, 16)
+    tiles = mb.TiledWeights.of(gate_up, down, shape)
+    steps, chunk = hidden // 64, 2 * 64 + 2 * 4
+    assert tiles.gate_up.shape == (programs * steps * chunk, 64)
+    assert tiles.down.shape == (hidden // 64 * (inter // 64) * 64, 64)
+    for p, k in ((0, 0), (1, 5), (77, 23), (131, 11)):
+        lo, hi = p * inter // programs, (p + 1) * inter // programs
+        got = tiles.gate_up[(p * steps + k) * chunk:(p * steps + k + 1) * chunk]
+        cols = slice(k * 64, (k + 1) * 64)
+        assert torch.equal(got[:64], gate_up[lo:lo + 64, cols]) and torch.equal(got[64:128], gate_up[inter + lo:inter + lo + 64, cols])
+        own = hi - lo - 64
+        assert torch.equal(got[128:128 + own], gate_up[lo + 64:hi, cols])
+        assert torch.equal(got[132:132 + own], gate_up[inter + lo + 64:inter + hi, cols])
+        assert not got[128 + own:132].any() and not got[132 + own:136].any()
+    for tile, k in ((0, 0), (3, 139), (23, 70)):
+        at = (tile * (inter // 64) + k) * 64
+        assert torch.equal(tiles.down[at:at + 64], down[tile * 64:(tile + 1) * 64, k * 64:(k + 1) * 64])
