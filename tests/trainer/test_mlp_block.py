@@ -5,8 +5,9 @@ as one box and one product), with uneven column shares, a remainder tile, severa
 down product and fewer rows than the tile; shapes that do not tile are refused; the fused decode
 step with the block equals the plain step on a tiny random Qwen2; the phases given a layer's first
 row in weights stacked by layer compute that layer; the block reading tiled copies of the weights
-gives the same bits, and the copies hold each box where the kernel reads it. Skipped where Triton
-is not installed. A child process: TRITON_INTERPRET is set before import."""
+gives the same bits, the copies hold each box where the kernel reads it, and the engine offers it
+only when asked and keeps its copies current. Skipped where Triton is not installed. A child
+process: TRITON_INTERPRET is set before import."""
 
 from __future__ import annotations
 
@@ -198,6 +199,45 @@ found["refused"] = refused
 print(json.dumps(found))
 """
 
+TILED_ENGINE = r"""
+import json, os, torch
+from trainer import mlp_block as mb
+from trainer.decode_graphs import TILED_ENV, tiled_block
+from trainer.fused_decode import check_error, check_passes
+from trainer.qwen2_decode import Attention, DecodeWeights
+from trainer.triton_products import DecodeProducts
+torch.manual_seed(0)
+found = {}
+""" + RANDOM_QWEN2 + r"""
+model = random_model(torch.float32)
+weights = DecodeWeights.allocate(model)
+block = mb.BlockShape(programs=4, block_k=16, down_n=32)
+products = DecodeProducts(mlp=block)
+os.environ.pop(TILED_ENV, None)
+found["offered without the switch"] = tiled_block(weights, products) is not None
+os.environ[TILED_ENV] = "1"
+tiled = tiled_block(weights, products)
+found["offered"] = tiled is not None and tiled.mlp.tiled and all(layer.tiled is not None for layer in weights.layers)
+result = check_error(weights, Attention.SDPA, products=tiled)
+found["step"] = result | {"passes": check_passes(result)}
+# a training update: refresh rewrites the tiled copies in place, from the new weights
+before = [layer.tiled.gate_up.data_ptr() for layer in weights.layers]
+with torch.no_grad():
+    for param in model.parameters():
+        param.add_(0.05 * torch.randn_like(param))
+weights.refresh(model)
+fresh = [mb.TiledWeights.of(layer.gate_up, layer.down, tiled.mlp) for layer in weights.layers]
+found["refreshed in place"] = [layer.tiled.gate_up.data_ptr() for layer in weights.layers] == before and all(
+    torch.equal(layer.tiled.gate_up, f.gate_up) and torch.equal(layer.tiled.down, f.down)
+    for layer, f in zip(weights.layers, fresh))
+result = check_error(weights, Attention.SDPA, products=tiled)
+found["step after refresh"] = result | {"passes": check_passes(result)}
+weights.tile_mlp(None)
+found["dropped"] = all(layer.tiled is None for layer in weights.layers)
+print(json.dumps(found))
+"""
+
+
 def test_the_tiled_block_reads_the_same_weights_and_computes_the_same_bits():
     # The block reading copies laid out box by box (TiledWeights) gives the row-major block's
     # activation and outputs bit for bit (the same products of the same shapes in the same order),
@@ -207,6 +247,16 @@ def test_the_tiled_block_reads_the_same_weights_and_computes_the_same_bits():
     assert max(found["errs"].values()) < 1e-5, found["errs"]
     # without the stacked descriptors, untiled shape, no TiledWeights, TiledWeights of another shape
     assert len(found["refused"]) == 5, found["refused"]
+
+
+def test_the_engine_offers_the_tiled_block_only_when_asked_and_keeps_its_copies_current():
+    # RLTUI_DECODE_TILED=1: the fused step with it equals the plain step, and again after the
+    # weights change (refresh rewrote the copies in place, where captured graphs read them)
+    found = _interpreted(TILED_ENGINE)
+    assert found["offered without the switch"] is False and found["offered"] is True
+    for name in ("step", "step after refresh"):
+        assert found[name]["passes"] and found[name]["logits_rel_error"] < 1e-5, found[name]
+    assert found["refreshed in place"] is True and found["dropped"] is True
 
 
 def test_the_tiled_layout_puts_each_box_where_the_kernel_reads_it():
