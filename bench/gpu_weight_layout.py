@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 
 from gpu_common import write_json
-
-LAYERS, BATCH, HIDDEN, INTERMEDIATE, EPS = 28, 128, 1536, 8960, 1e-6
+from gpu_mlp_block import BATCH, EPS, HIDDEN, INTERMEDIATE, LAYERS, random_layers
 
 
 def compile_only() -> int:
@@ -81,7 +80,6 @@ def measure(out: Path | None, device: str, layers_n: int = LAYERS, batch: int = 
     import torch.nn.functional as F
 
     from trainer import mlp_block
-    from trainer.qwen2_decode import rms_norm
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -91,15 +89,7 @@ def measure(out: Path | None, device: str, layers_n: int = LAYERS, batch: int = 
             start = time.perf_counter()
             run()
             return (time.perf_counter() - start) * 1e3
-    gen = torch.Generator(device=dev).manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
-
-    layers = [(rand(2 * intermediate, hidden, scale=hidden ** -0.5), rand(hidden, intermediate, scale=intermediate ** -0.5),
-               1 + 0.1 * rand(hidden)) for _ in range(layers_n)]
-    x0 = rand(batch, hidden)
-    h0 = rms_norm(x0, 1 + 0.1 * rand(hidden), EPS)
+    layers, x0, h0 = random_layers(dev, layers_n, batch, hidden, intermediate)
     shapes = {"row-major": mlp_block.BlockShape(programs=programs, **options),
               "tiled": mlp_block.BlockShape(programs=programs, tiled=True, **options)}
     tiled = [mlp_block.TiledWeights.of(gate_up, down, shapes["tiled"]) for gate_up, down, _ in layers]
