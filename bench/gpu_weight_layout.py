@@ -95,8 +95,8 @@ def measure(out: Path | None, device: str, layers_n: int = LAYERS, batch: int = 
     tiled = [mlp_block.TiledWeights.of(gate_up, down, shapes["tiled"]) for gate_up, down, _ in layers]
     found: dict = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (dry run)",
                    "programs": programs,
-                   "tiled_bytes_over_weights": sum(t.gate_up.numel() + t.down.numel() for t in tiled[:1])
-                   / sum(g.numel() + d.numel() for g, d, _ in layers[:1])}
+                   "tiled_bytes_over_weights": (tiled[0].gate_up.numel() + tiled[0].down.numel())
+                   / (layers[0][0].numel() + layers[0][1].numel())}
 
     def block(name: str, phases=None, rows: int = batch):
         def run():  # (a phase alone: every layer from x0, h0, as its outputs are not written)
@@ -127,7 +127,7 @@ def measure(out: Path | None, device: str, layers_n: int = LAYERS, batch: int = 
     timed = {"block": (None, batch, gate_up_bytes + down_bytes), "gate/up": ((1,), batch, gate_up_bytes),
              "gate/up 16 rows": ((1,), 16, gate_up_bytes), "down": ((2,), batch, down_bytes)}
     ms: dict[str, list[float]] = {}
-    for turn in (1, 2):
+    for _turn in (1, 2):
         for what, (phases, rows, _) in timed.items():
             for name in shapes:
                 ms.setdefault(f"{what} {name}", []).append(_graph_ms(block(name, phases, rows), replays=30))

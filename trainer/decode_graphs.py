@@ -126,7 +126,9 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
                         variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
             for name, _, twin in [v for v in variants if v[2].mlp is not None and not v[2].mlp.gluon]:
                 tiled = tiled_block(engine.weights, twin)  # each Triton block step's twin reading tiled weights
-                if tiled is not None and fused_checked(engine.weights, engine.attention, tiled):
+                if tiled is None:  # not asked for, or its copies could not be made: not for the next twin either
+                    break
+                if fused_checked(engine.weights, engine.attention, tiled):
                     variants.insert(0, (name.replace("mlp_block", "tiled_block"), True, tiled))
     for variant in stream_variants(engine):
         products = DecodeProducts(stream=variant)

@@ -441,10 +441,10 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     cuda = h.device.type == "cuda"
     phases = phases or ((0,) if cuda else (1, 2, 3))
     h = h.contiguous()
-    act, part, sync = workspace(h.device, rows, hidden, intermediate, shape.plan(hidden, intermediate)["SPLITS"],
-                                h.dtype)
+    plan = shape.plan(hidden, intermediate)
+    act, part, sync = workspace(h.device, rows, hidden, intermediate, plan["SPLITS"], h.dtype)
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    args, consts = _bound(x, h, gate_up, down, norm, eps, shape, tiled, (act, part, sync, x_out, h_out), cuda)
+    args, consts = _bound(x, h, gate_up, down, norm, eps, shape, plan, tiled, (act, part, sync, x_out, h_out), cuda)
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.
@@ -463,22 +463,22 @@ def compile_report(rows: int, hidden: int, intermediate: int, shape: BlockShape)
     x, h, norm = torch.empty(rows, hidden, **bf16), torch.empty(rows, hidden, **bf16), torch.empty(hidden, **bf16)
     gate_up, down = torch.zeros(2 * intermediate, hidden, **bf16), torch.zeros(hidden, intermediate, **bf16)
     tiled = TiledWeights.of(gate_up, down, shape) if shape.tiled else None
-    splits = shape.plan(hidden, intermediate)["SPLITS"]
-    buffers = (torch.empty(rows, intermediate, **bf16), torch.empty(splits, rows, hidden, dtype=torch.float32),
+    plan = shape.plan(hidden, intermediate)
+    buffers = (torch.empty(rows, intermediate, **bf16), torch.empty(plan["SPLITS"], rows, hidden, dtype=torch.float32),
                torch.zeros(4, dtype=torch.int32), torch.empty_like(x), torch.empty_like(x))
-    args, consts = _bound(x, h, gate_up, down, norm, 1e-6, shape, tiled, buffers, cuda=True)
+    args, consts = _bound(x, h, gate_up, down, norm, 1e-6, shape, plan, tiled, buffers, cuda=True)
     compiled = compile_for_hopper(_mlp_kernel, *args, PHASE=0, **consts)
     return ptx_report(compiled) | {"tma_loads": compiled.asm["ptx"].count("cp.async.bulk.tensor")}
 
 
-def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, tiled: TiledWeights | None, buffers,
-           cuda: bool) -> tuple[tuple, dict]:
-    """`_mlp_kernel`'s arguments and constants (all but PHASE) for `mlp_block`; `buffers`: the
-    activation, partials and barrier counters, and the two outputs."""
+def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, plan: dict[str, int], tiled: TiledWeights | None,
+           buffers, cuda: bool) -> tuple[tuple, dict]:
+    """`_mlp_kernel`'s arguments and constants (all but PHASE) for `mlp_block`; `plan`: the shape's
+    `plan` for these widths; `buffers`: the activation, partials and barrier counters, and the two
+    outputs."""
     act, part, sync, x_out, h_out = buffers
     rows, hidden = h.shape
     intermediate = down.shape[1]
-    plan = shape.plan(hidden, intermediate)
     bm, bk = max(16, triton.next_power_of_2(rows)), shape.block_k
     stacked = {}
     if shape.tma:
@@ -487,11 +487,10 @@ def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, tiled: TiledWeight
         def desc(t: torch.Tensor, block: list[int]):
             return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
-        down_desc = desc(down, [shape.down_n, bk])
+        down_desc = desc(tiled.down if shape.tiled else down, [shape.down_n, bk])
         if shape.tiled:
             own, box = shape.tiled_rest(hidden, intermediate)
             gu_desc, rest_desc = desc(tiled.gate_up, [2 * plan["BLOCK_N"], bk]), desc(tiled.gate_up, [box, bk])
-            down_desc = desc(tiled.down, [shape.down_n, bk])
             stacked = {"STACKED": True, "BLOCK_S": own, "TILED": True, "REST_BOX": box}
         elif shape.stacked and gate_up.is_contiguous():  # (else the two 64-column products)
             # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
