@@ -28,13 +28,10 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# The end-to-end TUI test drives a real terminal: install tmux when it is missing.
+# What the tests need beyond pip (tmux for the end-to-end TUI test; Slurm and munge for
+# tests/slurm) is installed with apt-get when missing; where it cannot be, those tests skip.
 tools:
-	@command -v tmux >/dev/null 2>&1 || { \
-	  echo "installing tmux for the end-to-end TUI test"; \
-	  (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq tmux) >/dev/null 2>&1 || \
-	  echo "warning: could not install tmux; the end-to-end TUI test will be skipped"; }
+	@bash tests/install_tools.sh
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/rltui --root "$(DEMO_ROOT)" --batch demo

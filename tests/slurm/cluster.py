@@ -36,7 +36,7 @@ def missing_reason() -> str | None:
     missing += [c for c in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(c) is None]
     if missing:
         return ("Slurm is not installed (missing " + ", ".join(missing)
-                + "); .ci/run installs slurmctld, slurmd, slurm-client and munge")
+                + "); make test installs slurmctld, slurmd, slurm-client and munge (tests/install_tools.sh)")
     return None
 
 

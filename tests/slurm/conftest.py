@@ -1,7 +1,7 @@
 """Fixtures for the Slurm backend's tests: a real Slurm on this machine and a localfs for it.
 
     slurm_cluster   (module) a running SlurmCluster with two "nodes" on this host; skips with the
-                    reason when Slurm is not installed or we are not root (.ci/run installs it)
+                    reason when Slurm is not installed or we are not root (make test installs it)
     slurm_root      (function) a fresh localfs root holding the cached tiny model
     slurm_cfg       a tiny training config (CPU, one thread) -> Path; overrides as section__key=value
 
