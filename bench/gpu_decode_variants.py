@@ -18,8 +18,6 @@ with PDL; `_plain` without, `_no_cross` without its down tiles asked for before 
 and `fused_mlp_block_again` (the baseline timed last). `gluon_block`: the fused step with the
 Gluon block. `fused_mlp_block_apart`, `prefetched_o_64x4_mlp_block_apart`: the block with gate
 and up as two products (BlockShape.stacked False; stacked is the default since call 78).
-`fused_tiled_block`, `prefetched_o_64x4_tiled_block`: the block reading its weights from copies
-laid out box by box (BlockShape.tiled, trainer/mlp_block.TiledWeights, made once before timing).
 `stream`, `stream_pdl`: the layers as the attention and trainer/gluon_stream.py's one kernel
 (weights ahead; launched with PDL after the attention), where the kernel's split fits the GPU.
 A variant's barriers giving up shows as `stream_barrier_gave_up` in its entry.
@@ -67,8 +65,7 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
                 "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False)),
-                "fused_tiled_block": DecodeProducts(mlp=replace(block, tiled=True))}
+                "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False))}
     for stream in gluon_stream.offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims,
                                        state.kv_cache.dtype):  # where the kernel runs, asked for or not
         variants["stream_pdl" if stream.pdl else "stream"] = DecodeProducts(stream=stream)
@@ -103,8 +100,6 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         variants["prefetched_o_64x4_mlp_block"] = replace(prefetched, chosen={"qkv": None, "o": o4}, mlp=block)
         variants["prefetched_o_64x4_mlp_block_apart"] = replace(prefetched, chosen={"qkv": None, "o": o4},
                                                                 mlp=replace(block, stacked=False))
-        variants["prefetched_o_64x4_tiled_block"] = replace(prefetched, chosen={"qkv": None, "o": o4},
-                                                            mlp=replace(block, tiled=True))
         for name in wanted:
             shape = re.fullmatch(r"prefetched_o_(\d+)x(\d+)_mlp_block", name)
             if shape:
@@ -117,9 +112,6 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                   f"(these are: {', '.join(variants)})", file=sys.stderr)
             raise SystemExit(2)
         variants = {name: variants[name] for name in wanted}
-    tiled = [products.mlp for products in variants.values() if products.mlp is not None and products.mlp.tiled]
-    if tiled:  # (the same bytes again on the GPU while they are timed)
-        engine.weights.tile_mlp(tiled[0])
     found["split_attention_repeats"] = split_attention_repeats(engine, max(visits))
     print(f"[decode_variants] split attention repeated: {found['split_attention_repeats']}", flush=True)
     saved = state.positions.clone(), state.write_index.clone()

@@ -55,10 +55,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer import mlp_block
     from trainer.fused_decode import element_fns
+    from trainer.qwen2_decode import rms_norm
     from trainer.triton_products import _graph_ms
 
     dev = torch.device("cuda")
-    layers, x0, h0 = random_layers(dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
+
+    layers = [(rand(2 * INTERMEDIATE, HIDDEN, scale=HIDDEN ** -0.5), rand(HIDDEN, INTERMEDIATE, scale=INTERMEDIATE ** -0.5),
+               1 + 0.1 * rand(HIDDEN)) for _ in range(LAYERS)]
+    x0 = rand(BATCH, HIDDEN)
+    h0 = rms_norm(x0, 1 + 0.1 * rand(HIDDEN), EPS)
     dims = type("Dims", (), {"eps": EPS})()
     _, add_norm, silu_mul = element_fns(dims, compiled=True)
 
@@ -135,24 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_json(args.out, result)
     return 0
-
-
-def random_layers(dev, layers: int = LAYERS, batch: int = BATCH, hidden: int = HIDDEN, intermediate: int = INTERMEDIATE):
-    """`layers` MLP halves of random bf16 weights on `dev` (gate | up, down, the next norm), a
-    residual x0 [batch, hidden] and its RMSNorm h0, from seed 0."""
-    import torch
-
-    from trainer.qwen2_decode import rms_norm
-
-    gen = torch.Generator(device=dev).manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
-
-    found = [(rand(2 * intermediate, hidden, scale=hidden ** -0.5), rand(hidden, intermediate, scale=intermediate ** -0.5),
-              1 + 0.1 * rand(hidden)) for _ in range(layers)]
-    x0 = rand(batch, hidden)
-    return found, x0, rms_norm(x0, 1 + 0.1 * rand(hidden), EPS)
 
 
 def _stacked(layers, x0, h0, sms, cublas, block) -> dict:

@@ -31,7 +31,6 @@ from trainer.triton_products import DecodeProducts
 PREFILL_LIMIT = 8
 GLUON_MLP_ENV = "RLTUI_DECODE_GLUON_MLP"  # 1: the engine also times the step with trainer/gluon_mlp.py's block
 STREAM_ENV = "RLTUI_DECODE_STREAM"  # 1: the engine also times the step with trainer/gluon_stream.py's kernel
-TILED_ENV = "RLTUI_DECODE_TILED"  # 1: the engine also times the step with the MLP block reading tiled weights
 
 
 def prefetched_o(weights, products: DecodeProducts, batch: int, shapes: int = 2) -> dict[str, DecodeProducts]:
@@ -76,31 +75,12 @@ def gluon_block(weights, products: DecodeProducts, batch: int) -> DecodeProducts
     return replace(products, mlp=shape)
 
 
-def tiled_block(weights, products: DecodeProducts) -> DecodeProducts | None:
-    """`products` with its MLP block reading every layer's gate_up and down from copies laid out
-    box by box (trainer/mlp_block.TiledWeights, made here: the same bytes again on the GPU until
-    `choose_step` keeps another step), where RLTUI_DECODE_TILED=1 asks for it and the block runs;
-    else None. Opt-in until a GPU has measured it (bench/gpu_weight_layout.py; docs/benchmarks.md,
-    issue 18, session 21)."""
-    if os.environ.get(TILED_ENV) != "1" or products.mlp is None or products.mlp.gluon:
-        return None
-    shape = replace(products.mlp, tiled=True)
-    try:
-        weights.tile_mlp(shape)
-    except (ValueError, RuntimeError) as exc:  # a shape it does not tile; out of memory
-        weights.tile_mlp(None)
-        warnings.warn(f"the tiled MLP block's weights could not be made ({exc!r:.300}); not used", stacklevel=3)
-        return None
-    return replace(products, mlp=shape)
-
-
 def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture the chained step (if the engine timed its products and it passes the fused step's
     check), the fused step with the MLP half as one persistent kernel (trainer/mlp_block.py, on a
     Hopper or newer GPU unless RLTUI_DECODE_MLP_BLOCK=0, if it passes the check), the same with
     its o product as a Gluon kernel that loads its weights before it waits (`prefetched_o`), and
-    with the first of those the MLP block as a Gluon kernel too where asked for (`gluon_block`) or
-    reading tiled weights where asked for (`tiled_block`, their copies dropped unless kept), the
+    with the first of those the MLP block as a Gluon kernel too where asked for (`gluon_block`), the
     layers as trainer/gluon_stream.py's kernel where RLTUI_DECODE_STREAM=1 asks for it (kept only if
     it also agrees with the plain step at this batch, `_disagreeing_streams`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
@@ -124,12 +104,6 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
                     gluon = gluon_block(engine.weights, prefetched, state.tokens.shape[0]) if rank == 0 else None
                     if gluon is not None and fused_checked(engine.weights, engine.attention, gluon):
                         variants.insert(0, (name.replace("mlp_block", "gluon_block"), True, gluon))
-            for name, _, twin in [v for v in variants if v[2].mlp is not None and not v[2].mlp.gluon]:
-                tiled = tiled_block(engine.weights, twin)  # each Triton block step's twin reading tiled weights
-                if tiled is None:  # not asked for, or its copies could not be made: not for the next twin either
-                    break
-                if fused_checked(engine.weights, engine.attention, tiled):
-                    variants.insert(0, (name.replace("mlp_block", "tiled_block"), True, tiled))
     for variant in stream_variants(engine):
         products = DecodeProducts(stream=variant)
         if fused_checked(engine.weights, engine.attention, products):
@@ -192,8 +166,6 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     best = min(captured, key=lambda name: timing[f"{name}_ms"])
     graph, engine.fused, engine.products = captured[best]
     engine.fused_timing = timing | {"chosen": best}
-    if engine.products.mlp is None or not engine.products.mlp.tiled:
-        engine.weights.tile_mlp(None)  # (the tiled copies, if any were made, are not read)
     return graph
 
 

@@ -246,8 +246,7 @@ def fused_decode_step(weights: DecodeWeights, state: DecodeState, kv_len: int, f
         x, h = add_product_norm(x, products.apply("o", attn, layer.o), layer.post_norm)
         following = weights.norm if index == last else weights.layers[index + 1].input_norm
         if products.mlp is not None:
-            x, h = mlp_block(x, h, layer.gate_up, layer.down, following, dims.eps, products.mlp,
-                             tiled=layer.tiled if products.mlp.tiled else None)
+            x, h = mlp_block(x, h, layer.gate_up, layer.down, following, dims.eps, products.mlp)
             continue
         up = products.apply("gate_up", h, layer.gate_up)
         up = up if swiglu_in_product else silu_mul(up)

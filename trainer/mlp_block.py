@@ -47,11 +47,10 @@ it beside the other steps at its first bucket and keeps the fastest (trainer/dec
 RLTUI_DECODE_MLP_BLOCK=0 switches it off. BlockShape(gluon=True) runs the same block as
 trainer/gluon_mlp.py's Gluon kernel (slower on an H200: calls 64-74).
 
-BlockShape(tiled=True) reads gate_up and down from copies laid out so that each box is one run of
-memory (TiledWeights), with the same products in the same order (bitwise the same outputs). Not
-yet measured on a GPU (bench/gpu_weight_layout.py); the engine times it only with
-RLTUI_DECODE_TILED=1. Calls 34-36 predict little: one loop through all 28 layers streamed the
-row-major boxes at 4.5 TB/s, so what a per-layer phase loses is its restart, not the boxes' layout.
+Reading the weights from copies laid out so that each box is one run of memory (session 21's
+BlockShape.tiled, at commit e0acd53) made the block 2.1% faster on an H200 and the decode replay
+1.1-1.4%, but rewriting the copies after each update cost more per step than that saved, with
+2.2 GiB more memory: taken out (docs/benchmarks.md, issue 18, calls 86-89).
 """
 
 from __future__ import annotations
@@ -75,9 +74,7 @@ class BlockShape:
     barrier) and `rest` (the rows of its remainder box). `stacked` (tensor descriptors only; the
     default): gate and up read as one box of gate_up viewed as [2, I, H] and multiplied as one
     product twice as wide, the remainder likewise through a box of BLOCK_S rows of each. On an
-    H200 the same numbers bit for bit, 2.5% faster (docs/benchmarks.md, issue 18, call 78).
-    `tiled` (stacked only): gate_up and down read from copies laid out so that every box a program
-    reads is contiguous in memory (`TiledWeights`), the same products in the same order."""
+    H200 the same numbers bit for bit, 2.5% faster (docs/benchmarks.md, issue 18, call 78)."""
 
     programs: int
     block_k: int = 64
@@ -91,7 +88,6 @@ class BlockShape:
     cross: bool = True
     rest: int = 8
     stacked: bool = True
-    tiled: bool = False
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
@@ -112,19 +108,9 @@ class BlockShape:
         block_r = max(16, triton.next_power_of_2(rest))
         if block_r > block_n:  # a remainder wider than the tile (a wide MLP on few SMs): not this kernel
             raise ValueError(f"{self} leaves {rest} columns a program past its tile")
-        if self.tiled and not (self.tma and self.stacked and not self.gluon):
-            raise ValueError(f"{self}: the tiled layout is read only by the stacked tensor-descriptor block")
         tiles_n = hidden // self.down_n
         splits = max(1, min(p // tiles_n, intermediate // bk))
         return {"BLOCK_N": block_n, "BLOCK_R": block_r, "SPLITS": splits, "TILES_N": tiles_n}
-
-    def tiled_rest(self, hidden: int, intermediate: int) -> tuple[int, int]:
-        """The tiled layout's remainder: (rows of gate and of up a program owns past its tile,
-        padded to a power of two, at least 4; rows of the box that reads them, at least 16 for
-        the product: past the share's own, the next chunk's, multiplied and not stored)."""
-        plan = self.plan(hidden, intermediate)
-        own = max(4, triton.next_power_of_2(max(1, self.remainder(intermediate, plan["BLOCK_N"]))))
-        return own, max(16, 2 * own)
 
 
 def available(device: torch.device) -> bool:
@@ -242,39 +228,26 @@ if triton is not None:
     @triton.jit
     def _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I: tl.constexpr, P: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-                         H: tl.constexpr, F32_DOT: tl.constexpr, TILED: tl.constexpr = False,
-                         REST_BOX: tl.constexpr = 16):
+                         H: tl.constexpr, F32_DOT: tl.constexpr):
         # The gate/up phase with gate and up read as one [2, BLOCK_N, K] box of gate_up viewed as
         # [2, I, H], multiplied as one 2 x BLOCK_N-column product (64x128 wgmma on Hopper, half
         # as many as two 64-column ones), and the share's remainder as one [2, BLOCK_S, K] box
         # and one 2 x BLOCK_S-column product. The remainder box's rows past the share are the
         # next program's (multiplied, not stored); past I the descriptor reads zeros.
-        # TILED: the same boxes from TiledWeights.gate_up, where a program's K step is one chunk
-        # of rows (gate's tile, up's, then BLOCK_S remainder rows of each); the remainder box is
-        # REST_BOX rows, past 2 x BLOCK_S the next chunk's (multiplied, not stored).
         lo = p * I // P
         hi = (p + 1) * I // P
         m = tl.arange(0, BLOCK_M)
         live = m < rows
         both = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
-        both_r = tl.zeros([BLOCK_M, REST_BOX if TILED else 2 * BLOCK_S], tl.float32)
+        both_r = tl.zeros([BLOCK_M, 2 * BLOCK_S], tl.float32)
         for k in range(0, H, BLOCK_K):
             x = h_desc.load([0, k])
-            if TILED:
-                at = (p * (H // BLOCK_K) + k // BLOCK_K) * (2 * BLOCK_N + 2 * BLOCK_S)
-                w = gu_desc.load([at, 0])
-                r = rest_desc.load([at + 2 * BLOCK_N, 0])
-            else:
-                w = gu_desc.load([0, lo, k]).reshape(2 * BLOCK_N, BLOCK_K)
-                r = rest_desc.load([0, lo + BLOCK_N, k]).reshape(2 * BLOCK_S, BLOCK_K)
+            w = gu_desc.load([0, lo, k]).reshape(2 * BLOCK_N, BLOCK_K)
+            r = rest_desc.load([0, lo + BLOCK_N, k]).reshape(2 * BLOCK_S, BLOCK_K)
             both = _dot(x, w, both, F32_DOT)
             both_r = _dot(x, r, both_r, F32_DOT)
         gate, up = both.reshape(BLOCK_M, 2, BLOCK_N).permute(0, 2, 1).split()
-        if TILED and REST_BOX > 2 * BLOCK_S:  # (then twice 2 x BLOCK_S: the first half is the share's)
-            own_r, _ = both_r.reshape(BLOCK_M, 2, REST_BOX // 2).permute(0, 2, 1).split()
-        else:
-            own_r = both_r
-        gate_r, up_r = own_r.reshape(BLOCK_M, 2, BLOCK_S).permute(0, 2, 1).split()
+        gate_r, up_r = both_r.reshape(BLOCK_M, 2, BLOCK_S).permute(0, 2, 1).split()
         main = lo + tl.arange(0, BLOCK_N)
         rest = lo + BLOCK_N + tl.arange(0, BLOCK_S)
         dtype = act_ptr.dtype.element_ty
@@ -285,11 +258,8 @@ if triton is not None:
     @triton.jit
     def _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr,
-                    TILES_N: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0,
-                    TILED: tl.constexpr = False):
-        # row0: where this layer's rows start in down (0; bench/gpu_mlp_stream.py stacks layers).
-        # TILED: the boxes from TiledWeights.down, (tile, K step) the chunk of DOWN_N rows at
-        # tile x I / BLOCK_K + step.
+                    TILES_N: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
+        # row0: where this layer's rows start in down (0; bench/gpu_mlp_stream.py stacks layers)
         if p < TILES_N * SPLITS:
             tile = p % TILES_N
             split = p // TILES_N
@@ -306,10 +276,7 @@ if triton is not None:
             for k in range(0 if F32_DOT else k_lo, I if F32_DOT else k_hi, BLOCK_K):
                 if TMA:
                     a = act_desc.load([0, k])
-                    if TILED:
-                        w = down_desc.load([(tile * steps + k // BLOCK_K) * DOWN_N, 0])
-                    else:
-                        w = down_desc.load([row0 + tile * DOWN_N, k])
+                    w = down_desc.load([row0 + tile * DOWN_N, k])
                 else:
                     a = tl.load(act_ptr + m[:, None] * I + k + ks[None, :], mask=live[:, None], other=0.0,
                                 cache_modifier=".cg")
@@ -326,13 +293,12 @@ if triton is not None:
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
                     NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    STACKED: tl.constexpr = False, BLOCK_S: tl.constexpr = 8, TILED: tl.constexpr = False,
-                    REST_BOX: tl.constexpr = 16):
+                    STACKED: tl.constexpr = False, BLOCK_S: tl.constexpr = 8):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if (PHASE == 0 or PHASE == 1) and STACKED:
             _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I, P, BLOCK_M, BLOCK_K, BLOCK_N, BLOCK_S, H,
-                             F32_DOT, TILED, REST_BOX)
+                             F32_DOT)
         elif PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
                            BLOCK_R, TMA, F32_DOT)
@@ -340,7 +306,7 @@ if triton is not None:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
             _down_phase(act_ptr, act_desc, down_ptr, down_desc, part_ptr, p, rows, H, I, BLOCK_M, BLOCK_K, DOWN_N,
-                        SPLITS, TILES_N, TMA, F32_DOT, 0, TILED)
+                        SPLITS, TILES_N, TMA, F32_DOT)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr + 1, sync_ptr + 3, P, False)
             _reset_barriers(sync_ptr, p, P)
@@ -349,54 +315,6 @@ if triton is not None:
                 if start + p < rows:
                     add_norm_row(part_ptr, rows * H, x_ptr, norm_ptr, x_out_ptr, h_out_ptr, start + p, H, eps,
                                  SPLITS, NORM_BLOCK)
-
-
-@dataclass
-class TiledWeights:
-    """A layer's gate_up [2I, H] and down [H, I] copied so that each box the block reads with a
-    tiled `shape` is one run of memory, in the order a program reads them, instead of a box's
-    rows lying a whole weight row apart (3 KB for gate/up, 17.5 KB for down at Qwen2.5-1.5B's
-    widths). gate_up: [P, H / BLOCK_K, CHUNK, BLOCK_K], program p's K step one chunk: gate's
-    BLOCK_N tile rows, up's, then its remainder rows of gate and of up (`tiled_rest`; zeros past
-    its share); down: [H / DOWN_N, I / BLOCK_K, DOWN_N, BLOCK_K]. Both kept 2-D (rows of BLOCK_K)
-    for the kernel's descriptors. About the same bytes as the weights (Qwen2.5-1.5B on 132
-    programs: 0.2% of zeros). `refresh` rewrites them in place, so a CUDA graph that reads them
-    reads the new weights."""
-
-    shape: BlockShape
-    gate_up: torch.Tensor
-    down: torch.Tensor
-
-    @classmethod
-    def of(cls, gate_up: torch.Tensor, down: torch.Tensor, shape: BlockShape) -> TiledWeights:
-        if not shape.tiled:
-            raise ValueError(f"{shape} is not tiled")
-        return cls(shape, _tiled_gate_up(gate_up, down.shape, shape), _tiled_down(down, shape))
-
-    def refresh(self, gate_up: torch.Tensor, down: torch.Tensor) -> None:
-        self.gate_up.copy_(_tiled_gate_up(gate_up, down.shape, self.shape))
-        self.down.copy_(_tiled_down(down, self.shape))
-
-
-def _tiled_gate_up(gate_up: torch.Tensor, widths: torch.Size, shape: BlockShape) -> torch.Tensor:
-    hidden, intermediate = widths
-    bn, bk, programs = shape.plan(hidden, intermediate)["BLOCK_N"], shape.block_k, shape.programs
-    own, _ = shape.tiled_rest(hidden, intermediate)
-    share = torch.arange(programs + 1, device=gate_up.device) * intermediate // programs  # as the kernel's lo, hi
-    rows = share[:-1, None] + torch.arange(bn + own, device=gate_up.device)  # [P, BLOCK_N + own]
-    live = rows < share[1:, None]  # (a tile's rows always are: plan's BLOCK_N is at most the least share)
-    both = gate_up.view(2, intermediate, hidden)
-    picked = torch.where(live[None, :, :, None], both[:, rows.clamp(max=intermediate - 1)], 0)  # [2, P, R, H]
-    steps = picked.view(2, programs, bn + own, hidden // bk, bk).permute(1, 3, 0, 2, 4)  # [P, K steps, 2, R, bk]
-    chunks = torch.cat([steps[:, :, :, :bn].reshape(programs, hidden // bk, 2 * bn, bk),
-                        steps[:, :, :, bn:].reshape(programs, hidden // bk, 2 * own, bk)], dim=2)
-    return chunks.reshape(-1, bk)
-
-
-def _tiled_down(down: torch.Tensor, shape: BlockShape) -> torch.Tensor:
-    hidden, intermediate = down.shape
-    n, bk = shape.down_n, shape.block_k
-    return down.view(hidden // n, n, intermediate // bk, bk).permute(0, 2, 1, 3).reshape(-1, bk)
 
 
 # (activation, partials, barrier counters | failed flag) per (device, rows, hidden, intermediate, splits, dtype).
@@ -417,15 +335,14 @@ def workspace(device: torch.device, rows: int, hidden: int, intermediate: int, s
 
 
 def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, norm: torch.Tensor,
-              eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None,
-              tiled: TiledWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              eps: float, shape: BlockShape, *, phases: tuple[int, ...] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual x [B, H] and its normed h after one MLP half: x + down(SiLU(gate) * up) of h,
     with gate | up stacked in `gate_up` [2I, H] and `down` [H, I], and RMSNorm of that with `norm`
     (the next layer's input norm, or the final one); as fused_decode's gate/up, silu_mul, down and
     add_norm. B at most 128. `phases`: the launches, (0,) for one with barriers (default on CUDA),
     (1, 2, 3) for one per phase (default in the interpreter); a benchmark may time one phase
-    alone. A tiled `shape` reads `tiled` (TiledWeights made for it from gate_up and down) instead
-    of gate_up and down."""
+    alone."""
     rows, hidden = h.shape
     intermediate = down.shape[1]
     if shape.gluon:
@@ -436,49 +353,12 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
     if rows > 128 or gate_up.shape != (2 * intermediate, hidden) or down.shape != (hidden, intermediate):
         raise ValueError(f"mlp_block takes at most 128 rows and matching weights, not h {tuple(h.shape)}, "
                          f"gate_up {tuple(gate_up.shape)}, down {tuple(down.shape)}")
-    if shape.tiled and (tiled is None or tiled.shape != shape):
-        raise ValueError(f"{shape} reads TiledWeights made for it, not {tiled and tiled.shape}")
+    plan = shape.plan(hidden, intermediate)
     cuda = h.device.type == "cuda"
     phases = phases or ((0,) if cuda else (1, 2, 3))
     h = h.contiguous()
-    plan = shape.plan(hidden, intermediate)
     act, part, sync = workspace(h.device, rows, hidden, intermediate, plan["SPLITS"], h.dtype)
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    args, consts = _bound(x, h, gate_up, down, norm, eps, shape, plan, tiled, (act, part, sync, x_out, h_out), cuda)
-    for phase in phases:
-        # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
-        # never finishes) when the programs cannot all be resident at once.
-        launch = {"launch_cooperative_grid": True} if phase == 0 and cuda else {}
-        _mlp_kernel[(shape.programs,)](*args, PHASE=phase, **consts, **launch)
-    return x_out, h_out
-
-
-def compile_report(rows: int, hidden: int, intermediate: int, shape: BlockShape) -> dict[str, int]:
-    """The block with barriers compiled for sm_90a without a GPU (zero weights on the CPU: a launch
-    binds only their shapes and types): ptxas's registers and spills, its shared memory and
-    instruction counts (trainer.gluon_products.ptx_report), and its TMA loads."""
-    from trainer.gluon_products import compile_for_hopper, ptx_report
-
-    bf16 = {"dtype": torch.bfloat16}
-    x, h, norm = torch.empty(rows, hidden, **bf16), torch.empty(rows, hidden, **bf16), torch.empty(hidden, **bf16)
-    gate_up, down = torch.zeros(2 * intermediate, hidden, **bf16), torch.zeros(hidden, intermediate, **bf16)
-    tiled = TiledWeights.of(gate_up, down, shape) if shape.tiled else None
-    plan = shape.plan(hidden, intermediate)
-    buffers = (torch.empty(rows, intermediate, **bf16), torch.empty(plan["SPLITS"], rows, hidden, dtype=torch.float32),
-               torch.zeros(4, dtype=torch.int32), torch.empty_like(x), torch.empty_like(x))
-    args, consts = _bound(x, h, gate_up, down, norm, 1e-6, shape, plan, tiled, buffers, cuda=True)
-    compiled = compile_for_hopper(_mlp_kernel, *args, PHASE=0, **consts)
-    return ptx_report(compiled) | {"tma_loads": compiled.asm["ptx"].count("cp.async.bulk.tensor")}
-
-
-def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, plan: dict[str, int], tiled: TiledWeights | None,
-           buffers, cuda: bool) -> tuple[tuple, dict]:
-    """`_mlp_kernel`'s arguments and constants (all but PHASE) for `mlp_block`; `plan`: the shape's
-    `plan` for these widths; `buffers`: the activation, partials and barrier counters, and the two
-    outputs."""
-    act, part, sync, x_out, h_out = buffers
-    rows, hidden = h.shape
-    intermediate = down.shape[1]
     bm, bk = max(16, triton.next_power_of_2(rows)), shape.block_k
     stacked = {}
     if shape.tma:
@@ -487,12 +367,7 @@ def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, plan: dict[str, in
         def desc(t: torch.Tensor, block: list[int]):
             return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
 
-        down_desc = desc(tiled.down if shape.tiled else down, [shape.down_n, bk])
-        if shape.tiled:
-            own, box = shape.tiled_rest(hidden, intermediate)
-            gu_desc, rest_desc = desc(tiled.gate_up, [2 * plan["BLOCK_N"], bk]), desc(tiled.gate_up, [box, bk])
-            stacked = {"STACKED": True, "BLOCK_S": own, "TILED": True, "REST_BOX": box}
-        elif shape.stacked and gate_up.is_contiguous():  # (else the two 64-column products)
+        if shape.stacked and gate_up.is_contiguous():  # (else the two 64-column products)
             # the remainder's rows of each, at least 8 (their product is 2 x BLOCK_S wide; plan
             # checked BLOCK_R, which is at least this, against BLOCK_N)
             block_s = max(8, triton.next_power_of_2(shape.remainder(intermediate, plan["BLOCK_N"])))
@@ -503,7 +378,7 @@ def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, plan: dict[str, in
             stacked = {"STACKED": True, "BLOCK_S": block_s}
         else:
             gu_desc = rest_desc = desc(gate_up, [plan["BLOCK_N"], bk])  # (rest_desc not read)
-        descs = (desc(h, [bm, bk]), gu_desc, desc(act, [bm, bk]), down_desc)
+        descs = (desc(h, [bm, bk]), gu_desc, desc(act, [bm, bk]), desc(down, [shape.down_n, bk]))
     else:
         descs = (h, gate_up, act, down)
         rest_desc = gate_up  # (not read)
@@ -512,7 +387,12 @@ def _bound(x, h, gate_up, down, norm, eps, shape: BlockShape, plan: dict[str, in
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
               "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan, **stacked}
-    return args, consts
+    for phase in phases:
+        # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
+        # never finishes) when the programs cannot all be resident at once.
+        launch = {"launch_cooperative_grid": True} if phase == 0 and cuda else {}
+        _mlp_kernel[(shape.programs,)](*args, PHASE=phase, **consts, **launch)
+    return x_out, h_out
 
 
 def failed(device: torch.device) -> bool:

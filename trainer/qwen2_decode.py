@@ -18,15 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from trainer.mlp_block import TiledWeights
 
 
 class UnsupportedModel(ValueError):
@@ -167,9 +163,6 @@ class LayerWeights:
     post_norm: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
-    # gate_up and down as the tiled MLP block reads them (trainer/mlp_block.TiledWeights), while
-    # the engine times or keeps that block (DecodeWeights.tile_mlp)
-    tiled: TiledWeights | None = None
 
 
 @dataclass
@@ -232,23 +225,9 @@ class DecodeWeights:
             put(fused.gate_up[:inter], mlp.gate_proj)
             put(fused.gate_up[inter:], mlp.up_proj)
             put(fused.down, mlp.down_proj)
-            if fused.tiled is not None:
-                fused.tiled.refresh(fused.gate_up, fused.down)
         head = lm.get_output_embeddings()
         if hasattr(head, "base_layer"):
             self.lm_head.copy_(effective_linear(head)[0])
-
-    def tile_mlp(self, shape) -> None:
-        """Every layer's gate_up and down also as the tiled MLP block `shape` reads them
-        (trainer/mlp_block.TiledWeights, the same bytes again); `refresh` keeps them current.
-        `shape` None drops them."""
-        from trainer.mlp_block import TiledWeights
-
-        for layer in self.layers:
-            if shape is None:
-                layer.tiled = None
-            elif layer.tiled is None or layer.tiled.shape != shape:
-                layer.tiled = TiledWeights.of(layer.gate_up, layer.down, shape)
 
     def nbytes(self) -> int:
         """Bytes of weights one decode step reads (each matrix once; embedding rows are negligible)."""
