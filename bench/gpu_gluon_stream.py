@@ -40,6 +40,20 @@ limit flag is read back.
 
 What would decide it: streaming on through SYNCS 6 at close to the barrier-free stream's rate,
 and well ahead of the restarting form and the block's phase (0.56 ms, 2.7 TB/s, on an H200).
+(Call 81 answered: it does not. docs/benchmarks.md, issue 18.)
+
+Why even the barrier-free stream moves its weights at 3.05 TB/s, below the 4.2 TB/s copy rate
+(call 81; what ARCHITECTURE left unmeasured), the last four variants ask, each the barrier-free
+stream with one thing taken away: the products (the ring moves the same weight and x tiles,
+nothing is multiplied); the remainders' 8-column products (gate's and up's 64-column ones stay);
+half of x's rows (64: half the multiplies and half x's L2 reads); x's loads (every product, on
+whatever the stages held; no check); and the products and half of x together. Whichever brings
+the rate back to the copy rate names the limiter: the ring itself, the narrow products that read
+x's tile again for 8 columns, the tensor work at 128 rows, or x's reads from the L2. The last
+one leaves the remainders out of the loads as well (two 8 KB weight loads a step instead of
+those and two 1 KB boxes; 11% fewer bytes, so compare its `moved_tb_s`, the bytes it moved a
+second). Three more take the ring itself apart, with no products: each stage handed back as soon as
+it is taken rather than a step late; nothing stored at a layer's end; 8 stages of 64 rows.
 
 Each variant runs in its own process (`--one INDEX`), killed after TIMEOUT_S, as
 bench/gpu_gluon_ws.py does: a kernel that never finishes (a barrier whose programs are not all
@@ -61,22 +75,49 @@ from trainer.gluon_stream import BLOCK_K, REST, TILE, tma_desc
 
 TIMEOUT_S = 90
 PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch baseline
-# (stages, barriers a layer (0: none), the weights wait at each barrier, x chained from the layer before)
-VARIANTS = ((6, 0, 0, 0), (6, 1, 0, 1), (6, 6, 0, 1), (6, 6, 1, 1), (6, 1, 1, 1), (4, 6, 0, 1))
+# (stages, barriers a layer (0: none), the weights wait at each barrier, x chained from the layer before,
+# products (FULL; MAIN: gate's and up's tiles only, not the 8-column remainders; NONE: the ring
+# moves the same bytes and nothing is multiplied; NO_X: every product, but x's tiles are never
+# loaded, their stages handed over as they are; NO_REST: as MAIN, and the remainder boxes are
+# not loaded either: two weight loads a step, not four; EARLY: as NONE, each stage handed back as
+# soon as taken, not a step late; NO_STORE: as NONE, nothing stored at a layer's end; TMA_STORE:
+# every product, the 64-column tile's SiLU x up stored through shared memory by one TMA store that
+# runs on while the next layer's steps do), x's rows (128; 64: half the products and x)).
+FULL, MAIN, NONE, NO_X, NO_REST, EARLY, NO_STORE, TMA_STORE = 2, 1, 0, 3, 4, 5, 6, 7
+VARIANTS = ((6, 0, 0, 0, FULL, ROWS), (6, 1, 0, 1, FULL, ROWS), (6, 6, 0, 1, FULL, ROWS), (6, 6, 1, 1, FULL, ROWS),
+            (6, 1, 1, 1, FULL, ROWS), (4, 6, 0, 1, FULL, ROWS),
+            # what holds the barrier-free stream below the copy rate (session 25)
+            (6, 0, 0, 0, NONE, ROWS), (6, 0, 0, 0, MAIN, ROWS), (6, 0, 0, 0, FULL, 64), (6, 0, 0, 0, NO_X, ROWS),
+            (6, 0, 0, 0, NONE, 64), (6, 0, 0, 0, NO_REST, ROWS),
+            (6, 0, 0, 0, EARLY, ROWS), (6, 0, 0, 0, NO_STORE, ROWS), (8, 0, 0, 0, NONE, 64),
+            (6, 0, 0, 0, TMA_STORE, ROWS), (5, 0, 0, 0, TMA_STORE, ROWS), (6, 6, 0, 1, TMA_STORE, ROWS))
 
 
 def label(variant) -> str:
-    stages, syncs, wait, _ = variant
+    stages, syncs, wait, _, mma, rows = variant
+    what = ({FULL: "", MAIN: ", no remainder products", NONE: ", no products", NO_X: ", x never loaded",
+             NO_REST: ", no remainders loaded or multiplied", EARLY: ", no products, stages back early",
+             NO_STORE: ", no products, nothing stored", TMA_STORE: ", SiLU x up by TMA store"}[mma]
+            + ("" if rows == ROWS else f", {rows} rows"))
     if not syncs:
-        return f"stream s{stages} no barrier"
-    return f"stream s{stages} {syncs} barrier{'s' if syncs > 1 else ''}/layer, weights {'wait' if wait else 'ahead'}"
+        return f"stream s{stages} no barrier{what}"
+    return (f"stream s{stages} {syncs} barrier{'s' if syncs > 1 else ''}/layer, weights {'wait' if wait else 'ahead'}"
+            f"{what}")
 
 
 if gluon is not None:
-    from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
 
+    from trainer.gluon_mlp import _swiglu
     from trainer.gluon_ring import (
         _arrive,
+        _free,
         _gate_up_step,
         _give_back,
         _load_gate_up,
@@ -88,9 +129,26 @@ if gluon is not None:
     )
 
     @gluon.jit
+    def _load_tiles2(w_desc, base, lo, first, steps, n, g_bufs, u_bufs, ready, empty, I: gl.constexpr):
+        # (NO_REST) _load_gate_up without the remainder boxes
+        stages: gl.constexpr = g_bufs.shape[0]
+        block_k: gl.constexpr = g_bufs.shape[2]
+        n = gl.to_tensor(n)
+        for j in range(steps):
+            s = n % stages
+            _free(empty, n)
+            bar = ready.index(s)
+            mbarrier.expect(bar, 2 * w_desc.block_type.nbytes)
+            k = (first + j) * block_k
+            tma.async_copy_global_to_shared(w_desc, [base + lo, k], bar, g_bufs.index(s))
+            tma.async_copy_global_to_shared(w_desc, [base + I + lo, k], bar, u_bufs.index(s))
+            n += 1
+        return n
+
+    @gluon.jit
     def _weight_loader(w_desc, r_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr, lo,
                        I: gl.constexpr, P: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr,
-                       SYNCS: gl.constexpr, WAIT: gl.constexpr):
+                       SYNCS: gl.constexpr, WAIT: gl.constexpr, MMA: gl.constexpr):
         # One warp: every layer's gate and up tiles and remainder boxes, in the order the
         # multiplies take them, each into the next free ring stage. With WAIT, each part of a
         # layer (but the first part of the first) first waits for every program to finish the
@@ -102,12 +160,16 @@ if gluon is not None:
             for seg in range(parts):
                 if (WAIT and SYNCS > 0) and ((layer > 0) | (seg > 0)):
                     _wait_for_all(count_ptr + layer * parts + seg - 1, failed_ptr, P)
-                n = _load_gate_up(w_desc, r_desc, layer * 2 * I, lo, seg * part, part, n, g_bufs, u_bufs, gr_bufs,
-                                  ur_bufs, w_ready, empty, I)
+                if MMA == 4:
+                    n = _load_tiles2(w_desc, layer * 2 * I, lo, seg * part, part, n, g_bufs, u_bufs, w_ready, empty,
+                                     I)
+                else:
+                    n = _load_gate_up(w_desc, r_desc, layer * 2 * I, lo, seg * part, part, n, g_bufs, u_bufs,
+                                      gr_bufs, ur_bufs, w_ready, empty, I)
 
     @gluon.jit
     def _x_loader(x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P: gl.constexpr, STEPS: gl.constexpr,
-                  LAYERS: gl.constexpr, SYNCS: gl.constexpr, CHAIN: gl.constexpr):
+                  LAYERS: gl.constexpr, SYNCS: gl.constexpr, CHAIN: gl.constexpr, MMA: gl.constexpr):
         # One warp: layer L's x tiles (rows L * 128 of the acts buffer with CHAIN: layer L - 1's
         # SiLU x up; else rows 0, the input, every layer), each part's only after every program
         # has finished the part before.
@@ -119,16 +181,54 @@ if gluon is not None:
             for seg in range(parts):
                 if (SYNCS > 0) and ((layer > 0) | (seg > 0)):
                     _wait_for_all(count_ptr + layer * parts + seg - 1, failed_ptr, P)
-                n = _load_tiles(x_desc, layer * block_m if CHAIN else 0, seg * part, part, n, x_bufs, x_ready, empty)
+                if MMA == 3:  # (NO_X) each stage's x handed over as it is
+                    for _ in range(part):
+                        _free(empty, n)
+                        mbarrier.arrive(x_ready.index(n % x_bufs.shape[0]))
+                        n += 1
+                else:
+                    n = _load_tiles(x_desc, layer * block_m if CHAIN else 0, seg * part, part, n, x_bufs, x_ready,
+                                    empty)
 
     @gluon.jit
-    def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
-                    lo, hi, I: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr, SYNCS: gl.constexpr,
-                    num_warps: gl.constexpr):
+    def _main_step(xs, g_buf, u_buf, gate, up, gate_r, up_r):
+        # _gate_up_step without the two remainder products (MMA == MAIN)
+        up = warpgroup_mma(xs, u_buf.permute((1, 0)), up, is_async=True)
+        gate = warpgroup_mma(xs, g_buf.permute((1, 0)), gate, is_async=True)
+        gate, up = warpgroup_mma_wait(num_outstanding=1, deps=(gate, up))
+        return gate, up, gate_r, up_r
+
+    @gluon.jit
+    def _store_by_tma(gate, up, gate_r, up_r, a_desc, out_smem, acts_ptr, layer, lo, hi, rows, I: gl.constexpr):
+        # (TMA_STORE) the tile's SiLU x up into shared memory, once the last layer's TMA store has
+        # read it, then one TMA store of it that runs on by itself; the remainder's 3-4 columns by
+        # plain stores (a box would write the next share's columns)
+        dtype: gl.constexpr = out_smem.dtype
+        block_m: gl.constexpr = gate.shape[0]
+        act = _swiglu(gate, up, dtype)
+        tma.store_wait(0)
+        gl.thread_barrier()
+        out_smem.store(act)
+        fence_async_shared()
+        gl.thread_barrier()
+        tma.async_copy_shared_to_global(a_desc, [(layer + 1) * block_m, lo], out_smem)
+        tile: gl.constexpr = gate.shape[1]
+        rest: gl.constexpr = gate_r.shape[1]
+        mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate_r.type.layout))
+        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, gate_r.type.layout))
+        base = acts_ptr + (layer + 1) * block_m * I
+        gl.store(base + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
+                 mask=(mr < rows)[:, None] & (cr < hi)[None, :])
+
+    @gluon.jit
+    def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, a_desc, out_smem,
+                    count_ptr, rows, lo, hi, I: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr,
+                    SYNCS: gl.constexpr, MMA: gl.constexpr, num_warps: gl.constexpr):
         # One warp group: bench/gpu_gluon_ws.py's multiplier (gate last, at most one product in
         # flight at the loop's back edge, a stage handed back a step late) through every layer;
         # after each part of a layer, one arrival at that part's counter; after a layer's last
-        # step, its SiLU x up into rows (L + 1) * 128 of the acts buffer, then the arrival.
+        # step, its SiLU x up into rows (L + 1) * block_m of the acts buffer, then the arrival.
+        # MMA MAIN leaves the remainders' accumulators at 0, NONE every accumulator.
         stages: gl.constexpr = x_bufs.shape[0]
         block_m: gl.constexpr = x_bufs.shape[1]
         block_n: gl.constexpr = g_bufs.shape[1]
@@ -147,40 +247,62 @@ if gluon is not None:
                 n = layer * STEPS + i
                 s = n % stages
                 _take(x_ready, w_ready, n)
-                gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
-                                                       gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
-                _give_back(empty, n, i > 0)
+                if (MMA == 2) or (MMA == 3) or (MMA == 7):
+                    gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
+                                                           gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
+                elif (MMA == 1) or (MMA == 4):
+                    gate, up, gate_r, up_r = _main_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s), gate, up,
+                                                        gate_r, up_r)
+                if MMA == 5:  # (EARLY) this step's stage, at once
+                    _give_back(empty, n + 1, True)
+                else:
+                    _give_back(empty, n, i > 0)
                 if (SYNCS > 1) and (((i + 1) % part == 0) & (i + 1 < STEPS)):
                     gl.atomic_add(count_ptr + n // part, 1, sem="release", scope="gpu")
-            gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-            _give_back(empty, layer * STEPS + STEPS, True)  # the layer's last stage
-            _store_act(gate, up, gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo, hi, rows, I)
+            if (MMA == 2) or (MMA == 3) or (MMA == 7):
+                gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
+            elif (MMA == 1) or (MMA == 4):
+                gate, up = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up))
+            if MMA != 5:
+                _give_back(empty, layer * STEPS + STEPS, True)  # the layer's last stage
+            if MMA == 7:
+                _store_by_tma(gate, up, gate_r, up_r, a_desc, out_smem, acts_ptr, layer, lo, hi, rows, I)
+            elif MMA != 6:
+                _store_act(gate, up, gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo, hi, rows, I)
             if SYNCS > 0:
+                if MMA == 7:
+                    tma.store_wait(0)  # (the store landed before the arrival says so)
                 _arrive(count_ptr + (layer * STEPS + STEPS - 1) // part)
+        if MMA == 7:
+            tma.store_wait(0)  # (its shared memory stays until the last store has read it)
 
     @gluon.jit
-    def _stream(x_desc, w_desc, r_desc, acts_ptr, count_ptr, failed_ptr, rows, H: gl.constexpr, I: gl.constexpr,
+    def _stream(x_desc, w_desc, r_desc, a_desc, acts_ptr, count_ptr, failed_ptr, rows, H: gl.constexpr,
+                I: gl.constexpr,
                 P: gl.constexpr, LAYERS: gl.constexpr, STAGES: gl.constexpr, SYNCS: gl.constexpr,
-                WAIT: gl.constexpr, CHAIN: gl.constexpr, num_warps: gl.constexpr):
+                WAIT: gl.constexpr, CHAIN: gl.constexpr, MMA: gl.constexpr, num_warps: gl.constexpr):
         p = gl.program_id(0)
         lo = p * I // P
         hi = (p + 1) * I // P
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(x_desc, w_desc, r_desc, STAGES)
         steps: gl.constexpr = H // x_desc.block_type.shape[1]
+        out_smem = gl.allocate_shared_memory(a_desc.dtype, a_desc.block_type.shape, a_desc.layout)
         gl.warp_specialize([
-            (_multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, count_ptr, rows,
-                           lo, hi, I, steps, LAYERS, SYNCS, num_warps)),
+            (_multiplier, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, a_desc,
+                           out_smem, count_ptr, rows, lo, hi, I, steps, LAYERS, SYNCS, MMA, num_warps)),
             (_weight_loader, (w_desc, r_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty, count_ptr, failed_ptr,
-                              lo, I, P, steps, LAYERS, SYNCS, WAIT)),
-            (_x_loader, (x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P, steps, LAYERS, SYNCS, CHAIN)),
+                              lo, I, P, steps, LAYERS, SYNCS, WAIT, MMA)),
+            (_x_loader, (x_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, P, steps, LAYERS, SYNCS, CHAIN, MMA)),
         ], [1, 1], [24, 24])
 
 
-def descriptors(acts: torch.Tensor, weights: torch.Tensor):
-    """x tiles [128, K step] of the acts buffer [(LAYERS + 1) 128, I] (rows 0: the input; rows
-    (L + 1) 128: layer L's SiLU x up), and the stacked weights [LAYERS 2 I, H]'s 64-row tiles and
-    8-row remainder boxes (past the last layer's rows the descriptor reads zeros)."""
-    return tma_desc(acts, [ROWS, BLOCK_K]), tma_desc(weights, [TILE, BLOCK_K]), tma_desc(weights, [REST, BLOCK_K])
+def descriptors(acts: torch.Tensor, weights: torch.Tensor, rows: int = ROWS):
+    """x tiles [rows, K step] of the acts buffer [(LAYERS + 1) 128, I] (rows 0: the input; rows
+    (L + 1) rows: layer L's SiLU x up), and the stacked weights [LAYERS 2 I, H]'s 64-row tiles and
+    8-row remainder boxes (past the last layer's rows the descriptor reads zeros); and acts' [rows,
+    64] boxes that TMA_STORE writes."""
+    return (tma_desc(acts, [rows, BLOCK_K]), tma_desc(weights, [TILE, BLOCK_K]), tma_desc(weights, [REST, BLOCK_K]),
+            tma_desc(acts, [rows, TILE]))
 
 
 def counters(device) -> torch.Tensor:
@@ -191,10 +313,10 @@ def counters(device) -> torch.Tensor:
 def stream(descs, acts: torch.Tensor, count: torch.Tensor, variant, compile_only: bool = False):
     """One launch: every layer's SiLU x up into acts' rows (L + 1) 128. The counters go back to 0
     first (a memset in the graph). With compile_only, the kernel compiled for sm_90a instead."""
-    stages, syncs, wait, chain = variant
-    args = (*descs, acts, count, count[-1:], ROWS)
+    stages, syncs, wait, chain, mma, rows = variant
+    args = (*descs, acts, count, count[-1:], rows)
     consts = {"H": H, "I": I, "P": PROGRAMS, "LAYERS": LAYERS, "STAGES": stages, "SYNCS": syncs, "WAIT": wait,
-              "CHAIN": chain, "num_warps": 4}
+              "CHAIN": chain, "MMA": mma, "num_warps": 4}
     if compile_only:
         from trainer.gluon_products import compile_for_hopper
 
@@ -208,8 +330,9 @@ def compile_only() -> int:
     """Every variant compiled for sm_90a without a GPU (`compile_all`)."""
     acts = torch.empty((LAYERS + 1) * ROWS, I, dtype=torch.bfloat16)
     weights = torch.empty(LAYERS * 2 * I, H, dtype=torch.bfloat16)
-    descs, count = descriptors(acts, weights), counters("cpu")
-    return compile_all((label(v), lambda v=v: stream(descs, acts, count, v, compile_only=True)) for v in VARIANTS)
+    count = counters("cpu")
+    return compile_all((label(v), lambda v=v: stream(descriptors(acts, weights, v[5]), acts, count, v,
+                                                     compile_only=True)) for v in VARIANTS)
 
 
 def one(index: int) -> None:
@@ -246,8 +369,13 @@ def one(index: int) -> None:
     resid, down, norm = rand(ROWS, H), rand(H, I, scale=I ** -0.5), 1 + 0.1 * rand(H)
     count = counters(dev)
     gb = weights.numel() * 2 / 1e9
-    row = {"variant": label(variant), "stages": variant[0], "syncs_per_layer": variant[1], "weights_wait": variant[2],
-           "chain": variant[3], "device": torch.cuda.get_device_name(), "sms": programs, "weights_gb": gb, "ms": {}}
+    stages, syncs, wait, chain, mma, rows = variant
+    row = {"variant": label(variant), "stages": stages, "syncs_per_layer": syncs, "weights_wait": wait,
+           "chain": chain, "rows": rows,
+           "products": {FULL: "full", MAIN: "no remainders", NONE: "none", NO_X: "full, x never loaded",
+                        NO_REST: "no remainders, none loaded", EARLY: "none, stages back early",
+                        NO_STORE: "none, nothing stored", TMA_STORE: "full, stored by TMA"}[mma],
+           "device": torch.cuda.get_device_name(), "sms": programs, "weights_gb": gb, "ms": {}}
     if programs != PROGRAMS:
         row["skipped"] = f"{programs} multiprocessors; the split is {PROGRAMS} programs'"
         print_row(row)
@@ -265,22 +393,39 @@ def one(index: int) -> None:
     time_it("cublas gate/up only", lambda: [F.linear(x, w) for w in layers])
     print_row(row)  # the baselines, in case the variant never returns
 
-    descs = descriptors(acts, weights)
+    descs = descriptors(acts, weights, rows)
     acts[ROWS:] = float("nan")  # an input read before its layer wrote it is NaN
     stream(descs, acts, count, variant)
     torch.cuda.synchronize()
     row["barrier_gave_up"] = bool(count[-1].item())
     errors = []
-    for layer in range(LAYERS):
-        given = (acts[layer * ROWS:(layer + 1) * ROWS, :H] if variant[3] else x).float()
+    for layer in range(LAYERS if mma not in (NO_X, NO_STORE) else 0):  # (NO_X multiplies what its stages held)
+        given = (acts[layer * rows:(layer + 1) * rows, :H] if chain else x[:rows]).float()
         gate, up = F.linear(given, layers[layer].float()).split(I, dim=1)
+        if mma in (MAIN, NO_REST):  # the remainder columns of every share are left at SiLU(0) x 0
+            kept = torch.zeros(I, dtype=torch.bool, device=dev)
+            for p in range(PROGRAMS):
+                kept[p * I // PROGRAMS:p * I // PROGRAMS + TILE] = True
+            gate, up = gate * kept, up * kept
+        elif mma in (NONE, EARLY):
+            gate, up = gate * 0, up * 0
         want = F.silu(gate) * up
-        got = acts[(layer + 1) * ROWS:(layer + 2) * ROWS].float()
-        errors.append(float((got - want).norm() / want.norm()))
-    row["rel_error_worst_layer"] = float(torch.tensor(errors).max())  # (NaN if any is)
-    row["rel_error_last_layer"] = errors[-1]
-    row["finite"] = bool(torch.isfinite(acts).all())
+        got = acts[(layer + 1) * rows:(layer + 2) * rows].float()
+        errors.append(float((got - want).norm() / want.norm()) if mma not in (NONE, EARLY)
+                      else float((got - want).abs().max()))
+    if errors:
+        row["rel_error_worst_layer" if mma not in (NONE, EARLY) else "abs_error_worst_layer (zeros wanted)"] = float(
+            torch.tensor(errors).max())  # (NaN if any is)
+        row["rel_error_last_layer"] = errors[-1]
+        row["finite"] = bool(torch.isfinite(acts[:(LAYERS + 1) * rows]).all())
+    else:
+        row["check"] = "none: x never loaded" if mma == NO_X else "none: nothing stored"
     time_it("variant", lambda: stream(descs, acts, count, variant))
+    # the weight bytes its loads moved (remainder boxes overlap the next share's rows)
+    moved = LAYERS * PROGRAMS * (H // BLOCK_K) * 2 * (TILE + (REST if mma != NO_REST else 0)) * BLOCK_K * 2 / 1e9
+    row["moved_gb"] = moved
+    if isinstance(row["ms"]["variant"], float):
+        row["moved_tb_s"] = moved / row["ms"]["variant"]
     row["barrier_gave_up"] |= bool(count[-1].item())
     time_it("block gate/up phase again", lambda: [mlp_block.mlp_block(resid, x, w, down, norm, 1e-6, shape,
                                                                       phases=(1,)) for w in layers])
@@ -288,7 +433,8 @@ def one(index: int) -> None:
 
 
 def _line(row: dict) -> str:
-    return row_line(row, lambda key: key in ("rel_error_worst_layer", "finite", "barrier_gave_up"))
+    return row_line(row, lambda key: key in ("rel_error_worst_layer", "abs_error_worst_layer (zeros wanted)", "finite",
+                                             "barrier_gave_up", "check", "moved_tb_s"))
 
 
 def main(argv: list[str] | None = None) -> int:
