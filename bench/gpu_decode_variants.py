@@ -17,7 +17,10 @@ only at its end), `prefetched_o_<columns>x<slices>_mlp_block` (o of that shape),
 with PDL; `_plain` without, `_no_cross` without its down tiles asked for before the first barrier)
 and `fused_mlp_block_again` (the baseline timed last). `gluon_block`: the fused step with the
 Gluon block. `fused_mlp_block_apart`, `prefetched_o_64x4_mlp_block_apart`: the block with gate
-and up as two products (BlockShape.stacked False; stacked is the default since call 78).
+and up as two products (BlockShape.stacked False; stacked is the default since call 78);
+`fused_mlp_block_unaligned`, `prefetched_o_64x4_mlp_block_unaligned`: the block's column shares
+starting anywhere, its stores 2 bytes wide (BlockShape.aligned False; aligned is the default since
+session 25).
 `stream`, `stream_pdl`: the layers as the attention and trainer/gluon_stream.py's one kernel
 (weights ahead; launched with PDL after the attention), where the kernel's split fits the GPU.
 A variant's barriers giving up shows as `stream_barrier_gave_up` in its entry.
@@ -65,7 +68,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
     variants = {"fused": DecodeProducts(), "fused_mlp_block": DecodeProducts(mlp=block),
                 "gluon_block": DecodeProducts(mlp=replace(block, gluon=True, pdl=True)),
                 "fused_mlp_block_n128": DecodeProducts(mlp=replace(block, down_n=128)),
-                "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False))}
+                "fused_mlp_block_apart": DecodeProducts(mlp=replace(block, stacked=False)),
+                "fused_mlp_block_unaligned": DecodeProducts(mlp=replace(block, aligned=False))}
     for stream in gluon_stream.offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims,
                                        state.kv_cache.dtype):  # where the kernel runs, asked for or not
         variants["stream_pdl" if stream.pdl else "stream"] = DecodeProducts(stream=stream)
@@ -100,6 +104,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
         variants["prefetched_o_64x4_mlp_block"] = replace(prefetched, chosen={"qkv": None, "o": o4}, mlp=block)
         variants["prefetched_o_64x4_mlp_block_apart"] = replace(prefetched, chosen={"qkv": None, "o": o4},
                                                                 mlp=replace(block, stacked=False))
+        variants["prefetched_o_64x4_mlp_block_unaligned"] = replace(prefetched, chosen={"qkv": None, "o": o4},
+                                                                    mlp=replace(block, aligned=False))
         for name in wanted:
             shape = re.fullmatch(r"prefetched_o_(\d+)x(\d+)_mlp_block", name)
             if shape:

@@ -82,7 +82,8 @@ PER_LAYER = (6, 64, 8, 1)  # bench/gpu_gluon_ws.py's variant for the 28-launch b
 # not loaded either: two weight loads a step, not four; EARLY: as NONE, each stage handed back as
 # soon as taken, not a step late; NO_STORE: as NONE, nothing stored at a layer's end; TMA_STORE:
 # every product, the 64-column tile's SiLU x up stored through shared memory by one TMA store that
-# runs on while the next layer's steps do), x's rows (128; 64: half the products and x)).
+# runs on while the next layer's steps do, the shares whole 8-column groups), x's rows (128; 64:
+# half the products and x)).
 FULL, MAIN, NONE, NO_X, NO_REST, EARLY, NO_STORE, TMA_STORE = 2, 1, 0, 3, 4, 5, 6, 7
 VARIANTS = ((6, 0, 0, 0, FULL, ROWS), (6, 1, 0, 1, FULL, ROWS), (6, 6, 0, 1, FULL, ROWS), (6, 6, 1, 1, FULL, ROWS),
             (6, 1, 1, 1, FULL, ROWS), (4, 6, 0, 1, FULL, ROWS),
@@ -282,8 +283,11 @@ if gluon is not None:
                 P: gl.constexpr, LAYERS: gl.constexpr, STAGES: gl.constexpr, SYNCS: gl.constexpr,
                 WAIT: gl.constexpr, CHAIN: gl.constexpr, MMA: gl.constexpr, num_warps: gl.constexpr):
         p = gl.program_id(0)
-        lo = p * I // P
-        hi = (p + 1) * I // P
+        # (TMA_STORE: shares of whole 8-column groups, 64 or 72 columns: a TMA store's first column
+        # must be 16-byte aligned, or it is an illegal instruction, calls 96-97)
+        group: gl.constexpr = 1 + 7 * (MMA == 7)
+        lo = p * (I // group) // P * group
+        hi = (p + 1) * (I // group) // P * group
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(x_desc, w_desc, r_desc, STAGES)
         steps: gl.constexpr = H // x_desc.block_type.shape[1]
         out_smem = gl.allocate_shared_memory(a_desc.dtype, a_desc.block_type.shape, a_desc.layout)

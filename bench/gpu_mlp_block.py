@@ -15,8 +15,10 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
              tile's width, K per step, one or two programs per multiprocessor), one launch a layer
              with device-wide barriers
   phases     the same kernel as three launches a layer (no barriers): what the barriers save
-`--phases-only`: just the per-phase times below. `--stacked`: only the default shape with gate and
-up apart (two 64-column products, the remainder through masked pointer loads) against the same
+`--phases-only`: just the per-phase times below. `--aligned`: the default shape with column
+shares starting anywhere (before session 25: every activation store 2 bytes wide) against the
+same with shares of whole 8-column groups (16-byte stores), as `--stacked` does. `--stacked`:
+only the default shape with gate and up apart (two 64-column products, the remainder through masked pointer loads) against the same
 `stacked` (the default since call 78: one 128-column product, the remainder as one 16-column one),
 the blocks and their gate/up phases alone, each timed twice in alternation, one layer's activation
 compared bit for bit.
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--phases-only", action="store_true", help="only the per-phase times (with fewer rows too)")
     p.add_argument("--stacked", action="store_true", help="only the default shape against it stacked")
+    p.add_argument("--aligned", action="store_true",
+                   help="only the default shape (shares of whole 8-column groups) against it unaligned")
     args = p.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -86,8 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    if args.stacked:
-        found = _stacked(layers, x0, h0, sms, cublas, block)
+    if args.stacked or args.aligned:
+        from trainer import mlp_block
+
+        pair = ({"apart": mlp_block.BlockShape(programs=sms, stacked=False),
+                 "stacked": mlp_block.BlockShape(programs=sms, stacked=True)} if args.stacked else
+                {"unaligned": mlp_block.BlockShape(programs=sms, aligned=False),
+                 "aligned": mlp_block.BlockShape(programs=sms, aligned=True)})
+        found = _pair(pair, layers, x0, h0, cublas, block)
         if args.out:
             write_json(args.out, {"device": torch.cuda.get_device_name(), "sms": sms, "variants": found})
         return 0
@@ -146,16 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stacked(layers, x0, h0, sms, cublas, block) -> dict:
-    """The default block with gate and up apart against the same shape stacked: errors against the cuBLAS chain after
-    28 layers, one layer's activation bit for bit, then ms (A B A B) for the blocks and for their
-    gate/up phases alone."""
+def _pair(shapes: dict, layers, x0, h0, cublas, block) -> dict:
+    """Two block shapes (`--stacked`: gate and up apart, then stacked; `--aligned`: column shares
+    anywhere, then of whole 8-column groups): errors against the cuBLAS chain after 28 layers, one
+    layer's activation bit for bit, then ms (A B A B) for the blocks and for their gate/up phases
+    alone."""
 
     from trainer import mlp_block
     from trainer.triton_products import _graph_ms
 
-    shapes = {"apart": mlp_block.BlockShape(programs=sms, stacked=False),
-              "stacked": mlp_block.BlockShape(programs=sms, stacked=True)}
     want_x, want_h = (t.float() for t in cublas())
     found: dict = {}
     acts = {}
@@ -167,7 +176,8 @@ def _stacked(layers, x0, h0, sms, cublas, block) -> dict:
         mlp_block.mlp_block(x0, h0, gate_up, down, norm, EPS, shape)
         acts[name] = mlp_block.workspace(x0.device, x0.shape[0], HIDDEN, INTERMEDIATE,
                                          shape.plan(HIDDEN, INTERMEDIATE)["SPLITS"], x0.dtype)[0].clone()
-    found["one layer act bitwise equal"] = float((acts["apart"] == acts["stacked"]).float().mean())
+    first, second = acts.values()
+    found["one layer act bitwise equal"] = float((first == second).float().mean())
     found["barrier gave up"] = mlp_block.failed(x0.device)
     for turn in (1, 2):
         for name, shape in shapes.items():

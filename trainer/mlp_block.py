@@ -11,11 +11,13 @@ cuBLAS's down product with its split-K reduce, and residual + RMSNorm: five kern
 its start-up and its tail (docs/benchmarks.md, issue 18). Here one program per multiprocessor
 does all of it, in three phases separated by device-wide barriers:
 
-1. gate/up with SiLU x up: program p owns SiLU x up's columns [p I / P, (p + 1) I / P) (67 or 68
-   of Qwen2.5-1.5B's 8,960 on 132 programs: every program reads the same bytes, no second wave),
-   as a BLOCK_N-wide tile and a masked BLOCK_R-wide remainder, both gate's and up's rows, in one
-   loop over K; it writes its columns of the activation [B, I] (bf16, rounded as the plain step's
-   kernels round).
+1. gate/up with SiLU x up: program p owns a share of SiLU x up's columns, whole groups of 8 (64
+   or 72 of Qwen2.5-1.5B's 8,960 on 132 programs; every program reads the same bytes, no second
+   wave), as a BLOCK_N-wide tile and a masked BLOCK_R-wide remainder, both gate's and up's rows,
+   in one loop over K; it writes its columns of the activation [B, I] (bf16, rounded as the plain
+   step's kernels round) in 16-byte stores.
+   Shares of [p I / P, (p + 1) I / P) (67 or 68 columns; `BlockShape(aligned=False)`) start
+   inside a group, and Triton then stores every element by itself, 2 bytes at a time.
 2. down: the activation times the down weight, tiled as DOWN_N output columns x SPLITS slices of
    K (Qwen2.5-1.5B on 132 programs: 24 x 5 with the default 64 columns, 12 x 11 with 128), each
    writing a float32 partial [SPLITS, B, H].
@@ -47,6 +49,10 @@ it beside the other steps at its first bucket and keeps the fastest (trainer/dec
 RLTUI_DECODE_MLP_BLOCK=0 switches it off. BlockShape(gluon=True) runs the same block as
 trainer/gluon_mlp.py's Gluon kernel (slower on an H200: calls 64-74).
 
+Shares of whole 8-column groups (session 25, call 99, one H100): the same activation bit for bit,
+the block 0.7-0.9% faster and its gate/up phase 2.4-2.9%, the decode replay the same within its
+noise (2.2018 against 2.2033 ms). Not yet measured on an H200.
+
 Reading the weights from copies laid out so that each box is one run of memory (session 21's
 BlockShape.tiled, at commit e0acd53) made the block 2.1% faster on an H200 and the decode replay
 1.1-1.4%, but rewriting the copies after each update cost more per step than that saved, with
@@ -74,7 +80,11 @@ class BlockShape:
     barrier) and `rest` (the rows of its remainder box). `stacked` (tensor descriptors only; the
     default): gate and up read as one box of gate_up viewed as [2, I, H] and multiplied as one
     product twice as wide, the remainder likewise through a box of BLOCK_S rows of each. On an
-    H200 the same numbers bit for bit, 2.5% faster (docs/benchmarks.md, issue 18, call 78)."""
+    H200 the same numbers bit for bit, 2.5% faster (docs/benchmarks.md, issue 18, call 78).
+    `aligned` (the Triton block; the default): each program's share of the intermediate columns is
+    whole groups of 8 (16 bytes), so that SiLU x up is stored in 16-byte vectors; a share that
+    starts inside a group (p I / P, the form before session 25) makes every store 2 bytes wide.
+    The same numbers bit for bit."""
 
     programs: int
     block_k: int = 64
@@ -88,19 +98,26 @@ class BlockShape:
     cross: bool = True
     rest: int = 8
     stacked: bool = True
+    aligned: bool = True
 
     @classmethod
     def for_gpu(cls, device: torch.device, **options) -> BlockShape:
         return cls(programs=torch.cuda.get_device_properties(device).multi_processor_count, **options)
 
+    def group(self, intermediate: int) -> int:
+        """The columns a share is made of whole groups of: 8 (16 bytes of bf16) where `aligned`
+        and the width allows, else 1. (The Gluon block's shares are always p I / P.)"""
+        return 8 if self.aligned and not self.gluon and intermediate % 8 == 0 else 1
+
     def remainder(self, intermediate: int, block_n: int) -> int:
         """The widest share's columns past its `block_n`-column tile."""
-        return -(-intermediate // self.programs) - block_n
+        g = self.group(intermediate)
+        return -(-(intermediate // g) // self.programs) * g - block_n
 
     def plan(self, hidden: int, intermediate: int) -> dict[str, int]:
         """The tile sizes for a model's widths; ValueError when this shape does not tile them."""
-        p, bk = self.programs, self.block_k
-        least = intermediate // p
+        p, bk, g = self.programs, self.block_k, self.group(intermediate)
+        least = intermediate // g // p * g
         if least < 16 or hidden % bk or intermediate % bk or hidden % self.down_n or hidden // self.down_n > p:
             raise ValueError(f"{self} does not tile hidden {hidden} x intermediate {intermediate}")
         block_n = min(64, 1 << (least.bit_length() - 1))
@@ -186,11 +203,12 @@ if triton is not None:
     @triton.jit
     def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0):
+                       BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0,
+                       GROUP: tl.constexpr = 1):
         # row0: where this layer's gate rows start in gate_up (0; bench/gpu_mlp_stream.py stacks
-        # layers)
-        lo = p * I // P
-        hi = (p + 1) * I // P
+        # layers); GROUP: shares of whole groups of that many columns (BlockShape.group)
+        lo = p * (I // GROUP) // P * GROUP
+        hi = (p + 1) * (I // GROUP) // P * GROUP
         m = tl.arange(0, BLOCK_M)
         live = m < rows
         ks = tl.arange(0, BLOCK_K)
@@ -228,14 +246,14 @@ if triton is not None:
     @triton.jit
     def _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I: tl.constexpr, P: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-                         H: tl.constexpr, F32_DOT: tl.constexpr):
+                         H: tl.constexpr, F32_DOT: tl.constexpr, GROUP: tl.constexpr = 1):
         # The gate/up phase with gate and up read as one [2, BLOCK_N, K] box of gate_up viewed as
         # [2, I, H], multiplied as one 2 x BLOCK_N-column product (64x128 wgmma on Hopper, half
         # as many as two 64-column ones), and the share's remainder as one [2, BLOCK_S, K] box
         # and one 2 x BLOCK_S-column product. The remainder box's rows past the share are the
         # next program's (multiplied, not stored); past I the descriptor reads zeros.
-        lo = p * I // P
-        hi = (p + 1) * I // P
+        lo = p * (I // GROUP) // P * GROUP
+        hi = (p + 1) * (I // GROUP) // P * GROUP
         m = tl.arange(0, BLOCK_M)
         live = m < rows
         both = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
@@ -293,15 +311,15 @@ if triton is not None:
                     P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, DOWN_N: tl.constexpr, SPLITS: tl.constexpr, TILES_N: tl.constexpr,
                     NORM_BLOCK: tl.constexpr, PHASE: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr,
-                    STACKED: tl.constexpr = False, BLOCK_S: tl.constexpr = 8):
+                    STACKED: tl.constexpr = False, BLOCK_S: tl.constexpr = 8, GROUP: tl.constexpr = 1):
         # PHASE 0: all three phases with barriers between them (CUDA); 1, 2 or 3: that phase only.
         p = tl.program_id(0)
         if (PHASE == 0 or PHASE == 1) and STACKED:
             _stacked_gate_up(h_desc, gu_desc, rest_desc, act_ptr, p, rows, I, P, BLOCK_M, BLOCK_K, BLOCK_N, BLOCK_S, H,
-                             F32_DOT)
+                             F32_DOT, GROUP)
         elif PHASE == 0 or PHASE == 1:
             _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H, I, P, BLOCK_M, BLOCK_K, BLOCK_N,
-                           BLOCK_R, TMA, F32_DOT)
+                           BLOCK_R, TMA, F32_DOT, GROUP=GROUP)
         if PHASE == 0:
             _arrive_and_wait(sync_ptr, sync_ptr + 3, P, TMA)
         if PHASE == 0 or PHASE == 2:
@@ -386,7 +404,8 @@ def mlp_block(x: torch.Tensor, h: torch.Tensor, gate_up: torch.Tensor, down: tor
             sync, rows, float(eps))
     consts = {"H": hidden, "I": intermediate, "P": shape.programs, "BLOCK_M": bm, "BLOCK_K": bk,
               "DOWN_N": shape.down_n, "NORM_BLOCK": triton.next_power_of_2(hidden), "TMA": shape.tma,
-              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages, **plan, **stacked}
+              "F32_DOT": not cuda, "num_warps": shape.warps, "num_stages": shape.stages,
+              "GROUP": shape.group(intermediate), **plan, **stacked}
     for phase in phases:
         # With barriers: a cooperative launch, which the driver refuses (an error, not a GPU that
         # never finishes) when the programs cannot all be resident at once.

@@ -31,7 +31,9 @@ shapes = {"ptr": mb.BlockShape(programs=4, block_k=16, down_n=16, tma=False),
           "tma_splits": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=False),
           "stacked_rest": mb.BlockShape(programs=3, block_k=32, down_n=32, stacked=True),
           "stacked_splits": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=True),
-          "stacked_8": mb.BlockShape(programs=4, block_k=16, down_n=16, stacked=True)}
+          "stacked_8": mb.BlockShape(programs=4, block_k=16, down_n=16, stacked=True),
+          "stacked_unaligned": mb.BlockShape(programs=3, block_k=32, down_n=32, stacked=True, aligned=False),
+          "tma_unaligned": mb.BlockShape(programs=7, block_k=16, down_n=32, stacked=False, aligned=False)}
 found["plans"] = {name: s.plan(H, I) for name, s in shapes.items()}
 found["errs"] = {}
 for rows in (5, 16):
@@ -67,15 +69,19 @@ print(json.dumps(found))
 
 def test_mlp_block_equals_the_fused_steps_kernels_and_the_plain_step():
     found = _interpreted(CHILD)
-    # 160 columns on 3 programs: 53 or 54 each, a 32-wide tile and a 32-wide remainder; on 7: 22
-    # or 23, 16 + 16; the down product in 2 tiles of 32 x 3 slices of K on 7 programs.
+    # 160 columns on 3 programs: 48 or 56 each (whole groups of 8; 53 or 54 unaligned), a 32-wide
+    # tile and a 32-wide remainder; on 7: 16 or 24 (22 or 23), 16 + 16; the down product in 2
+    # tiles of 32 x 3 slices of K on 7 programs.
     assert found["plans"]["tma_rest"] == {"BLOCK_N": 32, "BLOCK_R": 32, "SPLITS": 1, "TILES_N": 2}
     assert found["plans"]["tma_splits"] == {"BLOCK_N": 16, "BLOCK_R": 16, "SPLITS": 3, "TILES_N": 2}
     assert found["plans"]["ptr"]["TILES_N"] == 4
     # stacked: gate | up as one box and product, the remainder as one [2, 8 or more, K] box whose
     # rows past a share are the next program's, and past the last column zeros (7 programs: the
     # last one's 8 remainder rows start 2 before the end)
-    assert len(found["errs"]) == 12 and max(found["errs"].values()) < 1e-5, found["errs"]
+    assert len(found["errs"]) == 16 and max(found["errs"].values()) < 1e-5, found["errs"]
+    # shares of whole 8-column groups (the default: 16-byte stores) or not: the same plans here
+    assert found["plans"]["stacked_unaligned"] == found["plans"]["stacked_rest"]
+    assert found["plans"]["tma_unaligned"] == found["plans"]["tma_splits"]
     # too few columns, K step, too few programs, a remainder (80 columns) wider than the tile (64)
     assert len(found["refused"]) == 4, found["refused"]
     assert found["rows_refused"] is True
