@@ -271,8 +271,11 @@ if gluon is not None:
             elif MMA != 6:
                 _store_act(gate, up, gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo, hi, rows, I)
             if SYNCS > 0:
-                if MMA == 7:
-                    tma.store_wait(0)  # (the store landed before the arrival says so)
+                if MMA == 7:  # the store's writes done, not only its reads of shared memory (which
+                    # is all tma.store_wait waits for: cp.async.bulk.wait_group.read), before the
+                    # arrival says so; its issuing thread waits, _arrive's CTA barrier the rest
+                    gl.inline_asm_elementwise("cp.async.bulk.wait_group 0; fence.proxy.async.global; mov.u32 $0, 0;",
+                                              "=r", [], dtype=gl.int32, is_pure=False, pack=1)
                 _arrive(count_ptr + (layer * STEPS + STEPS - 1) // part)
         if MMA == 7:
             tma.store_wait(0)  # (its shared memory stays until the last store has read it)
