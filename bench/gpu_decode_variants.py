@@ -22,7 +22,8 @@ and up as two products (BlockShape.stacked False; stacked is the default since c
 starting anywhere, its stores 2 bytes wide (BlockShape.aligned False; aligned is the default since
 session 25).
 `stream`, `stream_pdl`: the layers as the attention and trainer/gluon_stream.py's one kernel
-(weights ahead; launched with PDL after the attention), where the kernel's split fits the GPU.
+(weights ahead; launched with PDL after the attention), where the kernel's split fits the GPU;
+`stream_tma`, `stream_pdl_tma`: the same with its outputs written by TMA stores (5 stages).
 A variant's barriers giving up shows as `stream_barrier_gave_up` in its entry.
 """
 
@@ -72,7 +73,8 @@ def run_decode_variants(folder: Path, work: Workload, device: str) -> dict[str, 
                 "fused_mlp_block_unaligned": DecodeProducts(mlp=replace(block, aligned=False))}
     for stream in gluon_stream.offered(state.tokens.device, state.tokens.shape[0], engine.weights.dims,
                                        state.kv_cache.dtype):  # where the kernel runs, asked for or not
-        variants["stream_pdl" if stream.pdl else "stream"] = DecodeProducts(stream=stream)
+        name = ("stream_pdl" if stream.pdl else "stream") + ("_tma" if stream.tma_store else "")
+        variants[name] = DecodeProducts(stream=stream)
     if engine.chain is not None:
         chain = engine.chain
         variants |= {"chained": chain, "chained_split4": replace(chain, attention_splits=4),

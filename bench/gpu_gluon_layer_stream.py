@@ -9,7 +9,8 @@ weights stream through its five waits, against the fused steps the decode engine
 Variants (trainer.gluon_stream.StreamVariant): 6 stages with the weights streaming ahead; the
 same launched with programmatic dependent launch after the attention kernel; the weights waiting
 at each dependency. trainer/gluon_products.py's o kernel, launched so, gained 0.07 ms a step on
-an H200 (calls 57-63).
+an H200 (calls 57-63). The last two: 5 stages, its outputs written by TMA stores (session 25; the
+first two's plain stores are 2 bytes an element, and each wait after them waits for them all).
 
 Each variant runs in its own process, killed after TIMEOUT_S. Side by side in it, on Qwen2.5-1.5B's
 shapes with random weights (q/k/v biases), batch 128, a random cache with 8-row groups sharing a
@@ -55,7 +56,8 @@ DIMS = ModelDims(layers=28, hidden=1536, heads=12, kv_heads=2, head_dim=128, int
 ROWS, PROGRAMS = 128, 132
 TIMEOUT_S = 240
 CAPACITY, FILLED, PROMPT, GROUP = 384, 250, 96, 8  # cache slots, slots filled before the step, shared prompt
-VARIANTS = (StreamVariant(), StreamVariant(pdl=True), StreamVariant(wait=True))
+VARIANTS = (StreamVariant(), StreamVariant(pdl=True), StreamVariant(wait=True), StreamVariant(stages=5, tma_store=True),
+            StreamVariant(stages=5, tma_store=True, pdl=True))
 WATCH_S = 30  # a launch not finished after this long is a hang: its marks are read and the child ends
 # the random weights: "fan_in" (the default) or "hf", as transformers initialises them (`random_model`)
 INIT = os.environ.get("BENCH_STREAM_INIT", "fan_in")

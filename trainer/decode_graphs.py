@@ -107,7 +107,8 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     for variant in stream_variants(engine):
         products = DecodeProducts(stream=variant)
         if fused_checked(engine.weights, engine.attention, products):
-            variants.insert(0, ("stream_pdl" if variant.pdl else "stream", True, products))
+            name = ("stream_pdl" if variant.pdl else "stream") + ("_tma" if variant.tma_store else "")
+            variants.insert(0, (name, True, products))
     if engine.chain is not None:
         chain = engine.chain
         for name, products in (("chained", chain), ("chained_mlp_cublas", chain.without("gate_up", "down"))):

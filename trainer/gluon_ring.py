@@ -230,6 +230,92 @@ if gluon is not None:
         return n
 
     @gluon.jit
+    def _writes_done():
+        # Every bulk store this thread issued has written global memory (not only read shared
+        # memory, which is all tma.store_wait waits for: cp.async.bulk.wait_group.read), and the
+        # async proxy's writes are ordered before what follows; threads that issued none go on.
+        # An _arrive after it (a CTA barrier, then the release) says so to the other programs.
+        gl.inline_asm_elementwise("cp.async.bulk.wait_group 0; fence.proxy.async.global; mov.u32 $0, 0;", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _tma_out(tile, desc, smem, view, coord):
+        # `tile` into `view` of `smem` (the box of `desc`; with a leading 1 for a [splits, rows, N]
+        # output, its index 0) once the last store from it has read it, then one TMA store of it at
+        # `coord`; rows past the output's are not written (the box is clipped). The caller waits
+        # for the writes (_writes_done) before it says they are there.
+        tma.store_wait(0)
+        gl.thread_barrier()
+        view.store(tile)
+        fence_async_shared()
+        gl.thread_barrier()
+        tma.async_copy_shared_to_global(desc, coord, smem)
+
+    @gluon.jit
+    def _product_tma(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_desc, out_smem, split, col0,
+                     num_warps: gl.constexpr):
+        # _product with its [128, 64] float32 tile written by one TMA store into partial `split`
+        # of out [splits, rows, N] (`out_desc`: [1, 128, 64] boxes), its writes waited for
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        tile: gl.constexpr = g_bufs.shape[1]
+        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, tile, 16])
+        acc = gl.zeros([block_m, tile], gl.float32, layout)
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for j in range(steps):
+            s = n % stages
+            _take(x_ready, w_ready, n)
+            acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            _give_back(empty, n, j > 0)
+            n += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if steps > 0:
+            _give_back(empty, n, True)  # the last step's stage
+            _tma_out(acc, out_desc, out_smem, out_smem.reshape([block_m, tile]), [split, 0, col0])
+            _writes_done()
+        return n
+
+    @gluon.jit
+    def _gate_up_tma(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_desc, act_smem, act_ptr,
+                     lo, hi, rows, H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
+        # _gate_up with the share's 64-column tile of SiLU x up written by one TMA store (`lo` a
+        # multiple of 8 columns: a TMA store must start on 16 bytes) and its remainder by plain
+        # stores, every write waited for
+        stages: gl.constexpr = x_bufs.shape[0]
+        block_m: gl.constexpr = x_bufs.shape[1]
+        block_k: gl.constexpr = x_bufs.shape[2]
+        tile: gl.constexpr = g_bufs.shape[1]
+        rest: gl.constexpr = gr_bufs.shape[1]
+        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, tile, 16])
+        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                              instr_shape=[16, rest, 16])
+        gate = gl.zeros([block_m, tile], gl.float32, main_layout)
+        up = gl.zeros([block_m, tile], gl.float32, main_layout)
+        gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
+        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
+        for i in range(H // block_k):
+            s = n % stages
+            _take(x_ready, w_ready, n)
+            gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
+                                                   gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
+            _give_back(empty, n, i > 0)
+            n += 1
+        gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
+        _give_back(empty, n, True)  # the last step's stage
+        dtype: gl.constexpr = act_ptr.dtype.element_ty
+        _tma_out(_swiglu(gate, up, dtype), act_desc, act_smem, act_smem, [0, lo])
+        mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
+        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
+        gl.store(act_ptr + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
+                 mask=(mr < rows)[:, None] & (cr < hi)[None, :])
+        _writes_done()
+        return n
+
+    @gluon.jit
     def _add_norm(part_ptr, x_ptr, norm_ptr, h_ptr, p, rows, eps, H: gl.constexpr, SPLITS: gl.constexpr,
                   NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr):
         # Row p: x += the partials' sum, h = RMSNorm(x) with `norm`, in place (the MLP block's norm)

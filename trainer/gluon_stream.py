@@ -44,7 +44,12 @@ Layer 0's q/k/v is cuBLAS's (bias added); the head is cuBLAS's, as in the fused 
 
 On an H200 (call 81) the kernel is correct and its step 4.5% slower than the fused step the engine
 keeps (1.895 against 1.813 ms): a device-wide wait costs 2.8-4.2 us where a launch boundary in the
-graph costs ~1.3 (docs/benchmarks.md). So the decode engine times it only where
+graph costs ~1.3 (docs/benchmarks.md). Part of what a wait costs is the plain stores before it: 2
+bytes an element from the products' layout, every one to land before the arrival. With
+`StreamVariant.tma_store` the products' tiles and SiLU x up go out by TMA stores from shared
+memory instead (gluon_ring._product_tma, _gate_up_tma), each waited for before the arrival; the
+same form took the gate/up stream bench through 6 waits a layer 13% faster on an H100 (call 98).
+In this kernel it is compiled, and not yet run on a GPU. So the decode engine times it only where
 RLTUI_DECODE_STREAM=1 asks (`decode_graphs.stream_variants`), after
 the fused step's check (`fused_decode.fused_checked`, which also reads the `failed` flag), and
 bench/gpu_gluon_layer_stream.py compares one layer of it with `LayerStream.reference` buffer by
@@ -55,7 +60,7 @@ torch; `StreamVariant.reference`) in the kernel's place, against the plain step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -73,14 +78,18 @@ MARKS = {1: "o", 2: "waits for counter 0 (o partials)", 3: "waits for counter 1 
 PARTITIONS = ("multiply", "weights", "inputs")
 
 if gluon is not None:
+    from triton.experimental.gluon.language.nvidia.hopper import tma
+
     from trainer.gluon_products import _grid_control
     from trainer.gluon_ring import (
         _add_norm,
         _arrive,
         _gate_up,
+        _gate_up_tma,
         _load_gate_up,
         _load_tiles,
         _product,
+        _product_tma,
         _ring,
         _slice,
         _wait_for_all,
@@ -97,7 +106,8 @@ if gluon is not None:
     @gluon.jit
     def _weights(o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
                  count_ptr, failed_ptr, p, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
-                 NEXT: gl.constexpr, WAIT: gl.constexpr, PDL: gl.constexpr, TRACE: gl.constexpr):
+                 NEXT: gl.constexpr, WAIT: gl.constexpr, PDL: gl.constexpr, TRACE: gl.constexpr,
+                 GROUP: gl.constexpr):
         # One warp: every phase's weight tiles in the order the multiplies take them. With WAIT,
         # each phase's only after the dependency its inputs wait for (the stream restarting).
         # With PDL, first let the next layer's attention launch: it waits for this whole grid
@@ -114,8 +124,8 @@ if gluon is not None:
             _mark(failed_ptr, p, 1, 3, n, TRACE)
             _wait_for_all(count_ptr + 1, failed_ptr, P)
         _mark(failed_ptr, p, 1, 4, n, TRACE)
-        n = _load_gate_up(gu_desc, r_desc, 0, p * I // P, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs,
-                          w_ready, empty, I)
+        n = _load_gate_up(gu_desc, r_desc, 0, p * (I // GROUP) // P * GROUP, 0, H // block_k, n, g_bufs, u_bufs,
+                          gr_bufs, ur_bufs, w_ready, empty, I)
         if WAIT:  # act
             _mark(failed_ptr, p, 1, 5, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
@@ -166,17 +176,24 @@ if gluon is not None:
 
     @gluon.jit
     def _multiply(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part, act_ptr,
-                  x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H: gl.constexpr,
-                  I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, NEXT: gl.constexpr,
-                  NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr, TRACE: gl.constexpr):
+                  x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, o_out, d_out, q_out,
+                  a_out, part_smem, act_smem, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
+                  NEXT: gl.constexpr, NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr, TRACE: gl.constexpr,
+                  TMA: gl.constexpr, GROUP: gl.constexpr):
+        # TMA: each product's tile and SiLU x up's written by TMA stores (gluon_ring._product_tma,
+        # _gate_up_tma), each waited for before the arrival; the shares whole GROUP-column groups
         block_k: gl.constexpr = x_bufs.shape[2]
         tile: gl.constexpr = g_bufs.shape[1]
         o_splits: gl.constexpr = P // (H // tile)
         # (1) o
         o_tile, o_split, _, o_steps = _slice(p, H // block_k, H // tile, o_splits)
         _mark(failed_ptr, p, 0, 1, 0, TRACE)
-        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_part, o_split, o_tile * tile, rows, H,
-                     num_warps)
+        if TMA:
+            n = _product_tma(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_out, part_smem, o_split,
+                             o_tile * tile, num_warps)
+        else:
+            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, o_steps, 0, o_part, o_split, o_tile * tile, rows, H,
+                         num_warps)
         _arrive(count_ptr)
         # (2) residual + post-attention norm
         _mark(failed_ptr, p, 0, 2, n, TRACE)
@@ -185,14 +202,24 @@ if gluon is not None:
         _arrive(count_ptr + 1)
         # (3) gate/up with SiLU x up
         _mark(failed_ptr, p, 0, 4, n, TRACE)
-        n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, p * I // P,
-                     (p + 1) * I // P, rows, H, I, num_warps)
+        lo = p * (I // GROUP) // P * GROUP
+        hi = (p + 1) * (I // GROUP) // P * GROUP
+        if TMA:
+            n = _gate_up_tma(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, a_out, act_smem,
+                             act_ptr, lo, hi, rows, H, I, num_warps)
+        else:
+            n = _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
+                         H, I, num_warps)
         _arrive(count_ptr + 2)
         # (4) down
         d_tile, d_split, _, d_steps = _slice(p, I // block_k, H // tile, o_splits)
         _mark(failed_ptr, p, 0, 6, n, TRACE)
-        n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
-                     num_warps)
+        if TMA:
+            n = _product_tma(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_out, part_smem, d_split,
+                             d_tile * tile, num_warps)
+        else:
+            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, d_steps, n, d_part, d_split, d_tile * tile, rows, H,
+                         num_warps)
         _arrive(count_ptr + 3)
         # (5) residual + the next input norm (or the final one)
         _mark(failed_ptr, p, 0, 7, n, TRACE)
@@ -203,24 +230,37 @@ if gluon is not None:
         if NEXT:
             q_tile, q_split, _, q_steps = _slice(p, H // block_k, QKV_N // tile, P // (QKV_N // tile))
             _mark(failed_ptr, p, 0, 9, n, TRACE)
-            n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile, rows,
-                         QKV_N, num_warps)
+            if TMA:  # (its writes waited for: the next layer's attention reads them after this grid)
+                n = _product_tma(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, q_out, part_smem, q_split,
+                                 q_tile * tile, num_warps)
+            else:
+                n = _product(x_bufs, g_bufs, x_ready, w_ready, empty, q_steps, n, qkv_part, q_split, q_tile * tile,
+                             rows, QKV_N, num_warps)
+        if TMA:
+            tma.store_wait(0)  # (the staging buffers stay until the last store has read them)
         _mark(failed_ptr, p, 0, 11, n, TRACE)
 
     @gluon.jit
     def _layer(attn_desc, h_desc, act_desc, o_desc, gu_desc, r_desc, down_desc, qkv_desc, o_part, d_part, qkv_part,
-               act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps,
-               H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr, STAGES: gl.constexpr,
-               TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr, NORM_BLOCK: gl.constexpr,
-               num_warps: gl.constexpr, PDL: gl.constexpr = False, TRACE: gl.constexpr = False):
+               act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, rows, eps, o_out, d_out,
+               q_out, a_out, H: gl.constexpr, I: gl.constexpr, QKV_N: gl.constexpr, P: gl.constexpr,
+               STAGES: gl.constexpr, TILE: gl.constexpr, NEXT: gl.constexpr, WAIT: gl.constexpr,
+               NORM_BLOCK: gl.constexpr, num_warps: gl.constexpr, PDL: gl.constexpr = False,
+               TRACE: gl.constexpr = False, TMA: gl.constexpr = False):
+        # o_out, d_out, q_out, a_out: the outputs' descriptors for TMA stores (read only with TMA;
+        # without it their staging buffers go unused, and the compiler drops them)
         p = gl.program_id(0)
+        group: gl.constexpr = 1 + 7 * TMA
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(h_desc, gu_desc, r_desc, STAGES)
+        part_smem = gl.allocate_shared_memory(o_out.dtype, o_out.block_type.shape, o_out.layout)
+        act_smem = gl.allocate_shared_memory(a_out.dtype, a_out.block_type.shape, a_out.layout)
         gl.warp_specialize([
             (_multiply, (x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, o_part, d_part, qkv_part,
-                         act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, H, I,
-                         QKV_N, P, NEXT, NORM_BLOCK, num_warps, TRACE)),
+                         act_ptr, x_ptr, h_ptr, post_norm_ptr, next_norm_ptr, count_ptr, failed_ptr, p, rows, eps, o_out,
+                         d_out, q_out, a_out, part_smem, act_smem, H, I, QKV_N, P, NEXT, NORM_BLOCK, num_warps, TRACE,
+                         TMA, group)),
             (_weights, (o_desc, gu_desc, r_desc, down_desc, qkv_desc, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
-                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT, PDL, TRACE)),
+                        count_ptr, failed_ptr, p, H, I, QKV_N, P, NEXT, WAIT, PDL, TRACE, group)),
             (_inputs, (attn_desc, h_desc, act_desc, x_bufs, x_ready, empty, count_ptr, failed_ptr, p, H, I, QKV_N, P,
                        TILE, NEXT, PDL, TRACE)),
         ], [1, 1], [24, 24])
@@ -232,7 +272,13 @@ class StreamVariant:
     streaming ahead through them); launched with PDL after the attention; `programs` (0: one a
     multiprocessor of the device); `reference`: LayerStream.reference in the kernel's place (the
     tests, on a CPU); `trace`: each partition of each program records where it is
-    (LayerStream.trace: what a hang's diagnosis reads)."""
+    (LayerStream.trace: what a hang's diagnosis reads); `tma_store`: every product's tile and
+    SiLU x up written by TMA stores from shared memory, each waited for before its arrival, the
+    gate/up shares whole 8-column groups (64 or 72 columns: a TMA store starts on 16 bytes). Its
+    two staging buffers (48 KB) leave room for 5 ring stages, not 6. Plain stores there are 2 bytes
+    an element, and an arrival waits for every one of them; by TMA, on an H100, the gate/up stream
+    through 6 waits a layer ran 13% faster (docs/benchmarks.md, issue 18, call 98). This kernel's
+    form of it is compiled, not yet run on a GPU."""
 
     stages: int = 6
     wait: bool = False
@@ -240,11 +286,17 @@ class StreamVariant:
     programs: int = 0
     reference: bool = False
     trace: bool = False
+    tma_store: bool = False
 
     def __str__(self) -> str:
         return (f"stream s{self.stages} weights {'wait' if self.wait else 'ahead'}{', PDL' if self.pdl else ''}"
                 + (f", {self.programs} programs" if self.programs else "") + (", reference" if self.reference else "")
-                + (", traced" if self.trace else ""))
+                + (", traced" if self.trace else "") + (", TMA stores" if self.tma_store else ""))
+
+    @property
+    def group(self) -> int:
+        """The columns a gate/up share is whole groups of."""
+        return 8 if self.tma_store else 1
 
 
 @dataclass(frozen=True)
@@ -271,18 +323,19 @@ class StreamShape:
         """K slices of a product with n output columns: as many as fill the programs."""
         return self.programs // (n // TILE)
 
-    def why_not(self) -> str | None:
+    def why_not(self, group: int = 1) -> str | None:
         """Why the kernel's split does not take these widths, or None: the attention output as wide
         as the hidden state (o's K is the hidden width in the kernel), every product's K slices at
-        least one step, every program's gate/up share a 64-column tile plus at most REST, rows in
-        one tile."""
+        least one step, every program's gate/up share (whole `group`-column groups) a 64-column
+        tile plus at most REST, rows in one tile."""
         if self.heads * self.head_dim != self.hidden:
             return f"{self.heads} heads x {self.head_dim} is not the hidden width {self.hidden}"
         for name, n, k in (("o", self.hidden, self.hidden), ("down", self.hidden, self.intermediate),
                            ("q/k/v", self.qkv_n, self.hidden)):
             if n % TILE or k % BLOCK_K or not 1 <= self.splits(n) <= k // BLOCK_K:
                 return f"{name} ({n} x {k}) does not split in {TILE}-column tiles on {self.programs} programs"
-        shares = [(p + 1) * self.intermediate // self.programs - p * self.intermediate // self.programs
+        groups = self.intermediate // group  # (whole: down's K, the intermediate, is whole K steps)
+        shares = [((p + 1) * groups // self.programs - p * groups // self.programs) * group
                   for p in range(self.programs)]
         if min(shares) < TILE or max(shares) > TILE + REST:
             return (f"{self.intermediate} gate/up columns on {self.programs} programs are shares of "
@@ -290,6 +343,16 @@ class StreamShape:
         if not 0 < self.rows <= BLOCK_M or self.rows > self.programs:
             return f"{self.rows} rows (the kernel takes 1 to {min(BLOCK_M, self.programs)})"
         return None
+
+
+def _out_desc(part: torch.Tensor):
+    """A float32 partials buffer [splits, rows, N]'s descriptor for TMA stores of one [128, 64]
+    tile of one split: [1, 128, 64] boxes (rows past `rows` are not written)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    block = [1, BLOCK_M, TILE]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.float32)
+    return TensorDescriptor(part, list(part.shape), list(part.stride()), block, layout)
 
 
 class LayerStream:
@@ -318,19 +381,20 @@ class LayerStream:
         qwen2_decode.LayerWeights), the next layer's (None after the last), the norms."""
         import triton
 
-        why = self.shape.why_not()
+        why = self.shape.why_not(variant.group)
         if why:
-            raise ValueError(f"the layer kernel does not take {self.shape}: {why}")
+            raise ValueError(f"the layer kernel does not take {self.shape}{', TMA stores' * variant.tma_store}: {why}")
         qkv = following.qkv if following is not None else layer.o  # (not read without NEXT)
         descs = (*(tma_desc(t, [BLOCK_M, BLOCK_K]) for t in (attn, self.h, self.act)),
                  *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.o, layer.gate_up)),
                  tma_desc(layer.gate_up, [REST, BLOCK_K]), *(tma_desc(t, [TILE, BLOCK_K]) for t in (layer.down, qkv)))
+        outs = (*(_out_desc(t) for t in (self.o_part, self.d_part, self.qkv_part)), tma_desc(self.act, [BLOCK_M, TILE]))
         args = (*descs, self.o_part, self.d_part, self.qkv_part, self.act, self.x, self.h, post_norm, next_norm,
-                self.count[COUNTERS * index:], self.count[self.flag:], self.shape.rows, self.eps)
+                self.count[COUNTERS * index:], self.count[self.flag:], self.shape.rows, self.eps, *outs)
         consts = {"H": self.shape.hidden, "I": self.shape.intermediate, "QKV_N": self.shape.qkv_n,
                   "P": self.shape.programs, "STAGES": variant.stages, "TILE": TILE, "NEXT": following is not None,
                   "WAIT": variant.wait, "NORM_BLOCK": triton.next_power_of_2(self.shape.hidden), "num_warps": 4,
-                  "PDL": variant.pdl, "TRACE": variant.trace}
+                  "PDL": variant.pdl, "TRACE": variant.trace, "TMA": variant.tma_store}
         return args, consts
 
     def launch(self, *args, **kwargs) -> None:
@@ -435,10 +499,16 @@ def offered(device: torch.device, batch: int, dims: ModelDims, dtype: torch.dtyp
 def fitting(batch: int, dims: ModelDims, dtype: torch.dtype, programs: int) -> list[StreamVariant]:
     """Weights streaming ahead, and the same launched with PDL, where the weights are bf16 (the
     kernel's tiles and roundings) and the kernel splits the model's widths and the batch on
-    `programs` (StreamShape.why_not); else none."""
-    if dtype != torch.bfloat16 or StreamShape.of(dims, batch, programs).why_not() is not None:
+    `programs` (StreamShape.why_not); then both with TMA stores (5 stages) where their shares
+    split too; else none."""
+    shape = StreamShape.of(dims, batch, programs)
+    if dtype != torch.bfloat16 or shape.why_not() is not None:
         return []
-    return [StreamVariant(), StreamVariant(pdl=True)]
+    found = [StreamVariant(), StreamVariant(pdl=True)]
+    tma = StreamVariant(stages=5, tma_store=True)
+    if shape.why_not(tma.group) is None:
+        found += [tma, replace(tma, pdl=True)]
+    return found
 
 
 def failed(device: torch.device) -> bool:

@@ -156,6 +156,8 @@ def test_the_stream_step_equals_the_plain_step_and_the_checks_catch_planted_bugs
 
 
 def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_it_runs():
+    from dataclasses import replace
+
     import torch
 
     from trainer import gluon_stream as gs
@@ -173,9 +175,16 @@ def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_i
     wide_heads = ModelDims(layers=2, hidden=1536, heads=16, kv_heads=2, head_dim=128, intermediate=8960,
                            vocab=10, eps=1e-6, rope_theta=1e6)
     assert "not the hidden width" in gs.StreamShape.of(wide_heads, 8, 132).why_not()
-    # the engine's two variants where the split fits the multiprocessors and the weights are bf16
-    assert gs.fitting(128, qwen_1_5b, torch.bfloat16, 132) == [gs.StreamVariant(), gs.StreamVariant(pdl=True)]
-    assert gs.fitting(64, qwen_1_5b, torch.bfloat16, 132) == [gs.StreamVariant(), gs.StreamVariant(pdl=True)]
+    # with TMA stores the gate/up shares are whole 8-column groups: 64 or 72 columns on 132
+    # programs, 72-80 on 114 (past a tile + 8)
+    assert gs.StreamShape.of(qwen_1_5b, 128, 132).why_not(8) is None
+    assert "shares of 72-80" in gs.StreamShape.of(qwen_1_5b, 128, 114).why_not(8)
+    # the engine's four variants where the split fits the multiprocessors and the weights are bf16:
+    # weights ahead, with PDL, and both with TMA stores (5 stages: their staging buffers)
+    tma = gs.StreamVariant(stages=5, tma_store=True)
+    four = [gs.StreamVariant(), gs.StreamVariant(pdl=True), tma, replace(tma, pdl=True)]
+    assert gs.fitting(128, qwen_1_5b, torch.bfloat16, 132) == four
+    assert gs.fitting(64, qwen_1_5b, torch.bfloat16, 132) == four
     assert gs.fitting(128, qwen_1_5b, torch.float16, 132) == []
     assert gs.fitting(129, qwen_1_5b, torch.bfloat16, 132) == []
     assert gs.fitting(128, qwen_1_5b, torch.bfloat16, 114) == []
@@ -183,6 +192,8 @@ def test_the_kernel_refuses_shapes_it_does_not_split_and_is_offered_only_where_i
 
 
 def test_the_layer_kernel_compiles_at_other_widths():
+    from dataclasses import replace
+
     from trainer import gluon_stream as gs
     from trainer.gluon_products import gluon
     from trainer.qwen2_decode import ModelDims
@@ -200,6 +211,15 @@ def test_the_layer_kernel_compiles_at_other_widths():
         assert report["wgmma"] > 0 and report["griddepcontrol"] == 2 * variant.pdl, report
     # traced: the marks are stores at the phases' edges, the products the same
     assert report["wgmma"] == plain["wgmma"] and report["stores"] > plain["stores"], (report, plain)
+    # TMA stores: the same products; of the plain stores only the norms' rows and SiLU x up's
+    # remainder columns are left; the staging buffers fit beside 5 ring stages
+    tma = gs.StreamVariant(programs=6, stages=5, tma_store=True)
+    for variant, last in ((tma, False), (replace(tma, pdl=True), True)):
+        report = gs.compile_report(tiny, 3, 6, variant, last=last)
+        assert report["spill_bytes"] == 0 and not report["serialized"], report
+        assert report["shared"] <= 227 * 1024 and report["griddepcontrol"] == 2 * variant.pdl, report
+    report = gs.compile_report(tiny, 3, 6, tma)
+    assert report["wgmma"] == plain["wgmma"] and report["stores"] < plain["stores"], (report, plain)
 
 
 def test_a_stream_step_that_disagrees_is_also_run_ungraphed_and_with_its_reference():
