@@ -14,6 +14,10 @@ finished (`_give_back`). Ring step n uses stage n % STAGES at parity (n // STAGE
 waits for a free stage (`_free`), the multiplying group for both tiles of a step (`_take`).
 bench/gluon_stream_model.py runs this protocol with random interleavings on a CPU.
 
+A product's tile or SiLU x up may instead go out by a TMA store from a staging buffer in shared
+memory (`_product_tma`, `_gate_up_tma`, `_tma_out`); its writes are waited for (`_writes_done`)
+before the arrival that says they are there.
+
 A device-wide dependency is an arrival counter: every warp's stores, then one atomic add with
 release at GPU scope (`_arrive`); waiters poll with acquiring loads, then a proxy fence so that
 TMA reads after it see the plain stores (`_wait_for_all`), and after SPIN_LIMIT reads give up and
