@@ -108,7 +108,6 @@ def label(variant) -> str:
 
 if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -125,8 +124,11 @@ if gluon is not None:
         _load_tiles,
         _ring,
         _store_act,
+        _store_rest,
         _take,
+        _tma_out,
         _wait_for_all,
+        _writes_done,
     )
 
     @gluon.jit
@@ -200,28 +202,6 @@ if gluon is not None:
         return gate, up, gate_r, up_r
 
     @gluon.jit
-    def _store_by_tma(gate, up, gate_r, up_r, a_desc, out_smem, acts_ptr, layer, lo, hi, rows, I: gl.constexpr):
-        # (TMA_STORE) the tile's SiLU x up into shared memory, once the last layer's TMA store has
-        # read it, then one TMA store of it that runs on by itself; the remainder's 3-4 columns by
-        # plain stores (a box would write the next share's columns)
-        dtype: gl.constexpr = out_smem.dtype
-        block_m: gl.constexpr = gate.shape[0]
-        act = _swiglu(gate, up, dtype)
-        tma.store_wait(0)
-        gl.thread_barrier()
-        out_smem.store(act)
-        fence_async_shared()
-        gl.thread_barrier()
-        tma.async_copy_shared_to_global(a_desc, [(layer + 1) * block_m, lo], out_smem)
-        tile: gl.constexpr = gate.shape[1]
-        rest: gl.constexpr = gate_r.shape[1]
-        mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate_r.type.layout))
-        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, gate_r.type.layout))
-        base = acts_ptr + (layer + 1) * block_m * I
-        gl.store(base + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
-                 mask=(mr < rows)[:, None] & (cr < hi)[None, :])
-
-    @gluon.jit
     def _multiplier(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, acts_ptr, a_desc, out_smem,
                     count_ptr, rows, lo, hi, I: gl.constexpr, STEPS: gl.constexpr, LAYERS: gl.constexpr,
                     SYNCS: gl.constexpr, MMA: gl.constexpr, num_warps: gl.constexpr):
@@ -267,15 +247,16 @@ if gluon is not None:
             if MMA != 5:
                 _give_back(empty, layer * STEPS + STEPS, True)  # the layer's last stage
             if MMA == 7:
-                _store_by_tma(gate, up, gate_r, up_r, a_desc, out_smem, acts_ptr, layer, lo, hi, rows, I)
+                # the tile by one TMA store that runs on by itself (trainer/gluon_ring.py's), the
+                # remainder's columns by plain stores
+                _tma_out(_swiglu(gate, up, out_smem.dtype), a_desc, out_smem, out_smem, [(layer + 1) * block_m, lo])
+                _store_rest(gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo + block_n, hi, rows, I)
             elif MMA != 6:
                 _store_act(gate, up, gate_r, up_r, acts_ptr + (layer + 1) * block_m * I, lo, hi, rows, I)
             if SYNCS > 0:
-                if MMA == 7:  # the store's writes done, not only its reads of shared memory (which
-                    # is all tma.store_wait waits for: cp.async.bulk.wait_group.read), before the
-                    # arrival says so; its issuing thread waits, _arrive's CTA barrier the rest
-                    gl.inline_asm_elementwise("cp.async.bulk.wait_group 0; fence.proxy.async.global; mov.u32 $0, 0;",
-                                              "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+                if MMA == 7:  # the store's writes done, not only its reads of shared memory, before
+                    # the arrival says so
+                    _writes_done()
                 _arrive(count_ptr + (layer * STEPS + STEPS - 1) // part)
         if MMA == 7:
             tma.store_wait(0)  # (its shared memory stays until the last store has read it)

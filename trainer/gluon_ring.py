@@ -166,20 +166,28 @@ if gluon is not None:
         dtype: gl.constexpr = act_ptr.dtype.element_ty
         block_m: gl.constexpr = gate.shape[0]
         tile: gl.constexpr = gate.shape[1]
-        rest: gl.constexpr = gate_r.shape[1]
         m = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate.type.layout))
         c = lo + gl.arange(0, tile, layout=gl.SliceLayout(0, gate.type.layout))
         gl.store(act_ptr + m[:, None] * I + c[None, :], _swiglu(gate, up, dtype), mask=(m < rows)[:, None])
+        _store_rest(gate_r, up_r, act_ptr, lo + tile, hi, rows, I)
+
+    @gluon.jit
+    def _store_rest(gate_r, up_r, act_ptr, first, hi, rows, I: gl.constexpr):
+        # SiLU x up of the remainder, columns [first, hi) of act [rows, I], by plain stores (a box
+        # would write the next share's columns)
+        dtype: gl.constexpr = act_ptr.dtype.element_ty
+        block_m: gl.constexpr = gate_r.shape[0]
+        rest: gl.constexpr = gate_r.shape[1]
         mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, gate_r.type.layout))
-        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, gate_r.type.layout))
+        cr = first + gl.arange(0, rest, layout=gl.SliceLayout(0, gate_r.type.layout))
         gl.store(act_ptr + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
                  mask=(mr < rows)[:, None] & (cr < hi)[None, :])
 
     @gluon.jit
-    def _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
-                 H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
-        # gate/up with SiLU x up of the share [lo, hi) into act, H // K step ring steps from n on;
-        # the ring step after them (every stage given back)
+    def _gate_up_products(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, H: gl.constexpr,
+                          num_warps: gl.constexpr):
+        # gate's and up's tiles and remainders for H // K step ring steps from n on, every stage
+        # given back: (gate, up, gate_r, up_r, the ring step after them)
         stages: gl.constexpr = x_bufs.shape[0]
         block_m: gl.constexpr = x_bufs.shape[1]
         block_k: gl.constexpr = x_bufs.shape[2]
@@ -203,14 +211,22 @@ if gluon is not None:
             n += 1
         gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
         _give_back(empty, n, True)  # the last step's stage
+        return gate, up, gate_r, up_r, n
+
+    @gluon.jit
+    def _gate_up(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, act_ptr, lo, hi, rows,
+                 H: gl.constexpr, I: gl.constexpr, num_warps: gl.constexpr):
+        # gate/up with SiLU x up of the share [lo, hi) into act, H // K step ring steps from n on;
+        # the ring step after them (every stage given back)
+        gate, up, gate_r, up_r, n = _gate_up_products(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready,
+                                                      empty, n, H, num_warps)
         _store_act(gate, up, gate_r, up_r, act_ptr, lo, hi, rows, I)
         return n
 
     @gluon.jit
-    def _product(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_ptr, split, col0, rows, N: gl.constexpr,
-                 num_warps: gl.constexpr):
-        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, stored at
-        # columns col0 of partial `split` of out [splits, rows, N]; the ring step after them
+    def _product_acc(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, num_warps: gl.constexpr):
+        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, every
+        # stage given back: (the tile, the ring step after them)
         stages: gl.constexpr = x_bufs.shape[0]
         block_m: gl.constexpr = x_bufs.shape[1]
         tile: gl.constexpr = g_bufs.shape[1]
@@ -228,8 +244,19 @@ if gluon is not None:
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if steps > 0:
             _give_back(empty, n, True)  # the last step's stage
-            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, layout))
-            c = col0 + gl.arange(0, tile, layout=gl.SliceLayout(0, layout))
+        return acc, n
+
+    @gluon.jit
+    def _product(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, out_ptr, split, col0, rows, N: gl.constexpr,
+                 num_warps: gl.constexpr):
+        # `steps` ring steps of input tile times weight tile into a [128, 64] float32 tile, stored at
+        # columns col0 of partial `split` of out [splits, rows, N]; the ring step after them
+        acc, n = _product_acc(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, num_warps)
+        if steps > 0:
+            block_m: gl.constexpr = acc.shape[0]
+            tile: gl.constexpr = acc.shape[1]
+            m = gl.arange(0, block_m, layout=gl.SliceLayout(1, acc.type.layout))
+            c = col0 + gl.arange(0, tile, layout=gl.SliceLayout(0, acc.type.layout))
             gl.store(out_ptr + split * rows * N + m[:, None] * N + c[None, :], acc, mask=(m < rows)[:, None])
         return n
 
@@ -260,24 +287,9 @@ if gluon is not None:
                      num_warps: gl.constexpr):
         # _product with its [128, 64] float32 tile written by one TMA store into partial `split`
         # of out [splits, rows, N] (`out_desc`: [1, 128, 64] boxes), its writes waited for
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_m: gl.constexpr = x_bufs.shape[1]
-        tile: gl.constexpr = g_bufs.shape[1]
-        layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, tile, 16])
-        acc = gl.zeros([block_m, tile], gl.float32, layout)
-        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
-        for j in range(steps):
-            s = n % stages
-            _take(x_ready, w_ready, n)
-            acc = warpgroup_mma(x_bufs.index(s), g_bufs.index(s).permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-            _give_back(empty, n, j > 0)
-            n += 1
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc, n = _product_acc(x_bufs, g_bufs, x_ready, w_ready, empty, steps, n, num_warps)
         if steps > 0:
-            _give_back(empty, n, True)  # the last step's stage
-            _tma_out(acc, out_desc, out_smem, out_smem.reshape([block_m, tile]), [split, 0, col0])
+            _tma_out(acc, out_desc, out_smem, out_smem.reshape([acc.shape[0], acc.shape[1]]), [split, 0, col0])
             _writes_done()
         return n
 
@@ -287,35 +299,11 @@ if gluon is not None:
         # _gate_up with the share's 64-column tile of SiLU x up written by one TMA store (`lo` a
         # multiple of 8 columns: a TMA store must start on 16 bytes) and its remainder by plain
         # stores, every write waited for
-        stages: gl.constexpr = x_bufs.shape[0]
-        block_m: gl.constexpr = x_bufs.shape[1]
-        block_k: gl.constexpr = x_bufs.shape[2]
-        tile: gl.constexpr = g_bufs.shape[1]
-        rest: gl.constexpr = gr_bufs.shape[1]
-        main_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, tile, 16])
-        rest_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                              instr_shape=[16, rest, 16])
-        gate = gl.zeros([block_m, tile], gl.float32, main_layout)
-        up = gl.zeros([block_m, tile], gl.float32, main_layout)
-        gate_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-        up_r = gl.zeros([block_m, rest], gl.float32, rest_layout)
-        n = gl.to_tensor(n)  # (a ring step count: a literal 0 would be a constexpr the loop cannot carry)
-        for i in range(H // block_k):
-            s = n % stages
-            _take(x_ready, w_ready, n)
-            gate, up, gate_r, up_r = _gate_up_step(x_bufs.index(s), g_bufs.index(s), u_bufs.index(s),
-                                                   gr_bufs.index(s), ur_bufs.index(s), gate, up, gate_r, up_r)
-            _give_back(empty, n, i > 0)
-            n += 1
-        gate, up, gate_r, up_r = warpgroup_mma_wait(num_outstanding=0, deps=(gate, up, gate_r, up_r))
-        _give_back(empty, n, True)  # the last step's stage
+        gate, up, gate_r, up_r, n = _gate_up_products(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready,
+                                                      empty, n, H, num_warps)
         dtype: gl.constexpr = act_ptr.dtype.element_ty
         _tma_out(_swiglu(gate, up, dtype), act_desc, act_smem, act_smem, [0, lo])
-        mr = gl.arange(0, block_m, layout=gl.SliceLayout(1, rest_layout))
-        cr = lo + tile + gl.arange(0, rest, layout=gl.SliceLayout(0, rest_layout))
-        gl.store(act_ptr + mr[:, None] * I + cr[None, :], _swiglu(gate_r, up_r, dtype),
-                 mask=(mr < rows)[:, None] & (cr < hi)[None, :])
+        _store_rest(gate_r, up_r, act_ptr, lo + gate.shape[1], hi, rows, I)
         _writes_done()
         return n
 
