@@ -43,17 +43,22 @@ and well ahead of the restarting form and the block's phase (0.56 ms, 2.7 TB/s, 
 (Call 81 answered: it does not. docs/benchmarks.md, issue 18.)
 
 Why even the barrier-free stream moves its weights at 3.05 TB/s, below the 4.2 TB/s copy rate
-(call 81; what ARCHITECTURE left unmeasured), the last four variants ask, each the barrier-free
-stream with one thing taken away: the products (the ring moves the same weight and x tiles,
-nothing is multiplied); the remainders' 8-column products (gate's and up's 64-column ones stay);
-half of x's rows (64: half the multiplies and half x's L2 reads); x's loads (every product, on
-whatever the stages held; no check); and the products and half of x together. Whichever brings
-the rate back to the copy rate names the limiter: the ring itself, the narrow products that read
-x's tile again for 8 columns, the tensor work at 128 rows, or x's reads from the L2. The last
-one leaves the remainders out of the loads as well (two 8 KB weight loads a step instead of
-those and two 1 KB boxes; 11% fewer bytes, so compare its `moved_tb_s`, the bytes it moved a
-second). Three more take the ring itself apart, with no products: each stage handed back as soon as
-it is taken rather than a step late; nothing stored at a layer's end; 8 stages of 64 rows.
+(call 81; what ARCHITECTURE left unmeasured), the twelve variants after the first six ask (session
+25, calls 92-99). Each is the barrier-free stream with one thing taken away or changed:
+- no products (the ring moves the same weight and x tiles, nothing is multiplied);
+- no remainder products (gate's and up's 64-column ones stay);
+- 64 rows of x (half the multiplies, half x's L2 reads and half the stores);
+- x never loaded (every product, on whatever the stages held; no check);
+- no products, 64 rows; and no products, 64 rows, 8 stages;
+- no remainders loaded or multiplied (two 8 KB weight loads a step instead of those and two 1 KB
+  boxes: 11% fewer bytes, so compare `moved_tb_s`, the bytes moved a second);
+- no products, each stage handed back as soon as taken rather than a step late;
+- no products, nothing stored at a layer's end;
+- SiLU x up's 64-column tile written by one TMA store from shared memory, with 6 and 5 stages, and
+  through 6 barriers a layer (its writes waited for before each arrival). A TMA store must start
+  on 16 bytes, so these give each program whole 8-column groups (64 or 72 columns).
+Whichever brings the rate back to the copy rate names the limiter: the ring, the narrow products,
+the tensor work at 128 rows, x's reads from the L2, or the stores.
 
 Each variant runs in its own process (`--one INDEX`), killed after TIMEOUT_S, as
 bench/gpu_gluon_ws.py does: a kernel that never finishes (a barrier whose programs are not all
