@@ -161,3 +161,40 @@ def test_the_phases_read_one_layer_of_stacked_weights_at_its_first_row():
     assert set(found) == {f"tma={tma} layer {layer}" for tma in (False, True) for layer in range(3)}
     for key, errors in found.items():
         assert max(errors) < 1e-6, (key, errors)
+
+
+def test_shares_of_whole_8_column_groups_make_the_activation_stores_16_bytes_wide():
+    # The block's gate/up phase compiled for sm_90a (no GPU needed) at Qwen2.5-1.5B's widths on 132
+    # programs: shares starting at p I / P store SiLU x up an element at a time (2 bytes), shares of
+    # whole 8-column groups (BlockShape.aligned, the default) in 16-byte vectors (docs/benchmarks.md,
+    # issue 18, calls 92-99).
+    import re
+    from collections import Counter
+
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from trainer import mlp_block as mb
+
+    pointers = {"h_ptr": "*bf16", "gu_ptr": "*bf16", "act_ptr": "*bf16", "down_ptr": "*bf16", "part_ptr": "*fp32",
+                "x_ptr": "*bf16", "norm_ptr": "*bf16", "x_out_ptr": "*bf16", "h_out_ptr": "*bf16", "sync_ptr": "*i32"}
+    descs = {"h_desc": "tensordesc<bf16[128,64]>", "gu_desc": "tensordesc<bf16[2,64,64]>",
+             "rest_desc": "tensordesc<bf16[2,8,64]>", "act_desc": "tensordesc<bf16[128,64]>",
+             "down_desc": "tensordesc<bf16[64,64]>"}
+    order = ("h_ptr", "h_desc", "gu_ptr", "gu_desc", "rest_desc", "act_ptr", "act_desc", "down_ptr", "down_desc",
+             "part_ptr", "x_ptr", "norm_ptr", "x_out_ptr", "h_out_ptr", "sync_ptr")
+    stores = {}
+    for aligned in (False, True):
+        shape = mb.BlockShape(programs=132, aligned=aligned)
+        consts = {"H": 1536, "I": 8960, "P": 132, "BLOCK_M": 128, "BLOCK_K": 64, "DOWN_N": 64, "NORM_BLOCK": 2048,
+                  "TMA": True, "F32_DOT": False, "PHASE": 1, "STACKED": True, "BLOCK_S": 8,
+                  "GROUP": shape.group(8960), **shape.plan(1536, 8960)}
+        signature = {name: pointers.get(name) or descs[name] for name in order} | {"rows": "i32", "eps": "fp32"}
+        signature |= {name: "constexpr" for name in consts}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(order) if name in pointers}
+        compiled = triton.compile(ASTSource(mb._mlp_kernel, signature=signature, constexprs=consts, attrs=attrs),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 6})
+        stores[aligned] = Counter(re.findall(r"\bst\.global[.\w]*", compiled.asm["ptx"]))
+    assert stores[False] == {"st.global.b16": 72}, stores
+    assert stores[True] == {"st.global.v4.b32": 9}, stores
