@@ -128,6 +128,7 @@ if gluon is not None:
         _load_gate_up,
         _load_tiles,
         _ring,
+        _share,
         _store_act,
         _store_rest,
         _take,
@@ -275,8 +276,7 @@ if gluon is not None:
         # (TMA_STORE: shares of whole 8-column groups, 64 or 72 columns: a TMA store's first column
         # must be 16-byte aligned, or it is an illegal instruction, calls 96-97)
         group: gl.constexpr = 1 + 7 * (MMA == 7)
-        lo = p * (I // group) // P * group
-        hi = (p + 1) * (I // group) // P * group
+        lo, hi = _share(p, I, P, group)
         x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty = _ring(x_desc, w_desc, r_desc, STAGES)
         steps: gl.constexpr = H // x_desc.block_type.shape[1]
         out_smem = gl.allocate_shared_memory(a_desc.dtype, a_desc.block_type.shape, a_desc.layout)

@@ -18,10 +18,10 @@ decode step. Side by side in one process, each in a CUDA graph of all 28 layers
 `--phases-only`: just the per-phase times below. `--aligned`: the default shape with column
 shares starting anywhere (before session 25: every activation store 2 bytes wide) against the
 same with shares of whole 8-column groups (16-byte stores), as `--stacked` does. `--stacked`:
-only the default shape with gate and up apart (two 64-column products, the remainder through masked pointer loads) against the same
-`stacked` (the default since call 78: one 128-column product, the remainder as one 16-column one),
-the blocks and their gate/up phases alone, each timed twice in alternation, one layer's activation
-compared bit for bit.
+only the default shape with gate and up apart (two 64-column products, the remainder through
+masked pointer loads) against the same `stacked` (the default since call 78: one 128-column
+product, the remainder as one 16-column one), the blocks and their gate/up phases alone, each
+timed twice in alternation, one layer's activation compared bit for bit.
 Each variant's residual and normed output after the 28 layers against the baseline's (relative
 error; bf16 rounding order only), whether any barrier gave up waiting, and one layer's error.
 Then, per phase: each phase alone (28 launches, no barrier) beside cuBLAS's gate/up, SiLU x up

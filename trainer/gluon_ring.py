@@ -52,6 +52,12 @@ if gluon is not None:
         return p % TILES, split, first, gl.where(p < TILES * SPLITS, steps, 0)
 
     @gluon.jit
+    def _share(p, I: gl.constexpr, P: gl.constexpr, GROUP: gl.constexpr):
+        # Program p's columns [lo, hi) of I split over P programs in whole groups of GROUP (8 for a
+        # TMA store, which must start on 16 bytes; 1: p I / P)
+        return p * (I // GROUP) // P * GROUP, (p + 1) * (I // GROUP) // P * GROUP
+
+    @gluon.jit
     def _wait_for_all(count_ptr, failed_ptr, programs):
         # Until `programs` arrivals are counted at *count_ptr (acquiring loads at GPU scope), then a
         # proxy fence so that TMA reads after it see what the arriving programs' plain stores
@@ -272,7 +278,7 @@ if gluon is not None:
     @gluon.jit
     def _tma_out(tile, desc, smem, view, coord):
         # `tile` into `view` of `smem` (the box of `desc`; with a leading 1 for a [splits, rows, N]
-        # output, its index 0) once the last store from it has read it, then one TMA store of it at
+        # output, its 2-D reshape) once the last store from it has read it, then one TMA store of it at
         # `coord`; rows past the output's are not written (the box is clipped). The caller waits
         # for the writes (_writes_done) before it says they are there.
         tma.store_wait(0)

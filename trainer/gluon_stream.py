@@ -91,6 +91,7 @@ if gluon is not None:
         _product,
         _product_tma,
         _ring,
+        _share,
         _slice,
         _wait_for_all,
     )
@@ -124,8 +125,9 @@ if gluon is not None:
             _mark(failed_ptr, p, 1, 3, n, TRACE)
             _wait_for_all(count_ptr + 1, failed_ptr, P)
         _mark(failed_ptr, p, 1, 4, n, TRACE)
-        n = _load_gate_up(gu_desc, r_desc, 0, p * (I // GROUP) // P * GROUP, 0, H // block_k, n, g_bufs, u_bufs,
-                          gr_bufs, ur_bufs, w_ready, empty, I)
+        lo, _ = _share(p, I, P, GROUP)
+        n = _load_gate_up(gu_desc, r_desc, 0, lo, 0, H // block_k, n, g_bufs, u_bufs, gr_bufs, ur_bufs, w_ready, empty,
+                          I)
         if WAIT:  # act
             _mark(failed_ptr, p, 1, 5, n, TRACE)
             _wait_for_all(count_ptr + 2, failed_ptr, P)
@@ -202,8 +204,7 @@ if gluon is not None:
         _arrive(count_ptr + 1)
         # (3) gate/up with SiLU x up
         _mark(failed_ptr, p, 0, 4, n, TRACE)
-        lo = p * (I // GROUP) // P * GROUP
-        hi = (p + 1) * (I // GROUP) // P * GROUP
+        lo, hi = _share(p, I, P, GROUP)
         if TMA:
             n = _gate_up_tma(x_bufs, g_bufs, u_bufs, gr_bufs, ur_bufs, x_ready, w_ready, empty, n, a_out, act_smem,
                              act_ptr, lo, hi, rows, H, I, num_warps)

@@ -201,14 +201,19 @@ if triton is not None:
             tl.atomic_xchg(sync_ptr + 2, 0)
 
     @triton.jit
+    def _share(p, I: tl.constexpr, P: tl.constexpr, GROUP: tl.constexpr):
+        # Program p's columns [lo, hi) of I split over P programs in whole groups of GROUP columns
+        # (8: 16-byte stores; 1: p I / P)
+        return p * (I // GROUP) // P * GROUP, (p + 1) * (I // GROUP) // P * GROUP
+
+    @triton.jit
     def _gate_up_phase(h_ptr, h_desc, gu_ptr, gu_desc, act_ptr, p, rows, H: tl.constexpr, I: tl.constexpr,
                        P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_R: tl.constexpr, TMA: tl.constexpr, F32_DOT: tl.constexpr, row0=0,
                        GROUP: tl.constexpr = 1):
         # row0: where this layer's gate rows start in gate_up (0; bench/gpu_mlp_stream.py stacks
         # layers); GROUP: shares of whole groups of that many columns (BlockShape.group)
-        lo = p * (I // GROUP) // P * GROUP
-        hi = (p + 1) * (I // GROUP) // P * GROUP
+        lo, hi = _share(p, I, P, GROUP)
         m = tl.arange(0, BLOCK_M)
         live = m < rows
         ks = tl.arange(0, BLOCK_K)
@@ -252,8 +257,7 @@ if triton is not None:
         # as many as two 64-column ones), and the share's remainder as one [2, BLOCK_S, K] box
         # and one 2 x BLOCK_S-column product. The remainder box's rows past the share are the
         # next program's (multiplied, not stored); past I the descriptor reads zeros.
-        lo = p * (I // GROUP) // P * GROUP
-        hi = (p + 1) * (I // GROUP) // P * GROUP
+        lo, hi = _share(p, I, P, GROUP)
         m = tl.arange(0, BLOCK_M)
         live = m < rows
         both = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
