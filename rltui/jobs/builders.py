@@ -83,6 +83,8 @@ def resume_job(
     world = 1 if no_torchrun else max(1, int(info.get("world_size") or 1))
     if additional_steps is not None:
         _positive(additional_steps, "--additional-steps")
+    else:
+        _short_of_target(info, run, step)
     template = resume_argv(layout, run, world)
     argv = resume_command(layout, template, run, step, additional_steps=additional_steps)
     gpu_list, gpu_count = gpu_assign.parse_request(gpus, world)
@@ -356,6 +358,15 @@ def _checkpoint_step(layout: Layout, run: str, from_step: str | int) -> int:
     if problems:
         raise UsageError(f"bad --from-step: step {step} of {run} is not complete ({problems[0]})")
     return step
+
+
+def _short_of_target(info: dict, run: str, step: int) -> None:
+    """Refuse, before a job is made, a resume that would have nothing to train: the checkpoint is
+    already at its run's target step (the trainer refuses it too, trainer.resume_training.target_step)."""
+    target = info.get("target_step")
+    if isinstance(target, int) and not isinstance(target, bool) and target <= step:
+        raise UsageError(f"run {run} already reached its target step {target} at step {step}; "
+                         "pass --additional-steps K to train further")
 
 
 def _checkpoint_info(layout: Layout, run: str, step: int) -> dict:

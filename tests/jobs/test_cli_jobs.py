@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-from rltui.jobs import control
+from rltui.jobs import builders, control
 from rltui.jobs.records import JobState, read_state
+from rltui.runs import checkpoints
+from rltui.runs.localfs import create_run_dir
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
 
@@ -29,7 +31,10 @@ def rltui(root, *args, timeout=60):
     (["train", "--cfg", __file__, "--gpus", "0,x"], "'0,x'"),
     (["train", "--cfg", __file__, "--gpus", "7"], "GPU 7"),
     (["train", "--cfg", __file__, "--eval-after", "../d"], "../d"),
-    (["train", "--cfg", __file__, "--max-restarts", "-1"], "max_restarts"),
+    (["train", "--cfg", __file__, "--max-restarts", "-1"], "--max-restarts: -1"),
+    (["train", "--cfg", __file__, "--hang-timeout", "0"], "--hang-timeout: 0.0"),  # once: killed as hung at once
+    (["train", "--cfg", __file__, "--hang-timeout", "nan"], "--hang-timeout: nan"),
+    (["train", "--cfg", __file__, "--stop-grace", "-5"], "--stop-grace: -5.0"),
     (["resume", "--training-run", "run_nope"], "run_nope"),
     (["resume", "--training-run", "../../etc"], "../../etc"),
     (["eval", "--training-run", "run_nope"], "run_nope"),
@@ -45,6 +50,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and names in r.stderr and "Traceback" not in r.stderr
     assert list(layout.jobs.iterdir()) == [] and list(layout.training_runs.iterdir()) == []
+
+
+def test_resuming_a_run_at_its_target_without_more_steps_is_one_line_exit_2_and_no_job(layout):
+    # once a job that failed a second later, its reason only in the job's log
+    run = create_run_dir(layout)
+    state = layout.training_state(run)
+    for step in (5, 10):
+        staging = checkpoints.staging_dir(state, step)
+        (staging / "w.bin").write_bytes(b"x")
+        checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step), {"step": step, "target_step": 10})
+    r = rltui(layout.root, "resume", "--training-run", run)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "already reached its target step 10 at step 10" in r.stderr
+    assert "--additional-steps" in r.stderr and list(layout.jobs.iterdir()) == []
+    # more steps, or an earlier checkpoint short of the target, still make a job
+    assert builders.resume_job(layout, run, additional_steps=2).title == f"resume {run} from step 10 +2"
+    assert builders.resume_job(layout, run, from_step=5).title == f"resume {run} from step 5"
 
 
 def test_logs_follow_streams_to_the_end_and_jobs_lists_it(layout):
