@@ -34,6 +34,7 @@ from rltui.runs.localfs import (
     read_json,
     validate_name,
 )
+from rltui.runs import writer_lock
 from rltui.runs.checkpoints import checkpoint_problems, resolve_step
 from rltui.jobs.policy import RestartSettings
 
@@ -85,6 +86,7 @@ def resume_job(
         _positive(additional_steps, "--additional-steps")
     else:
         _short_of_target(info, run, step)
+    _no_writer(layout, run)
     template = resume_argv(layout, run, world)
     argv = resume_command(layout, template, run, step, additional_steps=additional_steps)
     gpu_list, gpu_count = gpu_assign.parse_request(gpus, world)
@@ -367,6 +369,16 @@ def _short_of_target(info: dict, run: str, step: int) -> None:
     if isinstance(target, int) and not isinstance(target, bool) and target <= step:
         raise UsageError(f"run {run} already reached its target step {target} at step {step}; "
                          "pass --additional-steps K to train further")
+
+
+def _no_writer(layout: Layout, run: str) -> None:
+    """Refuse, before a job is made, a resume of a run another process writes now. The trainer
+    takes the run's writer lock itself and refuses then too (one writer at a time); this says so
+    at once instead of in a job that fails a second later."""
+    busy = writer_lock.holder(layout.run_dir(run))
+    if busy is not None:
+        then = f"stop it first (rltui --batch stop {busy.job})" if busy.job else "wait until it ends"
+        raise UsageError(f"run {run} is being written by {busy.describe()}; one writer at a time: {then}")
 
 
 def _checkpoint_info(layout: Layout, run: str, step: int) -> dict:

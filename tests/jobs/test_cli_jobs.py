@@ -12,7 +12,7 @@ import pytest
 
 from rltui.jobs import builders, control
 from rltui.jobs.records import JobState, read_state
-from rltui.runs import checkpoints
+from rltui.runs import checkpoints, writer_lock
 from rltui.runs.localfs import create_run_dir
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
@@ -67,6 +67,23 @@ def test_resuming_a_run_at_its_target_without_more_steps_is_one_line_exit_2_and_
     # more steps, or an earlier checkpoint short of the target, still make a job
     assert builders.resume_job(layout, run, additional_steps=2).title == f"resume {run} from step 10 +2"
     assert builders.resume_job(layout, run, from_step=5).title == f"resume {run} from step 5"
+
+
+def test_resuming_a_run_another_process_writes_is_one_line_exit_2_and_no_job(layout):
+    run = create_run_dir(layout)
+    state = layout.training_state(run)
+    staging = checkpoints.staging_dir(state, 5)
+    (staging / "w.bin").write_bytes(b"x")
+    checkpoints.finalize_checkpoint(staging, layout.step_dir(run, 5), {"step": 5, "target_step": 10})
+    lock = writer_lock.acquire(layout.run_dir(run), job="20261205-000000-train-abcd")
+    try:
+        r = rltui(layout.root, "resume", "--training-run", run)
+    finally:
+        lock.release()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and f"being written by pid {os.getpid()}" in r.stderr
+    assert "rltui --batch stop 20261205-000000-train-abcd" in r.stderr and list(layout.jobs.iterdir()) == []
+    assert builders.resume_job(layout, run).title == f"resume {run} from step 5"  # free again
 
 
 def test_logs_follow_streams_to_the_end_and_jobs_lists_it(layout):
