@@ -125,7 +125,7 @@ def _gpus(text: str | None) -> str | int | None:
 def _restart(args: argparse.Namespace) -> RestartSettings:
     # each flag named as the user typed it; a hang timeout of 0 would kill the job at once
     if not args.hang_timeout > 0 or args.hang_timeout == float("inf"):
-        raise UsageError(f"bad --hang-timeout: {args.hang_timeout!r} (must be > 0 seconds)")
+        raise UsageError(f"bad --hang-timeout: {args.hang_timeout!r} (must be a finite number of seconds > 0)")
     if not 0 <= args.stop_grace < float("inf"):
         raise UsageError(f"bad --stop-grace: {args.stop_grace!r} (must be >= 0 seconds)")
     if args.max_restarts < 0:

@@ -52,14 +52,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
     assert list(layout.jobs.iterdir()) == [] and list(layout.training_runs.iterdir()) == []
 
 
+def _run_with_checkpoints(layout, steps, target):
+    run = create_run_dir(layout)
+    for step in steps:
+        staging = checkpoints.staging_dir(layout.training_state(run), step)
+        (staging / "w.bin").write_bytes(b"x")
+        checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step), {"step": step, "target_step": target})
+    return run
+
+
 def test_resuming_a_run_at_its_target_without_more_steps_is_one_line_exit_2_and_no_job(layout):
     # once a job that failed a second later, its reason only in the job's log
-    run = create_run_dir(layout)
-    state = layout.training_state(run)
-    for step in (5, 10):
-        staging = checkpoints.staging_dir(state, step)
-        (staging / "w.bin").write_bytes(b"x")
-        checkpoints.finalize_checkpoint(staging, layout.step_dir(run, step), {"step": step, "target_step": 10})
+    run = _run_with_checkpoints(layout, (5, 10), target=10)
     r = rltui(layout.root, "resume", "--training-run", run)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "already reached its target step 10 at step 10" in r.stderr
@@ -70,11 +74,7 @@ def test_resuming_a_run_at_its_target_without_more_steps_is_one_line_exit_2_and_
 
 
 def test_resuming_a_run_another_process_writes_is_one_line_exit_2_and_no_job(layout):
-    run = create_run_dir(layout)
-    state = layout.training_state(run)
-    staging = checkpoints.staging_dir(state, 5)
-    (staging / "w.bin").write_bytes(b"x")
-    checkpoints.finalize_checkpoint(staging, layout.step_dir(run, 5), {"step": 5, "target_step": 10})
+    run = _run_with_checkpoints(layout, (5,), target=10)
     lock = writer_lock.acquire(layout.run_dir(run), job="20261205-000000-train-abcd")
     try:
         r = rltui(layout.root, "resume", "--training-run", run)
