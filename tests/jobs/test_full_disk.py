@@ -110,7 +110,11 @@ def test_a_save_into_a_full_disk_ends_in_one_line_and_is_not_restarted(small_dis
     assert "exit code 28 (disk full); a restart would fail the same way" in job.state.last_reason
     assert f"job {job.id} failed" in err
 
-    # a second train on the disk now full: one line, no run folder, no job folder
+    # a second train on the disk now full: one line, no run folder, no job folder. First the
+    # first job's keeper has to be gone: a state.json it replaced after the fill would free the
+    # old file's pages, and the second job's record would fit (seen once in CI)
+    keeper = job.state.keeper_pid
+    wait_until(lambda: keeper is None or not os.path.exists(f"/proc/{keeper}"), 60, "the first job's keeper to exit")
     fill(small_disk, "filler2", 0)
     runs_before, jobs_before = sorted(os.listdir(layout.training_runs)), sorted(os.listdir(layout.jobs))
     second = rltui(root, "train", "--cfg", str(cfg))
