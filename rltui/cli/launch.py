@@ -127,7 +127,7 @@ def _restart(args: argparse.Namespace) -> RestartSettings:
     if not args.hang_timeout > 0 or args.hang_timeout == float("inf"):
         raise UsageError(f"bad --hang-timeout: {args.hang_timeout!r} (must be a finite number of seconds > 0)")
     if not 0 <= args.stop_grace < float("inf"):
-        raise UsageError(f"bad --stop-grace: {args.stop_grace!r} (must be >= 0 seconds)")
+        raise UsageError(f"bad --stop-grace: {args.stop_grace!r} (must be a finite number of seconds >= 0)")
     if args.max_restarts < 0:
         raise UsageError(f"bad --max-restarts: {args.max_restarts!r} (must be >= 0)")
     try:
