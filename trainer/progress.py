@@ -2,6 +2,7 @@
 
 Usage:
     progress = Progress(start=0, target=150, enabled=d.is_main)
+    progress.finished(step)      # after every step, logged or not
     progress.step(record)        # a step_record of trainer.rl_runner, at each log interval
     progress.close()
 
@@ -11,7 +12,13 @@ logged step is one plain line, flushed at once:
     step 12/150  reward 0.412  loss 0.0213  kl 0.00120  lr 1.00e-05  3.21 s/step  ETA 7m23s
 
 On a terminal a tqdm bar shows the same numbers. Seconds per step are this session's wall time
-divided by its steps (saves and logging included, so the ETA is honest).
+since its first step ended, divided by the steps since (saves and logging included, so the ETA is
+honest). The first step is left out: it carries the warm-up (on a GPU the decode engine's
+compiles, timings and graph captures, 1-2.5 minutes against ~1.4 s for a step: docs/benchmarks.md,
+issue 18). Counted in, a 96 s warm-up and 1.4 s steps made step 10's ETA 16 minutes for 2 minutes
+of work, and step 50's still 2.3 times too long. The first step's line gives its own time instead:
+
+    step 1/150  reward 0.398  loss 0.0187  kl 0  lr 1.00e-05  first step 96.2 s (warm-up), ETA from the next
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock
         self.began = clock()
+        self.first: tuple[int, float] | None = None  # (step, when it ended): this session's first
         self.bar = None
         if enabled and _isatty(self.stream):
             from tqdm import tqdm
@@ -55,9 +63,17 @@ class Progress:
             self.bar = tqdm(total=target, initial=start, file=self.stream, unit="step",
                             dynamic_ncols=True, desc="train")
 
+    def finished(self, step: int) -> None:
+        """Step `step` has ended (logged or not): the first such call ends the warm-up."""
+        if self.first is None:
+            self.first = (step, self.clock())
+
     def seconds_per_step(self, step: int) -> float | None:
-        done = step - self.start
-        return (self.clock() - self.began) / done if done > 0 else None
+        """Wall time per step since this session's first step ended; None until a step after it."""
+        if self.first is None or step <= self.first[0]:
+            return None
+        first_step, ended = self.first
+        return (self.clock() - ended) / (step - first_step)
 
     def line(self, record: dict[str, Any]) -> str:
         step = int(record["step"])
@@ -67,11 +83,14 @@ class Progress:
         if per_step is not None:
             parts.append(f"{per_step:.2f} s/step")
             parts.append(f"ETA {format_duration(per_step * max(self.target - step, 0))}")
+        elif self.first is not None and step == self.first[0] and step < self.target:
+            parts.append(f"first step {self.first[1] - self.began:.1f} s (warm-up), ETA from the next")
         return "  ".join(parts)
 
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        self.finished(int(record["step"]))  # (for a caller that does not say so itself)
         if self.bar is not None:
             self.bar.n = int(record["step"])
             self.bar.set_postfix(step_fields(record), refresh=False)

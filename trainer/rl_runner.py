@@ -225,7 +225,7 @@ def load_policy(s: Session, d: Dist):
     """The base model with its trainable LoRA adapter (checkpoint, --ckpt, or fresh)."""
     from peft import LoraConfig, get_peft_model
 
-    from trainer.modeling import load_adapter, load_model_and_tokenizer
+    from trainer.modeling import enable_checkpointing, load_adapter, load_model_and_tokenizer
 
     cfg = s.cfg
     precision = cfg.model.precision
@@ -240,7 +240,7 @@ def load_policy(s: Session, d: Dist):
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model, tokenizer
 
 
@@ -264,6 +264,7 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
         if s.cfg.training.save_every and step % s.cfg.training.save_every == 0:
             record["time_saving"] = save(t, step)
             saved = step
+        progress.finished(step)  # the session's first step ends the warm-up, which the ETA leaves out
         if step % s.cfg.training.log_every == 0 or step == s.target_step:
             log.step(record)
             progress.step(record)

@@ -21,10 +21,39 @@ class Clock:
 def test_off_a_terminal_each_logged_step_is_one_line_with_the_numbers_read_first():
     out, clock = io.StringIO(), Clock()
     progress = Progress(start=1, target=11, stream=out, clock=clock)
-    clock.now += 5.0  # two steps (2 and 3) in 5 s
+    clock.now += 90.0  # step 2, the session's first: the warm-up
+    progress.finished(2)
+    clock.now += 2.5  # step 3
+    progress.finished(3)
     progress.step(RECORD)
     assert out.getvalue() == ("step 3/11  reward 0.412  loss 0.02134  kl 0.0012  lr 1.00e-05  "
                               "2.50 s/step  ETA 20s\n")
+
+
+def test_the_first_steps_warm_up_is_left_out_of_the_rate_and_its_line_gives_its_own_time():
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(start=0, target=100, stream=out, clock=clock)
+    clock.now += 96.2  # compiles, timings and graph captures
+    progress.step(dict(RECORD, step=1))  # a caller that logs without saying `finished` first
+    for step in range(2, 11):
+        clock.now += 1.4
+        progress.finished(step)
+    progress.step(dict(RECORD, step=10))  # log_every 10: the rate is over steps 2-10 alone
+    first, tenth = out.getvalue().splitlines()
+    assert first.endswith("lr 1.00e-05  first step 96.2 s (warm-up), ETA from the next")
+    assert tenth.endswith("1.40 s/step  ETA 2m06s")  # 90 steps x 1.4 s; with step 1 counted in, 17m
+
+
+def test_a_run_logged_every_ten_steps_rates_from_its_first_step_not_its_first_line():
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(start=40, target=60, stream=out, clock=clock)
+    clock.now += 30.0
+    progress.finished(41)
+    for step in range(42, 51):
+        clock.now += 2.0
+        progress.finished(step)
+    progress.step(dict(RECORD, step=50))
+    assert out.getvalue().endswith("2.00 s/step  ETA 20s\n")
 
 
 def test_a_disabled_progress_prints_nothing():

@@ -64,7 +64,8 @@ def test_a_run_prints_one_progress_line_per_logged_step(six_steps):
     lines = [x for x in out.splitlines() if x.startswith("step ")]
     assert [x.split()[1] for x in lines] == [f"{s}/6" for s in range(1, 7)], out
     for word in ("reward ", "loss ", "kl ", "lr ", " s/step", "ETA "):
-        assert word in lines[0], (word, lines[0])
+        assert word in lines[1], (word, lines[1])
+    assert lines[0].endswith(" s (warm-up), ETA from the next")  # the first step's time, not a rate
     assert lines[-1].endswith("ETA 0s")
 
 
