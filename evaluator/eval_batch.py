@@ -34,6 +34,7 @@ from evaluator.plan import EvalPlan, make_plan
 from evaluator.results import EvalFiles, StatusFile
 from evaluator.scoring import StepTimeout, evaluate_prompts
 from trainer.errors import ConfigError, DownloadFailed
+from trainer.progress import format_duration
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 STALL_ENV = "RLTUI_TEST_EVAL_STALL_AT_STEP"
@@ -104,6 +105,14 @@ def _torchrun_rank() -> int | None:
         return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     except ValueError:
         return 0
+
+
+def remaining_seconds(step_seconds: list[float], left: int) -> float | None:
+    """The time `left` more checkpoints take, from those done so far (`step_seconds`, in order),
+    leaving out the first once there are others: it carries the warm-up (on a GPU the fast
+    generation's compiles and graph captures, a minute or more, trainer/fast_generation.py)."""
+    timed = step_seconds[1:] or step_seconds
+    return left * sum(timed) / len(timed) if timed else None
 
 
 @dataclass
@@ -250,15 +259,13 @@ class Evaluation:
     # ------------------------------------------------------------ progress
 
     def _eta(self, index: int, todo: list[Checkpoint]) -> float | None:
-        if not self.step_seconds:
-            return None
         left = sum(1 for c in self.plan.checkpoints[index - 1:] if c in todo)
-        return left * sum(self.step_seconds) / len(self.step_seconds)
+        return remaining_seconds(self.step_seconds, left)
 
     def _progress_line(self, index: int, outcome: StepOutcome, todo: list[Checkpoint]) -> str:
         head = f"[{index}/{len(self.plan.checkpoints)}] step {outcome.step}:"
         eta = self._eta(index + 1, todo)
-        tail = f" ETA {eta:.0f}s" if eta is not None and index < len(self.plan.checkpoints) else ""
+        tail = f" ETA {format_duration(eta)}" if eta is not None and index < len(self.plan.checkpoints) else ""
         if outcome.error:
             return f"{head} FAILED: {outcome.error}{tail}"
         s = outcome.summary or {}

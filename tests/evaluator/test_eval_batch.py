@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluator.eval_batch import main
+from evaluator.eval_batch import main, remaining_seconds
 from rltui.runs import checkpoints, folders, localfs
 
 DATASET = "arith_r1_template"
@@ -62,6 +62,13 @@ def test_writes_the_seed_layout_with_consistent_metrics(tiny_root, make_run, eva
     assert status["phase"] == "completed" and status["done"] == [0, 1, 2, 3]
     out = capsys.readouterr().out
     assert "[4/4] step 3: accuracy" in out and "ETA" in out
+
+
+def test_the_eta_leaves_out_the_first_checkpoint_once_there_are_others() -> None:
+    # the first carries the warm-up (on a GPU the fast generation's compiles and graph captures)
+    assert remaining_seconds([], 3) is None
+    assert remaining_seconds([150.0], 4) == 600.0  # nothing else to go by yet
+    assert remaining_seconds([150.0, 60.0, 62.0], 2) == 122.0  # counted in: 181
 
 
 def test_include_base_makes_step_0_the_base_alone_even_when_the_run_saved_step_0(
