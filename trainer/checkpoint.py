@@ -33,6 +33,13 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_DIR = "rng"
 SAVE_SLEEP_ENV = "RLTUI_TEST_SAVE_SLEEP"  # test-only: pause inside a save, to aim a kill there
+# The base's embedding weights are never saved with the adapter: rltui never resizes the vocabulary,
+# so the base has them as they are. peft's default ("auto") decides by comparing the base's
+# config.json with the model, and for a base named by Hub id (an SFT adapter from the Hub) asked the
+# Hub for it at every save: a request a checkpoint, a stall on a flaky network, two warnings each on
+# a box without one (tests/trainer/test_hub_models.py). "auto" also saved them whole (~0.5 GB for
+# Qwen2.5-1.5B) when the LoRA targets embed_tokens, where the LoRA weights alone reproduce the model.
+EMBEDDINGS_SAVED = False
 
 
 def rng_file(rank: int) -> str:
@@ -114,7 +121,7 @@ def save_checkpoint(
         rng_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(capture_rng(sampler), rng_path)
         if d.is_main:
-            model.save_pretrained(str(staging / MODEL_DIR))
+            model.save_pretrained(str(staging / MODEL_DIR), save_embedding_layers=EMBEDDINGS_SAVED)
             torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
             _test_pause()

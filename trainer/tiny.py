@@ -199,7 +199,7 @@ def warm_start(base: Path, out: Path, settings: TinySettings) -> dict[str, float
                         params=[p for p in model.parameters() if p.requires_grad])
     # Name the base by what it is, not by the temporary folder it was built in.
     model.peft_config["default"].base_model_name_or_path = TINY_BASE_NAME
-    model.save_pretrained(out)
+    model.save_pretrained(out, save_embedding_layers=False)  # (no Hub lookup of "tiny": trainer/checkpoint.py)
     return {"steps": settings.warmstart_steps, "final_loss": round(final_loss, 4)}
 
 

@@ -101,6 +101,25 @@ def test_a_cached_hub_id_trains_resumes_and_evaluates_without_a_request(
     assert commit in yaml.safe_load((eval_dir / "eval_config.yaml").read_text())["base_model"]
 
 
+def test_saving_from_a_hub_adapter_asks_the_hub_nothing(
+        tmp_path: Path, hub: FakeHub, tiny_files: dict[str, bytes], tiny_paths) -> None:
+    # An SFT adapter from the Hub names its base by Hub id. peft's save_pretrained, left to decide
+    # whether to save the embeddings, asked the Hub for that id's config.json at every save: one
+    # request a checkpoint, two warnings each where the box has no network.
+    import shutil
+
+    make_hub_cache(tmp_path / "hf_cache", REPO_ID, tiny_files)
+    adapter = tmp_path / "sft_adapter"
+    shutil.copytree(tiny_paths.warmstart, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(dict(config, base_model_name_or_path=REPO_ID)))
+    train = _py("trainer.rl_runner", ["--cfg", str(_config(tmp_path, REPO_ID, steps=2)), "--ckpt", str(adapter),
+                                      "--root", str(tmp_path / "localfs")], _env(tmp_path, hub))
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert hub.requests == []  # steps 0, 1 and 2 saved
+    assert "Could not find a config file" not in train.stderr
+
+
 def test_an_uncached_hub_id_downloads_and_after_a_cut_nothing_partial_is_left(
         tmp_path: Path, hub: FakeHub, tiny_files: dict[str, bytes]) -> None:
     root = tmp_path / "localfs"
