@@ -71,6 +71,18 @@ def load_model_and_tokenizer(path: Path, device: Any, dtype: Any):
     return model, tokenizer
 
 
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing on, non-reentrant (the form LoRA's frozen inputs need), by the name
+    the installed transformers gives it: `activation_checkpointing_enable` since transformers 5,
+    where `gradient_checkpointing_enable` warns and goes in v6. Read back with
+    trainer.qwen2_train.checkpointing."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def adapter_problems(adapter_dir: Path) -> list[str]:
     """Why `adapter_dir` is not a peft adapter folder; empty when it looks like one."""
     adapter_dir = Path(adapter_dir)

@@ -279,11 +279,12 @@ def _layer(dims: ModelDims, fns: tuple[Callable, Callable], layer: nn.Module, sh
                 _group((mlp.gate_proj, mlp.up_proj)), _linear(mlp.down_proj))
 
 
-def _checkpointing(lm: nn.Module) -> bool:
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5 renamed it
-        if name in type(lm).__dict__ or any(name in vars(k) for k in type(lm).__mro__):
-            return bool(getattr(lm, name))
-    return False
+def checkpointing(model: nn.Module) -> bool:
+    """Whether gradient checkpointing is on anywhere in `model`: the `gradient_checkpointing` flag
+    transformers sets on each module it wraps, which both its properties read (transformers 5
+    renamed `is_gradient_checkpointing` to `is_activation_checkpointing`; the old name warns, and
+    goes in v6, where a getattr of it with a default would say False)."""
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
 
 
 def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -315,11 +316,11 @@ def prefix_shared_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_
     masks = _masks(prompt_mask, completion_mask, group)
     x = F.embedding(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]), weight)
     fns = _layer_fns(dims, input_ids.device)
-    checkpointing = _checkpointing(lm) and torch.is_grad_enabled() and lm.training
+    checkpointed = checkpointing(lm) and torch.is_grad_enabled() and lm.training
     shape = (u, p, n, c)
     for layer in body.layers:
         step = partial(_layer, dims, fns, layer, shape, group, masks, cos, sin)
-        if checkpointing:
+        if checkpointed:
             x = torch.utils.checkpoint.checkpoint(step, x, use_reentrant=False)
         else:
             x = step(x)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from trainer.qwen2_decode import adapter_state
+from trainer.qwen2_train import checkpointing
 
 ENV = "RLTUI_TRAIN_GRAPHS"
 LIMIT = 4  # distinct micro-batch shapes captured per model (each holds its activations' memory)
@@ -60,7 +61,7 @@ def usable(model: nn.Module) -> bool:
     first = next(model.parameters(), None)
     if first is None or first.device.type != "cuda":
         return False
-    return not any(getattr(module, "is_gradient_checkpointing", False) is True for module in model.modules())
+    return not checkpointing(model)
 
 
 def _stamp(model: nn.Module, params: list[nn.Parameter]) -> tuple:

@@ -58,11 +58,30 @@ def test_prompt_groups_merge_neighbouring_identical_prompts():
     assert group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
 
 
+def test_checkpointing_is_switched_on_and_read_without_the_deprecated_names():
+    import warnings
+
+    from trainer.modeling import enable_checkpointing
+    from trainer.qwen2_train import checkpointing
+
+    model = _lora_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the names transformers 5 deprecated warn (FutureWarning)
+        assert checkpointing(model) is False
+        enable_checkpointing(model)
+        assert checkpointing(model) is True
+        assert checkpointing(model.get_base_model().model.layers[0]) is True  # the flag sits on each layer
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_prefix_shared_logprobs_equal_token_logps_with_gradients(checkpointing):
     model = _lora_model()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from trainer.modeling import enable_checkpointing
+        from trainer.qwen2_train import checkpointing as checkpointed
+
+        enable_checkpointing(model)
+        assert checkpointed(model)  # so the layers below really are recomputed
     model.train()
     ids, mask, p = _grouped_batch(1)
     weights = torch.randn(10, 9, generator=torch.Generator().manual_seed(5))
