@@ -34,11 +34,16 @@ def torch_dtype(dtype: Any):
 
 
 def quiet_transformers() -> None:
-    """No per-load progress bars or advisory warnings in job logs."""
+    """No per-load progress bars or advisory warnings in job logs. Also peft's read of the property
+    transformers 5 deprecated (`is_gradient_checkpointing`, as it wraps a model): a FutureWarning
+    in every training job's log that nobody running rltui can act on."""
+    import warnings
+
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def load_tokenizer(path: Path):
