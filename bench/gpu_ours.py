@@ -114,6 +114,13 @@ def run_ours(folder: Path, work: Workload, steps: int, device: str, *, profile: 
         "generation_path": "plain" if plain_generation else "fast", "generate_calls": len(calls),
         "logprobs_path": "completion_logprobs",  # grpo.token_logps on CUDA
     }
+    # Where the first step's time went: its phases, and within generation the decode engine's parts
+    # (trainer/fast_generation.py DecodeEngine.warm_up_s; the rest is compiles and first calls).
+    engine = None if plain_generation else fast_generation._ENGINES.get(model)
+    result["warm_up"] = {"step_s": step_times[0], "split_s": splits[0],
+                         "engine_s": dict(engine.warm_up_s) if engine is not None else None}
+    print(f"[ours] warm-up: step 1 {step_times[0]:.2f} s {splits[0]}, engine "
+          f"{ {k: round(v, 2) for k, v in result['warm_up']['engine_s'].items()} if engine else None}", flush=True)
     if profile and device == "cuda":
         from gpu_probe import step_gaps
 

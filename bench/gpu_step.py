@@ -21,6 +21,8 @@ process (a failing side cannot take the other's numbers with it, and peak memory
   autotune      optional: inductor max-autotune for the decode layers vs the default compile
   decode_variants  optional: the fused and chained decode steps' graph replays through the rollout's
                 slots, their kernels and checks, side by side (bench/gpu_decode_variants.py)
+  restart  optional, after ours: our side again in a new process, 2 steps, no profile, with the
+                compile caches ours left on disk (Triton's, inductor's): the warm-up a resume pays
 The first step of each side is a warm-up; the median of the rest is reported. A table is printed
 last; everything is written to $OUT/gpu_step.json (or --out). The decode variants are chosen
 with RLTUI_DECODE_ATTENTION (bmm|sdpa), RLTUI_COMPILE_DECODE (0|1|max-autotune) and
@@ -49,10 +51,11 @@ from gpu_common import (  # noqa: E402
     write_json,
 )
 
-SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes", "autotune", "decode_variants")
+SIDES = ("prepare", "check", "ours", "trl", "ours16", "ours_mb", "decode_modes", "autotune", "decode_variants",
+         "restart")
 DEFAULT_SIDES = ("prepare", "check", "ours", "trl", "ours16")
 SIDE_LIMIT_S = {"prepare": 150, "check": 120, "ours": 420, "ours16": 150, "trl": 330, "ours_mb": 150, "decode_modes": 150, "decode_variants": 460,
-                "autotune": 240}
+                "autotune": 240, "restart": 240}
 DECODE_MODES = {"decode_modes": [("triton", "1", "64", "1", "0"), ("triton", "1", "64", "1", "1")],
                 "autotune": [("sdpa", "1", "64", "0"), ("sdpa", "max-autotune", "64", "0")]}
 
@@ -100,15 +103,16 @@ def child(args: argparse.Namespace) -> int:
             from gpu_check import run_check
 
             result = run_check(folder, work, device, new_tokens=min(32, work.completion_tokens))
-        elif args.child in ("ours", "ours16", "ours_mb"):
+        elif args.child in ("ours", "ours16", "ours_mb", "restart"):
             from gpu_ours import run_ours
 
             if args.child == "ours16":
                 work = replace(work, generations=2 * work.generations)
             if args.child == "ours_mb":
                 work = replace(work, micro_batch=args.alt_micro_batch)
-            result = run_ours(folder, work, args.steps if args.child == "ours" else min(args.steps, 3),
-                              device, profile=args.child == "ours", plain_generation=args.plain_generation)
+            steps = {"ours": args.steps, "restart": 2}.get(args.child, min(args.steps, 3))
+            result = run_ours(folder, work, steps, device, profile=args.child == "ours",
+                              plain_generation=args.plain_generation)
         elif args.child == "decode_variants":
             from gpu_decode_variants import run_decode_variants
 
@@ -224,6 +228,23 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[str]:
     elif "decode_error" in ours:
         lines.append(f"decode profile failed: {ours['decode_error'][:300]}")
     lines += _probe_lines(ours, results)
+    lines += _warm_up_lines(results)
+    return lines
+
+
+def _warm_up_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The first step of each side (its warm-up), ours by phase and by the decode engine's parts;
+    `restart`'s is the warm-up of a second process with the compile caches the first left."""
+    lines = []
+    for side in ("ours", "restart", "trl"):
+        r = results.get(side, {})
+        if not r.get("step_times_s"):
+            continue
+        warm = r.get("warm_up") or {}
+        split = {k: round(v, 1) for k, v in (warm.get("split_s") or {}).items()}
+        engine = {k: round(v, 1) for k, v in (warm.get("engine_s") or {}).items()}
+        lines.append(f"warm-up {side}: first step {r['step_times_s'][0]:.1f} s"
+                     + (f" {split}" if split else "") + (f"; decode engine {engine}" if engine else ""))
     return lines
 
 

@@ -255,7 +255,8 @@ class PrefillGraphs:
             if self.failed or len(self.graphs) >= PREFILL_LIMIT:
                 return None
             try:
-                found = self._capture(engine, input_ids, attention_mask, rows)
+                with engine.spent("prefill_captures"):
+                    found = self._capture(engine, input_ids, attention_mask, rows)
             except Exception as exc:  # noqa: BLE001 - the eager prefill serves from now on
                 warnings.warn(f"capturing the prefill failed ({exc!r:.300}); running it eagerly", stacklevel=3)
                 torch.cuda.synchronize()

@@ -20,7 +20,8 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -85,26 +86,33 @@ class DecodeEngine:
 
     def __init__(self, model: nn.Module, key: EngineKey) -> None:
         self.key = key
-        self.weights = DecodeWeights.allocate(model)
-        ref = self.weights.layers[0].qkv
-        self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
+        # Wall seconds by part of the engine's warm-up, summed (`spent`): where a job's first
+        # rollout goes before its first replay (bench/gpu_ours.py reports it).
+        self.warm_up_s: dict[str, float] = {}
+        with self.spent("allocate"):
+            self.weights = DecodeWeights.allocate(model)
+            ref = self.weights.layers[0].qkv
+            self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
         # Prefill sees a different token count per rollout: compiled once for any count.
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
-        self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
+        with self.spent("attention_check"):
+            self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # Which projections of the fused step run as split-K Triton kernels: timed per kind here
         # (`tuned_products`, kept for the notes); `products` is what the captured step uses.
         self.products = DecodeProducts()
         if key.graphs and os.environ.get(FUSED_ENV, "auto") != "0" and triton_products.enabled():
             try:
-                self.products = DecodeProducts.tuned(self.weights, key.batch)
+                with self.spent("products_timing"):
+                    self.products = DecodeProducts.tuned(self.weights, key.batch)
             except Exception as exc:  # noqa: BLE001 - cuBLAS serves every product
                 warnings.warn(f"timing the Triton products failed ({exc!r:.300}); using cuBLAS", stacklevel=2)
         splits = attention_splits()
         self.products = replace(self.products, attention_splits=splits)
         self.tuned_products = self.products
-        self.chain = _chain_products(self.weights, key, splits)
+        with self.spent("chain_timing"):
+            self.chain = _chain_products(self.weights, key, splits)
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
@@ -139,10 +147,23 @@ class DecodeEngine:
             return self.run_step(kv_len)
         with torch.cuda.device(self.state.tokens.device):  # the rank's GPU under torchrun
             if kv_len not in self.graphs:
-                self.graphs[kv_len] = choose_step(self, kv_len) if self.fused is None else self._capture(kv_len)
+                # the first bucket's choice compiles, checks, captures and times every variant
+                with self.spent("step_choice" if self.fused is None else "bucket_captures"):
+                    self.graphs[kv_len] = choose_step(self, kv_len) if self.fused is None else self._capture(kv_len)
             graph, logits = self.graphs[kv_len]
             graph.replay()
         return logits
+
+    @contextmanager
+    def spent(self, part: str) -> Iterator[None]:
+        """Add the wall seconds of the block (its GPU work waited for) to `warm_up_s[part]`."""
+        started = time.perf_counter()
+        try:
+            yield
+            if self.key.device.startswith("cuda"):  # (not after a failure: the caller's handling comes first)
+                torch.cuda.synchronize(self.key.device)
+        finally:
+            self.warm_up_s[part] = self.warm_up_s.get(part, 0.0) + time.perf_counter() - started
 
     def stream_gave_up(self) -> bool:
         """After a rollout with the stream step (trainer/gluon_stream.py): whether one of its
