@@ -4,6 +4,11 @@ the key and the bad value (ConfigError, exit 2).
 Field names follow TRL's GRPOConfig where it has one (num_generations, max_completion_length,
 beta, epsilon, epsilon_high, loss_type, scale_rewards, num_iterations, learning_rate, ...). The
 sections only group them; see configs/tiny.yaml for every key with its default.
+
+    python -m trainer.config CFG     # exit 0 when CFG is a valid config; else its one line, exit 2
+
+The manager runs that before it makes a training job (rltui/jobs/builders.py), so a config's bad
+key or value is refused at `rltui --batch train` and in the TUI's form, with no job or run made.
 """
 
 from __future__ import annotations
@@ -261,3 +266,22 @@ def _check_cross_fields(cfg: Config, source: str) -> None:
             f"{source}: 'optim.warmup_steps' = {cfg.optim.warmup_steps}: must be <= "
             f"training.total_steps ({cfg.training.total_steps})"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m trainer.config CFG", file=sys.stderr)
+        return 2
+    try:
+        load_config(args[0])
+    except ConfigError as e:
+        print(str(e).splitlines()[0] if str(e) else "bad config", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,9 +3,10 @@
     spec = builders.train_job(layout, "configs/tiny.yaml", steps=20, auto_resume=True)
     job = control.launch(layout, spec)
 
-The builders (`train_job`, `resume_job`, `eval_job`, `sync_job`) are pure: they validate their
-input (UsageError naming the bad value) and return a JobSpec; nothing touches the disk until
-`control.launch`. The TUI and the batch mode share them.
+The builders (`train_job`, `resume_job`, `eval_job`, `sync_job`) validate their input (UsageError
+naming the bad value) and return a JobSpec; nothing is written until `control.launch`.
+`train_job` has the trainer's own parser read the config, in a child (`python -m trainer.config`:
+the manager never imports trainer/). The TUI and the batch mode share them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,14 +37,16 @@ from rltui.runs.localfs import (
     validate_name,
 )
 from rltui.runs import writer_lock
+from rltui.text import clean
 from rltui.runs.checkpoints import checkpoint_problems, resolve_step
 from rltui.jobs.policy import RestartSettings
 
 PY = sys.executable
 NCCL_TIMEOUT_ENV = "RLTUI_NCCL_TIMEOUT_S"
+CONFIG_CHECK_S = 30.0  # the config's check in a child (~0.1 s); one slower is left to the trainer
 
 
-# ---------------------------------------------------------------- builders (pure)
+# ---------------------------------------------------------------- builders (they write nothing)
 
 
 def train_job(
@@ -60,6 +64,7 @@ def train_job(
         argv += ["--steps", str(_positive(steps, "--steps"))]
     argv += ["--root", str(layout.root)]
     gpu_list, gpu_count = gpu_assign.parse_request(gpus, nproc)
+    _valid_config(cfg_path)
     return JobSpec(
         id=new_job_id(JobKind.TRAIN), kind=JobKind.TRAIN, argv=tuple(argv),
         title=f"train {Path(cfg_path).name}" + (f" {steps} steps" if steps else ""),
@@ -338,6 +343,21 @@ def _utf8_text(path: str, given: str | os.PathLike[str], flag: str) -> str:
     except OSError as e:
         raise UsageError(f"bad {flag}: {str(given)!r} cannot be read ({e.strerror})") from None
     return path
+
+
+def _valid_config(path: str) -> None:
+    """Refuse a config the trainer would refuse (a bad key or value: one line naming it, from the
+    trainer's own parser, `python -m trainer.config`, run in a child since the manager never imports
+    trainer/). A check that cannot say (no trainer here, a crash, slower than CONFIG_CHECK_S) leaves
+    it to the trainer, as before."""
+    try:
+        done = subprocess.run([PY, "-m", "trainer.config", path], capture_output=True, text=True,
+                              errors="replace", timeout=CONFIG_CHECK_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    lines = done.stderr.strip().splitlines()
+    if done.returncode == 2 and lines:
+        raise UsageError(f"bad --cfg: {clean(lines[-1])}")
 
 
 def _positive(n: int, flag: str) -> int:

@@ -7,15 +7,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from rltui.errors import UsageError
 from rltui.jobs import builders, control
 from rltui.jobs.records import JobState, read_state
 from rltui.runs import checkpoints, writer_lock
 from rltui.runs.localfs import create_run_dir
 
 from jobs_helpers import fake_train_spec, wait_final, wait_until
+
+
+CFG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")  # a valid config
 
 
 def rltui(root, *args, timeout=60):
@@ -26,15 +31,15 @@ def rltui(root, *args, timeout=60):
 
 @pytest.mark.parametrize("args, names", [
     (["train", "--cfg", "missing.yaml"], "missing.yaml"),
-    (["train", "--cfg", __file__, "--steps", "0"], "--steps: 0"),
-    (["train", "--cfg", __file__, "--nproc", "0"], "--nproc: 0"),
-    (["train", "--cfg", __file__, "--gpus", "0,x"], "'0,x'"),
-    (["train", "--cfg", __file__, "--gpus", "7"], "GPU 7"),
-    (["train", "--cfg", __file__, "--eval-after", "../d"], "../d"),
-    (["train", "--cfg", __file__, "--max-restarts", "-1"], "--max-restarts: -1"),
-    (["train", "--cfg", __file__, "--hang-timeout", "0"], "--hang-timeout: 0.0"),  # once: killed as hung at once
-    (["train", "--cfg", __file__, "--hang-timeout", "nan"], "--hang-timeout: nan"),
-    (["train", "--cfg", __file__, "--stop-grace", "-5"], "--stop-grace: -5.0"),
+    (["train", "--cfg", CFG, "--steps", "0"], "--steps: 0"),
+    (["train", "--cfg", CFG, "--nproc", "0"], "--nproc: 0"),
+    (["train", "--cfg", CFG, "--gpus", "0,x"], "'0,x'"),
+    (["train", "--cfg", CFG, "--gpus", "7"], "GPU 7"),
+    (["train", "--cfg", CFG, "--eval-after", "../d"], "../d"),
+    (["train", "--cfg", CFG, "--max-restarts", "-1"], "--max-restarts: -1"),
+    (["train", "--cfg", CFG, "--hang-timeout", "0"], "--hang-timeout: 0.0"),  # once: killed as hung at once
+    (["train", "--cfg", CFG, "--hang-timeout", "nan"], "--hang-timeout: nan"),
+    (["train", "--cfg", CFG, "--stop-grace", "-5"], "--stop-grace: -5.0"),
     (["resume", "--training-run", "run_nope"], "run_nope"),
     (["resume", "--training-run", "../../etc"], "../../etc"),
     (["eval", "--training-run", "run_nope"], "run_nope"),
@@ -50,6 +55,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(layout, args, names):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and names in r.stderr and "Traceback" not in r.stderr
     assert list(layout.jobs.iterdir()) == [] and list(layout.training_runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, names", [
+    ("training:\n  totl_steps: 5\n", "unknown key 'training.totl_steps'"),  # a typo
+    ("optim:\n  learning_rate: fast\n", "'optim.learning_rate' must be a number, got 'fast'"),
+    ("grpo:\n  num_generations: 0\n", "'grpo.num_generations' = 0: must be >= 2"),
+    ("training: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping of sections"),
+])
+def test_a_config_the_trainer_would_refuse_is_one_line_exit_2_and_no_job(layout, tmp_path, text, names):
+    # once a job and a run folder that failed a second later, the reason only in the job's log
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    r = rltui(layout.root, "train", "--cfg", str(cfg), "--gpus", "none")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and names in r.stderr and "bad --cfg: " in r.stderr and str(cfg) in r.stderr
+    assert list(layout.jobs.iterdir()) == [] and list(layout.training_runs.iterdir()) == []
+    with pytest.raises(UsageError, match="bad --cfg"):  # the TUI's form asks the same builder
+        builders.train_job(layout, cfg)
+    assert builders.train_job(layout, CFG).kind.value == "train"  # a valid one still makes its spec
 
 
 def _run_with_checkpoints(layout, steps, target):
