@@ -36,7 +36,7 @@ class TrainForm(JobForm):
     def fields(self) -> Iterable[Widget]:
         yield self.text("cfg", "config file", self.context.get("default_cfg", ""), "configs/tiny.yaml")
         yield self.text("ckpt", "start adapter", "", "optional: an adapter folder")
-        yield self.text("steps", "steps", "", "optional: the config's max_steps")
+        yield self.text("steps", "steps", "", "optional: the config's total_steps")
         yield self.text("nproc", "processes", "1", "torchrun processes (1: no torchrun)")
         yield self.text("gpus", "GPUs", "", "optional: 0,1 (empty: any free)")
         yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith")
