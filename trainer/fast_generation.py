@@ -84,13 +84,15 @@ class EngineKey:
 class DecodeEngine:
     """Buffers and graphs for one batch size and cache capacity, reused across rollouts."""
 
-    def __init__(self, model: nn.Module, key: EngineKey) -> None:
+    def __init__(self, model: nn.Module, key: EngineKey, weights: DecodeWeights | None = None) -> None:
         self.key = key
         # Wall seconds by part of the engine's warm-up, summed (`spent`): where a job's first
         # rollout goes before its first replay (bench/gpu_ours.py reports it).
         self.warm_up_s: dict[str, float] = {}
         with self.spent("allocate"):
-            self.weights = DecodeWeights.allocate(model)
+            if weights is not None:  # another engine's of this model (another batch size): refreshed, shared
+                weights.refresh(model)
+            self.weights = weights if weights is not None else DecodeWeights.allocate(model)
             ref = self.weights.layers[0].qkv
             self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
@@ -264,7 +266,13 @@ def _attention_choice(dims: ModelDims, device: torch.device, dtype: torch.dtype)
     return _ATTENTION_CHECKED[key]
 
 
-_ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()
+_ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()  # the one used last
+# A model's engines for other batch sizes, newest last, at most KEPT_ENGINES of them; they share the
+# fused weights with the one used last. An evaluation's batches are 32 prompts and then the rest
+# (GSM8K's 1,319 questions: 41 x 32 + 7): with one engine a model, every checkpoint built two, each
+# paying the warm-up again (products timed, variants captured and timed: trainer/decode_graphs.py).
+_KEPT: weakref.WeakKeyDictionary[nn.Module, list[DecodeEngine]] = weakref.WeakKeyDictionary()
+KEPT_ENGINES = 1
 _COMPILED: dict[tuple[ModelDims, str | None, bool], tuple[Callable, Callable]] = {}
 
 
@@ -293,6 +301,7 @@ def _compiled_layer_fns(dims: ModelDims, mode: str | None = None, dynamic: bool 
 def release_engines() -> None:
     """Free every cached engine (fused weights, KV cache, graphs), e.g. before a memory-hungry phase."""
     _ENGINES.clear()
+    _KEPT.clear()
     stream = sys.modules.get("trainer.gluon_stream")  # (its workspaces, where it was used)
     if stream is not None:
         stream.release_workspaces()
@@ -301,25 +310,39 @@ def release_engines() -> None:
 
 
 def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, compiled: bool) -> DecodeEngine:
-    """The cached engine for this model (weights refreshed from it), or a new one.
+    """The cached engine for this model and batch size (weights refreshed from it), or a new one.
 
     An engine whose cache is at least `capacity` slots long is reused: prompt lengths vary
     between rollouts, and reallocating and recapturing for each would cost more than the slots.
-    """
+    The engine of another batch size is kept (`_KEPT`, up to KEPT_ENGINES, the one used last
+    first) for when that size comes back; a new engine shares the fused weights of those kept."""
     weight = next(p for p in model.parameters())
     key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
-    engine = _ENGINES.get(model)
-    if engine is not None and replace(engine.key, capacity=capacity) == key and engine.key.capacity >= capacity:
-        engine.weights.refresh(model)
-        return engine
-    if engine is not None:
-        del _ENGINES[model]
-        del engine
-        if torch.cuda.is_available():
+
+    def fits(engine: DecodeEngine) -> bool:
+        return replace(engine.key, capacity=capacity) == key and engine.key.capacity >= capacity
+
+    current = _ENGINES.get(model)
+    if current is not None and fits(current):
+        current.weights.refresh(model)
+        return current
+    before = ([current] if current is not None else []) + _KEPT.get(model, [])
+    found = next((engine for engine in before if fits(engine)), None)
+    # kept: other batch sizes on this device, dtype and modes; dropped: the rest (a cache too short
+    # for this batch, another device's or dtype's)
+    others = [engine for engine in before if engine.key.batch != batch
+              and replace(engine.key, batch=batch, capacity=capacity) == key][:KEPT_ENGINES]
+    _KEPT[model] = others
+    if found is not None:
+        found.weights.refresh(model)
+    else:
+        _ENGINES.pop(model, None)
+        if len(before) > len(others) and torch.cuda.is_available():
+            del before, current  # the dropped engines' buffers go back before the new one's are made
             torch.cuda.empty_cache()
-    engine = DecodeEngine(model, key)
-    _ENGINES[model] = engine
-    return engine
+        found = DecodeEngine(model, key, weights=others[0].weights if others else None)
+    _ENGINES[model] = found
+    return found
 
 
 def _race_argmax(logits: torch.Tensor, race: torch.Tensor, inv_temperature: float) -> torch.Tensor:

@@ -219,6 +219,32 @@ def test_engine_with_a_longer_cache_serves_shorter_prompts_exactly(tokenizer):
     release_engines()
 
 
+def test_an_evaluations_two_batch_sizes_keep_one_engine_each_sharing_the_weights(tokenizer):
+    # 32 prompts and then the rest, checkpoint after checkpoint: with one engine a model, every
+    # checkpoint built two, each paying the engine's warm-up again
+    from trainer.fast_generation import _ENGINES, _KEPT
+
+    model = _lora(_model(tokenizer, seed=6))
+    full, rest = PROMPTS, PROMPTS[:2]
+    generate(model, tokenizer, full, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    big = _ENGINES[model]
+    generate(model, tokenizer, rest, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    small = _ENGINES[model]
+    assert small is not big and _KEPT[model] == [big] and small.weights is big.weights
+    with torch.no_grad():  # the next checkpoint's adapter (the evaluator hot-swaps it in place)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    for prompts in (full, rest, full, rest):  # no new engine, and each sees the new adapter
+        fast = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        assert _ENGINES[model] is (big if prompts is full else small)
+        assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, prompts, 6))
+    generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, do_sample=False)  # a third size
+    assert _KEPT[model] == [small]  # the one used last is kept, the older one dropped
+    release_engines()
+    assert model not in _ENGINES and model not in _KEPT
+
+
 class _FakeStream:
     def wait_stream(self, other) -> None:
         pass
