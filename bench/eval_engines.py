@@ -1,0 +1,131 @@
+"""Evaluating K checkpoints in batches of 32 prompts when the count is not a multiple of 32: the
+decode engine of the other batch size kept (trainer.fast_generation.KEPT_ENGINES = 1, the default)
+against one engine a model (0, as before: every checkpoint built an engine for 32 and one for the
+rest, each with the whole warm-up).
+
+Usage:
+    python bench/eval_engines.py --qwen-shape [--k 4] [--prompts 70] [--new-tokens 64] [--out DIR]   # a GPU
+    python bench/eval_engines.py --model tiny [--k 3] [--prompts 40] [--new-tokens 16]             # a CPU: plumbing
+
+Both sides run in this one process, one after the other from no engine, each the evaluator's own
+way (evaluator.adapters.AdapterSwitcher hot-swaps the K adapters into one base; batches of
+`--batch-size` as evaluator.scoring does, greedy), and must give the same completions. Printed:
+each side's time per checkpoint, the engines each built, and the ratio of their totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from eval_swap import build_qwen_shape, make_adapters, sync  # noqa: E402
+from evaluator.adapters import AdapterSwitcher  # noqa: E402
+from rltui.runs.localfs import resolve_root  # noqa: E402
+from trainer import fast_generation  # noqa: E402
+from trainer.data import arith_split, build_prompt  # noqa: E402
+from trainer.modeling import load_model_and_tokenizer, load_tokenizer  # noqa: E402
+
+
+def run_side(kept: int, base: Path, adapters: list[Path], prompts: list[str], batch: int, new_tokens: int,
+             device: str, dtype) -> tuple[dict, list[list[str]]]:
+    fast_generation.release_engines()
+    fast_generation.KEPT_ENGINES = kept
+    built = []
+    real_init = fast_generation.DecodeEngine.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(args[1].batch if len(args) > 1 else kwargs["key"].batch)
+        real_init(self, *args, **kwargs)
+
+    fast_generation.DecodeEngine.__init__ = counted
+    try:
+        model, tokenizer = load_model_and_tokenizer(base, device, dtype)
+        switcher = AdapterSwitcher(model, base, device)
+        per_checkpoint, texts = [], []
+        for adapter in adapters:
+            peft_model = switcher.activate(adapter)
+            sync(device)
+            started = time.perf_counter()
+            generate = fast_generation.generate  # what fast_or_plain gives the evaluator on a GPU (also on a CPU here)
+            done: list[str] = []
+            for first in range(0, len(prompts), batch):
+                out = generate(peft_model, tokenizer, prompts[first:first + batch], max_new_tokens=new_tokens,
+                               do_sample=False, stop_at_eos=False)
+                done += out.texts
+            sync(device)
+            per_checkpoint.append(round(time.perf_counter() - started, 3))
+            texts.append(done)
+        del switcher, model, peft_model
+    finally:
+        fast_generation.DecodeEngine.__init__ = real_init
+        fast_generation.release_engines()
+        fast_generation.KEPT_ENGINES = 1
+    return {"kept_engines": kept, "seconds_per_checkpoint": per_checkpoint,
+            "total_s": round(sum(per_checkpoint), 3), "engines_built_for_batches": built}, texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", choices=["tiny"])
+    group.add_argument("--qwen-shape", action="store_true")
+    parser.add_argument("--k", type=int, default=None, help="checkpoints (default 4 Qwen-shaped, 3 tiny)")
+    parser.add_argument("--prompts", type=int, default=None, help="default 70 (2 x 32 + 6), tiny 40")
+    parser.add_argument("--batch-size", type=int, default=32, help="the evaluator's default")
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--root", default=None, help="localfs root whose models/tiny is reused or built")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    work = Path(tempfile.mkdtemp(prefix="eval_engines."))
+    try:
+        if args.qwen_shape:
+            dtype = torch.bfloat16 if device != "cpu" else torch.float32
+            base, warmstart = build_qwen_shape(work / "base", device), None
+            k, n_prompts, new_tokens = args.k or 4, args.prompts or 70, args.new_tokens or 64
+        else:
+            from trainer.tiny import ensure_tiny
+
+            paths = ensure_tiny(resolve_root(args.root))
+            base, warmstart, dtype = paths.base, paths.warmstart, torch.float32
+            k, n_prompts, new_tokens = args.k or 3, args.prompts or 40, args.new_tokens or 16
+        adapters = make_adapters(base, work / "adapters", k, device, dtype, warmstart)
+        tokenizer = load_tokenizer(base)
+        prompts = [build_prompt(tokenizer, e.question, "r1_template") for e in arith_split("test")[:n_prompts]]
+        sides = [run_side(kept, base, adapters, prompts, args.batch_size, new_tokens, device, dtype)
+                 for kept in (0, 1)]
+        (one, one_texts), (kept, kept_texts) = sides
+        result = {
+            "model": "qwen2.5-1.5b-shape (random, bf16)" if args.qwen_shape else "tiny",
+            "device": torch.cuda.get_device_name(0) if device != "cpu" else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "k": k, "prompts": n_prompts, "batch_size": args.batch_size,
+            "new_tokens": new_tokens, "one_engine": one, "kept": kept,
+            "ratio_one_over_kept": round(one["total_s"] / kept["total_s"], 2),
+            "same_completions": one_texts == kept_texts,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(f"{result['model']} on {result['device']}: {k} checkpoints x {n_prompts} prompts in batches of "
+          f"{args.batch_size}: one engine a model {one['total_s']:.2f} s ({len(one['engines_built_for_batches'])} "
+          f"engines built), the other size's kept {kept['total_s']:.2f} s ({len(kept['engines_built_for_batches'])}) "
+          f"-> {result['ratio_one_over_kept']}x (same completions: {result['same_completions']})")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval_engines.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["same_completions"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
