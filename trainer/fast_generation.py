@@ -84,23 +84,33 @@ class EngineKey:
 class DecodeEngine:
     """Buffers and graphs for one batch size and cache capacity, reused across rollouts."""
 
-    def __init__(self, model: nn.Module, key: EngineKey, weights: DecodeWeights | None = None) -> None:
+    def __init__(self, model: nn.Module, key: EngineKey, weights: DecodeWeights | None = None,
+                 decided: DecodeEngine | None = None) -> None:
+        """`weights`: another engine's of this model, refreshed and shared. `decided`: the engine of
+        this batch size whose cache was too short: its choices (products, step, attention, compiled
+        or not) hold for this one, which then only captures (no timing, no checks again)."""
         self.key = key
         # Wall seconds by part of the engine's warm-up, summed (`spent`): where a job's first
         # rollout goes before its first replay (bench/gpu_ours.py reports it).
         self.warm_up_s: dict[str, float] = {}
         with self.spent("allocate"):
-            if weights is not None:  # another engine's of this model (another batch size): refreshed, shared
+            if weights is not None:
                 weights.refresh(model)
             self.weights = weights if weights is not None else DecodeWeights.allocate(model)
             ref = self.weights.layers[0].qkv
             self.state = DecodeState.allocate(self.weights.dims, key.batch, key.capacity, ref.device, ref.dtype)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.prefill_graphs = PrefillGraphs()
+        if decided is not None:
+            self.layer_fns, self.prefill_fns, self.attention = decided.layer_fns, decided.prefill_fns, decided.attention
+            self.products, self.tuned_products, self.chain = decided.products, decided.tuned_products, decided.chain
+            self.fused, self.fused_timing, self.no_stream = decided.fused, decided.fused_timing, decided.no_stream
+            return
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
         # Prefill sees a different token count per rollout: compiled once for any count.
         self.prefill_fns = _compiled_layer_fns(self.weights.dims, None, dynamic=True) if key.compiled else None
         with self.spent("attention_check"):
             self.attention = _attention_choice(self.weights.dims, ref.device, ref.dtype)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # Which projections of the fused step run as split-K Triton kernels: timed per kind here
         # (`tuned_products`, kept for the notes); `products` is what the captured step uses.
         self.products = DecodeProducts()
@@ -118,7 +128,6 @@ class DecodeEngine:
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}
-        self.prefill_graphs = PrefillGraphs()
         self.no_stream = False  # True once the stream step gave up at a barrier (`stream_gave_up`)
 
     def run_step(self, kv_len: int, fused: bool | None = None) -> torch.Tensor:
@@ -270,7 +279,7 @@ _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDi
 # A model's engines for other batch sizes, newest last, at most KEPT_ENGINES of them; they share the
 # fused weights with the one used last. An evaluation's batches are 32 prompts and then the rest
 # (GSM8K's 1,319 questions: 41 x 32 + 7): with one engine a model, every checkpoint built two, each
-# paying the warm-up again (products timed, variants captured and timed: trainer/decode_graphs.py).
+# timing, checking and capturing again (trainer/decode_graphs.py; the compiles are cached).
 _KEPT: weakref.WeakKeyDictionary[nn.Module, list[DecodeEngine]] = weakref.WeakKeyDictionary()
 KEPT_ENGINES = 1
 _COMPILED: dict[tuple[ModelDims, str | None, bool], tuple[Callable, Callable]] = {}
@@ -315,7 +324,10 @@ def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, com
     An engine whose cache is at least `capacity` slots long is reused: prompt lengths vary
     between rollouts, and reallocating and recapturing for each would cost more than the slots.
     The engine of another batch size is kept (`_KEPT`, up to KEPT_ENGINES, the one used last
-    first) for when that size comes back; a new engine shares the fused weights of those kept."""
+    first) for when that size comes back; a new engine shares the fused weights of the model's
+    engines on its device, and one that replaces an engine of its batch size whose cache was too
+    short takes over that engine's choices (`DecodeEngine(decided=...)`): a longer prompt than
+    any before costs a new cache and captures, not the products' timing and the step's choice."""
     weight = next(p for p in model.parameters())
     key = EngineKey(batch, capacity, str(weight.device), weight.dtype, graphs, compiled)
 
@@ -329,18 +341,20 @@ def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, com
     before = ([current] if current is not None else []) + _KEPT.get(model, [])
     found = next((engine for engine in before if fits(engine)), None)
     # kept: other batch sizes on this device, dtype and modes; dropped: the rest (a cache too short
-    # for this batch, another device's or dtype's)
-    others = [engine for engine in before if engine.key.batch != batch
-              and replace(engine.key, batch=batch, capacity=capacity) == key][:KEPT_ENGINES]
+    # for this batch, whose choices the new engine takes over; another device's or dtype's)
+    alike = [engine for engine in before if replace(engine.key, batch=batch, capacity=capacity) == key]
+    others = [engine for engine in alike if engine.key.batch != batch][:KEPT_ENGINES]
+    decided = next((engine for engine in alike if engine.key.batch == batch and engine.fused is not None), None)
     _KEPT[model] = others
     if found is not None:
         found.weights.refresh(model)
     else:
+        shared = next((engine.weights for engine in alike), None)
         _ENGINES.pop(model, None)
         if len(before) > len(others) and torch.cuda.is_available():
-            del before, current  # the dropped engines' buffers go back before the new one's are made
+            del before, current, alike  # the dropped engines' buffers go back before the new one's are made
             torch.cuda.empty_cache()
-        found = DecodeEngine(model, key, weights=others[0].weights if others else None)
+        found = DecodeEngine(model, key, weights=shared, decided=decided)
     _ENGINES[model] = found
     return found
 

@@ -219,6 +219,26 @@ def test_engine_with_a_longer_cache_serves_shorter_prompts_exactly(tokenizer):
     release_engines()
 
 
+def test_a_longer_prompt_makes_a_longer_cache_with_the_same_weights_and_choices(tokenizer):
+    # a rollout whose prompts are longer than any before needs a longer cache: a new engine, which
+    # takes over the old one's weights and choices instead of timing and checking them again
+    from trainer.fast_generation import _ENGINES
+
+    model = _lora(_model(tokenizer, seed=7))
+    short = ["2 + 2?", "What is 12 + 7?", "Add 5 and 9."]
+    generate(model, tokenizer, short, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    first = _ENGINES[model]
+    long = [p + " " + "Please think it through step by step before you answer. " * 6 for p in PROMPTS]
+    fast = generate(model, tokenizer, long, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    second = _ENGINES[model]
+    assert second is not first and second.key.capacity > first.key.capacity
+    assert second.weights is first.weights and second.products is first.products
+    assert second.fused is first.fused and second.attention is first.attention
+    assert "attention_check" not in second.warm_up_s  # nothing checked or timed again
+    assert torch.equal(fast.completion_ids, _hf_greedy(model, tokenizer, long, 8))
+    release_engines()
+
+
 def test_an_evaluations_two_batch_sizes_keep_one_engine_each_sharing_the_weights(tokenizer):
     # 32 prompts and then the rest, checkpoint after checkpoint: with one engine a model, every
     # checkpoint built two, each paying the engine's warm-up again
