@@ -1,7 +1,7 @@
 """Evaluating K checkpoints in batches of 32 prompts when the count is not a multiple of 32: the
 decode engine of the other batch size kept (trainer.fast_generation.KEPT_ENGINES = 1, the default)
 against one engine a model (0, as before: every checkpoint built an engine for 32 and one for the
-rest, each with the whole warm-up).
+rest, each timing, checking and capturing its steps again).
 
 Usage:
     python bench/eval_engines.py --qwen-shape [--k 4] [--prompts 70] [--new-tokens 64] [--out DIR]   # a GPU
