@@ -81,14 +81,30 @@ class EngineKey:
     compiled: bool
 
 
+@dataclass(frozen=True)
+class EngineChoices:
+    """What an engine decided by timing and checking, for the batch size it serves (not its cache's
+    length): `DecodeEngine.choices()`, handed to the engine that replaces it with a longer cache."""
+
+    layer_fns: Any
+    prefill_fns: Any
+    attention: Attention
+    products: DecodeProducts
+    tuned_products: DecodeProducts
+    chain: DecodeProducts | None
+    fused: bool
+    fused_timing: dict
+    no_stream: bool
+
+
 class DecodeEngine:
     """Buffers and graphs for one batch size and cache capacity, reused across rollouts."""
 
     def __init__(self, model: nn.Module, key: EngineKey, weights: DecodeWeights | None = None,
-                 decided: DecodeEngine | None = None) -> None:
-        """`weights`: another engine's of this model, refreshed and shared. `decided`: the engine of
-        this batch size whose cache was too short: its choices (products, step, attention, compiled
-        or not) hold for this one, which then only captures (no timing, no checks again)."""
+                 decided: EngineChoices | None = None) -> None:
+        """`weights`: another engine's of this model, refreshed and shared. `decided`: the choices
+        of the engine of this batch size whose cache was too short: they hold for this one, which
+        then only captures (no timing, no checks again)."""
         self.key = key
         # Wall seconds by part of the engine's warm-up, summed (`spent`): where a job's first
         # rollout goes before its first replay (bench/gpu_ours.py reports it).
@@ -102,9 +118,8 @@ class DecodeEngine:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.prefill_graphs = PrefillGraphs()
         if decided is not None:
-            self.layer_fns, self.prefill_fns, self.attention = decided.layer_fns, decided.prefill_fns, decided.attention
-            self.products, self.tuned_products, self.chain = decided.products, decided.tuned_products, decided.chain
-            self.fused, self.fused_timing, self.no_stream = decided.fused, decided.fused_timing, decided.no_stream
+            for name, value in vars(decided).items():
+                setattr(self, name, value)
             return
         self.layer_fns = _compiled_layer_fns(self.weights.dims, _compile_mode()) if key.compiled else None
         # Prefill sees a different token count per rollout: compiled once for any count.
@@ -164,6 +179,12 @@ class DecodeEngine:
             graph, logits = self.graphs[kv_len]
             graph.replay()
         return logits
+
+    def choices(self) -> EngineChoices | None:
+        """What this engine decided (None until its first capture decided the step)."""
+        if self.fused is None:
+            return None
+        return EngineChoices(**{name: getattr(self, name) for name in EngineChoices.__dataclass_fields__})
 
     @contextmanager
     def spent(self, part: str) -> Iterator[None]:
@@ -276,8 +297,8 @@ def _attention_choice(dims: ModelDims, device: torch.device, dtype: torch.dtype)
 
 
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDictionary()  # the one used last
-# A model's engines for other batch sizes, newest last, at most KEPT_ENGINES of them; they share the
-# fused weights with the one used last. An evaluation's batches are 32 prompts and then the rest
+# A model's engines for other batch sizes, the one used last first, at most KEPT_ENGINES of them;
+# they share the fused weights with the one in use. An evaluation's batches are 32 prompts and then the rest
 # (GSM8K's 1,319 questions: 41 x 32 + 7): with one engine a model, every checkpoint built two, each
 # timing, checking and capturing again (trainer/decode_graphs.py; the compiles are cached).
 _KEPT: weakref.WeakKeyDictionary[nn.Module, list[DecodeEngine]] = weakref.WeakKeyDictionary()
@@ -344,7 +365,7 @@ def engine_for(model: nn.Module, batch: int, capacity: int, *, graphs: bool, com
     # for this batch, whose choices the new engine takes over; another device's or dtype's)
     alike = [engine for engine in before if replace(engine.key, batch=batch, capacity=capacity) == key]
     others = [engine for engine in alike if engine.key.batch != batch][:KEPT_ENGINES]
-    decided = next((engine for engine in alike if engine.key.batch == batch and engine.fused is not None), None)
+    decided = next((engine.choices() for engine in alike if engine.key.batch == batch), None)
     _KEPT[model] = others
     if found is not None:
         found.weights.refresh(model)
