@@ -16,7 +16,6 @@ each side's time per checkpoint, the engines each built, and the ratio of their 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from eval_swap import build_qwen_shape, make_adapters, sync  # noqa: E402
+from eval_swap import base_model, emit, make_adapters, sync  # noqa: E402
 from evaluator.adapters import AdapterSwitcher  # noqa: E402
-from rltui.runs.localfs import resolve_root  # noqa: E402
 from trainer import fast_generation  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
 from trainer.modeling import load_model_and_tokenizer, load_tokenizer  # noqa: E402
@@ -90,16 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="eval_engines."))
     try:
-        if args.qwen_shape:
-            dtype = torch.bfloat16 if device != "cpu" else torch.float32
-            base, warmstart = build_qwen_shape(work / "base", device), None
-            k, n_prompts, new_tokens = args.k or 4, args.prompts or 70, args.new_tokens or 64
-        else:
-            from trainer.tiny import ensure_tiny
-
-            paths = ensure_tiny(resolve_root(args.root))
-            base, warmstart, dtype = paths.base, paths.warmstart, torch.float32
-            k, n_prompts, new_tokens = args.k or 3, args.prompts or 40, args.new_tokens or 16
+        base, warmstart, dtype = base_model(args.qwen_shape, args.root, work, device)
+        k, n_prompts, new_tokens = ((args.k or 4, args.prompts or 70, args.new_tokens or 64) if args.qwen_shape
+                                    else (args.k or 3, args.prompts or 40, args.new_tokens or 16))
         adapters = make_adapters(base, work / "adapters", k, device, dtype, warmstart)
         tokenizer = load_tokenizer(base)
         prompts = [build_prompt(tokenizer, e.question, "r1_template") for e in arith_split("test")[:n_prompts]]
@@ -116,14 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=2))
+    emit(result, args.out, "eval_engines.json")
     print(f"{result['model']} on {result['device']}: {k} checkpoints x {n_prompts} prompts in batches of "
           f"{args.batch_size}: one engine a model {one['total_s']:.2f} s ({len(one['engines_built_for_batches'])} "
           f"engines built), the other size's kept {kept['total_s']:.2f} s ({len(kept['engines_built_for_batches'])}) "
           f"-> {result['ratio_one_over_kept']}x (same completions: {result['same_completions']})")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "eval_engines.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["same_completions"] else 1
 
 

@@ -165,6 +165,25 @@ def build_qwen_shape(folder: Path, device: str) -> Path:
     return folder
 
 
+def base_model(qwen_shape: bool, root: str | None, work: Path, device: str) -> tuple[Path, Path | None, torch.dtype]:
+    """(base folder, warm-start adapter or None, dtype): a random Qwen2.5-1.5B-shaped model built
+    in `work`, or the built-in tiny model with its warm start (reused from ROOT/models/tiny)."""
+    if qwen_shape:
+        return build_qwen_shape(work / "base", device), None, torch.bfloat16 if device != "cpu" else torch.float32
+    from trainer.tiny import ensure_tiny
+
+    paths = ensure_tiny(resolve_root(root))
+    return paths.base, paths.warmstart, torch.float32
+
+
+def emit(result: dict, out: Path | None, name: str) -> None:
+    """Print the result as JSON, and write it to OUT/NAME with --out."""
+    print(json.dumps(result, indent=2))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -188,16 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="eval_swap."))
     try:
         t = time.perf_counter()
-        if args.qwen_shape:
-            dtype = torch.bfloat16 if device != "cpu" else torch.float32
-            base, warmstart = build_qwen_shape(work / "base", device), None
-            n_prompts, new_tokens = args.prompts or 64, args.new_tokens or 64
-        else:
-            from trainer.tiny import ensure_tiny
-
-            paths = ensure_tiny(resolve_root(args.root))
-            base, warmstart, dtype = paths.base, paths.warmstart, torch.float32
-            n_prompts, new_tokens = args.prompts or 32, args.new_tokens or 16
+        base, warmstart, dtype = base_model(args.qwen_shape, args.root, work, device)
+        n_prompts = args.prompts or (64 if args.qwen_shape else 32)
+        new_tokens = args.new_tokens or (64 if args.qwen_shape else 16)
         adapters = make_adapters(base, work / "adapters", args.k, device, dtype, warmstart)
         setup = time.perf_counter() - t
         tokenizer = load_tokenizer(base)
@@ -227,15 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=2))
+    emit(result, args.out, "eval_swap.json")
     print(f"{result['model']} on {result['device']}: K={args.k} checkpoints, "
           f"reload base each time {reload_times['total']:.2f}s vs one load + swaps "
           f"{swap_times['total']:.2f}s -> {result['ratio_reload_over_swap']}x "
           f"(loading alone: {result['load_ratio_reload_over_swap']}x) "
           f"(same completions: {result['same_completions']})")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "eval_swap.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["same_completions"] else 1
 
 
