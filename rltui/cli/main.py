@@ -54,12 +54,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags whose value may start with "-": `--sort -best(eval_accuracy)` (descending). argparse takes
+# such a value for an option and says "expected one argument"; glued (`--sort=-best(...)`) it is a value.
+DASH_VALUE_FLAGS = ("--sort",)
+
+
+def glue_dash_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with each DASH_VALUE_FLAGS flag glued to a next word that starts with one dash (not
+    `-h`, not `--...`: those stay options)."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word in DASH_VALUE_FLAGS:
+            value = next(words, None)
+            if value is not None and value.startswith("-") and not value.startswith("--") and value != "-h":
+                out.append(f"{word}={value}")
+                continue
+            out.append(word)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rltui.errors import run_reporting
     from rltui.runs.localfs import resolve_root
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(glue_dash_values(sys.argv[1:] if argv is None else argv))
     if args.command and not args.batch:
         parser.error(f"command {args.command!r} needs --batch (rltui --batch {args.command} ...)")
     if args.batch and not args.command:

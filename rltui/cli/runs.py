@@ -26,7 +26,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "runs", parents=parents, help="list runs, filtered and sorted by config and metrics",
         description="List runs from the metrics store: --where filters, --sort orders "
-                    "(-KEY or 'KEY desc' for descending; write --sort=-KEY), --columns picks.",
+                    "(-KEY or 'KEY desc' for descending), --columns picks.",
     )
     p.add_argument("--where", metavar="EXPR", help="e.g. \"status = 'completed' and best(eval_accuracy) > 0.5\"")
     p.add_argument("--sort", metavar="KEY", help="e.g. -best(eval_accuracy) or 'lora.r, last(loss) desc'")

@@ -33,6 +33,19 @@ def test_runs_filters_sorts_and_prints_csv(root: Path) -> None:
                     [RUN_A, "16", "0.7", "completed"], [RUN_B, "32", "0.65", "stopped"]]
 
 
+def test_a_descending_sort_key_may_follow_the_flag_as_its_own_word(root: Path) -> None:
+    # `--sort -best(...)` was "expected one argument" (argparse took the value for an option)
+    spaced = rltui(root, "runs", "--sort", "-best(eval_accuracy)", "--columns", "best(eval_accuracy)", "--csv")
+    glued = rltui(root, "runs", "--sort=-best(eval_accuracy)", "--columns", "best(eval_accuracy)", "--csv")
+    assert spaced.returncode == 0, spaced.stderr
+    assert spaced.stdout == glued.stdout and spaced.stdout.splitlines()[1].startswith(RUN_A)
+    from rltui.cli.main import glue_dash_values
+
+    assert glue_dash_values(["runs", "--sort", "--csv"]) == ["runs", "--sort", "--csv"]  # an option stays one
+    assert glue_dash_values(["runs", "--sort", "-h"]) == ["runs", "--sort", "-h"]
+    assert glue_dash_values(["runs", "--sort", "lora.r"]) == ["runs", "--sort", "lora.r"]
+
+
 def test_a_bad_where_is_one_line_pointing_at_the_token_exit_2(root: Path) -> None:
     r = rltui(root, "runs", "--where", "status = 'completed' and bset(loss) < 1")
     assert r.returncode == 2 and r.stdout == ""
