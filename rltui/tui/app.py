@@ -263,6 +263,8 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = message.snapshot
+        if not self.query(RunsTable):  # closing: a worker's last snapshot after the widgets went
+            return
         self.store_changed(message.runs)  # the metrics store follows the index, in a worker
         table = self.query_one(RunsTable)
         jobs = self.jobs_pane  # None before mount_hidden, which gives it self.snapshot's jobs
@@ -288,7 +290,7 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
             self.call_after_refresh(message.drawn.set)
 
     def on_quick_list_ready(self, message: QuickListReady) -> None:
-        if not self.loaded:
+        if not self.loaded and self.query(RunsTable):  # (none while closing)
             self.query_one(RunsTable).set_runs(message.runs, partial=True)
         self.call_after_refresh(message.drawn.set)
 

@@ -209,3 +209,23 @@ async def test_the_status_rule_is_applied_again_on_a_timer(tui_root: Path, monke
     async with app.run_test(size=(100, 30)) as pilot:
         await started(pilot)
         assert await wait_until(pilot, lambda: len(calls) >= 2)
+
+
+@pilot_test
+async def test_a_snapshot_that_arrives_while_the_app_closes_is_dropped_not_raised(tui_root: Path) -> None:
+    # the index worker's last message can land after the runs table is gone (seen once in CI:
+    # NoMatches for RunsTable, raised from run_test's exit)
+    import threading
+
+    from rltui.tui.messages import QuickListReady, SnapshotReady
+
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        await app.query_one(RunsTable).remove()
+        app.post_message(SnapshotReady(app.snapshot))
+        app.post_message(QuickListReady([], threading.Event()))
+        app.loaded = False
+        app.post_message(QuickListReady([], threading.Event()))
+        await pilot.pause()
+        assert app.is_running and not app.query(RunsTable)
