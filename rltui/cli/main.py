@@ -63,18 +63,11 @@ def glue_dash_values(argv: Sequence[str]) -> list[str]:
     """`argv` with each DASH_VALUE_FLAGS flag glued to a next word that starts with one dash (not
     `-h`, not `--...`: those stay options)."""
     out: list[str] = []
-    words = iter(argv)
-    for word in words:
-        if word in DASH_VALUE_FLAGS:
-            value = next(words, None)
-            if value is not None and value.startswith("-") and not value.startswith("--") and value != "-h":
-                out.append(f"{word}={value}")
-                continue
+    for word in argv:
+        if out and out[-1] in DASH_VALUE_FLAGS and word[:1] == "-" and word[:2] != "--" and word != "-h":
+            out[-1] = f"{out[-1]}={word}"
+        else:
             out.append(word)
-            if value is not None:
-                out.append(value)
-            continue
-        out.append(word)
     return out
 
 

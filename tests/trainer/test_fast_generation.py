@@ -241,7 +241,7 @@ def test_a_longer_prompt_makes_a_longer_cache_with_the_same_weights_and_choices(
 
 def test_an_evaluations_two_batch_sizes_keep_one_engine_each_sharing_the_weights(tokenizer):
     # 32 prompts and then the rest, checkpoint after checkpoint: with one engine a model, every
-    # checkpoint built two, each paying the engine's warm-up again
+    # checkpoint built two, each timing, checking and capturing its steps again
     from trainer.fast_generation import _ENGINES, _KEPT
 
     model = _lora(_model(tokenizer, seed=6))
