@@ -9,6 +9,16 @@ class ConfigError(Exception):
     exit_code = 2
 
 
+class HubUnreachable(ConfigError):
+    """The Hub did not answer (no route, a refused or silent connection, a 5xx): bad input to a
+    trainer whose config names a model it must download (exit 2), but a download to retry for
+    `rltui --batch fetch` (exit 1: `retry_line`)."""
+
+    def __init__(self, line: str, retry_line: str) -> None:
+        super().__init__(line)
+        self.retry_line = retry_line
+
+
 class DownloadFailed(Exception):
     """A download from the Hub failed midway (the network, the disk): one line, exit code 1.
 

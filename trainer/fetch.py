@@ -10,8 +10,9 @@ finds it with no network call; with `--as NAME` into ROOT/models/NAME/ instead (
 ROOT/models/.tmp_fetch_NAME/, whose whole files a rerun keeps, then renamed into place with a
 fetch_info.json naming the repo and commit). A dataset is downloaded into the cache and written
 to ROOT/datasets/NAME/{train,test}.jsonl in GSM8K form (trainer.hub_datasets).
-Progress is printed as whole lines. Exit codes: 0 done; 1 the download failed midway (nothing
-partial is left in place; the same command again continues); 2 bad input, one line.
+Progress is printed as whole lines. Exit codes: 0 done; 1 the Hub could not be reached, or the
+download failed midway (nothing partial is left in place; the same command again continues); 2 bad
+input (a repo, revision or file that is not there, a gated repo, a refused token), one line.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from rltui.runs import localfs
 from trainer import hub, hub_datasets
-from trainer.errors import ConfigError, DownloadFailed
+from trainer.errors import ConfigError, DownloadFailed, HubUnreachable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             fetch_model(layout, args.repo_id, args.revision, args.as_name)
         else:
             fetch_dataset(layout, args)
+    except HubUnreachable as e:  # asking again later may work: not bad input
+        print(f"fetch: error: {e.retry_line}", file=sys.stderr)
+        return 1
     except ConfigError as e:
         print(f"fetch: error: {e}", file=sys.stderr)
         return 2

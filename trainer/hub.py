@@ -27,7 +27,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.errors import ConfigError, DownloadFailed
+from trainer.errors import ConfigError, DownloadFailed, HubUnreachable
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -230,12 +230,33 @@ def probe_repo(repo_id: str, revision: str | None, repo_type: str, *, what: str,
     worker.join(PROBE_TIMEOUT_S)
     endpoint = constants.ENDPOINT
     if worker.is_alive():
-        raise ConfigError(f"{what} is not in the Hugging Face cache and the Hub ({endpoint}) did not "
-                          f"answer within {PROBE_TIMEOUT_S:g} s; fetch it where there is network: {fetch}")
+        reason = f"did not answer within {PROBE_TIMEOUT_S:g} s"
+        raise HubUnreachable(f"{what} is not in the Hugging Face cache and the Hub ({endpoint}) {reason}; "
+                             f"fetch it where there is network: {fetch}", _retry_line(what, endpoint, reason))
     if "error" in result:
-        raise ConfigError(hub_error_line(result["error"], what=what, repo_id=repo_id,
-                                         revision=revision, endpoint=endpoint, fetch=fetch))
+        error = result["error"]
+        line = hub_error_line(error, what=what, repo_id=repo_id, revision=revision, endpoint=endpoint,
+                              fetch=fetch)
+        if _hub_answered(error):
+            raise ConfigError(line)
+        raise HubUnreachable(line, _retry_line(what, endpoint, f"cannot be reached ({_first_line(error)})"))
     return str(result.get("commit") or "")
+
+
+def _hub_answered(error: BaseException) -> bool:
+    """Whether `error` is the Hub's own answer about the repo (not found, gated, a refused token),
+    which asking again would not change."""
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if isinstance(error, (RevisionNotFoundError, GatedRepoError, RepositoryNotFoundError)):
+        return True
+    return isinstance(error, HfHubHTTPError) and getattr(error.response, "status_code", 0) == 401
+
+
+def _retry_line(what: str, endpoint: str, reason: str) -> str:
+    return (f"{what}: the Hub ({endpoint}) {reason}; nothing was downloaded. Check the network "
+            "(HF_ENDPOINT, a proxy) and run the same command again")
 
 
 def hub_error_line(error: BaseException, *, what: str, repo_id: str, revision: str | None,

@@ -180,3 +180,31 @@ def test_status_and_the_run_detail_show_where_a_run_started(tmp_path: Path, hub:
     record = Index(layout).scan().runs[run]
     line = summary_text(record).plain
     assert "from checkpoint-156" in line and "Qwen/Qwen2.5-1.5B-Instruct@a09a354" in line
+
+
+def test_a_hub_that_cannot_be_reached_is_exit_1_to_retry_and_a_missing_repo_exit_2(
+        tmp_path: Path, hub: FakeHub) -> None:
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: every connection is refused
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_CACHE=str(tmp_path / "hf_cache"),
+               HF_ENDPOINT=refused_url, PYTHONUNBUFFERED="1")
+    root = tmp_path / "localfs"
+    away = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", "fetch",
+                           "model", REPO_ID], capture_output=True, text=True, timeout=120, env=env)
+    assert away.returncode == 1, away.stdout + away.stderr
+    line = next(x for x in away.stdout.splitlines() if x.startswith("fetch: error:"))
+    assert f"model {REPO_ID}: the Hub ({refused_url}) cannot be reached" in line
+    assert "run the same command again" in line and "bad input" not in away.stdout + away.stderr
+    jobs = json.loads(subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch",
+                                      "jobs", "--json"], capture_output=True, text=True, env=env).stdout)
+    assert [(j["state"]["state"], j["state"]["last_reason"]) for j in jobs] == [("failed", "exit code 1")]
+    assert not (tmp_path / "hf_cache").exists() or not any((tmp_path / "hf_cache").rglob("*.safetensors"))
+
+    missing = _rltui(tmp_path, hub, "fetch", "model", "acme/no-such-model")
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "no repo acme/no-such-model on the Hub" in missing.stdout + missing.stderr
