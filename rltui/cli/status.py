@@ -229,7 +229,7 @@ def _under_way(progress: dict[str, Any] | None) -> bool:
 def job_to_json(j: JobRecord) -> dict[str, Any]:
     return {
         "id": j.id, "kind": j.kind, "run": j.run, "state": j.state.value, "orphaned": j.orphaned,
-        "argv": j.argv, "gpus": j.gpus, "restarts": j.restarts, "last_reason": j.last_reason,
+        "argv": j.argv, "gpus": j.gpus, "restarts": j.restarts, "last_reason": j.last_reason, "cause": j.cause,
         "created": j.created, "started_at": j.started_at, "updated_at": j.updated_at,
         "ended_at": j.ended_at, "exit_code": j.exit_code, "keeper_pid": j.keeper_pid,
         "usage": j.usage, "error": j.error,
@@ -354,8 +354,7 @@ def _jobs_to_show(jobs: list[JobRecord]) -> list[JobRecord]:
 def _job_row(j: JobRecord) -> list[str]:
     state = j.state.value + (" (keeper gone)" if j.orphaned else "")
     gpus = ",".join(str(g) for g in j.gpus) if j.gpus else "-"
-    reason = j.error or j.last_reason or ""
-    return [j.id, j.kind or "?", j.run or "-", state, str(j.restarts), gpus, reason]
+    return [j.id, j.kind or "?", j.run or "-", state, str(j.restarts), gpus, j.reason]
 
 
 def _steps(r: RunRecord) -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from rltui import gpu as gpu_mod
-from rltui.jobs import builders, ownership
+from rltui.errors import UsageError
+from rltui.jobs import builders, output, ownership
 from rltui.jobs.records import (
     JobKind,
     JobSpec,
@@ -246,6 +247,7 @@ class Keeper:
             if self.stop_requested:
                 return self.finish(JobState.STOPPED, "stopped by the user before it started")
             ending = self.run_once(argv)
+            s.cause = self.cause_of(ending)
             self.refresh_auto_resume()
             latest = self.latest_checkpoint()
             decision = self.policy.decide(ending, latest, target=self.target_step(),
@@ -268,9 +270,21 @@ class Keeper:
                                                        f"(final checkpoint step {latest})")
             argv = self.restart_argv(latest)
 
+    def cause_of(self, ending: Ending) -> str | None:
+        """The process's own line on why it ended (`output.cause_line`), for an end that was
+        neither clean nor asked for; None otherwise or when its output says nothing."""
+        if ending.clean or ending.user_stop or ending.start_error is not None:
+            return None
+        try:
+            with output.open_output(self.layout, self.job_id) as f:
+                return output.cause_line(f)
+        except (OSError, UsageError):
+            return None
+
     def run_once(self, argv: list[str]) -> Ending:
         """Start argv once and watch it to its end."""
         self.clear_stop_request()
+        self.state.cause = None
         env = dict(os.environ)
         env.update(self.spec.env)
         if self.state.gpus:
@@ -474,7 +488,7 @@ class Keeper:
         return final
 
     def log(self, message: str) -> None:
-        line = f"[rltui keeper {time.strftime('%H:%M:%S')}] {message}\n".encode("utf-8", "replace")
+        line = f"{output.KEEPER_NOTE}{time.strftime('%H:%M:%S')}] {message}\n".encode("utf-8", "replace")
         try:
             fd = os.open(str(self.layout.job_log(self.job_id)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError:

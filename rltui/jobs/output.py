@@ -15,6 +15,7 @@ asked for the raw bytes (`logs --raw`).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import BinaryIO, Iterator
 
@@ -24,6 +25,13 @@ from rltui.text import clean_lines
 
 BLOCK = 64 * 1024
 CHUNK = 1024 * 1024
+CAUSE_LINES = 200  # how far back from the end of a log `cause_line` looks
+CAUSE_CHARS = 400
+KEEPER_NOTE = "[rltui keeper "  # the keeper's own lines in output.log (rltui.jobs.keeper.Keeper.log)
+_ERROR_LINE = re.compile(r"[\w.-]+: error: \S")  # rltui's processes: `rl_runner: error: ...`
+_EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?")
+_RANK_PREFIX = re.compile(r"\[(?:default)?(?:rank)?\d+\]:\s?")  # torchrun's per-rank prefix
+_WRAPPER_EXCEPTIONS = ("ChildFailedError",)  # torchrun's own, after the rank's real one
 
 
 class _NoOutput:
@@ -112,6 +120,30 @@ def iter_chunks(f: BinaryIO | _NoOutput, start: int = 0, chunk: int = CHUNK) -> 
         yield data[:cut]
     if rest:
         yield rest
+
+
+def cause_line(f: BinaryIO | _NoOutput, lines: int = CAUSE_LINES) -> str | None:
+    """The process's own last word on why it ended, from the last `lines` lines of its output:
+    the last `PROG: error: ...` line (how rltui's processes report bad input and known failures),
+    or the exception line that ends a Python traceback (`torch.OutOfMemoryError: CUDA out of
+    memory...`), whichever comes later; None when there is neither. Made safe to show, one line,
+    at most CAUSE_CHARS. torchrun's own ChildFailedError is passed over for the rank's exception."""
+    rows = [_RANK_PREFIX.sub("", clean_lines(line.rstrip("\r"))) for line in
+            tail_bytes(f, lines).decode("utf-8", "replace").split("\n")]
+    rows = [row for row in rows if not row.startswith(KEEPER_NOTE)]
+    for i in range(len(rows) - 1, -1, -1):
+        row = rows[i].strip()
+        if _ERROR_LINE.match(row):
+            return _cut(row)
+        after_frames = i > 0 and rows[i - 1][:1].isspace() and not rows[i][:1].isspace()
+        if after_frames and _EXCEPTION_LINE.fullmatch(row) and not row.split(":")[0].endswith(_WRAPPER_EXCEPTIONS):
+            return _cut(row)
+    return None
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= CAUSE_CHARS else text[:CAUSE_CHARS - 1] + "…"
 
 
 def shown(data: bytes, *, raw: bool = False) -> str:

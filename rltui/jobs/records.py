@@ -196,6 +196,7 @@ class StateFile:
     restarts: int = 0
     reasons: list[str] = field(default_factory=list)
     last_reason: str | None = None
+    cause: str | None = None  # the process's own line on why it last ended abnormally (output.cause_line)
     started_at: float | None = None
     updated_at: float = field(default_factory=time.time)
     ended_at: float | None = None

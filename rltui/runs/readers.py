@@ -515,6 +515,7 @@ def read_job(cache: FileCache, path: str, job_id: str, boot: float | None) -> Jo
         gpus=[g for g in gpus if isinstance(g, int)] if isinstance(gpus, list) else None,
         restarts=_as_int(state.get("restarts")) or 0,
         last_reason=clean(state["last_reason"]) if state.get("last_reason") else None,
+        cause=clean(state["cause"]) if state.get("cause") else None,
         created=_as_float(spec.get("created")),
         started_at=_as_float(state.get("started_at")),
         ended_at=_as_float(state.get("ended_at")),

@@ -8,6 +8,7 @@ of a status.json, the clock, this host and a process check, so it is unit-tested
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -80,6 +81,22 @@ _ACTIVE_JOB_STATES = frozenset(
 )
 
 
+_CAUSE_SHOWN = frozenset({"failed", "restarting"})
+_PROGRAM_SAYS = re.compile(r"[\w.-]+: error: ")
+
+
+def job_reason(state: str, reason: str | None, cause: str | None) -> str:
+    """A job's reason as shown: for a failed or restarting job, its process's own line on why
+    (state.json `cause`, `rltui.jobs.output.cause_line`) first, then the keeper's reason: `base
+    model X is not in the Hugging Face cache ...; exit code 2 (bad input: flags, config or paths)`.
+    `state` is the state's value ("failed")."""
+    reason = reason or ""
+    if not cause or state not in _CAUSE_SHOWN:
+        return reason
+    said = _PROGRAM_SAYS.sub("", cause, count=1) if _PROGRAM_SAYS.match(cause) else cause
+    return f"{said}; {reason}" if reason else said
+
+
 @dataclass(frozen=True)
 class FileError:
     """A file the index could not read as what it should be; the record shows it, the scan goes on."""
@@ -143,6 +160,7 @@ class JobRecord:
     gpus: list[int] | None
     restarts: int = 0
     last_reason: str | None = None
+    cause: str | None = None  # the process's own line on why it failed (state.json)
     created: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -153,10 +171,16 @@ class JobRecord:
     keeper_pid: int | None = None
     updated_at: float | None = None
     boot_time: float | None = None  # the machine's boot time when the job started
+
     #: the state says active but its keeper is gone (dead pid, or started before the last boot):
     #: the supervisor will mark it lost; until then the index already treats it as lost.
     orphaned: bool = False
     damaged: list[FileError] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        """The reason shown for the job (`job_reason`), the unreadable file's error first."""
+        return self.error or job_reason(self.state.value, self.last_reason, self.cause)
 
 
 @dataclass

@@ -38,7 +38,7 @@ def elapsed(job: JobRecord, now: float) -> float | None:
 
 
 def job_cells(job: JobRecord, now: float) -> list[object]:
-    reason = job.error or job.last_reason or ""
+    reason = job.reason
     if job.orphaned:
         reason = "keeper gone: " + reason if reason else "keeper gone"
     # plain Text, not markup: a reason from a file may hold '[' (and a '[/]' would not parse)
@@ -145,7 +145,7 @@ class JobsPane(Vertical):
             log.follow(None, "no job selected")
         else:
             title = f"job {job.id} output"
-            why = job.error or job.last_reason
+            why = job.reason
             if job.state.ended and why:  # the whole reason, which the table's column cuts short
                 title += f" — {job.state.value}: {clean(why)}"
             log.follow(job.path / "output.log", title)

@@ -10,6 +10,8 @@ UI). Reads happen in a thread worker; the pane keeps at most `max_lines` lines. 
 are shown as `step 5  reward 0.310  loss 0.0213  kl 0.0012  lr 1.00e-05  3.21s │ clip_high=0 ...`:
 the fields people read first, then the rest (the pane scrolls sideways). A step logged again (a
 resume that repeats steps after a crash) replaces its earlier line: the latest entry per step.
+`w` wraps long lines at the pane's width, or cuts them again (the full-screen log starts wrapped:
+on an 80-column terminal an error line is wider than the screen).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from rich.cells import chop_cells
+from textual import events, work
+from textual.binding import Binding
 from textual.widgets import Log
 
 from rltui.text import clean_lines
@@ -107,16 +111,25 @@ def pretty_jsonl(line: str) -> str:
     return step_line(line)[1]
 
 
+def wrapped(text: str, width: int) -> list[str]:
+    """`text` cut into rows of at most `width` terminal cells (wide characters count two)."""
+    return chop_cells(text, max(1, width)) or [""]
+
+
 class LogPane(Log):
     """A Log that follows one file at a time."""
 
     DEFAULT_CSS = """
     LogPane { height: 1fr; }
     """
+    BINDINGS = [Binding("w", "toggle_wrap", "Wrap")]
 
-    def __init__(self, *, poll_s: float = 1.0, max_lines: int = 2000, **kwargs: object) -> None:
+    def __init__(self, *, poll_s: float = 1.0, max_lines: int = 2000, wrap: bool = False,
+                 **kwargs: object) -> None:
         super().__init__(max_lines=max_lines, highlight=False, **kwargs)  # type: ignore[arg-type]
         self.poll_s = poll_s
+        self.wrap = wrap
+        self.wrap_width = 0  # the width the shown rows were wrapped at (0: not wrapped)
         self.reader: TailReader | None = None
         self.entries: list[tuple[int | None, str]] = []  # what is shown: (step, text) per line
         self.step_rows: dict[int, int] = {}  # step -> its line in `entries`
@@ -167,8 +180,29 @@ class LogPane(Log):
         if len(self.entries) > limit:
             del self.entries[: len(self.entries) - limit]
             self.step_rows = {s: i for i, (s, _t) in enumerate(self.entries) if s is not None}
-        if replaced:
-            self.clear()
-            self.write_lines([text for _step, text in self.entries])
+        if replaced or self.wrap_width != self._width_to_wrap():
+            self._show_all()
         else:
-            self.write_lines([text for _step, text in lines])
+            self.write_lines(self._rows([text for _step, text in lines]))
+
+    def _width_to_wrap(self) -> int:
+        return max(1, self.scrollable_content_region.width) if self.wrap else 0
+
+    def _rows(self, texts: list[str]) -> list[str]:
+        width = self.wrap_width
+        return [row for text in texts for row in wrapped(text, width)] if width else texts
+
+    def _show_all(self) -> None:
+        """Every entry again, wrapped at the pane's width now (or not wrapped)."""
+        self.wrap_width = self._width_to_wrap()
+        self.clear()
+        self.write_lines(self._rows([text for _step, text in self.entries]))
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+        self.scroll_to(x=0, animate=False)
+        self._show_all()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.wrap and self.wrap_width != self._width_to_wrap():
+            self._show_all()

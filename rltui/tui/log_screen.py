@@ -25,7 +25,7 @@ class LogScreen(Screen[None]):
         self.log_title = title
 
     def compose(self) -> ComposeResult:
-        yield LogPane(id="full-log", max_lines=20000)
+        yield LogPane(id="full-log", max_lines=20000, wrap=True)  # `w`: cut long lines instead
         yield Footer(compact=True)
 
     def on_mount(self) -> None:

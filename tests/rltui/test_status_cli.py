@@ -32,7 +32,7 @@ CHECKPOINT_KEYS = {"step", "path", "complete", "problems", "size_bytes", "is_lat
 EVAL_KEYS = {"run", "dataset", "path", "best_accuracy", "best_step", "last_accuracy", "last_step",
              "error", "in_progress", "steps"}
 EVAL_STEP_KEYS = {"step", "accuracy", "format_rate", "mean_reward", "n", "error"}
-JOB_KEYS = {"id", "kind", "run", "state", "orphaned", "argv", "gpus", "restarts", "last_reason",
+JOB_KEYS = {"id", "kind", "run", "state", "orphaned", "argv", "gpus", "restarts", "last_reason", "cause",
             "created", "started_at", "updated_at", "ended_at", "exit_code", "keeper_pid", "usage",
             "error"}
 CONFIG_KEYS = {"model", "dataset", "lora_r", "learning_rate", "num_generations", "max_steps"}

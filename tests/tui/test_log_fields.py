@@ -91,3 +91,32 @@ async def test_the_jobs_log_title_gives_an_ended_jobs_whole_reason(tui_root: Pat
         pane = app.query_one("#job-log", LogPane)
         assert await wait_until(pilot, lambda: "20261124-100000-eval-dddd" in str(pane.border_title))
         assert f"failed: {reason}" in str(pane.border_title)
+
+
+@pilot_test
+async def test_a_failed_jobs_own_error_leads_its_row_and_the_full_screen_log_wraps_it(tui_root: Path) -> None:
+    from tui_kit import write_job
+
+    error = ("rl_runner: error: base model acme/big-model is not in the Hugging Face cache and the Hub "
+             "(https://huggingface.co) cannot be reached; fetch it where there is network")
+    write_job(Layout(tui_root), "20261124-100000-train-eeee", "train", RUNS["completed"], "failed",
+              reason="exit code 2 (bad input: flags, config or paths)", cause=error,
+              created=1_795_608_000.0 - 10, log=f"[rltui keeper 10:00:00] starting\n{error}\n")
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot)
+        await pilot.press("2")
+        await pilot.press("down")  # past the running job, which comes first
+        pane = app.query_one("#job-log", LogPane)
+        assert await wait_until(pilot, lambda: "20261124-100000-train-eeee" in str(pane.border_title))
+        assert ("failed: base model acme/big-model is not in the Hugging Face cache" in str(pane.border_title))
+        row = app.query_one("JobsTable").get_row("20261124-100000-train-eeee")
+        assert str(row[6]).startswith("base model acme/big-model")
+        await pilot.press("l")
+        full = app.screen.query_one(LogPane)
+        assert await wait_until(pilot, lambda: any("fetch it where" in x for x in lines_of(full)))
+        rows = lines_of(full)
+        assert max(len(x) for x in rows) <= full.scrollable_content_region.width < len(error)
+        assert "".join(x for x in rows if not x.startswith("[rltui")) == error  # wrapped, nothing lost
+        await pilot.press("w")  # cut again: one row per line, the pane scrolls sideways
+        assert await wait_until(pilot, lambda: error in lines_of(full))

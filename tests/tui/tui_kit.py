@@ -76,7 +76,7 @@ def write_eval(layout: Layout, run: str, dataset: str, accuracy: dict[int, float
 def write_job(layout: Layout, job_id: str, kind: str, run: str | None, state: str, *,
               argv: list[str] | None = None, keeper_pid: int | None = None, restarts: int = 0,
               reason: str | None = None, gpus: list[int] | None = None, created: float = NOW - 3600,
-              log: str = "") -> None:
+              log: str = "", cause: str | None = None) -> None:
     layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     localfs.write_json_atomic(layout.job_spec(job_id), {
         "id": job_id, "kind": kind, "run": run, "argv": argv or ["python", "-m", "x"],
@@ -88,7 +88,7 @@ def write_job(layout: Layout, job_id: str, kind: str, run: str | None, state: st
         "ended_at": created + 600 if ended else None,
         # a live job's last write is now: the index checks its keeper started before it
         "updated_at": created + 600 if ended else time.time(),
-        "boot_time": machine.boot_time(), "gpus": gpus, "run": run,
+        "boot_time": machine.boot_time(), "gpus": gpus, "run": run, "cause": cause,
         "usage": {"gpu_seconds": 1800.0, "cost": 1.25}})
     layout.job_log(job_id).write_text(log or f"job {job_id} started\nstep 1 reward 0.2\n")
 
