@@ -34,7 +34,8 @@ def help_table(commands: list[Command]) -> Table:
         table.add_row(KEY_NAMES.get(command.key, command.key), command.help)
     for key, desc in (("ctrl+p", "Command palette: every action by name"),
                       ("tab / arrows", "Move between panes and rows; enter picks"),
-                      ("s / S", "Sort the runs by the next column / reverse the order")):
+                      ("s / S", "Sort the runs by the next column / reverse the order"),
+                      ("w", "In a log: wrap long lines at the width, or cut them (scroll sideways)")):
         table.add_row(key, desc)
     return table
 
