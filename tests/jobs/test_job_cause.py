@@ -100,6 +100,10 @@ def test_a_crashed_job_shows_its_exception_in_jobs_status_and_the_index(layout) 
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    followed = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(layout.root), "--batch", "logs",
+                               spec.id, "-f"], capture_output=True, text=True, timeout=60, check=False)
+    assert followed.stderr.splitlines()[-1] == (f"job {spec.id} failed: MemoryError: CUDA out of memory "
+                                                "on GPU 0; exit code 1")
     row = next(line for line in cli("jobs").splitlines() if line.startswith(spec.id))
     assert row.endswith("MemoryError: CUDA out of memory on GPU 0; exit code 1")
     assert "MemoryError: CUDA out of memory on GPU 0; exit code 1" in cli("status")
