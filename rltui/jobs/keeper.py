@@ -207,6 +207,7 @@ class Keeper:
         self.on_end = on_end
         self.stop_requested = False
         self.kill_requested = False
+        self.output_start = 0  # where the current attempt's output begins in output.log
         self.spec: JobSpec = read_spec(layout, job_id)
         try:
             self.state = read_state(layout, job_id)
@@ -277,14 +278,21 @@ class Keeper:
             return None
         try:
             with output.open_output(self.layout, self.job_id) as f:
-                return output.cause_line(f)
+                return output.cause_line(f, start=self.output_start)
         except (OSError, UsageError):
             return None
+
+    def output_size(self) -> int:
+        try:
+            return os.stat(self.layout.job_log(self.job_id)).st_size
+        except OSError:
+            return 0
 
     def run_once(self, argv: list[str]) -> Ending:
         """Start argv once and watch it to its end."""
         self.clear_stop_request()
         self.state.cause = None
+        self.output_start = self.output_size()  # this attempt's output begins here
         env = dict(os.environ)
         env.update(self.spec.env)
         if self.state.gpus:

@@ -122,14 +122,19 @@ def iter_chunks(f: BinaryIO | _NoOutput, start: int = 0, chunk: int = CHUNK) -> 
         yield rest
 
 
-def cause_line(f: BinaryIO | _NoOutput, lines: int = CAUSE_LINES) -> str | None:
-    """The process's own last word on why it ended, from the last `lines` lines of its output:
-    the last `PROG: error: ...` line (how rltui's processes report bad input and known failures),
+def cause_line(f: BinaryIO | _NoOutput, lines: int = CAUSE_LINES, start: int = 0) -> str | None:
+    """The process's own last word on why it ended, from the last `lines` lines of its output
+    after byte `start` (where this process's output began: not an earlier attempt's line): the
+    last `PROG: error: ...` line (how rltui's processes report bad input and known failures),
     or the exception line that ends a Python traceback (`torch.OutOfMemoryError: CUDA out of
     memory...`), whichever comes later; None when there is neither. Made safe to show, one line,
     at most CAUSE_CHARS. torchrun's own ChildFailedError is passed over for the rank's exception."""
+    data = tail_bytes(f, lines)
+    end = f.seek(0, os.SEEK_END)
+    if end - len(data) < start:
+        data = data[start - (end - len(data)):]
     rows = [_RANK_PREFIX.sub("", clean_lines(line.rstrip("\r"))) for line in
-            tail_bytes(f, lines).decode("utf-8", "replace").split("\n")]
+            data.decode("utf-8", "replace").split("\n")]
     rows = [row for row in rows if not row.startswith(KEEPER_NOTE)]
     for i in range(len(rows) - 1, -1, -1):
         row = rows[i].strip()

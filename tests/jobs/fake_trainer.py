@@ -10,7 +10,7 @@ SIGTERM or the run's STOP file (exit 0, phase stopped), like the real trainer. T
 FAKE_STEP_SLEEP (seconds a step takes), FAKE_STALL_AT_STEP (a fresh run, never a resumed one,
 stops making progress at that step), FAKE_EXIT_AT_STEP / FAKE_EXIT_CODE (exit with that code),
 FAKE_EXIT_AFTER_STEPS (every session exits with FAKE_EXIT_CODE after that many steps), FAKE_EXIT_ERROR
-(the `fake_trainer: error: ...` line it prints before such an exit).
+(the `fake_trainer: error: ...` line a fresh run, never a resumed one, prints before such an exit).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> int:
                 time.sleep(3600)
         if step == exit_at:
             print(f"exiting with code {os.environ.get('FAKE_EXIT_CODE', '3')} at step {step}", flush=True)
-            if os.environ.get("FAKE_EXIT_ERROR"):  # the trainer's own one line on why, as rl_runner says it
+            if os.environ.get("FAKE_EXIT_ERROR") and not resumed:  # its one line on why, as rl_runner says it
                 print(f"fake_trainer: error: {os.environ['FAKE_EXIT_ERROR']}", file=sys.stderr, flush=True)
             return int(os.environ.get("FAKE_EXIT_CODE", "3"))
         time.sleep(sleep)

@@ -67,6 +67,14 @@ def test_the_cause_is_the_processs_last_error_line_or_the_exception_that_ended_i
     assert _cause(text) == cause
 
 
+def test_a_cause_is_looked_for_only_after_where_the_attempt_began() -> None:
+    earlier = b"rl_runner: error: the first attempt's\n"
+    log = io.BytesIO(earlier + b"step 9\nexiting with code 7\n")
+    assert cause_line(log) == "rl_runner: error: the first attempt's"
+    assert cause_line(log, start=len(earlier)) is None
+    assert cause_line(log, start=len(earlier) - 5) is None  # a cut line is not a line
+
+
 def test_a_cause_is_one_safe_line_of_bounded_length() -> None:
     found = _cause("fetch: error: " + "x\x1b[2J" * 5000 + "\n")
     assert found is not None and len(found) == CAUSE_CHARS and found.endswith("…")
@@ -124,8 +132,10 @@ def test_a_restarting_job_shows_why_and_a_clean_rerun_clears_it(layout) -> None:
     assert restarting.cause == "fake_trainer: error: NCCL watchdog timeout on rank 1"
     assert job_reason("restarting", restarting.last_reason, restarting.cause).startswith(
         "NCCL watchdog timeout on rank 1; exit code 7; restart 1")
-    final = wait_final(layout, spec.id)
-    assert final.state is JobState.FAILED and final.cause == "fake_trainer: error: NCCL watchdog timeout on rank 1"
+    final = wait_final(layout, spec.id)  # the resumed session exits 7 too, saying nothing
+    assert final.state is JobState.FAILED and final.restarts == 1
+    assert final.cause is None  # not the first session's line, still in output.log
+    assert "NCCL watchdog" in control.read_log(layout, spec.id)
 
     fine = fake_train_spec(layout, steps=3)
     control.launch(layout, fine)
