@@ -1,9 +1,9 @@
 """`rltui --batch fetch model|dataset ...` (a job) and `rltui --batch models` (what is local).
 
 Usage:
-    rltui --batch fetch model REPO_ID [--revision R] [--as NAME] [--detach] [--json]
+    rltui --batch fetch model REPO_ID [--revision R] [--as NAME] [--retries N] [--detach] [--json]
     rltui --batch fetch dataset gsm8k|REPO_ID [--revision R] [--config C] [--as NAME]
-                        [--question-field F] [--answer-field F] [--detach] [--json]
+                        [--question-field F] [--answer-field F] [--retries N] [--detach] [--json]
     rltui --batch models [--json]
 
 A fetch is a job like a training run (its record in ROOT/jobs/, started through the keeper, its
@@ -20,6 +20,7 @@ import json
 import sys
 from typing import Any
 
+from rltui.jobs.fetch_jobs import FETCH_RETRIES
 from rltui.runs.localfs import Layout
 
 
@@ -55,6 +56,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _job_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retries", type=int, default=FETCH_RETRIES.max_restarts, metavar="N",
+                   help="when the Hub cannot be reached or the download is cut off, run it again up to N "
+                        "times, 30 s, 60 s, 120 s later (default %(default)s; 0: never)")
     p.add_argument("--detach", action="store_true", help="print the job id and return at once")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
@@ -63,7 +67,8 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     from rltui.jobs.fetch_jobs import fetch_model_job
 
     layout = Layout(args.root)
-    return _launch_and_wait(layout, fetch_model_job(layout, args.repo_id, args.revision, args.as_name), args)
+    return _launch_and_wait(layout, fetch_model_job(layout, args.repo_id, args.revision, args.as_name,
+                                                    retries=args.retries), args)
 
 
 def cmd_fetch_dataset(args: argparse.Namespace) -> int:
@@ -72,7 +77,7 @@ def cmd_fetch_dataset(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     spec = fetch_dataset_job(layout, args.dataset, revision=args.revision, config=args.config,
                              as_name=args.as_name, question_field=args.question_field,
-                             answer_field=args.answer_field)
+                             answer_field=args.answer_field, retries=args.retries)
     return _launch_and_wait(layout, spec, args)
 
 

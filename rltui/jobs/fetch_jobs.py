@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 
 from rltui.errors import UsageError
 from rltui.jobs.builders import PY, new_job_id
+from rltui.jobs.policy import RestartSettings
 from rltui.jobs.records import JobKind, JobSpec
 from rltui.runs.localfs import BadName, Layout, validate_dataset_name, validate_name
 
@@ -24,9 +26,16 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _REVISION = re.compile(r"^[\w./-]+$")
 _FIELD = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
+# A fetch that could not reach the Hub, or was cut off midway, exits 1 (trainer/fetch.py) and the
+# same command again continues with the files already whole: the keeper runs it again after 30 s,
+# 60 s and 120 s, riding out a network that comes back within about 3.5 minutes. Bad input (exit 2)
+# and a stop are never retried.
+FETCH_RETRIES = RestartSettings(auto_resume=True, max_restarts=3, backoff_s=30.0, backoff_factor=2.0,
+                                backoff_max_s=120.0)
+
 
 def fetch_model_job(layout: Layout, repo_id: str, revision: str | None = None,
-                    as_name: str | None = None) -> JobSpec:
+                    as_name: str | None = None, retries: int = FETCH_RETRIES.max_restarts) -> JobSpec:
     """Download a model repo into the HF cache, or into ROOT/models/NAME with `as_name`."""
     _check_repo_id(repo_id, "model")
     argv = [PY, "-m", "trainer.fetch", "model", repo_id] + _revision(revision)
@@ -39,12 +48,13 @@ def fetch_model_job(layout: Layout, repo_id: str, revision: str | None = None,
         if as_name == "tiny" or target.exists():
             raise UsageError(f"--as {as_name}: {target} already exists (remove it or choose another name)")
         argv += ["--as", as_name]
-    return _spec(layout, argv, f"fetch model {repo_id}" + (f" as {as_name}" if as_name else ""))
+    return _spec(layout, argv, f"fetch model {repo_id}" + (f" as {as_name}" if as_name else ""), retries)
 
 
 def fetch_dataset_job(layout: Layout, dataset: str, revision: str | None = None,
                       config: str | None = None, as_name: str | None = None,
-                      question_field: str | None = None, answer_field: str | None = None) -> JobSpec:
+                      question_field: str | None = None, answer_field: str | None = None,
+                      retries: int = FETCH_RETRIES.max_restarts) -> JobSpec:
     """Download a dataset repo and write ROOT/datasets/NAME/{train,test}.jsonl (GSM8K form)."""
     if dataset not in DATASET_ALIASES:
         _check_repo_id(dataset, "dataset", aliases=True)
@@ -60,7 +70,7 @@ def fetch_dataset_job(layout: Layout, dataset: str, revision: str | None = None,
             if not _FIELD.match(value) or (flag == "--config" and not _REVISION.match(value)):
                 raise UsageError(f"bad {flag}: {value!r}")
             argv += [flag, value]
-    return _spec(layout, argv, f"fetch dataset {dataset} as {name}")
+    return _spec(layout, argv, f"fetch dataset {dataset} as {name}", retries)
 
 
 def _check_repo_id(repo_id: str, what: str, aliases: bool = False) -> None:
@@ -77,7 +87,10 @@ def _revision(revision: str | None) -> list[str]:
     return ["--revision", revision]
 
 
-def _spec(layout: Layout, argv: list[str], title: str) -> JobSpec:
+def _spec(layout: Layout, argv: list[str], title: str, retries: int) -> JobSpec:
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise UsageError(f"bad --retries: {retries!r} (a whole number from 0 to 100)")
     argv += ["--root", str(layout.root)]
+    restart = replace(FETCH_RETRIES, auto_resume=retries > 0, max_restarts=retries)
     return JobSpec(id=new_job_id(JobKind.FETCH), kind=JobKind.FETCH, argv=tuple(argv), title=title,
-                   cwd=os.getcwd(), gpu_count=0)
+                   cwd=os.getcwd(), gpu_count=0, restart=restart)

@@ -252,7 +252,8 @@ class Keeper:
             self.refresh_auto_resume()
             latest = self.latest_checkpoint()
             decision = self.policy.decide(ending, latest, target=self.target_step(),
-                                          needs_checkpoint=bool(self.spec.resume_argv))
+                                          needs_checkpoint=bool(self.spec.resume_argv),
+                                          checkpoints=self.spec.kind.trains)
             s.restarts = self.policy.restarts
             if decision.action is Action.SUCCEED:
                 return self.finish(JobState.SUCCEEDED, decision.reason)

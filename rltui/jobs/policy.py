@@ -129,9 +129,11 @@ class RestartPolicy:
     _next_start_at: float | None = field(default=None, repr=False)
 
     def decide(self, ending: Ending, latest_checkpoint: int | None, *, target: int | None = None,
-               needs_checkpoint: bool = False) -> Decision:
+               needs_checkpoint: bool = False, checkpoints: bool = True) -> Decision:
         """What to do after `ending`; `latest_checkpoint` is the run's newest complete step now,
-        `target` the run's final step, `needs_checkpoint` whether a restart resumes from one."""
+        `target` the run's final step, `needs_checkpoint` whether a restart resumes from one,
+        `checkpoints` whether the job makes checkpoints at all (a fetch does not: its restarts are
+        bounded by `max_restarts` alone, not by the no-new-checkpoint rule)."""
         if ending.user_stop and not ending.hung:
             if ending.clean and ending.phase == "completed":
                 return Decision(Action.SUCCEED, "completed")
@@ -141,12 +143,12 @@ class RestartPolicy:
                 return Decision(Action.STOP, "the process stopped on request (phase stopped)")
             if ending.phase == "failed":
                 return self._abnormal(ending, latest_checkpoint, "exit code 0 but phase failed",
-                                      target, needs_checkpoint)
+                                      target, needs_checkpoint, checkpoints)
             return Decision(Action.SUCCEED, "completed")
-        return self._abnormal(ending, latest_checkpoint, ending.describe(), target, needs_checkpoint)
+        return self._abnormal(ending, latest_checkpoint, ending.describe(), target, needs_checkpoint, checkpoints)
 
     def _abnormal(self, ending: Ending, latest: int | None, what: str, target: int | None,
-                  needs_checkpoint: bool) -> Decision:
+                  needs_checkpoint: bool, checkpoints: bool = True) -> Decision:
         s = self.settings
         always = ending.exit_code is not None and ending.exit_code in s.recover_exit_codes
         if not s.auto_resume:
@@ -158,7 +160,7 @@ class RestartPolicy:
             return Decision(Action.FAIL, what)
         if ending.exit_code in (BAD_INPUT_EXIT, DISK_FULL_EXIT) and not always:
             return Decision(Action.FAIL, f"{what}; a restart would fail the same way")
-        if self.restarts:
+        if self.restarts and checkpoints:
             if latest is None or (self._checkpoint_at_last_restart is not None
                                   and latest <= self._checkpoint_at_last_restart):
                 self.no_progress_streak += 1
@@ -184,7 +186,12 @@ class RestartPolicy:
             self.counted_restarts += 1
         self._checkpoint_at_last_restart = latest
         self._next_start_at = self.clock() + delay
-        where = f"from checkpoint step {latest}" if latest is not None else "from the start (no checkpoint yet)"
+        if not checkpoints:
+            where = "of the same command"
+        elif latest is not None:
+            where = f"from checkpoint step {latest}"
+        else:
+            where = "from the start (no checkpoint yet)"
         return Decision(
             Action.RESTART,
             f"{what}; restart {self.restarts} {where} in {delay:g}s",

@@ -139,3 +139,14 @@ def test_settings_round_trip_through_json_and_refuse_negatives():
         assert "max_restarts" in str(e)
     else:
         raise AssertionError("negative max_restarts accepted")
+
+
+def test_a_job_without_checkpoints_retries_up_to_max_restarts_not_the_no_checkpoint_rule():
+    p, _ = policy(max_restarts=3, backoff_s=30, backoff_factor=2, backoff_max_s=120)
+    failed = Ending(exit_code=1)
+    decisions = [p.decide(failed, None, checkpoints=False) for _ in range(4)]
+    assert [d.action for d in decisions] == [Action.RESTART] * 3 + [Action.FAIL]
+    assert [d.delay_s for d in decisions[:3]] == [30, 60, 120]
+    assert decisions[0].reason == "exit code 1; restart 1 of the same command in 30s"
+    assert "max_restarts" in decisions[3].reason and "checkpoint" not in decisions[3].reason
+    assert p.decide(Ending(exit_code=2), None, checkpoints=False).action is Action.FAIL  # bad input

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_fetch_model_into_the_cache_and_as_a_localfs_name_then_models_lists_both
 def test_fetch_dataset_writes_gsm8k_jsonl_and_a_cut_leaves_nothing_partial(
         tmp_path: Path, hub: FakeHub) -> None:
     hub.cut("main/train-00000-of-00001.parquet", after_bytes=600)
-    cut = _rltui(tmp_path, hub, "fetch", "dataset", "gsm8k")
+    cut = _rltui(tmp_path, hub, "fetch", "dataset", "gsm8k", "--retries", "0")
     assert cut.returncode == 1, cut.stdout + cut.stderr
     assert "run it again" in cut.stdout + cut.stderr
     target = tmp_path / "localfs" / "datasets" / "gsm8k"
@@ -141,6 +142,7 @@ def test_fetch_dataset_renames_fields_and_marks_bare_answers(tmp_path: Path, hub
     (["fetch", "model", "acme/x", "--as", "../up"], "../up"),
     (["fetch", "dataset", "nope"], "'nope'"),
     (["fetch", "dataset", "gsm8k", "--as", "9x"], "9x"),
+    (["fetch", "model", "acme/x", "--retries", "-1"], "bad --retries: -1"),
 ])
 def test_bad_fetch_input_is_one_line_exit_2_and_no_job(tmp_path: Path, hub: FakeHub, args, names) -> None:
     result = _rltui(tmp_path, hub, *args)
@@ -195,7 +197,8 @@ def test_a_hub_that_cannot_be_reached_is_exit_1_to_retry_and_a_missing_repo_exit
                HF_ENDPOINT=refused_url, PYTHONUNBUFFERED="1")
     root = tmp_path / "localfs"
     away = subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch", "fetch",
-                           "model", REPO_ID], capture_output=True, text=True, timeout=120, env=env)
+                           "model", REPO_ID, "--retries", "0"], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
     assert away.returncode == 1, away.stdout + away.stderr
     line = next(x for x in away.stdout.splitlines() if x.startswith("fetch: error:"))
     assert f"model {REPO_ID}: the Hub ({refused_url}) cannot be reached" in line
@@ -208,3 +211,35 @@ def test_a_hub_that_cannot_be_reached_is_exit_1_to_retry_and_a_missing_repo_exit
     missing = _rltui(tmp_path, hub, "fetch", "model", "acme/no-such-model")
     assert missing.returncode == 2, missing.stdout + missing.stderr
     assert "no repo acme/no-such-model on the Hub" in missing.stdout + missing.stderr
+
+
+def test_a_fetch_cut_off_is_run_again_by_its_keeper_and_completes(tmp_path: Path, hub: FakeHub) -> None:
+    """The default: exit 1 is retried (here after 0.5 s, not 30), keeping the files already whole."""
+    from dataclasses import replace
+
+    from rltui.jobs import control
+    from rltui.jobs.fetch_jobs import fetch_dataset_job
+    from rltui.jobs.records import JobState, read_state
+    from rltui.runs.localfs import Layout
+
+    layout = Layout(tmp_path / "localfs").ensure()
+    spec = fetch_dataset_job(layout, "gsm8k")
+    assert (spec.restart.auto_resume, spec.restart.max_restarts, spec.restart.backoff_s) == (True, 3, 30.0)
+    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_cache"),
+           "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+    spec = spec.with_changes(env=env, restart=replace(spec.restart, backoff_s=0.5))
+    hub.cut("main/train-00000-of-00001.parquet", after_bytes=600)
+    control.launch(layout, spec)
+    deadline = time.monotonic() + 120
+    while (state := read_state(layout, spec.id)).state is not JobState.RESTARTING:
+        assert not state.state.final and time.monotonic() < deadline, state.reasons
+        time.sleep(0.05)
+    assert state.cause and state.cause.startswith("fetch: error: dataset openai/gsm8k: download from")
+    assert "restart 1 of the same command in 0.5s" in state.last_reason
+    hub.heal()
+    while not (state := read_state(layout, spec.id)).state.final:
+        assert time.monotonic() < deadline, state.reasons
+        time.sleep(0.1)
+    assert (state.state, state.restarts, state.cause) == (JobState.SUCCEEDED, 1, None)
+    rows = (layout.root / "datasets" / "gsm8k" / "train.jsonl").read_text().splitlines()
+    assert [tuple(json.loads(r).values())[:2] for r in rows] == TRAIN
