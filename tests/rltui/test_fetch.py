@@ -204,7 +204,8 @@ def test_a_hub_that_cannot_be_reached_is_exit_1_to_retry_and_a_missing_repo_exit
     assert f"model {REPO_ID}: the Hub ({refused_url}) cannot be reached" in line
     assert "run the same command again" in line and "bad input" not in away.stdout + away.stderr
     jobs = json.loads(subprocess.run([sys.executable, "-m", "rltui.cli", "--root", str(root), "--batch",
-                                      "jobs", "--json"], capture_output=True, text=True, env=env).stdout)
+                                      "jobs", "--json"], capture_output=True, text=True, env=env,
+                                     check=True).stdout)
     assert [(j["state"]["state"], j["state"]["last_reason"]) for j in jobs] == [("failed", "exit code 1")]
     assert not (tmp_path / "hf_cache").exists() or not any((tmp_path / "hf_cache").rglob("*.safetensors"))
 
