@@ -76,6 +76,16 @@ async def test_the_live_log_shows_the_trainers_step_line_with_reward_and_loss(tu
         assert "reward 0.412" in shown and "loss 0.02134" in shown
 
 
+async def newest_ended_jobs_log(pilot, job_id: str) -> LogPane:
+    """The jobs tab with the newest ended job (`job_id`) selected: its log pane."""
+    await started(pilot)
+    await pilot.press("2")
+    await pilot.press("down")  # past the running job, which comes first
+    pane = pilot.app.query_one("#job-log", LogPane)
+    assert await wait_until(pilot, lambda: job_id in str(pane.border_title))
+    return pane
+
+
 @pilot_test
 async def test_the_jobs_log_title_gives_an_ended_jobs_whole_reason(tui_root: Path) -> None:
     from tui_kit import write_job
@@ -85,11 +95,7 @@ async def test_the_jobs_log_title_gives_an_ended_jobs_whole_reason(tui_root: Pat
               reason=reason, created=1_795_608_000.0 - 10)  # the newest ended job: second row
     app = make_test_app(tui_root)
     async with app.run_test(size=(160, 40)) as pilot:
-        await started(pilot)
-        await pilot.press("2")
-        await pilot.press("down")  # past the running job, which comes first
-        pane = app.query_one("#job-log", LogPane)
-        assert await wait_until(pilot, lambda: "20261124-100000-eval-dddd" in str(pane.border_title))
+        pane = await newest_ended_jobs_log(pilot, "20261124-100000-eval-dddd")
         assert f"failed: {reason}" in str(pane.border_title)
 
 
@@ -104,11 +110,7 @@ async def test_a_failed_jobs_own_error_leads_its_row_and_the_full_screen_log_wra
               created=1_795_608_000.0 - 10, log=f"[rltui keeper 10:00:00] starting\n{error}\n")
     app = make_test_app(tui_root)
     async with app.run_test(size=(80, 24)) as pilot:
-        await started(pilot)
-        await pilot.press("2")
-        await pilot.press("down")  # past the running job, which comes first
-        pane = app.query_one("#job-log", LogPane)
-        assert await wait_until(pilot, lambda: "20261124-100000-train-eeee" in str(pane.border_title))
+        pane = await newest_ended_jobs_log(pilot, "20261124-100000-train-eeee")
         assert ("failed: base model acme/big-model is not in the Hugging Face cache" in str(pane.border_title))
         row = app.query_one("JobsTable").get_row("20261124-100000-train-eeee")
         assert str(row[6]).startswith("base model acme/big-model")
