@@ -186,7 +186,8 @@ class LogPane(Log):
             self.write_lines(self._rows([text for _step, text in lines]))
 
     def _width_to_wrap(self) -> int:
-        return max(1, self.scrollable_content_region.width) if self.wrap else 0
+        """The pane's width where it wraps, 0 where it does not (or is not laid out yet)."""
+        return self.scrollable_content_region.width if self.wrap else 0
 
     def _rows(self, texts: list[str]) -> list[str]:
         width = self.wrap_width
