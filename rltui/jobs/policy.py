@@ -15,7 +15,8 @@ Rules (docs/ARCHITECTURE.md, section jobs):
   recovered unless the user lists it in `recover_exit_codes`;
 - an exit code in `recover_exit_codes` always means "recover", and such restarts do not count
   against `max_restarts` (SkyPilot's recover_on_exit_codes; e.g. a known NCCL error code);
-- the policy gives up when two restarts in a row produced no new checkpoint;
+- the policy gives up when two restarts in a row produced no new checkpoint (for a job that
+  makes checkpoints; a fetch's restarts are bounded by `max_restarts` alone);
 - a restart that is due becomes success when the run's final checkpoint is already saved, and
   failure when a resume needs a checkpoint and there is none yet.
 """
