@@ -103,3 +103,30 @@ def test_restart_counts_come_from_slurm(tmp_path: Path):
 def test_slurms_errors_become_one_line():
     text = "sbatch: error: invalid partition specified: nosuch\nsbatch: error: Batch job submission failed: x\n"
     assert one_line(text) == "invalid partition specified: nosuch; Batch job submission failed: x"
+
+
+def test_a_failed_start_keeps_its_own_line_on_why_and_a_later_start_drops_it(tmp_path: Path):
+    from rltui.jobs.backends.slurm_attempt import Attempt, read_attempts
+
+    layout = Layout(tmp_path).ensure()
+    spec = JobSpec(id="j1", kind=JobKind.EVAL, argv=("py", "-m", "evaluator.eval_batch"), run="run_x")
+    layout.job_dir("j1").mkdir(parents=True)
+    (layout.job_dir("j1") / "job.json").write_text(__import__("json").dumps(spec.to_json()))
+    log = layout.job_log("j1")
+    log.write_text("eval_batch: error: an earlier start's line\n")
+    attempt = Attempt(layout.job_dir("j1"))
+    attempt._go(["-m", "evaluator.eval_batch"], None, None)
+    assert attempt.end(1) == 1  # this start printed nothing of its own
+    assert read_attempts(layout.job_dir("j1"))[-1]["cause"] is None
+    Attempt(layout.job_dir("j1"))._go(["-m", "evaluator.eval_batch"], None, None)
+    with open(log, "a") as f:
+        f.write("Traceback (most recent call last):\n  File \"x\", line 1\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    assert Attempt(layout.job_dir("j1")).end(1) == 1
+    events = read_attempts(layout.job_dir("j1"))
+    assert events[-1]["cause"] == "torch.OutOfMemoryError: CUDA out of memory"
+
+    failed = map_state(_state(), SlurmRow("7", "FAILED", "NonZeroExitCode"), events, layout.job_dir("j1"), now=9e9)
+    assert failed.state is JobState.FAILED and failed.cause == "torch.OutOfMemoryError: CUDA out of memory"
+    later = [*events, {"event": "begin", "time": events[-1]["time"] + 1}]
+    running = map_state(_state(), SlurmRow("7", "RUNNING"), later, layout.job_dir("j1"))
+    assert running.cause is None

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rltui.errors import UsageError
+from rltui.jobs import output
 from rltui.jobs.backends.slurm_script import BEGIN_NOTHING_TO_DO
 from rltui.jobs.records import JobKind, JobSpec
 from rltui.runs import checkpoints, localfs
@@ -66,6 +68,7 @@ class Attempt:
         self.layout = localfs.Layout(self.dir.parent.parent)
         self.restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         self.history = read_attempts(self.dir)
+        self.cause: str | None = None  # set by `end`: the failed start's own line on why
 
     def record(self, event: str, **fields: Any) -> None:
         localfs.append_jsonl(self.dir / ATTEMPTS, {
@@ -127,7 +130,7 @@ class Attempt:
         localfs.write_bytes_atomic(self.dir / ARGV_FILE, b"\0".join(a.encode() for a in args) + b"\0")
         what = "starting" if resume_step is None else f"resuming {self.run} from step {resume_step}"
         self.record("begin", argv=args, resume_step=resume_step, target_step=target,
-                    nodes=os.environ.get("SLURM_JOB_NODELIST"))
+                    nodes=os.environ.get("SLURM_JOB_NODELIST"), log_offset=self._log_size())
         self.say(f"{what} (Slurm job {os.environ.get('SLURM_JOB_ID')}, restart {self.restart}, "
                  f"nodes {os.environ.get('SLURM_JOB_NODELIST')})")
         return 0
@@ -152,7 +155,25 @@ class Attempt:
 
     # ------------------------------------------------------------ end
 
+    def _log_size(self) -> int:
+        try:
+            return os.stat(self.layout.job_log(self.spec.id)).st_size
+        except OSError:
+            return 0
+
+    def _cause(self) -> str | None:
+        """The process's own line on why this start failed (`output.cause_line`), read from
+        where the start's begin said the log then ended: not an earlier start's line."""
+        begins = [e for e in read_attempts(self.dir) if e.get("event") == "begin"]
+        start = begins[-1].get("log_offset") if begins else None
+        try:
+            with output.open_output(self.layout, self.spec.id) as f:
+                return output.cause_line(f, start=start if isinstance(start, int) else 0)
+        except (OSError, UsageError):
+            return None
+
     def end(self, rc: int) -> int:
+        self.cause = self._cause() if rc != 0 and not (self.dir / STOP_MARK).exists() else None
         if not self.spec.kind.trains:
             return self._ended(rc, "succeeded" if rc == 0 else "failed",
                                "evaluation finished" if rc == 0 else f"evaluation exited with code {rc}")
@@ -183,7 +204,7 @@ class Attempt:
     def _requeue(self, why: str) -> int:
         n = self.restart + 1
         self.record("end", outcome="requeued", reason=f"{why}; requeued (restart {n}/"
-                    f"{self.spec.restart.max_restarts})")
+                    f"{self.spec.restart.max_restarts})", cause=self.cause)
         self.say(f"{why}; requeueing (restart {n} of at most {self.spec.restart.max_restarts})")
         jid = os.environ.get("SLURM_JOB_ID", "")
         done = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True)
@@ -193,7 +214,8 @@ class Attempt:
         return 0
 
     def _ended(self, code: int, outcome: str, reason: str) -> int:
-        self.record("end", outcome=outcome, reason=reason, exit_code=code)
+        self.record("end", outcome=outcome, reason=reason, exit_code=code,
+                    cause=self.cause if outcome == "failed" else None)
         self.say(f"{outcome}: {reason}")
         return code
 
