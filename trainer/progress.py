@@ -2,6 +2,7 @@
 
 Usage:
     progress = Progress(start=0, target=150, enabled=d.is_main)
+    progress.warming_up(on_gpu)  # once, before the first step: a line saying why it is slow
     progress.finished(step)      # after every step, logged or not
     progress.step(record)        # a step_record of trainer.rl_runner, at each log interval
     progress.close()
@@ -62,6 +63,16 @@ class Progress:
 
             self.bar = tqdm(total=target, initial=start, file=self.stream, unit="step",
                             dynamic_ncols=True, desc="train")
+
+    def warming_up(self, on_gpu: bool) -> None:
+        """Before a session's first step on a GPU: one line saying why nothing comes for a while
+        (the decode engine's compiles, timings and captures: docs/benchmarks.md, issue 18)."""
+        if not (self.enabled and on_gpu and self.bar is None and self.start < self.target):
+            return
+        self.stream.write(f"step {self.start + 1}/{self.target} under way: a session's first step on a GPU "
+                          "compiles the kernels and captures the decode graphs (1-2.5 minutes for a 1.5B "
+                          "model on an H100 or H200); s/step and the ETA start after it\n")
+        self.stream.flush()
 
     def finished(self, step: int) -> None:
         """Step `step` has ended (logged or not): the first such call ends the warm-up."""

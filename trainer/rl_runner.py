@@ -253,6 +253,7 @@ def run_loop(t: Trainer, start: int, stop: StopRequest) -> int:
         saved = 0
     stopped = False
     progress = Progress(start=step, target=s.target_step, enabled=d.is_main)
+    progress.warming_up(d.device.type == "cuda")
     while step < s.target_step:
         if d.any(stop.requested()):  # every rank agrees, at the step boundary
             stopped = True

@@ -56,6 +56,17 @@ def test_a_run_logged_every_ten_steps_rates_from_its_first_step_not_its_first_li
     assert out.getvalue().endswith("2.00 s/step  ETA 20s\n")
 
 
+def test_a_gpu_sessions_first_step_is_announced_as_the_warm_up_and_a_cpus_is_not():
+    out = io.StringIO()
+    Progress(start=40, target=60, stream=out).warming_up(on_gpu=True)
+    assert out.getvalue().startswith("step 41/60 under way: a session's first step on a GPU compiles")
+    quiet = io.StringIO()
+    Progress(start=0, target=10, stream=quiet).warming_up(on_gpu=False)  # a CPU's first step is no wait
+    Progress(start=10, target=10, stream=quiet).warming_up(on_gpu=True)  # no step left to take
+    Progress(start=0, target=10, stream=quiet, enabled=False).warming_up(on_gpu=True)  # not rank 0
+    assert quiet.getvalue() == ""
+
+
 def test_a_disabled_progress_prints_nothing():
     out = io.StringIO()
     Progress(start=0, target=5, stream=out, enabled=False).step(RECORD)
