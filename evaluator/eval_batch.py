@@ -151,6 +151,7 @@ class Evaluation:
         self.status.write("loading")
         if any(not c.problems for c in todo):
             self._load_base()
+        first_error: str | None = None  # the first failed step's reason, for the closing error line
         for index, ckpt in enumerate(plan.checkpoints, 1):
             if ckpt not in todo:
                 self.status.skipped.append(ckpt.step)
@@ -165,6 +166,8 @@ class Evaluation:
             outcome = self._evaluate(ckpt, settings_hash, lambda done, total: self.status.write(
                 "evaluating", current_step=ckpt.step, eta_s=eta, completions=(done, total)))
             (self.status.failed if outcome.error else self.status.done).append(ckpt.step)
+            if outcome.error and first_error is None:
+                first_error = f"step {ckpt.step}: " + " ".join(str(outcome.error).split())  # one line
             self.files.rebuild_consolidated(settings_hash)
             print(self._progress_line(index, outcome, todo), flush=True)
         self.files.rebuild_consolidated(settings_hash)
@@ -173,6 +176,10 @@ class Evaluation:
                           error=f"steps failed: {failed}" if failed else None)
         print(f"eval_batch: done: {len(self.status.done)} evaluated, {len(self.status.skipped)} "
               f"skipped, {len(failed)} failed; results in {self.files.folder}", flush=True)
+        if failed:  # the job's one line on why (rltui.jobs.output.cause_line reads it)
+            sys.stderr.write(f"eval_batch: error: {len(failed)} of {len(plan.checkpoints)} checkpoints "
+                             f"failed, first {first_error}\n")
+            sys.stderr.flush()
         return 1 if failed else 0
 
     def _larger_results(self, todo: list[Checkpoint]) -> dict[int, int]:

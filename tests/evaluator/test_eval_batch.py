@@ -130,7 +130,7 @@ def _mismatched_adapter(out: Path) -> None:
 
 
 def test_adapter_that_does_not_fit_fails_its_step_without_harming_the_rest(
-        tiny_root, make_run, eval_args) -> None:
+        tiny_root, make_run, eval_args, capsys) -> None:
     run = make_run(tiny_root)
     assert main(eval_args(tiny_root, run, "--steps", "3")) == 0
     clean = [r["completion"] for r in _completions(tiny_root, run, 3)]
@@ -138,9 +138,13 @@ def test_adapter_that_does_not_fit_fails_its_step_without_harming_the_rest(
     staging = checkpoints.staging_dir(layout.training_state(run), 2)
     _mismatched_adapter(staging / "model")
     checkpoints.finalize_checkpoint(staging, layout.step_dir(run, 2), {"step": 2})
+    capsys.readouterr()
     assert main(eval_args(tiny_root, run, "--force")) == 1
     error = _summary(tiny_root, run, 2)["error"]
     assert "does not fit base model" in error and str(layout.step_dir(run, 2) / "model") in error
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the job's cause (rltui.jobs.output)
+    assert last.startswith("eval_batch: error: 1 of ") and "failed, first step 2: " in last
+    assert "does not fit base model" in last
     assert [r["completion"] for r in _completions(tiny_root, run, 3)] == clean
 
 
