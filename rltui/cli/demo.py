@@ -30,7 +30,6 @@ from rltui.runs.localfs import Layout, read_json, read_last_jsonl, write_yaml_at
 from rltui.runs.checkpoints import latest_complete_step
 from rltui.text import clean
 from rltui.runs.folders import eval_folders_of
-from rltui.runs.records import job_reason
 from rltui.jobs.policy import RestartSettings
 
 CONFIG_SOURCE = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
@@ -307,8 +306,7 @@ class Demo:
 
     def expect(self, job: Job, want: JobState) -> None:
         if job.phase is not want:
-            s = job.state
-            reason = job_reason(s.state.value, s.last_reason, s.cause) if s else job.error
+            reason = job.state.shown_reason if job.state else job.error
             raise WorkFailed(f"demo: job {job.id} is {job.phase.value if job.phase else 'unreadable'}, "
                              f"expected {want.value} ({reason}); see rltui --root {self.layout.root} "
                              f"--batch logs {job.id}")

@@ -15,7 +15,6 @@ from rltui.jobs import control
 from rltui.jobs.records import Job
 from rltui.jobs.usage import TreeStats, tree_stats
 from rltui.runs.localfs import Layout
-from rltui.runs.records import job_reason
 from rltui.text import clean
 
 
@@ -58,7 +57,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         t = stats.get(j.id)
         cpu = fmt(t.cpu_percent) if t else "-"
         rss = fmt(t.rss_mib) if t else "-"
-        reason = job_reason(s.state.value, s.last_reason, s.cause) if s else (j.error or "")
+        reason = s.shown_reason if s else (j.error or "")
         if s and s.restarts and s.last_restart_cause and s.last_restart_cause not in reason:
             reason += f" (last restart: {s.last_restart_cause})"
         run = clean((j.spec.run if j.spec else None) or "-")  # from files: shown made safe

@@ -283,17 +283,11 @@ class Keeper:
         except (OSError, UsageError):
             return None
 
-    def output_size(self) -> int:
-        try:
-            return os.stat(self.layout.job_log(self.job_id)).st_size
-        except OSError:
-            return 0
-
     def run_once(self, argv: list[str]) -> Ending:
         """Start argv once and watch it to its end."""
         self.clear_stop_request()
         self.state.cause = None
-        self.output_start = self.output_size()  # this attempt's output begins here
+        self.output_start = output.output_size(self.layout, self.job_id)  # this attempt's output begins here
         env = dict(os.environ)
         env.update(self.spec.env)
         if self.state.gpus:

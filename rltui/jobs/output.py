@@ -72,6 +72,15 @@ def open_output(layout: Layout, job_id: str) -> BinaryIO | _NoOutput:
     return os.fdopen(fd, "rb")
 
 
+def output_size(layout: Layout, job_id: str) -> int:
+    """The bytes in the job's output.log now (0 when there is none): where the next attempt's
+    output will begin, for `cause_line(start=...)`."""
+    try:
+        return os.stat(layout.job_log(job_id)).st_size
+    except OSError:
+        return 0
+
+
 def tail_bytes(f: BinaryIO | _NoOutput, lines: int, block: int = BLOCK) -> bytes:
     """The last `lines` lines of `f` (a last line without its newline counts), read backwards."""
     if lines <= 0:

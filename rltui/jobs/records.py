@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rltui.runs.localfs import DamagedFile, Layout, read_json, write_json_atomic
+from rltui.runs.records import job_reason
 from rltui.jobs.backends.slurm_spec import SlurmSpec
 from rltui.jobs.policy import STOPPED_EXIT, RestartSettings
 
@@ -224,6 +225,12 @@ class StateFile:
         kw["reasons"] = list(d.get("reasons") or [])
         kw["followup_jobs"] = list(d.get("followup_jobs") or [])
         return cls(**kw)
+
+    @property
+    def shown_reason(self) -> str:
+        """The reason as shown: the process's own `cause` first while failed or restarting
+        (`rltui.runs.records.job_reason`)."""
+        return job_reason(self.state.value, self.last_reason, self.cause)
 
     @property
     def last_restart_cause(self) -> str | None:

@@ -285,8 +285,9 @@ def map_state(old: StateFile, row: SlurmRow | None, attempts: list[dict], job_di
     if begins and begins[-1].get("host"):
         new.host = begins[-1]["host"]
     # the last start's own line on why it failed, while no later start has begun
-    ended_last = last_end is not None and (not begins or begins[-1].get("time", 0) <= last_end.get("time", 0))
-    cause = last_end.get("cause") if ended_last and last_end is not None else None
+    cause = None
+    if last_end is not None and (not begins or begins[-1].get("time", 0) <= last_end.get("time", 0)):
+        cause = last_end.get("cause")
     new.cause = cause if isinstance(cause, str) else None
     if row is None:
         if last_end is not None and last_end.get("outcome") in ("succeeded", "stopped", "failed"):

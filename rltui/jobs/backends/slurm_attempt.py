@@ -71,9 +71,10 @@ class Attempt:
         self.cause: str | None = None  # set by `end`: the failed start's own line on why
 
     def record(self, event: str, **fields: Any) -> None:
-        localfs.append_jsonl(self.dir / ATTEMPTS, {
-            "event": event, "time": time.time(), "restart": self.restart,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), **fields})
+        line = {"event": event, "time": time.time(), "restart": self.restart,
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), **fields}
+        localfs.append_jsonl(self.dir / ATTEMPTS, line)
+        self.history.append(line)
 
     def say(self, text: str) -> None:
         print(f"[rltui {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
@@ -130,7 +131,7 @@ class Attempt:
         localfs.write_bytes_atomic(self.dir / ARGV_FILE, b"\0".join(a.encode() for a in args) + b"\0")
         what = "starting" if resume_step is None else f"resuming {self.run} from step {resume_step}"
         self.record("begin", argv=args, resume_step=resume_step, target_step=target,
-                    nodes=os.environ.get("SLURM_JOB_NODELIST"), log_offset=self._log_size())
+                    nodes=os.environ.get("SLURM_JOB_NODELIST"), log_offset=output.output_size(self.layout, self.spec.id))
         self.say(f"{what} (Slurm job {os.environ.get('SLURM_JOB_ID')}, restart {self.restart}, "
                  f"nodes {os.environ.get('SLURM_JOB_NODELIST')})")
         return 0
@@ -155,16 +156,10 @@ class Attempt:
 
     # ------------------------------------------------------------ end
 
-    def _log_size(self) -> int:
-        try:
-            return os.stat(self.layout.job_log(self.spec.id)).st_size
-        except OSError:
-            return 0
-
     def _cause(self) -> str | None:
         """The process's own line on why this start failed (`output.cause_line`), read from
         where the start's begin said the log then ended: not an earlier start's line."""
-        begins = [e for e in read_attempts(self.dir) if e.get("event") == "begin"]
+        begins = [e for e in self.history if e.get("event") == "begin"]  # this start's is last
         start = begins[-1].get("log_offset") if begins else None
         try:
             with output.open_output(self.layout, self.spec.id) as f:
