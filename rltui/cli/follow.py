@@ -20,6 +20,7 @@ from rltui.jobs import control
 from rltui.jobs.output import shown
 from rltui.jobs.records import Job, JobState
 from rltui.runs.localfs import Layout
+from rltui.text import clean
 
 POLL_S = 0.2
 MAX_READ = 16 * 1024 * 1024  # per poll: a burst of output is copied in pieces, not at once
@@ -88,4 +89,4 @@ def summary_line(job: Job) -> str:
     if s is None:
         return f"job {job.id}: state unreadable ({job.error})"
     restarts = f", {s.restarts} restart(s)" if s.restarts else ""
-    return f"job {job.id} {s.state.value}{restarts}: {s.shown_reason}".rstrip(": ")
+    return f"job {job.id} {s.state.value}{restarts}: {clean(s.shown_reason)}".rstrip(": ")  # from a file

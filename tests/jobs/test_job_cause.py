@@ -141,3 +141,12 @@ def test_a_restarting_job_shows_why_and_a_clean_rerun_clears_it(layout) -> None:
     control.launch(layout, fine)
     done = wait_final(layout, fine.id)
     assert done.state is JobState.SUCCEEDED and done.cause is None
+
+
+def test_the_waiting_commands_last_line_shows_a_hostile_state_files_cause_made_safe() -> None:
+    from rltui.cli.follow import summary_line
+    from rltui.jobs.records import Job, StateFile
+
+    state = StateFile(JobState.FAILED, last_reason="exit code 1", cause="x: error: \x1b]0;owned\x07bad\x1b[2J")
+    line = summary_line(Job(id="j1", dir=None, spec=None, state=state))  # type: ignore[arg-type]
+    assert line == "job j1 failed: bad; exit code 1" and not has_controls(line)
