@@ -3,8 +3,10 @@
 Usage:
     rltui --batch train --cfg CFG [--ckpt DIR] [--steps N] [--nproc N] [--gpus 0,1] [--auto-resume]
                         [--eval-after DATASET] [--detach] [--json]
-    rltui --batch resume --training-run RUN [--from-step latest|N] [--additional-steps K] [--no-torchrun]
-    rltui --batch eval --training-run RUN [--eval-dataset D] [--steps 1,5,10] [--subset-frac F]
+    rltui --batch resume RUN [--from-step latest|N] [--additional-steps K] [--no-torchrun]
+    rltui --batch eval RUN [--eval-dataset D] [--steps 1,5,10] [--subset-frac F]
+
+RUN may also be given as `--training-run RUN`, the trainer's own spelling (DESIGN.md).
 
 A launching command waits for its job, streams its output and exits with the job's result
 (0 succeeded, 1 failed, 2 bad input, 130 stopped); `--detach` prints the job id and returns.
@@ -41,7 +43,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = subparsers.add_parser("resume", parents=parents, help="resume a run from a checkpoint as a job",
                               description="Resume a training run from a complete checkpoint.")
-    p.add_argument("--training-run", required=True, metavar="RUN")
+    _run_args(p)
     p.add_argument("--from-step", default="latest", help="latest (default) or a step number")
     p.add_argument("--additional-steps", type=int, metavar="K", help="train K steps past that step")
     p.add_argument("--no-torchrun", action="store_true", help="one process, even for a multi-GPU checkpoint")
@@ -50,7 +52,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = subparsers.add_parser("eval", parents=parents, help="evaluate a run's checkpoints as a job",
                               description="Evaluate checkpoints of a run in one process.")
-    p.add_argument("--training-run", required=True, metavar="RUN")
+    _run_args(p)
     p.add_argument("--eval-dataset", metavar="D",
                    help="SOURCE_TEMPLATE or SOURCE alone (arith, gsm8k: arith is built in, others "
                         "are read from ROOT/datasets/SOURCE/test.jsonl); default: the run's dataset")
@@ -62,6 +64,22 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "(default 600; 3x while the base model loads)")
     _launch_flags(p, training=False)
     p.set_defaults(func=cmd_eval)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    # `resume RUN` is what people type; `--training-run RUN` is what the trainer's own scripts say
+    p.add_argument("run", nargs="?", metavar="RUN", help="the training run (or --training-run RUN)")
+    p.add_argument("--training-run", metavar="RUN", help="the same as RUN")
+
+
+def _run_name(args: argparse.Namespace) -> str:
+    """The run a resume or eval names, positionally or with --training-run (the same one if both)."""
+    if args.run and args.training_run and args.run != args.training_run:
+        raise UsageError(f"bad --training-run: {args.training_run!r} (RUN already names {args.run!r})")
+    run = args.run or args.training_run
+    if not run:
+        raise UsageError(f"{args.command} needs a run: rltui --batch {args.command} RUN (see `rltui --batch runs`)")
+    return run
 
 
 def _launch_flags(p: argparse.ArgumentParser, *, training: bool) -> None:
@@ -95,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
+    args.training_run = _run_name(args)
     if args.restore:
         restore_for_resume(layout, args.training_run, str(args.from_step))
     spec = builders.resume_job(
@@ -108,6 +127,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
+    args.training_run = _run_name(args)
     spec = builders.eval_job(
         layout, args.training_run, dataset=args.eval_dataset, steps=args.steps,
         subset_frac=args.subset_frac, ckpt_path=args.ckpt_path, gpus=_gpus(args.gpus),

@@ -1,4 +1,4 @@
-"""`rltui --batch logs JOB [-f] [--tail N] [--raw]`: print a job's output (stdout and stderr,
+"""`rltui --batch logs JOB|RUN [-f] [--tail N] [--raw]`: print a job's output (stdout and stderr,
 keeper notes).
 
 The output is shown without escape sequences or control characters (rltui.text): a child
@@ -24,7 +24,9 @@ from rltui.runs.localfs import Layout
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("logs", parents=parents, help="print a job's output",
                               description="Print a job's output (stdout and stderr, keeper notes).")
-    p.add_argument("job", metavar="JOB")
+    p.add_argument("job", metavar="JOB|RUN",
+                   help="a job id, or a run's name: its active job (of several, its training job), "
+                        "else its newest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     p.add_argument("--raw", action="store_true",
@@ -36,8 +38,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"bad --tail: {args.tail!r} (must be >= 0)")
-    control.get_job(layout, args.job)  # one line for an unknown job
-    with open_output(layout, args.job) as f:
+    job_id = control.job_for(layout, args.job)  # one line for an unknown job or run
+    if job_id != args.job:
+        sys.stderr.write(f"rltui: run {args.job}: job {job_id}\n")
+        sys.stderr.flush()
+    with open_output(layout, job_id) as f:
         if args.tail is not None:
             _write(tail_bytes(f, args.tail), args.raw)
             end = f.seek(0, 2)
@@ -48,7 +53,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 end += len(piece)
     sys.stdout.flush()
     if args.follow:
-        job = wait_and_stream(layout, args.job, sys.stdout, follow_only=True, offset=end, raw=args.raw)
+        job = wait_and_stream(layout, job_id, sys.stdout, follow_only=True, offset=end, raw=args.raw)
         sys.stderr.write(summary_line(job) + "\n")
     return 0
 

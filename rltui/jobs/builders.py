@@ -378,7 +378,13 @@ def _checkpoint_step(layout: Layout, run: str, from_step: str | int) -> int:
         raise UsageError(f"run {run} has no complete checkpoint to resume from") from None
     problems = checkpoint_problems(layout.step_dir(run, step))
     if problems:
-        raise UsageError(f"bad --from-step: step {step} of {run} is not complete ({problems[0]})")
+        from rltui.runs.checkpoints import list_step_dirs
+
+        complete = [str(s) for s, path in list_step_dirs(layout.training_state(run)) if not checkpoint_problems(path)]
+        have = f"its complete checkpoints: {', '.join(complete) or 'none'}"
+        if problems == ["missing folder"]:
+            raise UsageError(f"bad --from-step: no checkpoint at step {step} in {run} ({have})")
+        raise UsageError(f"bad --from-step: step {step} of {run} is not complete ({problems[0]}; {have})")
     return step
 
 

@@ -169,6 +169,35 @@ def get_job(layout: Layout, job_id: str) -> Job:
     return read_job(layout, job_id)
 
 
+def job_for(layout: Layout, name: str, *, active_only: bool = False) -> str:
+    """The job a command names by a job id or by a run's name: a job id wins. For a run, its one
+    job not yet ended (queued or active), or of several its training job; with none active, its newest job (or, with
+    `active_only`, one line saying the run has none). One line for anything else."""
+    try:
+        validate_name(name, "job id or run name")
+    except BadName as e:
+        raise UsageError(str(e)) from None
+    if layout.job_dir(name).is_dir():
+        return name
+    jobs = [job for job in list_jobs(layout) if job.spec is not None and job.spec.run == name]
+    if not jobs:
+        if not layout.run_dir(name).is_dir():
+            raise UsageError(f"no such job or run: {name!r} (not in {layout.jobs} or {layout.training_runs})")
+        raise UsageError(f"run {name} has no jobs (see `rltui --batch jobs`)")
+    active = [job for job in jobs if job.phase is not None and not job.phase.final]  # queued too
+    training = [job for job in active if job.spec.kind.trains]
+    if len(active) == 1 or len(training) == 1:
+        return (training or active)[0].id
+    if active:
+        ids = ", ".join(job.id for job in active)
+        raise UsageError(f"run {name} has {len(active)} active jobs ({ids}): name one of them")
+    if active_only:
+        newest = jobs[-1]
+        raise UsageError(f"run {name} has no active job (its newest job, {newest.id}: "
+                         f"{newest.phase.value if newest.phase else 'unreadable'})")
+    return jobs[-1].id
+
+
 def stop(layout: Layout, job_id: str) -> Job:
     """Ask a job to stop gracefully: its keeper asks the process, waits, then signals the group."""
     return _signal_keeper(layout, job_id, signal.SIGTERM, "stop requested by the user")

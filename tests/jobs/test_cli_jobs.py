@@ -44,7 +44,13 @@ def rltui(root, *args, timeout=60):
     (["resume", "--training-run", "../../etc"], "../../etc"),
     (["eval", "--training-run", "run_nope"], "run_nope"),
     (["eval", "--training-run", "run_nope", "--hang-timeout", "-1"], "--hang-timeout: -1"),
+    (["resume"], "resume needs a run: rltui --batch resume RUN"),
+    (["eval"], "eval needs a run"),
+    (["resume", "run_a", "--training-run", "run_b"], "bad --training-run: 'run_b' (RUN already names 'run_a')"),
+    (["resume", "run_nope"], "run_nope"),
+    (["eval", "../../etc"], "../../etc"),
     (["stop", "no-such-job"], "no-such-job"),
+    (["kill", "run_nope"], "no such job or run: 'run_nope'"),
     (["logs", "../x"], "../x"),
     (["logs", "x", "--tail", "-1"], "--tail"),
     (["supervise", "--interval", "0"], "--interval"),
@@ -96,6 +102,69 @@ def test_resuming_a_run_at_its_target_without_more_steps_is_one_line_exit_2_and_
     # more steps, or an earlier checkpoint short of the target, still make a job
     assert builders.resume_job(layout, run, additional_steps=2).title == f"resume {run} from step 10 +2"
     assert builders.resume_job(layout, run, from_step=5).title == f"resume {run} from step 5"
+
+
+def test_resume_and_eval_take_the_run_as_an_argument_and_a_missing_step_lists_the_complete_ones(layout):
+    # `rltui resume RUN` once answered "the following arguments are required: --training-run"
+    run = _run_with_checkpoints(layout, (5, 10), target=20)
+    checkpoints.staging_dir(layout.training_state(run), 15)  # an interrupted save: never complete
+    (layout.step_dir(run, 12)).mkdir()  # a folder without training_info.json
+    for args, names in (
+        (["resume", run, "--from-step", "7"],
+         f"bad --from-step: no checkpoint at step 7 in {run} (its complete checkpoints: 5, 10)"),
+        (["resume", run, "--training-run", run, "--from-step", "12"],
+         (f"bad --from-step: step 12 of {run} is not complete (missing training_info.json "
+          "(save did not finish); its complete checkpoints: 5, 10)")),
+        (["eval", run, "--steps", "7"], f"bad --steps: no checkpoint at step 7 in {run} (it has 5, 10, 12)"),
+    ):
+        r = rltui(layout.root, *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and names in r.stderr, (args, r.stderr)
+    assert list(layout.jobs.iterdir()) == []
+
+
+def _job_record(layout, run, kind, state):
+    from rltui.jobs.records import JobKind, JobSpec, StateFile, create_job
+
+    spec = JobSpec(id=builders.new_job_id(JobKind(kind)), kind=JobKind(kind), run=run, title=kind,
+                   argv=("true",))
+    create_job(layout, spec, StateFile(state=JobState(state), run=run))
+    return spec.id
+
+
+def test_a_runs_name_stands_for_its_job_its_training_job_of_several_else_one_line(layout):
+    run = create_run_dir(layout)
+    done = _job_record(layout, run, "train", "stopped")
+    assert control.job_for(layout, done) == done  # a job id is itself
+    assert control.job_for(layout, run) == done  # none active: logs shows the newest
+    with pytest.raises(UsageError, match=f"run {run} has no active job \\(its newest job, {done}: stopped\\)"):
+        control.job_for(layout, run, active_only=True)
+    training = _job_record(layout, run, "resume", "running")
+    archive = _job_record(layout, run, "sync", "running")  # its live archive, started after it
+    assert control.job_for(layout, run, active_only=True) == training
+    evals = [_job_record(layout, run, "eval", "queued"), _job_record(layout, run, "eval", "running")]
+    assert control.job_for(layout, run) == training  # still the one training job
+    other = create_run_dir(layout)
+    (layout.jobs / training / "job.json").unlink()  # unreadable: not counted as the run's
+    with pytest.raises(UsageError, match=f"run {run} has 3 active jobs .*: name one of them") as e:
+        control.job_for(layout, run)
+    assert all(job in str(e.value) for job in (archive, *evals))  # in id order: the same second here
+    with pytest.raises(UsageError, match=f"run {other} has no jobs"):
+        control.job_for(layout, other)
+    with pytest.raises(UsageError, match="no such job or run: 'run_nope'"):
+        control.job_for(layout, "run_nope")
+
+
+def test_stop_and_logs_by_a_runs_name_reach_its_running_job(layout):
+    spec = fake_train_spec(layout, steps=500, env={"FAKE_STEP_SLEEP": "0.1"})
+    control.launch(layout, spec)
+    wait_until(lambda: read_state(layout, spec.id).state is JobState.RUNNING, what="running")
+    r = rltui(layout.root, "stop", spec.run, "--wait")
+    assert r.returncode == 0 and r.stdout.startswith(f"job {spec.id}: stop requested"), r.stderr
+    assert read_state(layout, spec.id).state is JobState.STOPPED
+    logs = rltui(layout.root, "logs", spec.run, "--tail", "1")
+    assert logs.stderr == f"rltui: run {spec.run}: job {spec.id}\n" and "stopped" in logs.stdout
+    again = rltui(layout.root, "kill", spec.run)
+    assert again.returncode == 2 and f"has no active job (its newest job, {spec.id}: stopped)" in again.stderr
 
 
 def test_resuming_a_run_another_process_writes_is_one_line_exit_2_and_no_job(layout):
