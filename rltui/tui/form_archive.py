@@ -21,7 +21,7 @@ class ArchiveForm(JobForm):
 
     def fields(self) -> Iterable[Widget]:
         yield self.choice("action", "action", ACTIONS, "backup")
-        yield self.text("run", "run", self.context.get("run") or "", "for backup and restore")
+        yield self.text("run", "run", self.context.get("run") or "", "for backup and restore", flag="--training-run")
         yield self.check("cleanup", "clean up local files verified in S3", False)
         yield self.check("keep_latest", "keep the latest checkpoint locally", False)
 

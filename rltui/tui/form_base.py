@@ -8,7 +8,10 @@ Usage (a subclass):
 
 `build` validates through the rltui.jobs builders. Whatever it raises (a UsageError naming the
 bad value, a BadName, a ValueError) is shown under the fields and the form stays open: nothing
-is launched. On success the form is dismissed with the JobSpec, and the app launches it.
+is launched. The builders speak in the command line's flags (`bad --from-step: ...`); a field
+made with `flag=` is the one such a line names: the line starts with the field's label and the
+cursor goes to the field. On success the form is dismissed with the JobSpec, and the app
+launches it.
 
 The builders read files (a config, a checkpoint's manifest), so `build` runs in a thread worker,
 never on the UI thread: on submit the UI thread only copies the fields' values, which `value`
@@ -17,6 +20,7 @@ and `checked` then read.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from textual import work
@@ -57,6 +61,7 @@ class JobForm(ModalScreen[Any]):
         self.context = context
         self.values: dict[str, str | bool] = {}  # the fields as submitted (read on the UI thread)
         self.building = False
+        self.flag_fields: dict[str, tuple[str, str]] = {}  # --flag -> (key, label) of its field
 
     # ------------------------------------------------------------ for subclasses
 
@@ -66,7 +71,11 @@ class JobForm(ModalScreen[Any]):
     def build(self) -> Any:
         raise NotImplementedError
 
-    def text(self, key: str, label: str, value: str = "", placeholder: str = "") -> Widget:
+    def text(self, key: str, label: str, value: str = "", placeholder: str = "", *,
+             flag: str | None = None) -> Widget:
+        """A text field; `flag`: the command line's flag for it, as the builders' errors name it."""
+        if flag:
+            self.flag_fields[flag] = (key, label)
         return _row(label, Input(value=value, placeholder=placeholder, id=f"f-{key}", compact=True))
 
     def check(self, key: str, label: str, value: bool = False) -> Widget:
@@ -166,9 +175,20 @@ class JobForm(ModalScreen[Any]):
         self.show_error(message)
 
     def show_error(self, message: str) -> None:
+        field = self.field_named(message)
+        if field is not None:
+            key, label = field
+            message = f"{label}: {message}"
+            self.query_one(f"#f-{key}").focus()
         error = self.query_one("#form-error", Static)
         error.update(f"✗ {message}")
         error.add_class("-shown")
+
+    def field_named(self, message: str) -> tuple[str, str] | None:
+        """The field whose flag the message names first, if any."""
+        found = [(m.start(), field) for flag, field in self.flag_fields.items()
+                 if (m := re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message))]
+        return min(found)[1] if found else None
 
     def action_cancel(self) -> None:
         self.dismiss(None)

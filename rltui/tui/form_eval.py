@@ -20,9 +20,12 @@ class EvalForm(JobForm):
         return f"Evaluate {self.context['run']}"
 
     def fields(self) -> Iterable[Widget]:
-        yield self.text("dataset", "dataset", self.context.get("dataset") or "", "the run's dataset")
-        yield self.text("steps", "steps", self.context.get("steps") or "", "optional: 1,5,10 (empty: all)")
-        yield self.text("subset_frac", "subset", "", "optional: fraction of the test set, 0-1")
+        yield self.text("dataset", "dataset", self.context.get("dataset") or "", "the run's dataset",
+                        flag="--eval-dataset")
+        yield self.text("steps", "steps", self.context.get("steps") or "", "optional: 1,5,10 (empty: all)",
+                        flag="--steps")
+        yield self.text("subset_frac", "subset", "", "optional: fraction of the test set, 0-1",
+                        flag="--subset-frac")
         yield from backend_fields(self)
 
     def build(self) -> Any:

@@ -24,9 +24,9 @@ class FetchForm(JobForm):
     def fields(self) -> Iterable[Widget]:
         yield self.choice("what", "what", WHAT, "dataset")
         yield self.text("repo", "repo", "gsm8k", "gsm8k, org/name (dataset) or org/name (model)")
-        yield self.text("revision", "revision", "", "branch, tag or commit (default: main)")
-        yield self.text("as_name", "as", "", "local name (optional)")
-        yield self.text("config", "config", "", "dataset config, e.g. main (optional)")
+        yield self.text("revision", "revision", "", "branch, tag or commit (default: main)", flag="--revision")
+        yield self.text("as_name", "as", "", "local name (optional)", flag="--as")
+        yield self.text("config", "config", "", "dataset config, e.g. main (optional)", flag="--config")
 
     def build(self) -> Any:
         from rltui.jobs import fetch_jobs

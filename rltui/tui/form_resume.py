@@ -27,8 +27,9 @@ class ResumeForm(JobForm):
     def fields(self) -> Iterable[Widget]:
         step = self.context.get("step")
         yield self.text("from_step", "from step", "latest" if step is None else str(step),
-                        "latest or a step number")
-        yield self.text("additional_steps", "more steps", "", "optional: steps beyond the checkpoint")
+                        "latest or a step number", flag="--from-step")
+        yield self.text("additional_steps", "more steps", "", "optional: steps beyond the checkpoint",
+                        flag="--additional-steps")
         yield self.check("auto_resume", "auto-resume after a crash", False)
         yield self.check("archive", "archive live to S3 while it trains", False)
         yield from backend_fields(self)

@@ -2,7 +2,8 @@
 evaluation after training.
 
 Usage:
-    app.push_screen(TrainForm(layout, default_cfg="configs/tiny.yaml"), callback)   # -> JobSpec
+    app.push_screen(TrainForm(layout, default_cfg="configs/tiny.yaml",
+                        flag="--cfg"), callback)   # -> JobSpec
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ class TrainForm(JobForm):
     heading = "New training run"
 
     def fields(self) -> Iterable[Widget]:
-        yield self.text("cfg", "config file", self.context.get("default_cfg", ""), "configs/tiny.yaml")
-        yield self.text("ckpt", "start adapter", "", "optional: an adapter folder")
-        yield self.text("steps", "steps", "", "optional: the config's total_steps")
-        yield self.text("nproc", "processes", "1", "torchrun processes (1: no torchrun)")
-        yield self.text("gpus", "GPUs", "", "optional: 0,1 (empty: any free)")
-        yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith")
+        yield self.text("cfg", "config file", self.context.get("default_cfg", ""), "configs/tiny.yaml",
+                        flag="--cfg")
+        yield self.text("ckpt", "start adapter", "", "optional: an adapter folder", flag="--ckpt")
+        yield self.text("steps", "steps", "", "optional: the config's total_steps", flag="--steps")
+        yield self.text("nproc", "processes", "1", "torchrun processes (1: no torchrun)", flag="--nproc")
+        yield self.text("gpus", "GPUs", "", "optional: 0,1 (empty: any free)", flag="--gpus")
+        yield self.text("eval_after", "eval after", "", "optional: a dataset, e.g. arith", flag="--eval-after")
         yield self.check("auto_resume", "auto-resume after a crash", False)
         yield self.check("archive", "archive live to S3 while it trains", False)
         yield from backend_fields(self)

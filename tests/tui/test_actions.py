@@ -96,6 +96,25 @@ async def test_resume_key_offers_the_selected_checkpoint(tui_root: Path) -> None
 
 
 @pilot_test
+async def test_a_resume_refused_for_want_of_more_steps_names_and_focuses_that_field(tui_root: Path) -> None:
+    # the builder's line says "pass --additional-steps K": in the form, that field is "more steps"
+    recorded = Recorded([])
+    app = make_test_app(tui_root, launcher=record_only_launcher(recorded))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot)
+        run = RUNS["completed"]  # at its target step 30
+        await select_run(pilot, run)
+        await pilot.press("r", "enter")  # from the latest step, no more steps
+        assert await wait_until(pilot, lambda: "already reached" in form_error(app))
+        assert form_error(app).startswith(f"✗ more steps: run {run} already reached its target step 30 at step 30")
+        assert app.focused is app.screen.query_one("#f-additional_steps", Input)  # moved from "from step"
+        assert recorded.specs == []
+        await pilot.press(*"5", "enter")
+        job = await launched(pilot, recorded)
+    assert job["argv"][-2:] == ["--additional-steps", "5"]
+
+
+@pilot_test
 async def test_resume_from_palette_defaults_to_latest(tui_root: Path) -> None:
     recorded = Recorded([])
     app = make_test_app(tui_root, launcher=record_only_launcher(recorded))
@@ -151,10 +170,10 @@ async def test_archive_key_writes_a_backup_job_for_the_selected_run(tui_root: Pa
 
 
 @pytest.mark.parametrize("field,bad,message", [
-    ("subset_frac", "abc", "bad --subset-frac: 'abc'"),
-    ("subset_frac", "2", "bad --subset-frac: 2.0"),
-    ("dataset", "../etc", "bad --eval-dataset"),
-    ("steps", "1,x", "bad --steps: '1,x'"),
+    ("subset_frac", "abc", "✗ subset: bad --subset-frac: 'abc'"),
+    ("subset_frac", "2", "✗ subset: bad --subset-frac: 2.0"),
+    ("dataset", "../etc", "✗ dataset: bad --eval-dataset"),
+    ("steps", "1,x", "✗ steps: bad --steps: '1,x'"),
 ])
 @pilot_test
 async def test_a_bad_form_value_is_named_in_place_and_nothing_is_launched(
