@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.errors import ConfigError, DownloadFailed, HubUnreachable
+from rltui.runs.disk import human_bytes
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -318,7 +319,7 @@ def download_snapshot(repo_id: str, revision: str | None, repo_type: str, patter
         raise DownloadFailed(f"{what}: download from {constants.ENDPOINT} failed ({_first_line(e)}); "
                              f"run it again to continue: {fetch}") from None
     size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and ".cache" not in p.parts)
-    say(f"downloaded {repo_id} ({_size(size)}) in {time.monotonic() - started:.1f} s: {folder}")
+    say(f"downloaded {repo_id} ({human_bytes(size)}) in {time.monotonic() - started:.1f} s: {folder}")
     return Path(folder)
 
 
@@ -350,10 +351,10 @@ def line_progress(label: str, say: Callable[[str], None]) -> type:
         def _say(self) -> None:
             self._said_at = time.monotonic()
             total = self.total or 0
-            part = f" of {_size(total)} ({100 * self.n / total:.0f}%)" if total else ""
+            part = f" of {human_bytes(total)} ({100 * self.n / total:.0f}%)" if total else ""
             rate = self.format_dict.get("rate")
-            speed = f", {_size(rate)}/s" if rate else ""
-            say(f"download {label}: {_size(self.n)}{part}{speed}")
+            speed = f", {human_bytes(rate)}/s" if rate else ""
+            say(f"download {label}: {human_bytes(self.n)}{part}{speed}")
 
     return LineProgress
 
@@ -366,9 +367,3 @@ class _Discard:
         pass
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

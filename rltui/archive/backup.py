@@ -26,7 +26,8 @@ from rltui.archive.manifest import (
     FileEntry, HashCache, LocalFile, Manifest, eval_folder_of_path, foreign_eval_folders,
     run_eval_dirs, scan_run, stat_local,
 )
-from rltui.archive.progress import Progress, human_bytes
+from rltui.archive.progress import Progress
+from rltui.runs.disk import human_bytes
 from rltui.archive.running import run_is_running, running_runs
 from rltui.archive.store import RemoteStore, translate
 from rltui.errors import UsageError, WorkFailed

@@ -28,7 +28,7 @@ from typing import Any, Callable, TextIO
 
 from rltui.archive.backup import backup_run
 from rltui.archive.manifest import LocalRun, Manifest, archived_steps, scan_run
-from rltui.archive.progress import human_bytes
+from rltui.runs.disk import human_bytes
 from rltui.archive.store import RemoteStore, describe_error
 from rltui.errors import UsageError, WorkFailed
 from rltui.runs import checkpoints, localfs

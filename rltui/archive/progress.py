@@ -12,13 +12,7 @@ import threading
 import time
 from typing import Callable, TextIO
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from rltui.runs.disk import human_bytes
 
 
 def human_seconds(s: float) -> str:

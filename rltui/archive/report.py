@@ -8,7 +8,7 @@ from typing import Any
 
 from rltui.runs import localfs
 from rltui.archive.manifest import HashCache, Manifest, scan_run, stat_local
-from rltui.archive.progress import human_bytes
+from rltui.runs.disk import human_bytes
 from rltui.archive.store import RemoteStore
 from rltui.errors import UsageError
 from rltui.runs.localfs import Layout

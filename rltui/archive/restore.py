@@ -28,7 +28,8 @@ from rltui.archive.manifest import (
     FileEntry, HashCache, Manifest, UnsafePath, archived_steps, check_run_path, eval_folder_of_path,
     foreign_eval_folders, stat_local,
 )
-from rltui.archive.progress import Progress, human_bytes
+from rltui.archive.progress import Progress
+from rltui.runs.disk import human_bytes
 from rltui.archive.running import run_is_running
 from rltui.archive.store import RemoteStore
 from rltui.errors import UsageError, WorkFailed

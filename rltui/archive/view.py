@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from rltui.archive.catalog import BucketRun, Catalog, bucket_only, read_catalog
 from rltui.archive.follow import describe_lag, read_status
-from rltui.archive.progress import human_bytes
+from rltui.runs.disk import human_bytes
 from rltui.runs.localfs import Layout, is_run_name
 
 

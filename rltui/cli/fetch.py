@@ -99,7 +99,8 @@ def _launch_and_wait(layout: Layout, spec: Any, args: argparse.Namespace) -> int
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from rltui.runs.models import human_size, hub_cache_dir, list_local_models
+    from rltui.runs.models import hub_cache_dir, list_local_models
+    from rltui.runs.disk import human_bytes
 
     layout = Layout(args.root)
     models, problems = list_local_models(layout)
@@ -115,7 +116,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [("NAME", "SOURCE", "REVISION", "COMMIT", "SIZE", "PATH")]
     for m in models:
         rows.append((m.name, m.source + ("" if m.complete else " (incomplete)"), m.revision or "-",
-                     (m.commit or "-")[:12], human_size(m.size), str(m.path)))
+                     (m.commit or "-")[:12], human_bytes(m.size), str(m.path)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])

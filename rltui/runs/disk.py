@@ -1,11 +1,13 @@
 """A full disk, said in one line: which filesystem (its mount point), for which path, how much
-was needed and how much is free. Standard library only: the trainer, the keeper and the command
-line use it.
+was needed and how much is free; and every byte count rltui shows, one way (`human_bytes`:
+binary units, as NVML and nvidia-smi count GPU memory). Standard library only: the trainer, the
+keeper and the command line use it.
 
     try: ...
     except Exception as e:
         if disk.is_full(e):
             print(disk.describe(path, needed=...))      # "disk full: /mnt/x (for ...): ..."
+    human_bytes(1_500_000)                              # '1.4 MiB'; None -> '?' (or `missing`)
 
 A trainer that ends on a full disk exits with DISK_FULL_EXIT: the restart policy does not
 restart it (a restart would fail the same way until somebody frees space).
@@ -18,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 DISK_FULL_EXIT = 28  # = ENOSPC
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_WORDS = ("No space left on device", "Disk quota exceeded", "file write failed")
@@ -63,22 +66,23 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def human(n: int | None) -> str:
+def human_bytes(n: float | None, missing: str = "?") -> str:
+    """`n` bytes: whole bytes below 1 KiB, else one decimal in the largest unit under 1024."""
     if n is None:
-        return "?"
+        return missing
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
+    for unit in BYTE_UNITS[:-1]:
+        if abs(value) < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
+        value /= 1024
+    return f"{value:.1f} {BYTE_UNITS[-1]}"
 
 
 def describe(path: Path, needed: int | None = None, what: str = "") -> str:
     """One line: `disk full: MOUNT (for PATH): WHAT needs about N, F free`."""
-    need = f"{what + ' ' if what else ''}needs about {human(needed)}, " if needed else (
+    need = f"{what + ' ' if what else ''}needs about {human_bytes(needed)}, " if needed else (
         f"{what}: " if what else "")
-    return f"disk full: {mount_point(path)} (for {path}): {need}{human(free_bytes(path))} free"
+    return f"disk full: {mount_point(path)} (for {path}): {need}{human_bytes(free_bytes(path))} free"
 
 
 def tree_size(folder: str | Path, *, follow_links: bool = False) -> int:

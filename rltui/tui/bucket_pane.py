@@ -43,7 +43,7 @@ class BucketPane(Vertical):
 
     def show(self, view: Any, newest_local: dict[str, int | None]) -> None:
         from rltui.archive.follow import describe_lag
-        from rltui.archive.progress import human_bytes
+        from rltui.runs.disk import human_bytes
 
         live = Text()
         if view.lags:

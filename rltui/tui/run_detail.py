@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from rltui.runs.records import CheckpointRecord, RunRecord, target_note
 from rltui.text import clean
 from rltui.tui import cells
+from rltui.runs.disk import human_bytes
 
 if TYPE_CHECKING:  # imported with the tabs, after the first frame
     from rltui.tui.log_pane import LogPane
@@ -87,7 +88,7 @@ def checkpoint_cells(ckpt: CheckpointRecord, run: RunRecord) -> list[object]:
                 of = f" of {s.n}" if s.n else ""  # how many questions the number is from
                 evals.append(f"{ev.dataset} {cells.percent(s.accuracy)}{of}" if s.error is None
                              else f"{ev.dataset} failed")
-    return [str(ckpt.step), state, cells.size(ckpt.size_bytes), ", ".join(evals) or "–"]
+    return [str(ckpt.step), state, human_bytes(ckpt.size_bytes, "–"), ", ".join(evals) or "–"]
 
 
 def _model_text(model: str | None) -> str:

@@ -94,7 +94,7 @@ def test_fetch_model_into_the_cache_and_as_a_localfs_name_then_models_lists_both
     assert cached["size"] >= len((tiny_paths.base / "model.safetensors").read_bytes())
     assert (local["repo_id"], local["commit"]) == (REPO_ID, commit)
     text = _rltui(tmp_path, hub, "models", offline=True).stdout
-    assert REPO_ID in text and "main" in text and commit[:12] in text and "KB" in text
+    assert REPO_ID in text and "main" in text and commit[:12] in text and "KiB" in text
 
 
 def test_fetch_dataset_writes_gsm8k_jsonl_and_a_cut_leaves_nothing_partial(

@@ -321,3 +321,15 @@ def test_read_json_names_the_damaged_file(tmp_path):
         localfs.read_json(p)
     assert e.value.path == p and "not valid JSON" in e.value.reason
     assert localfs.read_json_or_none(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("n, shown", [
+    (None, "?"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1_500_000, "1.4 MiB"),
+    (3_090_000_000, "2.9 GiB"), (5 * 2**40, "5.0 TiB"), (2**60, "1024.0 PiB"),
+])
+def test_every_byte_count_is_shown_in_binary_units(n, shown):
+    # one helper for the TUI, the archive, `models`, a download's progress and a full disk's line
+    from rltui.runs.disk import human_bytes
+
+    assert human_bytes(n) == shown
+    assert human_bytes(None, "–") == "–"

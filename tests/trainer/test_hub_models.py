@@ -230,5 +230,5 @@ def test_download_progress_is_whole_lines_of_bytes_done(monkeypatch) -> None:
     bar.close()
     quiet.close()
     assert len(said) == 1  # the files bar says nothing; the bytes bar one line per interval
-    assert said[0].startswith(f"download {REPO_ID}: 1.5 MB of 3.0 MB (50%)")
+    assert said[0].startswith(f"download {REPO_ID}: 1.4 MiB of 2.9 MiB (50%)")
     assert "\r" not in said[0] and "\n" not in said[0]
