@@ -328,7 +328,11 @@ def _run_note(r: RunRecord) -> str | None:
 
 def _run_problem(r: RunRecord) -> str | None:
     if r.status in (RunStatus.CRASHED, RunStatus.UNKNOWN) or r.stalled:
-        return r.error or r.status_reason or None
+        problem = r.error or r.status_reason or None
+        if r.status is RunStatus.CRASHED and r.latest_complete is not None:  # what to type next
+            hint = f"resume: rltui --batch resume {r.name}"
+            return f"{problem}; {hint}" if problem else hint
+        return problem
     return None
 
 

@@ -61,6 +61,13 @@ def test_plain_status_lists_runs_incomplete_checkpoints_jobs_and_gpus(every_kind
     assert "▶ running" in line_of("run_2026-01-01_00-00-04") and "3/9" in line_of("run_2026-01-01_00-00-04")
     assert "step_2" in line_of("run_2026-01-01_00-00-04")
     assert "✗ crashed" in line_of("run_2026-01-01_00-00-03")
+    # what to type next, under each crashed run with a checkpoint, and under no other
+    crashed = [x.split()[2] for x in lines if "✗ crashed" in x]
+    hinted = [lines[i - 1].split()[2] for i, x in enumerate(lines) if "resume: rltui" in x]
+    assert len(crashed) == 3 and hinted == crashed
+    crashed_note = lines[lines.index(line_of("run_2026-01-01_00-00-03")) + 1]
+    assert crashed_note.startswith("      ↳ trainer pid ")
+    assert crashed_note.endswith("; resume: rltui --batch resume run_2026-01-01_00-00-03"), crashed_note
     assert "■ stopped" in line_of("run_2026-01-01_00-00-02")
     assert "? unknown" in line_of("run_2026-01-01_00-00-05")
     assert "INCOMPLETE CHECKPOINTS" in out
