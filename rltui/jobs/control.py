@@ -170,9 +170,10 @@ def get_job(layout: Layout, job_id: str) -> Job:
 
 
 def job_for(layout: Layout, name: str, *, active_only: bool = False) -> str:
-    """The job a command names by a job id or by a run's name: a job id wins. For a run, its one
-    job not yet ended (queued or active), or of several its training job; with none active, its newest job (or, with
-    `active_only`, one line saying the run has none). One line for anything else."""
+    """The job a command names by a job id or by a run's name: a job id wins. For a run: its one
+    job not yet ended (queued or active), or of several its one training job; with none, its
+    newest job (with `active_only`, one line saying the run has none). One line for anything else:
+    several candidates are named, never guessed among."""
     try:
         validate_name(name, "job id or run name")
     except BadName as e:
