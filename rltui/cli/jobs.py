@@ -1,5 +1,6 @@
-"""`rltui --batch jobs [--json]`: list jobs: state, run, restarts, GPUs, GPU-hours, the CPU and
-memory of a running job's processes now, and the last reason.
+"""`rltui --batch jobs [--run RUN] [--active] [--json]`: list jobs: state, run, restarts, GPUs,
+GPU-hours, the CPU and memory of a running job's processes now, and the last reason. `--run` keeps
+one run's jobs, `--active` those not yet ended (queued or active): a busy box has thousands.
 
 `job_json` is the `--json` form of one job, shared with the launching commands' `--json`.
 """
@@ -14,13 +15,16 @@ from rltui.gpu import fmt
 from rltui.jobs import control
 from rltui.jobs.records import Job
 from rltui.jobs.usage import TreeStats, tree_stats
-from rltui.runs.localfs import Layout
+from rltui.errors import UsageError
+from rltui.runs.localfs import Layout, validate_run_name
 from rltui.text import clean
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("jobs", parents=parents, help="list jobs",
                               description="List jobs: state, restarts, last reason, GPUs, usage.")
+    p.add_argument("--run", metavar="RUN", help="only this run's jobs")
+    p.add_argument("--active", action="store_true", help="only jobs not yet ended (queued or active)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_jobs)
 
@@ -39,14 +43,22 @@ def job_json(job: Job, resources: TreeStats | None = None) -> dict[str, Any]:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     layout = Layout(args.root)
-    found = control.list_jobs(layout)
+    if args.run is not None:
+        validate_run_name(args.run)
+        if not layout.run_dir(args.run).is_dir():
+            raise UsageError(f"bad --run: no run named {args.run!r} in {layout.training_runs}")
+    found = [j for j in control.list_jobs(layout)
+             if (args.run is None or (j.spec is not None and j.spec.run == args.run))
+             and (not args.active or (j.phase is not None and not j.phase.final))]
     running = {j.id: j.state.child_pid for j in found if j.state and j.state.state.active}
     stats = tree_stats(running) if running else {}
     if args.json:
         print(json.dumps([job_json(j, stats.get(j.id)) for j in found], indent=2))
         return 0
     if not found:
-        print(f"no jobs in {layout.jobs}")
+        which = " ".join(filter(None, ["active" if args.active else "", "jobs",
+                                       f"of run {args.run}" if args.run else ""]))
+        print(f"no {which} in {layout.jobs}")
         return 0
     print(f"{'JOB':<28} {'STATE':<10} {'RUN':<26} {'RESTARTS':>8} {'GPUS':<6} {'GPU-H':>6} "
           f"{'CPU%':>5} {'RSS MiB':>7}  LAST REASON")

@@ -51,6 +51,8 @@ def rltui(root, *args, timeout=60):
     (["eval", "../../etc"], "../../etc"),
     (["stop", "no-such-job"], "no-such-job"),
     (["kill", "run_nope"], "no such job or run: 'run_nope'"),
+    (["jobs", "--run", "run_nope"], "bad --run: no run named 'run_nope'"),
+    (["jobs", "--run", "../x"], "'../x'"),
     (["logs", "../x"], "../x"),
     (["logs", "x", "--tail", "-1"], "--tail"),
     (["supervise", "--interval", "0"], "--interval"),
@@ -152,6 +154,26 @@ def test_a_runs_name_stands_for_its_job_its_training_job_of_several_else_one_lin
         control.job_for(layout, other)
     with pytest.raises(UsageError, match="no such job or run: 'run_nope'"):
         control.job_for(layout, "run_nope")
+
+
+def test_jobs_lists_one_runs_jobs_and_only_those_not_ended(layout):
+    run, other = create_run_dir(layout), create_run_dir(layout)
+    ended = _job_record(layout, run, "train", "failed")
+    queued = _job_record(layout, run, "eval", "queued")
+    elsewhere = _job_record(layout, other, "train", "stopped")
+
+    def listed(*flags):
+        r = rltui(layout.root, "jobs", *flags)
+        assert r.returncode == 0, r.stderr
+        return {line.split()[0] for line in r.stdout.splitlines()[1:]}, r.stdout
+
+    assert listed()[0] == {ended, queued, elsewhere}
+    assert listed("--run", run)[0] == {ended, queued}
+    assert listed("--active")[0] == {queued}
+    assert listed("--run", run, "--active")[0] == {queued}
+    assert listed("--run", other, "--active")[1] == f"no active jobs of run {other} in {layout.jobs}\n"
+    doc = json.loads(rltui(layout.root, "jobs", "--run", other, "--json").stdout)
+    assert [job["id"] for job in doc] == [elsewhere]
 
 
 def test_stop_and_logs_by_a_runs_name_reach_its_running_job(layout):
