@@ -28,6 +28,7 @@ from rltui.jobs.records import (
     FollowUp,
     JobKind,
     JobSpec,
+    list_jobs,
 )
 from rltui.runs.localfs import (
     BadName,
@@ -38,7 +39,7 @@ from rltui.runs.localfs import (
 )
 from rltui.runs import writer_lock
 from rltui.text import clean
-from rltui.runs.checkpoints import checkpoint_problems, resolve_step
+from rltui.runs.checkpoints import checkpoint_problems, latest_complete_step, resolve_step
 from rltui.jobs.policy import RestartSettings
 
 PY = sys.executable
@@ -92,6 +93,9 @@ def resume_job(
     else:
         _short_of_target(info, run, step)
     _no_writer(layout, run)
+    newest = latest_complete_step(layout.training_state(run))
+    if newest is None or step >= newest:  # an older step forks a new run: this one is only read
+        _no_training_job(layout, run)
     template = resume_argv(layout, run, world)
     argv = resume_command(layout, template, run, step, additional_steps=additional_steps)
     gpu_list, gpu_count = gpu_assign.parse_request(gpus, world)
@@ -405,6 +409,17 @@ def _no_writer(layout: Layout, run: str) -> None:
     if busy is not None:
         then = f"stop it first (rltui --batch stop {busy.job})" if busy.job else "wait until it ends"
         raise UsageError(f"run {run} is being written by {busy.describe()}; one writer at a time: {then}")
+
+
+def _no_training_job(layout: Layout, run: str) -> None:
+    """Refuse, before a job is made, a resume of a run whose training job has not ended: between
+    its restarts (`restarting`), waiting for GPUs (`queued`) or starting, it holds no writer lock,
+    yet it will write the run again; a second job would train it twice over."""
+    for job in list_jobs(layout):
+        spec, phase = job.spec, job.phase
+        if spec is not None and spec.run == run and spec.kind.trains and phase is not None and not phase.final:
+            raise UsageError(f"run {run} has a training job not yet ended ({job.id}, {phase.value}); "
+                             f"one writer at a time: stop it first (rltui --batch stop {job.id})")
 
 
 def _checkpoint_info(layout: Layout, run: str, step: int) -> dict:

@@ -29,6 +29,7 @@ from rltui.jobs.records import (
     auto_resume_override_path,
     effective_auto_resume,
     create_job,
+    list_jobs,
     read_job,
     read_state,
     update_state,
@@ -142,21 +143,6 @@ def _start(layout: Layout, spec: JobSpec, state: StateFile, gpus: list[int]) -> 
 
 
 # ---------------------------------------------------------------- control and reading
-
-
-def list_jobs(layout: Layout) -> list[Job]:
-    """Every job under jobs/, oldest first; damaged records show their error."""
-    try:
-        names = sorted(e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith("."))
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        try:
-            out.append(read_job(layout, name))
-        except BadName:
-            continue
-    return out
 
 
 def get_job(layout: Layout, job_id: str) -> Job:

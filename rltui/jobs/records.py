@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from rltui.runs.localfs import DamagedFile, Layout, read_json, write_json_atomic
+from rltui.runs.localfs import BadName, DamagedFile, Layout, read_json, write_json_atomic
 from rltui.runs.records import job_reason
 from rltui.jobs.backends.slurm_spec import SlurmSpec
 from rltui.jobs.policy import STOPPED_EXIT, RestartSettings
@@ -353,6 +353,22 @@ def effective_auto_resume(layout: Layout, spec: JobSpec) -> bool:
         return spec.restart.auto_resume
     value = d.get("auto_resume") if isinstance(d, dict) else None
     return value if isinstance(value, bool) else spec.restart.auto_resume
+
+
+def list_jobs(layout: Layout) -> list[Job]:
+    """Every job under jobs/, oldest first (ids begin with their start time); damaged records
+    show their error."""
+    try:
+        names = sorted(e.name for e in os.scandir(layout.jobs) if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append(read_job(layout, name))
+        except BadName:
+            continue
+    return out
 
 
 def read_job(layout: Layout, job_id: str) -> Job:

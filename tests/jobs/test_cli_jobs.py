@@ -156,6 +156,24 @@ def test_a_runs_name_stands_for_its_job_its_training_job_of_several_else_one_lin
         control.job_for(layout, "run_nope")
 
 
+def test_resuming_a_run_whose_training_job_has_not_ended_is_one_line_exit_2_and_no_job(layout):
+    # between restarts the keeper holds no writer lock, yet it will write the run again
+    from rltui.jobs.records import StateFile, update_state
+
+    run = _run_with_checkpoints(layout, (5, 10), target=20)
+    waiting = _job_record(layout, run, "train", "restarting")
+    r = rltui(layout.root, "resume", run)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"run {run} has a training job not yet ended ({waiting}, restarting)" in r.stderr
+    assert f"stop it first (rltui --batch stop {waiting})" in r.stderr
+    assert sorted(p.name for p in layout.jobs.iterdir()) == [waiting]
+    # from an older step the run is only read (a new run is forked), and an ended job is no writer
+    assert builders.resume_job(layout, run, from_step=5).title == f"resume {run} from step 5"
+    _job_record(layout, run, "eval", "running")  # an eval does not write the run
+    update_state(layout, waiting, lambda s: StateFile.from_json({**s.to_json(), "state": "failed"}))
+    assert builders.resume_job(layout, run).title == f"resume {run} from step 10"
+
+
 def test_jobs_lists_one_runs_jobs_and_only_those_not_ended(layout):
     run, other = create_run_dir(layout), create_run_dir(layout)
     ended = _job_record(layout, run, "train", "failed")
