@@ -36,6 +36,12 @@ COMMAND_MODULES = [
 ]
 
 
+# Commands that only read or signal what is there: a --root that does not exist is a mistake.
+# The TUI too. The others make it (train, fetch, demo, sync's restore on a fresh box), look
+# beyond it (models: the Hugging Face cache) or wait for it (supervise).
+READERS = frozenset({"status", "jobs", "logs", "stop", "kill", "runs", "compare", "export"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = OneLineParser(add_help=False)
     common.add_argument(
@@ -73,7 +79,7 @@ def glue_dash_values(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rltui.errors import run_reporting
-    from rltui.runs.localfs import resolve_root
+    from rltui.runs.localfs import existing_root, resolve_root
 
     parser = build_parser()
     args = parser.parse_args(glue_dash_values(sys.argv[1:] if argv is None else argv))
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         args.root = resolve_root(args.root)
+        if not args.batch or args.command in READERS:
+            existing_root(args.root)  # the TUI's watcher would make the folders of a mistyped --root
         from rltui.jobs.control import reconcile_at_start
 
         reconcile_at_start(args.root)

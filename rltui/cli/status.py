@@ -56,8 +56,7 @@ def handle(args: argparse.Namespace) -> int:
     root: Path = args.root
     if args.run is not None:
         localfs.validate_run_name(args.run)
-    if not root.is_dir():
-        raise UsageError(f"no localfs at {root} (pass --root DIR or set ${localfs.ROOT_ENV})")
+    localfs.existing_root(root)
     snap = Index(localfs.Layout(root)).scan()
     if args.run is not None:
         if snap.run(args.run) is None:

@@ -27,8 +27,7 @@ def current_store(root: Path):  # noqa: ANN201 - a Store, imported lazily
     from rltui.runs.ingest import ingest
     from rltui.runs.store import Store
 
-    if not Path(root).is_dir():
-        raise UsageError(f"no localfs at {root} (pass --root DIR or set ${localfs.ROOT_ENV})")
+    localfs.existing_root(Path(root))
     try:
         store = Store.open(root)
         ingest(store, localfs.Layout(root))

@@ -112,6 +112,15 @@ def resolve_root(arg: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.path.expanduser(str(raw))).absolute()
 
 
+def existing_root(root: Path) -> Path:
+    """`root` if it is a folder; else BadName, one line: a reader never makes one (a mistyped
+    `--root` must not become a new, empty localfs that the next job then writes into)."""
+    if not root.is_dir():
+        raise BadName(f"no localfs at {root} (pass --root DIR or set ${ROOT_ENV}; "
+                      "`rltui --batch train`, `fetch` or `demo` make one, or mkdir it)")
+    return root
+
+
 @dataclass(frozen=True)
 class Layout:
     """Every path of the layout. Names are validated before they are joined."""

@@ -134,8 +134,28 @@ def test_unknown_run_and_missing_root_are_bad_input(every_kind, tmp_path):
     assert proc.returncode == 2 and "no run named 'run_1999-01-01_00-00-00'" in proc.stderr
     missing = tmp_path / "nowhere"
     proc = rltui("--batch", "status", "--root", str(missing))
-    assert proc.returncode == 2 and proc.stderr.strip() == f"rltui: error: no localfs at {missing} " \
-        "(pass --root DIR or set $LOCALFS_ROOT)"
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"rltui: error: no localfs at {missing} (pass --root DIR or set $LOCALFS_ROOT; "
+        "`rltui --batch train`, `fetch` or `demo` make one, or mkdir it)")
+
+
+@pytest.mark.parametrize("args", [[], ["--batch", "jobs"], ["--batch", "logs", "job"], ["--batch", "stop", "job"],
+                                  ["--batch", "kill", "job"], ["--batch", "runs"], ["--batch", "compare", "a"],
+                                  ["--batch", "export", "a", "--to", "csv"]])
+def test_a_reader_or_the_tui_on_a_root_that_is_not_there_is_one_line_and_makes_nothing(tmp_path, args):
+    # the TUI's watcher once made the folders of a mistyped --root: an empty localfs, shown as such
+    missing = tmp_path / "typo" / "localfs"
+    proc = rltui("--root", str(missing), *args)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"rltui: error: no localfs at {missing} (pass --root DIR or set $LOCALFS_ROOT; "
+        "`rltui --batch train`, `fetch` or `demo` make one, or mkdir it)\n")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_commands_that_make_or_look_beyond_the_root_still_run_without_it(tmp_path):
+    missing = tmp_path / "fresh"
+    proc = rltui("--root", str(missing), "--batch", "models", env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert proc.returncode == 0 and "no models" in proc.stdout, proc.stderr
 
 
 def test_root_comes_from_the_environment_when_no_flag_is_given(every_kind):
