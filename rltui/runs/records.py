@@ -178,6 +178,11 @@ class JobRecord:
     damaged: list[FileError] = field(default_factory=list)
 
     @property
+    def trains(self) -> bool:
+        """A train or resume job: the run's writer (a live archive or an eval only reads it)."""
+        return self.kind in ("train", "resume")
+
+    @property
     def reason(self) -> str:
         """The reason shown for the job (`job_reason`), the unreadable file's error first."""
         return self.error or job_reason(self.state.value, self.last_reason, self.cause)

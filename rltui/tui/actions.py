@@ -154,11 +154,11 @@ class ActionsMixin:
         """The selected training job (Jobs tab), else the selected run's newest training job."""
         if self.current_view == "jobs-view" and self.jobs_pane is not None:
             job = self.jobs_pane.selected
-            return job if job is not None and job.kind in ("train", "resume") else None
+            return job if job is not None and job.trains else None
         run = self.selected_run()
         if run is None or self.snapshot is None:
             return None
-        jobs = [j for j in self.snapshot.jobs_of(run.name) if j.kind in ("train", "resume")]
+        jobs = [j for j in self.snapshot.jobs_of(run.name) if j.trains]
         return max(jobs, key=lambda j: (j.created or 0.0, j.id)) if jobs else None
 
     @work(thread=True, group="control")

@@ -325,8 +325,10 @@ class RlTuiApp(StoreLink, ArchiveMixin, ActionsMixin, App[str]):
     def active_job_of(self, run: RunRecord | None) -> JobRecord | None:
         if run is None or self.snapshot is None:
             return None
+        # its training job first: an --archive run's live archive is a newer active job beside
+        # it, and `x` on the run means the training (rltui.jobs.control.job_for, the same rule)
         jobs = [j for j in self.snapshot.jobs_of(run.name) if j.state.active]
-        return max(jobs, key=lambda j: j.created or 0.0) if jobs else None
+        return max(jobs, key=lambda j: (j.trains, j.created or 0.0)) if jobs else None
 
     def selected_job(self) -> JobRecord | None:
         """The job under the cursor on the Jobs tab, else the selected run's active job."""

@@ -1,13 +1,17 @@
 """The TUI never acts on the wrong run: sort and filter keep the selected run (and so the next
 action's target), Escape closes the filter, the sort column is marked, confirmations name the
-run, and at 80 columns the table and the footer's Help and Quit fit."""
+run, stop on a run means its training job, and at 80 columns the table and the footer's Help and Quit fit."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from rltui.runs.localfs import Layout
 from rltui.tui.runs_table import RunsTable
-from tui_kit import RUNS, Recorded, make_test_app, pilot_test, record_only_launcher, started, wait_until
+from tui_kit import (
+    NOW, RUNS, Recorded, make_test_app, pilot_test, record_only_launcher, started, wait_until, write_job,
+)
 
 
 async def pick(pilot, name: str) -> RunsTable:
@@ -104,6 +108,31 @@ async def test_stop_and_kill_confirmations_name_the_run(tui_root: Path) -> None:
             assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
             assert RUNS["running"] in app.screen.question, app.screen.question
             await pilot.press("n")
+
+
+@pilot_test
+async def test_stop_on_a_run_asks_about_its_training_job_not_the_newer_live_archive(tui_root: Path) -> None:
+    # an --archive run has its live-archive job beside the training, started after it: `x` on the
+    # run once asked to stop that one, leaving the training running
+    layout = Layout(tui_root)
+    write_job(layout, "20261121-100500-sync-dddd", "sync", RUNS["running"], "running",
+              keeper_pid=os.getpid(), created=NOW - 60)
+    app = make_test_app(tui_root)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot)
+        await pick(pilot, RUNS["running"])
+        await pilot.press("x")
+        assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert app.screen.question.startswith("Stop job 20261121-100000-train-aaaa"), app.screen.question
+        await pilot.press("n")
+        await pilot.press("2")  # on the Jobs tab the job under the cursor is the one asked about
+        pane = app.query_one("JobsPane")
+        assert await wait_until(pilot, lambda: pane.selected is not None)
+        while pane.selected.id != "20261121-100500-sync-dddd":
+            await pilot.press("down")
+        await pilot.press("x")
+        assert await wait_until(pilot, lambda: app.screen.__class__.__name__ == "Confirm")
+        assert app.screen.question.startswith("Stop job 20261121-100500-sync-dddd"), app.screen.question
 
 
 @pilot_test
