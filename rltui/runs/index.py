@@ -473,8 +473,9 @@ def _join(base: RunRecord, evals: dict[str, EvalRecord], jobs: list[JobRecord]) 
     """A run record with its evaluations and jobs: status corrected by the newest job, totals summed."""
     jobs = sorted(jobs, key=lambda j: (j.created or 0.0, j.id))
     status, reason = base.status, base.status_reason
-    # an archive job (sync) says nothing of the training: a backup running is not the run running
-    doers = [j for j in jobs if j.kind != "sync"]
+    # only a training job says anything of the training: a backup (sync) or an evaluation of its
+    # checkpoints running is not the run running, and one failing or stopped is not the run's end
+    doers = [j for j in jobs if j.trains]
     if doers and not status.finished:
         status, reason = _with_job(status, reason, base.process_alive, doers[-1])
     return dataclasses.replace(

@@ -471,3 +471,18 @@ def test_a_run_whose_job_the_user_killed_is_stopped_not_crashed(lfs, dead_pid):
     rec = Index(lfs.layout).scan().runs[run]
     assert rec.status is RunStatus.STOPPED
     assert rec.status_reason.startswith("killed by the user")
+
+
+@pytest.mark.parametrize("kind", ["eval", "sync"])
+def test_a_crashed_runs_eval_or_archive_job_says_nothing_of_its_training(lfs, dead_pid, live_pid, kind):
+    # an eval of a crashed run's checkpoints once showed the run "▶ running" while it ran, and
+    # "stopped" or crashed-by-that-job after it; its training job is what tells the run's state
+    run = "run_2026-01-01_00-00-01"
+    lfs.run(run, phase="training", step=3, target=10, checkpoints=(2,), pid=dead_pid, progress_time=time.time() - 3600)
+    lfs.job("20260101-000001-train-aaaa", run, "failed", exit_code=1, created=time.time() - 3600)
+    for state in ("running", "stopped", "failed"):
+        lfs.job(f"20260101-000002-{kind}-bbbb", run, state, kind=kind, keeper_pid=live_pid, exit_code=1)
+        rec = Index(lfs.layout).scan().runs[run]
+        assert rec.status is RunStatus.CRASHED, (state, rec.status_reason)
+    lfs.job("20260101-000003-resume-cccc", run, "running", kind="resume", keeper_pid=live_pid)
+    assert Index(lfs.layout).scan().runs[run].status is RunStatus.RUNNING  # a resume is the training
