@@ -28,7 +28,7 @@ from rltui.archive.manifest import (
 )
 from rltui.archive.progress import Progress
 from rltui.runs.disk import human_bytes
-from rltui.archive.running import run_is_running, running_runs
+from rltui.archive.running import cleanup_refusal, evaluating, running_runs
 from rltui.archive.store import RemoteStore, translate
 from rltui.errors import UsageError, WorkFailed
 from rltui.runs.localfs import Layout
@@ -103,8 +103,9 @@ def _backup_run(
     out: TextIO,
     err: TextIO,
 ) -> BackupResult:
-    if cleanup and run_is_running(layout, run):
-        raise UsageError(f"run {run} is running: refusing to clean it up (stop it, or back up without --cleanup)")
+    why = cleanup_refusal(layout, run) if cleanup else None
+    if why:
+        raise UsageError(f"{why}: refusing to clean it up (stop it, or back up without --cleanup)")
     local = scan_run(layout, run)
     previous = store.get_manifest(run)
     if not local.files and previous is None:
@@ -278,8 +279,9 @@ def cleanup_run(
     On a dry run, `would_upload` names contents that the backup would have uploaded first.
     """
     run = manifest.run
-    if run_is_running(layout, run):
-        raise UsageError(f"run {run} is running: refusing to clean it up")
+    why = cleanup_refusal(layout, run)
+    if why:
+        raise UsageError(f"{why}: refusing to clean it up")
     res = CleanupResult()
     keep = keep_paths(layout, run)
     cache = HashCache(layout, run)
@@ -385,6 +387,10 @@ def backup_all(
     for run in runs:
         if run in busy:
             out.write(f"{run}: running; skipped\n")
+            continue
+        reader = evaluating(layout, run) if cleanup else None
+        if reader:
+            out.write(f"{run}: being evaluated (job {reader}); skipped\n")
             continue
         try:
             results.append(backup_run(layout, store, run, cleanup=cleanup, keep_latest=keep_latest,

@@ -28,6 +28,7 @@ from typing import Any, Callable, TextIO
 
 from rltui.archive.backup import backup_run
 from rltui.archive.manifest import LocalRun, Manifest, archived_steps, scan_run
+from rltui.archive.running import evaluating
 from rltui.runs.disk import human_bytes
 from rltui.archive.store import RemoteStore, describe_error
 from rltui.errors import UsageError, WorkFailed
@@ -246,6 +247,10 @@ def apply_retention(
     complete = [(s, p) for s, p in checkpoints.list_step_dirs(training_state)
                 if not checkpoints.checkpoint_problems(p)]
     if len(complete) < 2:
+        return []
+    reader = evaluating(layout, manifest.run)
+    if reader:  # it reads them now: deletions wait for a pass after it ends
+        out.write(f"  kept every local checkpoint: job {reader} evaluates them\n")
         return []
     protected = {complete[-1][0], checkpoints.read_step_latest(training_state)}
     if policy.keep_every:

@@ -1,8 +1,11 @@
-"""Whether a run is running, for the one rule that needs it: a running run is never cleaned up.
+"""Whether a run is running, for the rule that needs it: a running run is never cleaned up, and
+neither is one whose checkpoints an evaluation reads now.
 
-The index decides (rltui.runs.records.diagnose_run, joined with the run's jobs): a live trainer on
-this host, fresh progress from another host, or an active job (queued, starting, running,
-restarting) for the run all count as running.
+The index decides running (rltui.runs.records.diagnose_run, joined with the run's training jobs):
+a live trainer on this host, fresh progress from another host, or an active training job
+(queued, starting, running, restarting) for the run all count as running. An eval job not yet
+ended reads the run's checkpoints: `cleanup_refusal` says so too, and the live archive's
+retention keeps every checkpoint while one runs.
 """
 
 from __future__ import annotations
@@ -19,3 +22,23 @@ def running_runs(layout: Layout) -> set[str]:
 
 def run_is_running(layout: Layout, run: str) -> bool:
     return run in running_runs(layout)
+
+
+def evaluating(layout: Layout, run: str) -> str | None:
+    """The id of a job not yet ended that evaluates `run`'s checkpoints, or None."""
+    from rltui.jobs.records import JobKind, list_jobs
+
+    for job in list_jobs(layout):
+        spec, phase = job.spec, job.phase
+        if spec is not None and spec.run == run and spec.kind is JobKind.EVAL and phase is not None \
+                and not phase.final:
+            return job.id
+    return None
+
+
+def cleanup_refusal(layout: Layout, run: str) -> str | None:
+    """Why `run`'s local files may not be deleted now, or None."""
+    if run_is_running(layout, run):
+        return f"run {run} is running"
+    reader = evaluating(layout, run)
+    return f"run {run} is being evaluated (job {reader})" if reader else None

@@ -93,11 +93,11 @@ def _checked_job(layout: Any, args: argparse.Namespace) -> Any:
             raise UsageError(f"bad --training-run: {run!r} (no such run in {layout.training_runs}: "
                              "nothing to back up)")
         if args.cleanup:
-            from rltui.archive.running import run_is_running
+            from rltui.archive.running import cleanup_refusal
 
-            if run_is_running(layout, run):
-                raise UsageError(f"run {run} is running: refusing to clean it up "
-                                 "(stop it, or back up without --cleanup)")
+            why = cleanup_refusal(layout, run)
+            if why:
+                raise UsageError(f"{why}: refusing to clean it up (stop it, or back up without --cleanup)")
     plan = ArchivePlan(interval_s=args.interval, keep_every=args.keep_every,
                        local_budget=args.local_budget, bandwidth=args.bandwidth)
     return builders.sync_job(layout, args.action, run, cleanup=args.cleanup,

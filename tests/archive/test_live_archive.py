@@ -143,6 +143,24 @@ def test_retention_deletes_only_verified_checkpoints_and_keeps_the_newest(s3, ma
     assert _steps(layout, run.name) == [2, 4, 5]  # keep-every 2, and the newest (not yet archived)
 
 
+def test_retention_keeps_every_checkpoint_while_an_eval_job_reads_them(s3, make_run):
+    from tests.archive.test_sync_jobs import evaluating_job
+
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2, 3), big=1000)
+    store = s3.store()
+    result = backup_run(layout, store, run.name, out=io.StringIO(), err=io.StringIO())
+    reader = evaluating_job(layout, run.name)
+    out = io.StringIO()
+    assert apply_retention(layout, store, result.manifest, Retention(keep_latest=True), out) == []
+    assert f"kept every local checkpoint: job {reader} evaluates them" in out.getvalue()
+    assert _steps(layout, run.name) == [1, 2, 3]
+    from rltui.jobs.records import StateFile, update_state
+
+    update_state(layout, reader, lambda s: StateFile.from_json({**s.to_json(), "state": "succeeded"}))
+    assert apply_retention(layout, store, result.manifest, Retention(keep_latest=True), io.StringIO()) == [1, 2]
+
+
 def test_retention_refuses_a_checkpoint_whose_objects_are_gone_from_the_bucket(s3, make_run):
     layout = Layout(s3.root)
     run = make_run(steps=(1, 2), big=50_000)

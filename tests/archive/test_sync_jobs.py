@@ -196,6 +196,44 @@ def test_cleanup_of_a_running_run_is_refused_before_any_job(s3, make_run):
     assert sorted(p.relative_to(s3.root) for p in s3.root.rglob("*")) == before
 
 
+def test_cleanup_of_a_run_being_evaluated_is_refused_and_backup_all_skips_it(s3, make_run):
+    # an eval of a crashed run's checkpoints reads them: deleting them under it failed its steps
+    layout = Layout(s3.root)
+    run = make_run(steps=(1, 2), phase="training")  # crashed
+    reader = evaluating_job(layout, run.name)
+    before = sorted(p.relative_to(s3.root) for p in s3.root.rglob("*"))
+    proc = s3.cli("--action", "backup", "--training-run", run.name, "--cleanup", module=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"run {run.name} is being evaluated (job {reader}): refusing to clean it up" in proc.stderr
+    assert sorted(p.relative_to(s3.root) for p in s3.root.rglob("*")) == before
+    from rltui.archive.backup import backup_all
+
+    out = io.StringIO()
+    backup_all(layout, s3.store(), cleanup=True, keep_latest=False, dry_run=False, out=out, err=io.StringIO())
+    assert f"{run.name}: being evaluated (job {reader}); skipped" in out.getvalue()
+    assert layout.step_dir(run.name, 1).exists()
+    proc = s3.cli("--action", "backup", "--training-run", run.name, "--detach", module=False)
+    assert proc.returncode == 0, proc.stderr  # a backup alone reads: not refused
+    done = make_run(run="run_2026-01-02_03-04-06", steps=(1,), phase="completed")  # never "running"
+    reader = evaluating_job(layout, done.name)
+    proc = s3.cli("--action", "backup", "--training-run", done.name, "--cleanup", module=False)
+    assert proc.returncode == 2 and f"being evaluated (job {reader})" in proc.stderr, proc.stderr
+
+
+def evaluating_job(layout: Layout, run: str) -> str:
+    """An eval job of `run` that a reader takes for running: its keeper is this test's process."""
+    from rltui.jobs import builders
+    from rltui.jobs.ownership import start_ticks
+    from rltui.jobs.records import JobKind, JobSpec, StateFile, create_job
+    from rltui.runs.machine import boot_time
+
+    spec = JobSpec(id=builders.new_job_id(JobKind.EVAL), kind=JobKind.EVAL, run=run, title="eval", argv=("true",))
+    create_job(layout, spec, StateFile(state=JobState.RUNNING, run=run, keeper_pid=os.getpid(),
+                                       keeper_start=start_ticks(os.getpid()), started_at=time.time(),
+                                       boot_time=boot_time()))
+    return spec.id
+
+
 def test_cleanup_of_a_crashed_run_is_not_refused_as_running_because_of_its_own_sync_job(s3, make_run):
     run = make_run(steps=(1, 2), phase="training")  # its trainer's pid is gone: crashed
     proc = s3.cli("--action", "backup", "--training-run", run.name, "--cleanup", "--keep-latest",
