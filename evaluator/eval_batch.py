@@ -10,7 +10,8 @@ Defaults: the run's own dataset with its test split, every checkpoint, greedy de
 to ROOT/eval_runs/RUN_D/ (see evaluator.results). A step evaluated before with the same settings
 is skipped unless --force. A step that fails (incomplete checkpoint, adapter that does not load,
 timeout) is recorded in its summary.json and the others still run; the exit code is then 1.
-Exit codes: 0 every step evaluated or skipped; 1 some step failed; 2 bad input; 130 stopped.
+Exit codes: 0 every step evaluated or skipped; 1 some step failed; 2 bad input (or another
+evaluation writes the same folder now: one writer at a time, its `.writer.lock`); 130 stopped.
 
 Progress goes to eval_runs/RUN_D/eval_status.json after every generation batch; a keeper that
 sees no change there for its hang timeout kills the job. For the tests of that:
@@ -33,6 +34,7 @@ from evaluator.checkpoints import Checkpoint
 from evaluator.plan import EvalPlan, make_plan
 from evaluator.results import EvalFiles, StatusFile
 from evaluator.scoring import StepTimeout, evaluate_prompts
+from rltui.runs import writer_lock
 from trainer.errors import ConfigError, DownloadFailed
 from trainer.progress import format_duration
 
@@ -91,11 +93,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadFailed as e:
         sys.stderr.write(f"eval_batch: error: {e}\n")
         return 1
+    folder = plan.layout.eval_dir(plan.run, plan.settings.dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:  # one writer per evaluation folder, as per run (rltui.runs.writer_lock)
+        lock = writer_lock.acquire(folder)
+    except writer_lock.WriterBusy as e:
+        who = e.holder.describe() if e.holder else "another process"
+        then = f"stop it (rltui --batch stop {e.holder.job})" if e.holder and e.holder.job else "wait until it ends"
+        sys.stderr.write(f"eval_batch: error: evaluation {folder.name} is being written by {who}; "
+                         f"one writer at a time: {then}\n")
+        return 2
     try:
         return Evaluation(plan).run()
     except KeyboardInterrupt:
         sys.stderr.write("eval_batch: stopped\n")
         return 130
+    finally:
+        lock.release()
 
 
 def _torchrun_rank() -> int | None:

@@ -289,3 +289,26 @@ def test_a_smaller_subset_does_not_replace_a_larger_result_unless_forced(
     assert _summary(tiny_root, run, 1) == before
     assert main(eval_args(tiny_root, run, "--subset-frac", "0.05", "--force")) == 0
     assert _summary(tiny_root, run, 1)["n"] == 15
+
+
+def test_a_second_evaluation_of_the_same_folder_is_refused_while_the_first_writes(
+        tiny_root, make_run, eval_args, capsys) -> None:
+    # two evals of one run on one dataset (a key pressed twice, an --eval-after beside a manual
+    # one) both evaluated every step and crossed their eval_status.json: one writer per folder
+    from rltui.runs import writer_lock
+
+    run = make_run(tiny_root)
+    folder = _eval_dir(tiny_root, run)
+    folder.mkdir(parents=True)
+    held = writer_lock.acquire(folder, job="20261206-000000-eval-abcd")
+    try:
+        assert main(eval_args(tiny_root, run, "--steps", "1")) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"eval_batch: error: evaluation {folder.name} is being written by "
+                                               f"pid {os.getpid()}"), err
+    assert err[0].endswith("one writer at a time: stop it (rltui --batch stop 20261206-000000-eval-abcd)")
+    assert not (folder / f"step_1_{DATASET}").exists()
+    assert main(eval_args(tiny_root, run, "--steps", "1")) == 0  # free again
+    assert writer_lock.holder(folder) is None  # released at the end
