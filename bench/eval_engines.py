@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens": new_tokens, "one_engine": one, "kept": kept,
             "ratio_one_over_kept": round(one["total_s"] / kept["total_s"], 2),
             "same_completions": one_texts == kept_texts,
+            # per checkpoint, how many completions differ (a near-tie flipped by another step's
+            # rounding shows as a few; a stale adapter as most of a checkpoint's)
+            "differing_completions": [sum(a != b for a, b in zip(x, y)) for x, y in zip(one_texts, kept_texts)],
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['model']} on {result['device']}: {k} checkpoints x {n_prompts} prompts in batches of "
           f"{args.batch_size}: one engine a model {one['total_s']:.2f} s ({len(one['engines_built_for_batches'])} "
           f"engines built), the other size's kept {kept['total_s']:.2f} s ({len(kept['engines_built_for_batches'])}) "
-          f"-> {result['ratio_one_over_kept']}x (same completions: {result['same_completions']})")
+          f"-> {result['ratio_one_over_kept']}x (same completions: {result['same_completions']}; differing "
+          f"per checkpoint: {result['differing_completions']})")
     return 0 if result["same_completions"] else 1
 
 

@@ -15,8 +15,9 @@ logged step is one plain line, flushed at once:
 On a terminal a tqdm bar shows the same numbers. Seconds per step are this session's wall time
 since its first step ended, divided by the steps since (saves and logging included, so the ETA is
 honest). The first step is left out: it carries the warm-up (on a GPU the decode engine's
-compiles, timings and graph captures, 1-2.5 minutes against ~1.4 s for a step: docs/benchmarks.md,
-issue 18). Counted in, a 96 s warm-up and 1.4 s steps made step 10's ETA 16 minutes for 2 minutes
+compiles, timings and graph captures: 1-2.5 minutes on a box the first time, ~20 s for a later
+start once the compile caches are on disk, against ~1.4 s for a step: docs/benchmarks.md, issue 18
+and "Session 29"). Counted in, a 96 s warm-up and 1.4 s steps made step 10's ETA 16 minutes for 2 minutes
 of work, and step 50's still 2.3 times too long. The first step's line gives its own time instead:
 
     step 1/150  reward 0.398  loss 0.0187  kl 0  lr 1.00e-05  first step 96.2 s (warm-up), ETA from the next
@@ -70,8 +71,9 @@ class Progress:
         if not (self.enabled and on_gpu and self.bar is None and self.start < self.target):
             return
         self.stream.write(f"step {self.start + 1}/{self.target} under way: a session's first step on a GPU "
-                          "compiles the kernels and captures the decode graphs (1-2.5 minutes for a 1.5B "
-                          "model on an H100 or H200); s/step and the ETA start after it\n")
+                          "compiles the kernels and captures the decode graphs (for a 1.5B model on an "
+                          "H100 or H200: 1-2.5 minutes the first time on a box, ~20 s once its compile "
+                          "caches are on disk); s/step and the ETA start after it\n")
         self.stream.flush()
 
     def finished(self, step: int) -> None:
