@@ -26,14 +26,10 @@ def run_is_running(layout: Layout, run: str) -> bool:
 
 def evaluating(layout: Layout, run: str) -> str | None:
     """The id of a job not yet ended that evaluates `run`'s checkpoints, or None."""
-    from rltui.jobs.records import JobKind, list_jobs
+    from rltui.jobs.records import JobKind, unended_jobs
 
-    for job in list_jobs(layout):
-        spec, phase = job.spec, job.phase
-        if spec is not None and spec.run == run and spec.kind is JobKind.EVAL and phase is not None \
-                and not phase.final:
-            return job.id
-    return None
+    readers = unended_jobs(layout, run, frozenset({JobKind.EVAL}))
+    return readers[0].id if readers else None
 
 
 def cleanup_refusal(layout: Layout, run: str) -> str | None:

@@ -49,7 +49,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             raise UsageError(f"bad --run: no run named {args.run!r} in {layout.training_runs}")
     found = [j for j in control.list_jobs(layout)
              if (args.run is None or (j.spec is not None and j.spec.run == args.run))
-             and (not args.active or (j.phase is not None and not j.phase.final))]
+             and (not args.active or j.unended)]
     running = {j.id: j.state.child_pid for j in found if j.state and j.state.state.active}
     stats = tree_stats(running) if running else {}
     if args.json:

@@ -28,7 +28,7 @@ from rltui.jobs.records import (
     FollowUp,
     JobKind,
     JobSpec,
-    list_jobs,
+    unended_jobs,
 )
 from rltui.runs.localfs import (
     BadName,
@@ -39,7 +39,7 @@ from rltui.runs.localfs import (
 )
 from rltui.runs import writer_lock
 from rltui.text import clean
-from rltui.runs.checkpoints import checkpoint_problems, latest_complete_step, resolve_step
+from rltui.runs.checkpoints import checkpoint_problems, latest_complete_step, list_step_dirs, resolve_step
 from rltui.jobs.policy import RestartSettings
 
 PY = sys.executable
@@ -292,8 +292,6 @@ def _with_auto_resume(restart: RestartSettings | None, auto_resume: bool) -> Res
 def _check_steps(layout: Layout, run: str, steps: Sequence[int]) -> None:
     """Every asked-for step has a checkpoint folder in the run (whether it is complete, the
     evaluator says per step); one line naming the missing ones and what there is otherwise."""
-    from rltui.runs.checkpoints import list_step_dirs
-
     have = [s for s, _path in list_step_dirs(layout.training_state(run))]
     missing = [s for s in steps if s not in have]
     if missing:
@@ -382,8 +380,6 @@ def _checkpoint_step(layout: Layout, run: str, from_step: str | int) -> int:
         raise UsageError(f"run {run} has no complete checkpoint to resume from") from None
     problems = checkpoint_problems(layout.step_dir(run, step))
     if problems:
-        from rltui.runs.checkpoints import list_step_dirs
-
         complete = [str(s) for s, path in list_step_dirs(layout.training_state(run)) if not checkpoint_problems(path)]
         have = f"its complete checkpoints: {', '.join(complete) or 'none'}"
         if problems == ["missing folder"]:
@@ -415,11 +411,10 @@ def _no_training_job(layout: Layout, run: str) -> None:
     """Refuse, before a job is made, a resume of a run whose training job has not ended: between
     its restarts (`restarting`), waiting for GPUs (`queued`) or starting, it holds no writer lock,
     yet it will write the run again; a second job would train it twice over."""
-    for job in list_jobs(layout):
-        spec, phase = job.spec, job.phase
-        if spec is not None and spec.run == run and spec.kind.trains and phase is not None and not phase.final:
-            raise UsageError(f"run {run} has a training job not yet ended ({job.id}, {phase.value}); "
-                             f"one writer at a time: stop it first (rltui --batch stop {job.id})")
+    job = next((job for job in unended_jobs(layout, run) if job.spec.kind.trains), None)
+    if job is not None:
+        raise UsageError(f"run {run} has a training job not yet ended ({job.id}, {job.phase.value}); "
+                         f"one writer at a time: stop it first (rltui --batch stop {job.id})")
 
 
 def _checkpoint_info(layout: Layout, run: str, step: int) -> dict:

@@ -171,7 +171,7 @@ def job_for(layout: Layout, name: str, *, active_only: bool = False) -> str:
         if not layout.run_dir(name).is_dir():
             raise UsageError(f"no such job or run: {name!r} (not in {layout.jobs} or {layout.training_runs})")
         raise UsageError(f"run {name} has no jobs (see `rltui --batch jobs`)")
-    active = [job for job in jobs if job.phase is not None and not job.phase.final]  # queued too
+    active = [job for job in jobs if job.unended]  # queued too
     training = [job for job in active if job.spec.kind.trains]
     if len(active) == 1 or len(training) == 1:
         return (training or active)[0].id

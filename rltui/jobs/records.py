@@ -259,6 +259,11 @@ class Job:
     def phase(self) -> JobState | None:
         return self.state.state if self.state else None
 
+    @property
+    def unended(self) -> bool:
+        """Queued or active: readable, and not in a final state."""
+        return self.phase is not None and not self.phase.final
+
     def exit_status(self) -> int:
         """The exit code a waiting `rltui --batch` command returns for this job."""
         s = self.state
@@ -369,6 +374,13 @@ def list_jobs(layout: Layout) -> list[Job]:
         except BadName:
             continue
     return out
+
+
+def unended_jobs(layout: Layout, run: str, kinds: frozenset[JobKind] | None = None) -> list[Job]:
+    """`run`'s jobs not yet ended (of `kinds`, when given), oldest first: who may still write or
+    read the run."""
+    return [job for job in list_jobs(layout) if job.spec is not None and job.spec.run == run
+            and (kinds is None or job.spec.kind in kinds) and job.unended]
 
 
 def read_job(layout: Layout, job_id: str) -> Job:
