@@ -6,9 +6,10 @@ Usage:
 Each pass: reconcile (a job whose keeper died, or that ran before the last reboot, becomes lost),
 resume every lost training job whose policy has auto-resume on (from its latest complete
 checkpoint; one without a checkpoint is noted "not resumed") unless its run has finished,
-another job already works on it or another process holds the run's writer lock (a trainer started
-by hand; the job is resumed once it lets go, if the run is not finished), then start queued jobs
-whose GPUs are free. It is what a user puts under systemd or tmux; it runs until SIGTERM or Ctrl-C.
+another training job of the run is queued or active (an eval or sync of it is no obstacle: they
+do not write the run) or another process holds the run's writer lock (a trainer started by hand;
+the job is resumed once it lets go, if the run is not finished), then start queued jobs whose
+GPUs are free. It is what a user puts under systemd or tmux; it runs until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class Pass:
 def supervise_once(layout: Layout, sampler: Sampler | None = None) -> Pass:
     result = Pass(lost=control.reconcile(layout, leftovers=True))
     all_jobs = control.list_jobs(layout)
-    busy_runs = {j.spec.run for j in all_jobs
-                 if j.spec and j.spec.run and j.phase is not None and (j.phase.active or j.phase is JobState.QUEUED)}
+    # only a training job writes the run: an eval or a sync of it running for hours must not hold
+    # its resume back
+    busy_runs = {j.spec.run for j in all_jobs if j.spec and j.spec.run and j.spec.kind.trains and j.unended}
     for job in all_jobs:
         if not _wants_resume(layout, job) or job.spec.run in busy_runs:
             continue
