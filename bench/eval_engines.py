@@ -10,7 +10,9 @@ Usage:
 Both sides run in this one process, one after the other from no engine, each the evaluator's own
 way (evaluator.adapters.AdapterSwitcher hot-swaps the K adapters into one base; batches of
 `--batch-size` as evaluator.scoring does, greedy), and must give the same completions. Printed:
-each side's time per checkpoint, the engines each built, and the ratio of their totals.
+each side's time per checkpoint, the engines each built, the ratio of their totals, the completions
+that differ per checkpoint and, on a GPU, the decode step each engine chose (a checkpoint whose
+engines chose another step than the kept one may differ by rounding near ties).
 """
 
 from __future__ import annotations
@@ -39,19 +41,25 @@ def run_side(kept: int, base: Path, adapters: list[Path], prompts: list[str], ba
              device: str, dtype) -> tuple[dict, list[list[str]]]:
     fast_generation.release_engines()
     fast_generation.KEPT_ENGINES = kept
-    built = []
-    real_init = fast_generation.DecodeEngine.__init__
+    built, chosen = [], []
+    real_init, real_choose = fast_generation.DecodeEngine.__init__, fast_generation.choose_step
 
     def counted(self, *args, **kwargs):
         built.append(args[1].batch if len(args) > 1 else kwargs["key"].batch)
         real_init(self, *args, **kwargs)
 
-    fast_generation.DecodeEngine.__init__ = counted
+    def choose(engine, kv_len):  # each step choice (on a GPU): the batch and the step kept
+        graph = real_choose(engine, kv_len)
+        chosen.append(f"{engine.key.batch}:{engine.fused_timing.get('chosen', '?')}")
+        return graph
+
+    fast_generation.DecodeEngine.__init__, fast_generation.choose_step = counted, choose
     try:
         model, tokenizer = load_model_and_tokenizer(base, device, dtype)
         switcher = AdapterSwitcher(model, base, device)
-        per_checkpoint, texts = [], []
+        per_checkpoint, texts, steps = [], [], []
         for adapter in adapters:
+            first_choice = len(chosen)
             peft_model = switcher.activate(adapter)
             sync(device)
             started = time.perf_counter()
@@ -64,13 +72,17 @@ def run_side(kept: int, base: Path, adapters: list[Path], prompts: list[str], ba
             sync(device)
             per_checkpoint.append(round(time.perf_counter() - started, 3))
             texts.append(done)
+            steps.append(chosen[first_choice:])
         del switcher, model, peft_model
     finally:
-        fast_generation.DecodeEngine.__init__ = real_init
+        fast_generation.DecodeEngine.__init__, fast_generation.choose_step = real_init, real_choose
         fast_generation.release_engines()
         fast_generation.KEPT_ENGINES = 1
     return {"kept_engines": kept, "seconds_per_checkpoint": per_checkpoint,
-            "total_s": round(sum(per_checkpoint), 3), "engines_built_for_batches": built}, texts
+            "total_s": round(sum(per_checkpoint), 3), "engines_built_for_batches": built,
+            # per checkpoint, `batch:step` for each decode step chosen (timed fastest and kept)
+            # while it was evaluated: none on a CPU, none on the kept side after its first
+            "steps_chosen_per_checkpoint": steps}, texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
           f"engines built), the other size's kept {kept['total_s']:.2f} s ({len(kept['engines_built_for_batches'])}) "
           f"-> {result['ratio_one_over_kept']}x (same completions: {result['same_completions']}; differing "
           f"per checkpoint: {result['differing_completions']})")
+    for name, side in (("one engine a model", one), ("kept", kept)):
+        print(f"  steps chosen per checkpoint, {name}: {side['steps_chosen_per_checkpoint']}")
     return 0 if result["same_completions"] else 1
 
 
