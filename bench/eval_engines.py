@@ -35,6 +35,7 @@ from evaluator.adapters import AdapterSwitcher  # noqa: E402
 from trainer import fast_generation  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
 from trainer.modeling import load_model_and_tokenizer, load_tokenizer  # noqa: E402
+from trainer.triton_base import decode_repeatably  # noqa: E402
 
 
 def run_side(kept: int, base: Path, adapters: list[Path], prompts: list[str], batch: int, new_tokens: int,
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="localfs root whose models/tiny is reused or built")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    repeatable = decode_repeatably()  # as evaluator.eval_batch (RLTUI_DECODE_REPEATABLE=0: timed, as before)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="eval_engines."))
     try:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": "qwen2.5-1.5b-shape (random, bf16)" if args.qwen_shape else "tiny",
             "device": torch.cuda.get_device_name(0) if device != "cpu" else f"cpu ({os.cpu_count()} cores)",
             "torch": torch.__version__, "k": k, "prompts": n_prompts, "batch_size": args.batch_size,
-            "new_tokens": new_tokens, "one_engine": one, "kept": kept,
+            "new_tokens": new_tokens, "repeatable_decoding": repeatable, "one_engine": one, "kept": kept,
             "ratio_one_over_kept": round(one["total_s"] / kept["total_s"], 2),
             "same_completions": one_texts == kept_texts,
             # per checkpoint, how many completions differ (a near-tie flipped by another step's

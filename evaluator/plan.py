@@ -8,6 +8,7 @@ is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class EvalPlan:
             "dtype": str(self.dtype).removeprefix("torch."), "batch_size": self.batch_size,
             "timeout_per_step": self.timeout, "settings": self.settings.for_config_file(),
             "argv": sys.argv[1:], "written": time.time(),
+            # no decode kernel picked by timing (trainer.triton_base.repeatable; the CPU's plain loop has none)
+            "repeatable_decoding": self.device == "cpu" or os.environ.get("RLTUI_DECODE_REPEATABLE") == "1",
         }
 
 

@@ -60,3 +60,19 @@ def tiny_root(tiny_cache: Path, tmp_path: Path) -> Path:
     (root / "models").mkdir(parents=True)
     shutil.copytree(tiny_cache / "models" / "tiny", root / "models" / "tiny")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _decoding_mode_put_back(monkeypatch):
+    """The evaluator makes its process's decoding repeatable (trainer.triton_base.decode_repeatably:
+    an environment variable and inductor's `deterministic`); a test that runs it in pytest's
+    process leaves neither on for the next test."""
+    import sys
+
+    monkeypatch.setenv("RLTUI_DECODE_REPEATABLE", os.environ.get("RLTUI_DECODE_REPEATABLE", ""))
+    config = sys.modules.get("torch._inductor.config")
+    before = bool(getattr(config, "deterministic", False))
+    yield
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None and hasattr(config, "deterministic"):
+        config.deterministic = before

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from trainer.qwen2_decode import DecodeState, ModelDims
-from trainer.triton_base import tl, triton
+from trainer.triton_base import repeatable, tl, triton
 
 BLOCK_N = 64
 # Slots per block, warps and pipeline stages of the attention loop: timed per (attention length,
@@ -119,7 +119,7 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`; `constants`: the kernel's own constexprs) on one grid of (row, kv head[, split]) and
     return its output [B, heads D]: on CUDA through `tuned()` (the autotuned kernel) unless
-    RLTUI_DECODE_TUNE=0, launched with PDL when `pdl`; on a CPU in Triton's interpreter with
+    RLTUI_DECODE_TUNE=0 or decoding is `repeatable` (a block size is a summation order), launched with PDL when `pdl`; on a CPU in Triton's interpreter with
     float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
@@ -140,7 +140,7 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     if splits is not None:
         shape["SPLITS"] = splits
         grid = (*grid, splits)
-    if cuda and os.environ.get(TUNE_ENV, "1") != "0":
+    if cuda and os.environ.get(TUNE_ENV, "1") != "0" and not repeatable():
         tuned()[grid](*args, F32_DOT=False, launch_pdl=pdl, **shape)
     else:
         kernel[grid](*args, F32_DOT=not cuda, BLOCK=BLOCK_N, num_warps=4, num_stages=3, launch_pdl=pdl, **shape)

@@ -26,6 +26,7 @@ import torch
 from trainer.fused_decode import fused_checked
 from trainer.mlp_block import requested
 from trainer.qwen2_decode import prefill
+from trainer.triton_base import repeatable
 from trainer.triton_products import DecodeProducts
 
 PREFILL_LIMIT = 8
@@ -85,7 +86,10 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     it also agrees with the plain step at this batch, `_disagreeing_streams`), the fused step
     with its Triton products (if any were chosen), the fused step with cuBLAS products and the
     plain step for this bucket; keep the fastest (replays timed with the position and slot put
-    back after each, so the real step comes next)."""
+    back after each, so the real step comes next). Where decoding is `repeatable`, the first of
+    `fixed_variants` that captures, untimed."""
+    if repeatable():
+        return _first_captured(engine, kv_len, fixed_variants(engine))
     tuned, state = engine.products, engine.state
     variants: list[tuple[str, bool, DecodeProducts]] = [
         ("fused", True, DecodeProducts(attention_splits=tuned.attention_splits))]
@@ -168,6 +172,37 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
     graph, engine.fused, engine.products = captured[best]
     engine.fused_timing = timing | {"chosen": best}
     return graph
+
+
+def fixed_variants(engine) -> list[tuple[str, bool, DecodeProducts]]:
+    """The steps a repeatable engine may keep, in this order: the fused step with the MLP block
+    (where the block runs here and passes the fused step's check), the fused step, the plain one.
+    Their kernels and shapes are fixed per card kind: none of them comes from a timing."""
+    state, dims = engine.state, engine.weights.dims
+    splits = engine.products.attention_splits
+    variants = [("fused", True, DecodeProducts(attention_splits=splits)), ("plain", False, DecodeProducts())]
+    block = requested(state.tokens.device, state.tokens.shape[0], dims.hidden, dims.intermediate)
+    if block is not None:
+        products = DecodeProducts(attention_splits=splits, mlp=block)
+        if fused_checked(engine.weights, engine.attention, products):
+            variants.insert(0, ("fused_mlp_block", True, products))
+    return variants
+
+
+def _first_captured(engine, kv_len: int, variants: list) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    for name, fused, products in variants:
+        engine.fused, engine.products = fused, products
+        try:
+            graph = engine._capture(kv_len)
+        except Exception as exc:  # noqa: BLE001 - the next one serves
+            warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=3)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            continue
+        engine.fused_timing = {"kv_len": kv_len, "chosen": name if engine.fused == fused else "plain",
+                               "repeatable": True}
+        return graph
+    raise RuntimeError("no decode step could be captured")
 
 
 def stream_variants(engine) -> list:

@@ -36,6 +36,7 @@ from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
     attention_output_and_mlp, checked_once, decode_step, model_dims, prefill,
 )
+from trainer.triton_base import repeatable
 from trainer.triton_products import DecodeProducts
 
 BUCKET = 64  # cache capacity is rounded up to a multiple of this
@@ -129,7 +130,8 @@ class DecodeEngine:
         # Which projections of the fused step run as split-K Triton kernels: timed per kind here
         # (`tuned_products`, kept for the notes); `products` is what the captured step uses.
         self.products = DecodeProducts()
-        if key.graphs and os.environ.get(FUSED_ENV, "auto") != "0" and triton_products.enabled():
+        if (key.graphs and os.environ.get(FUSED_ENV, "auto") != "0" and triton_products.enabled()
+                and not repeatable()):
             try:
                 with self.spent("products_timing"):
                     self.products = DecodeProducts.tuned(self.weights, key.batch)
@@ -139,7 +141,7 @@ class DecodeEngine:
         self.products = replace(self.products, attention_splits=splits)
         self.tuned_products = self.products
         with self.spent("chain_timing"):
-            self.chain = _chain_products(self.weights, key, splits)
+            self.chain = None if repeatable() else _chain_products(self.weights, key, splits)
         # True / False, or None: decided by timing both graphs at the first capture.
         self.fused: bool | None = fused_choice(self.weights, self.attention, key.graphs, FUSED_ENV, self.products)
         self.fused_timing: dict[str, float] = {}

@@ -25,6 +25,33 @@ except ImportError:  # pragma: no cover - exercised where Triton is missing
     tl = None
 
 
+# "1": the decode engine makes no choice by timing (`repeatable`); the evaluator sets it for itself
+REPEATABLE_ENV = "RLTUI_DECODE_REPEATABLE"
+
+
+def repeatable() -> bool:
+    """Whether decoding is to be repeatable across processes and machines of one card kind and
+    one set of versions (RLTUI_DECODE_REPEATABLE=1): every kernel, configuration and step fixed
+    in advance, none picked by timing. Kernels that sum in another order round differently, and
+    on random or barely trained weights a greedy near-tie then flips: with timing choosing, two
+    evaluations of one checkpoint could differ (docs/benchmarks.md, "Evaluator")."""
+    return os.environ.get(REPEATABLE_ENV) == "1"
+
+
+def decode_repeatably() -> bool:
+    """Make this process's decoding repeatable unless RLTUI_DECODE_REPEATABLE=0 says otherwise;
+    whether it is. torch.compile then skips the benchmarking that would change numerics too
+    (inductor's `deterministic`, where this torch has it)."""
+    if os.environ.get(REPEATABLE_ENV) == "0":
+        return False
+    os.environ[REPEATABLE_ENV] = "1"
+    from torch._inductor import config as inductor
+
+    if hasattr(inductor, "deterministic"):
+        inductor.deterministic = True
+    return True
+
+
 def runs_on(device: torch.device, switch: str | None = None) -> bool:
     """Whether a Triton kernel may run on `device`: Triton installed, not switched off by the
     environment variable `switch` set to 0, and CUDA (or the CPU under TRITON_INTERPRET=1)."""

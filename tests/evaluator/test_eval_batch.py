@@ -55,6 +55,7 @@ def test_writes_the_seed_layout_with_consistent_metrics(tiny_root, make_run, eva
     assert metrics.loc[0, "accuracy"] == table.loc[1, "accuracy"]
     config = localfs.read_yaml(folder / "eval_config.yaml")
     assert config["settings"]["subset_seed"] == 1234 and config["settings"]["questions"] == 30
+    assert config["repeatable_decoding"] is True  # no decode kernel picked by timing
     # the folder says whose it is: the one ownership rule (rltui.runs.folders) reads it
     assert (config["run"], config["dataset"]) == (run, DATASET)
     assert folders.read_eval_record(folder) == (run, DATASET)
