@@ -49,6 +49,16 @@ def available(device: torch.device) -> bool:
     return runs_on(device)
 
 
+def fits(dims: ModelDims, device: torch.device) -> bool:
+    """Whether the fused step's attention takes these heads here: it multiplies each half of a
+    head (RoPE's halves) as its own dot, and on CUDA Triton's dot needs at least 16 along it, a
+    power of two (the interpreter's float32 dots take any). Real models' heads (64, 128) do; the
+    built-in tiny model's 16 do not (halves of 8): the plain step serves it on a GPU, quietly,
+    where the fused step's check used to print a compile error into every job's log."""
+    half = dims.head_dim // 2
+    return device.type != "cuda" or (half >= 16 and half & (half - 1) == 0)
+
+
 if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
@@ -383,7 +393,7 @@ def fused_choice(weights: DecodeWeights, attention, graphs: bool, env: str,
     product, mutated in place) and the step is checked again."""
     mode = os.environ.get(env, "auto")
     ref = weights.layers[0].qkv
-    if mode == "0" or not available(ref.device):
+    if mode == "0" or not available(ref.device) or not fits(weights.dims, ref.device):
         return False
     if ref.device.type != "cuda" and mode != "1":
         return False  # the interpreter is for tests that ask for it

@@ -206,3 +206,54 @@ def test_triton_fold_equals_the_torch_fold():
     assert found["bf16"]["max_steps"] <= 1.01
     assert found["folded"] is True
     assert found["fp32_max_abs_diff"] <= 1e-6 * found["fp32_max_abs"]  # float32: summation order only
+
+
+def _compiles_for_hopper(head_dim: int) -> bool:
+    """The fused step's attention kernel compiled for sm_90a (no GPU needed: Triton's own
+    ptxas) at these heads, bf16, as the fused step launches it with the fixed configuration."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.jit import create_function_from_signature
+
+    from trainer.fused_decode import _rope_attention_kernel as kernel
+
+    heads, kv_heads, batch, slots, bf16 = 4, 2, 3, 128, torch.bfloat16
+    qkv = torch.zeros(batch, (heads + 2 * kv_heads) * head_dim, dtype=bf16)
+    table = torch.zeros(256, head_dim)
+    index = torch.zeros(batch, dtype=torch.int64)
+    cache = torch.zeros(batch, kv_heads, slots, 2 * head_dim, dtype=bf16)
+    bias = torch.zeros(batch, slots, dtype=bf16)
+    out = torch.zeros(batch, heads * head_dim, dtype=bf16)
+    args = (qkv, table, table, index, index, index, index, cache, bias, out, 0.25, batch, qkv.stride(0),
+            cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0), 0, out)
+    options = dict(kv_len=64, F32_DOT=False, HEADS=heads, KV_HEADS=kv_heads, GROUPS=heads // kv_heads,
+                   D=head_dim, BLOCK_M=16, BLOCK=64, PARTS=0, HAS_BIAS=False, num_warps=4, num_stages=3)
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, opts = binder(*args, **options)
+    opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
+    try:
+        triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=opts.__dict__)
+    except CompilationError as e:
+        assert "K >= 16" in str(e.__cause__ or e) or "K >= 16" in repr(e), e
+        return False
+    return True
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 128])
+def test_the_fused_step_is_offered_on_cuda_exactly_for_the_heads_its_attention_compiles_for(head_dim):
+    # the tiny model's heads (16) made the fused step's check print a compile error into every
+    # GPU job's log before the plain step took over; now it is not offered there
+    import torch
+
+    from trainer.fused_decode import fits
+    from trainer.qwen2_decode import ModelDims
+
+    dims = ModelDims(layers=1, hidden=4 * head_dim, heads=4, kv_heads=2, head_dim=head_dim, intermediate=8,
+                     vocab=8, eps=1e-6, rope_theta=1e4)
+    assert fits(dims, torch.device("cuda")) == _compiles_for_hopper(head_dim) == (head_dim >= 32)
+    assert fits(dims, torch.device("cpu"))  # the interpreter's float32 dots take any
