@@ -119,8 +119,8 @@ def launch(kernel, tuned: Callable, dims: ModelDims, qkv: torch.Tensor, state: D
     """Run a decode attention kernel (fused_decode's, or split_attention's with its `workspace` and
     `splits`; `constants`: the kernel's own constexprs) on one grid of (row, kv head[, split]) and
     return its output [B, heads D]: on CUDA through `tuned()` (the autotuned kernel) unless
-    RLTUI_DECODE_TUNE=0 or decoding is `repeatable` (a block size is a summation order), launched with PDL when `pdl`; on a CPU in Triton's interpreter with
-    float32 tiles."""
+    RLTUI_DECODE_TUNE=0 or decoding is `repeatable` (a block size is a summation order), launched
+    with PDL when `pdl`; on a CPU in Triton's interpreter with float32 tiles."""
     parts = qkv.shape[0] if qkv.dim() == 3 else 0
     cuda = qkv.device.type == "cuda"
     pdl = pdl and cuda  # Triton's interpreter has no grid dependency control
