@@ -32,6 +32,10 @@ _ERROR_LINE = re.compile(r"[\w.-]+: error: \S")  # rltui's processes: `rl_runner
 _EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?")
 _RANK_PREFIX = re.compile(r"\[(?:default)?(?:rank)?\d+\]:\s?")  # torchrun's per-rank prefix
 _WRAPPER_EXCEPTIONS = ("ChildFailedError",)  # torchrun's own, after the rank's real one
+# Slurm's launcher sums up its task after the task's own words (`srun: error: HOST: task 0: Exited
+# with exit code 1`): its first error line is the cause only where the task said nothing (srun's
+# own failure to start it)
+_LAUNCHERS = ("srun",)
 
 
 class _NoOutput:
@@ -137,7 +141,8 @@ def cause_line(f: BinaryIO | _NoOutput, lines: int = CAUSE_LINES, start: int = 0
     last `PROG: error: ...` line (how rltui's processes report bad input and known failures),
     or the exception line that ends a Python traceback (`torch.OutOfMemoryError: CUDA out of
     memory...`), whichever comes later; None when there is neither. Made safe to show, one line,
-    at most CAUSE_CHARS. torchrun's own ChildFailedError is passed over for the rank's exception."""
+    at most CAUSE_CHARS. torchrun's own ChildFailedError is passed over for the rank's exception,
+    and srun's error lines for the task's own line, if it has one."""
     data = tail_bytes(f, lines)
     end = f.seek(0, os.SEEK_END)
     if end - len(data) < start:
@@ -145,14 +150,18 @@ def cause_line(f: BinaryIO | _NoOutput, lines: int = CAUSE_LINES, start: int = 0
     rows = [_RANK_PREFIX.sub("", clean_lines(line.rstrip("\r"))) for line in
             data.decode("utf-8", "replace").split("\n")]
     rows = [row for row in rows if not row.startswith(KEEPER_NOTE)]
+    launcher = None  # the launcher's first error line (where its trouble began), for want of the task's own
     for i in range(len(rows) - 1, -1, -1):
         row = rows[i].strip()
         if _ERROR_LINE.match(row):
-            return _cut(row)
+            if row.split(":")[0] not in _LAUNCHERS:
+                return _cut(row)
+            launcher = _cut(row)
+            continue
         after_frames = i > 0 and rows[i - 1][:1].isspace() and not rows[i][:1].isspace()
         if after_frames and _EXCEPTION_LINE.fullmatch(row) and not row.split(":")[0].endswith(_WRAPPER_EXCEPTIONS):
             return _cut(row)
-    return None
+    return launcher
 
 
 def _cut(text: str) -> str:

@@ -61,6 +61,12 @@ def _cause(text: str) -> str | None:
      "ValueError: later"),  # whichever comes last
     ("step 1\nsome warning: Error handling is noisy\nRuntimeError: not after a traceback frame\n", None),
     ("\x1b[31mrl_runner: error: bad \x1b]0;title\x07value\r\n", "rl_runner: error: bad value"),
+    (TORCHRUN + "srun: error: vm: task 0: Exited with exit code 1\n",
+     "RuntimeError: NCCL error: unhandled system error"),  # Slurm's launcher sums up after its task
+    ("srun: error: Unable to create step for job 12: Invalid generic resource (gres) specification\n"
+     "srun: error: vm: task 0: Exited with exit code 1\n",
+     "srun: error: Unable to create step for job 12: Invalid generic resource (gres) specification"),
+    # the task said nothing: srun's first error line
     ("", None),
 ])
 def test_the_cause_is_the_processs_last_error_line_or_the_exception_that_ended_it(text, cause) -> None:

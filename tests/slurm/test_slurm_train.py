@@ -173,9 +173,6 @@ def attempts(root: Path, job_id: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug: srun's own last line, 'srun: error: HOST: task 0: Exited with exit code 1', "
-    "matches output._ERROR_LINE and is taken as the cause over the trainer's exception line"))
 def test_an_exception_in_the_trainer_is_the_failed_jobs_cause_made_safe(slurm_cluster, slurm_root, slurm_cfg):
     import yaml
 
