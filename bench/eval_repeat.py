@@ -76,15 +76,8 @@ def child(args: argparse.Namespace) -> int:
         texts.append(done)
     Path(args.result).write_text(json.dumps({
         "way": args.child, "seconds_per_checkpoint": seconds, "texts": texts, "steps_chosen": chosen,
-        "process_s": round(time.perf_counter() - started, 1),
-        "inductor_deterministic": _inductor_deterministic()}))
+        "process_s": round(time.perf_counter() - started, 1)}))
     return 0
-
-
-def _inductor_deterministic() -> bool | None:
-    from torch._inductor import config
-
-    return getattr(config, "deterministic", None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_per_checkpoint": [one["seconds_per_checkpoint"], two["seconds_per_checkpoint"]],
                 "steps_chosen": [one["steps_chosen"], two["steps_chosen"]],
                 "process_s": [one["process_s"], two["process_s"]],
-                "inductor_deterministic": one["inductor_deterministic"],
             }
         after_first = {way: [s for run in result[way]["seconds_per_checkpoint"] for s in run[1:]] for way in WAYS}
         if all(after_first.values()):

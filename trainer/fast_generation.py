@@ -36,7 +36,7 @@ from trainer.qwen2_decode import (
     Attention, DecodeState, DecodeWeights, ModelDims, UnsupportedModel, attention_inputs, check_foldable,
     attention_output_and_mlp, checked_once, decode_step, model_dims, prefill,
 )
-from trainer.triton_base import repeatable
+from trainer.triton_base import compile_options, repeatable
 from trainer.triton_products import DecodeProducts
 
 BUCKET = 64  # cache capacity is rounded up to a multiple of this
@@ -305,7 +305,7 @@ _ENGINES: weakref.WeakKeyDictionary[nn.Module, DecodeEngine] = weakref.WeakKeyDi
 # timing, checking and capturing again (trainer/decode_graphs.py; the compiles are cached).
 _KEPT: weakref.WeakKeyDictionary[nn.Module, list[DecodeEngine]] = weakref.WeakKeyDictionary()
 KEPT_ENGINES = 1
-_COMPILED: dict[tuple[ModelDims, str | None, bool], tuple[Callable, Callable]] = {}
+_COMPILED: dict[tuple[ModelDims, str | None, bool, bool], tuple[Callable, Callable]] = {}
 
 
 def _compile_mode() -> str | None:
@@ -318,16 +318,19 @@ def _compiled_layer_fns(dims: ModelDims, mode: str | None = None, dynamic: bool 
     Compiled once per model shape as two small functions (attention is left out, so the
     attention-length buckets do not recompile them); every layer reuses the same code.
     """
-    if (dims, mode, dynamic) not in _COMPILED:
+    fixed = repeatable()
+    mode = None if fixed else mode  # (max-autotune times kernels; torch.compile takes a mode or options)
+    key = (dims, mode, dynamic, fixed)
+    if key not in _COMPILED:
         def pre(*args: torch.Tensor | None):
             return attention_inputs(dims, *args)
 
         def post(*args: torch.Tensor):
             return attention_output_and_mlp(dims, *args)
 
-        options = {"fullgraph": True, "dynamic": dynamic} | ({"mode": mode} if mode else {})
-        _COMPILED[dims, mode, dynamic] = (torch.compile(pre, **options), torch.compile(post, **options))
-    return _COMPILED[dims, mode, dynamic]
+        options = {"fullgraph": True, "dynamic": dynamic} | ({"mode": mode} if mode else {}) | compile_options()
+        _COMPILED[key] = (torch.compile(pre, **options), torch.compile(post, **options))
+    return _COMPILED[key]
 
 
 def release_engines() -> None:
@@ -387,7 +390,7 @@ def _race_argmax(logits: torch.Tensor, race: torch.Tensor, inv_temperature: floa
     return (logits.float() * inv_temperature - race.clamp_min(torch.finfo(torch.float32).tiny).log()).argmax(-1)
 
 
-_COMPILED_RACE: list[Callable] = []
+_COMPILED_RACE: dict[bool, Callable] = {}  # by `repeatable()`
 _TRITON_FAILED: list[bool] = []
 
 
@@ -395,13 +398,14 @@ def _race(logits: torch.Tensor, race: torch.Tensor, inv_temperature: float) -> t
     """On CUDA one fused kernel reads the bf16 logits and the noise once (eager: five passes)."""
     if logits.device.type != "cuda" or not _default_compile(logits.device):
         return _race_argmax(logits, race, inv_temperature)
-    if not _COMPILED_RACE:
-        _COMPILED_RACE.append(torch.compile(_race_argmax, fullgraph=True, dynamic=False))
+    fixed = repeatable()
+    if fixed not in _COMPILED_RACE:
+        _COMPILED_RACE[fixed] = torch.compile(_race_argmax, fullgraph=True, dynamic=False, **compile_options())
     try:
-        return _COMPILED_RACE[0](logits, race, inv_temperature)
+        return _COMPILED_RACE[fixed](logits, race, inv_temperature)
     except Exception as exc:  # noqa: BLE001 - fall back to the eager kernels for good
         warnings.warn(f"torch.compile of sampling failed ({exc!r:.300}); using eager kernels", stacklevel=2)
-        _COMPILED_RACE[0] = _race_argmax
+        _COMPILED_RACE[fixed] = _race_argmax
         return _race_argmax(logits, race, inv_temperature)
 
 

@@ -36,7 +36,7 @@ from trainer.attention_blocks import BLOCK_N, autotuned, launch
 from trainer.mlp_block import failed as mlp_block_failed
 from trainer.mlp_block import mlp_block
 from trainer.qwen2_decode import DecodeState, DecodeWeights, ModelDims, rms_norm
-from trainer.triton_base import runs_on, tl, triton
+from trainer.triton_base import compile_options, repeatable, runs_on, tl, triton
 from trainer.triton_products import DecodeProducts
 
 if TYPE_CHECKING:  # (Gluon imported only where the stream step is asked for)
@@ -186,7 +186,7 @@ def decode_attention(dims: ModelDims, qkv: torch.Tensor, state: DecodeState, cac
 
 
 ElementFns = tuple[Callable, Callable, Callable]
-_COMPILED: dict[tuple[float, bool], ElementFns] = {}
+_COMPILED: dict[tuple[float, bool, bool], ElementFns] = {}
 
 
 def element_fns(dims: ModelDims, compiled: bool) -> ElementFns:
@@ -204,11 +204,11 @@ def element_fns(dims: ModelDims, compiled: bool) -> ElementFns:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
 
-    key = (eps, compiled)
+    key = (eps, compiled, repeatable())
     if key not in _COMPILED:
         fns: ElementFns = (norm, add_norm, silu_mul)
         if compiled:
-            fns = tuple(torch.compile(fn, fullgraph=True, dynamic=False) for fn in fns)
+            fns = tuple(torch.compile(fn, fullgraph=True, dynamic=False, **compile_options()) for fn in fns)
         _COMPILED[key] = fns
     return _COMPILED[key]
 

@@ -40,16 +40,21 @@ def repeatable() -> bool:
 
 def decode_repeatably() -> bool:
     """Make this process's decoding repeatable unless RLTUI_DECODE_REPEATABLE=0 says otherwise;
-    whether it is. torch.compile then skips the benchmarking that would change numerics too
-    (inductor's `deterministic`, where this torch has it)."""
+    whether it is."""
     if os.environ.get(REPEATABLE_ENV) == "0":
         return False
     os.environ[REPEATABLE_ENV] = "1"
-    from torch._inductor import config as inductor
-
-    if hasattr(inductor, "deterministic"):
-        inductor.deterministic = True
     return True
+
+
+def compile_options() -> dict:
+    """torch.compile's keywords for the decode's compiled pieces: where decoding is `repeatable`,
+    inductor's `deterministic` option (no reduction configuration or padding picked by timing).
+    Given per compile because the global switch does not hold: after every compiled frame dynamo
+    puts back the caller's torch.use_deterministic_algorithms, which sets inductor's switch to
+    it too (False unless the caller turned it on), so only the first frame would have it (torch
+    2.11 on an H100 and 2.13 here: docs/benchmarks.md, "Evaluator")."""
+    return {"options": {"deterministic": True}} if repeatable() else {}
 
 
 def runs_on(device: torch.device, switch: str | None = None) -> bool:

@@ -18,9 +18,9 @@ from trainer.fast_generation import engine_for, release_engines
 from trainer.tiny import TinySettings, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE = ("import os; from trainer.triton_base import decode_repeatably, repeatable; "
-         "from torch._inductor import config; on = decode_repeatably(); "
-         "print(on, repeatable(), os.environ.get('RLTUI_DECODE_REPEATABLE'), config.deterministic)")
+PROBE = ("import os; from trainer.triton_base import compile_options, decode_repeatably, repeatable; "
+         "on = decode_repeatably(); "
+         "print(on, repeatable(), os.environ.get('RLTUI_DECODE_REPEATABLE'), compile_options())")
 
 
 def _probe(value: str | None) -> str:
@@ -33,9 +33,10 @@ def _probe(value: str | None) -> str:
 
 
 def test_the_evaluators_switch_turns_it_on_for_its_process_unless_set_to_0() -> None:
-    assert _probe(None) == "True True 1 True"  # and inductor skips the benchmarking that changes numerics
-    assert _probe("") == "True True 1 True"
-    assert _probe("0") == "False False 0 False"
+    # and every torch.compile of the decode asks inductor to time nothing that changes numerics
+    assert _probe(None) == "True True 1 {'options': {'deterministic': True}}"
+    assert _probe("") == "True True 1 {'options': {'deterministic': True}}"
+    assert _probe("0") == "False False 0 {}"
 
 
 @pytest.fixture
@@ -82,3 +83,32 @@ def test_a_repeatable_engine_keeps_the_first_when_it_captures(engine, monkeypatc
     assert captured == [True] and engine.fused is True
     assert engine.fused_timing["chosen"] == "fused"
 
+
+
+def test_each_compiled_piece_of_a_repeatable_decode_asks_inductor_for_its_deterministic_mode(monkeypatch) -> None:
+    # Per compile: the global switch does not last (after every compiled frame dynamo puts back the
+    # caller's torch.use_deterministic_algorithms, and that sets inductor's switch too).
+    import trainer.fast_generation as fg
+    import trainer.fused_decode as fd
+    from trainer.qwen2_decode import ModelDims, rms_norm
+
+    monkeypatch.setenv("RLTUI_DECODE_REPEATABLE", "1")
+    monkeypatch.setenv(fg.COMPILE_ENV, "max-autotune")  # timed kernels: not where repeatable
+    monkeypatch.setattr(fg, "_COMPILED", {})
+    monkeypatch.setattr(fd, "_COMPILED", {})
+    real_compile, asked = torch.compile, []
+
+    def spy(fn, **kwargs):
+        asked.append(kwargs)
+        return real_compile(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    dims = ModelDims(layers=1, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, vocab=16, eps=1e-6,
+                     rope_theta=1e4)
+    fg._compiled_layer_fns(dims, fg._compile_mode())
+    norm, _, _ = fd.element_fns(dims, compiled=True)
+    assert len(asked) == 5 and all(kw.get("options") == {"deterministic": True} and "mode" not in kw
+                                   for kw in asked), asked
+    # and inductor takes it: compiled here for the CPU, the same as the eager norm
+    x, weight = torch.randn(3, 32), torch.randn(32)
+    assert torch.allclose(norm(x, weight), rms_norm(x, weight, 1e-6), atol=1e-5)
