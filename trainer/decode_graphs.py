@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -136,18 +137,7 @@ def choose_step(engine, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor
         end.synchronize()
         return start.elapsed_time(end) / 10
 
-    captured = {}
-    for name, fused, products in variants:
-        engine.fused, engine.products = fused, products
-        try:
-            graph = engine._capture(kv_len)
-        except Exception as exc:  # noqa: BLE001 - the other variants serve
-            warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=2)
-            torch.cuda.synchronize()
-            continue
-        if engine.fused != fused:  # the fused capture failed and fell back to the plain step
-            name = "plain"
-        captured[name] = (graph, engine.fused, engine.products)
+    captured = {name: (graph, engine.fused, engine.products) for name, graph in _captures(engine, kv_len, variants)}
     if not captured:
         raise RuntimeError("no decode step could be captured")
     timing: dict = {"kv_len": kv_len}
@@ -190,19 +180,26 @@ def fixed_variants(engine) -> list[tuple[str, bool, DecodeProducts]]:
 
 
 def _first_captured(engine, kv_len: int, variants: list) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    for name, graph in _captures(engine, kv_len, variants):
+        engine.fused_timing = {"kv_len": kv_len, "chosen": name, "repeatable": True}
+        return graph
+    raise RuntimeError("no decode step could be captured")
+
+
+def _captures(engine, kv_len: int, variants: list) -> Iterator[tuple[str, tuple[torch.cuda.CUDAGraph, torch.Tensor]]]:
+    """Each of `variants` captured in turn, set on the engine while it is the one yielded: its
+    name ("plain" where the fused capture fell back to the plain step) and its graph. One that
+    fails to capture is warned about and passed over."""
     for name, fused, products in variants:
         engine.fused, engine.products = fused, products
         try:
             graph = engine._capture(kv_len)
-        except Exception as exc:  # noqa: BLE001 - the next one serves
+        except Exception as exc:  # noqa: BLE001 - the other variants serve
             warnings.warn(f"{name} decode step failed to capture ({exc!r:.300})", stacklevel=3)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             continue
-        engine.fused_timing = {"kv_len": kv_len, "chosen": name if engine.fused == fused else "plain",
-                               "repeatable": True}
-        return graph
-    raise RuntimeError("no decode step could be captured")
+        yield (name if engine.fused == fused else "plain"), graph
 
 
 def stream_variants(engine) -> list:

@@ -112,3 +112,13 @@ def test_each_compiled_piece_of_a_repeatable_decode_asks_inductor_for_its_determ
     # and inductor takes it: compiled here for the CPU, the same as the eager norm
     x, weight = torch.randn(3, 32), torch.randn(32)
     assert torch.allclose(norm(x, weight), rms_norm(x, weight, 1e-6), atol=1e-5)
+
+
+def test_a_fused_capture_that_fell_back_to_the_plain_step_is_named_plain(engine, monkeypatch) -> None:
+    def capture(kv_len):  # as DecodeEngine._capture does when the fused warm-up fails
+        engine.fused = False
+        return "graph", None
+
+    monkeypatch.setattr(engine, "_capture", capture)
+    decode_graphs.choose_step(engine, 64)
+    assert engine.fused is False and engine.fused_timing["chosen"] == "plain"
