@@ -64,15 +64,7 @@ def tiny_root(tiny_cache: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _decoding_mode_put_back(monkeypatch):
-    """The evaluator makes its process's decoding repeatable (trainer.triton_base.decode_repeatably:
-    an environment variable and inductor's `deterministic`); a test that runs it in pytest's
-    process leaves neither on for the next test."""
-    import sys
-
+    """The evaluator makes its process's decoding repeatable (trainer.triton_base.decode_repeatably
+    sets RLTUI_DECODE_REPEATABLE); a test that runs it in pytest's process does not leave it on for
+    the next test."""
     monkeypatch.setenv("RLTUI_DECODE_REPEATABLE", os.environ.get("RLTUI_DECODE_REPEATABLE", ""))
-    config = sys.modules.get("torch._inductor.config")
-    before = bool(getattr(config, "deterministic", False))
-    yield
-    config = sys.modules.get("torch._inductor.config")
-    if config is not None and hasattr(config, "deterministic"):
-        config.deterministic = before
