@@ -8,7 +8,6 @@ is written.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ class EvalPlan:
         self.prompts = [build_prompt(tokenizer, e.question, template) for e in self.prompts_examples]
 
     def config_file(self) -> dict[str, Any]:
+        from trainer.triton_base import repeatable  # (torch: loaded by the time the file is written)
+
         return {
             "run": self.run, "source": self.source_label, "dataset": self.settings.dataset,
             "split": self.settings.split, "base_model": str(self.base_path),
@@ -60,8 +61,8 @@ class EvalPlan:
             "dtype": str(self.dtype).removeprefix("torch."), "batch_size": self.batch_size,
             "timeout_per_step": self.timeout, "settings": self.settings.for_config_file(),
             "argv": sys.argv[1:], "written": time.time(),
-            # no decode kernel picked by timing (trainer.triton_base.repeatable; the CPU's plain loop has none)
-            "repeatable_decoding": self.device == "cpu" or os.environ.get("RLTUI_DECODE_REPEATABLE") == "1",
+            # no decode kernel picked by timing (the CPU's plain loop has none)
+            "repeatable_decoding": self.device == "cpu" or repeatable(),
         }
 
 
