@@ -5,6 +5,9 @@ Usage:
     pane.show(view, newest_local)     # an rltui.archive.view.ArchiveView; {run: newest local step}
     pane.selected                     # the bucket-only run under the cursor, or None
 
+`show` may come before the pane is mounted (the archive view's worker posts on a timer while the
+hidden tabs are still being mounted); the pane keeps the view and draws it on mount.
+
 Bucket-only runs come from the cached catalog (manifests alone); `R` restores the one under the
 cursor, `A` turns the selected run's live archive on or off (rltui.tui.archive_actions).
 """
@@ -35,13 +38,26 @@ class BucketPane(Vertical):
     BucketPane > #bucket-table { height: 1fr; }
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shown: tuple[Any, dict[str, int | None]] | None = None  # the latest view, drawn or not
+
     def compose(self) -> ComposeResult:
         yield Static(Text("Live archive: none", style="dim"), id="bucket-live")
         table: DataTable[Any] = DataTable(id="bucket-table", cursor_type="row", zebra_stripes=True)
         table.add_columns(*_COLUMNS)
         yield table
 
+    def on_mount(self) -> None:
+        if self.shown is not None:
+            self._draw(*self.shown)
+
     def show(self, view: Any, newest_local: dict[str, int | None]) -> None:
+        self.shown = (view, newest_local)
+        if self.is_mounted:
+            self._draw(view, newest_local)
+
+    def _draw(self, view: Any, newest_local: dict[str, int | None]) -> None:
         from rltui.archive.follow import describe_lag
         from rltui.runs.disk import human_bytes
 
@@ -70,6 +86,8 @@ class BucketPane(Vertical):
 
     @property
     def selected(self) -> str | None:
+        if not self.is_mounted:
+            return None
         table = self.query_one("#bucket-table", DataTable)
         if table.row_count == 0:
             return None

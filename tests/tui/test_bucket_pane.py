@@ -69,3 +69,27 @@ async def test_shift_a_starts_the_live_archive_of_the_selected_running_job(tui_r
     assert spec.kind.value == "sync" and "--follow-job" in spec.argv
     assert spec.argv[spec.argv.index("--training-run") + 1] == RUNS["running"]
     assert json.dumps(spec.to_json())  # a job record that can be written
+
+
+@pilot_test
+async def test_a_view_shown_before_the_pane_is_mounted_is_drawn_once_it_is() -> None:
+    # The archive view's worker posts on a timer; its message could reach the app while the hidden
+    # tabs were still mounting, and drawing into the not yet composed pane raised NoMatches (CI).
+    from textual.app import App
+
+    from rltui.archive.view import ArchiveView
+    from rltui.tui.bucket_pane import BucketPane
+
+    pane = BucketPane(id="bucket-view")
+    bucket_only = [BucketRun(ONLY_IN_BUCKET, '"e1"', 1 << 20, 3, 40, 40, (40,), time.time(), "h")]
+    pane.show(ArchiveView(lags={}, bucket_only=bucket_only, listed_at=None, problem=None), {})
+    assert pane.selected is None  # not mounted: no table to ask
+
+    class Host(App[None]):
+        def compose(self):
+            yield pane
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        await pilot.pause()
+        assert pane.selected == ONLY_IN_BUCKET
+        assert "In the bucket only: 1 run(s)" in str(pane.query_one("#bucket-live").render())
