@@ -6,7 +6,8 @@ Usage:
     pane.selected                     # the bucket-only run under the cursor, or None
 
 `show` may come before the pane is mounted (the archive view's worker posts on a timer while the
-hidden tabs are still being mounted); the pane keeps the view and draws it on mount.
+hidden tabs are still being mounted) or after it was taken down (the app closing); the pane keeps
+the view, draws it on mount, and draws nothing while it has no children to draw into.
 
 Bucket-only runs come from the cached catalog (manifests alone); `R` restores the one under the
 cursor, `A` turns the selected run's live archive on or off (rltui.tui.archive_actions).
@@ -23,6 +24,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from rltui.text import clean
+from rltui.tui.messages import drawable
 
 _COLUMNS = ("RUN", "NEWEST", "SIZE", "FILES", "BACKED UP")
 
@@ -54,7 +56,7 @@ class BucketPane(Vertical):
 
     def show(self, view: Any, newest_local: dict[str, int | None]) -> None:
         self.shown = (view, newest_local)
-        if self.is_mounted:
+        if drawable(self):
             self._draw(view, newest_local)
 
     def _draw(self, view: Any, newest_local: dict[str, int | None]) -> None:
@@ -86,7 +88,7 @@ class BucketPane(Vertical):
 
     @property
     def selected(self) -> str | None:
-        if not self.is_mounted:
+        if not drawable(self):
             return None
         table = self.query_one("#bucket-table", DataTable)
         if table.row_count == 0:

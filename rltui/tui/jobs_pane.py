@@ -23,6 +23,7 @@ from rltui.runs.records import JobRecord
 from rltui.text import clean
 from rltui.tui import cells
 from rltui.tui.log_pane import LogPane
+from rltui.tui.messages import drawable
 
 # (key, label, width): fixed widths spare measuring every cell of a long job list
 COLUMNS = [("state", "state", 12), ("id", "job", 26), ("kind", "kind", 6), ("run", "run", 23),
@@ -118,7 +119,7 @@ class JobsPane(Vertical):
 
     @property
     def selected(self) -> JobRecord | None:
-        job_id = self.table.selected if self.is_mounted else None
+        job_id = self.table.selected if drawable(self) else None
         return self.jobs.get(job_id) if job_id else None
 
     def set_jobs(self, jobs: list[JobRecord]) -> None:
@@ -135,7 +136,7 @@ class JobsPane(Vertical):
         self._show()
 
     def _show(self) -> None:
-        if self.is_mounted:
+        if drawable(self):
             self.table.show(list(self.jobs.values()))
 
     def on_jobs_table_job_chosen(self, event: JobsTable.JobChosen) -> None:

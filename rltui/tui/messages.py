@@ -2,6 +2,9 @@
 
 High-rate messages coalesce: a GPU sample or a watch-mode change replaces one still queued, so
 a slow UI never works through a backlog of stale samples.
+
+A message can arrive before the pane it is for was mounted or after the app took it down;
+`drawable(pane)` says whether the pane has its children to draw into.
 """
 
 from __future__ import annotations
@@ -12,8 +15,15 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:  # annotations only: the app imports these after its first frame
+    from textual.widget import Widget
+
     from rltui.gpu import GpuSnapshot
     from rltui.runs.index import Snapshot
+
+
+def drawable(pane: Widget) -> bool:
+    """Mounted and not yet removed (a removed widget stays `is_mounted`, without its children)."""
+    return pane.is_mounted and pane.is_attached
 
 
 class SnapshotReady(Message):

@@ -72,9 +72,10 @@ async def test_shift_a_starts_the_live_archive_of_the_selected_running_job(tui_r
 
 
 @pilot_test
-async def test_a_view_shown_before_the_pane_is_mounted_is_drawn_once_it_is() -> None:
+async def test_a_view_shown_before_the_pane_is_mounted_is_drawn_once_it_is_and_not_after_removal() -> None:
     # The archive view's worker posts on a timer; its message could reach the app while the hidden
-    # tabs were still mounting, and drawing into the not yet composed pane raised NoMatches (CI).
+    # tabs were still mounting, or while the app closed, and drawing into a pane without its
+    # children raised NoMatches (CI, stop 46).
     from textual.app import App
 
     from rltui.archive.view import ArchiveView
@@ -93,3 +94,6 @@ async def test_a_view_shown_before_the_pane_is_mounted_is_drawn_once_it_is() -> 
         await pilot.pause()
         assert pane.selected == ONLY_IN_BUCKET
         assert "In the bucket only: 1 run(s)" in str(pane.query_one("#bucket-live").render())
+        await pane.remove()  # as when the app closes: still "mounted", its children gone
+        pane.show(ArchiveView(lags={}, bucket_only=[], listed_at=None, problem="late"), {})
+        assert pane.selected is None and pane.shown[0].problem == "late"

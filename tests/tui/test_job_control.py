@@ -100,3 +100,24 @@ async def test_answering_no_leaves_the_job_running(quiet_root: Layout) -> None:
         await pilot.press("q")
     assert f"still running and will keep running: {job_id}" in app.return_value
     assert job_state(quiet_root, job_id) == "running"
+
+
+@pilot_test
+async def test_jobs_arriving_after_the_jobs_pane_was_taken_down_are_kept_not_drawn() -> None:
+    # A worker's last snapshot can reach the app while it closes: a removed pane is still
+    # "mounted" but has no table to draw into (the Bucket pane raised NoMatches so in CI).
+    from textual.app import App
+
+    from rltui.tui.jobs_pane import JobsPane
+
+    pane = JobsPane(lambda: 0.0, id="jobs-view")
+
+    class Host(App[None]):
+        def compose(self):
+            yield pane
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        await pilot.pause()
+        await pane.remove()
+        pane.set_jobs([])
+        assert pane.selected is None and pane.jobs == {}
