@@ -168,22 +168,25 @@ def product(x: torch.Tensor, weight: torch.Tensor, *, block_n: int, splits: int,
 
 
 def compile_for_hopper(kernel, *args, **options):
-    """Compile the Gluon `kernel` for sm_90a without a GPU, bound to `args` and `options`
-    (constexprs, num_warps) as a launch would bind them: Triton's compiled kernel (.asm,
-    .metadata)."""
+    """Compile the Gluon or Triton `kernel` for sm_90a without a GPU, bound to `args` and
+    `options` (constexprs, num_warps) as a launch would bind them: Triton's compiled kernel
+    (.asm, .metadata)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
+    source = ASTSource
+    if gluon is not None:
+        from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+
+        source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, spec, opts = binder(*args, **options)
     opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
-    return triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=target,
-                          options=opts.__dict__)
+    return triton.compile(source(kernel, signature, constexprs, attrs), target=target, options=opts.__dict__)
 
 
 def ptxas(ptx: str):

@@ -212,13 +212,10 @@ def _compiles_for_hopper(head_dim: int) -> bool:
     """The fused step's attention kernel compiled for sm_90a (no GPU needed: Triton's own
     ptxas) at these heads, bf16, as the fused step launches it with the fixed configuration."""
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
     from triton.compiler.errors import CompilationError
-    from triton.runtime.jit import create_function_from_signature
 
     from trainer.fused_decode import _rope_attention_kernel as kernel
+    from trainer.gluon_products import compile_for_hopper
 
     heads, kv_heads, batch, slots, bf16 = 4, 2, 3, 128, torch.bfloat16
     qkv = torch.zeros(batch, (heads + 2 * kv_heads) * head_dim, dtype=bf16)
@@ -231,13 +228,8 @@ def _compiles_for_hopper(head_dim: int) -> bool:
             cache.stride(0), cache.stride(1), cache.stride(2), bias.stride(0), out.stride(0), 0, out)
     options = dict(kv_len=64, F32_DOT=False, HEADS=heads, KV_HEADS=kv_heads, GROUPS=heads // kv_heads,
                    D=head_dim, BLOCK_M=16, BLOCK=64, PARTS=0, HAS_BIAS=False, num_warps=4, num_stages=3)
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, spec, opts = binder(*args, **options)
-    opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, spec, opts)
     try:
-        triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=opts.__dict__)
+        compile_for_hopper(kernel, *args, **options)
     except CompilationError as e:
         assert "K >= 16" in str(e.__cause__ or e) or "K >= 16" in repr(e), e
         return False
