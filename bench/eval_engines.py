@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from eval_swap import base_model, emit, make_adapters, sync  # noqa: E402
+from eval_swap import base_model, emit, evaluate_each, make_adapters, steps_chosen  # noqa: E402
 from evaluator.adapters import AdapterSwitcher  # noqa: E402
 from trainer import fast_generation  # noqa: E402
 from trainer.data import arith_split, build_prompt  # noqa: E402
@@ -42,41 +41,23 @@ def run_side(kept: int, base: Path, adapters: list[Path], prompts: list[str], ba
              device: str, dtype) -> tuple[dict, list[list[str]]]:
     fast_generation.release_engines()
     fast_generation.KEPT_ENGINES = kept
-    built, chosen = [], []
-    real_init, real_choose = fast_generation.DecodeEngine.__init__, fast_generation.choose_step
+    built = []
+    real_init = fast_generation.DecodeEngine.__init__
 
     def counted(self, *args, **kwargs):
         built.append(args[1].batch if len(args) > 1 else kwargs["key"].batch)
         real_init(self, *args, **kwargs)
 
-    def choose(engine, kv_len):  # each step choice (on a GPU): the batch and the step kept
-        graph = real_choose(engine, kv_len)
-        chosen.append(f"{engine.key.batch}:{engine.fused_timing.get('chosen', '?')}")
-        return graph
-
-    fast_generation.DecodeEngine.__init__, fast_generation.choose_step = counted, choose
+    fast_generation.DecodeEngine.__init__ = counted
     try:
-        model, tokenizer = load_model_and_tokenizer(base, device, dtype)
-        switcher = AdapterSwitcher(model, base, device)
-        per_checkpoint, texts, steps = [], [], []
-        for adapter in adapters:
-            first_choice = len(chosen)
-            peft_model = switcher.activate(adapter)
-            sync(device)
-            started = time.perf_counter()
-            generate = fast_generation.generate  # what fast_or_plain gives the evaluator on a GPU (also on a CPU here)
-            done: list[str] = []
-            for first in range(0, len(prompts), batch):
-                out = generate(peft_model, tokenizer, prompts[first:first + batch], max_new_tokens=new_tokens,
-                               do_sample=False, stop_at_eos=False)
-                done += out.texts
-            sync(device)
-            per_checkpoint.append(round(time.perf_counter() - started, 3))
-            texts.append(done)
-            steps.append(chosen[first_choice:])
-        del switcher, model, peft_model
+        with steps_chosen() as chosen:
+            model, tokenizer = load_model_and_tokenizer(base, device, dtype)
+            switcher = AdapterSwitcher(model, base, device)
+            per_checkpoint, texts, steps = evaluate_each(switcher, adapters, tokenizer, prompts, batch, new_tokens,
+                                                         device, chosen)
+            del switcher, model
     finally:
-        fast_generation.DecodeEngine.__init__, fast_generation.choose_step = real_init, real_choose
+        fast_generation.DecodeEngine.__init__ = real_init
         fast_generation.release_engines()
         fast_generation.KEPT_ENGINES = 1
     return {"kept_engines": kept, "seconds_per_checkpoint": per_checkpoint,

@@ -40,40 +40,21 @@ def child(args: argparse.Namespace) -> int:
 
         decode_repeatably()  # what evaluator.eval_batch does at its start
     import torch
-    from eval_swap import sync
+    from eval_swap import evaluate_each, steps_chosen
 
     from evaluator.adapters import AdapterSwitcher
-    from trainer import fast_generation
     from trainer.modeling import load_model_and_tokenizer
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device != "cpu" and args.qwen_shape else torch.float32
-    chosen: list[str] = []
-    real_choose = fast_generation.choose_step
-
-    def choose(engine, kv_len):
-        graph = real_choose(engine, kv_len)
-        chosen.append(f"{engine.key.batch}:{engine.fused_timing.get('chosen', '?')}")
-        return graph
-
-    fast_generation.choose_step = choose
     started = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(Path(args.base), device, dtype)
-    switcher = AdapterSwitcher(model, Path(args.base), device)
-    prompts = json.loads(Path(args.prompts_file).read_text())
-    seconds, texts = [], []
-    for adapter in args.adapters.split(","):
-        peft_model = switcher.activate(Path(adapter))
-        sync(device)
-        begun = time.perf_counter()
-        done: list[str] = []
-        for first in range(0, len(prompts), args.batch_size):
-            out = fast_generation.generate(peft_model, tokenizer, prompts[first:first + args.batch_size],
-                                           max_new_tokens=args.new_tokens, do_sample=False, stop_at_eos=False)
-            done += out.texts
-        sync(device)
-        seconds.append(round(time.perf_counter() - begun, 3))
-        texts.append(done)
+    with steps_chosen() as chosen:
+        model, tokenizer = load_model_and_tokenizer(Path(args.base), device, dtype)
+        switcher = AdapterSwitcher(model, Path(args.base), device)
+        prompts = json.loads(Path(args.prompts_file).read_text())
+        adapters = [Path(a) for a in args.adapters.split(",")]
+        seconds, texts, _ = evaluate_each(switcher, adapters, tokenizer, prompts, args.batch_size, args.new_tokens,
+                                          device, chosen)
     Path(args.result).write_text(json.dumps({
         "way": args.child, "seconds_per_checkpoint": seconds, "texts": texts, "steps_chosen": chosen,
         "process_s": round(time.perf_counter() - started, 1)}))

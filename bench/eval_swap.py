@@ -16,6 +16,7 @@ Results are printed and, with --out, written to DIR/eval_swap.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,6 +49,53 @@ QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, nu
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def evaluate_each(switcher, adapters: list[Path], tokenizer, prompts: list[str], batch: int, new_tokens: int,
+                  device: str, chosen: list[str]) -> tuple[list[float], list[list[str]], list[list[str]]]:
+    """Each adapter hot-swapped in (`switcher`: evaluator.adapters.AdapterSwitcher) and its greedy
+    completions in batches of `batch`, as evaluator.scoring runs them on trainer.fast_generation
+    (what fast_or_plain gives the evaluator on a GPU; also on a CPU here): per adapter the
+    seconds, the completions and the decode steps chosen meanwhile (`chosen`: steps_chosen's)."""
+    from trainer import fast_generation
+
+    seconds, texts, steps = [], [], []
+    for adapter in adapters:
+        first_choice = len(chosen)
+        model = switcher.activate(adapter)
+        sync(device)
+        started = time.perf_counter()
+        done: list[str] = []
+        for first in range(0, len(prompts), batch):
+            out = fast_generation.generate(model, tokenizer, prompts[first:first + batch],
+                                           max_new_tokens=new_tokens, do_sample=False, stop_at_eos=False)
+            done += out.texts
+        sync(device)
+        seconds.append(round(time.perf_counter() - started, 3))
+        texts.append(done)
+        steps.append(chosen[first_choice:])
+    return seconds, texts, steps
+
+
+@contextlib.contextmanager
+def steps_chosen():
+    """Inside, each decode step choice (on a GPU, trainer.decode_graphs.choose_step as
+    fast_generation calls it) is appended to the yielded list as `batch:step kept`."""
+    from trainer import fast_generation
+
+    chosen: list[str] = []
+    real_choose = fast_generation.choose_step
+
+    def choose(engine, kv_len):
+        graph = real_choose(engine, kv_len)
+        chosen.append(f"{engine.key.batch}:{engine.fused_timing.get('chosen', '?')}")
+        return graph
+
+    fast_generation.choose_step = choose
+    try:
+        yield chosen
+    finally:
+        fast_generation.choose_step = real_choose
 
 
 def make_adapters(base: Path, out: Path, k: int, device: str, dtype, warmstart: Path | None) -> list[Path]:
