@@ -84,7 +84,6 @@ def test_a_repeatable_engine_keeps_the_first_when_it_captures(engine, monkeypatc
     assert engine.fused_timing["chosen"] == "fused"
 
 
-
 def test_each_compiled_piece_of_a_repeatable_decode_asks_inductor_for_its_deterministic_mode(monkeypatch) -> None:
     # Per compile: the global switch does not last (after every compiled frame dynamo puts back the
     # caller's torch.use_deterministic_algorithms, and that sets inductor's switch too).
