@@ -34,7 +34,9 @@ from rltui.jobs.policy import RestartSettings
 
 CONFIG_SOURCE = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 STAGE_TIMEOUT_S = 900.0
-POLL_S = 0.2
+# On a GPU the tiny model's steps take ~17 ms: a slower look at the run would let the trainer pass
+# the step the demo stops or kills at by a dozen steps or more, and finish before the stop lands.
+POLL_S = 0.05
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -188,19 +189,58 @@ class HangWatch:
         return self.clock() - self.last_progress > limit
 
 
+class Wakeup:
+    """A sleep that ends early when `wake` is called or a signal arrives (a self-pipe).
+
+    The keeper polls its child every 0.5 s; a user's stop or kill, and the child's exit, must not
+    wait out that poll. `install` makes the interpreter write a byte for every handled signal, whichever thread the
+    system delivered it to, so the sleeping `select` returns; the handler's own `wake` covers a
+    handler that runs after the loop has looked at its flags. The pipe's ends are not inherited by
+    the job's processes (PEP 446)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def sleep(self, seconds: float) -> None:
+        ready, _, _ = select.select([self._read], [], [], max(0.0, seconds))
+        if ready:
+            self._drain()
+
+    def install(self) -> None:
+        """Have every handled signal wake the sleep (main thread only, as signal.signal)."""
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write, b"w")
+        except BlockingIOError:  # the pipe is full: a wake-up is already waiting
+            pass
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._read, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
 class Keeper:
-    """Runs one job to its end. Clock, sleep, spawner and sampler are injected for tests."""
+    """Runs one job to its end. Clock, sleep, spawner and sampler are injected for tests; without
+    an injected sleep, a stop or kill signal ends the keeper's current sleep at once (Wakeup)."""
 
     def __init__(
         self, layout: Layout, job_id: str, *, clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep, spawner: Spawner = spawn_process,
+        sleep: Callable[[float], None] | None = None, spawner: Spawner = spawn_process,
         sampler: gpu_mod.Sampler | None = None, poll_s: float = 0.5,
         on_end: Callable[["Keeper"], None] | None = None,
     ) -> None:
         self.layout = layout
         self.job_id = job_id
         self.clock = clock
-        self.sleep = sleep
+        self.wakeup = Wakeup() if sleep is None else None
+        self.sleep = sleep if sleep is not None else self.wakeup.sleep
         self.spawner = spawner
         self.sampler = sampler
         self.poll_s = poll_s
@@ -222,16 +262,26 @@ class Keeper:
 
     def request_stop(self, *_: object) -> None:
         self.stop_requested = True
+        self._wake()
 
     def request_kill(self, *_: object) -> None:
         self.stop_requested = True
         self.kill_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.wake()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGUSR1, self.request_kill)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if self.wakeup is not None:
+            # A child's exit wakes the poll too: the job's end is recorded at once, not 0.5 s later.
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+            self.wakeup.install()
 
     # ------------------------------------------------------------ the job's life
 

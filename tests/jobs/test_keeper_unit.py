@@ -3,8 +3,12 @@ no sleeping. Files (job.json, state.json, status.json, checkpoints) are real, in
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
+
+import pytest
 
 from rltui.jobs import control
 from rltui.runs import checkpoints, localfs
@@ -211,6 +215,51 @@ def test_kill_sends_sigkill_at_once_and_ends_stopped(layout):
     child.on_poll = lambda: keeper.request_kill() if clock.now == 1 else None
     assert keeper.run() is JobState.STOPPED
     assert child.signals[0] == signal.SIGKILL and clock.now < 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_or_kill_signal_and_the_childs_exit_end_the_keepers_poll_at_once(layout, sig):
+    # The keeper's own sleep and real signals: the user's (`rltui stop` or `kill`, sent from
+    # another thread as it would be from another process), then the SIGCHLD the kernel sends when
+    # the child ends. The poll is an hour: a keeper that slept it out would not end before this
+    # test's timeout.
+    spec = fake_train_spec(layout, restart=RestartSettings(auto_resume=True, stop_grace_s=3600))
+    write_spec(layout, spec)
+    child = FakeChild(1, None, 0)
+    stop_file = layout.stop_request(spec.run)
+    keeper = Keeper(layout, spec.id, spawner=Spawner([child]), sampler=FakeSampler(), poll_s=3600)
+    asked = stop_file.exists if sig == signal.SIGTERM else lambda: signal.SIGKILL in child.signals
+
+    def user_then_child():
+        time.sleep(0.5)
+        os.kill(os.getpid(), sig)
+        while not asked():  # the keeper acted on the signal inside its hour-long sleep
+            time.sleep(0.05)
+        child.ended = 0 if sig == signal.SIGTERM else -signal.SIGKILL  # the trainer exits...
+        os.kill(os.getpid(), signal.SIGCHLD)  # ...and the kernel tells its parent
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGCHLD)
+    saved = {s: signal.getsignal(s) for s in handled}
+    saved_fd = signal.set_wakeup_fd(-1)
+    keeper.install_signal_handlers()
+    sender = threading.Thread(target=user_then_child, daemon=True)
+    try:
+        sender.start()
+        assert keeper.run() is JobState.STOPPED
+    finally:
+        signal.set_wakeup_fd(saved_fd)
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    sender.join(5)
+    assert not sender.is_alive()
+    reason = read_state(layout, spec.id).last_reason
+    if sig == signal.SIGTERM:  # asked through the stop file: the trainer saved and exited
+        assert stop_file.exists() and child.signals == [signal.SIGKILL]  # only the group's leftovers
+        assert reason == "stopped by the user"
+    else:
+        assert child.signals[0] == signal.SIGKILL and not stop_file.exists()
+        assert reason == "killed by the user (SIGKILL to the group)"
 
 
 def test_the_job_gets_its_gpus_as_cuda_visible_devices_and_usage_is_accounted(layout):
