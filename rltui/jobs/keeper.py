@@ -193,10 +193,10 @@ class Wakeup:
     """A sleep that ends early when `wake` is called or a signal arrives (a self-pipe).
 
     The keeper polls its child every 0.5 s; a user's stop or kill, and the child's exit, must not
-    wait out that poll. `install` makes the interpreter write a byte for every handled signal, whichever thread the
-    system delivered it to, so the sleeping `select` returns; the handler's own `wake` covers a
-    handler that runs after the loop has looked at its flags. The pipe's ends are not inherited by
-    the job's processes (PEP 446)."""
+    wait out that poll. `install` makes the interpreter write a byte for every handled signal,
+    whichever thread the system delivered it to, so the sleeping `select` returns; the handler's
+    own `wake` covers a handler that runs after the loop has looked at its flags. The pipe's ends
+    are not inherited by the job's processes (PEP 446)."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
