@@ -30,7 +30,7 @@ from trainer.qwen2_train import (
 )
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
-GRAPH_WIDTH = 64  # a captured training micro-batch's completion width is a multiple of this
+GRAPH_WIDTH = 64  # a captured training micro-batch's prompt and completion widths are multiples of this
 NO_GRAD_CHUNK_FACTOR = 4  # frozen_logps on the CUDA fast path: sequences per forward, x forward_batch_size
 
 
@@ -386,18 +386,22 @@ def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, sett
     graph (trainer/train_graph.py); None for old log-probs from an earlier iteration (eager)."""
     if chunk.old_logps is not None:
         return None
-    prompt_length = chunk.prompt_length
     starts, group = groups
     device = chunk.input_ids.device
-    # Completions padded to a multiple of GRAPH_WIDTH masked-out tokens: a few shapes serve rollouts
-    # whose longest completion varies (the masked tokens add nothing to the loss or the gradients).
+    # Prompts left-padded and completions right-padded to multiples of GRAPH_WIDTH with masked-out
+    # tokens: a few shapes serve rollouts whose longest prompt and longest completion vary (a real
+    # dataset's prompts differ in length at every step, and a captured shape is kept per exact
+    # width). Positions follow the attention mask, so the masked tokens move no real token and add
+    # nothing to the loss or the gradients; the prompts' extra width is computed once per group.
+    lead = -(-chunk.prompt_length // GRAPH_WIDTH) * GRAPH_WIDTH - chunk.prompt_length
+    prompt_length = chunk.prompt_length + lead
     width = chunk.completion_mask.shape[1]
     pad = -(-width // GRAPH_WIDTH) * GRAPH_WIDTH - width
 
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t, (0, pad)) if pad else t
+    def padded(t: torch.Tensor, left: int = 0) -> torch.Tensor:
+        return F.pad(t, (left, pad)) if left or pad else t
 
-    inputs = {"input_ids": padded(chunk.input_ids), "attention_mask": padded(chunk.attention_mask),
+    inputs = {"input_ids": padded(chunk.input_ids, lead), "attention_mask": padded(chunk.attention_mask, lead),
               "completion_mask": padded(chunk.completion_mask), "advantages": chunk.advantages, "starts": starts,
               "group": group, "n_tokens": torch.tensor(float(n_tokens), device=device),
               "batches": torch.tensor(float(n_batches), device=device)}
