@@ -393,10 +393,9 @@ def _graph_inputs(model: torch.nn.Module, chunk: Batch, temperature: float, sett
     # dataset's prompts differ in length at every step, and a captured shape is kept per exact
     # width). Positions follow the attention mask, so the masked tokens move no real token and add
     # nothing to the loss or the gradients; the prompts' extra width is computed once per group.
-    lead = -(-chunk.prompt_length // GRAPH_WIDTH) * GRAPH_WIDTH - chunk.prompt_length
+    lead = -chunk.prompt_length % GRAPH_WIDTH  # columns short of the next multiple
     prompt_length = chunk.prompt_length + lead
-    width = chunk.completion_mask.shape[1]
-    pad = -(-width // GRAPH_WIDTH) * GRAPH_WIDTH - width
+    pad = -chunk.completion_mask.shape[1] % GRAPH_WIDTH
 
     def padded(t: torch.Tensor, left: int = 0) -> torch.Tensor:
         return F.pad(t, (left, pad)) if left or pad else t
